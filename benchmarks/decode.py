@@ -1,0 +1,169 @@
+"""Grouping speed: `pose.decode.group.group_keypoints` vs a straightforward per-joint
+Python decoder using the pure-Python `munkres` Hungarian solver (the way the
+HigherHRNet / pose-ae reference code does it), on the same inputs in the same run.
+
+Scenes: N random poses (N in 1, 5, 10, 20, 40) in a 256 x 256 heatmap (the 1/2
+resolution of a 512 input); Gaussian heatmaps (sigma 2) with a random peak height per
+person and joint (so no two candidates tie in the matching cost), one tag per person
+(spaced 2 apart, shuffled) written over a 5 x 5 patch at each of its joints on top of
+N(0, 0.05) noise. Both decoders share the NMS/top-k step (:func:`top_k_peaks` on the full
+map), so the comparison is matching + adjustment + refinement as the reference writes them
+versus the vectorised implementation; times are per image, median of repeats.
+
+Run:  PYTHONPATH=. python benchmarks/decode.py [--repeats 5] [--people 1 5 10 20 40]
+Needs `pip install munkres` (not a project dependency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import numpy as np
+
+try:
+    from munkres import Munkres
+except ImportError:  # pragma: no cover - exercised only without munkres
+    Munkres = None
+
+from pose.decode.group import default_joint_order, group_keypoints, matching_cost, top_k_peaks
+
+SIZE = 256
+SIGMA = 2.0
+
+
+def make_scene(num_people: int, seed: int, size: int = SIZE, tag_dim: int = 1,
+               num_joints: int = 17) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Heatmaps (K, S, S) float32, tags (K, S, S, T) float32 and keypoints (N, K, 2) in
+    heatmap px of ``num_people`` random poses (deterministic by ``seed``)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(24, size - 24, (num_people, 2))
+    kps = centres[:, None, :] + rng.uniform(-22, 22, (num_people, num_joints, 2))
+    kps = np.clip(kps, 0, size - 1)
+    amp = rng.uniform(0.5, 1.0, (num_people, num_joints))
+    r = int(np.ceil(3 * SIGMA))
+    hm = np.zeros((num_joints, size, size), dtype=np.float32)
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    g = np.exp(-(xx ** 2 + yy ** 2) / (2 * SIGMA ** 2))
+    person_tags = rng.permutation(num_people).astype(np.float32) * 2.0
+    tags = rng.normal(0.0, 0.05, (num_joints, size, size, tag_dim)).astype(np.float32)
+    for p in range(num_people):
+        for k in range(num_joints):
+            cx, cy = np.rint(kps[p, k]).astype(int)
+            y0, y1, x0, x1 = max(cy - r, 0), min(cy + r + 1, size), max(cx - r, 0), min(cx + r + 1, size)
+            patch = amp[p, k] * g[y0 - cy + r:y1 - cy + r, x0 - cx + r:x1 - cx + r]
+            np.maximum(hm[k, y0:y1, x0:x1], patch, out=hm[k, y0:y1, x0:x1])
+            tags[k, max(cy - 2, 0):cy + 3, max(cx - 2, 0):cx + 3, :] = person_tags[p]
+    return hm, tags, kps
+
+
+def reference_decode(heatmaps: np.ndarray, tags: np.ndarray, *, detection_threshold: float,
+                     tag_threshold: float, max_people: int, adjust: bool = True,
+                     refine: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Straightforward decoder: per joint a Python loop with `munkres`, per-joint adjustment
+    loops and per-person refinement over every joint, written the way the reference is.
+    Same inputs, outputs and conventions as :func:`group_keypoints`."""
+    if Munkres is None:
+        raise RuntimeError("the baseline needs the `munkres` package: pip install munkres")
+    num_joints, h, w = heatmaps.shape
+    tags = tags if tags.ndim == 4 else tags[..., None]
+    vals, xs, ys = top_k_peaks(heatmaps, max_people)
+    groups: list[np.ndarray] = []      # each (K, 3 + T): x, y, score, tag...
+    group_tags: list[list[np.ndarray]] = []
+    for i, j in enumerate(default_joint_order(num_joints)):
+        cands = [(xs[j, c], ys[j, c], vals[j, c], tags[j, ys[j, c], xs[j, c]].astype(np.float64))
+                 for c in range(vals.shape[1]) if vals[j, c] > detection_threshold]
+        if not cands:
+            continue
+        rows = [np.concatenate([[x, y, v], t]) for x, y, v, t in cands]
+        if not groups:
+            for row in rows:
+                grp = np.zeros((num_joints, rows[0].size))
+                grp[j] = row
+                groups.append(grp)
+                group_tags.append([row[3:]])
+            continue
+        considered = list(range(min(len(groups), max_people)))
+        means = [np.mean(group_tags[g], axis=0) for g in considered]
+        dist = np.array([[np.linalg.norm(row[3:] - m) for m in means] for row in rows])
+        cost = matching_cost(dist, np.array([row[2] for row in rows]), tag_threshold)
+        if len(rows) > len(considered):
+            cost = np.concatenate([cost, np.full((len(rows), len(rows) - len(considered)), 1e6)], axis=1)
+        pairs = Munkres().compute(cost.tolist())
+        for r, c in sorted(pairs):
+            if c < len(considered) and dist[r, c] < tag_threshold:
+                groups[considered[c]][j] = rows[r]
+                group_tags[considered[c]].append(rows[r][3:])
+            else:
+                grp = np.zeros((num_joints, rows[0].size))
+                grp[j] = rows[r]
+                groups.append(grp)
+                group_tags.append([rows[r][3:]])
+    if not groups:
+        return np.zeros((0, num_joints, 4), np.float32), np.zeros(0, np.float32)
+    out = np.zeros((len(groups), num_joints, 4), dtype=np.float32)
+    for p, grp in enumerate(groups):
+        for j in range(num_joints):
+            if grp[j, 2] > 0:
+                x, y = grp[j, 0], grp[j, 1]
+                xi, yi = int(x), int(y)
+                if adjust:
+                    hmj = heatmaps[j]
+                    x += 0.25 if hmj[yi, min(xi + 1, w - 1)] > hmj[yi, max(xi - 1, 0)] else -0.25
+                    y += 0.25 if hmj[min(yi + 1, h - 1), xi] > hmj[max(yi - 1, 0), xi] else -0.25
+                out[p, j] = (x, y, grp[j, 2], grp[j, 3:].mean())
+    scores = out[:, :, 2].mean(axis=1)
+    if refine:
+        for p, grp in enumerate(groups):
+            mean_tag = np.mean([tags[j, int(grp[j, 1]), int(grp[j, 0])] for j in range(num_joints) if grp[j, 2] > 0],
+                               axis=0)
+            for j in range(num_joints):
+                dist = np.sqrt(((tags[j] - mean_tag[None, None, :].astype(np.float32)) ** 2).sum(axis=2))
+                score_map = heatmaps[j] - np.round(dist)
+                y, x = np.unravel_index(np.argmax(score_map), score_map.shape)
+                val = heatmaps[j, y, x]
+                if val > 0 and out[p, j, 2] == 0:
+                    hmj = heatmaps[j]
+                    dx = 0.25 if hmj[y, min(x + 1, w - 1)] > hmj[y, max(x - 1, 0)] else -0.25
+                    dy = 0.25 if hmj[min(y + 1, h - 1), x] > hmj[max(y - 1, 0), x] else -0.25
+                    out[p, j] = (x + dx, y + dy, val, tags[j, y, x].mean())
+    return out, scores.astype(np.float32)
+
+
+def _time(fn, repeats: int) -> tuple[float, object]:
+    times, result = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--people", type=int, nargs="+", default=[1, 5, 10, 20, 40])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--baseline-repeats", type=int, default=2)
+    args = ap.parse_args(argv)
+    if Munkres is None:
+        print("benchmarks/decode.py: the baseline needs the `munkres` package, which is not a project "
+              "dependency. Install it with `pip install munkres` and run again.", file=sys.stderr)
+        return 2
+    print(f"{'people':>6} {'groups':>6} {'ours ms':>9} {'munkres ms':>11} {'speedup':>8}  identical")
+    all_same = True
+    for n in args.people:
+        hm, tags, _ = make_scene(n, seed=n)
+        kw = dict(detection_threshold=0.1, tag_threshold=1.0, max_people=max(30, n), adjust=True, refine=True)
+        t_ours, (ours, s_ours) = _time(lambda: group_keypoints(hm, tags, **kw), args.repeats)
+        t_ref, (ref, s_ref) = _time(lambda: reference_decode(hm, tags, **kw), args.baseline_repeats)
+        same = ours.shape == ref.shape and np.allclose(ours, ref, atol=1e-5) and np.allclose(s_ours, s_ref, atol=1e-6)
+        all_same &= same
+        print(f"{n:>6} {len(ours):>6} {t_ours * 1e3:>9.2f} {t_ref * 1e3:>11.2f} {t_ref / t_ours:>7.1f}x  {same}")
+    print("identical groups in every scene:", all_same)
+    return 0 if all_same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Augmentation and the geometric transforms shared by training, `check_scales` and decoding."""

@@ -1,0 +1,37 @@
+"""Datasets: the COCO-17 schema, GENERATED (synthetic) data, fetching real data into COCO
+layout (offline mirror, https / s3 / file sources, safe archive extraction) and
+converters from CrowdPose, AI Challenger and MPII.
+
+Submodules are imported lazily (``from pose.datasets import fetch_dataset`` works, but
+importing ``pose.datasets.schema`` does not pull in OpenCV, boto3 or requests).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "generate_dataset": "pose.datasets.generated",
+    "fetch_dataset": "pose.datasets.fetch",
+    "verify_manifest": "pose.datasets.fetch",
+    "write_manifest": "pose.datasets.fetch",
+    "ManifestError": "pose.datasets.fetch",
+    "FetchError": "pose.datasets.fetch",
+    "download": "pose.datasets.sources",
+    "list_s3": "pose.datasets.sources",
+    "upload_s3": "pose.datasets.sources",
+    "DownloadError": "pose.datasets.sources",
+    "ChecksumError": "pose.datasets.sources",
+    "safe_extract": "pose.datasets.extract",
+    "UnsafeArchiveError": "pose.datasets.extract",
+    "convert": "pose.datasets.convert",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'pose.datasets' has no attribute {name!r}")

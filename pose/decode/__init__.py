@@ -1,0 +1,8 @@
+"""Decoding: heatmaps + associative-embedding tags -> persons (``group``), and test-time
+inference of a model on images (``inference``). See each module for coordinate units."""
+
+from pose.decode.group import (REFERENCE_JOINT_ORDER, default_joint_order, group_keypoints,
+                               matching_cost, max_pool_nms, top_k_peaks)
+
+__all__ = ["REFERENCE_JOINT_ORDER", "default_joint_order", "group_keypoints", "matching_cost",
+           "max_pool_nms", "top_k_peaks"]

@@ -1,0 +1,394 @@
+"""Associative-embedding grouping of keypoint detections into persons (NumPy + SciPy).
+
+Algorithm: Newell et al., "Associative Embedding", NeurIPS 2017, Sec. 3, as implemented
+by HigherHRNet (Cheng et al., CVPR 2020; ``lib/core/group.py`` of the official code,
+itself from ``princeton-vl/pose-ae-train``):
+
+1. Per joint, max-pool NMS (3x3) and the ``max_people`` highest peaks (:func:`top_k_peaks`).
+2. Joints are visited in the reference order (:data:`REFERENCE_JOINT_ORDER`: head,
+   shoulders, hips, then arms and legs). Candidates above ``detection_threshold`` of the
+   first visited joint open one group each; the candidates of every later joint are
+   matched to the (first ``max_people``) existing groups by the Hungarian algorithm on
+   ``cost = round(||tag - group_mean_tag||) * 100 - score`` plus a tiny tie-breaker
+   (:func:`matching_cost`; SciPy's ``linear_sum_assignment`` instead of the pure-Python
+   ``munkres``). A candidate joins its
+   assigned group when the (unrounded) tag distance is ``< tag_threshold``, otherwise it
+   opens a new group.
+3. Person score = mean over all K joints of the detection scores (missing joints count 0),
+   taken before refinement, as in the reference.
+4. ``adjust``: quarter-pixel shift of each detected joint toward its higher neighbour.
+5. ``refine``: each joint a person misses is searched over the whole map of that joint as
+   ``argmax(heatmap - round(||tag - person_mean_tag||))``; it is filled in when the
+   heatmap value there is > 0 (with the quarter-pixel shift, as the reference does).
+
+Coordinate units: everything here is in **heatmap pixels of the maps passed in**, with
+pixel ``(row y, column x)`` at coordinate ``(x, y)`` (its centre; no half-pixel shift,
+matching ``pose.augment.affine``). The reference adds 0.5 because its targets use the
+half-pixel convention; this project's do not, so no 0.5 is added.
+
+Deviations from the reference, all deliberate: groups are kept in a list (the reference
+keys a dict by the first tag value, so two groups with exactly equal tags collide);
+refinement reads the person's mean tag from the matched peaks' tags (the reference re-reads
+them at the integer part of the adjusted location, which is the same pixel); the whole
+decode is vectorised (NMS, gathers, adjust, and refinement batched per joint).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+#: Joint visiting order of the reference (1-based [1..7, 12, 13, 8..11, 14..17] made
+#: 0-based): nose, eyes, ears, shoulders, hips, then elbows, wrists, knees, ankles.
+REFERENCE_JOINT_ORDER: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 11, 12, 7, 8, 9, 10, 13, 14, 15, 16)
+
+#: Weight of the tie-breaking term of :func:`matching_cost`.
+TIE_BREAK = 1e-6
+
+
+def default_joint_order(num_joints: int) -> tuple[int, ...]:
+    """Visiting order for ``num_joints`` joints: the reference order restricted to indices
+    ``< num_joints`` followed by any remaining indices (for 14-joint CrowdPose this is the
+    reference's own truncated order)."""
+    order = [j for j in REFERENCE_JOINT_ORDER if j < num_joints]
+    order += [j for j in range(num_joints) if j not in order]
+    return tuple(order)
+
+
+def max_pool_nms(heatmaps: np.ndarray, kernel: int = 3) -> np.ndarray:
+    """Keep local maxima: ``heatmaps * (heatmaps == maxpool(heatmaps))`` (stride 1, padding
+    ``kernel // 2`` with -inf, like ``torch.nn.MaxPool2d``). Plateaus keep every pixel.
+
+    Args:
+        heatmaps: (K, H, W) float array.
+        kernel: odd window size in px.
+
+    Returns:
+        (K, H, W) array of the input dtype, non-maxima set to 0.
+
+    Raises ValueError on a wrong rank or an even/non-positive kernel.
+    """
+    hm = np.asarray(heatmaps)
+    if hm.ndim != 3:
+        raise ValueError(f"heatmaps must be (K, H, W), got {hm.shape}")
+    if kernel < 1 or kernel % 2 == 0:
+        raise ValueError(f"kernel must be odd and positive, got {kernel}")
+    pooled = hm.copy()
+    for axis in (2, 1):  # separable: rows, then columns (borders behave as -inf padding)
+        src = pooled.copy()
+        n = src.shape[axis]
+        for d in range(1, kernel // 2 + 1):
+            if d >= n:
+                break
+            lo = [slice(None)] * 3
+            hi = [slice(None)] * 3
+            lo[axis], hi[axis] = slice(0, n - d), slice(d, n)
+            np.maximum(pooled[tuple(lo)], src[tuple(hi)], out=pooled[tuple(lo)])
+            np.maximum(pooled[tuple(hi)], src[tuple(lo)], out=pooled[tuple(hi)])
+    return np.where(hm == pooled, hm, np.zeros((), hm.dtype))
+
+
+def _sparse_peaks(hm: np.ndarray, threshold: float, kernel: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Local maxima above ``threshold`` by checking only the pixels above it; None when
+    too many pixels are above it for the sparse check to pay off."""
+    num_joints, h, w = hm.shape
+    flat_idx = np.flatnonzero(hm > threshold)  # 1-D nonzero: far faster than 3-D np.nonzero
+    count = flat_idx.size
+    if count > hm.size // 8:
+        return None
+    j, rest = np.divmod(flat_idx, h * w)
+    y, x = np.divmod(rest, w)
+    v = hm.reshape(-1)[flat_idx]
+    r = kernel // 2
+    is_max = np.ones(count, dtype=bool)
+    for dy in range(-r, r + 1):
+        yy = y + dy
+        oky = (yy >= 0) & (yy < h)
+        yyc = np.clip(yy, 0, h - 1)
+        for dx in range(-r, r + 1):
+            if dy == 0 and dx == 0:
+                continue
+            xx = x + dx
+            ok = oky & (xx >= 0) & (xx < w)
+            nb = hm[j, yyc, np.clip(xx, 0, w - 1)]
+            is_max &= ~ok | (v >= nb)
+    return j[is_max], y[is_max] * w + x[is_max], v[is_max]
+
+
+def top_k_peaks(heatmaps: np.ndarray, k: int, nms_kernel: int = 3,
+                threshold: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``k`` highest NMS peaks of every joint (NumPy only; pass ``tensor.cpu().numpy()``).
+
+    Args:
+        heatmaps: (K, H, W) float array (e.g. the aggregated model heatmaps of one image).
+        k: peaks per joint (``max_people``); clipped to ``H * W``.
+        nms_kernel: odd max-pool window of the NMS, in px.
+        threshold: optional value >= 0; peaks ``<= threshold`` are not returned (their
+            slots hold score 0 at x = y = 0). With it, only pixels above the threshold are
+            examined, which is much faster on real heatmaps. The peaks above the
+            threshold are exactly those of the unthresholded call.
+
+    Returns:
+        ``(scores, xs, ys)``: (K, k) float32 heatmap values, sorted descending per joint
+        (ties: lower flat index first), and (K, k) int64 column / row of each peak in
+        heatmap px. After NMS non-peaks are 0, so when a joint has fewer than ``k`` peaks
+        the remaining entries have score 0 (drop them with a positive threshold).
+
+    Raises ValueError on a wrong shape, ``k < 1`` or a negative threshold.
+    """
+    hm = np.asarray(heatmaps, dtype=np.float32)
+    if hm.ndim != 3:
+        raise ValueError(f"heatmaps must be (K, H, W), got {hm.shape}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if threshold is not None and threshold < 0:
+        raise ValueError(f"threshold must be >= 0, got {threshold}")
+    num_joints, h, w = hm.shape
+    k = min(int(k), h * w)
+    sparse = _sparse_peaks(hm, float(threshold), nms_kernel) if threshold is not None else None
+    if sparse is not None:
+        j, ind, v = sparse
+        order = np.lexsort((ind, -v, j))  # by joint, value descending, flat index
+        j, ind, v = j[order], ind[order], v[order]
+        starts = np.searchsorted(j, np.arange(num_joints))
+        rank = np.arange(j.size) - starts[j]
+        sel = rank < k
+        vals = np.zeros((num_joints, k), dtype=np.float32)
+        inds = np.zeros((num_joints, k), dtype=np.int64)
+        vals[j[sel], rank[sel]] = v[sel]
+        inds[j[sel], rank[sel]] = ind[sel]
+        return vals, inds % w, inds // w
+    flat = max_pool_nms(hm, nms_kernel).reshape(num_joints, -1)
+    if k < flat.shape[1]:
+        part = np.argpartition(-flat, k - 1, axis=1)[:, :k]
+    else:
+        part = np.broadcast_to(np.arange(flat.shape[1]), (num_joints, flat.shape[1]))
+    vals = np.take_along_axis(flat, part, axis=1)
+    # Sort each row by value descending, then by flat index ascending (deterministic ties).
+    order = np.lexsort((part, -vals), axis=1)
+    ind = np.take_along_axis(part, order, axis=1)
+    vals = np.take_along_axis(vals, order, axis=1)
+    if threshold is not None:
+        drop = vals <= threshold
+        vals = np.where(drop, 0.0, vals)
+        ind = np.where(drop, 0, ind)
+    return vals.astype(np.float32), (ind % w).astype(np.int64), (ind // w).astype(np.int64)
+
+
+def _as_tags(tags: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    t = np.asarray(tags, dtype=np.float32)
+    if t.ndim == 3:
+        t = t[..., None]
+    if t.ndim != 4 or t.shape[:3] != shape:
+        raise ValueError(f"tags must be (K, H, W, T) with (K, H, W) = {shape}, got {np.shape(tags)}")
+    return t
+
+
+def _quarter_offsets(heatmaps: np.ndarray, joint: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """+-0.25 px per axis toward the higher of the two neighbours (ties: -0.25), borders clamped."""
+    _, h, w = heatmaps.shape
+    right = heatmaps[joint, y, np.minimum(x + 1, w - 1)]
+    left = heatmaps[joint, y, np.maximum(x - 1, 0)]
+    down = heatmaps[joint, np.minimum(y + 1, h - 1), x]
+    up = heatmaps[joint, np.maximum(y - 1, 0), x]
+    return np.where(right > left, 0.25, -0.25), np.where(down > up, 0.25, -0.25)
+
+
+def matching_cost(dist: np.ndarray, scores: np.ndarray, tag_threshold: float) -> np.ndarray:
+    """Hungarian cost of candidates (rows) against groups (columns).
+
+    ``round(dist) * 100 - score`` is the reference's cost. It ties often: when every
+    candidate gets a group the score term is the same for all assignments, and sums of
+    rounded distances coincide (2 + 2 == 4 + 0), so the reference's result then depends on
+    the solver's internals. A tiny term ``TIE_BREAK * (min(dist, 100) + 100 * (dist >=
+    tag_threshold))`` breaks such ties toward the assignment with the most accepted joins,
+    then the smallest distances; it is at most 2e-4 per candidate, below any difference
+    of the rounded-distance part (100).
+
+    Args:
+        dist: (C, G) float64 L2 tag distances; scores: (C,) detection scores.
+
+    Returns (C, G) float64 costs.
+    """
+    tie = np.minimum(dist, 100.0) + 100.0 * (dist >= tag_threshold)
+    return np.round(dist) * 100.0 - scores[:, None] + TIE_BREAK * tie
+
+
+def match_candidates(cand_tags: Sequence[np.ndarray], cand_scores: Sequence[np.ndarray], *,
+                     tag_threshold: float, max_people: int,
+                     order: Sequence[int]) -> tuple[np.ndarray, int]:
+    """Greedy-by-joint Hungarian grouping (step 2 of the module docstring).
+
+    Args:
+        cand_tags: per joint, (C_j, T) float tags of its candidates (already thresholded).
+        cand_scores: per joint, (C_j,) float detection scores.
+        tag_threshold: a candidate joins its assigned group when the L2 tag distance to the
+            group's mean tag is ``< tag_threshold``.
+        max_people: only the first ``max_people`` groups take part in matching.
+        order: joint visiting order.
+
+    Returns:
+        ``(assign, n)``: ``assign`` is a (K, max_j C_j) int64 array, the group index of each
+        candidate (-1 for padding), and ``n`` the number of groups.
+    """
+    num_joints = len(cand_tags)
+    width = max((len(s) for s in cand_scores), default=0)
+    assign = np.full((num_joints, width), -1, dtype=np.int64)
+    tdim = cand_tags[0].shape[1] if num_joints else 1
+    cap = sum(len(s) for s in cand_scores)
+    tag_sum = np.zeros((max(cap, 1), tdim), dtype=np.float64)
+    tag_cnt = np.zeros(max(cap, 1), dtype=np.float64)
+    n = 0
+    for j in order:
+        tags_j = np.asarray(cand_tags[j], dtype=np.float64)
+        scores_j = np.asarray(cand_scores[j], dtype=np.float64)
+        c = len(scores_j)
+        if c == 0:
+            continue
+        if n == 0:
+            assign[j, :c] = np.arange(c)
+            tag_sum[:c] = tags_j
+            tag_cnt[:c] = 1.0
+            n = c
+            continue
+        g = min(n, max_people)
+        means = tag_sum[:g] / tag_cnt[:g, None]
+        dist = np.sqrt(((tags_j[:, None, :] - means[None, :, :]) ** 2).sum(axis=2))  # (c, g)
+        cost = matching_cost(dist, scores_j, tag_threshold)
+        # c > g: the reference pads to square with constant columns (a row on a padding
+        # column opens a new group); the rectangular problem has the same optimum.
+        rows, cols = linear_sum_assignment(cost)
+        joined = np.zeros(c, dtype=bool)
+        valid = cols < g
+        r_ok, c_ok = rows[valid], cols[valid]
+        ok = dist[r_ok, c_ok] < tag_threshold
+        r_ok, c_ok = r_ok[ok], c_ok[ok]
+        assign[j, r_ok] = c_ok
+        tag_sum[c_ok] += tags_j[r_ok]
+        tag_cnt[c_ok] += 1.0
+        joined[r_ok] = True
+        new_rows = np.flatnonzero(~joined)  # in row order, as the reference creates them
+        if new_rows.size:
+            ids = n + np.arange(new_rows.size)
+            assign[j, new_rows] = ids
+            tag_sum[ids] = tags_j[new_rows]
+            tag_cnt[ids] = 1.0
+            n += new_rows.size
+    return assign, n
+
+
+def group_keypoints(heatmaps: np.ndarray, tags: np.ndarray, *, detection_threshold: float,
+                    tag_threshold: float, max_people: int, adjust: bool = True, refine: bool = True,
+                    nms_kernel: int = 3, joint_order: Sequence[int] | None = None,
+                    refine_chunk: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Decode one image's heatmaps and tag maps into persons (see module docstring).
+
+    Args:
+        heatmaps: (K, H, W) float32 detection heatmaps (e.g. aggregated 1/2-resolution maps).
+        tags: (K, H, W, T) float32 tag maps (T = tag_dim x flips x scales); (K, H, W) is
+            read as T = 1.
+        detection_threshold: candidates need a heatmap value ``> detection_threshold``.
+        tag_threshold: max L2 tag distance (exclusive) for joining an existing group.
+        max_people: peaks per joint and groups taking part in matching.
+        adjust: quarter-pixel shift of grouped joints toward the higher neighbour.
+        refine: fill each person's missing joints from its mean tag (reference ``refine``).
+        nms_kernel: NMS window in px.
+        joint_order: visiting order (default :func:`default_joint_order`).
+        refine_chunk: persons per batched refinement step (bounds memory to
+            ``refine_chunk * H * W * T`` floats; no effect on the result).
+
+    Returns:
+        ``(persons, scores)``: persons (N, K, 4) float32 ``[x, y, score, tag]`` in heatmap px
+        of the given maps (missing joints: all four 0), where ``tag`` is the joint's tag
+        vector averaged over its T channels; scores (N,) float32, the person score (mean of
+        its K joint scores before refinement). Persons are in creation order.
+
+    Raises ValueError on inconsistent shapes, ``max_people < 1`` or a negative
+    ``detection_threshold``.
+    """
+    hm = np.asarray(heatmaps, dtype=np.float32)
+    if hm.ndim != 3:
+        raise ValueError(f"heatmaps must be (K, H, W), got {hm.shape}")
+    tg = _as_tags(tags, hm.shape)
+    if max_people < 1:
+        raise ValueError(f"max_people must be >= 1, got {max_people}")
+    if detection_threshold < 0:
+        raise ValueError(f"detection_threshold must be >= 0, got {detection_threshold}")
+    num_joints, h, w = hm.shape
+    order = tuple(joint_order) if joint_order is not None else default_joint_order(num_joints)
+    if sorted(order) != list(range(num_joints)):
+        raise ValueError(f"joint order must be a permutation of range({num_joints}), got {order}")
+
+    thr = max(float(detection_threshold), 0.0)
+    vals, xs, ys = top_k_peaks(hm, max_people, nms_kernel, threshold=thr)
+    jj = np.arange(num_joints)[:, None]
+    tag_k = tg[jj, ys, xs]  # (K, k, T)
+    keep = vals > detection_threshold
+    counts = keep.sum(axis=1)
+    # top_k_peaks sorts descending, so the kept candidates are a prefix of each row.
+    cand_tags = [tag_k[j, :counts[j]] for j in range(num_joints)]
+    cand_scores = [vals[j, :counts[j]] for j in range(num_joints)]
+    assign, n = match_candidates(cand_tags, cand_scores, tag_threshold=tag_threshold,
+                                 max_people=max_people, order=order)
+    persons = np.zeros((n, num_joints, 4), dtype=np.float32)
+    if n == 0:
+        return persons, np.zeros(0, dtype=np.float32)
+
+    jk, ck = np.nonzero(assign >= 0)
+    pk = assign[jk, ck]
+    # A later candidate of the same joint never lands in a group that already has that
+    # joint (each group gets at most one row per assignment), so writes do not collide.
+    px = xs[jk, ck].astype(np.float32)
+    py = ys[jk, ck].astype(np.float32)
+    if adjust:
+        dx, dy = _quarter_offsets(hm, jk, xs[jk, ck], ys[jk, ck])
+        px += dx
+        py += dy
+    persons[pk, jk, 0] = px
+    persons[pk, jk, 1] = py
+    persons[pk, jk, 2] = vals[jk, ck]
+    persons[pk, jk, 3] = tag_k[jk, ck].mean(axis=1)
+    scores = persons[:, :, 2].mean(axis=1).astype(np.float32)
+
+    if refine:
+        # Person mean tag from its matched peaks' tags.
+        tsum = np.zeros((n, tg.shape[-1]), dtype=np.float64)
+        np.add.at(tsum, pk, tag_k[jk, ck].astype(np.float64))
+        tcnt = np.bincount(pk, minlength=n).astype(np.float64)
+        mean_tag = (tsum / tcnt[:, None]).astype(np.float32)
+        _refine(hm, tg, persons, mean_tag, refine_chunk)
+    return persons, scores
+
+
+def _refine(hm: np.ndarray, tg: np.ndarray, persons: np.ndarray, mean_tag: np.ndarray, chunk: int) -> None:
+    """Fill missing joints in place (reference ``HeatmapParser.refine``), batched per joint."""
+    num_joints, h, w = hm.shape
+    missing = persons[:, :, 2] == 0  # (N, K)
+    for j in np.flatnonzero(missing.any(axis=0)):
+        people = np.flatnonzero(missing[:, j])
+        tj = tg[j]  # (H, W, T)
+        for s in range(0, people.size, max(1, chunk)):
+            p = people[s:s + max(1, chunk)]
+            if tj.shape[-1] == 1:
+                dist = np.subtract(tj[None, :, :, 0], mean_tag[p, 0][:, None, None])
+                np.abs(dist, out=dist)
+            else:
+                diff = tj[None] - mean_tag[p][:, None, None, :]  # (P, H, W, T)
+                dist = np.sqrt(np.einsum("phwt,phwt->phw", diff, diff))
+            np.round(dist, out=dist)
+            score_map = np.subtract(hm[j][None], dist, out=dist)
+            flat = score_map.reshape(p.size, -1).argmax(axis=1)
+            y, x = flat // w, flat % w
+            val = hm[j, y, x]
+            ok = val > 0
+            if not ok.any():
+                continue
+            p, x, y, val = p[ok], x[ok], y[ok], val[ok]
+            jv = np.full(p.size, j)
+            dx, dy = _quarter_offsets(hm, jv, x, y)
+            persons[p, j, 0] = x + dx
+            persons[p, j, 1] = y + dy
+            persons[p, j, 2] = val
+            persons[p, j, 3] = tg[j, y, x].mean(axis=-1)

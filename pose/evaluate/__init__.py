@@ -1,0 +1,2 @@
+"""Evaluation: COCO / CrowdPose keypoint metrics with pycocotools (``coco``) and plots
+(``plots``)."""

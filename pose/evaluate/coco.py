@@ -1,0 +1,422 @@
+"""COCO keypoint evaluation (OKS-based AP/AR with pycocotools, cocodataset.org/#keypoints-eval)
+plus diagnostics, and CrowdPose's easy/medium/hard split (Li et al., CVPR 2019).
+
+All coordinates are image px. pycocotools prints progress to stdout; every call into it
+here runs with stdout captured, and the summary table is logged at DEBUG level.
+
+Metrics of :func:`evaluate_results` (a flat dict of floats plus one nested dict):
+
+* ``AP, AP50, AP75, APM, APL, AR, AR50, AR75, ARM, ARL``: ``COCOeval(iouType="keypoints")``
+  ``stats[0..9]`` with ``params.kpt_oks_sigmas = sigmas`` (maxDets 20). -1 where the
+  ground truth has no person in that area range (pycocotools' convention).
+* ``per_keypoint_AP``: ``{joint name: AP}``. Persons are matched by COCOeval itself (full
+  OKS, at each threshold t of 0.50:0.05:0.95, area "all", maxDets 20); for joint j a
+  prediction matched to a person who labels j is a TP when the joint's own similarity
+  ``exp(-d^2 / (2 s^2 k_j^2))`` (pycocotools' OKS term, s^2 = area) is >= t and a FP
+  otherwise, one matched to a person not labeling j is ignored, an unmatched one is a FP;
+  positives are the non-ignored persons labeling j. AP is interpolated exactly as
+  ``COCOeval.accumulate`` does and averaged over t. (Masking the ground truth down to one
+  joint instead would turn predictions of persons lacking that joint into false positives.)
+* ``keypoint_precision / keypoint_recall / keypoint_f1``: persons are matched exactly as
+  COCOeval matches them at OKS >= ``oks_threshold`` (area "all", maxDets 20, crowd/ignored
+  ground truth handled by pycocotools). A predicted keypoint is present when its third
+  value is > 0. TP: a present predicted keypoint of a matched person whose ground-truth
+  joint is labeled (v > 0) and whose own similarity ``exp(-d^2 / (2 s^2 k_j^2))`` is
+  >= ``oks_threshold``. FP: the other present keypoints at labeled joints of matched
+  persons, and every present keypoint of unmatched (not ignored) predictions. Keypoints
+  at joints the matched ground truth does not label cannot be judged and are left out.
+  Recall = TP / labeled joints of the non-ignored ground-truth persons.
+* ``grouping_accuracy``: among ground-truth persons matched at OKS >= 0.5, the share whose
+  prediction's keypoints all come from that one person: every present predicted keypoint
+  at a joint labeled in the matched person is at least as close (px) to that person's
+  same joint as to the same joint of any other ground-truth person in the image. -1 when
+  no person is matched.
+* ``num_images, num_gt_persons`` (non-ignored), ``num_results``, ``oks_threshold``.
+
+Empty results give AP = AR = 0 (not a crash). Results naming an image that is not in the
+ground truth raise ValueError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from pose.datasets.schema import COCO_SIGMAS, KEYPOINT_NAMES
+
+log = logging.getLogger(__name__)
+
+#: The ten COCO keypoint summary numbers, in ``COCOeval.stats`` order.
+METRIC_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL")
+
+#: CrowdPose's 14 OKS sigmas (official crowdposetools).
+CROWDPOSE_SIGMAS = np.array([0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89,
+                             0.79, 0.79], dtype=np.float64) / 10.0
+
+#: Crowd-index bounds of CrowdPose's split, as in the official crowdposetools
+#: (``get_type_result(first=0.2, second=0.8)``): easy < 0.2 <= medium < 0.8 <= hard.
+CROWDPOSE_SPLITS: tuple[float, float] = (0.2, 0.8)
+
+_MAX_DETS = 20
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Capture pycocotools' prints; the captured text is logged at DEBUG level."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        yield buf
+    text = buf.getvalue().strip()
+    if text:
+        log.debug("pycocotools:\n%s", text)
+
+
+def _coco_from_dict(dataset: dict) -> COCO:
+    coco = COCO()
+    coco.dataset = dataset
+    with _quiet():
+        coco.createIndex()
+    return coco
+
+
+def load_ground_truth(gt_json: Path | str | COCO | dict) -> COCO:
+    """A pycocotools COCO object from a JSON path, a dataset dict or an existing COCO.
+
+    Raises FileNotFoundError for a missing file, ValueError for a file without
+    ``images`` / ``annotations``."""
+    if isinstance(gt_json, COCO):
+        return gt_json
+    if isinstance(gt_json, dict):
+        data = gt_json
+    else:
+        path = Path(gt_json)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: ground-truth file not found")
+        data = json.loads(path.read_text())
+    if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
+        raise ValueError("ground truth must be a COCO dict with `images` and `annotations`")
+    data = dict(data)
+    data.setdefault("categories", [{"id": 1, "name": "person", "supercategory": "person"}])
+    return _coco_from_dict(data)
+
+
+def _num_joints(coco_gt: COCO, sigmas: np.ndarray) -> int:
+    k = len(sigmas)
+    for ann in coco_gt.dataset["annotations"]:
+        if len(ann.get("keypoints", [])) != 3 * k:
+            raise ValueError(f"annotation {ann.get('id')} has {len(ann.get('keypoints', []))} keypoint values; "
+                             f"{len(sigmas)} sigmas need {3 * k}")
+    return k
+
+
+def load_results(coco_gt: COCO, results: Sequence[dict] | Path | str, num_joints: int) -> COCO:
+    """Results (a list of COCO keypoint entries or a JSON file of one) as a COCO object
+    paired with ``coco_gt``. The caller's dicts are not modified.
+
+    Raises ValueError on a malformed entry or an image id absent from the ground truth."""
+    if isinstance(results, (str, Path)):
+        results = json.loads(Path(results).read_text())
+    results = list(results)
+    img_ids = set(coco_gt.getImgIds())
+    for r in results:
+        for key in ("image_id", "category_id", "keypoints", "score"):
+            if key not in r:
+                raise ValueError(f"result entry lacks `{key}`: {str(r)[:120]}")
+        if len(r["keypoints"]) != 3 * num_joints:
+            raise ValueError(f"result for image {r['image_id']} has {len(r['keypoints'])} keypoint values, "
+                             f"expected {3 * num_joints}")
+        if r["image_id"] not in img_ids:
+            raise ValueError(f"result names image {r['image_id']}, which is not in the ground truth")
+    if not results:
+        empty = {"images": coco_gt.dataset["images"], "categories": copy.deepcopy(coco_gt.dataset["categories"]),
+                 "annotations": []}
+        return _coco_from_dict(empty)
+    with _quiet():
+        return coco_gt.loadRes([dict(r) for r in results])
+
+
+def _run_cocoeval(coco_gt: COCO, coco_dt: COCO, sigmas: np.ndarray, img_ids: Sequence[int] | None = None,
+                  summarize: bool = True, iou_thrs: Sequence[float] | None = None) -> COCOeval:
+    ev = COCOeval(coco_gt, coco_dt, iouType="keypoints")
+    ev.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
+    if img_ids is not None:
+        ev.params.imgIds = list(img_ids)
+    if iou_thrs is not None:
+        ev.params.iouThrs = np.asarray(iou_thrs, dtype=np.float64)
+        ev.params.areaRng = [ev.params.areaRng[0]]
+        ev.params.areaRngLbl = [ev.params.areaRngLbl[0]]
+    with _quiet():
+        ev.evaluate()
+        if summarize:
+            ev.accumulate()
+            ev.summarize()
+    return ev
+
+
+def _keypoint_array(anns: Sequence[dict], num_joints: int) -> np.ndarray:
+    if not anns:
+        return np.zeros((0, num_joints, 3))
+    return np.asarray([a["keypoints"] for a in anns], dtype=np.float64).reshape(len(anns), num_joints, 3)
+
+
+def _keypoint_similarity(pred: np.ndarray, gt: np.ndarray, area: float, sigmas: np.ndarray) -> np.ndarray:
+    """Per-joint OKS term ``exp(-d^2 / (2 (area + eps) (2 sigma)^2))`` as pycocotools computes it."""
+    d2 = ((pred[:, :2] - gt[:, :2]) ** 2).sum(axis=1)
+    var = (2 * sigmas) ** 2
+    return np.exp(-d2 / var / (area + np.spacing(1)) / 2)
+
+
+def _entries(ev: COCOeval) -> list[dict]:
+    """COCOeval's per-image records of area range "all" at the largest maxDets."""
+    rng = ev.params.areaRng[0]
+    return [e for e in ev.evalImgs
+            if e is not None and list(e["aRng"]) == list(rng) and e["maxDet"] == ev.params.maxDets[-1]]
+
+
+def _interpolated_ap(scores: np.ndarray, tp: np.ndarray, fp: np.ndarray, npig: int, rec_thrs: np.ndarray) -> float:
+    """COCO's 101-point interpolated AP of one threshold (same steps as COCOeval.accumulate)."""
+    if npig == 0:
+        return -1.0
+    order = np.argsort(-scores, kind="mergesort")
+    tp_sum = np.cumsum(tp[order]).astype(np.float64)
+    fp_sum = np.cumsum(fp[order]).astype(np.float64)
+    if tp_sum.size == 0:
+        return 0.0
+    rc = tp_sum / npig
+    pr = tp_sum / (fp_sum + tp_sum + np.spacing(1))
+    pr = np.maximum.accumulate(pr[::-1])[::-1]  # precision envelope
+    inds = np.searchsorted(rc, rec_thrs, side="left")
+    q = np.where(inds < pr.size, pr[np.minimum(inds, pr.size - 1)], 0.0)
+    return float(q.mean())
+
+
+def _per_keypoint_ap(ev: COCOeval, coco_gt: COCO, coco_dt: COCO, sigmas: np.ndarray,
+                     names: Sequence[str]) -> dict[str, float]:
+    """Per-joint AP from COCOeval's own person matching at every OKS threshold t: a
+    prediction matched to a person labeling joint j is a TP when that joint's similarity is
+    >= t, else a FP; one matched to a person not labeling j is ignored; an unmatched one is
+    a FP; positives are the non-ignored persons labeling j. AP as COCO interpolates it,
+    averaged over t."""
+    k = len(sigmas)
+    thrs = ev.params.iouThrs
+    rows = []  # (score, matched gt id per t (T,), ignore per t (T,), pred (K, 3))
+    pos = np.zeros(k, dtype=np.int64)
+    for e in _entries(ev):
+        gts = coco_gt.loadAnns(e["gtIds"])
+        for g, ig in zip(gts, e["gtIgnore"]):
+            if not ig:
+                pos += np.asarray(g["keypoints"], np.float64).reshape(k, 3)[:, 2] > 0
+        for d_i, dt in enumerate(coco_dt.loadAnns(e["dtIds"])):
+            rows.append((float(dt["score"]), e["dtMatches"][:, d_i].astype(np.int64),
+                         e["dtIgnore"][:, d_i].astype(bool), np.asarray(dt["keypoints"], np.float64).reshape(k, 3)))
+    out = {}
+    scores = np.asarray([r[0] for r in rows], dtype=np.float64)
+    for j, name in enumerate(names):
+        aps = []
+        for t, thr in enumerate(thrs):
+            tp = np.zeros(len(rows), dtype=bool)
+            fp = np.zeros(len(rows), dtype=bool)
+            for i, (_, match, ignore, pred) in enumerate(rows):
+                if ignore[t]:
+                    continue
+                g_id = int(match[t])
+                if g_id == 0:
+                    fp[i] = True
+                    continue
+                g = np.asarray(coco_gt.anns[g_id]["keypoints"], np.float64).reshape(k, 3)
+                if g[j, 2] <= 0:
+                    continue
+                ks = _keypoint_similarity(pred[j:j + 1], g[j:j + 1], coco_gt.anns[g_id]["area"], sigmas[j:j + 1])
+                tp[i] = ks[0] >= thr
+                fp[i] = not tp[i]
+            aps.append(_interpolated_ap(scores, tp, fp, int(pos[j]), ev.params.recThrs))
+        valid = [a for a in aps if a > -1]
+        out[name] = float(np.mean(valid)) if valid else -1.0
+    return out
+
+
+def _match_diagnostics(ev: COCOeval, coco_gt: COCO, coco_dt: COCO, sigmas: np.ndarray,
+                       oks_threshold: float) -> dict:
+    """Keypoint precision / recall / F1 at ``oks_threshold`` and grouping accuracy at 0.5,
+    from COCOeval's own person matching (area "all", maxDets 20). Uses ``ev`` when it
+    evaluated both thresholds, else one more matching run."""
+    def index(run: COCOeval, thr: float) -> int | None:
+        hit = np.flatnonzero(np.isclose(run.params.iouThrs, thr, rtol=0, atol=1e-9))
+        return int(hit[0]) if hit.size else None
+
+    if index(ev, oks_threshold) is None or index(ev, 0.5) is None:
+        ev = _run_cocoeval(coco_gt, coco_dt, sigmas, summarize=False, iou_thrs=sorted({0.5, oks_threshold}))
+    t_kp, t_grp = index(ev, oks_threshold), index(ev, 0.5)
+    k = len(sigmas)
+    tp = fp = n_gt = 0
+    matched = correct = 0
+    for e in _entries(ev):
+        gts = coco_gt.loadAnns(e["gtIds"])
+        gt_kps = _keypoint_array(gts, k)
+        n_gt += int(sum((gt_kps[i, :, 2] > 0).sum() for i, ig in enumerate(e["gtIgnore"]) if not ig))
+        gt_index = {g["id"]: i for i, g in enumerate(gts)}
+        for d_i, dt in enumerate(coco_dt.loadAnns(e["dtIds"])):
+            pred = np.asarray(dt["keypoints"], np.float64).reshape(k, 3)
+            present = pred[:, 2] > 0
+            if not e["dtIgnore"][t_kp, d_i]:
+                g_id = int(e["dtMatches"][t_kp, d_i])
+                if g_id == 0:
+                    fp += int(present.sum())
+                else:
+                    g = gt_kps[gt_index[g_id]]
+                    judged = present & (g[:, 2] > 0)
+                    sim = _keypoint_similarity(pred, g, coco_gt.anns[g_id]["area"], sigmas)
+                    ok = judged & (sim >= oks_threshold)
+                    tp += int(ok.sum())
+                    fp += int(judged.sum() - ok.sum())
+            g_id = int(e["dtMatches"][t_grp, d_i])
+            if not e["dtIgnore"][t_grp, d_i] and g_id != 0:
+                matched += 1
+                correct += int(_grouped_correctly(pred, gt_kps, gt_index[g_id]))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / n_gt if n_gt else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"keypoint_precision": float(precision), "keypoint_recall": float(recall), "keypoint_f1": float(f1),
+            "grouping_accuracy": float(correct / matched) if matched else -1.0}
+
+
+def _grouped_correctly(pred: np.ndarray, gt_kps: np.ndarray, gi: int) -> bool:
+    """Every present predicted joint labeled in person ``gi`` is at least as close to it as
+    to any other labeled person's same joint."""
+    judged = (pred[:, 2] > 0) & (gt_kps[gi, :, 2] > 0)
+    if not judged.any():
+        return True
+    d = np.sqrt(((gt_kps[:, :, :2] - pred[None, :, :2]) ** 2).sum(axis=2))  # (G, K)
+    d = np.where(gt_kps[:, :, 2] > 0, d, np.inf)
+    return bool(np.all(d[gi, judged] <= d[:, judged].min(axis=0)))
+
+
+def evaluate_results(gt_json: Path | str | COCO | dict, results: Sequence[dict] | Path | str,
+                     sigmas: np.ndarray = COCO_SIGMAS, oks_threshold: float = 0.5, *,
+                     per_keypoint: bool = True, keypoint_names: Sequence[str] | None = None) -> dict:
+    """Score COCO keypoint results against ground truth (module docstring lists the keys).
+
+    Args:
+        gt_json: ground-truth COCO keypoints JSON (path, dict or COCO object).
+        results: list of ``{"image_id", "category_id", "keypoints": 3K floats (image px),
+            "score"}`` or a path to a JSON file of one.
+        sigmas: (K,) OKS sigmas (COCO: ``pose.datasets.schema.COCO_SIGMAS``).
+        oks_threshold: threshold of the keypoint precision/recall/F1 (params
+            ``evaluate.oks_threshold``).
+        per_keypoint: compute ``per_keypoint_AP``.
+        keypoint_names: names of the per-keypoint entries (default COCO names for 17
+            joints, else ``kp0, kp1, ...``).
+
+    Returns a dict of floats (and ``per_keypoint_AP``: {name: float}).
+
+    Raises FileNotFoundError / ValueError on missing or malformed ground truth or results.
+    """
+    sigmas = np.asarray(sigmas, dtype=np.float64)
+    if not 0.0 < float(oks_threshold) <= 1.0:
+        raise ValueError(f"oks_threshold must be in (0, 1], got {oks_threshold}")
+    coco_gt = load_ground_truth(gt_json)
+    k = _num_joints(coco_gt, sigmas)
+    coco_dt = load_results(coco_gt, results, k)
+    ev = _run_cocoeval(coco_gt, coco_dt, sigmas)
+    metrics: dict = {name: float(v) for name, v in zip(METRIC_NAMES, ev.stats)}
+    if keypoint_names is None:
+        keypoint_names = KEYPOINT_NAMES if k == len(KEYPOINT_NAMES) else [f"kp{i}" for i in range(k)]
+    if len(keypoint_names) != k:
+        raise ValueError(f"{len(keypoint_names)} keypoint names for {k} joints")
+    if per_keypoint:
+        metrics["per_keypoint_AP"] = _per_keypoint_ap(ev, coco_gt, coco_dt, sigmas, keypoint_names)
+    metrics.update(_match_diagnostics(ev, coco_gt, coco_dt, sigmas, float(oks_threshold)))
+    anns = coco_gt.dataset["annotations"]
+    metrics["num_images"] = len(coco_gt.getImgIds())
+    metrics["num_gt_persons"] = sum(1 for a in anns if not a.get("iscrowd", 0) and a.get("num_keypoints", 0) > 0)
+    metrics["num_results"] = len(coco_dt.dataset["annotations"])
+    metrics["oks_threshold"] = float(oks_threshold)
+    return metrics
+
+
+def evaluate_crowdpose(gt_json: Path | str | COCO | dict, results: Sequence[dict] | Path | str,
+                       sigmas: np.ndarray = CROWDPOSE_SIGMAS,
+                       splits: tuple[float, float] = CROWDPOSE_SPLITS) -> dict:
+    """CrowdPose metrics with pycocotools, following the official crowdposetools:
+    OKS area = ground-truth bbox ``w * h * 0.53`` (replaces ``area``), no area ranges, and
+    AP on the easy / medium / hard images by the per-image ``crowdIndex`` of the ground
+    truth (easy < splits[0] <= medium < splits[1] <= hard).
+
+    Returns ``{AP, AP50, AP75, AR, AR50, AR75, AP_easy, AP_medium, AP_hard, num_easy,
+    num_medium, num_hard}`` (AP of an empty split: -1).
+
+    Raises ValueError when an image lacks ``crowdIndex`` (not CrowdPose ground truth) or
+    on malformed input; FileNotFoundError for a missing file.
+    """
+    sigmas = np.asarray(sigmas, dtype=np.float64)
+    base = load_ground_truth(gt_json).dataset
+    missing = [im["id"] for im in base["images"] if "crowdIndex" not in im]
+    if missing:
+        raise ValueError(f"{len(missing)} image(s) lack `crowdIndex` (e.g. id {missing[0]}): not CrowdPose ground truth")
+    anns = []
+    for a in base["annotations"]:
+        b = dict(a)
+        b["area"] = float(a["bbox"][2] * a["bbox"][3] * 0.53)
+        b.setdefault("iscrowd", 0)
+        if "num_keypoints" not in b:
+            b["num_keypoints"] = int((np.asarray(a["keypoints"]).reshape(-1, 3)[:, 2] > 0).sum())
+        anns.append(b)
+    coco_gt = _coco_from_dict({**base, "annotations": anns})
+    k = _num_joints(coco_gt, sigmas)
+    coco_dt = load_results(coco_gt, results, k)
+    ev = _run_cocoeval(coco_gt, coco_dt, sigmas)
+    out = {name: float(ev.stats[i]) for i, name in enumerate(METRIC_NAMES) if name in
+           ("AP", "AP50", "AP75", "AR", "AR50", "AR75")}
+    lo, hi = splits
+    groups = {"easy": [], "medium": [], "hard": []}
+    for im in base["images"]:
+        ci = float(im["crowdIndex"])
+        groups["easy" if ci < lo else "medium" if ci < hi else "hard"].append(im["id"])
+    for name, ids in groups.items():
+        out[f"num_{name}"] = len(ids)
+        out[f"AP_{name}"] = float(_run_cocoeval(coco_gt, coco_dt, sigmas, img_ids=ids).stats[0]) if ids else -1.0
+    return out
+
+
+def write_metrics(metrics: dict, path: Path | str) -> Path:
+    """Write ``metrics`` as JSON (sorted keys, indented) atomically: a temporary file in the
+    same folder, then ``os.replace``. Creates parent folders. Returns the path.
+
+    Raises TypeError for values JSON cannot encode (NaN/inf are written as JSON null)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(_finite(metrics), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _finite(obj):
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return v if np.isfinite(v) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj

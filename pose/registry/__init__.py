@@ -1,0 +1,1 @@
+"""MLflow tracking and model registry: runs, model versions, champion/challenger aliases."""

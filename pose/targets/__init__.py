@@ -1,0 +1,1 @@
+"""Training targets: Gaussian heatmaps, tag-loss joint indices, ignore masks."""

@@ -1,0 +1,1 @@
+"""Training: data pipeline, curriculum sampler, loop, checkpoints, DDP."""

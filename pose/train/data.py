@@ -1,0 +1,178 @@
+"""COCO keypoint training data and the multi-scale curriculum batch sampler.
+
+A batch is a list of ``(dataset index, input size)`` pairs that all share one
+input size (HigherHRNet trains each batch at one resolution). Every random choice
+is a pure function of ``(seed, epoch, index)``, so a run resumed mid-epoch sees
+exactly the batches and augmentations it would have seen without the interruption,
+whatever the number of loader workers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pose.augment.transforms import augment_sample, build_augmenter, normalize_image, to_canvas
+from pose.targets.heatmaps import joint_indices, render_heatmaps
+from pose.targets.masks import ignore_mask
+
+STRIDES = (4, 2)  # HigherHRNet outputs: 1/4 (heatmaps + tags) and 1/2 (heatmaps)
+
+
+def load_coco(ann_file: Path) -> tuple[list[dict], dict[int, list[dict]]]:
+    """Read a COCO keypoints file: (images, annotations grouped by image id).
+
+    Raises ValueError naming the file (and line/column) for malformed JSON or a
+    missing top-level field.
+    """
+    ann_file = Path(ann_file)
+    try:
+        data = json.loads(ann_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{ann_file}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+    for field in ("images", "annotations"):
+        if field not in data:
+            raise ValueError(f"{ann_file}: missing top-level field '{field}'")
+    by_image: dict[int, list[dict]] = {}
+    for ann in data["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    return data["images"], by_image
+
+
+def person_keypoints(anns: list[dict], num_joints: int) -> np.ndarray:
+    """(P, K, 3) float64 keypoints (image px) of the non-crowd people with labels."""
+    kps = [np.asarray(a["keypoints"], dtype=np.float64).reshape(num_joints, 3)
+           for a in anns if not a.get("iscrowd", 0) and a.get("num_keypoints", 0) > 0]
+    return np.stack(kps) if kps else np.zeros((0, num_joints, 3))
+
+
+class CocoKeypoints(Dataset):
+    """Images with at least one labelled person, producing HigherHRNet targets.
+
+    ``dataset[(index, input_size)]`` returns a dict of tensors:
+
+    * ``image``: (3, S, S) float32, ImageNet-normalised RGB;
+    * ``heatmaps_4`` / ``heatmaps_2``: (K, S/4, S/4) / (K, S/2, S/2) float32 Gaussians;
+    * ``weights_4`` / ``weights_2``: (S/4, S/4) / (S/2, S/2) float32, 0 on ignored pixels;
+    * ``joints``: (max_people, K, 2) int64 tag-loss indices at the 1/4 resolution.
+    """
+
+    def __init__(self, ann_file: Path, images_dir: Path, *, num_joints: int, sigma: float, max_people: int,
+                 augment: dict | None, seed: int):
+        images, by_image = load_coco(ann_file)
+        self.images_dir = Path(images_dir)
+        self.num_joints, self.sigma, self.max_people, self.seed = num_joints, float(sigma), int(max_people), int(seed)
+        self.records = [(img, by_image.get(img["id"], [])) for img in images
+                        if any(a.get("num_keypoints", 0) > 0 and not a.get("iscrowd", 0) for a in by_image.get(img["id"], []))]
+        if not self.records:
+            raise ValueError(f"{ann_file}: no image has a labelled non-crowd person; nothing to train on")
+        self.augment = augment
+        self.augmenter = build_augmenter(augment) if augment else None
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+        index, input_size = key
+        img, anns = self.records[index]
+        path = self.images_dir / img["file_name"]
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise FileNotFoundError(f"{path}: cannot read image (image id {img['id']})")
+        h, w = image.shape[:2]
+        kp = person_keypoints(anns, self.num_joints)
+        ignore = ignore_mask(anns, h, w)
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        flip = bool(self.augment) and rng.random() < float(self.augment["flip_prob"])
+        image, kp, ignore = augment_sample(image, kp, ignore, self.augmenter, flip, int(rng.integers(2 ** 31)))
+        canvas, kps, weights, _ = to_canvas(image, kp, ignore, input_size, STRIDES)
+        out = {"image": torch.from_numpy(normalize_image(canvas))}
+        for stride, k, wmap in zip(STRIDES, kps, weights):
+            size = input_size // stride
+            out[f"heatmaps_{stride}"] = torch.from_numpy(render_heatmaps(k, size, size, self.sigma))
+            out[f"weights_{stride}"] = torch.from_numpy(wmap)
+        size4 = input_size // 4
+        out["joints"] = torch.from_numpy(joint_indices(kps[0], size4, size4, self.max_people))
+        return out
+
+
+def curriculum_schedule(curriculum: list[dict], *, multi_scale: bool, use_curriculum: bool) -> list[list[int]]:
+    """Active input sizes of every epoch, from params ``train.curriculum``.
+
+    ``curriculum`` is a list of ``{sizes: [...], epochs: n}`` stages. With
+    ``use_curriculum`` false every epoch uses the union of all sizes (same number
+    of epochs); with ``multi_scale`` false every epoch uses only the largest size.
+    Returns one sorted size list per epoch. Raises ValueError on an empty plan or a
+    size that is not a multiple of 32.
+    """
+    if not curriculum:
+        raise ValueError("train.curriculum is empty")
+    all_sizes = sorted({int(s) for st in curriculum for s in st["sizes"]})
+    bad = [s for s in all_sizes if s % 32]
+    if bad:
+        raise ValueError(f"train.curriculum sizes must be multiples of 32, got {bad}")
+    plan = []
+    for stage in curriculum:
+        sizes = sorted(int(s) for s in stage["sizes"])
+        for _ in range(int(stage["epochs"])):
+            if not multi_scale:
+                plan.append([all_sizes[-1]])
+            elif not use_curriculum:
+                plan.append(all_sizes)
+            else:
+                plan.append(sizes)
+    return plan
+
+
+class CurriculumBatchSampler:
+    """Yields batches ``[(index, size), ...]`` of one input size each.
+
+    The order of an epoch is a permutation seeded by ``(seed, epoch)``; the size of
+    global step i is drawn from the epoch's active sizes with the same seed. Under
+    DDP every rank computes the same global plan and takes every ``world_size``-th
+    batch, so ranks at the same step train the same size. ``start_batch`` skips the
+    first batches of the epoch (exact mid-epoch resume).
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, schedule: list[list[int]], *, seed: int,
+                 rank: int = 0, world_size: int = 1, max_batches: int = 0):
+        self.num_samples, self.batch_size, self.schedule = num_samples, batch_size, schedule
+        self.seed, self.rank, self.world_size, self.max_batches = seed, rank, world_size, max_batches
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = int(epoch), int(start_batch)
+
+    def _plan(self) -> list[list[tuple[int, int]]]:
+        rng = np.random.default_rng([self.seed, self.epoch, 7])
+        order = rng.permutation(self.num_samples)
+        per_step = self.batch_size * self.world_size
+        steps = self.num_samples // per_step
+        if steps == 0:  # tiny datasets: repeat the permutation to fill one step
+            order = np.resize(order, per_step)
+            steps = 1
+        if self.max_batches:
+            steps = min(steps, self.max_batches)
+        sizes = self.schedule[min(self.epoch, len(self.schedule) - 1)]
+        step_sizes = rng.choice(sizes, size=steps)
+        batches = []
+        for s in range(steps):
+            chunk = order[s * per_step:(s + 1) * per_step]
+            mine = chunk[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+            batches.append([(int(i), int(step_sizes[s])) for i in mine])
+        return batches
+
+    def __len__(self) -> int:
+        return len(self._plan())
+
+    def __iter__(self):
+        yield from self._plan()[self.start_batch:]

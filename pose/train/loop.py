@@ -1,0 +1,204 @@
+"""The training loop: HigherHRNet with heatmap + associative-embedding losses and a
+multi-scale input-size curriculum (Cheng et al., CVPR 2020, Sec. 3.3-3.4).
+
+Read it top to bottom: set up (device, DDP, data, model, optimiser, schedule),
+resume, then the epoch/step loop with logging and checkpoints. Under ``torchrun``
+every rank trains; only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from pose.losses import total_loss
+from pose.models import build_model, load_pretrained
+from pose.train.checkpoint import load_checkpoint, save_checkpoint
+from pose.train.data import CocoKeypoints, CurriculumBatchSampler, curriculum_schedule
+
+
+def pick_device() -> torch.device:
+    """CUDA device of this rank when CUDA is present, else CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the base LR at optimiser step ``step`` (0-based): linear warm-up
+    over ``warmup`` steps, then cosine decay to 0 or a x0.1 step at 2/3 of training."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "cosine":
+        t = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+    if schedule == "step":
+        return 0.1 if step >= (2 * total) // 3 else 1.0
+    raise ValueError(f"params train.lr_schedule: unknown schedule {schedule!r} (cosine | step)")
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, metrics_path: Path,
+          steps_path: Path, resume: bool = True, stop_after_steps: int = 0) -> dict:
+    """Train from ``params`` (the whole params.yaml dict) and write, on rank 0:
+
+    * ``out_dir/last.pt`` (every ``train.checkpoint_every`` steps and each epoch end)
+      and ``out_dir/best.pt`` (lowest mean epoch loss): see `pose.train.checkpoint`;
+    * ``metrics_path``: JSON summary (final losses, steps, images/s, epochs);
+    * ``steps_path``: CSV of per-step metrics (step, epoch, input_size, loss,
+      heatmap_4, heatmap_2, push, pull, lr, images_per_s) for DVC plots and MLflow.
+
+    ``resume`` continues from ``out_dir/last.pt`` when present (model, optimiser,
+    scheduler position, AMP scaler, torch RNG, epoch, batch within the epoch).
+    ``stop_after_steps`` > 0 returns after that many global steps (tests).
+    Returns the summary dict.
+    """
+    tp, mp = params["train"], params["model"]
+    distributed = int(os.environ.get("WORLD_SIZE", 1)) > 1
+    device = pick_device()
+    if distributed and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    rank = dist.get_rank() if distributed else 0
+    world = dist.get_world_size() if distributed else 1
+    is_main = rank == 0
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    torch.manual_seed(int(tp["seed"]))
+    torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
+
+    # ---- data
+    dataset = CocoKeypoints(train_ann, train_images, num_joints=int(mp["num_joints"]),
+                            sigma=float(params["targets"]["sigma"]), max_people=int(params["targets"]["max_people"]),
+                            augment=params["augment"], seed=int(tp["seed"]))
+    schedule = curriculum_schedule(tp["curriculum"], multi_scale=bool(tp["multi_scale"]),
+                                   use_curriculum=bool(tp["use_curriculum"]))
+    sampler = CurriculumBatchSampler(len(dataset), int(tp["batch_size"]), schedule, seed=int(tp["seed"]),
+                                     rank=rank, world_size=world, max_batches=int(tp["max_steps_per_epoch"]))
+    steps_per_epoch = len(sampler)
+    total_steps = steps_per_epoch * len(schedule)
+
+    # ---- model, optimiser, schedule
+    model = build_model(mp).to(device)
+    if mp.get("pretrained"):
+        load_pretrained(model, Path(mp["pretrained"]))
+    opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(tp["optimizer"])
+    if opt_cls is None:
+        raise ValueError(f"params train.optimizer: unknown optimizer {tp['optimizer']!r} (adam | adamw)")
+    optimizer = opt_cls(model.parameters(), lr=float(tp["lr"]), weight_decay=float(tp["weight_decay"]))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, int(tp["warmup_steps"]), tp["lr_schedule"]))
+    use_amp = bool(tp["amp"])
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
+
+    # ---- resume
+    out_dir = Path(out_dir)
+    start_epoch, start_batch, global_step, best_loss = 0, 0, 0, float("inf")
+    history: list[dict] = []
+    last = out_dir / "last.pt"
+    if resume and last.exists():
+        ck = load_checkpoint(last, map_location=device)
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        scaler.load_state_dict(ck["scaler"])
+        torch.set_rng_state(ck["rng_cpu"].cpu())
+        start_epoch, start_batch, global_step = int(ck["epoch"]), int(ck["batch_in_epoch"]), int(ck["global_step"])
+        best_loss = float(ck["best_loss"])
+        history = json.loads(ck["history"])
+    train_model = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+
+    def checkpoint_state(epoch: int, batch_in_epoch: int) -> dict:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "rng_cpu": torch.get_rng_state(), "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+                "global_step": global_step, "best_loss": best_loss, "history": json.dumps(history),
+                "model_params": json.dumps(mp, sort_keys=True), "active_sizes": json.dumps(schedule[min(epoch, len(schedule) - 1)])}
+
+    workers = int(tp["workers"])
+    every = int(tp.get("checkpoint_every", 0))
+    model.train()
+    summary: dict = {}
+    for epoch in range(start_epoch, len(schedule)):
+        dataset.set_epoch(epoch)
+        sampler.set_epoch(epoch, start_batch if epoch == start_epoch else 0)
+        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
+                            persistent_workers=False)
+        epoch_losses = [h["loss"] for h in history if h["epoch"] == epoch]
+        batch_in_epoch = sampler.start_batch
+        t0 = time.perf_counter()
+        for batch in loader:
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                outputs = train_model(batch["image"])
+            outputs = [o.float() for o in outputs]
+            loss, parts = total_loss(outputs, [batch["heatmaps_4"], batch["heatmaps_2"]],
+                                     [batch["weights_4"], batch["weights_2"]], batch["joints"], params["loss"])
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float(tp["grad_clip"]))
+            scaler.step(optimizer)
+            scaler.update()
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            global_step += 1
+            batch_in_epoch += 1
+            dt = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            row = {"step": global_step, "epoch": epoch, "input_size": int(batch["image"].shape[-1]),
+                   "loss": float(loss.detach()), "lr": lr,
+                   "images_per_s": batch["image"].shape[0] * world / max(dt, 1e-9)}
+            row.update({k: float(v) for k, v in parts.items()})
+            history.append(row)
+            epoch_losses.append(row["loss"])
+            if is_main and (global_step % int(tp["log_every"]) == 0 or global_step == 1):
+                print(f"step {global_step}/{total_steps} epoch {epoch} size {row['input_size']} "
+                      f"loss {row['loss']:.5f} lr {lr:.2e} {row['images_per_s']:.1f} img/s", flush=True)
+            if is_main and every and global_step % every == 0:
+                save_checkpoint(checkpoint_state(epoch, batch_in_epoch), last)
+            if stop_after_steps and global_step >= stop_after_steps:
+                return {"stopped_at_step": global_step}
+        mean_loss = sum(epoch_losses) / max(1, len(epoch_losses))
+        if is_main:
+            if mean_loss < best_loss:
+                best_loss = mean_loss
+                save_checkpoint(checkpoint_state(epoch + 1, 0), out_dir / "best.pt")
+            save_checkpoint(checkpoint_state(epoch + 1, 0), last)
+        start_batch = 0
+
+    if is_main:
+        tail = history[-max(1, steps_per_epoch):]
+        summary = {"steps": global_step, "epochs": len(schedule), "best_epoch_loss": best_loss,
+                   "final_loss": sum(h["loss"] for h in tail) / len(tail),
+                   "images_per_s": sum(h["images_per_s"] for h in tail) / len(tail),
+                   "device": device.type, "world_size": world}
+        metrics_path = Path(metrics_path)
+        metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        _write_json(metrics_path, summary)
+        steps_path = Path(steps_path)
+        steps_path.parent.mkdir(parents=True, exist_ok=True)
+        keys = ["step", "epoch", "input_size", "loss", "heatmap_4", "heatmap_2", "push", "pull", "lr", "images_per_s"]
+        tmp = steps_path.with_suffix(".tmp")
+        with tmp.open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
+            w.writeheader()
+            for h in history:
+                w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in h.items()})
+        os.replace(tmp, steps_path)
+    if distributed:
+        dist.barrier()
+    return summary

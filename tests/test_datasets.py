@@ -1,0 +1,658 @@
+"""Tests of pose.datasets: generated data, fetch + manifest, download, extraction, converters.
+
+Real data is read from ``../shared/datasets`` (never copied into the repo); tests that
+need it are skipped with a reason when it is absent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import json
+import math
+import os
+import shutil
+import socketserver
+import tarfile
+import threading
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from pose.datasets.schema import COCO_SIGMAS, KEYPOINT_NAMES, NUM_JOINTS, PERSON_CATEGORY
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "datasets"
+COCO_MINI = SHARED / "coco-mini"
+FIXTURES = SHARED / "fixtures"
+
+needs_coco_mini = pytest.mark.skipif(not (COCO_MINI / "annotations").is_dir(),
+                                     reason=f"real COCO sample not present at {COCO_MINI}")
+needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"native-format fixtures not present at {FIXTURES}")
+
+
+@pytest.fixture(scope="module")
+def params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def _load(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+# ============================================================================ generated
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory, params):
+    """The generated set exactly as params.yaml configures it."""
+    from pose.datasets.generated import generate_dataset
+
+    out = tmp_path_factory.mktemp("gen") / "generated"
+    summary = generate_dataset(out, **params["generated"], train_split="train2017", val_split="val2017")
+    return out, summary
+
+
+def _manifest_of(root: Path) -> str:
+    from pose.datasets.fetch import write_manifest
+
+    return write_manifest(root).read_text()
+
+
+def test_generated_is_deterministic(tmp_path):
+    from pose.datasets.generated import generate_dataset
+
+    kw = dict(seed=7, num_train=12, num_val=4, width=160, height=128, max_people=4,
+              min_person_height=16, max_person_height=120)
+    generate_dataset(tmp_path / "a", **kw)
+    generate_dataset(tmp_path / "b", **kw)
+    ma, mb = _manifest_of(tmp_path / "a"), _manifest_of(tmp_path / "b")
+    assert ma == mb
+    assert len(ma.splitlines()) == 12 + 4 + 2
+    generate_dataset(tmp_path / "c", **{**kw, "seed": 8})
+    assert _manifest_of(tmp_path / "c") != ma
+
+
+def test_generated_layout_and_schema(generated, params):
+    out, summary = generated
+    g = params["generated"]
+    for split, n in (("train2017", g["num_train"]), ("val2017", g["num_val"])):
+        doc = _load(out / "annotations" / f"person_keypoints_{split}.json")
+        assert "GENERATED" in doc["info"]["description"]
+        assert doc["categories"] == [PERSON_CATEGORY]
+        assert len(doc["images"]) == n == summary["splits"][split]["images"]
+        assert len(doc["annotations"]) == summary["splits"][split]["annotations"]
+        ids = [a["id"] for a in doc["annotations"]]
+        assert len(ids) == len(set(ids))
+        per_image = {}
+        for img in doc["images"]:
+            path = out / split / img["file_name"]
+            im = cv2.imread(str(path))
+            assert im is not None and im.shape == (img["height"], img["width"], 3) == (g["height"], g["width"], 3)
+        for a in doc["annotations"]:
+            per_image[a["image_id"]] = per_image.get(a["image_id"], 0) + 1
+            assert a["category_id"] == 1 and a["iscrowd"] == 0
+            assert len(a["keypoints"]) == 3 * NUM_JOINTS
+            v = np.asarray(a["keypoints"][2::3])
+            assert a["num_keypoints"] == int((v > 0).sum()) >= 1
+        assert 1 <= max(per_image.values()) <= g["max_people"]
+
+
+def test_generated_heights_span_and_area_ranges(generated, params):
+    out, summary = generated
+    heights, areas = [], []
+    for split in ("train2017", "val2017"):
+        for a in _load(out / "annotations" / f"person_keypoints_{split}.json")["annotations"]:
+            heights.append(a["person_height"])
+            areas.append(a["area"])
+            # the joints themselves span a height consistent with the figure (upright ones)
+    assert max(heights) / min(heights) >= 8.0
+    g = params["generated"]
+    assert min(heights) >= g["min_person_height"] and max(heights) <= g["max_person_height"]
+    areas = np.asarray(areas)
+    assert (areas < 32 ** 2).any() and ((areas >= 32 ** 2) & (areas < 96 ** 2)).any() and (areas >= 96 ** 2).any()
+    hist = summary["splits"]["train2017"]["area_histogram"]
+    assert sum(hist.values()) == summary["splits"]["train2017"]["annotations"]
+
+
+def test_generated_visibility_bbox_area(generated):
+    from pycocotools import mask as mask_utils
+
+    out, _ = generated
+    n_occluded = n_outside = 0
+    for split in ("train2017", "val2017"):
+        doc = _load(out / "annotations" / f"person_keypoints_{split}.json")
+        size = {i["id"]: (i["width"], i["height"]) for i in doc["images"]}
+        for a in doc["annotations"]:
+            w, h = size[a["image_id"]]
+            k = np.asarray(a["keypoints"], dtype=float).reshape(-1, 3)
+            lab = k[:, 2] > 0
+            # labelled joints inside the image, unlabelled ones zeroed
+            assert ((k[lab, 0] >= 0) & (k[lab, 0] <= w - 1) & (k[lab, 1] >= 0) & (k[lab, 1] <= h - 1)).all()
+            assert (k[~lab, :2] == 0).all()
+            assert set(np.unique(k[:, 2])) <= {0.0, 1.0, 2.0}
+            n_occluded += int((k[:, 2] == 1).sum())
+            n_outside += int((~lab).sum())
+            x, y, bw, bh = a["bbox"]
+            assert a["area"] > 0 and bw > 0 and bh > 0
+            assert x >= 0 and y >= 0 and x + bw <= w and y + bh <= h
+            # area is the pycocotools area of the stored polygons
+            rle = mask_utils.merge(mask_utils.frPyObjects(a["segmentation"], h, w))
+            assert float(mask_utils.area(rle)) == pytest.approx(a["area"])
+            # labelled joints lie in (or right at the edge of) the figure's box
+            assert (k[lab, 0] >= x - 1).all() and (k[lab, 0] <= x + bw + 1).all()
+            assert (k[lab, 1] >= y - 1).all() and (k[lab, 1] <= y + bh + 1).all()
+    assert n_occluded > 0, "no occluded (v=1) joint in the whole set"
+    assert n_outside > 0, "no joint outside the image (v=0) in the whole set"
+
+
+def test_generated_occlusion_matches_pixels(generated):
+    """v=1 joints are covered by a later figure: the pixel there is rarely the joint's marker colour,
+    while v=2 joints of reasonably large figures show their marker colour (the learnable cue)."""
+    from pose.datasets.generated import JOINT_COLOURS
+
+    out, _ = generated
+    doc = _load(out / "annotations" / "person_keypoints_train2017.json")
+    files = {i["id"]: i["file_name"] for i in doc["images"]}
+    cache: dict[int, np.ndarray] = {}
+    vis_hits = vis_n = occ_hits = occ_n = 0
+    for a in doc["annotations"]:
+        if a["person_height"] < 50:
+            continue
+        img = cache.setdefault(a["image_id"], cv2.imread(str(out / "train2017" / files[a["image_id"]])))
+        for j, (x, y, v) in enumerate(np.asarray(a["keypoints"]).reshape(-1, 3)):
+            if v == 0:
+                continue
+            px = img[int(round(y)), int(round(x))].astype(int)
+            hit = int(np.abs(px - np.asarray(JOINT_COLOURS[j])).max() <= 40)
+            if v == 2:
+                vis_hits, vis_n = vis_hits + hit, vis_n + 1
+            else:
+                occ_hits, occ_n = occ_hits + hit, occ_n + 1
+    assert vis_n > 100 and occ_n > 5
+    assert vis_hits / vis_n > 0.85
+    assert occ_hits / occ_n < 0.5
+
+
+def test_generated_is_fast(tmp_path):
+    import time
+
+    from pose.datasets.generated import generate_dataset
+
+    t = time.perf_counter()
+    generate_dataset(tmp_path / "g", seed=1, num_train=40, num_val=10, width=320, height=256, max_people=4,
+                     min_person_height=24, max_person_height=230)
+    # 200 images must take < 10 s; 50 images get a quarter of that
+    assert time.perf_counter() - t < 2.5
+
+
+def test_generated_rejects_bad_arguments(tmp_path):
+    from pose.datasets.generated import generate_dataset
+
+    kw = dict(seed=0, num_train=1, num_val=1, width=64, height=64, max_people=2,
+              min_person_height=10, max_person_height=40)
+    with pytest.raises(ValueError, match="max_people"):
+        generate_dataset(tmp_path, **{**kw, "max_people": 0})
+    with pytest.raises(ValueError, match="min_person_height"):
+        generate_dataset(tmp_path, **{**kw, "min_person_height": 50})
+
+
+# ============================================================================ fetch
+
+def _fetch(name, catalogue, out, params, **kw):
+    from pose.datasets.fetch import fetch_dataset
+
+    return fetch_dataset(name, catalogue=catalogue, mirror_root=SHARED, out_dir=out,
+                         generated_params=params["generated"], train_split="train2017", val_split="val2017", **kw)
+
+
+@needs_coco_mini
+def test_fetch_coco_mini_from_mirror_and_tamper(tmp_path, params):
+    from pose.datasets.fetch import ManifestError, verify_manifest
+
+    out = tmp_path / "raw" / "coco-mini"
+    summary = _fetch("coco-mini", params["catalogue"], out, params)
+    assert summary["splits"]["train2017"]["images"] == 80
+    assert summary["splits"]["val2017"]["images"] == 79
+    assert summary["source"].startswith("mirror:")
+    assert len(list((out / "train2017").iterdir())) == 80
+    assert len(list((out / "val2017").iterdir())) == 79
+    for split in ("train2017", "val2017"):
+        ann = out / "annotations" / f"person_keypoints_{split}.json"
+        src = COCO_MINI / "annotations" / ann.name
+        assert ann.read_bytes() == src.read_bytes()
+        assert not ann.samefile(src)  # annotation files are copies, never links into the mirror
+    verify_manifest(out)
+    lines = (out / "MANIFEST.sha256").read_text().splitlines()
+    assert lines == sorted(lines, key=lambda s: s.split("  ", 1)[1]) and len(lines) == 80 + 79 + 2
+    digest, rel = lines[5].split("  ", 1)
+    assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == digest
+    assert not list(tmp_path.joinpath("raw").glob(".coco-mini.*")), "temporary folders left behind"
+
+    # tamper with one image: replace it (a new inode, so the linked mirror file stays intact)
+    victim = sorted((out / "val2017").iterdir())[3]
+    data = bytearray(victim.read_bytes())
+    data[-10] ^= 0xFF
+    victim.unlink()
+    victim.write_bytes(bytes(data))
+    with pytest.raises(ManifestError, match=victim.name):
+        verify_manifest(out)
+    # an extra file is detected too
+    victim.unlink()
+    (out / "val2017" / victim.name).write_bytes(COCO_MINI.joinpath("val2017", victim.name).read_bytes())
+    verify_manifest(out)
+    (out / "stray.txt").write_text("x")
+    with pytest.raises(ManifestError, match="stray.txt"):
+        verify_manifest(out)
+
+
+def test_fetch_generated_replaces_existing_dir(tmp_path, params):
+    from pose.datasets.fetch import verify_manifest
+
+    small = {**params["generated"], "num_train": 6, "num_val": 3}
+    out = tmp_path / "raw" / "generated"
+    out.mkdir(parents=True)
+    (out / "old.txt").write_text("stale")
+    s = _fetch("generated", params["catalogue"], out, {"generated": small})
+    assert s["source"] == "generated" and s["splits"]["train2017"]["images"] == 6
+    assert not (out / "old.txt").exists()
+    verify_manifest(out)
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["generated"]
+
+
+def test_fetch_unknown_name_and_failure_keeps_old(tmp_path, params):
+    from pose.datasets.fetch import FetchError
+
+    with pytest.raises(ValueError, match="coco-mini") as ei:
+        _fetch("no-such-set", params["catalogue"], tmp_path / "x", params)
+    assert "generated" in str(ei.value) and "no-such-set" in str(ei.value)
+    out = tmp_path / "raw" / "ds"
+    out.mkdir(parents=True)
+    (out / "keep.txt").write_text("previous good copy")
+    cat = {"ds": {"kind": "coco", "mirror": "does-not-exist", "sources": []}}
+    with pytest.raises(FetchError, match="no sources"):
+        _fetch("ds", cat, out, params)
+    assert (out / "keep.txt").read_text() == "previous good copy"
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["ds"]
+
+
+@needs_coco_mini
+def test_fetch_from_file_source_tree(tmp_path, params):
+    """No mirror: the first failing source is skipped, a file:// COCO tree is used."""
+    cat = {"cm": {"kind": "coco", "mirror": "absent", "sources": [
+        (tmp_path / "nowhere").as_uri(), COCO_MINI.as_uri()]}}
+    out = tmp_path / "raw" / "cm"
+    s = _fetch("cm", cat, out, params, link=False, retries=0, progress=False)
+    assert s["source"] == COCO_MINI.as_uri()
+    assert s["splits"]["val2017"] == {"images": 79, "annotations": 118}
+
+
+@needs_fixtures
+def test_fetch_native_kind_converts_from_mirror(tmp_path, params):
+    spec = {"annotations": "test_crowdpose.json", "images": "."}
+    cat = {"cp": {"kind": "crowdpose", "mirror": "fixtures/crowdpose",
+                  "native": {"train2017": spec, "val2017": spec}}}
+    out = tmp_path / "raw" / "cp"
+    s = _fetch("cp", cat, out, params, link=False)
+    assert s["splits"]["train2017"] == {"images": 2, "annotations": 5}
+    doc = _load(out / "annotations" / "person_keypoints_val2017.json")
+    assert doc["categories"] == [PERSON_CATEGORY]
+    assert sorted(p.name for p in (out / "val2017").iterdir()) == ["103319.jpg", "106848.jpg"]
+
+
+# ============================================================================ download
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """Serves server.files; honours `Range: bytes=N-`; server.drop_after[path] = n makes the
+    next response for path send n body bytes (after announcing the full length) and hang up."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def do_GET(self):
+        srv = self.server
+        data = srv.files.get(self.path)
+        if data is None:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            srv.log.append((self.path, None, 0, 404))
+            return
+        rng = self.headers.get("Range")
+        start = 0
+        if rng:
+            start = int(rng.split("=", 1)[1].split("-", 1)[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        cut = srv.drop_after.pop(self.path, None)
+        sent = body if cut is None else body[:cut]
+        self.wfile.write(sent)
+        self.wfile.flush()
+        srv.log.append((self.path, rng, len(sent), 206 if rng else 200))
+        if cut is not None:
+            self.close_connection = True
+
+
+@pytest.fixture()
+def http_server():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    srv.daemon_threads = True
+    srv.files, srv.drop_after, srv.log = {}, {}, []
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    srv.base = f"http://127.0.0.1:{srv.server_address[1]}"
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_http_download_resumes_only_missing_bytes(tmp_path, http_server):
+    from pose.datasets.sources import download
+
+    data = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
+    http_server.files["/blob.bin"] = data
+    http_server.drop_after["/blob.bin"] = 100_000
+    dest = tmp_path / "dl" / "blob.bin"
+    out = download(f"{http_server.base}/blob.bin", dest, sha256=hashlib.sha256(data).hexdigest(), size=len(data),
+                   retries=3, backoff=0.01, progress=False)
+    assert out == dest and dest.read_bytes() == data
+    assert not (tmp_path / "dl" / "blob.bin.part").exists()
+    log = [entry for entry in http_server.log if entry[0] == "/blob.bin"]
+    assert log[0] == ("/blob.bin", None, 100_000, 200)
+    assert log[1] == ("/blob.bin", "bytes=100000-", 200_000, 206)
+    assert sum(e[2] for e in log) == len(data), "resume re-fetched bytes it already had"
+
+
+def test_http_download_wrong_checksum_leaves_nothing(tmp_path, http_server):
+    from pose.datasets.sources import ChecksumError, DownloadError, download
+
+    data = b"some bytes " * 1000
+    http_server.files["/f.json"] = data
+    dest = tmp_path / "f.json"
+    wrong = "0" * 64
+    url = f"{http_server.base}/f.json"
+    with pytest.raises(ChecksumError) as ei:
+        download(url, dest, sha256=wrong, size=None, retries=0, backoff=0.01, progress=False)
+    msg = str(ei.value)
+    assert url in msg and wrong in msg and hashlib.sha256(data).hexdigest() in msg
+    assert not dest.exists() and not (tmp_path / "f.json.part").exists()
+    # a missing file is an error at once (no retry loop on 4xx)
+    with pytest.raises(DownloadError, match="404"):
+        download(f"{http_server.base}/missing", tmp_path / "m", sha256=None, size=None, retries=5, backoff=5.0,
+                 progress=False)
+    assert [e[3] for e in http_server.log if e[0] == "/missing"] == [404]
+
+
+def test_file_download_and_checksum(tmp_path):
+    from pose.datasets.sources import ChecksumError, download
+
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"abc" * 100)
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    assert download(src.as_uri(), tmp_path / "a.bin", sha256=digest, size=300, retries=0, backoff=0,
+                    progress=False).read_bytes() == src.read_bytes()
+    assert download(str(src), tmp_path / "b.bin", sha256=digest.upper(), size=None, retries=0, backoff=0,
+                    progress=False).exists()
+    with pytest.raises(ChecksumError, match="expected 301 bytes"):
+        download(str(src), tmp_path / "c.bin", sha256=None, size=301, retries=0, backoff=0, progress=False)
+    assert not (tmp_path / "c.bin").exists() and not (tmp_path / "c.bin.part").exists()
+    with pytest.raises(FileNotFoundError):
+        download(str(tmp_path / "nope"), tmp_path / "d.bin", sha256=None, size=None, retries=0, backoff=0,
+                 progress=False)
+    with pytest.raises(ValueError, match="unsupported URL scheme"):
+        download("ftp://x/y", tmp_path / "e.bin", sha256=None, size=None, retries=0, backoff=0, progress=False)
+
+
+def test_s3_upload_list_download(tmp_path, monkeypatch):
+    moto = pytest.importorskip("moto")
+    import boto3
+
+    from pose.datasets.sources import ChecksumError, download, list_s3, upload_s3
+
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    src = tmp_path / "ann.json"
+    src.write_text(json.dumps({"x": list(range(1000))}))
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    with moto.mock_aws():
+        boto3.client("s3").create_bucket(Bucket="poses")
+        assert upload_s3(src, "s3://poses/coco/annotations/ann.json") == "s3://poses/coco/annotations/ann.json"
+        upload_s3(src, "s3://poses/other/x.json")
+        assert list_s3("s3://poses/coco/") == ["s3://poses/coco/annotations/ann.json"]
+        out = download("s3://poses/coco/annotations/ann.json", tmp_path / "dl" / "ann.json", sha256=digest,
+                       size=None, retries=0, backoff=0, progress=False)
+        assert out.read_bytes() == src.read_bytes()
+        with pytest.raises(ChecksumError, match="s3://poses/coco/annotations/ann.json"):
+            download("s3://poses/coco/annotations/ann.json", tmp_path / "dl" / "bad.json", sha256="1" * 64,
+                     size=None, retries=0, backoff=0, progress=False)
+        assert not (tmp_path / "dl" / "bad.json").exists()
+
+
+def test_fetch_from_http_archive_source(tmp_path, http_server, params):
+    """No mirror: a zip (COCO tree under a top folder) is downloaded, verified, safely extracted."""
+    from pose.datasets.fetch import verify_manifest
+    from pose.datasets.generated import generate_dataset
+
+    tree = tmp_path / "tree"
+    generate_dataset(tree, seed=3, num_train=3, num_val=2, width=96, height=80, max_people=2,
+                     min_person_height=12, max_person_height=60)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for p in sorted(tree.rglob("*")):
+            if p.is_file():
+                zf.write(p, "release/" + p.relative_to(tree).as_posix())
+    blob = buf.getvalue()
+    http_server.files["/data/set.zip"] = blob
+    http_server.drop_after["/data/set.zip"] = len(blob) // 3
+    cat = {"z": {"kind": "coco", "mirror": "absent", "sources": [
+        {"url": f"{http_server.base}/data/missing.zip"},
+        {"url": f"{http_server.base}/data/set.zip", "sha256": hashlib.sha256(blob).hexdigest(), "size": len(blob)}]}}
+    out = tmp_path / "raw" / "z"
+    s = _fetch("z", cat, out, params, retries=2, backoff=0.01, progress=False)
+    assert s["source"].endswith("/data/set.zip")
+    assert s["splits"] == {"train2017": {"images": 3, "annotations": s["splits"]["train2017"]["annotations"]},
+                           "val2017": {"images": 2, "annotations": s["splits"]["val2017"]["annotations"]}}
+    verify_manifest(out)
+    for split in ("train2017", "val2017"):
+        a = out / "annotations" / f"person_keypoints_{split}.json"
+        assert a.read_bytes() == (tree / "annotations" / a.name).read_bytes()
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["z"]  # downloads + temp dirs cleaned
+
+
+# ============================================================================ extract
+
+def _zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def test_zip_slip_refused(tmp_path):
+    from pose.datasets.extract import UnsafeArchiveError, safe_extract
+
+    arc = _zip(tmp_path / "evil.zip", {"ok/a.txt": b"fine", "../../escaped.txt": b"pwned"})
+    target = tmp_path / "work" / "out"
+    with pytest.raises(UnsafeArchiveError) as ei:
+        safe_extract(arc, target)
+    assert "evil.zip" in str(ei.value) and "../../escaped.txt" in str(ei.value)
+    assert not target.exists() and not (tmp_path / "escaped.txt").exists()
+    assert not list((tmp_path / "work").iterdir()), "temporary extraction folder left behind"
+
+    abs_arc = _zip(tmp_path / "abs.zip", {"/etc/passwd_copy": b"x"})
+    with pytest.raises(UnsafeArchiveError, match="absolute"):
+        safe_extract(abs_arc, tmp_path / "o2")
+
+
+def test_tar_links_and_bombs_refused(tmp_path):
+    from pose.datasets.extract import UnsafeArchiveError, safe_extract
+
+    def tar(path: Path, build) -> Path:
+        with tarfile.open(path, "w:gz") as tf:
+            build(tf)
+        return path
+
+    def sym(tf, name, target):
+        ti = tarfile.TarInfo(name)
+        ti.type, ti.linkname = tarfile.SYMTYPE, target
+        tf.addfile(ti)
+
+    def reg(tf, name, data):
+        ti = tarfile.TarInfo(name)
+        ti.size = len(data)
+        tf.addfile(ti, io.BytesIO(data))
+
+    out_link = tar(tmp_path / "l.tgz", lambda tf: sym(tf, "data/link", "../../../etc"))
+    with pytest.raises(UnsafeArchiveError, match="data/link"):
+        safe_extract(out_link, tmp_path / "o1")
+    # a link that is fine on its own, used to write outside
+    chain = tar(tmp_path / "c.tgz", lambda tf: (sym(tf, "sub", "."), sym(tf, "sub/x", "../"),
+                                              reg(tf, "sub/x/evil", b"pwn")))
+    with pytest.raises(UnsafeArchiveError, match="c.tgz"):
+        safe_extract(chain, tmp_path / "o2")
+    assert not (tmp_path / "evil").exists()
+    bomb = tar(tmp_path / "b.tgz", lambda tf: reg(tf, "zeros.bin", bytes(8 * 1024 * 1024)))
+    with pytest.raises(UnsafeArchiveError, match="zeros.bin"):
+        safe_extract(bomb, tmp_path / "o3", ratio_min_bytes=1024 * 1024, max_ratio=100)
+    with pytest.raises(UnsafeArchiveError, match="members exceed"):
+        safe_extract(bomb, tmp_path / "o4", max_entries=0)
+    # the same archive passes with generous limits; inside links are kept
+    good = tar(tmp_path / "g.tgz", lambda tf: (reg(tf, "d/a.txt", b"A"), sym(tf, "d/alias.txt", "a.txt")))
+    res = safe_extract(good, tmp_path / "o5")
+    assert res["members"] == 2 and (tmp_path / "o5" / "d" / "alias.txt").read_bytes() == b"A"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+# ============================================================================ converters
+
+def _norm(name: str) -> str:
+    return name.strip().lower().replace(" ", "_")
+
+
+def _check_coco17(out_json: Path, images_dir: Path) -> dict:
+    from pycocotools.coco import COCO
+
+    doc = _load(out_json)
+    assert doc["categories"] == [PERSON_CATEGORY]
+    img_ids = {i["id"] for i in doc["images"]}
+    for img in doc["images"]:
+        assert (images_dir / img["file_name"]).is_file() and img["width"] > 0 and img["height"] > 0
+    for a in doc["annotations"]:
+        assert a["image_id"] in img_ids and a["category_id"] == 1
+        assert len(a["keypoints"]) == 17 * 3
+        k = np.asarray(a["keypoints"], float).reshape(17, 3)
+        assert a["num_keypoints"] == int((k[:, 2] > 0).sum())
+        assert (k[:5] == 0).all(), "datasets without face joints must leave COCO 0-4 unlabelled"
+        assert len(a["bbox"]) == 4 and a["bbox"][2] > 0 and a["bbox"][3] > 0 and a["area"] > 0
+    coco = COCO(str(out_json))  # loads with the reference API
+    assert len(coco.getAnnIds()) == len(doc["annotations"])
+    return doc
+
+
+@needs_fixtures
+@pytest.mark.parametrize("dataset,rel", [("crowdpose", "crowdpose/test_crowdpose.json"), ("aic", "aic/test_aic.json")])
+def test_convert_coco_style_fixtures_by_joint_name(tmp_path, dataset, rel):
+    from pose.datasets.convert import SCHEMAS, convert
+
+    native_path = FIXTURES / rel
+    native = _load(native_path)
+    out = tmp_path / f"{dataset}.json"
+    s = convert(dataset, native_path, native_path.parent, out)
+    doc = _check_coco17(out, native_path.parent)
+    assert s["annotations"] == len(native["annotations"]) == len(doc["annotations"]) > 0
+    names = [_norm(n) for n in native["categories"][0]["keypoints"]]
+    assert len(names) == 14 == len(SCHEMAS[dataset]["names"])
+    by_id = {a["id"]: a for a in doc["annotations"]}
+    checked = 0
+    for na in native["annotations"]:
+        a = by_id[na["id"]]
+        assert a["native_schema"] == SCHEMAS[dataset]["schema"]
+        nk = np.asarray(na["keypoints"], float).reshape(14, 3)
+        ck = np.asarray(a["keypoints"], float).reshape(17, 3)
+        assert np.array_equal(np.asarray(a["native_keypoints"], float).reshape(14, 3)[nk[:, 2] > 0], nk[nk[:, 2] > 0])
+        for i, n in enumerate(names):  # independent of the mapping table: match by the file's joint names
+            if n in KEYPOINT_NAMES:
+                if nk[i, 2] > 0:
+                    assert np.array_equal(ck[KEYPOINT_NAMES.index(n)], nk[i]), (dataset, n)
+                    checked += 1
+            else:
+                assert n in ("head", "neck", "head_top"), n
+    assert checked > 20
+    if dataset == "crowdpose":  # one known joint: ann 123803's right shoulder
+        a = by_id[123803]
+        assert a["keypoints"][3 * 6: 3 * 6 + 3] == [208, 108, 2]
+        assert a["native_keypoints"][3 * 12: 3 * 12 + 3] == [256, 27, 1]  # head top kept natively only
+    else:  # aic ann 4: right shoulder (native 0) -> COCO 6, head top (native 12) not mapped
+        a = by_id[4]
+        assert a["keypoints"][3 * 6: 3 * 6 + 3] == [313, 201, 2]
+        assert a["native_keypoints"][3 * 12: 3 * 12 + 3] == [395, 74, 2]
+
+
+@needs_fixtures
+def test_convert_mpii_fixture(tmp_path):
+    from pose.datasets.convert import MPII_SIGMAS, convert
+
+    native_path = FIXTURES / "mpii" / "test_mpii.json"
+    native = _load(native_path)
+    out = tmp_path / "mpii.json"
+    s = convert("mpii", native_path, native_path.parent, out)
+    doc = _check_coco17(out, native_path.parent)
+    assert s["annotations"] == len(native) == len(doc["annotations"])
+    assert s["images"] == len({r["image"] for r in native})
+    rec = next(r for r in native if r["image"] == "005808361.jpg")
+    img_id = next(i["id"] for i in doc["images"] if i["file_name"] == "005808361.jpg")
+    a = next(a for a in doc["annotations"] if a["image_id"] == img_id)
+    # MPII 13 = left shoulder, 1-based [1067, 253] -> COCO 5 at 0-based [1066, 252]
+    assert rec["joints"][13] == [1067.0, 253.0]
+    assert a["keypoints"][15:18] == [1066, 252, 2]
+    # MPII 0 = right ankle -> COCO 16
+    assert a["keypoints"][48:51] == [rec["joints"][0][0] - 1, rec["joints"][0][1] - 1, 2]
+    # head top (MPII 9) only in native_keypoints
+    assert a["native_schema"] == "mpii16"
+    assert a["native_keypoints"][27:30] == pytest.approx([rec["joints"][9][0] - 1, rec["joints"][9][1] - 1, 2])
+    k = np.asarray(a["keypoints"], float).reshape(17, 3)
+    x, y, w, h = a["bbox"]
+    lab = k[:, 2] > 0
+    assert (k[lab, 0] >= x).all() and (k[lab, 0] <= x + w).all() and (k[lab, 1] >= y).all()
+    assert MPII_SIGMAS.shape == (16,)
+
+
+def test_convert_constants_and_errors(tmp_path):
+    from pose.datasets.convert import (AIC_SIGMAS, CROWDPOSE_SIGMAS, SCHEMAS, ConversionError, convert,
+                                       map_keypoints)
+
+    assert CROWDPOSE_SIGMAS.shape == (14,) and CROWDPOSE_SIGMAS[0] == pytest.approx(0.079)
+    # CrowdPose body sigmas equal COCO's for the same joints
+    assert np.allclose(CROWDPOSE_SIGMAS[:12], COCO_SIGMAS[5:])
+    assert AIC_SIGMAS.shape == (14,)
+    for name, spec in SCHEMAS.items():
+        targets = [c for c in spec["to_coco"] if c is not None]
+        assert len(targets) == len(set(targets)) == 12, name
+        for i, c in enumerate(spec["to_coco"]):  # mapping agrees with the joint names
+            if c is not None:
+                assert spec["names"][i] == KEYPOINT_NAMES[c], (name, i)
+    nat = np.zeros((14, 3))
+    nat[0] = [5, 6, 0]  # v = 0: not copied even with coordinates
+    assert (map_keypoints(nat, SCHEMAS["crowdpose"]["to_coco"]) == 0).all()
+    with pytest.raises(ValueError, match="crowdpose"):
+        convert("posetrack", tmp_path / "x.json", tmp_path, tmp_path / "o.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"images": [], "annotations": [], "categories": [
+        {"id": 1, "name": "person", "keypoints": ["a"] * 17}]}))
+    with pytest.raises(ConversionError, match="17 keypoints"):
+        convert("crowdpose", bad, tmp_path, tmp_path / "o.json")

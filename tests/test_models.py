@@ -1,0 +1,401 @@
+"""Tests of pose.models (HigherHRNet, official key layout, FLOPs) and pose.losses."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import yaml
+
+from pose.losses import ae_loss, heatmap_loss, total_loss
+from pose.models import (
+    HigherHRNet,
+    build_model,
+    count_flops,
+    count_macs,
+    count_params,
+    load_pretrained,
+    split_heatmaps_tags,
+)
+from pose.models.official_keys import (
+    OFFICIAL_W32_ABSENT_KEYS,
+    OFFICIAL_W32_CONFIG,
+    OFFICIAL_W32_KEY_SHAPES,
+    OFFICIAL_W32_PARAMS_M,
+)
+
+PARAMS = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+K = 17
+
+
+def small_model(**overrides) -> HigherHRNet:
+    """W16, one module per stage, one block everywhere: fast on CPU."""
+    kwargs = dict(width=16, num_joints=K, tag_dim=1, num_deconv=1, stage_blocks=[1, 1, 1],
+                  stem_blocks=1, branch_blocks=1, deconv_blocks=1)
+    kwargs.update(overrides)
+    return HigherHRNet(**kwargs)
+
+
+def randomize(model: nn.Module, seed: int) -> nn.Module:
+    """Non-trivial weights and BN statistics so that outputs depend on every tensor."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if name.endswith("num_batches_tracked"):
+                continue
+            if name.endswith("running_var"):
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+            else:
+                t.copy_(torch.randn(t.shape, generator=g) * 0.1)
+    return model
+
+
+# ----------------------------------------------------------------------------- model
+
+
+@pytest.mark.parametrize("size", [256, 320])
+def test_output_shapes_width16(size):
+    model = HigherHRNet(width=16, num_joints=K, tag_dim=1, num_deconv=1, stage_blocks=[1, 1, 1]).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, size, size))
+    assert isinstance(out, list) and len(out) == 2
+    assert out[0].shape == (1, K + K, size // 4, size // 4)
+    assert out[1].shape == (1, K, size // 2, size // 2)
+    assert all(torch.isfinite(o).all() for o in out)
+
+
+def test_output_shapes_tag_dim_and_two_deconvs_non_square():
+    model = small_model(tag_dim=2, num_deconv=2).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 64, 96))
+    assert [tuple(o.shape) for o in out] == [(2, K + 2 * K, 16, 24), (2, K, 32, 48), (2, K, 64, 96)]
+    heatmaps, tags = split_heatmaps_tags(out[0], K, 2)
+    assert heatmaps.shape == (2, K, 16, 24) and tags.shape == (2, K, 16, 24, 2)
+    # channel K + d*K + k is tag dimension d of joint k
+    assert torch.equal(tags[:, 3, :, :, 1], out[0][:, K + K + 3])
+    assert torch.equal(tags[:, 5, :, :, 0], out[0][:, K + 5])
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 240, 240), (1, 3, 256, 100), (1, 3, 33, 64)])
+def test_rejects_sizes_not_multiple_of_32(shape):
+    model = small_model()
+    with pytest.raises(ValueError, match="multiples of 32"):
+        model(torch.randn(*shape))
+
+
+def test_rejects_wrong_channels_and_bad_config():
+    with pytest.raises(ValueError):
+        small_model()(torch.randn(1, 1, 64, 64))
+    with pytest.raises(ValueError):
+        small_model(stage_blocks=[1, 1])
+    with pytest.raises(ValueError):
+        small_model(stage_blocks=[1, 0, 1])
+
+
+def test_constructor_arguments_are_required_keywords():
+    with pytest.raises(TypeError):
+        HigherHRNet(16, 17, 1, 1, [1, 1, 1])  # positional
+    with pytest.raises(TypeError):
+        HigherHRNet(width=16, num_joints=17, tag_dim=1, num_deconv=1)  # stage_blocks missing
+
+
+def test_build_model_reads_params_yaml():
+    m = PARAMS["model"]
+    model = build_model(m)
+    assert (model.width, model.num_joints, model.tag_dim, model.num_deconv) == (
+        m["width"], m["num_joints"], m["tag_dim"], m["num_deconv"])
+    assert model.stage_blocks == tuple(m["stage_blocks"])
+    assert len(model.stage2) == m["stage_blocks"][0]
+    assert len(model.stage3) == m["stage_blocks"][1]
+    assert len(model.stage4) == m["stage_blocks"][2]
+    assert len(model.layer1) == 4 and len(model.stage2[0].branches[0]) == 4  # published blocks
+    assert len(model.deconv_layers) == m["num_deconv"] and len(model.deconv_layers[0]) == 1 + 4
+    assert model.final_layers[0].out_channels == m["num_joints"] * (1 + m["tag_dim"])
+    bad = {k: v for k, v in m.items() if k != "width"}
+    with pytest.raises(KeyError, match="width"):
+        build_model(bad)
+
+
+def test_official_key_names_in_small_model():
+    keys = set(small_model().state_dict())
+    for key in ["conv1.weight", "bn1.weight", "conv2.weight", "layer1.0.conv1.weight",
+                "layer1.0.downsample.0.weight", "transition1.0.0.weight", "transition1.1.0.0.weight",
+                "stage2.0.branches.0.0.conv1.weight", "stage2.0.fuse_layers.0.1.0.weight",
+                "stage2.0.fuse_layers.1.0.0.0.weight", "transition2.2.0.0.weight",
+                "stage3.0.fuse_layers.2.0.1.0.weight", "transition3.3.0.0.weight",
+                "stage4.0.fuse_layers.0.3.0.weight", "final_layers.0.weight", "final_layers.0.bias",
+                "final_layers.1.weight", "deconv_layers.0.0.0.weight", "deconv_layers.0.0.1.weight",
+                "deconv_layers.0.1.0.conv1.weight"]:
+        assert key in keys, key
+    # the single stage-4 module is also the last one: it fuses to branch 0 only
+    assert not any(k.startswith("stage4.0.fuse_layers.1.") for k in keys)
+
+
+def test_official_w32_layout_and_param_count():
+    with torch.device("meta"):  # shapes only: no memory, no init cost
+        model = HigherHRNet(**OFFICIAL_W32_CONFIG)
+    state = model.state_dict()
+    for key, shape in OFFICIAL_W32_KEY_SHAPES.items():
+        assert key in state, key
+        assert tuple(state[key].shape) == shape, key
+    for key in OFFICIAL_W32_ABSENT_KEYS:
+        assert key not in state, key
+    assert count_params(model) / 1e6 == pytest.approx(OFFICIAL_W32_PARAMS_M, abs=0.05)
+    # paper Table 2: 47.9 GFLOPs at 512 with the reference counting tool
+    assert count_flops(model, 512, convention="reference") == pytest.approx(47.9, abs=0.05)
+    exact = count_flops(model, 512)
+    assert 45.0 < exact < 47.9
+
+
+def test_state_dict_roundtrip_strict_identical_outputs(tmp_path):
+    src = randomize(small_model(), seed=1).eval()
+    path = tmp_path / "w.pth"
+    torch.save(src.state_dict(), path)
+    state = torch.load(path, weights_only=True)
+    dst = small_model().eval()
+    dst.load_state_dict(state, strict=True)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        a, b = src(x), dst(x)
+    assert all(torch.equal(p, q) for p, q in zip(a, b))
+    with torch.no_grad():
+        fresh = small_model().eval()(x)
+    assert not torch.allclose(fresh[0], a[0])  # the weights matter
+
+
+@pytest.mark.parametrize("wrap", ["raw", "state_dict", "model"])
+def test_load_pretrained_wrappers_and_module_prefix(tmp_path, wrap):
+    src = randomize(small_model(), seed=2)
+    state = {"module." + k: v for k, v in src.state_dict().items()}
+    obj = state if wrap == "raw" else {wrap: state, "epoch": 3}
+    path = tmp_path / "ckpt.pth"
+    torch.save(obj, path)
+    dst = small_model()
+    assert load_pretrained(dst, path) is dst
+    for key, value in src.state_dict().items():
+        assert torch.equal(dst.state_dict()[key], value), key
+
+
+def test_load_pretrained_reports_missing_unexpected_and_shape(tmp_path):
+    state = small_model().state_dict()
+    state.pop("conv1.weight")
+    state["extra.weight"] = torch.zeros(1)
+    state["final_layers.1.bias"] = torch.zeros(5)
+    path = tmp_path / "bad.pth"
+    torch.save(state, path)
+    with pytest.raises(ValueError) as err:
+        load_pretrained(small_model(), path)
+    msg = str(err.value)
+    assert "conv1.weight" in msg and "extra.weight" in msg and "final_layers.1.bias" in msg
+    with pytest.raises(FileNotFoundError):
+        load_pretrained(small_model(), tmp_path / "nope.pth")
+
+
+def test_count_macs_by_hand():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ConvTranspose2d(4, 2, 4, stride=2, padding=1),
+                        nn.Flatten(), nn.Linear(2 * 64 * 64, 10))
+    conv = 32 * 32 * 4 * 3 * 9
+    deconv_exact = 32 * 32 * 4 * 2 * 16
+    linear = 2 * 64 * 64 * 10
+    assert count_macs(net, 32) == conv + deconv_exact + linear
+    assert count_macs(net, (32, 32), convention="reference") == conv + 4 * deconv_exact + linear
+    assert count_flops(net, 32) == pytest.approx((conv + deconv_exact + linear) / 1e9)
+    assert count_params(net) == sum(p.numel() for p in net.parameters())
+    with pytest.raises(ValueError):
+        count_macs(net, 32, convention="bogus")
+
+
+def test_count_flops_leaves_model_untouched():
+    model = small_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert count_flops(model, 256) > 0
+    assert model.training and next(model.parameters()).device.type == "cpu"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def test_heatmap_loss_by_hand():
+    pred = torch.zeros(2, 2, 2, 2)
+    target = torch.zeros(2, 2, 2, 2)
+    pred[0, 0, 0, 0] = 1.0   # err^2 = 1, mask 1
+    pred[0, 1, 1, 1] = 2.0   # err^2 = 4, mask 0 -> ignored
+    target[0, 1, 0, 1] = 0.5  # err^2 = 0.25, mask 1
+    pred[1, 0, 1, 0] = -3.0   # err^2 = 9, mask 1
+    mask = torch.ones(2, 2, 2)
+    mask[0, 1, 1] = 0.0
+    loss = heatmap_loss(pred, target, mask)
+    assert loss.shape == (2,)
+    # mean over K*H*W = 8 entries, masked ones count in the denominator
+    assert torch.allclose(loss, torch.tensor([(1.0 + 0.25) / 8, 9.0 / 8]))
+    with pytest.raises(ValueError):
+        heatmap_loss(pred, target[:, :1], mask)
+    with pytest.raises(ValueError):
+        heatmap_loss(pred, target, mask[:, :1])
+
+
+def _joints(batch):
+    """batch: list of images, each a list of people, each a list of (flat_index, visible)."""
+    m = max(len(img) for img in batch)
+    k = max(len(p) for img in batch for p in img)  # people of one test share K
+    out = torch.zeros(len(batch), m, k, 2, dtype=torch.long)
+    for b, img in enumerate(batch):
+        for p, person in enumerate(img):
+            for j, (idx, vis) in enumerate(person):
+                out[b, p, j] = torch.tensor([idx, vis])
+    return out
+
+
+def test_ae_loss_by_hand():
+    # K=2 joints, 2x2 map: flat index k*4 + y*2 + x over 8 tag values
+    tags = torch.tensor([1.0, 9.0, 3.0, 9.0, 9.0, 2.0, 9.0, 4.0]).reshape(1, 2, 2, 2)
+    tags = tags.repeat(3, 1, 1, 1)
+    joints = _joints([
+        # image 0: A = tags 1, 2 (mean 1.5); B = tags 3, 4 (mean 3.5); C has no visible joint
+        [[(0, 1), (5, 1)], [(2, 1), (7, 1)], [(1, 0), (4, 0)]],
+        # image 1: one person with tags 1, 3; a second person with no visible joint
+        [[(0, 1), (2, 1)], [(1, 0), (3, 0)]],
+        # image 2: nobody
+        [],
+    ])
+    push, pull = ae_loss(tags, joints)
+
+    pull_a = ((1 - 1.5) ** 2 + (2 - 1.5) ** 2) / 2   # 0.25
+    pull_b = ((3 - 3.5) ** 2 + (4 - 3.5) ** 2) / 2   # 0.25
+    expected_pull0 = (pull_a + pull_b) / 2
+    # ordered pairs (A,B), (B,A): 2 * exp(-(1.5 - 3.5)^2); times 0.5 / (N (N-1)), N = 2
+    expected_push0 = 0.5 * 2 * math.exp(-4.0) / (2 * 1)
+    expected_pull1 = ((1 - 2) ** 2 + (3 - 2) ** 2) / 2  # 1.0, single person
+    assert torch.allclose(push, torch.tensor([expected_push0, 0.0, 0.0]))
+    assert torch.allclose(pull, torch.tensor([expected_pull0, expected_pull1, 0.0]))
+
+
+def test_ae_loss_zero_pull_for_constant_person_tags_and_max_push_for_equal_people():
+    k, h, w = 3, 4, 4
+    tags = torch.zeros(1, k, h, w)
+    joints = torch.zeros(1, 3, k, 2, dtype=torch.long)
+    values = [0.7, -2.0, 5.0]
+    for p, value in enumerate(values):
+        for j in range(k):
+            y, x = p, j
+            tags[0, j, y, x] = value
+            joints[0, p, j] = torch.tensor([j * h * w + y * w + x, 1])
+    push, pull = ae_loss(tags, joints)
+    assert pull.item() == 0.0
+    d = [(a - b) ** 2 for i, a in enumerate(values) for j, b in enumerate(values) if i != j]
+    assert push.item() == pytest.approx(0.5 * sum(math.exp(-x) for x in d) / 6)
+    # every person at the same tag: push takes its maximum 0.5
+    push_same, _ = ae_loss(torch.zeros(1, k, h, w), joints)
+    assert push_same.item() == pytest.approx(0.5)
+
+
+def test_ae_loss_tag_dim_2_matches_split_layout():
+    torch.manual_seed(0)
+    b, k, h, w, d = 2, 4, 3, 5, 2
+    out = torch.randn(b, k + k * d, h, w)
+    joints = torch.zeros(b, 3, k, 2, dtype=torch.long)
+    joints[..., 0] = torch.randint(0, k * h * w, (b, 3, k))
+    joints[..., 1] = 1
+    push, pull = ae_loss(out[:, k:], joints)
+    _, tags = split_heatmaps_tags(out, k, d)            # (B, K, H, W, D)
+    flat = tags.reshape(b, k * h * w, d)
+    for i in range(b):
+        person_tags = flat[i][joints[i, ..., 0]]          # (M, K, D)
+        means = person_tags.mean(dim=1)                   # (M, D)
+        exp_pull = ((person_tags - means[:, None]) ** 2).mean(dim=(1, 2)).mean()
+        dist = ((means[:, None] - means[None]) ** 2).sum(-1)
+        exp_push = (torch.exp(-dist).sum() - 3) * 0.5 / 6
+        assert pull[i].item() == pytest.approx(exp_pull.item(), rel=1e-5)
+        assert push[i].item() == pytest.approx(exp_push.item(), rel=1e-5)
+
+
+def test_ae_loss_rejects_bad_input():
+    tags = torch.zeros(1, 2, 2, 2)
+    with pytest.raises(ValueError, match="index"):
+        ae_loss(tags, torch.tensor([[[[8, 1], [0, 1]]]]))
+    ae_loss(tags, torch.tensor([[[[8, 0], [0, 1]]]]))  # out of range but invisible: fine
+    with pytest.raises(ValueError):
+        ae_loss(torch.zeros(1, 3, 2, 2), torch.zeros(1, 1, 2, 2, dtype=torch.long))
+
+
+def test_ae_loss_gradcheck():
+    torch.manual_seed(0)
+    tags = torch.randn(1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    joints = _joints([[[(0, 1), (10, 1)], [(4, 1), (13, 1)], [(8, 1), (17, 0)]]])
+    assert torch.autograd.gradcheck(lambda t: torch.stack(ae_loss(t, joints)), (tags,))
+
+
+def test_total_loss_and_gradient_through_model():
+    torch.manual_seed(0)
+    model = small_model()
+    x = torch.randn(2, 3, 64, 64)
+    outputs = model(x)
+    targets = [torch.rand(2, K, 16, 16), torch.rand(2, K, 32, 32)]
+    masks = [torch.ones(2, 16, 16), torch.ones(2, 32, 32)]
+    masks[0][:, :4] = 0
+    joints = torch.zeros(2, 30, K, 2, dtype=torch.long)
+    joints[:, :2, :, 0] = torch.randint(0, K * 16 * 16, (2, 2, K))
+    joints[:, :2, :, 1] = 1
+    params_loss = dict(PARAMS["loss"], push_weight=0.5, pull_weight=0.25, heatmap_weights=[1.0, 2.0])
+    loss, parts = total_loss(outputs, targets, masks, joints, params_loss)
+    push, pull = ae_loss(outputs[0][:, K:], joints)
+    expected = (heatmap_loss(outputs[0][:, :K], targets[0], masks[0]).mean()
+                + 2.0 * heatmap_loss(outputs[1], targets[1], masks[1]).mean()
+                + 0.5 * push.mean() + 0.25 * pull.mean())
+    assert loss.dim() == 0 and torch.allclose(loss, expected)
+    assert set(parts) == {"heatmap_0", "heatmap_1", "push", "pull", "total"}
+    assert torch.allclose(parts["heatmap_0"] + parts["heatmap_1"] + parts["push"] + parts["pull"], loss)
+    assert not any(v.requires_grad for v in parts.values())
+    loss.backward()
+    for name in ["conv1.weight", "stage4.0.branches.3.0.conv1.weight", "final_layers.0.weight",
+                 "final_layers.1.weight", "deconv_layers.0.0.0.weight"]:
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
+    # a joint list per resolution is accepted (first element used)
+    loss2, _ = total_loss([o.detach() for o in outputs], targets, masks, [joints, joints], params_loss)
+    assert torch.allclose(loss2, expected.detach())
+
+
+def test_total_loss_with_params_yaml_and_errors():
+    outputs = [torch.zeros(1, 2 * K, 8, 8), torch.zeros(1, K, 16, 16)]
+    targets = [torch.ones(1, K, 8, 8), torch.ones(1, K, 16, 16)]
+    masks = [torch.ones(1, 8, 8), torch.ones(1, 16, 16)]
+    joints = torch.zeros(1, 4, K, 2, dtype=torch.long)
+    loss, parts = total_loss(outputs, targets, masks, joints, PARAMS["loss"])
+    w = PARAMS["loss"]["heatmap_weights"]
+    assert loss.item() == pytest.approx(w[0] + w[1])  # err 1 everywhere, no people
+    assert parts["push"].item() == 0.0 and parts["pull"].item() == 0.0
+    with pytest.raises(ValueError):
+        total_loss(outputs[:1], targets, masks, joints, PARAMS["loss"])
+    with pytest.raises(ValueError):
+        total_loss([outputs[1], outputs[1]], targets, masks, joints, dict(PARAMS["loss"], heatmap_weights=[1, 1]))
+    with pytest.raises(KeyError, match="push_weight"):
+        total_loss(outputs, targets, masks, joints, {"heatmap_weights": [1, 1], "pull_weight": 1})
+
+
+def test_losses_accept_bfloat16():
+    pred = torch.rand(1, 2, 4, 4, dtype=torch.bfloat16)
+    loss = heatmap_loss(pred, torch.zeros(1, 2, 4, 4), torch.ones(1, 4, 4))
+    assert loss.dtype == torch.float32
+    push, pull = ae_loss(pred, torch.zeros(1, 2, 2, 2, dtype=torch.long))
+    assert push.dtype == pull.dtype == torch.float32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_model_and_losses_on_cuda():
+    device = torch.device("cuda")
+    model = small_model().to(device)
+    outputs = model(torch.randn(2, 3, 64, 64, device=device))
+    targets = [torch.rand(2, K, 16, 16, device=device), torch.rand(2, K, 32, 32, device=device)]
+    masks = [torch.ones(2, 16, 16, device=device), torch.ones(2, 32, 32, device=device)]
+    joints = torch.zeros(2, 4, K, 2, dtype=torch.long)  # CPU joints are moved to the tags' device
+    joints[:, :2, :, 0] = torch.randint(0, K * 16 * 16, (2, 2, K))
+    joints[:, :2, :, 1] = 1
+    loss, parts = total_loss(outputs, targets, masks, joints, PARAMS["loss"])
+    assert loss.device.type == "cuda" and all(v.device.type == "cuda" for v in parts.values())
+    loss.backward()
+    assert model.conv1.weight.grad is not None

@@ -1,0 +1,138 @@
+"""End to end on the real COCO sample: `dvc repro` and the Prefect flow in temporary repo copies.
+
+Marked slow (a few minutes on 2 cores); `make test` and CI still run them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, SHARED
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+#: outputs holding wall-clock measurements (images/s), equal only by chance between two runs
+TIMED = {"data/metrics/train.json", "data/plots/train_steps.csv"}
+STAGES = ["fetch", "validate", "check_scales", "train", "evaluate", "register"]
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update(DO_NOT_TRACK="1", DVC_NO_ANALYTICS="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               GX_ANALYTICS_ENABLED="false")
+    return env
+
+
+def tiny_params() -> dict:
+    p = yaml.safe_load((REPO / "params.yaml").read_text())
+    p["data"].update(dataset="coco-mini", mirror=str(SHARED))
+    p["model"].update(width=8, stage_blocks=[1, 1, 1])
+    p["train"].update(batch_size=4, workers=0, max_steps_per_epoch=3, warmup_steps=1, log_every=1,
+                      curriculum=[{"sizes": [128], "epochs": 1}, {"sizes": [128, 160], "epochs": 1}])
+    p["evaluate"].update(input_size=128, flip_test=False)
+    return p
+
+
+def make_repo_copy(dst: Path, params: dict) -> Path:
+    """Copy the working tree (tracked + untracked, not ignored files) into a fresh git repo."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if src.is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.email=ci@example.invalid", "-c", "user.name=ci", "commit", "-qm", "copy"]):
+        subprocess.run(cmd, cwd=dst, check=True, capture_output=True)
+    return dst
+
+
+def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def repro_repo(tmp_path_factory, coco_mini) -> Path:
+    repo = make_repo_copy(tmp_path_factory.mktemp("repro"), tiny_params())
+    run([str(BIN / "dvc"), "repro"], repo)
+    return repo
+
+
+def test_dvc_repro_on_coco_mini(repro_repo):
+    metrics = json.loads((repro_repo / "data/metrics/eval.json").read_text())
+    for key in ("AP", "AP50", "AP75", "APM", "APL", "AR"):
+        assert key in metrics and -1.0 <= metrics[key] <= 1.0, key
+    assert 0.0 <= metrics["AP"] <= metrics["AP50"] + 1e-9 <= 1.0 + 1e-9
+    results = json.loads((repro_repo / "data/eval/results.json").read_text())
+    gt = json.loads((repro_repo / "data/validated/val.json").read_text())
+    assert len(gt["images"]) == 79
+    assert {r["image_id"] for r in results} <= {im["id"] for im in gt["images"]}
+    train = json.loads((repro_repo / "data/metrics/train.json").read_text())
+    assert train["steps"] == 6 and train["epochs"] == 2
+    steps = (repro_repo / "data/plots/train_steps.csv").read_text().splitlines()
+    assert len(steps) == 7 and {"128", "160"} >= {line.split(",")[2] for line in steps[1:]}
+    manifest = (repro_repo / "data/raw/coco-mini/MANIFEST.sha256").read_text().splitlines()
+    assert len(manifest) == 80 + 79 + 2
+
+
+def test_registry_has_challenger_and_champion(repro_repo):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repro_repo / 'mlflow.db'}")
+    name = tiny_params()["registry"]["model_name"]
+    versions = client.search_model_versions(f"name='{name}'")
+    assert len(versions) == 1
+    mv = client.get_model_version(name, versions[0].version)
+    assert set(mv.aliases) == {"challenger", "champion"}
+    assert mv.tags["promotion.reason"] == "no champion yet"
+    run_ = client.get_run(mv.run_id)
+    assert run_.data.params["data.dataset"] == "coco-mini"
+    assert "AP" in run_.data.metrics
+    assert len(client.get_metric_history(mv.run_id, "train/loss")) == 6
+    record = json.loads((repro_repo / "data/registry/registration.json").read_text())
+    assert record["version"] == int(mv.version) and record["promoted"] is True
+
+
+def test_second_repro_is_a_noop(repro_repo):
+    t0 = time.perf_counter()
+    proc = run([str(BIN / "dvc"), "repro"], repro_repo)
+    elapsed = time.perf_counter() - t0
+    assert "Running stage" not in proc.stdout, proc.stdout
+    assert "up to date" in proc.stdout
+    assert elapsed < 60, f"no-op repro took {elapsed:.1f}s"
+    status = run([str(BIN / "dvc"), "status"], repro_repo)
+    assert "up to date" in status.stdout
+
+
+def test_prefect_flow_leaves_the_same_dvc_lock(repro_repo, tmp_path_factory):
+    repo = make_repo_copy(tmp_path_factory.mktemp("flow"), tiny_params())
+    proc = run([sys.executable, "-m", "flows.retrain", str(repo)], repo)
+    assert "Finished in state Completed" in proc.stdout + proc.stderr
+    flow_lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    repro_lock = yaml.safe_load((repro_repo / "dvc.lock").read_text())["stages"]
+    assert list(flow_lock) == list(repro_lock) == STAGES
+    for stage in STAGES:
+        a, b = flow_lock[stage], repro_lock[stage]
+        assert a["cmd"] == b["cmd"] and a.get("params") == b.get("params"), stage
+        assert [d["path"] for d in a.get("deps", [])] == [d["path"] for d in b.get("deps", [])], stage
+        if stage != "register":  # the registration record holds run ids, which differ by design
+            assert a.get("deps") == b.get("deps"), stage
+            outs_a = [o for o in a.get("outs", []) if o["path"] not in TIMED]
+            outs_b = [o for o in b.get("outs", []) if o["path"] not in TIMED]
+            assert outs_a == outs_b, stage
+    status = run([str(BIN / "dvc"), "status"], repo)
+    assert "up to date" in status.stdout

@@ -1,0 +1,158 @@
+"""Targets, masks, transforms and the curriculum sampler on real coco-mini annotations."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pose.augment.affine import apply_affine, invert_affine, letterbox_affine
+from pose.augment.transforms import augment_sample, build_augmenter, hflip_keypoints, to_canvas
+from pose.datasets.schema import FLIP_INDEX, KEYPOINT_NAMES
+from pose.targets.heatmaps import joint_indices, render_heatmaps
+from pose.train.data import CocoKeypoints, CurriculumBatchSampler, curriculum_schedule
+import yaml
+from conftest import REPO
+
+PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def _val(coco_mini):
+    return coco_mini / "annotations" / "person_keypoints_val2017.json", coco_mini / "val2017"
+
+
+def test_targets_match_hand_computed_values_on_real_annotation(coco_mini):
+    ann, images = _val(coco_mini)
+    ds = CocoKeypoints(ann, images, num_joints=17, sigma=2.0, max_people=30, augment=None, seed=0)
+    index = next(i for i, (img, _) in enumerate(ds.records) if img["id"] == 397133)
+    sample = ds[(index, 256)]
+    # Image 397133 is 640x427; letterbox to 256: s = 0.4, ty = (256 - 170.8) / 2 = 42.6.
+    # Annotation 200887's nose is at (433, 94) -> input (173.2, 80.2) -> stride 4 (43.3, 20.05) -> pixel (43, 20).
+    hm4 = sample["heatmaps_4"].numpy()
+    assert hm4.shape == (17, 64, 64)
+    assert hm4[0, 20, 43] == pytest.approx(1.0)
+    assert np.unravel_index(hm4[0].argmax(), hm4[0].shape) == (20, 43)
+    # stride 2: (86.6, 40.1) -> pixel (87, 40)
+    hm2 = sample["heatmaps_2"].numpy()
+    assert hm2.shape == (17, 128, 128) and hm2[0, 40, 87] == pytest.approx(1.0)
+    # a neighbour one pixel away has exp(-1 / (2 * sigma^2)) with sigma 2
+    assert hm4[0, 20, 44] == pytest.approx(np.exp(-1 / 8), rel=1e-5)
+    joints = sample["joints"].numpy()
+    assert joints.shape == (30, 17, 2)
+    # first person (200887), nose: index 0*64*64 + 20*64 + 43
+    assert joints[0, 0].tolist() == [20 * 64 + 43, 1]
+    # right_eye (index 2) is unlabelled (v=0) -> not used by the tag loss
+    assert joints[0, 2, 1] == 0
+    # left_ankle (15) at (402, 333) -> input (160.8, 175.8) -> stride 4 (40.2, 43.95) -> (40, 44)
+    assert joints[0, 15].tolist() == [15 * 64 * 64 + 44 * 64 + 40, 1]
+    # the second person (1218137, one labelled keypoint) is a labelled person too
+    assert joints[1, :, 1].sum() == 1 and joints[2:, :, 1].sum() == 0
+    # padding rows of the letterbox are supervised (weight 1), no crowd in this image
+    assert sample["weights_4"].numpy().min() == 1.0
+
+
+def test_crowd_regions_are_masked_on_real_image(coco_mini):
+    ann, images = _val(coco_mini)
+    data = json.loads(ann.read_text())
+    crowd = next(a for a in data["annotations"] if a["iscrowd"])
+    ds = CocoKeypoints(ann, images, num_joints=17, sigma=2.0, max_people=30, augment=None, seed=0)
+    index = next(i for i, (img, _) in enumerate(ds.records) if img["id"] == crowd["image_id"])
+    img = ds.records[index][0]
+    sample = ds[(index, 256)]
+    w4 = sample["weights_4"].numpy()
+    m = letterbox_affine(img["width"], img["height"], 256)
+    x, y, bw, bh = crowd["bbox"]
+    cx, cy = apply_affine(m, np.array([x + bw / 2, y + bh / 2])) / 4
+    assert (w4 == 0).sum() > 0, "crowd region must be ignored"
+    # the ignored area is about the crowd's segmentation area, scaled to the 1/4 map
+    scale = (m[0, 0] / 4) ** 2
+    assert 0.3 * crowd["area"] * scale < (w4 == 0).sum() < 3.0 * bw * bh * scale
+
+
+def test_hflip_swaps_joints_and_is_an_involution():
+    rng = np.random.default_rng(0)
+    kp = np.concatenate([rng.uniform(0, 100, (3, 17, 2)), np.full((3, 17, 1), 2.0)], axis=-1)
+    once = hflip_keypoints(kp, 120)
+    assert np.allclose(hflip_keypoints(once, 120), kp)
+    left_wrist, right_wrist = KEYPOINT_NAMES.index("left_wrist"), KEYPOINT_NAMES.index("right_wrist")
+    assert once[0, left_wrist, 0] == pytest.approx(119 - kp[0, right_wrist, 0])
+    assert all(FLIP_INDEX[FLIP_INDEX[k]] == k for k in range(17))
+
+
+def test_flip_through_albumentations_matches_mirrored_image(coco_mini):
+    import cv2
+
+    ann, images = _val(coco_mini)
+    img = cv2.imread(str(images / "000000397133.jpg"))
+    kp = np.array([[[433, 94, 2]] * 17], dtype=np.float64)
+    out_img, out_kp, _ = augment_sample(img, kp, np.zeros(img.shape[:2], np.uint8), None, True, 0)
+    assert np.array_equal(out_img, img[:, ::-1])
+    assert out_kp[0, 0, 0] == pytest.approx(640 - 1 - 433)
+
+
+def test_augmented_keypoints_follow_the_image(coco_mini):
+    """A keypoint drawn as a bright dot must stay under its mapped coordinate after augmentation."""
+    import cv2
+
+    img = np.zeros((200, 300, 3), np.uint8)
+    kp = np.array([[[120.0, 80.0, 2.0]] + [[0, 0, 0]] * 16])
+    cv2.circle(img, (120, 80), 3, (255, 255, 255), -1)
+    aug = build_augmenter({**PARAMS["augment"], "color_jitter": 0.0})
+    for seed in range(5):
+        out_img, out_kp, _ = augment_sample(img, kp, np.zeros((200, 300), np.uint8), aug, False, seed)
+        if out_kp[0, 0, 2] == 0:
+            continue
+        ys, xs = np.nonzero(out_img[..., 0] > 128)
+        assert abs(xs.mean() - out_kp[0, 0, 0]) < 1.5 and abs(ys.mean() - out_kp[0, 0, 1]) < 1.5
+
+
+def test_letterbox_roundtrip_and_canvas(coco_mini):
+    m = letterbox_affine(640, 427, 512)
+    pts = np.array([[0.0, 0.0], [639.0, 426.0], [433.0, 94.0]])
+    back = apply_affine(invert_affine(m), apply_affine(m, pts))
+    assert np.abs(back - pts).max() < 1e-9
+    img = np.zeros((427, 640, 3), np.uint8)
+    canvas, kps, weights, m2 = to_canvas(img, np.array([[[433.0, 94.0, 2.0]] * 17]), np.zeros((427, 640), np.uint8), 512, (4, 2))
+    assert canvas.shape == (512, 512, 3) and weights[0].shape == (128, 128) and weights[1].shape == (256, 256)
+    assert kps[1][0, 0, :2] == pytest.approx(apply_affine(m2, np.array([433.0, 94.0])) / 2)
+
+
+def test_curriculum_schedule_variants():
+    cur = [{"sizes": [256], "epochs": 2}, {"sizes": [256, 384], "epochs": 1}, {"sizes": [256, 384, 512], "epochs": 1}]
+    assert curriculum_schedule(cur, multi_scale=True, use_curriculum=True) == [[256], [256], [256, 384], [256, 384, 512]]
+    assert curriculum_schedule(cur, multi_scale=True, use_curriculum=False) == [[256, 384, 512]] * 4
+    assert curriculum_schedule(cur, multi_scale=False, use_curriculum=True) == [[512]] * 4
+    with pytest.raises(ValueError, match="multiples of 32"):
+        curriculum_schedule([{"sizes": [250], "epochs": 1}], multi_scale=True, use_curriculum=True)
+
+
+def test_sampler_one_size_per_batch_deterministic_and_sharded():
+    schedule = [[256, 384]] * 3
+    s = CurriculumBatchSampler(50, 4, schedule, seed=1)
+    s.set_epoch(1)
+    batches = list(s)
+    assert len(batches) == 12
+    assert all(len({size for _, size in b}) == 1 for b in batches)
+    assert {b[0][1] for b in batches} == {256, 384}
+    again = CurriculumBatchSampler(50, 4, schedule, seed=1)
+    again.set_epoch(1, start_batch=5)
+    assert list(again) == batches[5:]
+    r0 = CurriculumBatchSampler(50, 4, schedule, seed=1, rank=0, world_size=2)
+    r1 = CurriculumBatchSampler(50, 4, schedule, seed=1, rank=1, world_size=2)
+    b0, b1 = list(r0), list(r1)
+    assert len(b0) == len(b1) == 6
+    ids0 = {i for b in b0 for i, _ in b}
+    ids1 = {i for b in b1 for i, _ in b}
+    assert not ids0 & ids1
+    assert [b[0][1] for b in b0] == [b[0][1] for b in b1], "ranks train the same size at the same step"
+
+
+def test_render_heatmaps_skips_invisible_and_outside():
+    kp = np.array([[[10.2, 5.7, 2], [-3, 4, 2], [5, 5, 0], [63.4, 63.4, 1]] + [[0, 0, 0]] * 13], dtype=np.float64)
+    hm = render_heatmaps(kp, 64, 64, 2.0)
+    assert hm[0, 6, 10] == pytest.approx(1.0)
+    assert hm[1].max() == 0 and hm[2].max() == 0
+    assert hm[3, 63, 63] == pytest.approx(1.0)
+    ji = joint_indices(kp, 64, 64, 2)
+    assert ji[0, 0].tolist() == [6 * 64 + 10, 1] and ji[0, 1, 1] == 0 and ji[1].sum() == 0
