@@ -1,12 +1,30 @@
-"""Prefect flow `retrain`: the DVC stage graph as Prefect tasks.
+"""Prefect flow `retrain`: new-data check, the DVC stage graph as Prefect tasks, push, register, notify.
 
-Each task runs ``dvc repro --single-item <stage>`` in the repo, in the order the
-stages appear in `dvc.yaml` (which lists them topologically). DVC therefore does
-all the work, and `dvc.lock` and the cache end up exactly as after a plain
-`dvc repro`; Prefect adds retries (the network-bound `fetch`), logging, state and
-scheduling. Run it once with::
+1. ``detect-new-data``: the fingerprint of the configured data source
+   (:func:`pose.registry.data_version.source_fingerprint`: mirror / source folder content,
+   S3 prefix listing, ...) is compared with the registered model's tag ``data.fingerprint``
+   (the source fingerprint of the last registered data). Unchanged -> the flow ends at
+   once in a ``Completed`` state named **NoNewData** (message says why); nothing is trained.
+   ``force=True`` skips the check.
+2. Each stage runs as ``dvc repro --single-item <stage>`` in the repo, in `dvc.yaml` order
+   (topological). On new data ``fetch`` is forced (``-f``): its DVC deps are the code and
+   params, not the external source. DVC does all the work, so `dvc.lock` and the cache
+   end up exactly as after a plain `dvc repro`.
+3. ``dvc push`` (data and models to the DVC remote, ``dvc-storage/`` by default; params
+   ``schedule.push``) before ``register``, so a registered version's data is always in the
+   remote. Network-bound tasks (fetch, detect on S3, push) retry with backoff.
+4. ``register`` (stage) logs, registers and gates the model (the data fingerprint reaches
+   it through ``POSE_DATA_FINGERPRINT``); a compare report against the previous champion is
+   attached to the new run; a promotion is notified.
+5. Notifications (:mod:`pose.registry.notify`): webhook from env ``POSE_NOTIFY_WEBHOOK`` or
+   params ``schedule.notify_webhook``; events ``promotion`` and ``retrain_failed`` (flow
+   ``on_failure`` / ``on_crashed`` hooks).
 
-    python -m flows.retrain            # ephemeral Prefect API, no server needed
+Run it once with::
+
+    python -m flows.retrain [REPO] [--force]      # ephemeral Prefect API, no server needed
+
+and on a schedule with ``python -m flows.serve`` (flows/serve.py).
 """
 
 from __future__ import annotations
@@ -22,13 +40,17 @@ import yaml
 
 import pose  # noqa: F401  (telemetry off before prefect is imported)
 from prefect import flow, get_run_logger, task
+from prefect.states import Completed
 
 NETWORK_STAGES = {"fetch"}
+#: stages that run after `dvc push` (registration only once the data is in the remote)
+AFTER_PUSH_STAGES = {"register"}
+NO_NEW_DATA = "NoNewData"
 
 
 def stage_names(repo: Path) -> list[str]:
     """Stage names of `dvc.yaml` in file order (the file keeps them topologically sorted)."""
-    return list((yaml.safe_load((repo / "dvc.yaml").read_text()) or {}).get("stages", {}))
+    return list((yaml.safe_load((Path(repo) / "dvc.yaml").read_text()) or {}).get("stages", {}))
 
 
 def _dvc() -> str:
@@ -36,29 +58,124 @@ def _dvc() -> str:
     return str(exe) if exe.exists() else (shutil.which("dvc") or "dvc")
 
 
-def run_stage(repo: Path, name: str) -> str:
-    """``dvc repro --single-item <name>`` in ``repo``; raises RuntimeError with DVC's output on failure."""
+def _env(extra: dict | None = None) -> dict:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    proc = subprocess.run([_dvc(), "repro", "--single-item", name], cwd=repo, capture_output=True, text=True, env=env)
+    env.update(extra or {})
+    return env
+
+
+def run_stage(repo: Path, name: str, force: bool = False, env: dict | None = None) -> str:
+    """``dvc repro --single-item [-f] <name>`` in ``repo``; raises RuntimeError with DVC's output on failure."""
+    cmd = [_dvc(), "repro", "--single-item"] + (["--force"] if force else []) + [name]
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=_env(env))
     if proc.returncode != 0:
         raise RuntimeError(f"stage {name} failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc.stdout
 
 
+def repo_params(repo: Path | str) -> dict:
+    from pose.params import load_params
+
+    return load_params(Path(repo) / "params.yaml")
+
+
+def tracking_uri_for(repo: Path | str, uri: str) -> str:
+    """``uri`` with a relative SQLite / file-store path made absolute against ``repo``
+    (the stages run with the repo as working directory)."""
+    repo = Path(repo).resolve()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{repo / uri[len('sqlite:///'):]}"
+    if "://" not in uri and not Path(uri).is_absolute():
+        return str(repo / uri)
+    return uri
+
+
+def last_trained_fingerprint(params: dict, repo: Path | str) -> str | None:
+    """The registered model's ``data.fingerprint`` tag, None when nothing is registered yet."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    reg = params["registry"]
+    uri = tracking_uri_for(repo, reg["tracking_uri"])
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        return None  # no registry database yet (and do not create one here)
+    try:
+        return MlflowClient(uri).get_registered_model(reg["model_name"]).tags.get("data.fingerprint")
+    except MlflowException:
+        return None
+
+
+def detect(repo: Path | str) -> dict:
+    """``{"new", "fingerprint", "previous", "source", "dataset", "files"}`` for the repo's configured source."""
+    from pose.registry.data_version import source_fingerprint
+
+    params = repo_params(repo)
+    fp = source_fingerprint(params, Path(repo))
+    prev = last_trained_fingerprint(params, repo)
+    return {**fp, "previous": prev, "new": prev != fp["fingerprint"]}
+
+
+@task(name="detect-new-data", retries=3, retry_delay_seconds=[10, 60, 300])
+def detect_new_data(repo: str) -> dict:
+    """Fingerprint the data source (may list an S3 prefix: retried) and compare with the last trained one."""
+    d = detect(repo)
+    get_run_logger().info("data source %s (%s files): fingerprint %s, last trained %s -> %s", d["source"], d["files"],
+                          d["fingerprint"][:16], (d["previous"] or "none")[:16], "NEW DATA" if d["new"] else "unchanged")
+    return d
+
+
 @task(name="dvc-stage-network", retries=3, retry_delay_seconds=[5, 30, 120])
-def network_stage(repo: str, name: str) -> str:
+def network_stage(repo: str, name: str, force: bool = False) -> str:
     """A stage that talks to the network (dataset sources): retried with backoff."""
-    out = run_stage(Path(repo), name)
+    out = run_stage(Path(repo), name, force=force)
     get_run_logger().info("stage %s:\n%s", name, out.strip()[-2000:])
     return name
 
 
 @task(name="dvc-stage")
-def local_stage(repo: str, name: str) -> str:
-    out = run_stage(Path(repo), name)
+def local_stage(repo: str, name: str, force: bool = False, env: dict | None = None) -> str:
+    out = run_stage(Path(repo), name, force=force, env=env)
     get_run_logger().info("stage %s:\n%s", name, out.strip()[-2000:])
     return name
+
+
+@task(name="dvc-push", retries=3, retry_delay_seconds=[10, 60, 300])
+def dvc_push(repo: str) -> str:
+    """``dvc push``: every cached output (raw data, validated data, models, eval results) to the default remote."""
+    proc = subprocess.run([_dvc(), "push"], cwd=repo, capture_output=True, text=True, env=_env())
+    if proc.returncode != 0:
+        raise RuntimeError(f"dvc push failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    get_run_logger().info("dvc push: %s", proc.stdout.strip()[-1000:])
+    return proc.stdout
+
+
+@task(name="record-data-version")
+def record_data_version(repo: str, fingerprint: str) -> bool:
+    """Tag the registered model with the processed data fingerprint (also when DVC found nothing to retrain)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    reg = repo_params(repo)["registry"]
+    try:
+        MlflowClient(tracking_uri_for(repo, reg["tracking_uri"])).set_registered_model_tag(
+            reg["model_name"], "data.fingerprint", fingerprint)
+        return True
+    except MlflowException as exc:
+        get_run_logger().warning("could not record the data fingerprint: %s", exc)
+        return False
+
+
+@task(name="compare-with-champion")
+def compare_with_previous(repo: str, before: int, version: int) -> str | None:
+    """``pose compare v<before> v<version>``: review report logged to the new version's run (best effort)."""
+    pose_exe = Path(sys.executable).with_name("pose")
+    cmd = [str(pose_exe) if pose_exe.exists() else "pose", "compare", f"v{before}", f"v{version}"]
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=_env())
+    if proc.returncode != 0:
+        get_run_logger().warning("compare report failed (not fatal):\n%s", proc.stderr[-2000:])
+        return None
+    return proc.stdout
 
 
 @task(name="summary")
@@ -78,14 +195,72 @@ def summarize(repo: str) -> dict:
     return summary
 
 
-@flow(name="retrain")
-def retrain(repo_dir: str = ".") -> dict:
-    """Run every stage of `dvc.yaml` through DVC, then log a summary (metrics, version, aliases)."""
+def _registration_run(repo: str) -> str | None:
+    p = Path(repo) / "data/registry/registration.json"
+    try:
+        return json.loads(p.read_text()).get("run_id")
+    except (OSError, ValueError):
+        return None
+
+
+def _notify(repo: str | Path, event: str, text: str, payload: dict) -> bool:
+    from pose.registry.notify import notify, webhook_url
+
+    try:
+        params = repo_params(repo)
+    except (OSError, ValueError):
+        params = None
+    return notify(event, text, payload, url=webhook_url(params))
+
+
+def notify_failure(flow_obj, flow_run, state) -> None:
+    """Flow ``on_failure`` / ``on_crashed`` hook: post ``retrain_failed`` to the webhook."""
+    repo = (getattr(flow_run, "parameters", None) or {}).get("repo_dir", ".")
+    _notify(repo, "retrain_failed", f"retrain flow run {flow_run.name!r} ended {state.name}: {state.message}",
+            {"flow_run_id": str(flow_run.id), "state": state.name, "repo": str(repo)})
+
+
+@flow(name="retrain", on_failure=[notify_failure], on_crashed=[notify_failure])
+def retrain(repo_dir: str = ".", force: bool = False):
+    """New data? -> every stage of `dvc.yaml` through DVC, `dvc push`, register + gate, notify.
+
+    Returns the summary (metrics, registration), or a ``Completed`` state named ``NoNewData``."""
     repo = str(Path(repo_dir).resolve())
-    for name in stage_names(Path(repo)):
-        (network_stage if name in NETWORK_STAGES else local_stage)(repo, name)
-    return summarize(repo)
+    params = repo_params(repo)
+    d = detect_new_data(repo)
+    if not d["new"] and not force:
+        msg = (f"no new data: {d['dataset']} source {d['source']} unchanged since the last registered model "
+               f"(fingerprint {d['fingerprint'][:16]}); nothing trained")
+        get_run_logger().info(msg)
+        return Completed(name=NO_NEW_DATA, message=msg)
+    before = _registration_run(repo)
+    names = stage_names(Path(repo))
+    env = {"POSE_DATA_FINGERPRINT": d["fingerprint"]}
+    for name in [n for n in names if n not in AFTER_PUSH_STAGES]:
+        if name in NETWORK_STAGES:
+            network_stage(repo, name, force=d["new"])
+        else:
+            local_stage(repo, name)
+    if params["schedule"]["push"]:
+        dvc_push(repo)
+    for name in [n for n in names if n in AFTER_PUSH_STAGES]:
+        local_stage(repo, name, env=env)
+    record_data_version(repo, d["fingerprint"])
+    summary = summarize(repo)
+    reg = summary.get("registration") or {}
+    summary["registered"] = bool(reg) and reg.get("run_id") != before
+    if not summary["registered"]:
+        get_run_logger().info("fetched data identical to the registered version's: DVC had nothing to retrain")
+        return summary
+    if reg.get("champion_before") and reg.get("version") and reg["champion_before"] != reg["version"]:
+        compare_with_previous(repo, reg["champion_before"], reg["version"])
+    if reg.get("promoted"):
+        _notify(repo, "promotion", f"{reg.get('model_name')} v{reg.get('version')} is the new champion "
+                f"(AP {reg.get('AP', float('nan')):.4f}): {reg.get('reason')}",
+                {"registration": reg, "data_fingerprint": d["fingerprint"]})
+    return summary
 
 
 if __name__ == "__main__":
-    retrain(sys.argv[1] if len(sys.argv) > 1 else ".")
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    retrain(args[0] if args else ".", force="--force" in sys.argv[1:])

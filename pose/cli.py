@@ -27,8 +27,10 @@ def _fail(msg: str, code: int = 1) -> None:
 @app.command()
 def fetch(out: Path = typer.Option(None, help="output folder (default: <data.raw_dir>/<data.dataset>)"),
           dataset: str = typer.Option(None, help="catalogue name (default: params data.dataset)"),
+          ingest: list[str] = typer.Option(None, "--ingest", help="also merge this batch of new annotated images "
+                                           "(folder or s3://prefix) into the train split; repeatable"),
           params_file: Path = PARAMS) -> None:
-    """Fetch a dataset into COCO layout with a sha256 manifest (stage `fetch`)."""
+    """Fetch a dataset into COCO-17 layout with a sha256 manifest (stage `fetch`); native datasets are converted."""
     from pose.datasets.fetch import fetch_dataset
 
     p = load_params(params_file)
@@ -38,7 +40,29 @@ def fetch(out: Path = typer.Option(None, help="output folder (default: <data.raw
     mirror = Path(d["mirror"]) if d.get("mirror") else None
     try:
         summary = fetch_dataset(name, catalogue=p["catalogue"], mirror_root=mirror, out_dir=out,
-                                generated_params=p["generated"], train_split=d["train_split"], val_split=d["val_split"])
+                                generated_params=p["generated"], train_split=d["train_split"], val_split=d["val_split"],
+                                link=False, ingest=list(ingest or []), progress=sys.stderr.isatty())
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))
+
+
+@app.command()
+def ingest(batch: str = typer.Option(..., help="folder, file:// URL or s3://bucket/prefix with one COCO JSON + images"),
+           into: Path = typer.Option(..., help="dataset folder written by `pose fetch`, e.g. data/raw/<name>"),
+           split: str = typer.Option(None, help="split to add to (default: params data.train_split)"),
+           fmt: str = typer.Option("coco", "--format", help="coco | crowdpose | aic | mpii (converted first)"),
+           annotations: str = typer.Option(None, help="the batch's annotation JSON, relative to the batch "
+                                           "(default: its only JSON)"),
+           params_file: Path = PARAMS) -> None:
+    """Merge a batch of new annotated images into a dataset's train split: new ids, duplicates (by image
+    content hash) dropped, ingest_record.json appended, manifest rewritten, all atomically."""
+    from pose.datasets.ingest import ingest_batch
+
+    d = load_params(params_file)["data"]
+    try:
+        summary = ingest_batch(batch, into, split=split or d["train_split"], fmt=fmt, annotations=annotations,
+                               progress=sys.stderr.isatty())
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
         _fail(str(exc))
     typer.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))
@@ -101,24 +125,29 @@ def train(train_ann: Path = typer.Option(...), train_images: Path = typer.Option
         typer.echo(json.dumps(summary, indent=2, sort_keys=True))
 
 
-def _score(params: dict, checkpoint: Path, annotations: Path, images: Path, results_out: Path | None) -> tuple[dict, list]:
+def _score(params: dict, checkpoint: Path, annotations: Path, images: Path, results_out: Path | None, *,
+           dataset_schema: str = "auto", model=None, device=None) -> tuple[dict, list]:
+    """Predict every image of ``annotations`` with the checkpoint (or an already loaded
+    ``model`` on ``device``) and score the results: eval.json's metrics and the results."""
+    from pose.datasets.schema import COCO_SIGMAS
     from pose.decode.inference import predict_dataset
-    from pose.evaluate.coco import evaluate_results
-    from pose.train.checkpoint import load_trained_model
-    from pose.train.loop import pick_device
+    from pose.evaluate.coco import evaluate_keypoints
 
-    device = pick_device()
-    model = load_trained_model(checkpoint, device)
-    results = predict_dataset(model, annotations, images, params["evaluate"], device)
+    if model is None:
+        from pose.train.checkpoint import load_trained_model
+        from pose.train.loop import pick_device
+
+        device = pick_device()
+        model = load_trained_model(checkpoint, device)
+    ev = params["evaluate"]
+    results = predict_dataset(model, annotations, images, ev, device)
     if results_out:
         results_out.parent.mkdir(parents=True, exist_ok=True)
         tmp = results_out.with_suffix(".tmp")
         tmp.write_text(json.dumps(results))
         tmp.replace(results_out)
-    from pose.datasets.schema import COCO_SIGMAS
-
-    return evaluate_results(annotations, results, sigmas=COCO_SIGMAS,
-                            oks_threshold=float(params["evaluate"]["oks_threshold"])), results
+    return evaluate_keypoints(annotations, results, sigmas=COCO_SIGMAS, oks_threshold=float(ev["oks_threshold"]),
+                              schema=dataset_schema, area_bins=ev.get("area_bins")), results
 
 
 @app.command()
@@ -127,59 +156,87 @@ def evaluate(annotations: Path = typer.Option(..., help="ground-truth COCO keypo
              results: Path = typer.Option(None, help="score this existing COCO results JSON"),
              checkpoint: Path = typer.Option(None, help="or: decode this checkpoint on --images first"),
              images: Path = typer.Option(None), results_out: Path = typer.Option(None),
+             efficiency: Path = typer.Option(None, help="efficiency.json to write: params, GFLOPs, latency p50/p90, "
+                                                        "peak memory (needs --checkpoint and --images)"),
+             plots_dir: Path = typer.Option(None, help="folder for AP per keypoint / per person scale (PNG + CSV) "
+                                                       "and overlays.png of sample images (needs --images)"),
+             dataset_schema: str = typer.Option("auto", help="auto | coco | crowdpose (auto: crowdpose when every "
+                                                             "image has a crowdIndex)"),
              params_file: Path = PARAMS) -> None:
-    """COCO keypoint AP/AR with pycocotools (stage `evaluate`)."""
+    """COCO keypoint AP/AR with pycocotools, per-scale AP, CrowdPose easy/medium/hard, plots and
+    efficiency (stage `evaluate`)."""
     from pose.datasets.schema import COCO_SIGMAS
-    from pose.evaluate.coco import evaluate_results, write_metrics
+    from pose.evaluate.coco import evaluate_keypoints, write_metrics
 
     p = load_params(params_file)
-    if results is not None:
-        metrics = evaluate_results(annotations, results, sigmas=COCO_SIGMAS,
-                                   oks_threshold=float(p["evaluate"]["oks_threshold"]))
-    elif checkpoint is not None and images is not None:
-        metrics, _ = _score(p, checkpoint, annotations, images, results_out)
-    else:
-        _fail("give --results, or --checkpoint with --images")
+    ev = p["evaluate"]
+    if efficiency is not None and (checkpoint is None or images is None):
+        _fail("--efficiency needs --checkpoint and --images")
+    model = device = None
+    try:
+        if results is not None:
+            res = json.loads(results.read_text())
+            metrics = evaluate_keypoints(annotations, res, sigmas=COCO_SIGMAS,
+                                         oks_threshold=float(ev["oks_threshold"]), schema=dataset_schema,
+                                         area_bins=ev["area_bins"])
+        elif checkpoint is not None and images is not None:
+            from pose.train.checkpoint import load_trained_model
+            from pose.train.loop import pick_device
+
+            device = pick_device()
+            model = load_trained_model(checkpoint, device)
+            metrics, res = _score(p, checkpoint, annotations, images, results_out, dataset_schema=dataset_schema,
+                                  model=model, device=device)
+        else:
+            _fail("give --results, or --checkpoint with --images")
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
     write_metrics(metrics, out)
-    typer.echo(json.dumps({k: metrics[k] for k in ("AP", "AP50", "AP75", "APM", "APL", "AR") if k in metrics}, indent=2))
+    if plots_dir is not None:
+        from pose.evaluate.plots import write_eval_plots
+
+        write_eval_plots(metrics, plots_dir, gt_json=annotations, results=res, images_dir=images,
+                         overlay_count=int(ev["overlay_count"]), overlay_min_score=float(ev["overlay_min_score"]))
+    if efficiency is not None:
+        from pose.evaluate.efficiency import load_sample_images, measure_efficiency
+
+        eff = measure_efficiency(model, load_sample_images(annotations, images, int(ev["latency_samples"])),
+                                 eval_params=ev, samples=int(ev["latency_samples"]),
+                                 warmup=int(ev["latency_warmup"]), device=device)
+        write_metrics(eff, efficiency)
+        typer.echo(json.dumps({k: eff[k] for k in ("params", "gflops", "latency_ms_p50", "latency_ms_p90",
+                                                   "peak_memory_mb")}))
+    keys = ("AP", "AP50", "AP75", "APM", "APL", "AR", "AP_easy", "AP_medium", "AP_hard")
+    typer.echo(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
 
 
 @app.command()
 def predict(source: Path = typer.Argument(..., help="an image or a folder of images"),
-            model: str = typer.Option(..., help="checkpoint path or models:/<name>@<alias>"),
-            out_dir: Path = typer.Option(Path("predictions")), params_file: Path = PARAMS) -> None:
-    """Draw skeletons on images and write COCO-style results JSON."""
-    import cv2
-
-    from pose.decode.inference import predict_image
-    from pose.evaluate.plots import overlay
-    from pose.train.checkpoint import load_trained_model
+            model: str = typer.Option(..., help="checkpoint path, or models:/<name>@<alias> (also "
+                                                "models:/<name>/<version>, runs:/<run>/<path>)"),
+            out_dir: Path = typer.Option(Path("predictions")),
+            input_size: int = typer.Option(None, help="network input side (default: params evaluate.input_size)"),
+            min_score: float = typer.Option(None, help="draw persons / joints scoring above this "
+                                                       "(default: params evaluate.overlay_min_score)"),
+            params_file: Path = PARAMS) -> None:
+    """Draw skeletons (one colour per person) on images and write COCO results JSON."""
+    from pose.decode.predict import list_images, load_model, predict_files
     from pose.train.loop import pick_device
 
     p = load_params(params_file)
-    ckpt = Path(model)
-    if model.startswith("models:/"):
-        import mlflow
-
-        mlflow.set_tracking_uri(p["registry"]["tracking_uri"])
-        ckpt = next(Path(mlflow.artifacts.download_artifacts(model)).glob("*.pt"))
+    ev = dict(p["evaluate"])
+    if input_size is not None:
+        ev["input_size"] = input_size
     device = pick_device()
-    net = load_trained_model(ckpt, device)
-    files = sorted(x for x in source.iterdir() if x.suffix.lower() in (".jpg", ".jpeg", ".png")) if source.is_dir() else [source]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    records = []
-    ev = p["evaluate"]
-    for f in files:
-        image = cv2.imread(str(f), cv2.IMREAD_COLOR)
-        if image is None:
-            _fail(f"{f}: cannot read image")
-        persons = predict_image(net, image, eval_params=ev, device=device)
-        overlay(image, persons, out_dir / f"{f.stem}_pose.png")
-        for person in persons:
-            records.append({"file_name": f.name, "category_id": 1, "score": float(person["score"]),
-                            "keypoints": [float(v) for v in person["keypoints"].reshape(-1)]})
-    (out_dir / "results.json").write_text(json.dumps(records))
-    typer.echo(f"{len(files)} image(s), {len(records)} person(s) -> {out_dir}")
+    try:
+        files = list_images(source)
+        net = load_model(model, tracking_uri=p["registry"]["tracking_uri"], device=device)
+        summary = predict_files(net, files, out_dir, eval_params=ev, device=device,
+                                min_score=float(ev["overlay_min_score"] if min_score is None else min_score))
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        _fail(str(exc))
+    typer.echo(f"{summary['images']} image(s), {summary['persons']} person(s) ({summary['drawn']} drawn) -> "
+               f"{out_dir} (results: {summary['results']})")
 
 
 @app.command()
@@ -187,6 +244,10 @@ def register(checkpoint: Path = typer.Option(...), metrics: Path = typer.Option(
              eval_annotations: Path = typer.Option(...), eval_images: Path = typer.Option(...),
              out: Path = typer.Option(...), train_metrics: Path = typer.Option(None),
              train_steps: Path = typer.Option(None),
+             results: Path = typer.Option(None, help="COCO results JSON of the evaluation (default: data/eval/results.json "
+                                                     "beside --metrics' folder when present)"),
+             train_annotations: Path = typer.Option(None, help="training annotations (default: train.json beside "
+                                                               "--eval-annotations when present)"),
              artifact: list[Path] = typer.Option([], help="extra files/folders to log"),
              params_file: Path = PARAMS) -> None:
     """Log the run to MLflow, register the model, set challenger/champion aliases (stage `register`)."""
@@ -195,8 +256,69 @@ def register(checkpoint: Path = typer.Option(...), metrics: Path = typer.Option(
     p = load_params(params_file)
     record = register_run(p, checkpoint=checkpoint, eval_metrics=metrics, eval_annotations=eval_annotations, out=out,
                           artifacts=artifact, train_metrics=train_metrics, train_steps=train_steps,
-                          reevaluate=lambda ck: _score(p, ck, eval_annotations, eval_images, None)[0])
+                          results=results, train_annotations=train_annotations,
+                          reevaluate=lambda ck, ann=None: _score(p, ck, ann or eval_annotations, eval_images, None))
     typer.echo(json.dumps(record, indent=2, sort_keys=True))
+
+
+def _val_images(p: dict) -> Path:
+    d = p["data"]
+    return Path(d["raw_dir"]) / d["dataset"] / d["val_split"]
+
+
+@app.command()
+def promote(version: str = typer.Option(None, help="version (3 / v3), alias or models:/ URI (default: alias challenger)"),
+            force: bool = typer.Option(False, help="override the gate; needs --reason"),
+            reason: str = typer.Option(None, help="why the gate is overridden (required with --force)"),
+            eval_images: Path = typer.Option(None, help="validation images, used to re-evaluate the champion on the "
+                                                        "challenger's data (default: <raw_dir>/<dataset>/<val_split>)"),
+            params_file: Path = PARAMS) -> None:
+    """Gate a registered version against the champion (same eval data, AP margin, per-scale tolerance,
+    bootstrap CI) and move alias `champion` when it passes, under the registry lock."""
+    from pose.registry.promotion import RegistryError
+    from pose.registry.promotion import promote as run_promote
+
+    p = load_params(params_file)
+    images = eval_images or _val_images(p)
+    try:
+        record = run_promote(p, version=version, force=force, reason=reason,
+                             reevaluate=lambda ck, ann: _score(p, ck, ann, images, None))
+    except (RegistryError, TimeoutError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(record, indent=2, sort_keys=True, default=str))
+
+
+@app.command()
+def rollback(reason: str = typer.Option(..., help="why the champion is rolled back"),
+             to: int = typer.Option(None, help="an earlier champion version (default: the previous champion)"),
+             params_file: Path = PARAMS) -> None:
+    """Move alias `champion` back to the previous champion (registered-model tag champion.history)."""
+    from pose.registry.promotion import RegistryError
+    from pose.registry.promotion import rollback as run_rollback
+
+    try:
+        record = run_rollback(load_params(params_file), reason=reason, to_version=to)
+    except (RegistryError, TimeoutError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(record, indent=2, sort_keys=True))
+
+
+@app.command()
+def compare(a: str = typer.Argument(..., help="baseline: run id, version (3 / v3), alias or models:/ URI"),
+            b: str = typer.Argument(..., help="candidate (same forms); the report is logged to its run"),
+            out_dir: Path = typer.Option(None, help="report folder (default: data/compare/<A>_vs_<B>)"),
+            images: Path = typer.Option(None, help="validation images for overlays (default: <raw_dir>/<dataset>/<val_split>)"),
+            log: bool = typer.Option(True, "--log/--no-log", help="log the report as an artifact of B's run"),
+            params_file: Path = PARAMS) -> None:
+    """Markdown + HTML report of A vs B: metric deltas with bootstrap CIs, curves, params / data diff, overlays."""
+    from pose.registry.compare import compare as run_compare
+    from pose.registry.promotion import RegistryError
+
+    try:
+        report = run_compare(load_params(params_file), a, b, out_dir=out_dir, images_dir=images, log_to_run=log)
+    except RegistryError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps({k: v for k, v in report.items() if k != "summary"}, indent=2))
 
 
 def main() -> None:

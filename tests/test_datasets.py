@@ -10,10 +10,7 @@ import hashlib
 import http.server
 import io
 import json
-import math
-import os
 import shutil
-import socketserver
 import tarfile
 import threading
 import zipfile
@@ -150,6 +147,24 @@ def test_generated_visibility_bbox_area(generated):
     assert n_outside > 0, "no joint outside the image (v=0) in the whole set"
 
 
+def test_generated_v0_exactly_when_outside():
+    from pose.datasets.generated import _make_image
+
+    n_out = 0
+    for i in range(40):
+        rng = np.random.default_rng((5, 0, i))
+        img, labels = _make_image(rng, 160, 128, 4, 20.0, 200.0)
+        assert img.shape == (128, 160, 3) and img.dtype == np.uint8
+        for lab in labels:
+            raw = lab["_joints"]
+            outside = (raw[:, 0] < 0) | (raw[:, 0] > 159) | (raw[:, 1] < 0) | (raw[:, 1] > 127)
+            v = np.asarray(lab["keypoints"][2::3])
+            assert np.array_equal(v == 0, outside)
+            assert not outside.all()
+            n_out += int(outside.sum())
+    assert n_out > 0
+
+
 def test_generated_occlusion_matches_pixels(generated):
     """v=1 joints are covered by a later figure: the pixel there is rarely the joint's marker colour,
     while v=2 joints of reasonably large figures show their marker colour (the learnable cue)."""
@@ -183,11 +198,11 @@ def test_generated_is_fast(tmp_path):
 
     from pose.datasets.generated import generate_dataset
 
-    t = time.perf_counter()
+    t = time.process_time()  # CPU time of this process: robust to other load on the machine
     generate_dataset(tmp_path / "g", seed=1, num_train=40, num_val=10, width=320, height=256, max_people=4,
                      min_person_height=24, max_person_height=230)
     # 200 images must take < 10 s; 50 images get a quarter of that
-    assert time.perf_counter() - t < 2.5
+    assert time.process_time() - t < 2.5
 
 
 def test_generated_rejects_bad_arguments(tmp_path):
@@ -308,7 +323,8 @@ def test_fetch_native_kind_converts_from_mirror(tmp_path, params):
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     """Serves server.files; honours `Range: bytes=N-`; server.drop_after[path] = n makes the
-    next response for path send n body bytes (after announcing the full length) and hang up."""
+    next response for path send n body bytes (after announcing the full length) and hang up,
+    server.always_drop[path] = n every response; server.status[path] = code answers that error."""
 
     protocol_version = "HTTP/1.1"
 
@@ -318,11 +334,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         srv = self.server
         data = srv.files.get(self.path)
+        if self.path in srv.status:
+            code = srv.status[self.path]
+            srv.log.append((self.path, None, 0, code))
+            self.send_response(code)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if data is None:
+            srv.log.append((self.path, None, 0, 404))  # log first: the client may look right after
             self.send_response(404)
             self.send_header("Content-Length", "0")
             self.end_headers()
-            srv.log.append((self.path, None, 0, 404))
             return
         rng = self.headers.get("Range")
         start = 0
@@ -336,11 +359,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Accept-Ranges", "bytes")
         self.end_headers()
-        cut = srv.drop_after.pop(self.path, None)
+        cut = srv.drop_after.pop(self.path, srv.always_drop.get(self.path))
         sent = body if cut is None else body[:cut]
+        srv.log.append((self.path, rng, len(sent), 206 if rng else 200))
         self.wfile.write(sent)
         self.wfile.flush()
-        srv.log.append((self.path, rng, len(sent), 206 if rng else 200))
         if cut is not None:
             self.close_connection = True
 
@@ -349,8 +372,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 def http_server():
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     srv.daemon_threads = True
-    srv.files, srv.drop_after, srv.log = {}, {}, []
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    srv.files, srv.drop_after, srv.always_drop, srv.status, srv.log = {}, {}, {}, {}, []
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     t.start()
     srv.base = f"http://127.0.0.1:{srv.server_address[1]}"
     yield srv
@@ -656,3 +679,456 @@ def test_convert_constants_and_errors(tmp_path):
         {"id": 1, "name": "person", "keypoints": ["a"] * 17}]}))
     with pytest.raises(ConversionError, match="17 keypoints"):
         convert("crowdpose", bad, tmp_path, tmp_path / "o.json")
+
+
+# ============================================================================ catalogue
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from pose.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _params_file(tmp_path: Path, params: dict, **catalogue_extra) -> Path:
+    """params.yaml with the mirror root made absolute (tests run from any folder)."""
+    p = json.loads(json.dumps(params))
+    p["data"]["mirror"] = str(SHARED)
+    p["catalogue"].update(catalogue_extra)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(p, sort_keys=False))
+    return path
+
+
+def test_catalogue_entries_schema_and_sigmas(params):
+    from pose.datasets.catalogue import check_catalogue, check_entry, entry_sigmas
+    from pose.datasets.convert import AIC_SIGMAS, CROWDPOSE_SIGMAS, MPII_SIGMAS
+
+    cat = params["catalogue"]
+    assert {"generated", "coco-mini", "coco2017", "crowdpose", "mpii", "aic"} <= set(cat)
+    check_catalogue(cat)
+    for name, entry in cat.items():
+        assert entry["schema"] == "coco17" and "kind" in entry, name
+        assert np.array_equal(entry_sigmas(entry), COCO_SIGMAS), name
+    for name, sig in (("crowdpose", CROWDPOSE_SIGMAS), ("aic", AIC_SIGMAS), ("mpii", MPII_SIGMAS)):
+        assert cat[name]["kind"] == name and cat[name]["mirror"] == f"fixtures/{name}"
+        assert np.array_equal(entry_sigmas(cat[name], native=True), sig)
+        assert set(cat[name]["native"]) == {params["data"]["train_split"], params["data"]["val_split"]}
+    # COCO 2017: the three official archives, pinned by size and the published md5 / sha1
+    arcs = cat["coco2017"]["sources"][0]["archives"]
+    assert [Path(a["url"]).name for a in arcs] == ["annotations_trainval2017.zip", "train2017.zip", "val2017.zip"]
+    assert all(a["url"].startswith("http://images.cocodataset.org/") for a in arcs)
+    for a in arcs:
+        assert a["size"] > 100_000_000 and len(a["md5"]) == 32 and len(a["sha1"]) == 40
+    with pytest.raises(ValueError, match="native_schema"):
+        check_entry("x", {"kind": "mpii", "schema": "coco17", "mirror": "m", "native_schema": "aic14"})
+    with pytest.raises(ValueError, match="16"):
+        check_entry("x", {"kind": "mpii", "mirror": "m", "native_schema": "mpii16", "native_sigmas": "AIC_SIGMAS"})
+    with pytest.raises(ValueError, match="unknown sigmas"):
+        check_entry("x", {"kind": "coco", "mirror": "m", "sigmas": "NOPE"})
+
+
+@needs_fixtures
+@pytest.mark.parametrize("name,n_native,images,anns", [("crowdpose", 14, 2, 5), ("mpii", 16, 5, 5), ("aic", 14, 3, 9)])
+def test_cli_fetch_native_dataset_from_mirror(tmp_path, params, name, n_native, images, anns):
+    """`pose fetch --dataset <name>` reads the fixture mirror and writes COCO-17, native keypoints kept."""
+    from pose.datasets.fetch import verify_manifest
+
+    out = tmp_path / "raw" / name
+    res = _cli("fetch", "--dataset", name, "--out", out, "--params", _params_file(tmp_path, params))
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["source"] == f"mirror:{SHARED / 'fixtures' / name}"
+    assert summary["schema"] == "coco17" and summary["native_schema"] == params["catalogue"][name]["native_schema"]
+    verify_manifest(out)
+    for split in ("train2017", "val2017"):
+        assert summary["splits"][split] == {"images": images, "annotations": anns}
+        doc = _check_coco17(out / "annotations" / f"person_keypoints_{split}.json", out / split)
+        assert len(doc["images"]) == images == len(list((out / split).iterdir()))
+        for a in doc["annotations"]:
+            assert a["native_schema"] == summary["native_schema"]
+            assert len(a["native_keypoints"]) == 3 * n_native
+        assert sum(a["num_keypoints"] for a in doc["annotations"]) >= 2 * anns
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == [name]
+
+
+@needs_fixtures
+def test_fetch_native_from_archive_source_with_release_layout(tmp_path, http_server, params):
+    """No mirror: a CrowdPose-release-like tar (annotations/ + images/ under a top folder), pinned by md5 and
+    sha1, is downloaded, verified, unpacked and converted with the source's own `native` layout."""
+    from pose.datasets.fetch import verify_manifest
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        tf.add(FIXTURES / "crowdpose" / "test_crowdpose.json", "release/annotations/mmpose_crowdpose_trainval.json")
+        tf.add(FIXTURES / "crowdpose" / "test_crowdpose.json", "release/annotations/mmpose_crowdpose_test.json")
+        for jpg in sorted((FIXTURES / "crowdpose").glob("*.jpg")):
+            tf.add(jpg, f"release/images/{jpg.name}")
+    blob = buf.getvalue()
+    http_server.files["/cp/crowdpose.tar.gz"] = blob
+    release = {"train2017": {"annotations": "annotations/mmpose_crowdpose_trainval.json", "images": "images"},
+               "val2017": {"annotations": "annotations/mmpose_crowdpose_test.json", "images": "images"}}
+    entry = {**params["catalogue"]["crowdpose"], "mirror": "absent", "sources": [
+        {"archives": [{"url": f"{http_server.base}/cp/crowdpose.tar.gz", "size": len(blob),
+                       "md5": hashlib.md5(blob).hexdigest(), "sha1": hashlib.sha1(blob).hexdigest()}],
+         "native": release}]}
+    out = tmp_path / "raw" / "cp"
+    s = _fetch("cp", {"cp": entry}, out, params, retries=0, progress=False)
+    assert s["source"].endswith("/cp/crowdpose.tar.gz")
+    assert s["splits"]["train2017"] == {"images": 2, "annotations": 5}
+    verify_manifest(out)
+    doc = _check_coco17(out / "annotations" / "person_keypoints_train2017.json", out / "train2017")
+    assert {a["native_schema"] for a in doc["annotations"]} == {"crowdpose14"}
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["cp"]
+    # the release layout is required: a source whose native paths are wrong says what is missing
+    bad = {**entry, "sources": [{**entry["sources"][0], "native": {
+        **release, "val2017": {"annotations": "annotations/nope.json", "images": "images"}}}]}
+    from pose.datasets.fetch import FetchError
+
+    with pytest.raises(FetchError, match="nope.json"):
+        _fetch("cp", {"cp": bad}, tmp_path / "raw" / "cp2", params, retries=0, progress=False)
+    assert not (tmp_path / "raw" / "cp2").exists()
+
+
+# ============================================================================ bad input: one clear error each
+
+def _no_partial(dest: Path) -> None:
+    assert not dest.exists(), f"partial file left at the final path {dest}"
+
+
+def test_bad_input_checksum_mismatch_md5_sha1(tmp_path, http_server):
+    from pose.datasets.sources import ChecksumError, download
+
+    data = b"payload " * 5000
+    http_server.files["/c.bin"] = data
+    url = f"{http_server.base}/c.bin"
+    for kw, algo in (({"md5": "0" * 32}, "MD5"), ({"sha1": "f" * 40, "md5": hashlib.md5(data).hexdigest()}, "SHA-1")):
+        dest = tmp_path / "c.bin"
+        with pytest.raises(ChecksumError, match=algo) as ei:
+            download(url, dest, retries=0, backoff=0, progress=False, **kw)
+        assert url in str(ei.value) and "nothing written" in str(ei.value)
+        _no_partial(dest)
+        assert not (tmp_path / "c.bin.part").exists()
+    with pytest.raises(ValueError, match="md5 must be 32 hex"):
+        download(url, tmp_path / "d.bin", md5="xyz", retries=0, progress=False)
+    good = download(url, tmp_path / "ok.bin", md5=hashlib.md5(data).hexdigest(), sha1=hashlib.sha1(data).hexdigest(),
+                    sha256=hashlib.sha256(data).hexdigest(), size=len(data), retries=0, progress=False)
+    assert good.read_bytes() == data
+
+
+def test_bad_input_truncated_transfer(tmp_path, http_server):
+    """The server announces the full length but hangs up early, every time: after the retries a
+    DownloadError says so; nothing at dest; the .part keeps the bytes, so a later call only resumes."""
+    from pose.datasets.sources import DownloadError, download
+
+    data = np.random.default_rng(1).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
+    http_server.files["/t.bin"] = data
+    http_server.always_drop["/t.bin"] = 100_000
+    url, dest = f"{http_server.base}/t.bin", tmp_path / "t.bin"
+    with pytest.raises(DownloadError, match="truncated") as ei:
+        download(url, dest, sha256=hashlib.sha256(data).hexdigest(), retries=1, backoff=0.01, progress=False)
+    assert url in str(ei.value) and "2 attempt(s)" in str(ei.value)
+    _no_partial(dest)
+    assert (tmp_path / "t.bin.part").stat().st_size == 200_000
+    del http_server.always_drop["/t.bin"]
+    download(url, dest, sha256=hashlib.sha256(data).hexdigest(), retries=0, progress=False)
+    assert dest.read_bytes() == data
+    assert [e[1] for e in http_server.log if e[0] == "/t.bin"][-1] == "bytes=200000-"
+
+
+def test_bad_input_server_error(tmp_path, http_server):
+    from pose.datasets.sources import DownloadError, download
+
+    http_server.status["/e.bin"] = 503
+    url, dest = f"{http_server.base}/e.bin", tmp_path / "e.bin"
+    with pytest.raises(DownloadError) as ei:
+        download(url, dest, retries=2, backoff=0.01, progress=False)
+    msg = str(ei.value)
+    assert url in msg and "HTTP 503" in msg and "server error" in msg and "3 attempt(s)" in msg
+    assert [e[3] for e in http_server.log if e[0] == "/e.bin"] == [503, 503, 503]  # 5xx is retried
+    _no_partial(dest)
+
+
+@pytest.fixture()
+def no_aws_credentials(monkeypatch, tmp_path):
+    """An environment with no AWS credentials anywhere (and no instance-metadata lookups: nothing but
+    loopback is ever contacted)."""
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+              "AWS_DEFAULT_PROFILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+              "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # never reached: signing fails first
+
+
+def test_bad_input_s3_without_credentials(tmp_path, params, no_aws_credentials):
+    from pose.datasets.fetch import FetchError
+    from pose.datasets.sources import CredentialsError, download, list_s3
+
+    url = "s3://poses/releases/set.zip"
+    dest = tmp_path / "set.zip"
+    with pytest.raises(CredentialsError) as ei:
+        download(url, dest, retries=3, backoff=5.0, progress=False)  # not retried: would take 35 s
+    msg = str(ei.value)
+    assert url in msg and "AWS_ACCESS_KEY_ID" in msg and "AWS_PROFILE" in msg
+    _no_partial(dest)
+    assert not (tmp_path / "set.zip.part").exists()
+    with pytest.raises(CredentialsError, match="s3://poses/batch/"):
+        list_s3("s3://poses/batch/")
+    # through fetch: the failing source is named with the reason
+    cat = {"s3set": {"kind": "coco", "mirror": "absent", "sources": ["s3://poses/coco-tree"]}}
+    with pytest.raises(FetchError, match="(?s)s3://poses/coco-tree.*CredentialsError.*AWS_ACCESS_KEY_ID"):
+        _fetch("s3set", cat, tmp_path / "raw" / "s3set", params, retries=0, progress=False)
+    assert not (tmp_path / "raw" / "s3set").exists()
+    # and through `pose ingest`
+    target = tmp_path / "ds"
+    _small_generated(target)
+    before = (target / "MANIFEST.sha256").read_bytes()
+    res = _cli("ingest", "--batch", "s3://poses/batch/", "--into", target)
+    assert res.exit_code == 1 and "s3://poses/batch/" in res.output and "AWS_ACCESS_KEY_ID" in res.output
+    assert (target / "MANIFEST.sha256").read_bytes() == before
+
+
+def test_bad_input_malicious_archive_through_fetch(tmp_path, http_server, params):
+    from pose.datasets.fetch import FetchError
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("release/annotations/person_keypoints_train2017.json", "{}")
+        zf.writestr("../../../evil.txt", "pwned")
+    blob = buf.getvalue()
+    http_server.files["/evil.zip"] = blob
+    cat = {"evil": {"kind": "coco", "mirror": "absent", "sources": [
+        {"url": f"{http_server.base}/evil.zip", "sha256": hashlib.sha256(blob).hexdigest()}]}}
+    raw = tmp_path / "a" / "b" / "raw"
+    with pytest.raises(FetchError, match=r"(?s)UnsafeArchiveError.*\.\./\.\./\.\./evil\.txt"):
+        _fetch("evil", cat, raw / "evil", params, retries=0, progress=False)
+    assert not (raw / "evil").exists()
+    assert not list(tmp_path.rglob("evil.txt"))
+    assert not [p for p in raw.iterdir() if p.name != ".downloads"], "temporary folders left behind"
+
+
+def test_bad_input_unknown_dataset_cli(tmp_path, params):
+    out = tmp_path / "raw" / "nope"
+    res = _cli("fetch", "--dataset", "nope", "--out", out, "--params", _params_file(tmp_path, params))
+    assert res.exit_code == 1
+    assert "unknown dataset 'nope'" in res.output and "crowdpose" in res.output and "coco2017" in res.output
+    assert not (tmp_path / "raw").exists(), "nothing may be created for an unknown dataset"
+
+
+# ============================================================================ ingest
+
+def _small_generated(out: Path, seed: int = 3, n_train: int = 4, n_val: int = 2) -> dict:
+    """A fetched-like dataset folder (COCO layout + manifest) of tiny generated images."""
+    from pose.datasets.fetch import write_manifest
+    from pose.datasets.generated import generate_dataset
+
+    s = generate_dataset(out, seed=seed, num_train=n_train, num_val=n_val, width=96, height=80, max_people=2,
+                         min_person_height=12, max_person_height=60)
+    write_manifest(out)
+    return s
+
+
+def _snapshot(root: Path) -> dict:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@needs_coco_mini
+def test_ingest_coco_mini_val_into_train(tmp_path, params):
+    """A real batch (coco-mini val2017) into a copy of coco-mini whose val split keeps only 40 images:
+    the 39 others are added to train2017 with fresh ids; the 40 still in val2017 are refused (leakage);
+    ingesting the same batch again adds nothing and writes nothing."""
+    from pose.datasets.fetch import verify_manifest, write_manifest
+
+    target = tmp_path / "raw" / "coco-mini"
+    _fetch("coco-mini", params["catalogue"], target, params, link=False)
+    val_json = target / "annotations" / "person_keypoints_val2017.json"
+    val = _load(val_json)
+    keep = {i["id"] for i in sorted(val["images"], key=lambda i: i["id"])[:40]}
+    for img in val["images"]:
+        if img["id"] not in keep:
+            (target / "val2017" / img["file_name"]).unlink()
+    val["images"] = [i for i in val["images"] if i["id"] in keep]
+    val["annotations"] = [a for a in val["annotations"] if a["image_id"] in keep]
+    val_json.write_text(json.dumps(val))
+    write_manifest(target)
+    train_before = _load(target / "annotations" / "person_keypoints_train2017.json")
+    batch_doc = _load(COCO_MINI / "annotations" / "person_keypoints_val2017.json")
+    n_new_anns = sum(1 for a in batch_doc["annotations"] if a["image_id"] not in keep)
+
+    res = _cli("ingest", "--batch", COCO_MINI, "--annotations", "annotations/person_keypoints_val2017.json",
+               "--into", target, "--params", _params_file(tmp_path, params))
+    assert res.exit_code == 0, res.output
+    s = json.loads(res.stdout)
+    assert s["added_images"] == 39 and s["added_annotations"] == n_new_anns and s["changed"] is True
+    assert s["skipped_duplicate_images"] == s["skipped_in_other_splits"] == 40
+    verify_manifest(target)
+    train = _load(target / "annotations" / "person_keypoints_train2017.json")
+    assert len(train["images"]) == 80 + 39 and len(train["annotations"]) == len(train_before["annotations"]) + n_new_anns
+    img_ids = [i["id"] for i in train["images"]] + [i["id"] for i in val["images"]]
+    ann_ids = [a["id"] for a in train["annotations"]] + [a["id"] for a in val["annotations"]]
+    assert len(img_ids) == len(set(img_ids)) and len(ann_ids) == len(set(ann_ids)), "id collision"
+    old_max = max(i["id"] for i in train_before["images"] + val["images"])
+    assert all(i["id"] > old_max for i in train["images"][80:])
+    by_id = {i["id"]: i for i in train["images"]}
+    for a in train["annotations"][len(train_before["annotations"]):]:
+        img = by_id[a["image_id"]]
+        assert (target / "train2017" / img["file_name"]).read_bytes() == (COCO_MINI / "val2017" / img["file_name"]).read_bytes()
+    record = _load(target / "ingest_record.json")
+    (entry,) = record["batches"]
+    assert entry["added_images"] == 39 and len(entry["image_id_map"]) == 39 and len(entry["duplicates"]) == 40
+    assert all(d["duplicate_of"].startswith("val2017/") for d in entry["duplicates"]) and "ingested_at" in entry
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["coco-mini"], "temporary folders left behind"
+
+    snap = _snapshot(target)
+    again = _cli("ingest", "--batch", COCO_MINI, "--annotations", "annotations/person_keypoints_val2017.json",
+                 "--into", target, "--params", _params_file(tmp_path, params))
+    assert again.exit_code == 0, again.output
+    s2 = json.loads(again.stdout)
+    assert s2["added_images"] == 0 and s2["skipped_duplicate_images"] == 79 and s2["changed"] is False
+    assert _snapshot(target) == snap
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["coco-mini"]
+
+
+def test_ingest_renumbers_renames_and_dedupes_within_batch(tmp_path):
+    from pose.datasets.fetch import verify_manifest
+    from pose.datasets.ingest import ingest_batch
+
+    target = tmp_path / "ds"
+    _small_generated(target, seed=3)
+    batch = tmp_path / "batch"
+    _small_generated(batch, seed=4, n_train=3, n_val=1)  # same ids (1..) and file names, other pixels
+    doc = _load(batch / "annotations" / "person_keypoints_train2017.json")
+    # the batch layout: one JSON at the top, images in images/; plus an exact copy of one image
+    (batch / "images").mkdir()
+    for img in doc["images"]:
+        (batch / "train2017" / img["file_name"]).rename(batch / "images" / img["file_name"])
+    twin = dict(doc["images"][0], id=99, file_name="twin.jpg")
+    (batch / "images" / "twin.jpg").write_bytes((batch / "images" / doc["images"][0]["file_name"]).read_bytes())
+    doc["images"].append(twin)
+    doc["annotations"].append(dict(doc["annotations"][0], id=999, image_id=99))
+    shutil.rmtree(batch / "annotations")
+    shutil.rmtree(batch / "val2017")
+    shutil.rmtree(batch / "train2017")
+    (batch / "MANIFEST.sha256").unlink()
+    (batch / "new.json").write_text(json.dumps(doc))
+
+    before = _load(target / "annotations" / "person_keypoints_train2017.json")
+    s = ingest_batch(batch, target, split="train2017")
+    assert s["added_images"] == 3 and s["skipped_duplicate_images"] == 1 and s["skipped_in_other_splits"] == 0
+    verify_manifest(target)
+    after = _load(target / "annotations" / "person_keypoints_train2017.json")
+    new_imgs = after["images"][len(before["images"]):]
+    val = _load(target / "annotations" / "person_keypoints_val2017.json")
+    assert min(i["id"] for i in new_imgs) > max(i["id"] for i in before["images"] + val["images"])
+    for img in new_imgs:  # names were taken by different images: renamed with a content hash
+        assert img["file_name"] not in {i["file_name"] for i in before["images"]}
+        assert (target / "train2017" / img["file_name"]).is_file()
+    (entry,) = _load(target / "ingest_record.json")["batches"]
+    assert entry["duplicates"][0]["file_name"] == "twin.jpg"
+    assert entry["duplicates"][0]["duplicate_of"].startswith("train2017/")
+
+
+def test_ingest_bad_batches_change_nothing(tmp_path):
+    from pose.datasets.ingest import IngestError, ingest_batch
+
+    target = tmp_path / "raw" / "ds"
+    _small_generated(target, seed=5)
+    snap = _snapshot(target)
+    src = tmp_path / "src"
+    _small_generated(src, seed=6, n_train=2, n_val=1)
+    good = _load(src / "annotations" / "person_keypoints_train2017.json")
+
+    def batch(name, doc, images=True, extra_json=False):
+        b = tmp_path / name
+        (b / "annotations").mkdir(parents=True)
+        (b / "annotations" / "person_keypoints_train2017.json").write_text(json.dumps(doc))
+        if images:
+            shutil.copytree(src / "train2017", b / "train2017")
+        if extra_json:
+            (b / "other.json").write_text("{}")
+        return b
+
+    missing = batch("missing", good, images=False)
+    short = batch("short", {**good, "annotations": [dict(good["annotations"][0], keypoints=[0] * 42)]})
+    two = batch("two", good, extra_json=True)
+    wrong_size = batch("size", {**good, "images": [dict(good["images"][0], width=7)] + good["images"][1:]})
+    orphan = batch("orphan", {**good, "annotations": [dict(good["annotations"][0], image_id=12345)]})
+    unsafe = batch("unsafe", {**good, "images": [dict(good["images"][0], file_name="../../etc/passwd")]})
+    for b, pattern in ((missing, "not found"), (short, "42 keypoint values"), (two, "exactly one annotation JSON"),
+                       (wrong_size, "JSON says 7x"), (orphan, "12345"), (unsafe, "unsafe")):
+        with pytest.raises(IngestError, match=pattern) as ei:
+            ingest_batch(b, target, split="train2017")
+        assert str(b) in str(ei.value)
+        assert _snapshot(target) == snap, b.name
+        assert sorted(p.name for p in target.parent.iterdir()) == ["ds"], "temporary folders left behind"
+    with pytest.raises(IngestError, match="no annotations/person_keypoints_test.json"):
+        ingest_batch(batch("ok", good), target, split="test")
+    with pytest.raises(IngestError, match="no such dataset folder"):
+        ingest_batch(batch("ok2", good), tmp_path / "nowhere", split="train2017")
+
+
+def test_ingest_from_s3_prefix(tmp_path, monkeypatch):
+    moto = pytest.importorskip("moto")
+    import boto3
+
+    from pose.datasets.fetch import verify_manifest
+    from pose.datasets.ingest import ingest_batch
+    from pose.datasets.sources import upload_s3
+
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    target = tmp_path / "ds"
+    _small_generated(target, seed=7)
+    src = tmp_path / "src"
+    _small_generated(src, seed=8, n_train=2, n_val=1)
+    with moto.mock_aws():
+        boto3.client("s3").create_bucket(Bucket="labels")
+        upload_s3(src / "annotations" / "person_keypoints_train2017.json", "s3://labels/2024-06/batch.json")
+        for p in sorted((src / "train2017").iterdir()):
+            upload_s3(p, f"s3://labels/2024-06/images/{p.name}")
+        upload_s3(src / "MANIFEST.sha256", "s3://labels/2024-07/unrelated.txt")
+        s = ingest_batch("s3://labels/2024-06", target, split="train2017", retries=0)
+    assert s["added_images"] == 2 and s["batch"] == "s3://labels/2024-06"
+    verify_manifest(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "src"]
+
+
+def test_fetch_applies_catalogue_ingest_batches_reproducibly(tmp_path, params):
+    """`ingest:` in a catalogue entry (and `pose fetch --ingest`) merge batches inside the fetch: the
+    result is one atomic, manifest-verified folder, identical on every fetch (no timestamps)."""
+    from pose.datasets.fetch import verify_manifest
+
+    src = tmp_path / "src"
+    _small_generated(src, seed=9, n_train=2, n_val=1)
+    batch = tmp_path / "batch"
+    (batch / "images").mkdir(parents=True)
+    shutil.copy(src / "annotations" / "person_keypoints_train2017.json", batch / "labels.json")
+    for p in (src / "train2017").iterdir():
+        shutil.copy(p, batch / "images" / p.name)
+    small = {**params["generated"], "num_train": 4, "num_val": 2, "width": 96, "height": 80}
+    cat = {"g": {"kind": "generated", "schema": "coco17", "ingest": [str(batch)]}}
+    outs = []
+    for run in ("a", "b"):
+        out = tmp_path / run / "g"
+        s = _fetch("g", cat, out, {"generated": small})
+        assert s["splits"]["train2017"]["images"] == 6 and s["ingested"][0]["added_images"] == 2
+        verify_manifest(out)
+        outs.append(out)
+    assert (outs[0] / "MANIFEST.sha256").read_bytes() == (outs[1] / "MANIFEST.sha256").read_bytes()
+    assert "ingested_at" not in _load(outs[0] / "ingest_record.json")["batches"][0]
+    # the same batch through the CLI option, on top of the catalogue's: all duplicates, nothing added twice
+    pf = tmp_path / "params.yaml"
+    pf.write_text(yaml.safe_dump({**params, "generated": small, "catalogue": cat,
+                                  "data": {**params["data"], "mirror": str(SHARED)}}))
+    res = _cli("fetch", "--dataset", "g", "--out", tmp_path / "c" / "g", "--ingest", batch, "--params", pf)
+    assert res.exit_code == 0, res.output
+    s = json.loads(res.stdout)
+    assert [b["added_images"] for b in s["ingested"]] == [2, 0] and s["splits"]["train2017"]["images"] == 6

@@ -19,22 +19,35 @@ Where the data comes from (params.yaml ``catalogue.<name>``):
   ``out_dir`` in place (replace them), or pass ``link=False``.
 * ``kind: crowdpose | aic | mpii`` with a ``mirror`` folder -> the native annotation
   files named by ``native: {<split>: {annotations: <rel json>, images: <rel dir>}}``
-  are converted to COCO-17 by `pose.datasets.convert` and the images linked.
+  are converted to COCO-17 by `pose.datasets.convert` (the native keypoints are kept
+  per annotation as ``native_keypoints``) and the images linked.
 * otherwise the entry's ``sources`` are tried in order, the first that works wins:
 
   - ``"<url>"`` or ``{url: <url>, sha256: <hex>, size: <bytes>}`` where the URL ends in
     ``.zip``, ``.tar``, ``.tar.gz``, ``.tgz``, ``.tar.bz2`` or ``.tar.xz``: an archive,
     downloaded with `pose.datasets.sources.download` and unpacked with
-    `pose.datasets.extract.safe_extract`;
-  - ``{archives: [{url, sha256, size}, ...]}``: several archives that together hold the
-    dataset (COCO: ``annotations_trainval2017.zip`` + ``train2017.zip`` + ``val2017.zip``);
+    `pose.datasets.extract.safe_extract`; ``md5`` / ``sha1`` may pin it instead of (or
+    besides) ``sha256``, for releases that publish only those (COCO);
+  - ``{archives: [{url, sha256 | md5 | sha1, size}, ...]}``: several archives that
+    together hold the dataset (COCO: ``annotations_trainval2017.zip`` + ``train2017.zip``
+    + ``val2017.zip``);
   - any other URL (``file://`` / plain directory, ``s3://bucket/prefix``,
     ``https://host/prefix``): a COCO-layout tree; the annotation files are fetched
     from ``<url>/annotations/`` and each referenced image from ``<url>/<split>/``.
+    A source may name its own S3 ``endpoint_url``.
+
+  For the native kinds a source is a list of archives or a local folder, and may carry
+  its own ``native`` layout (paths inside the unpacked archives, each found up to 3
+  levels deep), since a release's layout differs from the mirror's.
 
   In unpacked archives the COCO root is searched for (up to 3 levels deep), so a
   top-level folder in the archive does not matter. Downloads are kept, resumable,
   under ``<out_dir parent>/.downloads/<name>/`` until the fetch succeeds.
+
+* then each batch of new annotated images named by the entry's ``ingest`` list (and the
+  ``ingest`` argument) is merged into the train split by `pose.datasets.ingest`
+  (new ids, duplicates by content hash dropped, ``ingest_record.json``), inside the
+  same temporary folder, so the fetch stays atomic and reproducible.
 
 Everything is written into a temporary folder beside ``out_dir`` and renamed into
 place only when complete and verified; an existing ``out_dir`` is removed only then.
@@ -228,8 +241,13 @@ def _archive_name(url: str) -> str:
     return Path(path).name
 
 
-def _fetch_archives(archives: list[dict], dst: Path, splits: tuple[str, str], downloads: Path,
-                    work: Path, dl_kwargs: dict, limits: dict) -> dict:
+def _checks(arc: dict) -> dict:
+    """The size / checksum keyword arguments of `download` pinned by an archive spec."""
+    return {"size": arc.get("size"), "sha256": arc.get("sha256"), "md5": arc.get("md5"), "sha1": arc.get("sha1")}
+
+
+def _unpack_archives(archives: list[dict], downloads: Path, work: Path, dl_kwargs: dict, limits: dict) -> Path:
+    """Download (verified) and safely extract each archive into ``work/unpacked/<NN>``; returns ``work/unpacked``."""
     from pose.datasets.extract import safe_extract
 
     unpacked = work / "unpacked"
@@ -237,12 +255,20 @@ def _fetch_archives(archives: list[dict], dst: Path, splits: tuple[str, str], do
     for i, arc in enumerate(archives):
         url = arc["url"]
         local = src_mod.local_path(url)
-        if local is not None and local.is_file() and not arc.get("sha256"):
+        checks = _checks(arc)
+        if local is not None and local.is_file() and not any(v for k, v in checks.items() if k != "size"):
             path = local  # a local archive without a checksum is read in place
         else:
-            path = src_mod.download(url, downloads / _archive_name(url), sha256=arc.get("sha256"),
-                                    size=arc.get("size"), **dl_kwargs)
+            path = src_mod.download(url, downloads / _archive_name(url), **checks,
+                                    **{**dl_kwargs, **({"endpoint_url": arc["endpoint_url"]}
+                                                       if arc.get("endpoint_url") else {})})
         safe_extract(path, unpacked / f"{i:02d}", **limits)
+    return unpacked
+
+
+def _fetch_archives(archives: list[dict], dst: Path, splits: tuple[str, str], downloads: Path,
+                    work: Path, dl_kwargs: dict, limits: dict) -> dict:
+    unpacked = _unpack_archives(archives, downloads, work, dl_kwargs, limits)
     # COCO's archives each hold one top-level folder; search all unpacked trees
     anns: dict[str, Path] = {}
     dirs: dict[str, Path] = {}
@@ -288,38 +314,81 @@ def _normalise_source(s: Any) -> dict:
         s = {"url": s}
     if not isinstance(s, dict):
         raise ValueError(f"a source must be a URL string or a mapping, got {s!r}")
+    extra = {k: s[k] for k in ("native", "endpoint_url") if s.get(k)}
     if "archives" in s:
         arcs = [a if isinstance(a, dict) else {"url": a} for a in s["archives"]]
         if not arcs or any("url" not in a for a in arcs):
             raise ValueError(f"source {s!r}: 'archives' must be a non-empty list of URLs / {{url: ...}}")
-        return {"archives": arcs}
+        return {"archives": arcs, **extra}
     if "url" not in s:
         raise ValueError(f"source {s!r} has neither 'url' nor 'archives'")
     if _is_archive(str(s["url"])):
-        return {"archives": [s]}
-    return {"tree": str(s["url"])}
+        return {"archives": [s], **extra}
+    return {"tree": str(s["url"]), **extra}
 
 
 def _describe(s: dict) -> str:
     return ", ".join(a["url"] for a in s["archives"]) if "archives" in s else s["tree"]
 
 
-def _convert_native(kind: str, root: Path, entry: dict, dst: Path, splits: tuple[str, str], link: bool) -> dict:
+def _fetch_native_source(kind: str, s: dict, entry: dict, dst: Path, splits: tuple[str, str], downloads: Path,
+                         work: Path, dl_kwargs: dict, limits: dict, link: bool) -> dict:
+    """A CrowdPose / AIC / MPII source: archives (downloaded, verified, unpacked) or a local folder."""
+    native = s.get("native") or entry.get("native")
+    if "archives" in s:
+        unpacked = _unpack_archives(s["archives"], downloads, work, dl_kwargs, limits)
+        # unpacked files are ours: link them rather than copy
+        return _convert_native(kind, sorted(unpacked.iterdir()), native, dst, splits, link=True, search=True)
+    local = src_mod.local_path(s["tree"])
+    if local is None or not local.is_dir():
+        raise FetchError(f"{kind} source {s['tree']!r}: only archives and local folders are supported for "
+                         f"native-format datasets")
+    return _convert_native(kind, local, native, dst, splits, link)
+
+
+def _find_rel(roots: list[Path], rel: str, is_dir: bool, max_depth: int = 3) -> Path | None:
+    """``<d>/<rel>`` for the first folder ``d`` (breadth first, sorted) up to ``max_depth`` below one of
+    ``roots`` where it exists as a folder (``is_dir``) or file; None when nowhere."""
+    for root in roots:
+        level = [root]
+        for _ in range(max_depth + 1):
+            nxt = []
+            for d in level:
+                cand = d / rel
+                if (cand.is_dir() if is_dir else cand.is_file()):
+                    return cand
+                nxt.extend(sorted(p for p in d.iterdir() if p.is_dir() and not p.is_symlink()))
+            level = nxt
+    return None
+
+
+def _convert_native(kind: str, root: Path | list[Path], native: Any, dst: Path, splits: tuple[str, str],
+                    link: bool, search: bool = False) -> dict:
+    """Convert each split's native annotation file (paths of ``native`` relative to ``root``, or
+    searched for below the ``root`` folders when ``search``) into ``dst`` in COCO layout."""
     from pose.datasets.convert import convert
 
-    native = entry.get("native")
     if not isinstance(native, dict):
         raise ValueError(f"catalogue entry of kind {kind!r} needs 'native: {{<split>: {{annotations: <json>, "
                          f"images: <dir>}}}}'")
+    roots = root if isinstance(root, list) else [root]
     counts = {}
     for split in splits:
         spec = native.get(split)
         if not isinstance(spec, dict) or "annotations" not in spec or "images" not in spec:
             raise ValueError(f"catalogue entry of kind {kind!r}: native.{split} needs 'annotations' and 'images'")
-        images_dir = root / spec["images"]
+        if search:
+            native_json = _find_rel(roots, str(spec["annotations"]), is_dir=False)
+            images_dir = _find_rel(roots, str(spec["images"]), is_dir=True)
+            for what, found in (("annotation file", native_json), ("image folder", images_dir)):
+                if found is None:
+                    key = "annotations" if what == "annotation file" else "images"
+                    raise FetchError(f"{kind} {split}: {what} {spec[key]!r} not found in the unpacked sources")
+        else:
+            native_json, images_dir = roots[0] / spec["annotations"], roots[0] / spec["images"]
         ann = dst / "annotations" / _ann_name(split)
         ann.parent.mkdir(parents=True, exist_ok=True)
-        convert(kind, root / spec["annotations"], images_dir, ann)
+        convert(kind, native_json, images_dir, ann)
         names, n_img, n_ann = _referenced_files(ann)
         (dst / split).mkdir(parents=True, exist_ok=True)
         for fn in names:
@@ -333,7 +402,8 @@ def _convert_native(kind: str, root: Path, entry: dict, dst: Path, splits: tuple
 def fetch_dataset(name: str, *, catalogue: dict, mirror_root: Path | None, out_dir: Path,
                   generated_params: dict, train_split: str, val_split: str, link: bool = True,
                   retries: int = 3, backoff: float = 1.0, progress: bool = True,
-                  endpoint_url: str | None = None, extract_limits: dict | None = None) -> dict:
+                  endpoint_url: str | None = None, extract_limits: dict | None = None,
+                  ingest: list[str] | None = None) -> dict:
     """Materialise dataset ``name`` into ``out_dir`` (COCO layout + ``MANIFEST.sha256``).
 
     Args:
@@ -347,15 +417,19 @@ def fetch_dataset(name: str, *, catalogue: dict, mirror_root: Path | None, out_d
         link: hard-link files from a mirror instead of copying, where the filesystem allows.
         retries, backoff, progress, endpoint_url: passed to `pose.datasets.sources.download`.
         extract_limits: keyword arguments of `pose.datasets.extract.safe_extract`.
+        ingest: batches (folders, ``file://`` or ``s3://`` prefixes) merged into the train
+            split after the entry's own ``ingest`` list (`pose.datasets.ingest`).
 
     Returns:
-        ``{"dataset": name, "kind": str, "source": str, "out_dir": str,
-        "splits": {split: {"images": int, "annotations": int}}, "files": int}``;
-        ``source`` is ``"generated"``, ``"mirror:<path>"`` or the source URL(s) used.
+        ``{"dataset": name, "kind": str, "schema": "coco17", "native_schema": str | None,
+        "source": str, "out_dir": str, "splits": {split: {"images": int, "annotations": int}},
+        "files": int, "ingested": [per-batch summaries]}``; ``source`` is ``"generated"``,
+        ``"mirror:<path>"`` or the source URL(s) used; ``splits`` counts include ingested data.
 
     Raises:
         ValueError: unknown ``name`` (the message lists the known ones) or a malformed entry.
         FetchError: no mirror and no working source (the message lists each failure).
+        IngestError: an ingest batch is malformed (nothing is written).
         ManifestError: the written tree does not verify (should not happen).
         FileNotFoundError: an annotation file or a referenced image is missing in a mirror.
     """
@@ -390,13 +464,9 @@ def fetch_dataset(name: str, *, catalogue: dict, mirror_root: Path | None, out_d
                     anns = {s: mdir / "annotations" / _ann_name(s) for s in splits}
                     counts = _assemble(tmp, splits, anns, {s: mdir / s for s in splits}, link)
                 else:
-                    counts = _convert_native(kind, mdir, entry, tmp, splits, link)
+                    counts = _convert_native(kind, mdir, entry.get("native"), tmp, splits, link)
                 source = f"mirror:{mdir}"
             else:
-                if kind != "coco":
-                    raise FetchError(f"dataset {name!r} (kind {kind}) needs its mirror folder "
-                                     f"{mdir if mdir is not None else '(no mirror configured)'}; "
-                                     f"online sources are only supported for COCO-layout data")
                 srcs = [_normalise_source(s) for s in (entry.get("sources") or [])]
                 if not srcs:
                     raise FetchError(f"dataset {name!r}: mirror folder "
@@ -406,11 +476,15 @@ def fetch_dataset(name: str, *, catalogue: dict, mirror_root: Path | None, out_d
                 counts = None
                 for s in srcs:
                     try:
-                        if "archives" in s:
-                            counts = _fetch_archives(s["archives"], tmp, splits, downloads, work, dl_kwargs,
+                        kw = {**dl_kwargs, **({"endpoint_url": s["endpoint_url"]} if s.get("endpoint_url") else {})}
+                        if kind != "coco":
+                            counts = _fetch_native_source(kind, s, entry, tmp, splits, downloads, work, kw,
+                                                          extract_limits or {}, link)
+                        elif "archives" in s:
+                            counts = _fetch_archives(s["archives"], tmp, splits, downloads, work, kw,
                                                      extract_limits or {})
                         else:
-                            counts = _fetch_tree(s["tree"], tmp, splits, dl_kwargs, link)
+                            counts = _fetch_tree(s["tree"], tmp, splits, kw, link)
                         source = _describe(s)
                         break
                     except Exception as exc:  # try the next source
@@ -424,6 +498,18 @@ def fetch_dataset(name: str, *, catalogue: dict, mirror_root: Path | None, out_d
         else:
             raise ValueError(f"dataset {name!r}: unknown kind {kind!r} (generated, coco, "
                              f"{', '.join(NATIVE_KINDS)})")
+        ingested = []
+        batches = [str(b) for b in (entry.get("ingest") or [])] + [str(b) for b in (ingest or [])]
+        if batches:
+            from pose.datasets.ingest import merge_batch
+
+            for batch in batches:
+                res = merge_batch(batch, tmp, split=train_split, work=work / "ingest", record_time=False,
+                                  retries=retries, backoff=backoff, progress=progress, endpoint_url=endpoint_url)
+                ingested.append(res)
+            for split in splits:
+                _, n_img, n_ann = _referenced_files(tmp / "annotations" / _ann_name(split))
+                counts[split] = {"images": n_img, "annotations": n_ann}
         write_manifest(tmp)
         verify_manifest(tmp)
         n_files = len(_all_files(tmp))
@@ -443,8 +529,13 @@ def fetch_dataset(name: str, *, catalogue: dict, mirror_root: Path | None, out_d
     finally:
         shutil.rmtree(work, ignore_errors=True)
     shutil.rmtree(downloads, ignore_errors=True)
-    return {"dataset": name, "kind": kind, "source": source, "out_dir": str(out_dir),
-            "splits": counts, "files": n_files}
+    try:
+        downloads.parent.rmdir()  # only when empty
+    except OSError:
+        pass
+    return {"dataset": name, "kind": kind, "schema": entry.get("schema", "coco17"),
+            "native_schema": entry.get("native_schema"), "source": source, "out_dir": str(out_dir),
+            "splits": counts, "files": n_files, "ingested": ingested}
 
 
 __all__ = ["fetch_dataset", "verify_manifest", "write_manifest", "ManifestError", "FetchError", "MANIFEST_NAME"]

@@ -58,7 +58,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from pose.datasets.schema import KEYPOINT_NAMES, NUM_JOINTS, PERSON_CATEGORY
+from pose.datasets.schema import NUM_JOINTS, PERSON_CATEGORY
 
 #: BGR colour of each joint type's marker (index = COCO joint index). Left joints are
 #: warm / light, right joints cool / dark, so left and right are distinguishable.
@@ -339,6 +339,7 @@ def _make_image(rng: np.random.Generator, width: int, height: int, max_people: i
             "area": area,
             "bbox": bbox,
             "person_height": round(ph, 2),
+            "_joints": joints.copy(),  # unclipped (17, 2) positions; dropped before writing
         })
         later |= m.astype(bool)
     labels.reverse()
@@ -418,6 +419,7 @@ def generate_dataset(out_dir: Path, *, seed: int, num_train: int, num_val: int, 
             images.append({"id": image_id, "file_name": file_name, "width": width, "height": height,
                            "license": 0})
             for lab in labels:
+                lab.pop("_joints")
                 ann_id += 1
                 lab.update({"id": ann_id, "image_id": image_id, "category_id": 1, "iscrowd": 0})
                 annotations.append(lab)
@@ -446,4 +448,4 @@ def generate_dataset(out_dir: Path, *, seed: int, num_train: int, num_val: int, 
     return summary
 
 
-__all__ = ["generate_dataset", "JOINT_COLOURS", "AREA_SMALL", "AREA_LARGE", "KEYPOINT_NAMES"]
+__all__ = ["generate_dataset", "JOINT_COLOURS", "MARKER_ORDER", "AREA_SMALL", "AREA_LARGE"]

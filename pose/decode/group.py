@@ -11,9 +11,8 @@ itself from ``princeton-vl/pose-ae-train``):
    matched to the (first ``max_people``) existing groups by the Hungarian algorithm on
    ``cost = round(||tag - group_mean_tag||) * 100 - score`` plus a tiny tie-breaker
    (:func:`matching_cost`; SciPy's ``linear_sum_assignment`` instead of the pure-Python
-   ``munkres``). A candidate joins its
-   assigned group when the (unrounded) tag distance is ``< tag_threshold``, otherwise it
-   opens a new group.
+   ``munkres``). A candidate joins its assigned group when the (unrounded) tag distance is
+   ``< tag_threshold``, otherwise it opens a new group.
 3. Person score = mean over all K joints of the detection scores (missing joints count 0),
    taken before refinement, as in the reference.
 4. ``adjust``: quarter-pixel shift of each detected joint toward its higher neighbour.
@@ -26,8 +25,10 @@ pixel ``(row y, column x)`` at coordinate ``(x, y)`` (its centre; no half-pixel 
 matching ``pose.augment.affine``). The reference adds 0.5 because its targets use the
 half-pixel convention; this project's do not, so no 0.5 is added.
 
-Deviations from the reference, all deliberate: groups are kept in a list (the reference
-keys a dict by the first tag value, so two groups with exactly equal tags collide);
+Deviations from the reference, all deliberate: the tie-breaking term of
+:func:`matching_cost`; the rectangular assignment instead of padding with 1e10 columns (same
+optimum); groups are kept in a list (the reference keys a dict by the first tag value, so
+two groups with exactly equal tags collide);
 refinement reads the person's mean tag from the matched peaks' tags (the reference re-reads
 them at the integer part of the adjusted location, which is the same pixel); the whole
 decode is vectorised (NMS, gathers, adjust, and refinement batched per joint).
@@ -186,7 +187,8 @@ def _as_tags(tags: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     return t
 
 
-def _quarter_offsets(heatmaps: np.ndarray, joint: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _quarter_offsets(heatmaps: np.ndarray, joint: np.ndarray, x: np.ndarray,
+                     y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """+-0.25 px per axis toward the higher of the two neighbours (ties: -0.25), borders clamped."""
     _, h, w = heatmaps.shape
     right = heatmaps[joint, y, np.minimum(x + 1, w - 1)]
@@ -202,10 +204,12 @@ def matching_cost(dist: np.ndarray, scores: np.ndarray, tag_threshold: float) ->
     ``round(dist) * 100 - score`` is the reference's cost. It ties often: when every
     candidate gets a group the score term is the same for all assignments, and sums of
     rounded distances coincide (2 + 2 == 4 + 0), so the reference's result then depends on
-    the solver's internals. A tiny term ``TIE_BREAK * (min(dist, 100) + 100 * (dist >=
-    tag_threshold))`` breaks such ties toward the assignment with the most accepted joins,
-    then the smallest distances; it is at most 2e-4 per candidate, below any difference
-    of the rounded-distance part (100).
+    the solver's internals (munkres and SciPy pick different optima). A tiny term
+    ``TIE_BREAK * (min(dist, 100) + 100 * (dist >= tag_threshold))`` (at most 2e-4 per
+    candidate) breaks such ties toward fewer rejected matches and smaller distances. It
+    can change the reference's choice only between assignments whose reference costs
+    differ by less than 2e-4 per candidate. Exact ties remain when two candidates of a
+    joint carry identical tags.
 
     Args:
         dist: (C, G) float64 L2 tag distances; scores: (C,) detection scores.
@@ -300,9 +304,9 @@ def group_keypoints(heatmaps: np.ndarray, tags: np.ndarray, *, detection_thresho
             ``refine_chunk * H * W * T`` floats; no effect on the result).
 
     Returns:
-        ``(persons, scores)``: persons (N, K, 4) float32 ``[x, y, score, tag]`` in heatmap px
-        of the given maps (missing joints: all four 0), where ``tag`` is the joint's tag
-        vector averaged over its T channels; scores (N,) float32, the person score (mean of
+        ``(persons, scores)``: persons (N, K, 4) float32 ``[x, y, score, tag_mean]``, x and y
+        in heatmap px of the given maps (missing joints: all four 0), ``tag_mean`` the
+        joint's tag vector averaged over its T channels; scores (N,) float32, the person score (mean of
         its K joint scores before refinement). Persons are in creation order.
 
     Raises ValueError on inconsistent shapes, ``max_people < 1`` or a negative

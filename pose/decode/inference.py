@@ -17,7 +17,8 @@ coordinate ``i`` (no half-pixel shift). Every resampling here respects that chai
   (what the reference does) would be off by ``1 - 1/stride`` heatmap px here.
 
 Model output format: ``[out_quarter (B, K + K*T, S/4, S/4), out_half (B, K, S/2, S/2)]``,
-heatmaps first then tags; tag channel ``K + k*T + t`` is tag dimension ``t`` of joint ``k``.
+heatmaps first then tags; tag channel ``K + t*K + k`` is tag dimension ``t`` of joint ``k``
+(``T`` blocks of ``K`` channels, as ``pose.models.hrnet`` and ``pose.losses`` lay them out).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pose.augment.affine import apply_affine, invert_affine, letterbox_affine
 from pose.datasets.schema import FLIP_INDEX
@@ -102,8 +102,8 @@ def resize_maps(maps: torch.Tensor, height: int, width: int) -> torch.Tensor:
     if (h, w) == (height, width):
         return maps
     dev = maps.device
-    pos_y = torch.arange(height, device=dev, dtype=torch.float64) * (h / height)
-    pos_x = torch.arange(width, device=dev, dtype=torch.float64) * (w / width)
+    pos_y = torch.arange(height, device=dev, dtype=torch.float32) * (h / height)
+    pos_x = torch.arange(width, device=dev, dtype=torch.float32) * (w / width)
     return _interp_axis(_interp_axis(maps, pos_y, maps.dim() - 2), pos_x, maps.dim() - 1)
 
 
@@ -113,7 +113,7 @@ def unflip_maps(maps: torch.Tensor, stride: float) -> torch.Tensor:
     flipped map (exact mirror of input px ``x -> S - 1 - x``; bilinear, border replicated).
     Channels are not swapped here."""
     w = maps.shape[-1]
-    pos = (w * stride - 1.0) / stride - torch.arange(w, device=maps.device, dtype=torch.float64)
+    pos = (w * stride - 1.0) / stride - torch.arange(w, device=maps.device, dtype=torch.float32)
     return _interp_axis(maps, pos, maps.dim() - 1)
 
 
@@ -154,7 +154,7 @@ def aggregate_outputs(outputs: Sequence[torch.Tensor], num_joints: int, tag_dim:
     """
     heatmaps, tags = _split(outputs, num_joints, tag_dim)
     b, _, h, w = heatmaps.shape
-    tags = tags.reshape(b, num_joints, tag_dim, h, w).permute(0, 1, 3, 4, 2)
+    tags = tags.reshape(b, tag_dim, num_joints, h, w).permute(0, 2, 3, 4, 1)  # (B, K, H, W, T)
     if flip_outputs is None:
         return heatmaps, tags.contiguous()
     if len(flip_index) != num_joints:
@@ -165,9 +165,9 @@ def aggregate_outputs(outputs: Sequence[torch.Tensor], num_joints: int, tag_dim:
     stride = 2.0  # the aggregated maps are at 1/2 of the input
     idx = torch.as_tensor(list(flip_index), device=heatmaps.device)
     hm_f = unflip_maps(hm_f, stride).index_select(1, idx)
-    tags_f = unflip_maps(tags_f, stride).reshape(b, num_joints, tag_dim, h, w).index_select(1, idx)
+    tags_f = unflip_maps(tags_f, stride).reshape(b, tag_dim, num_joints, h, w).index_select(2, idx)
     heatmaps = (heatmaps + hm_f) / 2.0
-    tags = torch.cat([tags, tags_f.permute(0, 1, 3, 4, 2)], dim=-1)
+    tags = torch.cat([tags, tags_f.permute(0, 2, 3, 4, 1)], dim=-1)
     return heatmaps, tags.contiguous()
 
 
@@ -199,7 +199,9 @@ def multi_scale_maps(model: torch.nn.Module, image_bgr: np.ndarray, *, input_siz
     (letterbox inputs of different sizes are proportional, so base heatmap px ``j``
     corresponds to ``j * S_s / S`` of scale ``s``). Heatmaps are averaged over scales,
     tags concatenated along the last axis (scale order, plain before flip). With
-    ``test_scales == [1.0]`` this is exactly the single-scale result.
+    ``test_scales == [1.0]`` this is exactly the single-scale result. (The official
+    HigherHRNet keeps only the tags of scale 1.0 when several scales run; here every
+    scale's tags are kept, so the tag distance uses all of them.)
 
     Returns:
         ``(heatmaps (K, S/2, S/2) float32, tags (K, S/2, S/2, T * n) float32, affine)``:
@@ -310,7 +312,8 @@ def predict_image(model: torch.nn.Module, image_bgr: np.ndarray, *, eval_params:
 
 def to_coco_results(persons: Sequence[dict], image_id: int, category_id: int = 1) -> list[dict]:
     """COCO keypoint results entries for one image: ``{"image_id", "category_id",
-    "keypoints": [x1, y1, s1, ...] (3K floats, image px, s = joint score), "score"}``."""
+    "keypoints": [x1, y1, s1, ...] (3K floats, image px rounded to 1e-3, s = joint score),
+    "score"}``."""
     return [{"image_id": int(image_id), "category_id": int(category_id),
              "keypoints": [round(float(v), 3) for v in np.asarray(p["keypoints"], np.float64).reshape(-1)],
              "score": float(p["score"])} for p in persons]

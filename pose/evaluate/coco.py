@@ -33,6 +33,21 @@ Metrics of :func:`evaluate_results` (a flat dict of floats plus one nested dict)
   no person is matched.
 * ``num_images, num_gt_persons`` (non-ignored), ``num_results``, ``oks_threshold``.
 
+:func:`evaluate_keypoints` (what ``pose evaluate`` writes to eval.json) adds:
+
+* ``AP_by_area / AR_by_area / num_gt_by_area``: ``{range: value}`` for person scales by
+  ground-truth ``area`` (px^2): ``medium`` (32^2..96^2, = APM/ARM) and ``large``
+  (96^2..1e5^2, = APL/ARL) as COCOeval defines them, plus the bins between the
+  ``area_bins`` boundaries of sqrt(area) in px (``"0-32"``, ``"32-64"``, ..., ``"192+"``).
+  COCOeval's rules per range: ground truth outside it is ignored, unmatched predictions
+  outside it are ignored; bounds are inclusive on both ends. AP -1 where a range has no
+  ground truth.
+* CrowdPose (``schema="crowdpose"``, or ``"auto"`` with a ``crowdIndex`` on every image):
+  ``AP_easy, AP_medium, AP_hard, num_easy, num_medium, num_hard`` and ``crowdpose_AP,
+  crowdpose_AP50, crowdpose_AP75, crowdpose_AR, crowdpose_AR50, crowdpose_AR75``,
+  ``crowdpose_joints`` (:func:`crowdpose_metrics`). The COCO keys above stay COCO's (so
+  APM / APL, which CrowdPose lacks, remain comparable).
+
 Empty results give AP = AR = 0 (not a crash). Results naming an image that is not in the
 ground truth raise ValueError.
 """
@@ -69,6 +84,13 @@ CROWDPOSE_SIGMAS = np.array([0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.8
 CROWDPOSE_SPLITS: tuple[float, float] = (0.2, 0.8)
 
 _MAX_DETS = 20
+
+#: pycocotools' upper area bound ("infinity") of its area ranges.
+_AREA_MAX = 1e5 ** 2
+
+#: COCOeval's keypoint area ranges: (label, low, high) in px^2.
+COCO_AREA_RANGES: tuple[tuple[str, float, float], ...] = (("medium", 32.0 ** 2, 96.0 ** 2),
+                                                          ("large", 96.0 ** 2, _AREA_MAX))
 
 
 @contextlib.contextmanager
@@ -363,7 +385,8 @@ def evaluate_crowdpose(gt_json: Path | str | COCO | dict, results: Sequence[dict
     base = load_ground_truth(gt_json).dataset
     missing = [im["id"] for im in base["images"] if "crowdIndex" not in im]
     if missing:
-        raise ValueError(f"{len(missing)} image(s) lack `crowdIndex` (e.g. id {missing[0]}): not CrowdPose ground truth")
+        raise ValueError(f"{len(missing)} image(s) lack `crowdIndex` (e.g. id {missing[0]}): "
+                         "not CrowdPose ground truth")
     anns = []
     for a in base["annotations"]:
         b = dict(a)
@@ -389,6 +412,159 @@ def evaluate_crowdpose(gt_json: Path | str | COCO | dict, results: Sequence[dict
     return out
 
 
+def area_ranges(bins: Sequence[float]) -> list[tuple[str, float, float]]:
+    """Area ranges (label, low px^2, high px^2) between the ``bins`` boundaries of
+    sqrt(area) in px: ``[32, 96]`` gives ``("0-32", 0, 1024), ("32-96", 1024, 9216),
+    ("96+", 9216, 1e10)``. Raises ValueError on non-positive or repeated boundaries."""
+    edges = sorted(float(b) for b in bins)
+    if any(b <= 0 for b in edges) or len(set(edges)) != len(edges):
+        raise ValueError(f"area bins must be distinct positive sqrt(area) px bounds, got {list(bins)}")
+    edges = [0.0, *edges]
+    out = [(f"{lo:g}-{hi:g}", lo ** 2, hi ** 2) for lo, hi in zip(edges[:-1], edges[1:])]
+    out.append((f"{edges[-1]:g}+", edges[-1] ** 2, _AREA_MAX))
+    return out
+
+
+def _ap_by_area(coco_gt: COCO, coco_dt: COCO, sigmas: np.ndarray,
+                ranges: Sequence[tuple[str, float, float]]) -> dict:
+    """AP / AR (OKS 0.50:0.95, maxDets 20) and non-ignored ground-truth count per area range,
+    from one COCOeval run with ``params.areaRng`` set to ``ranges`` (summarize's arithmetic)."""
+    ev = COCOeval(coco_gt, coco_dt, iouType="keypoints")
+    ev.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
+    ev.params.areaRng = [[float(lo), float(hi)] for _, lo, hi in ranges]
+    ev.params.areaRngLbl = [label for label, _, _ in ranges]
+    with _quiet():
+        ev.evaluate()
+        ev.accumulate()
+    prec = ev.eval["precision"]   # (T, R, K, A, M)
+    rec = ev.eval["recall"]       # (T, K, A, M)
+    persons = [a for a in coco_gt.dataset["annotations"]
+               if not a.get("iscrowd", 0) and a.get("num_keypoints", 0) > 0]
+    ap, ar, num = {}, {}, {}
+    for i, (label, lo, hi) in enumerate(ranges):
+        p, r = prec[:, :, :, i, -1], rec[:, :, i, -1]
+        ap[label] = float(p[p > -1].mean()) if (p > -1).any() else -1.0
+        ar[label] = float(r[r > -1].mean()) if (r > -1).any() else -1.0
+        num[label] = sum(1 for a in persons if lo <= float(a["area"]) <= hi)
+    return {"AP_by_area": ap, "AR_by_area": ar, "num_gt_by_area": num}
+
+
+def ap_by_area(gt_json: Path | str | COCO | dict, results: Sequence[dict] | Path | str,
+               sigmas: np.ndarray = COCO_SIGMAS, bins: Sequence[float] = (32, 64, 96, 128, 192)) -> dict:
+    """AP / AR / ground-truth count per person scale (module docstring: ``medium``,
+    ``large`` and the :func:`area_ranges` of ``bins``). Returns ``{"AP_by_area": {label:
+    AP}, "AR_by_area": {...}, "num_gt_by_area": {label: int}}``."""
+    sigmas = np.asarray(sigmas, dtype=np.float64)
+    coco_gt = load_ground_truth(gt_json)
+    coco_dt = load_results(coco_gt, results, _num_joints(coco_gt, sigmas))
+    return _ap_by_area(coco_gt, coco_dt, sigmas, [*COCO_AREA_RANGES, *area_ranges(bins)])
+
+
+def detect_schema(gt_json: Path | str | COCO | dict) -> str:
+    """``"crowdpose"`` when every image of the ground truth has a ``crowdIndex`` (CrowdPose's
+    annotation files and the project's conversion of them keep it), else ``"coco"``."""
+    images = load_ground_truth(gt_json).dataset["images"]
+    return "crowdpose" if images and all("crowdIndex" in im for im in images) else "coco"
+
+
+def _crowdpose14(kps: Sequence[float]) -> np.ndarray:
+    """(14, 3) CrowdPose-order keypoints from 17 COCO or 14 native values."""
+    from pose.datasets.convert import CROWDPOSE_TO_COCO
+
+    a = np.asarray(kps, dtype=np.float64).reshape(-1, 3)
+    if len(a) == len(CROWDPOSE_TO_COCO):
+        return a
+    if len(a) != len(KEYPOINT_NAMES):
+        raise ValueError(f"{len(a)} keypoints: neither COCO-17 nor CrowdPose-14")
+    out = np.zeros((len(CROWDPOSE_TO_COCO), 3))
+    for i, c in enumerate(CROWDPOSE_TO_COCO):
+        if c is not None:
+            out[i] = a[c]
+    return out
+
+
+def crowdpose_metrics(gt_json: Path | str | COCO | dict, results: Sequence[dict] | Path | str,
+                      splits: tuple[float, float] = CROWDPOSE_SPLITS) -> dict:
+    """CrowdPose evaluation (:func:`evaluate_crowdpose`: CrowdPose sigmas, area = 0.53 x box,
+    easy / medium / hard by ``crowdIndex``) of COCO-17 or CrowdPose-14 results against
+    CrowdPose ground truth in either layout.
+
+    Both sides are brought into CrowdPose's joint order: native 14-keypoint ground truth as
+    is, the project's COCO-17 conversion through each annotation's ``native_keypoints``
+    when present (else its 12 body joints); COCO-17 results through the converter's
+    mapping (:data:`pose.datasets.convert.CROWDPOSE_TO_COCO`). A COCO-17 model predicts no
+    ``head`` (top of head) or ``neck``, so unless both sides have all 14 joints the
+    evaluation runs on the 12 shared body joints (shoulders .. ankles; CrowdPose's sigmas
+    of those equal COCO's). ``num_keypoints`` is recounted on the joints evaluated.
+
+    Returns ``{crowdpose_AP, crowdpose_AP50, crowdpose_AP75, crowdpose_AR, crowdpose_AR50,
+    crowdpose_AR75, AP_easy, AP_medium, AP_hard, num_easy, num_medium, num_hard,
+    crowdpose_joints}``. Raises ValueError as :func:`evaluate_crowdpose`.
+    """
+    from pose.datasets.convert import CROWDPOSE_TO_COCO
+
+    base = load_ground_truth(gt_json).dataset
+    if isinstance(results, (str, Path)):
+        results = json.loads(Path(results).read_text())
+    results = list(results)
+    gt14, native_gt = [], True
+    for a in base["annotations"]:
+        src = a["keypoints"]
+        if len(src) != 3 * len(CROWDPOSE_TO_COCO):
+            native = a.get("native_keypoints")
+            if native is not None and len(native) == 3 * len(CROWDPOSE_TO_COCO):
+                src = native
+            else:
+                native_gt = False
+        gt14.append(_crowdpose14(src))
+    res14 = [_crowdpose14(r["keypoints"]) for r in results]
+    native_res = all(len(r["keypoints"]) == 3 * len(CROWDPOSE_TO_COCO) for r in results)
+    joints = list(range(len(CROWDPOSE_TO_COCO))) if native_gt and native_res else \
+        [i for i, c in enumerate(CROWDPOSE_TO_COCO) if c is not None]
+    anns = []
+    for a, kp in zip(base["annotations"], gt14):
+        kp = kp[joints]
+        anns.append({**a, "keypoints": kp.reshape(-1).tolist(), "num_keypoints": int((kp[:, 2] > 0).sum())})
+    res = [{**r, "keypoints": kp[joints].reshape(-1).tolist()} for r, kp in zip(results, res14)]
+    m = evaluate_crowdpose({**base, "annotations": anns}, res, sigmas=CROWDPOSE_SIGMAS[joints], splits=splits)
+    out = {(k if k.startswith(("AP_", "num_")) else f"crowdpose_{k}"): v for k, v in m.items()}
+    out["crowdpose_joints"] = len(joints)
+    return out
+
+
+def evaluate_keypoints(gt_json: Path | str | COCO | dict, results: Sequence[dict] | Path | str,
+                       sigmas: np.ndarray = COCO_SIGMAS, oks_threshold: float = 0.5, *,
+                       schema: str = "auto", area_bins: Sequence[float] | None = None) -> dict:
+    """Everything eval.json holds: :func:`evaluate_results`, the per-scale AP of
+    :func:`ap_by_area` (when ``area_bins`` is given) and, for CrowdPose ground truth,
+    :func:`crowdpose_metrics`.
+
+    Args:
+        schema: ``"coco"``, ``"crowdpose"`` or ``"auto"`` (:func:`detect_schema`).
+        area_bins: sqrt(area) px boundaries of the per-scale bins (params
+            ``evaluate.area_bins``); None: no ``*_by_area`` keys.
+
+    Raises ValueError on an unknown schema, CrowdPose without ``crowdIndex``, or as
+    :func:`evaluate_results`.
+    """
+    if schema not in ("auto", "coco", "crowdpose"):
+        raise ValueError(f"schema must be auto, coco or crowdpose, got {schema!r}")
+    sigmas = np.asarray(sigmas, dtype=np.float64)
+    coco_gt = load_ground_truth(gt_json)
+    if isinstance(results, (str, Path)):
+        results = json.loads(Path(results).read_text())
+    results = list(results)
+    metrics = evaluate_results(coco_gt, results, sigmas=sigmas, oks_threshold=oks_threshold)
+    if area_bins is not None:
+        coco_dt = load_results(coco_gt, results, _num_joints(coco_gt, sigmas))
+        metrics.update(_ap_by_area(coco_gt, coco_dt, sigmas, [*COCO_AREA_RANGES, *area_ranges(area_bins)]))
+    if schema == "auto":
+        schema = detect_schema(coco_gt)
+    if schema == "crowdpose":
+        metrics.update(crowdpose_metrics(coco_gt, results))
+    return metrics
+
+
 def write_metrics(metrics: dict, path: Path | str) -> Path:
     """Write ``metrics`` as JSON (sorted keys, indented) atomically: a temporary file in the
     same folder, then ``os.replace``. Creates parent folders. Returns the path.
@@ -397,8 +573,11 @@ def write_metrics(metrics: dict, path: Path | str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_finite(metrics), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    from pose.evaluate.plots import default_file_mode
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
         os.replace(tmp, path)

@@ -1,16 +1,29 @@
-"""MLflow run logging, model registration and the champion/challenger promotion gate.
+"""MLflow run logging and model registration; the promotion gate lives in :mod:`pose.registry.promotion`.
 
-Registry conventions (MLflow model registry aliases, MLflow >= 2.3):
+What one ``pose register`` (stage ``register``) writes:
 
-* every registered version gets the alias ``challenger`` when it is registered;
-* ``champion`` moves to the new version when there is no champion yet, or when the
-  new version's AP beats the champion's AP *on the same evaluation data* by at
-  least ``registry.promotion_margin``. When the champion was evaluated on other
-  data (different ``eval_data_hash`` tag), it is re-evaluated on the
-  challenger's data first (``reevaluate`` callback) so the comparison is fair.
+* an MLflow run: params.yaml flattened; eval metrics (AP family, per-keypoint AP as
+  ``kp_AP/<joint>``, diagnostics); training summary and per-step curves (``train/*``, with
+  steps); tags ``git.commit``, ``git.dirty``, ``dvc.<stage>.<out>`` (md5s from dvc.lock),
+  ``dataset``, ``dataset.version`` (sha256 of the fetched MANIFEST.sha256), ``eval_data_hash``
+  / ``data.train_hash`` (sha256 of the annotation files) and ``data.source_fingerprint``
+  (:mod:`pose.registry.data_version`); artifacts::
 
-Every decision is written into the version's tags (``promotion.*``) and
-description, so a promotion can always be justified after the fact.
+      model/                      MLflow pyfunc model (signature, input example; pose.registry.serving)
+      checkpoint/best.pt          the raw training checkpoint
+      eval/metrics.json, eval/results.json, eval/annotations.json   (re-scorable: bootstrap, compare)
+      data/eval_images.json, data/train_images.json                (image id lists: data diffs)
+      plots/train_steps.csv, plots/training_curves.png, plots/per_keypoint_ap.png
+      model_card.md               generated after the promotion decision
+      <extra --artifact folders>  e.g. reports/ (validation reports, Data Docs, scale checks)
+
+* a registered model version (source: the run's ``model/``) with alias ``challenger`` and
+  tags ``AP``, ``eval_data_hash``, ``dataset``, ``dataset.version``, ``data.source_fingerprint``;
+* the promotion gate (:func:`pose.registry.promotion.promote`), whose decision lands in the
+  version's ``promotion.*`` tags and description;
+* registered-model tag ``data.fingerprint``: the source fingerprint of the last registered
+  data (what the scheduled retrain compares against);
+* ``data/registry/registration.json`` (written atomically).
 """
 
 from __future__ import annotations
@@ -18,7 +31,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -30,6 +45,10 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from pose.params import flatten
+from pose.registry.promotion import champion_version, decide_promotion, promote  # noqa: F401  (re-exported)
+
+log = logging.getLogger(__name__)
+FINGERPRINT_ENV = "POSE_DATA_FINGERPRINT"
 
 AP_KEYS = ("AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL")
 
@@ -92,67 +111,200 @@ def _atomic_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def champion_version(client: MlflowClient, name: str):
-    """The model version holding alias ``champion``, or None."""
-    try:
-        return client.get_model_version_by_alias(name, "champion")
-    except MlflowException:
-        return None
+def _log_json(obj, artifact_file: str) -> None:
+    mlflow.log_text(json.dumps(obj, indent=2, sort_keys=True, default=str), artifact_file)
 
 
-def decide_promotion(challenger_ap: float, champion_ap: float | None, margin: float) -> tuple[bool, str]:
-    """Promotion rule: promote when there is no champion or ``challenger_ap >= champion_ap + margin``.
+def _flat_metrics(metrics: dict) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, (int, float)):
+            out[k] = float(v)
+        elif isinstance(v, dict) and k == "per_keypoint_AP":
+            out.update({f"kp_AP/{j}": float(x) for j, x in v.items() if isinstance(x, (int, float))})
+    return out
 
-    Returns (promote, human-readable reason).
-    """
-    if champion_ap is None:
-        return True, "no champion yet"
-    if challenger_ap >= champion_ap + margin:
-        return True, f"AP {challenger_ap:.4f} >= champion AP {champion_ap:.4f} + margin {margin}"
-    return False, f"AP {challenger_ap:.4f} < champion AP {champion_ap:.4f} + margin {margin}"
+
+def data_tags(params: dict, eval_annotations: Path, train_annotations: Path | None, repo: Path = Path(".")) -> dict:
+    """Dataset name / version / hash tags of a run (module docstring)."""
+    from pose.registry.data_version import dataset_version, source_fingerprint
+
+    d = params["data"]
+    tags = {"dataset": d["dataset"], "eval_data_hash": file_sha256(eval_annotations)}
+    version = dataset_version(Path(d["raw_dir"]) / d["dataset"])
+    if version:
+        tags["dataset.version"] = version
+    if train_annotations and Path(train_annotations).is_file():
+        tags["data.train_hash"] = file_sha256(train_annotations)
+    fp = os.environ.get(FINGERPRINT_ENV, "").strip()
+    if not fp:
+        try:
+            fp = source_fingerprint(params, repo)["fingerprint"]
+        except (OSError, KeyError, ValueError) as exc:  # source gone / not configured: not fatal here
+            log.warning("data source fingerprint unavailable: %s", exc)
+    if fp:
+        tags["data.source_fingerprint"] = fp
+    return tags
+
+
+def model_card(*, name: str, version: str, run_id: str, params: dict, tags: dict, metrics: dict,
+               train_summary: dict | None, record: dict, n_eval_images: int | None, n_train_images: int | None) -> str:
+    """The model card (Markdown) of a registered version."""
+    m, t, tr = params.get("model", {}), params.get("train", {}), train_summary or {}
+    ev = params.get("evaluate", {})
+    rows = "\n".join(f"| {k} | {float(metrics[k]):.4f} |" for k in ("AP", "AP50", "AP75", "APM", "APL", "AR")
+                     if isinstance(metrics.get(k), (int, float)))
+    kp = metrics.get("per_keypoint_AP") or {}
+    kp_sorted = sorted(kp.items(), key=lambda kv: kv[1])
+    weakest = ", ".join(f"{k} {v:.3f}" for k, v in kp_sorted[:3]) or "n/a"
+    strongest = ", ".join(f"{k} {v:.3f}" for k, v in kp_sorted[-3:][::-1]) or "n/a"
+    ci = (record.get("ci") or {}).get("metrics", {}).get("AP") or {}
+    ci_txt = (f"paired bootstrap 95% CI of the AP difference vs the champion: [{ci['ci_low']:+.4f}, {ci['ci_high']:+.4f}]"
+              if ci.get("ci_low") is not None else "no bootstrap CI (first version, or results not comparable)")
+    curriculum = "; ".join(f"{st['sizes']} x {st['epochs']} ep" for st in t.get("curriculum", []))
+    return f"""# Model card: {name} v{version}
+
+| | |
+|---|---|
+| MLflow run | `{run_id}` |
+| registered | version {version}, aliases: {", ".join(record.get("aliases", [])) or "none"} |
+| git | `{tags.get("git.commit", "unknown")}` (dirty: {tags.get("git.dirty", "unknown")}) |
+| dataset | `{tags.get("dataset")}` version `{str(tags.get("dataset.version", "unknown"))[:16]}` |
+| eval data | `{str(tags.get("eval_data_hash"))[:16]}` ({n_eval_images if n_eval_images is not None else "?"} images) |
+| train data | `{str(tags.get("data.train_hash", "unknown"))[:16]}` ({n_train_images if n_train_images is not None else "?"} images) |
+
+## Model
+
+HigherHRNet (HRNet backbone, width {m.get("width")}, stage modules {m.get("stage_blocks")}, {m.get("num_deconv")}
+deconvolution block(s)) with associative embedding (tag dim {m.get("tag_dim")}) for bottom-up multi-person
+pose estimation of {m.get("num_joints")} COCO keypoints. Input: normalised RGB, sides multiples of 32;
+served as an MLflow pyfunc model returning heatmaps and tags at 1/2 resolution (`pose.registry.serving`).
+
+## Training
+
+Curriculum {curriculum or "n/a"} (use_curriculum {t.get("use_curriculum")}, multi_scale {t.get("multi_scale")}),
+optimizer {t.get("optimizer")} lr {t.get("lr")}, batch {t.get("batch_size")}, seed {t.get("seed")};
+{tr.get("steps", "?")} steps, {tr.get("epochs", "?")} epochs, final loss {tr.get("final_loss", "?")}, device {tr.get("device", "?")}.
+
+## Evaluation (COCO keypoint OKS AP, pycocotools; input {ev.get("input_size")}, flip test {ev.get("flip_test")})
+
+| metric | value |
+|---|---|
+{rows}
+
+Strongest keypoints: {strongest}. Weakest: {weakest}.
+
+## Promotion decision
+
+**{record.get("decision", "not gated")}**: {record.get("reason", "")}
+
+{ci_txt}.
+
+## Intended use and limitations
+
+- Multi-person 2D keypoints of people in natural images, COCO-17 skeleton; research and evaluation use.
+- Numbers are from `{tags.get("dataset")}`; a small evaluation set gives wide confidence intervals, so compare
+  versions with `pose compare` (bootstrap CIs) rather than point estimates.
+- Small / distant people (see APM) and crowded scenes are the usual failure modes of bottom-up grouping.
+- Not for identification of individuals or safety-critical decisions.
+
+## Use
+
+```bash
+pose predict IMAGES --model models:/{name}/{version}
+mlflow models serve -m models:/{name}/{version} --env-manager local    # needs `pose` installed
+```
+"""
 
 
 def register_run(params: dict, *, checkpoint: Path, eval_metrics: Path, eval_annotations: Path,
                  out: Path, artifacts: list[Path] = (), train_metrics: Path | None = None,
-                 train_steps: Path | None = None,
-                 reevaluate: Callable[[Path], dict] | None = None) -> dict:
-    """Log the pipeline run to MLflow, register the checkpoint and apply the promotion gate.
+                 train_steps: Path | None = None, reevaluate: Callable | None = None,
+                 results: Path | None = None, train_annotations: Path | None = None, gate: bool = True) -> dict:
+    """Log the pipeline run to MLflow, register the model and apply the promotion gate.
 
     Args:
-        params: whole params.yaml dict (logged flattened; ``registry`` section used).
-        checkpoint: trained checkpoint (``best.pt``), logged under artifact path ``model``.
-        eval_metrics: metrics.json of the evaluate stage (AP family is logged).
+        params: whole params.yaml dict (logged flattened; ``registry`` / ``data`` sections used).
+        checkpoint: trained checkpoint (``best.pt``): logged raw under ``checkpoint/`` and as a
+            pyfunc model under ``model/`` (the registered source).
+        eval_metrics: metrics.json of the evaluate stage.
         eval_annotations: ground truth the metrics were computed on; its sha256 is the
             ``eval_data_hash`` tag that makes AP comparable across versions.
         out: registration record JSON (run id, version, aliases, decision), written atomically.
         artifacts: extra files/folders to log (reports, plots, data docs).
-        train_metrics / train_steps: training summary JSON and per-step CSV (logged as metrics with steps).
-        reevaluate: ``checkpoint path -> metrics`` used to score the champion on this
-            evaluation data when it was scored on other data.
+        train_metrics / train_steps: training summary JSON and per-step CSV (metrics with steps).
+        reevaluate: ``(checkpoint[, annotations]) -> metrics | (metrics, results)`` scoring the
+            champion on this evaluation data when it was scored on other data.
+        results: COCO results JSON of the evaluation (default: ``<eval_metrics>/../../eval/results.json``,
+            the dvc.yaml layout, when it exists); logged so the gate / compare can re-score it.
+        train_annotations: training annotation file (default: ``train.json`` beside
+            ``eval_annotations`` when present): hash tag and image list.
+        gate: run the promotion gate (False: register as challenger only).
 
     Returns the registration record.
     """
+    from pose.registry.compare import plot_training_curves, steps_csv_series
+    from pose.registry.data_version import image_list
+    from pose.registry.serving import save_pyfunc_model
+
     reg = params["registry"]
     name = reg["model_name"]
     mlflow.set_tracking_uri(reg["tracking_uri"])
     mlflow.set_experiment(reg["experiment"])
     client = MlflowClient()
-    metrics = json.loads(Path(eval_metrics).read_text())
-    data_hash = file_sha256(eval_annotations)
+    eval_metrics, eval_annotations = Path(eval_metrics), Path(eval_annotations)
+    metrics = json.loads(eval_metrics.read_text())
+    if results is None:
+        cand = eval_metrics.parent.parent / "eval" / "results.json"
+        results = cand if cand.is_file() else None
+    if train_annotations is None:
+        cand = eval_annotations.with_name("train.json")
+        train_annotations = cand if cand.is_file() and cand != eval_annotations else None
     ap = float(metrics["AP"])
-    tags = {**git_info(), **dvc_lock_hashes(), "dataset": params["data"]["dataset"], "eval_data_hash": data_hash}
-    with mlflow.start_run() as run:
+    dtags = data_tags(params, eval_annotations, train_annotations)
+    data_hash = dtags["eval_data_hash"]
+    tags = {**git_info(), **dvc_lock_hashes(), **dtags}
+    eval_imgs = image_list(eval_annotations)
+    train_imgs = image_list(train_annotations) if train_annotations else None
+    tr_summary = json.loads(Path(train_metrics).read_text()) if train_metrics and Path(train_metrics).exists() else None
+    with mlflow.start_run() as run, tempfile.TemporaryDirectory(prefix="pose-register-") as tmp:
+        tmp = Path(tmp)
         mlflow.log_params(flatten(params))
         mlflow.set_tags(tags)
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
-        if train_metrics and Path(train_metrics).exists():
-            tm = json.loads(Path(train_metrics).read_text())
-            mlflow.log_metrics({f"train/{k}": float(v) for k, v in tm.items() if isinstance(v, (int, float))})
+        mlflow.log_metrics(_flat_metrics(metrics))
+        if tr_summary:
+            mlflow.log_metrics({f"train/{k}": float(v) for k, v in tr_summary.items()
+                                if isinstance(v, (int, float)) and not isinstance(v, bool)})
         steps = _read_steps(train_steps) if train_steps else []
         for i in range(0, len(steps), 1000):
             client.log_batch(run.info.run_id, metrics=steps[i:i + 1000])
-        mlflow.log_artifact(str(checkpoint), artifact_path="model")
-        mlflow.log_artifact(str(eval_metrics))
+        # evaluation evidence (re-scorable) and data lists
+        evdir = tmp / "eval"
+        evdir.mkdir()
+        shutil.copyfile(eval_metrics, evdir / "metrics.json")
+        shutil.copyfile(eval_annotations, evdir / "annotations.json")
+        if results is not None:
+            shutil.copyfile(results, evdir / "results.json")
+        mlflow.log_artifacts(str(evdir), artifact_path="eval")
+        _log_json(eval_imgs, "data/eval_images.json")
+        if train_imgs is not None:
+            _log_json(train_imgs, "data/train_images.json")
+        # plots
+        if train_steps and Path(train_steps).exists():
+            mlflow.log_artifact(str(train_steps), artifact_path="plots")
+            png = plot_training_curves({"train": steps_csv_series(Path(train_steps))}, tmp / "training_curves.png")
+            if png:
+                mlflow.log_artifact(str(png), artifact_path="plots")
+        if metrics.get("per_keypoint_AP"):
+            from pose.evaluate.plots import ap_per_keypoint_plot
+
+            mlflow.log_artifact(str(ap_per_keypoint_plot(metrics, tmp / "per_keypoint_ap.png")), artifact_path="plots")
+        # model: raw checkpoint + servable pyfunc model
+        mlflow.log_artifact(str(checkpoint), artifact_path="checkpoint")
+        save_pyfunc_model(Path(checkpoint), tmp / "model")
+        mlflow.log_artifacts(str(tmp / "model"), artifact_path="model")
         for a in artifacts:
             a = Path(a)
             if a.is_dir():
@@ -165,34 +317,34 @@ def register_run(params: dict, *, checkpoint: Path, eval_metrics: Path, eval_ann
         client.create_registered_model(name, description="HigherHRNet bottom-up pose model (COCO-17 keypoints)")
     except MlflowException:
         pass  # already registered
-    mv = client.create_model_version(name, source=f"{artifact_uri}/model", run_id=run_id,
-                                     tags={"AP": f"{ap:.6f}", "eval_data_hash": data_hash,
-                                           "dataset": params["data"]["dataset"]})
+    vtags = {"AP": f"{ap:.6f}", **{k: v for k, v in dtags.items()
+                                   if k in ("eval_data_hash", "dataset", "dataset.version", "data.source_fingerprint")}}
+    mv = client.create_model_version(name, source=f"{artifact_uri}/model", run_id=run_id, tags=vtags,
+                                     description=f"run {run_id}; AP {ap:.4f} on eval data {data_hash[:12]} "
+                                                 f"({params['data']['dataset']})")
     client.set_registered_model_alias(name, "challenger", mv.version)
+    if "data.source_fingerprint" in dtags:
+        client.set_registered_model_tag(name, "data.fingerprint", dtags["data.source_fingerprint"])
 
-    champ = champion_version(client, name)
-    champ_ap = None
-    if champ is not None:
-        if champ.tags.get("eval_data_hash") == data_hash:
-            champ_ap = float(champ.tags["AP"])
-        elif reevaluate is not None:
-            local = mlflow.artifacts.download_artifacts(f"models:/{name}/{champ.version}")
-            champ_ckpt = next(Path(local).glob("*.pt"))
-            champ_ap = float(reevaluate(champ_ckpt)["AP"])
-        else:
-            champ_ap = float(champ.tags.get("AP", "nan"))
-    promote, reason = decide_promotion(ap, champ_ap, float(reg["promotion_margin"]))
-    if champ is not None and champ.version == mv.version:
-        promote = False
-    client.set_model_version_tag(name, mv.version, "promotion.decision", "promoted" if promote else "kept_champion")
-    client.set_model_version_tag(name, mv.version, "promotion.reason", reason)
-    if promote:
-        client.set_registered_model_alias(name, "champion", mv.version)
-    client.update_model_version(name, mv.version, description=f"run {run_id}; AP {ap:.4f} on eval data {data_hash[:12]}; "
-                                f"{'promoted to champion' if promote else 'not promoted'}: {reason}")
+    if gate:
+        decision = promote(params, version=mv.version, reevaluate=reevaluate, client=client)
+    else:
+        decision = {"promoted": False, "decision": "not_gated", "reason": "registered without the gate",
+                    "champion_AP_before": None, "ci": None}
     aliases = sorted(client.get_model_version(name, mv.version).aliases)
     record = {"model_name": name, "version": int(mv.version), "run_id": run_id, "aliases": aliases,
-              "AP": ap, "champion_AP_before": champ_ap, "promoted": promote, "reason": reason,
-              "eval_data_hash": data_hash}
+              "AP": ap, "champion_AP_before": decision.get("champion_AP_before"),
+              "champion_before": decision.get("champion_before"), "promoted": bool(decision["promoted"]),
+              "decision": decision["decision"], "reason": decision["reason"], "eval_data_hash": data_hash,
+              "dataset": params["data"]["dataset"], "dataset_version": dtags.get("dataset.version"),
+              "data_fingerprint": dtags.get("data.source_fingerprint")}
+    if decision.get("ci"):
+        record["ci_AP"] = {k: decision["ci"]["metrics"]["AP"][k] for k in ("delta", "ci_low", "ci_high")}
+    card = model_card(name=name, version=str(mv.version), run_id=run_id, params=params, tags=tags, metrics=metrics,
+                      train_summary=tr_summary, record={**decision, "aliases": aliases},
+                      n_eval_images=len(eval_imgs), n_train_images=len(train_imgs) if train_imgs is not None else None)
+    with tempfile.TemporaryDirectory(prefix="pose-card-") as tmp:
+        (Path(tmp) / "model_card.md").write_text(card)
+        client.log_artifact(run_id, str(Path(tmp) / "model_card.md"))
     _atomic_json(Path(out), record)
     return record

@@ -2,8 +2,11 @@
 
 A checkpoint is a plain dict of tensors and Python scalars so it loads with
 ``torch.load(weights_only=True)`` (no pickled code runs on load). It is written to
-a temp file in the same folder, fsynced, then renamed over the target: a kill at
-any moment leaves either the previous complete file or the new complete file.
+a temp file ``.<name>.<random>.tmp`` in the same folder, fsynced, then renamed over
+the target and the folder fsynced: a kill (or power loss) at any moment leaves
+either the previous complete file or the new complete file under ``<name>``. A
+kill mid-write leaves a stale temp file; it is never read (its name differs) and
+`remove_stale_temps` deletes it when the next training run starts.
 """
 
 from __future__ import annotations
@@ -15,12 +18,47 @@ from pathlib import Path
 import torch
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask is racy)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some platforms / filesystems cannot open a folder
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def temp_prefix(path: Path) -> str:
+    """Name prefix of `save_checkpoint`'s temp files for ``path``."""
+    return f".{Path(path).name}."
+
+
 def save_checkpoint(state: dict, path: Path) -> None:
-    """Write ``state`` to ``path`` atomically (temp file + fsync + os.replace)."""
+    """Write ``state`` to ``path`` atomically (temp file + fsync + os.replace + folder fsync).
+
+    The file gets the usual permissions (0666 minus the umask), not mkstemp's 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             torch.save(state, fh)
             fh.flush()
@@ -29,6 +67,24 @@ def save_checkpoint(state: dict, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def remove_stale_temps(folder: Path, names: tuple[str, ...] = ("last.pt", "best.pt")) -> list[Path]:
+    """Delete temp files a killed `save_checkpoint` left for ``names`` in ``folder``.
+
+    Call it only while no other process saves into ``folder`` (rank 0, before
+    training). Returns the deleted paths.
+    """
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for name in names:
+        for stale in folder.glob(f"{temp_prefix(folder / name)}*.tmp"):
+            stale.unlink(missing_ok=True)
+            removed.append(stale)
+    return removed
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:

@@ -3,7 +3,16 @@ multi-scale input-size curriculum (Cheng et al., CVPR 2020, Sec. 3.3-3.4).
 
 Read it top to bottom: set up (device, DDP, data, model, optimiser, schedule),
 resume, then the epoch/step loop with logging and checkpoints. Under ``torchrun``
-every rank trains; only rank 0 writes files.
+every rank trains on its own slice of each global batch; only rank 0 prints and
+writes files (see `pose.train.ddp` and infra/torchrun.md).
+
+Exact resume: a run killed at any moment and resumed from ``last.pt`` ends with
+the same weights, bit for bit, as an uninterrupted run on the same machine,
+because everything a step depends on is either in the checkpoint (model,
+optimiser, LR-schedule position, AMP scaler, torch RNG, epoch, batch within the
+epoch, per-step history) or a pure function of ``(seed, epoch, index)`` (batch
+order, input size, augmentation). The DataLoader gets its own generator, so
+starting an epoch's loader does not consume the global torch RNG.
 """
 
 from __future__ import annotations
@@ -16,13 +25,16 @@ import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from pose.losses import total_loss
 from pose.models import build_model, load_pretrained
-from pose.train.checkpoint import load_checkpoint, save_checkpoint
+from pose.train import ddp
+from pose.train.checkpoint import load_checkpoint, remove_stale_temps, save_checkpoint
 from pose.train.data import CocoKeypoints, CurriculumBatchSampler, curriculum_schedule
+
+#: per-step columns of the steps CSV (``images_per_s`` is wall-clock, so it stays out of checkpoints)
+STEP_COLUMNS = ["step", "epoch", "input_size", "loss", "heatmap_4", "heatmap_2", "push", "pull", "lr", "images_per_s"]
 
 
 def pick_device() -> torch.device:
@@ -51,6 +63,16 @@ def _write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def _write_steps_csv(path: Path, history: list[dict]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=STEP_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for h in history:
+            w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in h.items()})
+    os.replace(tmp, path)
+
+
 def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, metrics_path: Path,
           steps_path: Path, resume: bool = True, stop_after_steps: int = 0) -> dict:
     """Train from ``params`` (the whole params.yaml dict) and write, on rank 0:
@@ -60,35 +82,38 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
     * ``metrics_path``: JSON summary (final losses, steps, images/s, epochs);
     * ``steps_path``: CSV of per-step metrics (step, epoch, input_size, loss,
       heatmap_4, heatmap_2, push, pull, lr, images_per_s) for DVC plots and MLflow.
+      Losses are means over all ranks under DDP.
 
     ``resume`` continues from ``out_dir/last.pt`` when present (model, optimiser,
-    scheduler position, AMP scaler, torch RNG, epoch, batch within the epoch).
-    ``stop_after_steps`` > 0 returns after that many global steps (tests).
-    Returns the summary dict.
+    scheduler position, AMP scaler, torch RNG, epoch, batch within the epoch,
+    history). ``stop_after_steps`` > 0 returns ``{"stopped_at_step": n}`` after that
+    many global steps without writing the metrics / steps files (tests, benchmarks).
+    Returns the summary dict on rank 0, ``{}`` on other ranks.
+
+    Raises ValueError when ``last.pt`` was trained with other ``model`` params.
     """
     tp, mp = params["train"], params["model"]
-    distributed = int(os.environ.get("WORLD_SIZE", 1)) > 1
     device = pick_device()
-    if distributed and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    rank = dist.get_rank() if distributed else 0
-    world = dist.get_world_size() if distributed else 1
-    is_main = rank == 0
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    dist_info = ddp.setup(device)
+    world, is_main = dist_info.world, dist_info.is_main
     torch.manual_seed(int(tp["seed"]))
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
 
     # ---- data
+    seed = int(tp["seed"])
     dataset = CocoKeypoints(train_ann, train_images, num_joints=int(mp["num_joints"]),
                             sigma=float(params["targets"]["sigma"]), max_people=int(params["targets"]["max_people"]),
-                            augment=params["augment"], seed=int(tp["seed"]))
+                            augment=params["augment"], seed=seed)
     schedule = curriculum_schedule(tp["curriculum"], multi_scale=bool(tp["multi_scale"]),
                                    use_curriculum=bool(tp["use_curriculum"]))
-    sampler = CurriculumBatchSampler(len(dataset), int(tp["batch_size"]), schedule, seed=int(tp["seed"]),
-                                     rank=rank, world_size=world, max_batches=int(tp["max_steps_per_epoch"]))
+    sampler = CurriculumBatchSampler(len(dataset), int(tp["batch_size"]), schedule, seed=seed,
+                                     rank=dist_info.rank, world_size=world, max_batches=int(tp["max_steps_per_epoch"]))
     steps_per_epoch = len(sampler)
     total_steps = steps_per_epoch * len(schedule)
+    plan = {"schedule": schedule, "steps_per_epoch": steps_per_epoch, "batch_size": int(tp["batch_size"]),
+            "world_size": world, "seed": seed}
 
     # ---- model, optimiser, schedule
     model = build_model(mp).to(device)
@@ -109,8 +134,18 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
     start_epoch, start_batch, global_step, best_loss = 0, 0, 0, float("inf")
     history: list[dict] = []
     last = out_dir / "last.pt"
-    if resume and last.exists():
+    if is_main:
+        remove_stale_temps(out_dir)  # temp files of a save that was killed; never read
+    # rank 0 decides, so no rank resumes while another starts afresh (shared out_dir assumed)
+    resuming = ddp.broadcast_object(bool(resume and last.exists()), dist_info)
+    if resuming:
         ck = load_checkpoint(last, map_location=device)
+        if json.loads(ck["model_params"]) != json.loads(json.dumps(mp)):
+            raise ValueError(f"{last}: trained with model params {ck['model_params']}, params.yaml has "
+                             f"{json.dumps(mp, sort_keys=True)}; use --no-resume or another --out-dir")
+        if "plan" in ck and json.loads(ck["plan"]) != plan and is_main:
+            print(f"warning: {last} was written with another curriculum / batch plan ({ck['plan']}); "
+                  f"resuming at its epoch and batch, not an exact continuation", flush=True)
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
@@ -119,24 +154,35 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
         start_epoch, start_batch, global_step = int(ck["epoch"]), int(ck["batch_in_epoch"]), int(ck["global_step"])
         best_loss = float(ck["best_loss"])
         history = json.loads(ck["history"])
-    train_model = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+        del ck
+        if is_main:
+            print(f"resumed from {last}: epoch {start_epoch} batch {start_batch} step {global_step}", flush=True)
+    if dist_info.distributed:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    else:
+        train_model = model
 
     def checkpoint_state(epoch: int, batch_in_epoch: int) -> dict:
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                 "rng_cpu": torch.get_rng_state(), "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-                "global_step": global_step, "best_loss": best_loss, "history": json.dumps(history),
-                "model_params": json.dumps(mp, sort_keys=True), "active_sizes": json.dumps(schedule[min(epoch, len(schedule) - 1)])}
+                "global_step": global_step, "best_loss": best_loss,
+                # wall-clock columns stay out of checkpoints so equal training gives equal files
+                "history": json.dumps([{k: v for k, v in h.items() if k != "images_per_s"} for h in history]),
+                "model_params": json.dumps(mp, sort_keys=True), "plan": json.dumps(plan),
+                "active_sizes": json.dumps(schedule[min(epoch, len(schedule) - 1)])}
 
     workers = int(tp["workers"])
-    every = int(tp.get("checkpoint_every", 0))
+    every = int(tp["checkpoint_every"])
     model.train()
-    summary: dict = {}
+    stopped = False
     for epoch in range(start_epoch, len(schedule)):
         dataset.set_epoch(epoch)
         sampler.set_epoch(epoch, start_batch if epoch == start_epoch else 0)
+        # own generator: worker seeds come from it, not from the global RNG the checkpoint restores
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
-                            persistent_workers=False)
+                            persistent_workers=False, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
         epoch_losses = [h["loss"] for h in history if h["epoch"] == epoch]
         batch_in_epoch = sampler.start_batch
         t0 = time.perf_counter()
@@ -157,12 +203,13 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
             scheduler.step()
             global_step += 1
             batch_in_epoch += 1
+            logged = ddp.mean_across_ranks(torch.stack([loss.detach(), parts["heatmap_0"], parts["heatmap_1"],
+                                                        parts["push"], parts["pull"]]).float(), dist_info).tolist()
             dt = time.perf_counter() - t0
             t0 = time.perf_counter()
             row = {"step": global_step, "epoch": epoch, "input_size": int(batch["image"].shape[-1]),
-                   "loss": float(loss.detach()), "lr": lr,
-                   "images_per_s": batch["image"].shape[0] * world / max(dt, 1e-9)}
-            row.update({k: float(v) for k, v in parts.items()})
+                   "loss": logged[0], "heatmap_4": logged[1], "heatmap_2": logged[2], "push": logged[3],
+                   "pull": logged[4], "lr": lr, "images_per_s": batch["image"].shape[0] * world / max(dt, 1e-9)}
             history.append(row)
             epoch_losses.append(row["loss"])
             if is_main and (global_step % int(tp["log_every"]) == 0 or global_step == 1):
@@ -171,34 +218,41 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
             if is_main and every and global_step % every == 0:
                 save_checkpoint(checkpoint_state(epoch, batch_in_epoch), last)
             if stop_after_steps and global_step >= stop_after_steps:
-                return {"stopped_at_step": global_step}
+                stopped = True
+                break
+        del loader
+        if stopped:
+            break
         mean_loss = sum(epoch_losses) / max(1, len(epoch_losses))
-        if is_main:
-            if mean_loss < best_loss:
-                best_loss = mean_loss
+        if mean_loss < best_loss:  # same value on every rank (losses are rank means)
+            best_loss = mean_loss
+            if is_main:
                 save_checkpoint(checkpoint_state(epoch + 1, 0), out_dir / "best.pt")
+        if is_main:
             save_checkpoint(checkpoint_state(epoch + 1, 0), last)
         start_batch = 0
 
-    if is_main:
-        tail = history[-max(1, steps_per_epoch):]
-        summary = {"steps": global_step, "epochs": len(schedule), "best_epoch_loss": best_loss,
-                   "final_loss": sum(h["loss"] for h in tail) / len(tail),
-                   "images_per_s": sum(h["images_per_s"] for h in tail) / len(tail),
-                   "device": device.type, "world_size": world}
-        metrics_path = Path(metrics_path)
-        metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        _write_json(metrics_path, summary)
-        steps_path = Path(steps_path)
-        steps_path.parent.mkdir(parents=True, exist_ok=True)
-        keys = ["step", "epoch", "input_size", "loss", "heatmap_4", "heatmap_2", "push", "pull", "lr", "images_per_s"]
-        tmp = steps_path.with_suffix(".tmp")
-        with tmp.open("w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
-            w.writeheader()
-            for h in history:
-                w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in h.items()})
-        os.replace(tmp, steps_path)
-    if distributed:
-        dist.barrier()
+    summary: dict = {}
+    if stopped:
+        summary = {"stopped_at_step": global_step}
+    else:
+        # BatchNorm statistics are per rank under DDP: take rank 0's (the ones in its checkpoints),
+        # then check that all replicas are bit-identical
+        ddp.sync_buffers(model, dist_info)
+        digest = ddp.check_replicas(model, dist_info)
+        if is_main:
+            timed = [h["images_per_s"] for h in history[-max(1, steps_per_epoch):] if "images_per_s" in h]
+            tail = history[-max(1, steps_per_epoch):]
+            summary = {"steps": global_step, "epochs": len(schedule), "best_epoch_loss": best_loss,
+                       "final_loss": sum(h["loss"] for h in tail) / max(1, len(tail)),
+                       "images_per_s": sum(timed) / len(timed) if timed else 0.0,
+                       "device": device.type, "world_size": world}
+            metrics_path, steps_path = Path(metrics_path), Path(steps_path)
+            metrics_path.parent.mkdir(parents=True, exist_ok=True)
+            steps_path.parent.mkdir(parents=True, exist_ok=True)
+            _write_json(metrics_path, summary)
+            _write_steps_csv(steps_path, history)
+            if dist_info.distributed:
+                print(f"{world} replicas in sync, model sha256 {digest[:16]}", flush=True)
+    ddp.teardown(dist_info)
     return summary

@@ -1,0 +1,163 @@
+"""Data versions: what the pipeline trained on, and whether the configured source has changed.
+
+Two different hashes, both recorded on every MLflow run / model version:
+
+* ``data.source_fingerprint`` (:func:`source_fingerprint`): a hash of the *configured
+  source* of ``data.dataset`` as it is now, computed without fetching it: the mirror
+  folder (``data.mirror`` / ``catalogue.<name>.mirror``), a ``file://`` / plain folder
+  source, an ``s3://bucket/prefix`` listing (key, size, ETag of each object), an archive
+  entry's pinned ``sha256``, or the ``generated`` params for the synthetic set. The
+  scheduled ``retrain`` flow compares it with the registered model's tag
+  ``data.fingerprint`` (the fingerprint of the last data a retrain processed) to decide
+  whether there is new data.
+* ``dataset.version`` (:func:`dataset_version`): the sha256 of the fetched dataset's
+  ``MANIFEST.sha256`` (which lists the sha256 of every file the ``fetch`` stage wrote), i.e.
+  the content version of the data actually trained and evaluated on.
+
+Folder fingerprints hash every file's bytes (``mode="content"``) or, for very large
+folders, only each file's relative path, size and mtime (``mode="stat"``, params
+``schedule.fingerprint``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+CHUNK = 1 << 20
+
+
+def _hash_file(path: Path, h) -> None:
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            h.update(chunk)
+
+
+def folder_fingerprint(root: Path, mode: str = "content") -> tuple[str, int]:
+    """(sha256 hex, file count) over every file under ``root`` (sorted relative posix paths).
+
+    ``mode="content"``: path + sha256 of the bytes of each file; ``mode="stat"``: path +
+    size + mtime (ns). Hidden files and folders (``.name``) are skipped. Raises
+    FileNotFoundError when ``root`` is not a folder, ValueError on an unknown mode."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: source folder not found")
+    if mode not in ("content", "stat"):
+        raise ValueError(f"fingerprint mode must be content | stat, got {mode!r}")
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for fn in filenames:
+            if not fn.startswith("."):
+                files.append(Path(dirpath) / fn)
+    files.sort(key=lambda p: p.relative_to(root).as_posix())
+    total = hashlib.sha256()
+    for p in files:
+        rel = p.relative_to(root).as_posix()
+        total.update(rel.encode() + b"\0")
+        if mode == "content":
+            h = hashlib.sha256()
+            _hash_file(p, h)
+            total.update(h.digest())
+        else:
+            st = p.stat()
+            total.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    return total.hexdigest(), len(files)
+
+
+def s3_fingerprint(prefix_url: str, endpoint_url: str | None = None) -> tuple[str, int]:
+    """(sha256 hex, object count) over (key, size, ETag) of every object under ``s3://bucket/prefix``."""
+    from pose.datasets.sources import parse_s3_url, s3_client
+
+    bucket, prefix = parse_s3_url(prefix_url)
+    client = s3_client(endpoint_url)
+    rows = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            rows.append(f"{obj['Key']}\0{obj['Size']}\0{obj.get('ETag', '')}")
+    rows.sort()
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest(), len(rows)
+
+
+def _spec_hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def source_fingerprint(params: dict, repo: Path | str = ".", mode: str | None = None) -> dict:
+    """Fingerprint of the configured source of ``params["data"]["dataset"]`` (module docstring).
+
+    Args:
+        params: whole params.yaml dict (``data``, ``catalogue``, ``generated``, ``schedule``).
+        repo: folder relative paths in params are resolved against (the repo root).
+        mode: ``content`` | ``stat`` (default: params ``schedule.fingerprint``).
+
+    Returns ``{"fingerprint": hex, "dataset", "kind", "source": what was hashed, "files": count}``.
+    Raises FileNotFoundError / botocore errors when the source cannot be read.
+    """
+    repo = Path(repo)
+    mode = mode or params["schedule"]["fingerprint"]
+    d = params["data"]
+    name = d["dataset"]
+    entry = params["catalogue"][name]
+    kind = entry.get("kind", "coco")
+    splits = [d["train_split"], d["val_split"]]
+    base = {"dataset": name, "kind": kind}
+    if kind == "generated":
+        fp = _spec_hash({"generated": params["generated"], "splits": splits})
+        return {**base, "fingerprint": fp, "source": "generated params", "files": 0}
+    if entry.get("mirror") and d.get("mirror"):
+        mdir = Path(d["mirror"]) / entry["mirror"]
+        mdir = mdir if mdir.is_absolute() else repo / mdir
+        if mdir.is_dir():
+            fp, n = folder_fingerprint(mdir, mode)
+            return {**base, "fingerprint": _spec_hash([fp, splits]), "source": f"mirror:{mdir.resolve()}", "files": n}
+    for s in entry.get("sources") or []:
+        spec = s if isinstance(s, dict) else {"url": s}
+        if "archives" in spec or spec.get("sha256"):
+            return {**base, "fingerprint": _spec_hash([spec, splits]), "source": "pinned archives", "files": 0}
+        url = str(spec["url"])
+        scheme = urlparse(url).scheme
+        if scheme == "s3":
+            fp, n = s3_fingerprint(url, spec.get("endpoint_url"))
+            return {**base, "fingerprint": _spec_hash([fp, splits]), "source": url, "files": n}
+        if scheme in ("", "file"):
+            path = Path(urlparse(url).path if scheme == "file" else url)
+            path = path if path.is_absolute() else repo / path
+            if path.is_dir():
+                fp, n = folder_fingerprint(path, mode)
+                return {**base, "fingerprint": _spec_hash([fp, splits]), "source": f"folder:{path.resolve()}",
+                        "files": n}
+            if path.is_file():
+                h = hashlib.sha256()
+                _hash_file(path, h)
+                return {**base, "fingerprint": _spec_hash([h.hexdigest(), splits]), "source": f"file:{path}",
+                        "files": 1}
+            continue
+        # https without a pinned checksum: the URL spec is all we can know without downloading
+        return {**base, "fingerprint": _spec_hash([spec, splits]), "source": url, "files": 0}
+    raise FileNotFoundError(f"dataset {name!r}: no mirror folder and no readable source to fingerprint")
+
+
+def dataset_version(raw_dir: Path | str) -> str | None:
+    """sha256 of ``<raw_dir>/MANIFEST.sha256`` (the fetched dataset's content version), None if absent."""
+    m = Path(raw_dir) / "MANIFEST.sha256"
+    if not m.is_file():
+        return None
+    h = hashlib.sha256()
+    _hash_file(m, h)
+    return h.hexdigest()
+
+
+def image_list(annotations: Path | str) -> list[dict]:
+    """``[{"id", "file_name", "persons"}]`` of a COCO annotation file, sorted by id (``persons``:
+    non-crowd annotations with keypoints). Used to diff the data of two runs."""
+    data = json.loads(Path(annotations).read_text())
+    persons: dict[int, int] = {}
+    for a in data.get("annotations", []):
+        if not a.get("iscrowd", 0) and a.get("num_keypoints", 0) > 0:
+            persons[a["image_id"]] = persons.get(a["image_id"], 0) + 1
+    return sorted(({"id": int(im["id"]), "file_name": im.get("file_name", ""), "persons": persons.get(im["id"], 0)}
+                   for im in data.get("images", [])), key=lambda r: r["id"])

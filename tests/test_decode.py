@@ -1,0 +1,447 @@
+"""Decoding: NMS/top-k, associative-embedding grouping, output aggregation (flip and
+multi-scale test), inference on images, and an oracle run on real COCO annotations."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pose.augment.affine import apply_affine, letterbox_affine
+from pose.datasets.schema import FLIP_INDEX, NUM_JOINTS
+from pose.decode.group import (default_joint_order, group_keypoints, max_pool_nms, top_k_peaks)
+from pose.decode.inference import (IMAGENET_MEAN, IMAGENET_STD, aggregate_outputs, heatmap_to_image,
+                                   multi_scale_maps, predict_dataset, predict_image, resize_maps,
+                                   to_coco_results, to_input_tensor, unflip_maps)
+from pose.evaluate.coco import evaluate_results
+from pose.targets.heatmaps import render_heatmaps
+
+SHARED = Path(os.environ.get("POSE_SHARED_DATASETS",
+                           Path(__file__).resolve().parents[1].parent / "shared" / "datasets"))
+COCO_MINI = SHARED / "coco-mini"
+VAL_JSON = COCO_MINI / "annotations" / "person_keypoints_val2017.json"
+K = NUM_JOINTS
+DECODE = dict(detection_threshold=0.1, tag_threshold=1.0, max_people=30)
+
+
+def _load_benchmark():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "decode.py"
+    spec = importlib.util.spec_from_file_location("bench_decode", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _scene(points: dict[int, list[tuple[int, int, float]]], size: int = 64, sigma: float = 1.5):
+    """Heatmaps/tags from {tag: [(x, y, amplitude) per joint or None]} at integer px; the
+    tag is written over a 5x5 patch per joint, the background tag is -10."""
+    hm = np.zeros((K, size, size), np.float32)
+    tags = np.full((K, size, size, 1), -10.0, np.float32)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for tag, joints in points.items():
+        for k, pt in enumerate(joints):
+            if pt is None:
+                continue
+            x, y, a = pt
+            g = a * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma ** 2))
+            np.maximum(hm[k], g, out=hm[k])
+            tags[k, max(y - 2, 0):y + 3, max(x - 2, 0):x + 3, 0] = tag
+    return hm, tags
+
+
+# --------------------------------------------------------------------------- NMS / top-k
+def test_max_pool_nms_matches_torch_maxpool():
+    rng = np.random.default_rng(0)
+    hm = rng.random((3, 20, 17)).astype(np.float32)
+    for kernel in (3, 5):
+        t = torch.from_numpy(hm)[None]
+        pooled = nn.functional.max_pool2d(t, kernel, 1, kernel // 2)[0].numpy()
+        np.testing.assert_array_equal(max_pool_nms(hm, kernel), np.where(hm == pooled, hm, 0))
+    with pytest.raises(ValueError):
+        max_pool_nms(hm, 4)
+
+
+def test_top_k_peaks_orders_and_suppresses():
+    hm = np.zeros((2, 10, 12), np.float32)
+    hm[0, 2, 3], hm[0, 2, 4] = 0.9, 0.5   # 0.5 is suppressed by its neighbour
+    hm[0, 7, 9] = 0.7
+    hm[0, 5, 0] = 0.3
+    vals, xs, ys = top_k_peaks(hm, 4)
+    np.testing.assert_allclose(vals[0], [0.9, 0.7, 0.3, 0.0])
+    assert (xs[0, :3].tolist(), ys[0, :3].tolist()) == ([3, 9, 0], [2, 7, 5])
+    assert vals[1].max() == 0
+    # The thresholded (sparse) path returns the same peaks above the threshold.
+    # (power 8: a quarter of the pixels is above 0.1, the dense fallback runs; power 40:
+    # about 6 %, the sparse check runs).
+    rng = np.random.default_rng(1)
+    for power in (8, 40):
+        big = rng.random((4, 40, 40)).astype(np.float32) ** power
+        dense, sparse = top_k_peaks(big, 30), top_k_peaks(big, 30, threshold=0.1)
+        keep = dense[0] > 0.1
+        assert keep.any()
+        for a, b in zip(dense, sparse, strict=True):
+            np.testing.assert_array_equal(np.where(keep, a, 0), b)
+
+
+# --------------------------------------------------------------------------- grouping
+def test_group_recovers_people_with_exact_locations():
+    rng = np.random.default_rng(2)
+    truth = {}
+    for p, tag in enumerate((0.0, 3.0, 6.0)):
+        truth[tag] = [(int(8 + 15 * p + rng.integers(0, 6)), int(rng.integers(4, 60)), 0.9) for _ in range(K)]
+    hm, tags = _scene(truth)
+    persons, scores = group_keypoints(hm, tags, adjust=False, refine=False, **DECODE)
+    assert persons.shape == (3, K, 4) and persons.dtype == np.float32 and scores.shape == (3,)
+    for person in persons:
+        tag = float(np.round(person[0, 3]))
+        np.testing.assert_array_equal(person[:, :2], np.array([pt[:2] for pt in truth[tag]], np.float32))
+        np.testing.assert_allclose(person[:, 3], tag, atol=1e-6)
+    np.testing.assert_allclose(scores, 0.9, atol=1e-6)
+
+
+def test_far_tag_opens_new_person_and_threshold_filters():
+    joints_a = [(10, 10, 0.9)] * 5 + [None] * (K - 5)
+    joints_b = [None] * 5 + [(40, 40, 0.9)] + [None] * (K - 6)
+    hm, tags = _scene({0.0: joints_a, 1.2: joints_b})
+    persons, scores = group_keypoints(hm, tags, adjust=False, refine=False, **DECODE)
+    assert len(persons) == 2                               # |1.2 - 0| >= tag_threshold 1.0
+    persons, _ = group_keypoints(hm, tags, adjust=False, refine=False,
+                                 **{**DECODE, "tag_threshold": 1.5})
+    assert len(persons) == 1                               # now close enough to join
+    hm[5] *= 0.05                                          # below detection_threshold
+    persons, scores = group_keypoints(hm, tags, adjust=False, refine=False, **DECODE)
+    assert len(persons) == 1 and persons[0, 5, 2] == 0
+    np.testing.assert_allclose(scores[0], 5 * 0.9 / K, rtol=1e-6)   # mean over all K joints
+
+
+def test_refine_fills_missing_joint_from_mean_tag():
+    joints = [(20, 20 + k, 0.9) for k in range(K)]
+    joints[9] = (30, 33, 0.05)                              # weak wrist: below threshold
+    other = [(50, 10 + k, 0.9) for k in range(K)]
+    hm, tags = _scene({0.0: joints, 5.0: other})
+    plain, s_plain = group_keypoints(hm, tags, adjust=False, refine=False, **DECODE)
+    refined, s_ref = group_keypoints(hm, tags, adjust=False, refine=True, **DECODE)
+    me = int(np.argmin(np.abs(plain[:, 0, 3])))
+    assert plain[me, 9, 2] == 0
+    # Refinement adds the quarter offset toward the higher neighbour, as the reference does.
+    assert abs(refined[me, 9, 0] - 30) == 0.25 and abs(refined[me, 9, 1] - 33) == 0.25
+    assert refined[me, 9, 2] == pytest.approx(0.05, rel=1e-5)
+    np.testing.assert_array_equal(s_plain, s_ref)           # person score is taken before refinement
+
+
+def test_adjust_moves_a_quarter_pixel_toward_the_higher_neighbour():
+    hm = np.zeros((K, 16, 16), np.float32)
+    tags = np.zeros((K, 16, 16, 1), np.float32)
+    hm[:, 8, 8] = 1.0
+    hm[:, 8, 9] = 0.6      # right neighbour higher -> +0.25 in x
+    hm[:, 7, 8] = 0.6      # upper neighbour higher -> -0.25 in y
+    persons, _ = group_keypoints(hm, tags, adjust=True, refine=False, **DECODE)
+    np.testing.assert_allclose(persons[0, :, 0], 8.25)
+    np.testing.assert_allclose(persons[0, :, 1], 7.75)
+
+
+def test_empty_and_invalid_inputs():
+    persons, scores = group_keypoints(np.zeros((K, 8, 8), np.float32), np.zeros((K, 8, 8, 1), np.float32),
+                                      adjust=True, refine=True, **DECODE)
+    assert persons.shape == (0, K, 4) and scores.shape == (0,)
+    with pytest.raises(ValueError):
+        group_keypoints(np.zeros((K, 8, 8)), np.zeros((K, 8, 9, 1)), **DECODE)
+    with pytest.raises(ValueError):
+        group_keypoints(np.zeros((K, 8, 8)), np.zeros((K, 8, 8)), **{**DECODE, "max_people": 0})
+    assert sorted(default_joint_order(14)) == list(range(14))
+    assert default_joint_order(17)[:9] == (0, 1, 2, 3, 4, 5, 6, 11, 12)
+
+
+def test_matches_straightforward_munkres_decoder():
+    pytest.importorskip("munkres")
+    bench = _load_benchmark()
+    # Scenes where no two candidates of a joint read the same tag (with equal tags any
+    # assignment among them has the same cost, and solvers may break the tie differently).
+    for n, size in ((1, 128), (6, 128), (15, 128), (30, 256)):
+        hm, tags, _ = bench.make_scene(n, seed=100 + n, size=size)
+        kw = dict(detection_threshold=0.1, tag_threshold=1.0, max_people=max(30, n), adjust=True, refine=True)
+        ours, s_ours = group_keypoints(hm, tags, **kw)
+        ref, s_ref = bench.reference_decode(hm, tags, **kw)
+        assert ours.shape == ref.shape
+        np.testing.assert_allclose(ours, ref, atol=1e-5)
+        np.testing.assert_allclose(s_ours, s_ref, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- aggregation
+def _render(kps: np.ndarray, person_tags, width: int, stride: int, sigma: float):
+    """Continuous Gaussians of input-px keypoints (P, K, 2) on a map of stride ``stride``
+    (pixel j <-> input px j * stride); tags of the dominant person per pixel."""
+    j = np.arange(width)
+    gx = np.exp(-((j[None, None, :] - kps[:, :, None, 0] / stride) ** 2) / (2 * sigma ** 2))
+    gy = np.exp(-((j[None, None, :] - kps[:, :, None, 1] / stride) ** 2) / (2 * sigma ** 2))
+    g = gy[:, :, :, None] * gx[:, :, None, :]
+    return g.max(0).astype(np.float32), np.asarray(person_tags, np.float32)[g.argmax(0)]
+
+
+def _outputs(kps, person_tags, size):
+    hq, tq = _render(kps, person_tags, size // 4, 4, 1.0)
+    hh, _ = _render(kps, person_tags, size // 2, 2, 2.0)
+    return [torch.from_numpy(np.concatenate([hq, tq]))[None], torch.from_numpy(hh)[None]]
+
+
+def _mirror(kps, size):
+    m = kps.copy()
+    m[..., 0] = size - 1 - m[..., 0]
+    return m[:, list(FLIP_INDEX)]
+
+
+def test_resize_and_unflip_follow_the_coordinate_convention():
+    x = torch.arange(4.0).view(1, 1, 1, 4).expand(1, 1, 2, 4)
+    up = resize_maps(x, 4, 8)[0, 0, 0]
+    np.testing.assert_allclose(up.numpy(), [0, 0.5, 1, 1.5, 2, 2.5, 3, 3])   # j -> j / 2, border kept
+    assert resize_maps(x, 2, 4) is x
+    # Un-flipping a map rendered from the mirrored input reproduces the direct rendering.
+    kps = np.array([[[21.0, 30.0]]])
+    direct, _ = _render(kps, [0], 32, 2, 2.0)
+    flipped, _ = _render(_mirror(kps[:, :1].repeat(K, 1), 64)[:, :1], [0], 32, 2, 2.0)
+    back = unflip_maps(torch.from_numpy(flipped)[None], 2.0)[0].numpy()
+    naive = flipped[..., ::-1]
+    assert np.abs(back - direct).max() < 0.04 < np.abs(naive - direct).max()
+
+
+def test_aggregate_without_flip_averages_heads_and_lays_out_tags():
+    b, size, tdim = 2, 32, 2
+    rng = np.random.default_rng(3)
+    quarter = torch.from_numpy(rng.random((b, K + K * tdim, size // 4, size // 4)).astype(np.float32))
+    half = torch.from_numpy(rng.random((b, K, size // 2, size // 2)).astype(np.float32))
+    hm, tags = aggregate_outputs([quarter, half], K, tdim)
+    assert hm.shape == (b, K, 16, 16) and tags.shape == (b, K, 16, 16, tdim)
+    # Even pixels of the upsampled quarter map are its own pixels.
+    np.testing.assert_allclose(hm[:, :, ::2, ::2].numpy(), ((quarter[:, :K] + half[:, :, ::2, ::2]) / 2).numpy(),
+                               rtol=1e-6)
+    # Tag channel K + t*K + k is dimension t of joint k (the layout of pose.models.hrnet).
+    np.testing.assert_allclose(tags[0, 4, ::2, ::2, 1].numpy(), quarter[0, K + 1 * K + 4].numpy())
+    with pytest.raises(ValueError):
+        aggregate_outputs([quarter], K, tdim)
+
+
+def test_flip_branch_swaps_joints_of_heatmaps_and_every_tag_dimension():
+    tdim, size = 2, 32
+    quarter = torch.zeros(1, K + K * tdim, size // 4, size // 4)
+    half = torch.zeros(1, K, size // 2, size // 2)
+    for k in range(K):                   # maps constant along x: the un-flip resampling is exact
+        quarter[0, k] = half[0, k] = k / 100
+        for t in range(tdim):
+            quarter[0, K + t * K + k] = 100 * t + k
+    hm, tags = aggregate_outputs([quarter, half], K, tdim, flip_outputs=[quarter, half])
+    assert tags.shape == (1, K, 16, 16, 2 * tdim)
+    for k in range(K):
+        assert hm[0, k].unique().tolist() == pytest.approx([(k + FLIP_INDEX[k]) / 200])
+        for t in range(tdim):
+            assert tags[0, k, ..., t].unique().tolist() == [100 * t + k]
+            assert tags[0, k, ..., tdim + t].unique().tolist() == [100 * t + FLIP_INDEX[k]]
+
+
+def test_flip_test_agrees_with_plain_decoding():
+    size = 128
+    rng = np.random.default_rng(4)
+    kps = rng.uniform(20, 108, (3, K, 2))
+    tags = [1.0, 3.0, 5.0]
+    plain = aggregate_outputs(_outputs(kps, tags, size), K, 1)
+    both = aggregate_outputs(_outputs(kps, tags, size), K, 1, _outputs(_mirror(kps, size), tags, size))
+    assert both[1].shape[-1] == 2
+    assert (plain[0] - both[0]).abs().max() < 0.1
+    for hm, tg in (plain, both):
+        persons, _ = group_keypoints(hm[0].numpy(), tg[0].numpy(), adjust=True, refine=False, **DECODE)
+        assert len(persons) == 3
+        for person in persons:
+            found = person[:, 2] > 0
+            assert found.sum() >= K - 2          # a joint may merge with another person's
+            who = int(np.argmin([abs(person[found, 3].mean() - t) for t in tags]))
+            assert np.abs(person[found, :2] - kps[who, found] / 2).max() <= 0.5   # px of the 1/2 map
+
+
+def test_flip_test_on_symmetric_input_gives_symmetric_output():
+    """A left-right symmetric scene: person B is the mirror of person A, so the flipped
+    input is the input itself and any model returns the same outputs for both."""
+    size = 128
+    rng = np.random.default_rng(5)
+    a = rng.uniform(8, 56, (1, K, 2))
+    scene = np.concatenate([a, _mirror(a, size)])
+    out = _outputs(scene, [1.0, 4.0], size)
+    hm, tags = aggregate_outputs(out, K, 1, flip_outputs=out)
+    # The aggregated heatmaps equal their own mirror image (mirror x -> S - 1 - x in input
+    # px, joints swapped) up to the bilinear resampling.
+    mirrored = unflip_maps(hm, 2.0)[:, list(FLIP_INDEX)]
+    assert (mirrored - hm).abs().max() < 0.05
+    persons, scores = group_keypoints(hm[0].numpy(), tags[0].numpy(), adjust=True, refine=True, **DECODE)
+    assert len(persons) == 2
+    mirror_pts = persons.copy()
+    mirror_pts[..., 0] = (size - 1) / 2 - mirror_pts[..., 0]
+    mirror_pts = mirror_pts[:, list(FLIP_INDEX)]
+    left = int(np.argmin(persons[:, :, 0].mean(1)))
+    # Heatmap pixels are not mirror-symmetric under x -> (S-1)/2 - x (it maps pixel
+    # centres to half-pixels), so decoded points agree within half a heatmap pixel.
+    assert np.abs(mirror_pts[1 - left, :, :2] - persons[left, :, :2]).max() <= 0.5
+    assert scores[0] == pytest.approx(scores[1], abs=0.02)
+
+
+# --------------------------------------------------------------------------- inference
+class TinyPoseNet(nn.Module):
+    """A 2-conv stand-in with the HigherHRNet output format (1/4: heatmaps + tags, 1/2: heatmaps)."""
+
+    def __init__(self, num_joints: int = K, tag_dim: int = 1):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.down = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.quarter = nn.Conv2d(8, num_joints * (1 + tag_dim), 1)
+        self.head_half = nn.Conv2d(8, num_joints, 1)
+        self.num_joints = num_joints
+
+    def forward(self, x):
+        f2 = torch.relu(self.stem(x))
+        f4 = torch.relu(self.down(f2))
+        q = self.quarter(f4)
+        q = torch.cat([torch.sigmoid(q[:, :self.num_joints]), q[:, self.num_joints:]], 1)
+        return [q, torch.sigmoid(self.head_half(f2))]
+
+
+EVAL = dict(input_size=64, flip_test=True, test_scales=[1.0], detection_threshold=0.5, tag_threshold=1.0,
+            max_people=5, adjust=True, refine=True)
+
+
+def _image(h=48, w=80, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_to_input_tensor_normalises_rgb_and_letterboxes():
+    img = np.zeros((20, 40, 3), np.uint8)
+    img[..., 0], img[..., 1], img[..., 2] = 10, 100, 200       # B, G, R
+    aff = letterbox_affine(40, 20, 32)
+    x = to_input_tensor(img, aff, 32)
+    assert x.shape == (3, 32, 32) and x.dtype == np.float32
+    centre = x[:, 16, 16]
+    expect = (np.array([200, 100, 10]) / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    np.testing.assert_allclose(centre, expect, rtol=1e-5)
+    np.testing.assert_allclose(x[:, 0, 16], -np.array(IMAGENET_MEAN) / np.array(IMAGENET_STD), rtol=1e-5)  # padding
+
+
+def test_predict_image_returns_image_px_and_restores_mode():
+    model = TinyPoseNet().train()
+    img = _image()
+    persons = predict_image(model, img, eval_params=EVAL)
+    assert model.training
+    assert persons, "the random model should produce some detections at this threshold"
+    scores = [p["score"] for p in persons]
+    assert scores == sorted(scores, reverse=True)
+    for p in persons:
+        kp = p["keypoints"]
+        assert kp.shape == (K, 3)
+        found = kp[:, 2] > 0
+        assert (kp[found, 0] >= -1).all() and (kp[found, 0] <= 80).all()
+        assert (kp[~found, :2] == 0).all()
+    with pytest.raises(ValueError, match="tag_threshold"):
+        predict_image(model, img, eval_params={k: v for k, v in EVAL.items() if k != "tag_threshold"})
+
+
+def test_single_scale_pipeline_and_multi_scale_with_one_scale():
+    model = TinyPoseNet().eval()
+    img = _image(seed=1)
+    cfg = {**EVAL, "flip_test": False}
+    # Manual single-scale pipeline.
+    aff = letterbox_affine(img.shape[1], img.shape[0], 64)
+    with torch.no_grad():
+        out = model(torch.from_numpy(to_input_tensor(img, aff, 64))[None])
+    hm, tg = aggregate_outputs(out, K, 1)
+    persons, scores = group_keypoints(hm[0].numpy(), tg[0].numpy(), detection_threshold=0.5, tag_threshold=1.0,
+                                      max_people=5, adjust=True, refine=True)
+    manual = heatmap_to_image(persons, aff, 2.0)
+    got = predict_image(model, img, eval_params=cfg)
+    order = np.argsort(-scores, kind="stable")
+    assert len(got) == len(order)
+    for p, i in zip(got, order):
+        np.testing.assert_allclose(p["keypoints"], manual[i], atol=1e-9)
+    # Multi-scale machinery with one scale is the single-scale result; a repeated scale
+    # averages to the same heatmaps and concatenates its tags.
+    h1, t1, _ = multi_scale_maps(model, img, input_size=64, test_scales=[1.0], flip_test=True)
+    h2, t2, _ = multi_scale_maps(model, img, input_size=64, test_scales=[1.0, 1.0], flip_test=True)
+    torch.testing.assert_close(h1, h2)
+    torch.testing.assert_close(torch.cat([t1, t1], -1), t2)
+    h3, t3, _ = multi_scale_maps(model, img, input_size=64, test_scales=[1.0, 0.5, 1.5], flip_test=True)
+    assert h3.shape == h1.shape and t3.shape[-1] == 3 * t1.shape[-1]
+
+
+def test_heatmap_to_image_inverts_the_letterbox():
+    aff = letterbox_affine(640, 427, 512)
+    pts = np.array([[[100.0, 50.0, 1.0], [600.0, 400.0, 0.5]]])
+    hm = pts.copy()
+    hm[..., :2] = apply_affine(aff, pts[..., :2]) / 2
+    np.testing.assert_allclose(heatmap_to_image(hm, aff, 2.0), pts, atol=1e-9)
+
+
+@pytest.mark.skipif(not VAL_JSON.exists(), reason=f"coco-mini not at {COCO_MINI}")
+def test_predict_dataset_end_to_end(tmp_path):
+    data = json.loads(VAL_JSON.read_text())
+    images = data["images"][:3]
+    ids = {im["id"] for im in images}
+    small = {**data, "images": images, "annotations": [a for a in data["annotations"] if a["image_id"] in ids]}
+    ann = tmp_path / "val3.json"
+    ann.write_text(json.dumps(small))
+    results = predict_dataset(TinyPoseNet(), ann, COCO_MINI / "val2017", {**EVAL, "oks_threshold": 0.5}, "cpu")
+    assert all(r["category_id"] == 1 and len(r["keypoints"]) == 3 * K for r in results)
+    assert {r["image_id"] for r in results} <= ids
+    metrics = evaluate_results(ann, results)
+    assert 0.0 <= metrics["AP"] <= 1.0
+    with pytest.raises(FileNotFoundError):
+        predict_dataset(TinyPoseNet(), ann, tmp_path, EVAL, "cpu")
+
+
+# --------------------------------------------------------------------------- oracle
+@pytest.mark.skipif(not VAL_JSON.exists(), reason=f"coco-mini not at {COCO_MINI}")
+def test_oracle_ground_truth_maps_decode_to_high_ap():
+    """Ground-truth heatmaps (render_heatmaps, sigma 2, at 1/2 of a 512 letterbox) and tags
+    (one value per person, 2 apart, over a 7x7 patch at each of its keypoints, N(0, 0.05)
+    noise elsewhere) -> group_keypoints -> image px -> COCO AP."""
+    data = json.loads(VAL_JSON.read_text())
+    by_image: dict[int, list] = {}
+    for a in data["annotations"]:
+        if a["num_keypoints"] > 0 and not a["iscrowd"]:
+            by_image.setdefault(a["image_id"], []).append(a)
+    rng = np.random.default_rng(0)
+    size, hm_size = 512, 256
+    results = []
+    for im in data["images"]:
+        anns = by_image.get(im["id"], [])
+        if not anns:
+            continue
+        aff = letterbox_affine(im["width"], im["height"], size)
+        kp = np.asarray([a["keypoints"] for a in anns], np.float64).reshape(-1, K, 3)
+        kp_hm = kp.copy()
+        kp_hm[..., :2] = apply_affine(aff, kp[..., :2]) / 2
+        heatmaps = render_heatmaps(kp_hm, hm_size, hm_size, 2.0)
+        tags = rng.normal(0.0, 0.05, (K, hm_size, hm_size, 1)).astype(np.float32)
+        for p in range(len(anns)):
+            for k in np.flatnonzero(kp_hm[p, :, 2] > 0):
+                x, y = np.rint(kp_hm[p, k, :2]).astype(int)
+                tags[k, max(y - 3, 0):y + 4, max(x - 3, 0):x + 4, 0] = 2.0 * (p + 1)
+        persons, scores = group_keypoints(heatmaps, tags, adjust=True, refine=True, **DECODE)
+        kps = heatmap_to_image(persons, aff, 2.0)
+        results += to_coco_results([{"keypoints": kps[i], "score": float(scores[i])} for i in range(len(scores))],
+                                   im["id"])
+    metrics = evaluate_results(VAL_JSON, results, per_keypoint=False)
+    print(f"\noracle AP on coco-mini val: {metrics['AP']:.6f} (AP50 {metrics['AP50']:.4f}, "
+          f"grouping accuracy {metrics['grouping_accuracy']:.4f}, {len(results)} persons)")
+    assert metrics["AP"] >= 0.9
+    assert metrics["grouping_accuracy"] >= 0.95
+
+
+def test_overlay_of_predictions(tmp_path):
+    from pose.evaluate.plots import overlay
+
+    img = _image(seed=3)
+    persons = predict_image(TinyPoseNet(), img, eval_params=EVAL)
+    out = overlay(img, persons, tmp_path / "o.png")
+    assert cv2.imread(str(out)).shape == img.shape

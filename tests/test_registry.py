@@ -1,0 +1,554 @@
+"""Model registry: run content, servable model, promotion gate with bootstrap CIs, force / rollback,
+race safety of concurrent promotions, compare reports, data fingerprints and notifications.
+
+Registrations use a tiny random-weight checkpoint and synthetic results made from the real
+coco-mini validation ground truth (perturbed keypoints), so the gate sees controlled APs.
+All tests share one SQLite registry (creating one costs seconds); each test uses its own
+registered model name.
+"""
+
+from __future__ import annotations
+
+import copy
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import COCO_MINI, REPO
+from test_pipeline_e2e import tiny_params
+
+from pose.datasets.schema import COCO_SIGMAS, NUM_JOINTS
+from pose.evaluate.coco import evaluate_results, write_metrics
+from pose.registry import bootstrap as boot
+from pose.registry.promotion import gate_decision
+
+VAL = COCO_MINI / "annotations" / "person_keypoints_val2017.json"
+K = NUM_JOINTS
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def synth_results(gt: dict, *, noise_medium: float, noise_large: float, seed: int, fp_rate: float = 0.3) -> list[dict]:
+    """Ground-truth persons with Gaussian keypoint noise (px) by COCO area range, plus false positives."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for a in gt["annotations"]:
+        if a.get("iscrowd") or a.get("num_keypoints", 0) == 0:
+            continue
+        noise = noise_medium if a["area"] <= 96 ** 2 else noise_large
+        kp = np.asarray(a["keypoints"], np.float64).reshape(K, 3)
+        kp[:, :2] += rng.normal(0, noise, (K, 2))
+        kp[:, 2] = rng.uniform(0.2, 1.0, K)
+        out.append({"image_id": a["image_id"], "category_id": 1, "keypoints": kp.reshape(-1).tolist(),
+                    "score": float(rng.uniform(0.3, 1.0))})
+        if rng.uniform() < fp_rate:
+            fp = kp.copy()
+            fp[:, :2] += rng.normal(0, 40, (1, 2))
+            out.append({"image_id": a["image_id"], "category_id": 1, "keypoints": fp.reshape(-1).tolist(),
+                        "score": float(rng.uniform(0.0, 0.4))})
+    return out
+
+
+class Env:
+    """A shared SQLite registry in a temporary folder (the working directory of the tests)."""
+
+    def __init__(self, root: Path):
+        import torch
+
+        from pose.models import build_model
+        from pose.train.checkpoint import save_checkpoint
+
+        self.root = root
+        self.gt = json.loads(VAL.read_text())
+        self.ann = root / "val.json"
+        self.ann.write_text(json.dumps(self.gt))
+        base = tiny_params()
+        base["registry"].update(tracking_uri=f"sqlite:///{root / 'mlflow.db'}", bootstrap_samples=200)
+        base["data"]["raw_dir"] = str(root / "raw")
+        self.base = base
+        mp = dict(base["model"])
+        torch.manual_seed(0)
+        model = build_model(mp)
+        self.ckpt = root / "best.pt"
+        save_checkpoint({"model": model.state_dict(), "model_params": json.dumps(mp)}, self.ckpt)
+        self.n = 0
+
+    def params(self, name: str, **registry) -> dict:
+        p = copy.deepcopy(self.base)
+        p["registry"].update(model_name=name, **registry)
+        return p
+
+    def params_file(self, name: str, **registry) -> Path:
+        import yaml
+
+        f = self.root / f"params-{name}.yaml"
+        f.write_text(yaml.safe_dump(self.params(name, **registry), sort_keys=False))
+        return f
+
+    def evidence(self, *, noise_medium: float, noise_large: float, seed: int, gt: dict | None = None):
+        """(metrics path, results path, annotations path) of synthetic results."""
+        self.n += 1
+        d = self.root / f"ev{self.n}"
+        d.mkdir()
+        gt = gt or self.gt
+        ann = d / "val.json"
+        ann.write_text(json.dumps(gt))
+        res = synth_results(gt, noise_medium=noise_medium, noise_large=noise_large, seed=seed)
+        (d / "results.json").write_text(json.dumps(res))
+        write_metrics(evaluate_results(ann, res, sigmas=COCO_SIGMAS), d / "metrics.json")
+        return d / "metrics.json", d / "results.json", ann
+
+    def register(self, name: str, *, gate: bool = True, reevaluate=None, gt: dict | None = None, **noise) -> dict:
+        from pose.registry.mlflow_registry import register_run
+
+        metrics, results, ann = self.evidence(gt=gt, **noise)
+        return register_run(self.params(name), checkpoint=self.ckpt, eval_metrics=metrics, eval_annotations=ann,
+                            out=metrics.parent / "registration.json", results=results, gate=gate,
+                            reevaluate=reevaluate)
+
+    def fake(self, name: str, *, gate: bool = True, reevaluate=None, gt: dict | None = None, **noise) -> dict:
+        """A cheap registration: a run with the eval/ evidence and the weights only (what the gate reads),
+        then the same version creation + gate as register_run."""
+        import mlflow
+
+        from pose.registry.data_version import image_list
+        from pose.registry.mlflow_registry import file_sha256
+        from pose.registry.promotion import promote
+
+        metrics, results, ann = self.evidence(gt=gt, **noise)
+        h = file_sha256(ann)
+        mlflow.set_tracking_uri(self.base["registry"]["tracking_uri"])
+        mlflow.set_experiment(self.base["registry"]["experiment"])
+        with mlflow.start_run() as run:
+            mlflow.set_tags({"eval_data_hash": h, "dataset": "coco-mini"})
+            mlflow.log_metric("AP", json.loads(metrics.read_text())["AP"])
+            mlflow.log_artifact(str(metrics), "eval")
+            mlflow.log_artifact(str(results), "eval")
+            mlflow.log_text(ann.read_text(), "eval/annotations.json")
+            mlflow.log_text(json.dumps(image_list(ann)), "data/eval_images.json")
+            mlflow.log_artifact(str(self.ckpt), "model")
+        client = self.client()
+        try:
+            client.create_registered_model(name)
+        except Exception:  # noqa: BLE001 - exists
+            pass
+        mv = client.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id,
+                                         tags={"eval_data_hash": h, "AP": str(json.loads(metrics.read_text())["AP"])})
+        client.set_registered_model_alias(name, "challenger", mv.version)
+        rec = {"version": int(mv.version), "run_id": run.info.run_id, "eval_data_hash": h,
+               "AP": json.loads(metrics.read_text())["AP"], "metrics": metrics}
+        if gate:
+            rec.update(promote(self.params(name), version=mv.version, reevaluate=reevaluate, client=client))
+        return rec
+
+    def client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(self.base["registry"]["tracking_uri"])
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, coco_mini):
+    root = tmp_path_factory.mktemp("registry")
+    old = os.getcwd()
+    os.chdir(root)  # relative paths (mlruns/, data/compare) land in the temporary folder
+    try:
+        yield Env(root)
+    finally:
+        os.chdir(old)
+
+
+def _tags(env: Env, name: str, version) -> dict:
+    return env.client().get_model_version(name, str(version)).tags
+
+
+# ----------------------------------------------------------------------------- bootstrap (no MLflow)
+
+def test_bootstrap_accumulation_equals_pycocotools_with_duplicated_images(coco_mini):
+    gt = json.loads(VAL.read_text())
+    res = synth_results(gt, noise_medium=5, noise_large=5, seed=1)
+    table = boot.match_table(gt, res)
+    ones = np.ones((1, len(table.img_ids)), np.int64)
+    metrics = evaluate_results(gt, res, per_keypoint=False)
+    got = boot.accumulate(table, ones)
+    for m in boot.BOOT_METRICS:
+        assert got[m][0] == pytest.approx(metrics[m], abs=1e-12), m
+    # a bootstrap draw counts an image c times: same as pycocotools on a set holding c renamed copies of it
+    rng = np.random.default_rng(3)
+    counts = rng.multinomial(len(table.img_ids), np.full(len(table.img_ids), 1 / len(table.img_ids)))
+    dup = {"images": [], "annotations": [], "categories": gt["categories"]}
+    dup_res = []
+    by_img = {}
+    for a in gt["annotations"]:
+        by_img.setdefault(a["image_id"], []).append(a)
+    res_by_img = {}
+    for r in res:
+        res_by_img.setdefault(r["image_id"], []).append(r)
+    ims = {im["id"]: im for im in gt["images"]}
+    new_id = ann_id = 0
+    for img_id, c in zip(table.img_ids, counts):
+        for _ in range(int(c)):
+            new_id += 1
+            dup["images"].append({**ims[img_id], "id": new_id})
+            for a in by_img.get(img_id, []):
+                ann_id += 1
+                dup["annotations"].append({**a, "id": ann_id, "image_id": new_id})
+            dup_res += [{**r, "image_id": new_id} for r in res_by_img.get(img_id, [])]
+    ref = evaluate_results(dup, dup_res, per_keypoint=False)
+    got = boot.accumulate(table, counts[None])
+    for m in boot.BOOT_METRICS:
+        assert got[m][0] == pytest.approx(ref[m], abs=1e-9), m
+
+
+def test_bootstrap_ci_separates_clearly_different_models(coco_mini):
+    gt = json.loads(VAL.read_text())
+    good = synth_results(gt, noise_medium=1, noise_large=1, seed=2)
+    bad = synth_results(gt, noise_medium=12, noise_large=12, seed=2)
+    t0 = time.perf_counter()
+    out = boot.bootstrap_diff(gt, bad, good, n_resamples=300, seed=0)
+    assert time.perf_counter() - t0 < 20
+    ap = out["metrics"]["AP"]
+    assert ap["delta"] > 0.1 and 0 < ap["ci_low"] < ap["delta"] < ap["ci_high"]
+    assert out["n_images"] == 79 and ap["n_valid"] == 300
+    same = boot.bootstrap_diff(gt, good, good, n_resamples=50, seed=0)["metrics"]["AP"]
+    assert same["delta"] == 0 and same["ci_low"] == 0 and same["ci_high"] == 0
+
+
+def test_gate_decision_rules():
+    champ = {"AP": 0.50, "APM": 0.40, "APL": 0.60}
+    ok, reasons = gate_decision({"AP": 0.51, "APM": 0.39, "APL": 0.70}, champ, margin=0.005, scale_tolerance=0.02)
+    assert ok and any("APM delta -0.0100 within" in r for r in reasons)
+    ok, reasons = gate_decision({"AP": 0.504, "APM": 0.5, "APL": 0.7}, champ, margin=0.005, scale_tolerance=0.02)
+    assert not ok and "<" in reasons[0]
+    ok, reasons = gate_decision({"AP": 0.60, "APM": 0.30, "APL": 0.90}, champ, margin=0.005, scale_tolerance=0.02)
+    assert not ok and any("APM regresses -0.1000 beyond tolerance" in r for r in reasons)
+    ok, reasons = gate_decision({"AP": 0.60, "APM": -1.0, "APL": 0.90}, champ, margin=0.005, scale_tolerance=0.02)
+    assert ok and any("APM not checked" in r for r in reasons)
+    assert gate_decision({"AP": 0.0}, None, margin=0.1, scale_tolerance=0) == (True, ["no champion yet"])
+
+
+# ----------------------------------------------------------------------------- registry
+
+def test_register_logs_run_content_and_a_servable_model(env):
+    import mlflow
+
+    from pose.registry.serving import load_registered_model
+
+    rec = env.register("content", noise_medium=6, noise_large=6, seed=0)
+    assert rec["version"] == 1 and rec["promoted"] and rec["reason"] == "no champion yet"
+    assert set(rec["aliases"]) == {"challenger", "champion"}
+    client = env.client()
+    run = client.get_run(rec["run_id"])
+    tags = run.data.tags
+    for key in ("git.commit", "git.dirty", "dataset", "eval_data_hash", "data.source_fingerprint"):
+        assert key in tags, key
+    assert tags["dataset"] == "coco-mini" and tags["eval_data_hash"] == rec["eval_data_hash"]
+    assert run.data.params["train.use_curriculum"] == "True"
+    assert "kp_AP/nose" in run.data.metrics and run.data.metrics["AP"] == pytest.approx(rec["AP"])
+    arts = {f.path for d in ("", "eval", "model", "plots", "checkpoint", "data")
+            for f in client.list_artifacts(rec["run_id"], d or None)}
+    for path in ("model_card.md", "eval/metrics.json", "eval/results.json", "eval/annotations.json",
+                 "model/MLmodel", "checkpoint/best.pt", "plots/per_keypoint_ap.png", "data/eval_images.json"):
+        assert path in arts, path
+    card = mlflow.artifacts.load_text(f"runs:/{rec['run_id']}/model_card.md")
+    assert "# Model card: content v1" in card and "no champion yet" in card
+    mv = client.get_model_version("content", "1")
+    assert mv.tags["data.source_fingerprint"] == tags["data.source_fingerprint"]
+    assert client.get_registered_model("content").tags["data.fingerprint"] == tags["data.source_fingerprint"]
+    assert json.loads(client.get_registered_model("content").tags["champion.history"]) == [1]
+
+    # pyfunc: signature, input example, prediction, and the scoring server `mlflow models serve` runs
+    uri = "models:/content@champion"
+    info = mlflow.models.get_model_info(uri)
+    assert info.signature.inputs.inputs[0].shape == (-1, 3, -1, -1)
+    assert info.saved_input_example_info["type"] == "ndarray"
+    model = mlflow.pyfunc.load_model(uri)
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    y = model.predict(x)
+    assert y.shape == (1, 2 * K, 32, 32) and y.dtype == np.float32
+    from fastapi.testclient import TestClient
+    from mlflow.pyfunc import scoring_server
+
+    resp = TestClient(scoring_server.init(model)).post("/invocations", json={"inputs": x.tolist()})
+    assert resp.status_code == 200, resp.text
+    assert np.asarray(resp.json()["predictions"]).shape == (1, 2 * K, 32, 32)
+    # torch module for `pose predict --model models:/...`
+    net = load_registered_model(uri, tracking_uri=env.base["registry"]["tracking_uri"])
+    outs = net(__import__("torch").from_numpy(x))
+    assert outs[0].shape == (1, 2 * K, 16, 16)
+
+
+def test_gate_promotes_only_a_better_model_without_scale_regression(env):
+    name = "gate"
+    env.fake(name, noise_medium=6, noise_large=6, seed=0)                         # v1 champion (AP .40)
+    better = env.register(name, noise_medium=4, noise_large=4, seed=1)            # v2: better (AP .53)
+    assert better["promoted"] and better["decision"] == "promoted", better["reason"]
+    assert 0 < better["ci_AP"]["ci_low"] < better["ci_AP"]["delta"] < better["ci_AP"]["ci_high"]
+    assert better["champion_AP_before"] < better["AP"] and better["champion_before"] == 1
+    t = _tags(env, name, 2)
+    assert t["promotion.decision"] == "promoted" and t["promotion.champion_before"] == "1"
+    assert t["promotion.AP_delta_ci95"].startswith("[+") and "margin" in t["promotion.reason"]
+    assert "PROMOTED to champion" in env.client().get_model_version(name, "2").description
+    assert "vs champion v1" in mlflow_text(better["run_id"], "model_card.md")
+    worse = env.fake(name, noise_medium=8, noise_large=8, seed=2)                 # v3: worse
+    assert not worse["promoted"] and worse["decision"] == "kept_champion"
+    assert _tags(env, name, 3)["promotion.decision"] == "kept_champion"
+    # v4: much better on large persons, worse on medium ones -> AP up, APM down beyond tolerance
+    mixed = env.fake(name, noise_medium=4.4, noise_large=0, seed=0)
+    champ_m = json.loads(better_metrics(env, better).read_text())
+    mixed_m = json.loads(mixed["metrics"].read_text())
+    assert mixed_m["AP"] >= champ_m["AP"] + 0.005 and mixed_m["APM"] < champ_m["APM"] - 0.02   # the setup
+    assert not mixed["promoted"] and "APM regresses" in mixed["reason"]
+    client = env.client()
+    assert int(client.get_model_version_by_alias(name, "champion").version) == 2
+    assert int(client.get_model_version_by_alias(name, "challenger").version) == 4
+    assert json.loads(client.get_registered_model(name).tags["champion.history"]) == [1, 2]
+
+
+def mlflow_text(run_id: str, path: str) -> str:
+    import mlflow
+
+    return mlflow.artifacts.load_text(f"runs:/{run_id}/{path}")
+
+
+def better_metrics(env: Env, rec: dict) -> Path:
+    import mlflow
+
+    return Path(mlflow.artifacts.download_artifacts(run_id=rec["run_id"], artifact_path="eval/metrics.json",
+                                                    dst_path=str(env.root / f"dl-{rec['run_id']}")))
+
+
+def test_force_promotion_needs_a_reason_and_rollback_restores_the_previous_champion(env):
+    from pose.cli import app
+
+    name = "manual"
+    env.fake(name, noise_medium=3, noise_large=3, seed=0)                         # v1 champion
+    env.fake(name, noise_medium=9, noise_large=9, seed=1)                         # v2 kept (worse)
+    pf = env.params_file(name)
+    runner = CliRunner()
+    res = runner.invoke(app, ["promote", "--version", "2", "--force", "--params", str(pf)])
+    assert res.exit_code != 0 and "--reason" in res.output
+    res = runner.invoke(app, ["promote", "--version", "2", "--force", "--reason", "hotfix for customer X",
+                              "--params", str(pf)])
+    assert res.exit_code == 0, res.output
+    client = env.client()
+    assert int(client.get_model_version_by_alias(name, "champion").version) == 2
+    t = _tags(env, name, 2)
+    assert t["promotion.decision"] == "forced" and "hotfix for customer X" in t["promotion.reason"]
+    assert "promotion.forced_by" in t
+    res = runner.invoke(app, ["rollback", "--reason", "v2 misses small people", "--params", str(pf)])
+    assert res.exit_code == 0, res.output
+    assert int(client.get_model_version_by_alias(name, "champion").version) == 1
+    assert json.loads(client.get_registered_model(name).tags["champion.history"]) == [1]
+    t = _tags(env, name, 2)
+    assert t["promotion.decision"] == "rolled_back" and t["promotion.rollback_reason"] == "v2 misses small people"
+    res = runner.invoke(app, ["rollback", "--reason", "again", "--params", str(pf)])
+    assert res.exit_code != 0 and "no previous champion" in res.output
+    # the gate on an unchanged champion is a no-op
+    res = runner.invoke(app, ["promote", "--version", "1", "--params", str(pf)])
+    assert res.exit_code == 0 and json.loads(res.output)["decision"] == "already_champion"
+
+
+def test_champion_is_reevaluated_on_the_challengers_data_once(env):
+    name = "reeval"
+    subset = copy.deepcopy(env.gt)
+    keep = {im["id"] for im in subset["images"][:50]}
+    subset["images"] = [im for im in subset["images"] if im["id"] in keep]
+    subset["annotations"] = [a for a in subset["annotations"] if a["image_id"] in keep]
+    env.fake(name, gt=subset, noise_medium=5, noise_large=5, seed=0)             # v1 on 50 images
+    calls = []
+
+    def reevaluate(ckpt: Path, annotations: Path):
+        calls.append((Path(ckpt).name, Path(annotations).name))
+        gt = json.loads(Path(annotations).read_text())
+        res = synth_results(gt, noise_medium=5, noise_large=5, seed=0)
+        return evaluate_results(gt, res), res
+
+    rec = env.fake(name, reevaluate=reevaluate, noise_medium=1, noise_large=1, seed=1)       # v2 on 79 images
+    assert calls == [("best.pt", "annotations.json")]
+    assert rec["promoted"] and "re-evaluated on" in rec["reason"] and rec["ci"]["metrics"]["AP"]["ci_low"] is not None
+    h16 = rec["eval_data_hash"][:16]
+    client = env.client()
+    assert f"reeval.{h16}.AP" in _tags(env, name, 1)
+    assert any(f.path == f"reeval/{h16}/results.json"
+               for f in client.list_artifacts(client.get_model_version(name, "1").run_id, f"reeval/{h16}"))
+    # gating v1-era champion again on the same data uses the cached re-evaluation
+    from pose.registry.promotion import promote, rollback
+
+    rollback(env.params(name), reason="test")
+    rec3 = promote(env.params(name), version=2, reevaluate=reevaluate)
+    assert len(calls) == 1 and "cached re-evaluation" in rec3["reason"] and rec3["promoted"]
+
+
+RACE = """
+import json, os, sys, time
+from pathlib import Path
+import pose.registry.promotion as P
+P._critical_hook = lambda: time.sleep({hold})
+ready, go = Path(sys.argv[2]), Path(sys.argv[3])
+ready.touch()
+while not go.exists():
+    time.sleep(0.02)
+from pose.cli import app
+app(["promote", "--version", sys.argv[1], "--params", {params!r}])
+"""
+
+
+@pytest.mark.slow
+def test_concurrent_promotions_leave_the_best_champion_and_consistent_tags(env, tmp_path):
+    name = "race"
+    env.fake(name, noise_medium=8, noise_large=8, seed=0)                         # v1 champion
+    env.fake(name, gate=False, noise_medium=4, noise_large=4, seed=1)             # v2 better
+    env.fake(name, gate=False, noise_medium=1, noise_large=1, seed=2)             # v3 best
+    pf = env.params_file(name, bootstrap_samples=50)
+    script = RACE.format(hold=2.0, params=str(pf))
+    go = tmp_path / "go"
+    envv = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+    procs = {v: subprocess.Popen([sys.executable, "-c", script, v, str(tmp_path / f"ready{v}"), str(go)],
+                                 cwd=env.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=envv)
+             for v in ("2", "3")}
+    deadline = time.time() + 120
+    while not all((tmp_path / f"ready{v}").exists() for v in procs) and time.time() < deadline:
+        time.sleep(0.05)
+    go.touch()
+    records = {}
+    for v, p in procs.items():
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+        records[v] = json.loads(out[out.index("{"):])
+    # the two promotions overlapped and were serialized by the lock
+    assert max(r["lock_wait_s"] for r in records.values()) > 1.0, records
+    client = env.client()
+    assert int(client.get_model_version_by_alias(name, "champion").version) == 3
+    hist = json.loads(client.get_registered_model(name).tags["champion.history"])
+    assert hist in ([1, 2, 3], [1, 3]), hist
+    for v in hist[1:]:
+        assert _tags(env, name, v)["promotion.decision"] == "promoted"
+    if hist == [1, 3]:   # v3 first: v2 was then gated against v3, not v1
+        assert records["2"]["decision"] == "kept_champion" and records["2"]["champion_before"] == 3
+    else:
+        assert records["3"]["champion_before"] == 2
+    assert client.get_registered_model(name).tags["champion.change"].startswith("v3:")
+
+
+def test_compare_report_has_metrics_cis_curves_diffs_and_overlays(env, tmp_path):
+    from mlflow import MlflowClient
+
+    from pose.registry.compare import compare
+
+    name = "review"
+    env.fake(name, noise_medium=6, noise_large=6, seed=0)
+    subset = copy.deepcopy(env.gt)
+    drop = {im["id"] for im in subset["images"][:3]}
+    subset["images"] = [im for im in subset["images"] if im["id"] not in drop]
+    subset["annotations"] = [a for a in subset["annotations"] if a["image_id"] not in drop]
+    rec2 = env.register(name, gt=subset, gate=False, noise_medium=2, noise_large=2, seed=1)
+    client = MlflowClient(env.base["registry"]["tracking_uri"])
+    client.log_batch(client.get_model_version(name, "1").run_id,
+                     metrics=[__import__("mlflow").entities.Metric("train/loss", 1.0 / s, 0, s) for s in range(1, 6)])
+    client.log_batch(rec2["run_id"],
+                     metrics=[__import__("mlflow").entities.Metric("train/loss", 0.8 / s, 0, s) for s in range(1, 6)])
+    params = env.params(name)
+    params["data"]["mirror"] = str(COCO_MINI.parent)
+    out = compare(params, "champion", "challenger", out_dir=tmp_path / "cmp", images_dir=COCO_MINI / "val2017")
+    md = Path(out["markdown"]).read_text()
+    for section in ("## AP family", "## Per scale", "## Per keypoint AP", "## Training curves", "## Params diff",
+                    "## Data diff", "## Overlays"):
+        assert section in md, section
+    assert "images common to both evaluation sets" in md and "removed in B 3" in md
+    s = out["summary"]
+    assert s["bootstrap"]["n_images"] == 76 and s["eval_images"]["removed"] == 3
+    assert (tmp_path / "cmp" / "training_curves.png").stat().st_size > 1000
+    assert len(list((tmp_path / "cmp" / "overlays").glob("*.png"))) == 4
+    page = Path(out["html"]).read_text()
+    assert page.count("data:image/png;base64,") == 5 and "<table>" in page
+    logged = {f.path for f in client.list_artifacts(rec2["run_id"], out["artifact_path"])}
+    assert f"{out['artifact_path']}/report.html" in logged
+
+
+# ----------------------------------------------------------------------------- data versions, notify
+
+def test_source_fingerprint_tracks_folder_content(tmp_path):
+    from pose.registry.data_version import source_fingerprint
+
+    mirror = tmp_path / "mirror" / "ds"
+    (mirror / "annotations").mkdir(parents=True)
+    (mirror / "annotations" / "a.json").write_text("{}")
+    params = {"data": {"dataset": "ds", "mirror": str(tmp_path / "mirror"), "train_split": "t", "val_split": "v"},
+              "catalogue": {"ds": {"kind": "coco", "mirror": "ds"}, "gen": {"kind": "generated"}},
+              "generated": {"seed": 0}, "schedule": {"fingerprint": "content"}}
+    a = source_fingerprint(params)
+    assert a["files"] == 1 and a["source"].startswith("mirror:")
+    assert source_fingerprint(params)["fingerprint"] == a["fingerprint"]
+    (mirror / "v").mkdir()
+    (mirror / "v" / "1.jpg").write_bytes(b"x")
+    b = source_fingerprint(params)
+    assert b["fingerprint"] != a["fingerprint"] and b["files"] == 2
+    (mirror / "v" / "1.jpg").write_bytes(b"y")
+    assert source_fingerprint(params)["fingerprint"] != b["fingerprint"]
+    assert source_fingerprint(params, mode="stat")["fingerprint"] != source_fingerprint(params)["fingerprint"]
+    params["data"]["dataset"] = "gen"
+    g = source_fingerprint(params)
+    params["generated"]["seed"] = 1
+    assert source_fingerprint(params)["fingerprint"] != g["fingerprint"]
+
+
+class _Hook(http.server.BaseHTTPRequestHandler):
+    received: list = []
+    fail_first = 0
+
+    def do_POST(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if _Hook.fail_first > 0:
+            _Hook.fail_first -= 1
+            self.send_response(503)
+        else:
+            _Hook.received.append(json.loads(body))
+            self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def webhook():
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Hook)
+    _Hook.received = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/hook", _Hook
+    server.shutdown()
+
+
+def test_notify_posts_with_retries_and_env_override(webhook, monkeypatch):
+    from pose.registry.notify import notify, webhook_url
+
+    url, hook = webhook
+    hook.fail_first = 2
+    assert notify("promotion", "v2 is champion", {"version": 2}, url=url, backoff=0.01)
+    assert hook.received == [{"event": "promotion", "text": "v2 is champion", "version": 2}]
+    assert not notify("x", "no url", url="")
+    monkeypatch.setenv("POSE_NOTIFY_WEBHOOK", url)
+    assert webhook_url({"schedule": {"notify_webhook": "http://other"}}) == url
+    monkeypatch.delenv("POSE_NOTIFY_WEBHOOK")
+    assert webhook_url({"schedule": {"notify_webhook": "http://other"}}) == "http://other"
+    assert not notify("x", "down", url="http://127.0.0.1:9/none", retries=1, backoff=0.01)
+
+
+def test_lock_file_paths():
+    from pose.registry.promotion import lock_path_for
+
+    assert lock_path_for("sqlite:///mlflow.db") == Path("mlflow.db.lock")
+    assert lock_path_for("sqlite:////abs/x.db") == Path("/abs/x.db.lock")
+    assert lock_path_for("file:///srv/mlruns") == Path("/srv/mlruns/.promotion.lock")
+    assert lock_path_for("https://mlflow.example").parent.name == "pose-registry"
+    assert REPO.exists()

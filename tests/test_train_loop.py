@@ -1,0 +1,385 @@
+"""The training loop on real coco-mini images: exact resume after SIGKILL, crash-safe
+checkpoints, DDP on 2 CPU ranks (gloo, torchrun), learning, bf16 autocast.
+
+Tiny configurations (HRNet width 8, one module per stage, 128/160 px inputs, batch
+2) keep every run to seconds. Training subprocesses run with one intra-op thread,
+so a resumed run and the uninterrupted reference run do the same float operations
+in the same order and must end with bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import queue
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import REPO
+from pose.train.checkpoint import load_checkpoint, remove_stale_temps, save_checkpoint
+from pose.train.ddp import state_dict_digest
+from pose.train.loop import train
+
+BIN = Path(sys.executable).parent
+BASE = yaml.safe_load((REPO / "params.yaml").read_text())
+STEPS_PER_EPOCH = 3
+TOTAL_STEPS = 2 * STEPS_PER_EPOCH
+NO_AUGMENT = {"max_rotation": 0, "min_scale": 1.0, "max_scale": 1.0, "max_translate": 0.0, "flip_prob": 0.0,
+              "color_jitter": 0.0}
+
+
+def tiny_params(**train) -> dict:
+    p = copy.deepcopy(BASE)
+    p["model"].update(width=8, stage_blocks=[1, 1, 1], pretrained="")
+    p["train"].update(batch_size=2, workers=0, max_steps_per_epoch=STEPS_PER_EPOCH, warmup_steps=2, log_every=1,
+                      checkpoint_every=1, amp=False, multi_scale=True, use_curriculum=True,
+                      curriculum=[{"sizes": [128], "epochs": 1}, {"sizes": [128, 160], "epochs": 1}])
+    p["train"].update(train)
+    return p
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", DO_NOT_TRACK="1")
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def _train_args(coco: Path, run: Path, params_file: Path) -> list[str]:
+    return ["train", "--train-ann", str(coco / "annotations" / "person_keypoints_train2017.json"),
+            "--train-images", str(coco / "train2017"), "--out-dir", str(run / "models"),
+            "--metrics", str(run / "train.json"), "--steps", str(run / "steps.csv"), "--params", str(params_file)]
+
+
+def _write_params(run: Path, params: dict) -> Path:
+    run.mkdir(parents=True, exist_ok=True)
+    path = run / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def _cli(coco: Path, run: Path, params: dict, *, prefix: list[str] | None = None, timeout: int = 120):
+    """Run `pose train` (or ``prefix`` + its arguments) to completion; returns the CompletedProcess."""
+    cmd = (prefix or [sys.executable, "-m", "pose.cli"]) + _train_args(coco, run, _write_params(run, params))
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+class Lines:
+    """A subprocess whose stdout lines arrive on a queue (so waiting for one can time out)."""
+
+    def __init__(self, cmd: list[str], **env: str):
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env={**_env(), **env}, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT,
+                                     text=True)
+        self.seen: list[str] = []
+        self._q: queue.Queue = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        for line in self.proc.stdout:
+            self._q.put(line)
+        self._q.put(None)
+
+    def wait_for(self, predicate, timeout: float = 120) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self._q.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            self.seen.append(line)
+            if predicate(line):
+                return line
+        self.kill()
+        raise AssertionError("expected output never came:\n" + "".join(self.seen[-40:]))
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+
+def assert_same_training_state(a: dict, b: dict) -> None:
+    """Model weights and buffers bit-identical, same optimiser moments and schedule position."""
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), f"model tensor {k} differs"
+    for pid, sa in a["optimizer"]["state"].items():
+        for k, v in sa.items():
+            assert torch.equal(v, b["optimizer"]["state"][pid][k]), f"optimizer state {pid}.{k} differs"
+    assert a["scheduler"] == b["scheduler"]
+    assert torch.equal(a["rng_cpu"], b["rng_cpu"])
+    for k in ("epoch", "batch_in_epoch", "global_step", "best_loss", "history"):
+        assert a[k] == b[k], k
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """In-process training with one intra-op thread: on a shared, busy CPU, OpenMP threads
+    that wait for each other make steps over 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def reference(coco_mini, tmp_path_factory) -> Path:
+    """An uninterrupted run of the tiny configuration (augmentation on; checkpoint
+    frequency does not change training)."""
+    run = tmp_path_factory.mktemp("reference")
+    _cli(coco_mini, run, tiny_params(checkpoint_every=0))
+    assert json.loads((run / "train.json").read_text())["steps"] == TOTAL_STEPS
+    return run
+
+
+def test_sigkill_mid_epoch_then_resume_gives_identical_weights(coco_mini, tmp_path, reference):
+    params = tiny_params()
+    run = tmp_path / "killed"
+    params_file = _write_params(run, params)
+    job = Lines([sys.executable, "-m", "pose.cli"] + _train_args(coco_mini, run, params_file))
+    last = run / "models" / "last.pt"
+    # step 5 is the 2nd batch of epoch 1 (multi-size); last.pt holds step 4 or 5 when the line appears
+    job.wait_for(lambda line: line.startswith(f"step 5/{TOTAL_STEPS} ") and last.exists())
+    job.kill()
+    assert job.proc.returncode == -signal.SIGKILL
+    assert not (run / "train.json").exists(), "the run finished before the kill"
+    ck = load_checkpoint(last)
+    assert ck["epoch"] == 1 and 0 < ck["batch_in_epoch"] < STEPS_PER_EPOCH, "expected a mid-epoch checkpoint"
+    killed_at = ck["global_step"]
+
+    resumed = _cli(coco_mini, run, params)
+    assert f"resumed from {last}: epoch 1 batch {killed_at - STEPS_PER_EPOCH} step {killed_at}" in resumed.stdout
+    assert f"step {killed_at + 1}/{TOTAL_STEPS} " in resumed.stdout and f"step {killed_at}/" not in resumed.stdout
+    assert_same_training_state(load_checkpoint(last), load_checkpoint(reference / "models" / "last.pt"))
+    # torch.save is deterministic and checkpoints hold no wall-clock values: same bytes
+    for name in ("last.pt", "best.pt"):
+        assert (run / "models" / name).read_bytes() == (reference / "models" / name).read_bytes(), name
+
+    def losses(path: Path) -> list[list[str]]:  # every column but the wall-clock images_per_s
+        rows = [line.split(",") for line in path.read_text().splitlines()]
+        return [r[:-1] for r in rows]
+
+    assert losses(run / "steps.csv") == losses(reference / "steps.csv")
+    summary = json.loads((run / "train.json").read_text())
+    ref = json.loads((reference / "train.json").read_text())
+    assert summary["final_loss"] == ref["final_loss"] and summary["best_epoch_loss"] == ref["best_epoch_loss"]
+
+
+# A driver that runs `pose train` but freezes inside the checkpoint save of global step
+# HANG_STEP after writing the first half of the real serialised bytes (a kill mid-write).
+HANG_DRIVER = """
+import io, os, sys, time
+import torch
+HANG_STEP = int(os.environ["HANG_STEP"])
+_save = torch.save
+def save(obj, f, *a, **k):
+    if isinstance(obj, dict) and obj.get("global_step") == HANG_STEP and hasattr(f, "fileno"):
+        buf = io.BytesIO()
+        _save(obj, buf, *a, **k)
+        data = buf.getvalue()
+        f.write(data[: len(data) // 2]); f.flush(); os.fsync(f.fileno())
+        print("HANG_IN_SAVE", os.path.basename(f.name if isinstance(f.name, str) else ""), flush=True)
+        time.sleep(600)
+    return _save(obj, f, *a, **k)
+torch.save = save
+from pose.cli import main
+sys.argv = ["pose"] + sys.argv[1:]
+main()
+"""
+
+
+def test_sigkill_during_checkpoint_save_keeps_previous_last_pt(coco_mini, tmp_path, reference):
+    params = tiny_params()
+    run = tmp_path / "killed_in_save"
+    params_file = _write_params(run, params)
+    driver = tmp_path / "hang_driver.py"
+    driver.write_text(HANG_DRIVER)
+    job = Lines([sys.executable, str(driver)] + _train_args(coco_mini, run, params_file), HANG_STEP="5")
+    job.wait_for(lambda line: line.startswith("HANG_IN_SAVE"))
+    models = run / "models"
+    temps = sorted(models.glob(".last.pt.*.tmp"))
+    assert len(temps) == 1 and temps[0].stat().st_size > 0, "the save must be half written when killed"
+    job.kill()
+
+    # last.pt is the previous complete checkpoint; the half-written temp file is not a checkpoint
+    ck = load_checkpoint(models / "last.pt")
+    assert ck["global_step"] == 4 and ck["epoch"] == 1 and ck["batch_in_epoch"] == 1
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (models / "last.pt").stat().st_mode & 0o777 == 0o666 & ~umask, "not mkstemp's 0600"
+    with pytest.raises(RuntimeError, match="cannot load checkpoint"):
+        load_checkpoint(temps[0])
+    # resuming reads last.pt only, deletes the stale temp file and ends exactly like the reference
+    out = _cli(coco_mini, run, params)
+    assert "resumed from" in out.stdout and "epoch 1 batch 1 step 4" in out.stdout
+    assert not list(models.glob("*.tmp")) and not list(models.glob(".*.tmp"))
+    assert_same_training_state(load_checkpoint(models / "last.pt"), load_checkpoint(reference / "models" / "last.pt"))
+
+
+SAVE_LOOP = """
+import sys, torch
+from pose.train.checkpoint import save_checkpoint
+path, n = sys.argv[1], int(sys.argv[2])
+for i in range(1, 10_000):
+    save_checkpoint({"step": i, "weights": torch.full((n,), float(i))}, path)
+    print("saved", i, flush=True)
+"""
+
+
+def test_sigkill_at_random_moments_of_repeated_large_saves(tmp_path):
+    """No patching: a process saving a 32 MB state in a loop is killed at random times."""
+    last = tmp_path / "last.pt"
+    rng = random.Random(0)
+    for attempt in range(3):
+        job = Lines([sys.executable, "-c", SAVE_LOOP, str(last), str(8 * 1024 * 1024)])
+        job.wait_for(lambda line: line.startswith("saved 2"), timeout=60)
+        time.sleep(rng.uniform(0.0, 0.4))
+        job.kill()
+        ck = load_checkpoint(last)
+        assert set(ck) == {"step", "weights"} and ck["step"] >= 2
+        assert ck["weights"].numel() == 8 * 1024 * 1024 and bool((ck["weights"] == ck["step"]).all())
+    # the kills leave at most temp files with their own names, which the next run deletes
+    leftovers = {p.name for p in tmp_path.iterdir()} - {"last.pt"}
+    assert all(name.startswith(".last.pt.") and name.endswith(".tmp") for name in leftovers), leftovers
+    assert {p.name for p in remove_stale_temps(tmp_path)} == leftovers
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+# Runs `pose train` under torchrun and reports, per rank, every file it renamed into place
+# (all outputs of the loop are written via os.replace) and the final weights' digest.
+DDP_DRIVER = """
+import os, sys
+import pose.train.loop as loop
+from pose.train.ddp import state_digest
+rank = os.environ["RANK"]
+models = []
+_build = loop.build_model
+def build(mp):
+    m = _build(mp)
+    models.append(m)
+    return m
+loop.build_model = build
+_replace = os.replace
+def replace(src, dst, *a, **k):
+    print(f"WRITE rank={rank} {os.path.basename(os.fspath(dst))}", flush=True)
+    return _replace(src, dst, *a, **k)
+os.replace = replace
+from pose.cli import main
+sys.argv = ["pose"] + sys.argv[1:]
+try:
+    main()
+except SystemExit as exc:
+    assert not exc.code, exc.code
+print(f"DIGEST rank={rank} {state_digest(models[0])}", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_ranks_stay_identical_and_only_rank0_writes(coco_mini, tmp_path):
+    run = tmp_path / "ddp"
+    driver = tmp_path / "ddp_driver.py"
+    driver.write_text(DDP_DRIVER)
+    params = tiny_params(max_steps_per_epoch=2, batch_size=2)
+    logs = tmp_path / "torchrun_logs"
+    # each rank's stdout goes to its own file (console lines of two ranks can interleave)
+    torchrun = [str(BIN / "torchrun"), "--standalone", "--nnodes=1", "--nproc-per-node=2",
+                f"--log-dir={logs}", "--redirects=3", str(driver)]
+    _cli(coco_mini, run, params, prefix=torchrun, timeout=240)
+    outs = {int(p.parent.name): p.read_text() for p in logs.rglob("stdout.log")}
+    assert sorted(outs) == [0, 1], sorted(logs.rglob("*"))
+    digests = {r: [line.split()[2] for line in out.splitlines() if line.startswith("DIGEST ")]
+               for r, out in outs.items()}
+    assert len(digests[0]) == 1 and digests[0] == digests[1], "replicas differ after training"
+    ck = load_checkpoint(run / "models" / "last.pt")
+    assert state_dict_digest(ck["model"]) == digests[0][0], "rank 0's checkpoint is not the trained model"
+    writes = [line.split()[1:] for out in outs.values() for line in out.splitlines() if line.startswith("WRITE ")]
+    assert writes and {w[0] for w in writes} == {"rank=0"}, writes
+    assert {w[1] for w in writes} == {"last.pt", "best.pt", "train.json", "steps.csv"}
+    assert sorted(p.name for p in (run / "models").iterdir()) == ["best.pt", "last.pt"]
+    summary = json.loads((run / "train.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 4
+    # rank-0-only logging
+    assert "step 1/4 " in outs[0] and "2 replicas in sync" in outs[0]
+    assert "step " not in outs[1] and "replicas" not in outs[1]
+    assert ck["plan"] and json.loads(ck["plan"])["world_size"] == 2
+
+
+def _single_image_annotations(coco: Path, dst: Path, image_id: int, copies: int) -> Path:
+    """A COCO file whose images are ``copies`` entries of one real image (unique ids, same file)."""
+    data = json.loads((coco / "annotations" / "person_keypoints_train2017.json").read_text())
+    image = next(i for i in data["images"] if i["id"] == image_id)
+    anns = [a for a in data["annotations"] if a["image_id"] == image_id]
+    images, annotations = [], []
+    for c in range(copies):
+        images.append({**image, "id": 1 + c})
+        annotations += [{**a, "id": 1000 * (c + 1) + j, "image_id": 1 + c} for j, a in enumerate(anns)]
+    dst.write_text(json.dumps({**data, "images": images, "annotations": annotations}))
+    return dst
+
+
+def test_loss_decreases_over_30_steps_on_a_fixed_real_batch(coco_mini, tmp_path):
+    # image 211325: five labelled people; no augmentation, so every step sees the same batch
+    ann = _single_image_annotations(coco_mini, tmp_path / "one_image.json", 211325, copies=60)
+    params = tiny_params(max_steps_per_epoch=0, checkpoint_every=0, warmup_steps=3,
+                         curriculum=[{"sizes": [128], "epochs": 1}])
+    params["augment"] = dict(NO_AUGMENT)
+    summary = train(params, train_ann=ann, train_images=coco_mini / "train2017", out_dir=tmp_path / "models",
+                    metrics_path=tmp_path / "train.json", steps_path=tmp_path / "steps.csv", resume=False)
+    assert summary["steps"] == 30
+    rows = [line.split(",") for line in (tmp_path / "steps.csv").read_text().splitlines()[1:]]
+    losses = [float(r[3]) for r in rows]
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert all(math.isfinite(v) for v in losses)
+    assert last < 0.5 * first, f"mean loss of the first 5 steps {first:.5f}, of the last 5 {last:.5f}"
+
+
+def test_bf16_autocast_on_cpu_trains_two_steps(coco_mini, tmp_path):
+    coco_ann = coco_mini / "annotations" / "person_keypoints_train2017.json"
+    kwargs = {"train_ann": coco_ann, "train_images": coco_mini / "train2017", "resume": False}
+    results = {}
+    for amp in (False, True):
+        params = tiny_params(amp=amp, max_steps_per_epoch=2, checkpoint_every=0,
+                             curriculum=[{"sizes": [128], "epochs": 1}])
+        d = tmp_path / f"amp_{amp}"
+        summary = train(params, out_dir=d / "models", metrics_path=d / "train.json", steps_path=d / "steps.csv",
+                        **kwargs)
+        assert summary["steps"] == 2 and math.isfinite(summary["final_loss"])
+        results[amp] = summary["final_loss"]
+        ck = load_checkpoint(d / "models" / "last.pt")
+        assert all(v.dtype != torch.bfloat16 for v in ck["model"].values()), "weights stay float32 under autocast"
+    # same data and initial weights: bf16 matmuls give a close but not identical loss
+    assert results[True] != results[False]
+    assert results[True] == pytest.approx(results[False], rel=0.1)
+
+    # resuming with a different architecture is refused with a clear message
+    params = tiny_params(amp=True, max_steps_per_epoch=2, curriculum=[{"sizes": [128], "epochs": 1}])
+    params["model"]["width"] = 16
+    d = tmp_path / "amp_True"
+    with pytest.raises(ValueError, match="trained with model params"):
+        train(params, out_dir=d / "models", metrics_path=d / "x.json", steps_path=d / "x.csv",
+              **{**kwargs, "resume": True})
+
+
+def test_save_checkpoint_is_weights_only_loadable(tmp_path):
+    path = tmp_path / "sub" / "c.pt"
+    save_checkpoint({"w": torch.arange(3.0), "step": 3, "history": "[]"}, path)
+    assert load_checkpoint(path)["step"] == 3
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(RuntimeError, match="c.pt: cannot load checkpoint"):
+        load_checkpoint(path)
