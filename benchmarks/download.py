@@ -20,7 +20,6 @@ at the end.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import http.server
 import os
 import shutil

@@ -1132,3 +1132,24 @@ def test_fetch_applies_catalogue_ingest_batches_reproducibly(tmp_path, params):
     assert res.exit_code == 0, res.output
     s = json.loads(res.stdout)
     assert [b["added_images"] for b in s["ingested"]] == [2, 0] and s["splits"]["train2017"]["images"] == 6
+
+
+def test_ingest_concurrent_runs_are_serialised(tmp_path):
+    """Two ingests of the same batch at once: the folder lock serialises them, so the batch is added
+    exactly once and both see a consistent folder."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pose.datasets.fetch import verify_manifest
+    from pose.datasets.ingest import ingest_batch
+
+    target = tmp_path / "raw" / "ds"
+    _small_generated(target, seed=11)
+    src = tmp_path / "src"
+    _small_generated(src, seed=12, n_train=3, n_val=1)
+    (src / "annotations" / "person_keypoints_val2017.json").unlink()
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: ingest_batch(src, target, split="train2017"), range(2)))
+    assert sorted(r["added_images"] for r in results) == [0, 3]
+    verify_manifest(target)
+    assert len(_load(target / "ingest_record.json")["batches"]) == 1
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["ds"]

@@ -1,6 +1,7 @@
 """Datasets: the COCO-17 schema, GENERATED (synthetic) data, fetching real data into COCO
-layout (offline mirror, https / s3 / file sources, safe archive extraction) and
-converters from CrowdPose, AI Challenger and MPII.
+layout (offline mirror, https / s3 / file sources, verified downloads, safe archive
+extraction), converters from CrowdPose, AI Challenger and MPII, the catalogue's schemas
+and sigmas, and ingesting batches of new annotated images.
 
 Submodules are imported lazily (``from pose.datasets import fetch_dataset`` works, but
 importing ``pose.datasets.schema`` does not pull in OpenCV, boto3 or requests).
@@ -23,6 +24,11 @@ _EXPORTS = {
     "upload_s3": "pose.datasets.sources",
     "DownloadError": "pose.datasets.sources",
     "ChecksumError": "pose.datasets.sources",
+    "CredentialsError": "pose.datasets.sources",
+    "ingest_batch": "pose.datasets.ingest",
+    "IngestError": "pose.datasets.ingest",
+    "check_catalogue": "pose.datasets.catalogue",
+    "entry_sigmas": "pose.datasets.catalogue",
     "safe_extract": "pose.datasets.extract",
     "UnsafeArchiveError": "pose.datasets.extract",
     "convert": "pose.datasets.convert",

@@ -464,7 +464,9 @@ def ingest_batch(batch: str | Path, into: Path, *, split: str, fmt: str = "coco"
 
     Returns:
         ``{"batch", "split", "format", "batch_sha256", "added_images", "added_annotations",
-        "skipped_duplicate_images", "skipped_annotations", "changed"}``.
+        "skipped_duplicate_images" (all dropped images), "skipped_in_other_splits" (of those, the
+        ones found in another split), "skipped_annotations", "changed"}``; ``changed`` is False
+        when nothing was new (then nothing was written).
 
     Raises:
         IngestError: malformed batch or target (nothing changed).

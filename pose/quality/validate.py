@@ -612,7 +612,8 @@ def _quarantine(t: CocoTables, findings: list[dict]) -> tuple[dict, dict]:
 
     Image-level errors (table ``images`` or image-file checks) remove the image row
     and every annotation of that image id (unless another kept image row has the
-    id); annotation-level errors remove the annotation. Returns (cleaned JSON,
+    id); annotation-level errors remove the annotation. An id used twice removes
+    every row carrying it (which one is right cannot be told). Returns (cleaned JSON,
     removed = {"images": [...], "annotations": [...]}) with the reasons (check names).
     """
     img_reasons: dict[int, list[str]] = {}
