@@ -96,8 +96,10 @@ def last_trained_fingerprint(params: dict, repo: Path | str) -> str | None:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from pose.registry.promotion import tracking_uri
+
     reg = params["registry"]
-    uri = tracking_uri_for(repo, reg["tracking_uri"])
+    uri = tracking_uri_for(repo, tracking_uri(params))
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         return None  # no registry database yet (and do not create one here)
     try:
@@ -156,9 +158,12 @@ def record_data_version(repo: str, fingerprint: str) -> bool:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    reg = repo_params(repo)["registry"]
+    from pose.registry.promotion import tracking_uri
+
+    params = repo_params(repo)
+    reg = params["registry"]
     try:
-        MlflowClient(tracking_uri_for(repo, reg["tracking_uri"])).set_registered_model_tag(
+        MlflowClient(tracking_uri_for(repo, tracking_uri(params))).set_registered_model_tag(
             reg["model_name"], "data.fingerprint", fingerprint)
         return True
     except MlflowException as exc:

@@ -125,12 +125,19 @@ def ensure_postgres_installed() -> Path:
         return postgres_bindir()
 
 
+def _as_user(user: str | None) -> dict:
+    """subprocess keyword arguments that run the child as `user` (none: as ourselves)."""
+    if user is None:
+        return {}
+    pw = pwd.getpwnam(user)
+    return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+
+
 @dataclass
 class Service:
     name: str
     proc: subprocess.Popen
     log: Path
-    startup_s: float = 0.0
     stop_signal: int = signal.SIGTERM
 
     def tail(self, n: int = 4000) -> str:
@@ -159,12 +166,8 @@ class TeamStack:
         log = self.root / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         fh = open(log, "ab")
-        kwargs = {}
-        if user is not None:
-            pw = pwd.getpwnam(user)
-            kwargs.update(user=pw.pw_uid, group=pw.pw_gid, extra_groups=[])
         proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=cwd or self.root, **kwargs)
+                                start_new_session=True, cwd=cwd or self.root, **_as_user(user))
         fh.close()
         svc = Service(name, proc, log, stop_signal=stop_signal)
         self.services.append(svc)
@@ -176,8 +179,7 @@ class TeamStack:
             if svc.proc.poll() is not None:
                 raise RuntimeError(f"{svc.name} exited with {svc.proc.returncode} during start:\n{svc.tail()}")
             if ready():
-                svc.startup_s = time.monotonic() - t0
-                self.timings[f"start.{svc.name}"] = round(svc.startup_s, 2)
+                self.timings[f"start.{svc.name}"] = round(time.monotonic() - t0, 2)
                 return
             time.sleep(0.25)
         raise TimeoutError(f"{svc.name} not ready after {timeout:.0f}s:\n{svc.tail()}")
@@ -206,7 +208,11 @@ class TeamStack:
         user = None
         if os.geteuid() == 0:
             user = os.environ.get("POSE_PG_USER", "postgres")
-            pwd.getpwnam(user)  # KeyError: create the user (useradd -r postgres) or set POSE_PG_USER
+            try:
+                pwd.getpwnam(user)
+            except KeyError:  # binaries without Debian's package (which creates `postgres`)
+                subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user],
+                               check=True, capture_output=True)
         self.pg_dir = Path(tempfile.mkdtemp(prefix="pose-pg-"))
         if user:
             pw = pwd.getpwnam(user)
@@ -215,12 +221,8 @@ class TeamStack:
         pwfile = self._write_private(self.pg_dir / "superuser.pw", self._secret("pg_superuser") + "\n", owner=user)
         initdb = [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=scram-sha-256",
                   f"--pwfile={pwfile}", "-E", "UTF8", "--no-locale", "--no-instructions"]
-        kw = {}
-        if user:
-            pw = pwd.getpwnam(user)
-            kw = dict(user=pw.pw_uid, group=pw.pw_gid, extra_groups=[])
         t_init = time.monotonic()
-        proc = subprocess.run(initdb, capture_output=True, text=True, cwd=self.pg_dir, env=base_env(), **kw)
+        proc = subprocess.run(initdb, capture_output=True, text=True, cwd=self.pg_dir, env=base_env(), **_as_user(user))
         if proc.returncode != 0:
             raise RuntimeError(f"initdb failed:\n{proc.stdout}\n{proc.stderr}")
         pwfile.unlink()
@@ -233,22 +235,22 @@ class TeamStack:
         # SIGINT = "fast shutdown" (SIGTERM would wait for every client to disconnect)
         svc = self._spawn("postgres", cmd, base_env(), user=user, stop_signal=signal.SIGINT, cwd=self.pg_dir)
         self._wait(svc, lambda: self._psql("SELECT 1", check=False).returncode == 0, timeout, t0)
-        # one role per service; the MLflow role owns the tracking and the auth database
-        mlflow_pw, prefect_pw = self._secret("pg_mlflow"), self._secret("pg_prefect")
-        self._psql(f"CREATE ROLE mlflow LOGIN PASSWORD '{mlflow_pw}';\n"
-                   f"CREATE ROLE prefect LOGIN PASSWORD '{prefect_pw}';")
-        for db, owner in (("mlflow", "mlflow"), ("mlflow_auth", "mlflow"), ("prefect", "prefect")):
-            self._psql(f"CREATE DATABASE {db} OWNER {owner};")
+        # roles and databases: the same script the compose postgres service runs at its first start
+        env = base_env(PGHOST=HOST, PGPORT=str(port), PGPASSWORD=self.secrets["pg_superuser"], POSTGRES_USER="postgres",
+                       MLFLOW_DB_PASSWORD=self._secret("pg_mlflow"), PREFECT_DB_PASSWORD=self._secret("pg_prefect"))
+        env["PATH"] = f"{bindir}{os.pathsep}{env['PATH']}"
+        proc = subprocess.run(["sh", str(REPO / "infra" / "scripts" / "init-databases.sh")], env=env,
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"init-databases.sh failed:\n{proc.stdout}\n{proc.stderr}")
         self.timings["start.postgres+roles"] = round(time.monotonic() - t0, 2)
 
-    def _psql(self, sql: str, *, db: str = "postgres", user: str = "postgres", password: str | None = None,
-              check: bool = True) -> subprocess.CompletedProcess:
-        """Run SQL (from stdin, never on the command line) as `user` over TCP."""
-        password = password or self.secrets["pg_superuser"]
+    def _psql(self, sql: str, *, db: str = "postgres", check: bool = True) -> subprocess.CompletedProcess:
+        """Run SQL (from stdin, never on the command line) as the superuser over TCP."""
         cmd = [str(postgres_bindir() / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-               "-h", HOST, "-p", str(self.ports["postgres"]), "-U", user, "-d", db, "-f", "-"]
-        proc = subprocess.run(cmd, input=sql, capture_output=True, text=True, env=base_env(PGPASSWORD=password,
-                                                                                          PGCONNECT_TIMEOUT="3"))
+               "-h", HOST, "-p", str(self.ports["postgres"]), "-U", "postgres", "-d", db, "-f", "-"]
+        env = base_env(PGPASSWORD=self.secrets["pg_superuser"], PGCONNECT_TIMEOUT="3")
+        proc = subprocess.run(cmd, input=sql, capture_output=True, text=True, env=env)
         if check and proc.returncode != 0:
             raise RuntimeError(f"psql failed: {proc.stderr}")
         return proc
@@ -323,17 +325,15 @@ class TeamStack:
         admin = ("admin", admin_pw)
         probe = f"{self.mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1"
         self._wait(svc, lambda: http_status(probe, auth=admin) == 200, timeout, t0)
-        # the pipeline's service account: a plain user (owns what it creates, reads nothing else)
-        self.secrets["mlflow_pipeline"] = secrets.token_urlsafe(24)
-        self.mlflow_api("users/create", {"username": "pipeline", "password": self.secrets["mlflow_pipeline"]},
-                        auth=admin)
-
-    def mlflow_api(self, endpoint: str, body: dict, *, auth: tuple[str, str]) -> dict:
-        req = urllib.request.Request(f"{self.mlflow_url}/api/2.0/mlflow/{endpoint}", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
-        req.add_header("Authorization", "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return json.loads(resp.read() or b"{}")
+        # the pipeline's service account: a plain user (owns what it creates, reads the rest)
+        self._secret("mlflow_pipeline")
+        env = base_env(MLFLOW_TRACKING_URI=self.mlflow_url, MLFLOW_TRACKING_USERNAME="admin",
+                       MLFLOW_TRACKING_PASSWORD=admin_pw, POSE_PIPELINE_PASSWORD=self.secrets["mlflow_pipeline"])
+        proc = subprocess.run([sys.executable, str(REPO / "infra" / "scripts" / "mlflow_users.py"),
+                               "--user", "pipeline=POSE_PIPELINE_PASSWORD"], env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"creating the MLflow user failed:\n{proc.stdout}\n{proc.stderr[-3000:]}")
+        self.timings["start.mlflow+users"] = round(time.monotonic() - t0, 2)
 
     # ------------------------------------------------------------------ Prefect
     @property
@@ -466,9 +466,8 @@ class TeamStack:
                 "PREFECT_API_AUTH_STRING", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
         env = self.client_env()
         lines = [f"{k}={env[k]}" for k in keys]
-        lines.append(f"# DVC remote: dvc remote add -d team s3://{DVC_BUCKET}/store && "
-                     f"dvc remote modify team endpointurl {self.s3_url}")
-        lines.append(f"POSE_TEAM_S3_ENDPOINT={self.s3_url}")
+        lines.append(f"# DVC: dvc remote add -d team s3://{DVC_BUCKET}/store (the endpoint comes from the next line)")
+        lines.append(f"AWS_ENDPOINT_URL_S3={self.s3_url}")
         return self._write_private(path, "\n".join(lines) + "\n")
 
 
@@ -510,6 +509,10 @@ def dvc_s3_command(log: Callable[[str], None] = lambda m: None) -> list[str]:
     return [str(dvc)]
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("command", choices=["up", "check"])
@@ -526,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
                           "logs": str(root / "logs"), "timings_s": stack.timings}, indent=2), flush=True)
         if args.command == "up":
             print("running; Ctrl-C (or kill this pid: %d) stops everything" % os.getpid(), flush=True)
-            signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+            signal.signal(signal.SIGTERM, _interrupt)
             while all(s.proc.poll() is None for s in stack.services):
                 time.sleep(1)
             dead = [s.name for s in stack.services if s.proc.poll() is not None]

@@ -82,7 +82,8 @@ def validate(annotations: Path = typer.Option(..., exists=False), images: Path =
     result = validate_dataset(annotations, images, on_error=on_error or v["on_error"],
                               bbox_tolerance=float(v["bbox_tolerance"]),
                               min_labeled_keypoints=int(v["min_labeled_keypoints"]),
-                              report_path=report, docs_dir=docs, cleaned_path=cleaned)
+                              report_path=report, docs_dir=docs, cleaned_path=cleaned,
+                              workers=int(v["workers"]), cache_path=Path(v["image_cache"]) if v.get("image_cache") else None)
     s = result.get("summary", {})
     typer.echo(f"{annotations}: {s}")
     if not result["ok"]:
@@ -102,9 +103,15 @@ def check_scales_cmd(annotations: Path = typer.Option(...), report: Path = typer
     p = load_params(params_file)
     c = p["check_scales"]
     sizes = sorted({int(s) for st in p["train"]["curriculum"] for s in st["sizes"]} | {int(p["evaluate"]["input_size"])})
-    result = check_scales(annotations, input_sizes=sizes, strides=[4, 2], sigma=float(p["targets"]["sigma"]),
-                          max_roundtrip_error=float(c["max_roundtrip_error"]), max_peak_error=float(c["max_peak_error"]),
-                          min_torso_heatmap_px=float(c["min_torso_heatmap_px"]), report_path=report)
+    from pose.quality.tables import AnnotationFileError
+
+    try:
+        result = check_scales(annotations, input_sizes=sizes, strides=[4, 2], sigma=float(p["targets"]["sigma"]),
+                              max_roundtrip_error=float(c["max_roundtrip_error"]),
+                              max_peak_error=float(c["max_peak_error"]),
+                              min_torso_heatmap_px=float(c["min_torso_heatmap_px"]), report_path=report)
+    except AnnotationFileError as exc:
+        _fail(str(exc))
     if not result["ok"]:
         _fail(f"scale consistency violations in {annotations}; see {report}")
     typer.echo(f"scale checks passed for sizes {sizes}")

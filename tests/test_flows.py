@@ -50,6 +50,7 @@ def _env(**extra) -> dict:
     env.update(DO_NOT_TRACK="1", DVC_NO_ANALYTICS="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
                GX_ANALYTICS_ENABLED="false", MLFLOW_ENABLE_TELEMETRY="false", PREFECT_UI_ENABLED="false")
     env.pop("POSE_NOTIFY_WEBHOOK", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
     env.update(extra)
     return env
 
@@ -72,6 +73,7 @@ def test_failure_hook_posts_to_the_params_webhook(tmp_path, webhook):
 def test_detect_compares_the_source_with_the_last_registered_fingerprint(tmp_path, monkeypatch):
     import flows.retrain as fr
 
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     mirror = tmp_path / "mirror" / "ds"
     (mirror / "annotations").mkdir(parents=True)
     (mirror / "annotations" / "a.json").write_text("{}")

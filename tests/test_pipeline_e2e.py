@@ -20,8 +20,10 @@ from conftest import REPO, SHARED
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
-#: outputs holding wall-clock measurements (images/s), equal only by chance between two runs
-TIMED = {"data/metrics/train.json", "data/plots/train_steps.csv"}
+#: outputs holding wall-clock measurements (images/s, latency, GE Data Docs run timestamps),
+#: equal only by chance between two runs
+TIMED = {"data/metrics/train.json", "data/plots/train_steps.csv", "data/metrics/efficiency.json",
+         "data/reports/data_docs"}
 STAGES = ["fetch", "validate", "check_scales", "train", "evaluate", "register"]
 
 

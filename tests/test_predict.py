@@ -88,7 +88,7 @@ def test_predict_from_checkpoint(coco_mini, tmp_path):
     assert bad.exit_code == 1 and "no such image" in bad.output
 
 
-def test_predict_from_registered_model(coco_mini, tmp_path, monkeypatch):
+def test_predict_from_registered_model(coco_mini, tmp_path, monkeypatch, caplog):
     import mlflow
     from mlflow import MlflowClient
 
@@ -112,6 +112,7 @@ def test_predict_from_registered_model(coco_mini, tmp_path, monkeypatch):
         res = RUNNER.invoke(app, ["predict", str(images), "--model", "models:/pose-test@champion",
                                   "--out-dir", str(tmp_path / "out"), "--params", str(params)])
         assert res.exit_code == 0, res.output
+        assert "falling back" not in caplog.text                   # loaded by the registry's own loader
         results = _check_outputs(tmp_path / "out", sorted(images.iterdir()))
         # the same model without the registry's loader: the artifact download fallback
         monkeypatch.setattr(predict_mod, "_registry_loader", lambda: None)

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import COCO_MINI, REPO
+from conftest import COCO_MINI
 from test_pipeline_e2e import tiny_params
 
 from pose.datasets.schema import COCO_SIGMAS, NUM_JOINTS
@@ -47,7 +47,7 @@ def synth_results(gt: dict, *, noise_medium: float, noise_large: float, seed: in
         noise = noise_medium if a["area"] <= 96 ** 2 else noise_large
         kp = np.asarray(a["keypoints"], np.float64).reshape(K, 3)
         kp[:, :2] += rng.normal(0, noise, (K, 2))
-        kp[:, 2] = rng.uniform(0.2, 1.0, K)
+        kp[:, 2] = rng.uniform(0.2, 1.0, K) * (kp[:, 2] > 0)   # unlabeled joints: not predicted
         out.append({"image_id": a["image_id"], "category_id": 1, "keypoints": kp.reshape(-1).tolist(),
                     "score": float(rng.uniform(0.3, 1.0))})
         if rng.uniform() < fp_rate:
@@ -107,13 +107,14 @@ class Env:
         write_metrics(evaluate_results(ann, res, sigmas=COCO_SIGMAS), d / "metrics.json")
         return d / "metrics.json", d / "results.json", ann
 
-    def register(self, name: str, *, gate: bool = True, reevaluate=None, gt: dict | None = None, **noise) -> dict:
+    def register(self, name: str, *, gate: bool = True, reevaluate=None, gt: dict | None = None, artifacts=(),
+                 **noise) -> dict:
         from pose.registry.mlflow_registry import register_run
 
         metrics, results, ann = self.evidence(gt=gt, **noise)
         return register_run(self.params(name), checkpoint=self.ckpt, eval_metrics=metrics, eval_annotations=ann,
                             out=metrics.parent / "registration.json", results=results, gate=gate,
-                            reevaluate=reevaluate)
+                            reevaluate=reevaluate, artifacts=artifacts)
 
     def fake(self, name: str, *, gate: bool = True, reevaluate=None, gt: dict | None = None, **noise) -> dict:
         """A cheap registration: a run with the eval/ evidence and the weights only (what the gate reads),
@@ -160,11 +161,14 @@ class Env:
 def env(tmp_path_factory, coco_mini):
     root = tmp_path_factory.mktemp("registry")
     old = os.getcwd()
+    server = os.environ.pop("MLFLOW_TRACKING_URI", None)   # never the developer's tracking server
     os.chdir(root)  # relative paths (mlruns/, data/compare) land in the temporary folder
     try:
         yield Env(root)
     finally:
         os.chdir(old)
+        if server is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = server
 
 
 def _tags(env: Env, name: str, version) -> dict:
@@ -238,12 +242,16 @@ def test_gate_decision_rules():
 
 # ----------------------------------------------------------------------------- registry
 
+@pytest.mark.slow
 def test_register_logs_run_content_and_a_servable_model(env):
     import mlflow
 
     from pose.registry.serving import load_registered_model
 
-    rec = env.register("content", noise_medium=6, noise_large=6, seed=0)
+    extra = env.root / "content-extra" / "plots" / "eval"          # like dvc.yaml's --artifact data/plots/eval
+    extra.mkdir(parents=True)
+    (extra / "overlay.png").write_bytes(b"png")
+    rec = env.register("content", artifacts=[extra], noise_medium=6, noise_large=6, seed=0)
     assert rec["version"] == 1 and rec["promoted"] and rec["reason"] == "no champion yet"
     assert set(rec["aliases"]) == {"challenger", "champion"}
     client = env.client()
@@ -257,8 +265,11 @@ def test_register_logs_run_content_and_a_servable_model(env):
     arts = {f.path for d in ("", "eval", "model", "plots", "checkpoint", "data")
             for f in client.list_artifacts(rec["run_id"], d or None)}
     for path in ("model_card.md", "eval/metrics.json", "eval/results.json", "eval/annotations.json",
-                 "model/MLmodel", "checkpoint/best.pt", "plots/per_keypoint_ap.png", "data/eval_images.json"):
+                 "model/MLmodel", "checkpoint/best.pt", "plots/per_keypoint_ap.png", "data/eval_images.json",
+                 "plots/eval"):
         assert path in arts, path
+    assert [f.path for f in client.list_artifacts(rec["run_id"], "eval")] == \
+        ["eval/annotations.json", "eval/metrics.json", "eval/results.json"]           # extra folder kept apart
     card = mlflow.artifacts.load_text(f"runs:/{rec['run_id']}/model_card.md")
     assert "# Model card: content v1" in card and "no champion yet" in card
     mv = client.get_model_version("content", "1")
@@ -502,6 +513,32 @@ def test_source_fingerprint_tracks_folder_content(tmp_path):
     assert source_fingerprint(params)["fingerprint"] != g["fingerprint"]
 
 
+def test_source_fingerprint_of_an_s3_prefix(monkeypatch):
+    import boto3
+    from moto import mock_aws
+
+    from pose.registry.data_version import source_fingerprint
+
+    for k, v in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    params = {"data": {"dataset": "s3ds", "mirror": "", "train_split": "t", "val_split": "v"},
+              "catalogue": {"s3ds": {"kind": "coco", "sources": ["s3://bucket/coco"]}},
+              "schedule": {"fingerprint": "content"}}
+    with mock_aws():
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="bucket")
+        s3.put_object(Bucket="bucket", Key="coco/annotations/a.json", Body=b"{}")
+        s3.put_object(Bucket="bucket", Key="other/x", Body=b"ignored")
+        a = source_fingerprint(params)
+        assert a["files"] == 1 and a["source"] == "s3://bucket/coco"
+        s3.put_object(Bucket="bucket", Key="coco/v/1.jpg", Body=b"new image")
+        b = source_fingerprint(params)
+        assert b["files"] == 2 and b["fingerprint"] != a["fingerprint"]
+        s3.put_object(Bucket="bucket", Key="coco/v/1.jpg", Body=b"changed image")
+        assert source_fingerprint(params)["fingerprint"] != b["fingerprint"]
+
+
 class _Hook(http.server.BaseHTTPRequestHandler):
     received: list = []
     fail_first = 0
@@ -544,11 +581,15 @@ def test_notify_posts_with_retries_and_env_override(webhook, monkeypatch):
     assert not notify("x", "down", url="http://127.0.0.1:9/none", retries=1, backoff=0.01)
 
 
-def test_lock_file_paths():
-    from pose.registry.promotion import lock_path_for
+def test_tracking_uri_env_override_and_lock_file_paths(monkeypatch):
+    from pose.registry.promotion import lock_path_for, tracking_uri
 
+    params = {"registry": {"tracking_uri": "sqlite:///mlflow.db"}}
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri(params) == "sqlite:///mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://mlflow.example")     # team mode: the shared server wins
+    assert tracking_uri(params) == "https://mlflow.example"
     assert lock_path_for("sqlite:///mlflow.db") == Path("mlflow.db.lock")
     assert lock_path_for("sqlite:////abs/x.db") == Path("/abs/x.db.lock")
     assert lock_path_for("file:///srv/mlruns") == Path("/srv/mlruns/.promotion.lock")
     assert lock_path_for("https://mlflow.example").parent.name == "pose-registry"
-    assert REPO.exists()

@@ -36,8 +36,8 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from pose.registry.bootstrap import BOOT_METRICS, bootstrap_diff
-from pose.registry.promotion import RegistryError, _download, resolve_version
+from pose.registry.bootstrap import bootstrap_diff
+from pose.registry.promotion import RegistryError, _download, resolve_version, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -300,8 +300,9 @@ def compare(params: dict, a_ref: str, b_ref: str, *, out_dir: Path | None = None
     name = reg["model_name"]
     import mlflow
 
-    mlflow.set_tracking_uri(reg["tracking_uri"])
-    client = client or MlflowClient(reg["tracking_uri"])
+    uri = tracking_uri(params)
+    mlflow.set_tracking_uri(uri)
+    client = client or MlflowClient(uri)
     with tempfile.TemporaryDirectory(prefix="pose-compare-") as tmp:
         a = resolve_side(client, name, a_ref, Path(tmp))
         b = resolve_side(client, name, b_ref, Path(tmp))
@@ -493,4 +494,4 @@ def _html(title, a, b, notes, family, scales, kp_rows, diag, curves_png, params_
             f"<style>{css}</style></head><body>{''.join(body)}</body></html>\n")
 
 
-__all__ = ["compare", "plot_training_curves", "steps_csv_series", "side_by_side", "resolve_side", "BOOT_METRICS"]
+__all__ = ["compare", "plot_training_curves", "steps_csv_series", "side_by_side", "resolve_side"]

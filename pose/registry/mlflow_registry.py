@@ -45,10 +45,12 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from pose.params import flatten
-from pose.registry.promotion import champion_version, decide_promotion, promote  # noqa: F401  (re-exported)
+from pose.registry.promotion import champion_version, decide_promotion, promote, tracking_uri  # noqa: F401
 
 log = logging.getLogger(__name__)
 FINGERPRINT_ENV = "POSE_DATA_FINGERPRINT"
+#: artifact folders register_run writes itself (the gate / compare read eval/ and data/)
+RESERVED_ARTIFACT_DIRS = {"eval", "data", "model", "checkpoint", "plots", "compare", "reeval"}
 
 AP_KEYS = ("AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL")
 
@@ -251,7 +253,7 @@ def register_run(params: dict, *, checkpoint: Path, eval_metrics: Path, eval_ann
 
     reg = params["registry"]
     name = reg["model_name"]
-    mlflow.set_tracking_uri(reg["tracking_uri"])
+    mlflow.set_tracking_uri(tracking_uri(params))
     mlflow.set_experiment(reg["experiment"])
     client = MlflowClient()
     eval_metrics, eval_annotations = Path(eval_metrics), Path(eval_annotations)
@@ -307,8 +309,9 @@ def register_run(params: dict, *, checkpoint: Path, eval_metrics: Path, eval_ann
         mlflow.log_artifacts(str(tmp / "model"), artifact_path="model")
         for a in artifacts:
             a = Path(a)
-            if a.is_dir():
-                mlflow.log_artifacts(str(a), artifact_path=a.name)
+            if a.is_dir():  # a folder named like one of ours (e.g. data/plots/eval) goes under its parent's name
+                dest = f"{a.parent.name}/{a.name}" if a.name in RESERVED_ARTIFACT_DIRS else a.name
+                mlflow.log_artifacts(str(a), artifact_path=dest)
             elif a.exists():
                 mlflow.log_artifact(str(a))
         run_id, artifact_uri = run.info.run_id, run.info.artifact_uri

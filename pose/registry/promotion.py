@@ -32,8 +32,10 @@ the winner of the first: the champion can never end up worse than either candida
 alias, history and tags are written by one process at a time. After writing, the alias is
 read back (compare-and-set check); a mismatch raises :class:`RegistryConflict`.
 
-For a tracking *server* (``http(s)://``) a file lock only serializes promotions started on
-the same host (the lock file is ``~/.cache/pose-registry/<uri hash>.lock``). With several
+The registry is env ``MLFLOW_TRACKING_URI`` when set (team mode), else params
+``registry.tracking_uri`` (:func:`tracking_uri`). For a tracking *server* (``http(s)://``)
+a file lock only serializes promotions started on the same host (the lock file is
+``~/.cache/pose-registry/<uri hash>.lock``). With several
 hosts, run promotions from one place (the Prefect deployment with ``concurrency_limit=1``)
 or use an advisory lock in the server's database (e.g. PostgreSQL ``pg_advisory_lock``)
 around the same sequence; the read-back check after the write turns a lost race into a
@@ -77,6 +79,12 @@ class RegistryError(RuntimeError):
 
 class RegistryConflict(RegistryError):
     """The champion alias changed under us (a writer that does not take the lock)."""
+
+
+def tracking_uri(params: dict) -> str:
+    """The tracking / registry URI: env ``MLFLOW_TRACKING_URI`` when set (team mode: a shared
+    server), else params ``registry.tracking_uri`` (local SQLite by default)."""
+    return os.environ.get("MLFLOW_TRACKING_URI", "").strip() or str(params["registry"]["tracking_uri"])
 
 
 # ----------------------------------------------------------------------------- lock
@@ -209,9 +217,10 @@ def load_evidence(client: MlflowClient, mv, workdir: Path) -> Evidence:
 
 def _call_reevaluate(fn: Callable, checkpoint: Path, annotations: Path | None):
     """Call ``reevaluate(checkpoint[, annotations])``; returns (metrics, results or None)."""
-    n = len([p for p in inspect.signature(fn).parameters.values()
-             if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)])
-    out = fn(checkpoint, annotations) if n >= 2 else fn(checkpoint)
+    params = inspect.signature(fn).parameters.values()
+    n = len([p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)])
+    varargs = any(p.kind == p.VAR_POSITIONAL for p in params)
+    out = fn(checkpoint, annotations) if (n >= 2 or varargs) and annotations is not None else fn(checkpoint)
     if isinstance(out, tuple):
         return out[0], out[1]
     return out, None
@@ -233,9 +242,10 @@ def champion_on_data(client: MlflowClient, name: str, champ, challenger: Evidenc
         res = cached / "results.json"
         return Evidence(ev.version, ev.run_id, h, json.loads((cached / "metrics.json").read_text()),
                         res if res.is_file() else None, challenger.annotations), f"cached re-evaluation on {h16}"
-    if reevaluate is None:
+    if reevaluate is None or challenger.annotations is None:
+        why = "no re-evaluation callback" if reevaluate is None else "the challenger's annotations are not logged"
         return None, (f"champion v{champ.version} was evaluated on other data ({(ev.data_hash or '?')[:16]}) "
-                      f"and cannot be re-evaluated here")
+                      f"and cannot be re-evaluated here ({why})")
     from pose.registry.serving import checkpoint_from_uri
 
     ckpt = checkpoint_from_uri(f"models:/{name}/{champ.version}")
@@ -360,9 +370,10 @@ def promote(params: dict, *, version: str | int | None = None, force: bool = Fal
     name = reg["model_name"]
     if force and not (reason and reason.strip()):
         raise RegistryError("--force needs --reason: say why the gate is overridden")
-    mlflow.set_tracking_uri(reg["tracking_uri"])
-    client = client or MlflowClient(reg["tracking_uri"])
-    with registry_lock(reg["tracking_uri"], float(reg["lock_timeout_s"])) as lock, \
+    uri = tracking_uri(params)
+    mlflow.set_tracking_uri(uri)
+    client = client or MlflowClient(uri)
+    with registry_lock(uri, float(reg["lock_timeout_s"])) as lock, \
             tempfile.TemporaryDirectory(prefix="pose-promote-") as tmp:
         _reconcile(client, name)
         mv = resolve_version(client, name, version)
@@ -413,14 +424,13 @@ def promote(params: dict, *, version: str | int | None = None, force: bool = Fal
                     if key in chal.metrics and key in cev.metrics:
                         extra[f"promotion.{key}_delta"] = f"{float(chal.metrics[key]) - float(cev.metrics[key]):+.6f}"
                 extra["promotion.compared_on"] = chal.data_hash or "unknown"
-        if decision == "already_champion":
-            promote_it = False
         summary = (f"{'PROMOTED to champion' if promote_it else 'not promoted'} ({decision}) at {_now()}: "
                    + "; ".join(reasons))
         _write_decision(client, name, mv, decision=decision, reasons=reasons, champ_before=champ,
                         extra_tags=extra, promote=promote_it, summary=summary)
+        after = champion_version(client, name)
         record.update(promoted=bool(promote_it), decision=decision, reason="; ".join(reasons), reasons=reasons,
-                      champion_after=int(champion_version(client, name).version) if champion_version(client, name) else None,
+                      champion_after=int(after.version) if after is not None else None,
                       history=history(client, name),
                       aliases=sorted(client.get_model_version(name, mv.version).aliases))
     return record
@@ -435,8 +445,9 @@ def rollback(params: dict, *, reason: str, to_version: int | None = None, client
         raise RegistryError("rollback needs --reason")
     reg = params["registry"]
     name = reg["model_name"]
-    client = client or MlflowClient(reg["tracking_uri"])
-    with registry_lock(reg["tracking_uri"], float(reg["lock_timeout_s"])) as lock:
+    uri = tracking_uri(params)
+    client = client or MlflowClient(uri)
+    with registry_lock(uri, float(reg["lock_timeout_s"])) as lock:
         hist = _reconcile(client, name)
         cur = champion_version(client, name)
         if cur is None or len(hist) < 2:

@@ -129,9 +129,11 @@ def _model_params(weights: Path) -> dict:
 def checkpoint_from_uri(model_uri: str, *, tracking_uri: str | None = None) -> Path:
     """Download a registered / logged model (``models:/<name>@<alias>``, ``models:/<name>/<version>``,
     ``runs:/<run id>/model``, or a local model folder) and return its weights file."""
+    import os
+
     import mlflow
 
-    if tracking_uri:
+    if tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI"):   # team mode: the env's server wins
         mlflow.set_tracking_uri(tracking_uri)
     local = Path(model_uri)
     if not local.exists():
