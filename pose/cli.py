@@ -228,6 +228,7 @@ def predict(source: Path = typer.Argument(..., help="an image or a folder of ima
             params_file: Path = PARAMS) -> None:
     """Draw skeletons (one colour per person) on images and write COCO results JSON."""
     from pose.decode.predict import list_images, load_model, predict_files
+    from pose.registry.promotion import tracking_uri
     from pose.train.loop import pick_device
 
     p = load_params(params_file)
@@ -237,7 +238,7 @@ def predict(source: Path = typer.Argument(..., help="an image or a folder of ima
     device = pick_device()
     try:
         files = list_images(source)
-        net = load_model(model, tracking_uri=p["registry"]["tracking_uri"], device=device)
+        net = load_model(model, tracking_uri=tracking_uri(p), device=device)
         summary = predict_files(net, files, out_dir, eval_params=ev, device=device,
                                 min_score=float(ev["overlay_min_score"] if min_score is None else min_score))
     except (FileNotFoundError, ValueError, RuntimeError) as exc:

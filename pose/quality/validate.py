@@ -728,7 +728,7 @@ def validate_dataset(annotations: Path, images_dir: Path, *, on_error: str, bbox
                       timings_s={"total": round(time.perf_counter() - t0, 3)})
         if cleaned_path is not None:
             Path(cleaned_path).unlink(missing_ok=True)
-        atomic_write_json(report_path, report)
+        atomic_write_json(report_path, _without_timings(report))
         return report
     timings["load"] = time.perf_counter() - t0
 
@@ -801,8 +801,14 @@ def validate_dataset(annotations: Path, images_dir: Path, *, on_error: str, bbox
         expectations=expectation_summary, findings=findings, removed=removed,
         timings_s={k: round(v, 3) for k, v in timings.items()},
     )
-    atomic_write_json(report_path, report)
+    atomic_write_json(report_path, _without_timings(report))
     return report
+
+
+def _without_timings(report: dict) -> dict:
+    """The report as written to disk: wall-clock ``timings_s`` stay in the returned dict
+    only, so the same data always gives a byte-identical report (DVC outputs compare by hash)."""
+    return {k: v for k, v in report.items() if k != "timings_s"}
 
 
 def main(argv: list[str] | None = None) -> int:
