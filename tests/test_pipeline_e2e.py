@@ -68,8 +68,14 @@ def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def repro_repo(tmp_path_factory, coco_mini) -> Path:
-    repo = make_repo_copy(tmp_path_factory.mktemp("repro"), tiny_params())
+def repo_copies(tmp_path_factory, coco_mini) -> dict[str, Path]:
+    """Two copies of the same working-tree snapshot: one for `dvc repro`, one for the flow."""
+    return {name: make_repo_copy(tmp_path_factory.mktemp(name), tiny_params()) for name in ("repro", "flow")}
+
+
+@pytest.fixture(scope="module")
+def repro_repo(repo_copies) -> Path:
+    repo = repo_copies["repro"]
     run([str(BIN / "dvc"), "repro"], repo)
     return repo
 
@@ -120,8 +126,8 @@ def test_second_repro_is_a_noop(repro_repo):
     assert "up to date" in status.stdout
 
 
-def test_prefect_flow_leaves_the_same_dvc_lock(repro_repo, tmp_path_factory):
-    repo = make_repo_copy(tmp_path_factory.mktemp("flow"), tiny_params())
+def test_prefect_flow_leaves_the_same_dvc_lock(repro_repo, repo_copies):
+    repo = repo_copies["flow"]
     proc = run([sys.executable, "-m", "flows.retrain", str(repo)], repo)
     assert "Finished in state Completed" in proc.stdout + proc.stderr
     flow_lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]

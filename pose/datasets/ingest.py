@@ -315,9 +315,9 @@ def _copy_tree_linked(src: Path, dst: Path) -> None:
 
 
 def _write_json_atomic(path: Path, obj: Any, **kw) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(obj, **kw), encoding="utf-8")
-    os.replace(tmp, path)
+    from pose.io import atomic_write_json
+
+    atomic_write_json(path, obj, **kw)
 
 
 def _update_manifest(root: Path, old: dict[str, str] | None, changed: list[str]) -> None:

@@ -19,8 +19,6 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -133,17 +131,9 @@ def load_model(ref: str, *, tracking_uri: str | None, device: torch.device | str
 
 
 def _atomic_text(text: str, path: Path) -> None:
-    from pose.evaluate.plots import default_file_mode
+    from pose.io import atomic_write_text
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, default_file_mode())
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text)
 
 
 def predict_files(model: torch.nn.Module, files: Sequence[Path], out_dir: Path | str, *, eval_params: dict,

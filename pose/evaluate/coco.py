@@ -59,8 +59,6 @@ import copy
 import io
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -573,19 +571,9 @@ def write_metrics(metrics: dict, path: Path | str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_finite(metrics), indent=2, sort_keys=True, allow_nan=False) + "\n"
-    from pose.evaluate.plots import default_file_mode
+    from pose.io import atomic_write_text
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, default_file_mode())
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_text(path, text)
 
 
 def _finite(obj):

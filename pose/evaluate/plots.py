@@ -15,8 +15,6 @@ same inputs (no timestamps in the PNGs), so DVC sees no change when nothing chan
 from __future__ import annotations
 
 import colorsys
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,35 +22,11 @@ import cv2
 import numpy as np
 
 from pose.datasets.schema import SKELETON
-
-
-def default_file_mode() -> int:
-    """0666 minus the process umask (what ``open`` would give; mkstemp's files are 0600)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return 0o666 & ~int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
+from pose.io import atomic_write_bytes
 
 
 def _write_png_bytes(data: bytes, out_png: Path | str) -> Path:
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, default_file_mode())
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return out
+    return atomic_write_bytes(out_png, data)
 
 
 def _write_image(image_bgr: np.ndarray, out_png: Path | str) -> Path:

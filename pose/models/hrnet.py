@@ -35,7 +35,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 BN_MOMENTUM = 0.1
 

@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from pose.datasets.schema import KEYPOINT_NAMES
+from pose.io import atomic_write_bytes
 from pose.quality.tables import (
     LEFT_EYE, LEFT_HIP, LEFT_SHOULDER, NOSE, RIGHT_EYE, RIGHT_HIP, RIGHT_SHOULDER,
     AnnotationFileError, CocoTables, build_tables, gc_paused, load_coco_json,
@@ -93,21 +94,6 @@ def _dumps_compact(obj: Any) -> bytes:
     if _orjson is not None:
         return _orjson.dumps(obj)
     return json.dumps(obj, separators=(",", ":")).encode()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder + ``os.replace``,
-    so readers never see a half-written file. Creates parent folders."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

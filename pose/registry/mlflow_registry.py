@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Callable
 
 import mlflow
+
+from pose.io import atomic_write_json
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
@@ -106,11 +108,7 @@ def _read_steps(path: Path) -> list[Metric]:
 
 
 def _atomic_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    atomic_write_json(path, obj, indent=2, sort_keys=True)
 
 
 def _log_json(obj, artifact_file: str) -> None:

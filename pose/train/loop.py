@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from pose.io import atomic_write_json
 from pose.losses import total_loss
 from pose.models import build_model, load_pretrained
 from pose.train import ddp
@@ -58,9 +59,7 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write_json(path, obj, indent=2, sort_keys=True)
 
 
 def _write_steps_csv(path: Path, history: list[dict]) -> None:

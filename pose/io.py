@@ -1,0 +1,52 @@
+"""Atomic file writes shared by every stage: a temp file in the target's folder, then
+``os.replace``. Readers (and DVC) never see a half-written file, and a failed write
+leaves the previous file untouched."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def default_file_mode() -> int:
+    """0666 minus the process umask (what ``open`` would give; mkstemp's files are 0600)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically with the usual file mode; creates parent folders.
+    Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, default_file_mode())
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: Path | str, text: str) -> Path:
+    """`atomic_write_bytes` of UTF-8 ``text``."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path | str, obj: Any, **dumps_kwargs: Any) -> Path:
+    """`atomic_write_text` of ``json.dumps(obj, **dumps_kwargs)``. Raises TypeError/ValueError
+    from `json.dumps` before anything is written."""
+    return atomic_write_text(path, json.dumps(obj, **dumps_kwargs))
