@@ -43,10 +43,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pose.losses import total_loss  # noqa: E402
 from pose.models import build_model, count_flops, count_params  # noqa: E402
 from pose.train.data import CocoKeypoints  # noqa: E402
-from pose.train.loop import pick_device  # noqa: E402
+from pose.train.loop import pick_device, train_step  # noqa: E402
 
 PUBLISHED_STAGE_BLOCKS = [1, 4, 3]
 DEFAULT_COCO = Path(os.environ.get("POSE_SHARED_DATASETS", ROOT.parent / "shared" / "datasets")) / "coco-mini"
@@ -101,17 +100,8 @@ def train_throughput(mp: dict, params: dict, data: list[dict], steps: int, warmu
     scaler = torch.amp.GradScaler(device.type, enabled=amp and dtype == torch.float16)
 
     def step(b: dict) -> None:
-        with torch.autocast(device.type, dtype=dtype, enabled=amp):
-            outs = model(b["image"])
-        outs = [o.float() for o in outs]
-        loss, _ = total_loss(outs, [b["heatmaps_4"], b["heatmaps_2"]], [b["weights_4"], b["weights_2"]],
-                             b["joints"], params["loss"])
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), float(tp["grad_clip"]))
-        scaler.step(opt)
-        scaler.update()
+        train_step(model, b, opt, scaler, loss_params=params["loss"], grad_clip=float(tp["grad_clip"]),
+                   use_amp=amp, amp_dtype=dtype)
 
     data = [{k: v.to(device) for k, v in b.items()} for b in data]
     for i in range(warmup):

@@ -8,7 +8,10 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def default_file_mode() -> int:
@@ -50,3 +53,21 @@ def atomic_write_json(path: Path | str, obj: Any, **dumps_kwargs: Any) -> Path:
     """`atomic_write_text` of ``json.dumps(obj, **dumps_kwargs)``. Raises TypeError/ValueError
     from `json.dumps` before anything is written."""
     return atomic_write_text(path, json.dumps(obj, **dumps_kwargs))
+
+
+def read_image(path: Path | str, image_id: Any = None) -> "np.ndarray":
+    """Decode an image file as (H, W, 3) uint8 BGR (OpenCV order).
+
+    Raises FileNotFoundError when the file is missing and ValueError when it cannot be
+    decoded; both name the file and, when given, the COCO image id.
+    """
+    import cv2
+
+    path = Path(path)
+    what = f"{path}" + (f" (image id {image_id})" if image_id is not None else "")
+    if not path.exists():
+        raise FileNotFoundError(f"{what}: image file not found")
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{what}: cannot decode image")
+    return image

@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 import torch
 
+from pose.io import read_image
 from pose.augment.affine import apply_affine, invert_affine, letterbox_affine
 from pose.datasets.schema import FLIP_INDEX
 from pose.decode.group import group_keypoints
@@ -342,12 +343,7 @@ def predict_dataset(model: torch.nn.Module, ann_file: Path | str, images_dir: Pa
     images = sorted(json.loads(ann_file.read_text()).get("images", []), key=lambda im: im["id"])
     results: list[dict] = []
     for n, im in enumerate(images):
-        path = images_dir / im["file_name"]
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: image of id {im['id']} not found")
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise ValueError(f"{path}: cannot decode image")
+        image = read_image(images_dir / im["file_name"], im["id"])
         persons = predict_image(model, image, eval_params=cfg, device=device)
         results.extend(to_coco_results(persons, im["id"]))
         if (n + 1) % 50 == 0:

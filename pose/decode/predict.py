@@ -22,10 +22,10 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import torch
 
 from pose.decode.inference import predict_image, to_coco_results
+from pose.io import read_image
 
 log = logging.getLogger(__name__)
 
@@ -151,9 +151,7 @@ def predict_files(model: torch.nn.Module, files: Sequence[Path], out_dir: Path |
     ids = image_ids(files)
     records, overlays, drawn = [], [], 0
     for f, image_id in zip(files, ids):
-        image = cv2.imread(str(f), cv2.IMREAD_COLOR)
-        if image is None:
-            raise ValueError(f"{f}: cannot decode image")
+        image = read_image(f)
         persons = predict_image(model, image, eval_params=eval_params, device=device)
         shown = [p for p in persons if p["score"] > min_score]
         drawn += len(shown)

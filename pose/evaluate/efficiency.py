@@ -31,10 +31,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
+from pose.io import read_image
 from pose.decode.inference import _resolve, predict_image, scaled_input_size
 
 
@@ -68,13 +68,7 @@ def load_sample_images(ann_file: Path | str, images_dir: Path | str, count: int)
         raise ValueError(f"{ann_file}: no images to time")
     out = []
     for im in images[:max(1, int(count))]:
-        path = Path(images_dir) / im["file_name"]
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: image of id {im['id']} not found")
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if img is None:
-            raise ValueError(f"{path}: cannot decode image")
-        out.append(img)
+        out.append(read_image(Path(images_dir) / im["file_name"], im["id"]))
     return out
 
 

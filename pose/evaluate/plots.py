@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from pose.datasets.schema import SKELETON
-from pose.io import atomic_write_bytes
+from pose.io import atomic_write_bytes, read_image
 
 
 def _write_png_bytes(data: bytes, out_png: Path | str) -> Path:
@@ -255,12 +255,7 @@ def overlay_samples(gt_json: Path | str | dict, results: Sequence[dict], images_
             gt_by_image.setdefault(a["image_id"], []).append({"keypoints": a["keypoints"], "score": 1.0})
     tiles = []
     for im in picked:
-        path = Path(images_dir) / im["file_name"]
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: image of id {im['id']} not found")
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise ValueError(f"{path}: cannot decode image")
+        image = read_image(Path(images_dir) / im["file_name"], im["id"])
         gts = gt_by_image.get(im["id"], [])
         canvas = draw_persons(image, gts, colours=[(255, 255, 255)] * len(gts))
         preds = sorted(by_image.get(im["id"], []), key=lambda r: -float(r["score"]))

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from pose.augment.transforms import augment_sample, build_augmenter, normalize_image, to_canvas
+from pose.io import read_image
 from pose.targets.heatmaps import joint_indices, render_heatmaps
 from pose.targets.masks import ignore_mask
 
@@ -85,9 +85,7 @@ class CocoKeypoints(Dataset):
         index, input_size = key
         img, anns = self.records[index]
         path = self.images_dir / img["file_name"]
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise FileNotFoundError(f"{path}: cannot read image (image id {img['id']})")
+        image = read_image(path, img["id"])
         h, w = image.shape[:2]
         kp = person_keypoints(anns, self.num_joints)
         ignore = ignore_mask(anns, h, w)

@@ -58,6 +58,30 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     raise ValueError(f"params train.lr_schedule: unknown schedule {schedule!r} (cosine | step)")
 
 
+def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, *, loss_params: dict, grad_clip: float, use_amp: bool,
+               amp_dtype: torch.dtype) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimisation step of HigherHRNet on a batch from `CocoKeypoints` (already on the device).
+
+    Forward under autocast when ``use_amp`` (``amp_dtype``: bf16 on CPU, fp16 on CUDA),
+    heatmap + associative-embedding loss in float32 (`pose.losses.total_loss`), backward
+    through the AMP scaler, gradient-norm clipping at ``grad_clip``, optimiser step.
+    ``model`` may be DDP-wrapped. Returns (scalar loss, detached loss parts).
+    """
+    with torch.autocast(batch["image"].device.type, dtype=amp_dtype, enabled=use_amp):
+        outputs = model(batch["image"])
+    outputs = [o.float() for o in outputs]
+    loss, parts = total_loss(outputs, [batch["heatmaps_4"], batch["heatmaps_2"]],
+                             [batch["weights_4"], batch["weights_2"]], batch["joints"], loss_params)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss, parts
+
+
 def _write_json(path: Path, obj: dict) -> None:
     atomic_write_json(path, obj, indent=2, sort_keys=True)
 
@@ -187,17 +211,8 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
         t0 = time.perf_counter()
         for batch in loader:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                outputs = train_model(batch["image"])
-            outputs = [o.float() for o in outputs]
-            loss, parts = total_loss(outputs, [batch["heatmaps_4"], batch["heatmaps_2"]],
-                                     [batch["weights_4"], batch["weights_2"]], batch["joints"], params["loss"])
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), float(tp["grad_clip"]))
-            scaler.step(optimizer)
-            scaler.update()
+            loss, parts = train_step(train_model, batch, optimizer, scaler, loss_params=params["loss"],
+                                     grad_clip=float(tp["grad_clip"]), use_amp=use_amp, amp_dtype=amp_dtype)
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             global_step += 1
