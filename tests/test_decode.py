@@ -16,7 +16,8 @@ from torch import nn
 
 from pose.augment.affine import apply_affine, letterbox_affine
 from pose.datasets.schema import FLIP_INDEX, NUM_JOINTS
-from pose.decode.group import (default_joint_order, group_keypoints, max_pool_nms, top_k_peaks)
+from pose.datasets.schema import COCO_SIGMAS
+from pose.decode.group import (default_joint_order, group_keypoints, max_pool_nms, oks_nms, top_k_peaks)
 from pose.decode.inference import (IMAGENET_MEAN, IMAGENET_STD, aggregate_outputs, heatmap_to_image,
                                    multi_scale_maps, predict_dataset, predict_image, resize_maps,
                                    to_coco_results, to_input_tensor, unflip_maps)
@@ -310,7 +311,7 @@ class TinyPoseNet(nn.Module):
 
 
 EVAL = dict(input_size=64, flip_test=True, test_scales=[1.0], detection_threshold=0.5, tag_threshold=1.0,
-            max_people=5, adjust=True, refine=True)
+            max_people=5, adjust=True, refine=True, nms_oks=1.0)
 
 
 def _image(h=48, w=80, seed=0):
@@ -445,3 +446,25 @@ def test_overlay_of_predictions(tmp_path):
     persons = predict_image(TinyPoseNet(), img, eval_params=EVAL)
     out = overlay(img, persons, tmp_path / "o.png")
     assert cv2.imread(str(out)).shape == img.shape
+
+
+def test_oks_nms_drops_duplicates_of_a_real_person(coco_mini):
+    """Pose NMS on a real coco-mini person: a slightly shifted copy is a duplicate, a
+    different person of the same image is not; >= 1 keeps everyone."""
+    gt = json.loads((coco_mini / "annotations/person_keypoints_val2017.json").read_text())
+    by_image: dict[int, list] = {}
+    for a in gt["annotations"]:
+        if a["num_keypoints"] >= 10 and not a["iscrowd"]:
+            by_image.setdefault(a["image_id"], []).append(np.array(a["keypoints"], float).reshape(17, 3))
+    a, b = next(v for v in by_image.values() if len(v) >= 2)[:2]
+    a[:, 2] = (a[:, 2] > 0).astype(float)
+    b[:, 2] = (b[:, 2] > 0).astype(float)
+    dup = a.copy()
+    dup[:, :2] += 1.0                                         # 1 px off: OKS ~ 1
+    kps = np.stack([b, dup, a])
+    scores = np.array([0.5, 0.4, 0.9])
+    assert oks_nms(kps, scores, COCO_SIGMAS, 0.9).tolist() == [2, 0]   # a kept, its duplicate dropped, b kept
+    assert oks_nms(kps, scores, COCO_SIGMAS, 1.0).tolist() == [2, 0, 1]
+    assert oks_nms(np.zeros((0, 17, 3)), np.zeros(0), COCO_SIGMAS, 0.9).tolist() == []
+    with pytest.raises(ValueError):
+        oks_nms(kps, scores[:2], COCO_SIGMAS, 0.9)

@@ -355,7 +355,7 @@ def test_measure_efficiency_reports_size_compute_latency_memory():
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8), rng.integers(0, 255, (80, 60, 3), dtype=np.uint8)]
     ev = dict(input_size=64, flip_test=True, test_scales=[1.0, 1.5], detection_threshold=0.1, tag_threshold=1.0,
-              max_people=5, adjust=True, refine=True)
+              max_people=5, adjust=True, refine=True, nms_oks=1.0)
     eff = measure_efficiency(model, images, eval_params=ev, samples=3, warmup=1)
     assert eff["params"] == count_params(model) and eff["params_M"] == pytest.approx(eff["params"] / 1e6)
     assert eff["gflops"] == pytest.approx(count_flops(model, 64))

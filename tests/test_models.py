@@ -17,6 +17,7 @@ from pose.models import (
     count_flops,
     count_macs,
     count_params,
+    init_weights,
     load_pretrained,
     split_heatmaps_tags,
 )
@@ -232,10 +233,16 @@ def test_heatmap_loss_by_hand():
     assert loss.shape == (2,)
     # mean over K*H*W = 8 entries, masked ones count in the denominator
     assert torch.allclose(loss, torch.tensor([(1.0 + 0.25) / 8, 9.0 / 8]))
+    # foreground weighting: the target-0.5 pixel weighs 1 + 2 * 0.5 = 2, background pixels 1
+    weighted = heatmap_loss(pred, target, mask, foreground_weight=2.0)
+    assert torch.allclose(weighted, torch.tensor([(1.0 + 2 * 0.25) / 8, 9.0 / 8]))
+    assert torch.equal(heatmap_loss(pred, target, mask, foreground_weight=0.0), loss)
     with pytest.raises(ValueError):
         heatmap_loss(pred, target[:, :1], mask)
     with pytest.raises(ValueError):
         heatmap_loss(pred, target, mask[:, :1])
+    with pytest.raises(ValueError, match="foreground_weight"):
+        heatmap_loss(pred, target, mask, foreground_weight=-1.0)
 
 
 def _joints(batch):
@@ -340,11 +347,12 @@ def test_total_loss_and_gradient_through_model():
     joints = torch.zeros(2, 30, K, 2, dtype=torch.long)
     joints[:, :2, :, 0] = torch.randint(0, K * 16 * 16, (2, 2, K))
     joints[:, :2, :, 1] = 1
-    params_loss = dict(PARAMS["loss"], push_weight=0.5, pull_weight=0.25, heatmap_weights=[1.0, 2.0])
+    params_loss = dict(PARAMS["loss"], push_weight=0.5, pull_weight=0.25, heatmap_weights=[1.0, 2.0],
+                       foreground_weight=3.0)
     loss, parts = total_loss(outputs, targets, masks, joints, params_loss)
     push, pull = ae_loss(outputs[0][:, K:], joints)
-    expected = (heatmap_loss(outputs[0][:, :K], targets[0], masks[0]).mean()
-                + 2.0 * heatmap_loss(outputs[1], targets[1], masks[1]).mean()
+    expected = (heatmap_loss(outputs[0][:, :K], targets[0], masks[0], foreground_weight=3.0).mean()
+                + 2.0 * heatmap_loss(outputs[1], targets[1], masks[1], foreground_weight=3.0).mean()
                 + 0.5 * push.mean() + 0.25 * pull.mean())
     assert loss.dim() == 0 and torch.allclose(loss, expected)
     assert set(parts) == {"heatmap_0", "heatmap_1", "push", "pull", "total"}
@@ -366,8 +374,8 @@ def test_total_loss_with_params_yaml_and_errors():
     masks = [torch.ones(1, 8, 8), torch.ones(1, 16, 16)]
     joints = torch.zeros(1, 4, K, 2, dtype=torch.long)
     loss, parts = total_loss(outputs, targets, masks, joints, PARAMS["loss"])
-    w = PARAMS["loss"]["heatmap_weights"]
-    assert loss.item() == pytest.approx(w[0] + w[1])  # err 1 everywhere, no people
+    w, fg = PARAMS["loss"]["heatmap_weights"], PARAMS["loss"]["foreground_weight"]
+    assert loss.item() == pytest.approx((w[0] + w[1]) * (1 + fg))  # err 1 and target 1 everywhere, no people
     assert parts["push"].item() == 0.0 and parts["pull"].item() == 0.0
     with pytest.raises(ValueError):
         total_loss(outputs[:1], targets, masks, joints, PARAMS["loss"])
@@ -375,6 +383,25 @@ def test_total_loss_with_params_yaml_and_errors():
         total_loss([outputs[1], outputs[1]], targets, masks, joints, dict(PARAMS["loss"], heatmap_weights=[1, 1]))
     with pytest.raises(KeyError, match="push_weight"):
         total_loss(outputs, targets, masks, joints, {"heatmap_weights": [1, 1], "pull_weight": 1})
+
+
+def test_init_weights_schemes():
+    torch.manual_seed(0)
+    model = build_model(PARAMS["model"])
+    ref = {n: p.clone() for n, p in model.state_dict().items()}
+    assert init_weights(model, "kaiming") is model
+    conv2 = model.conv2.weight  # 64 -> 64, 3x3: He std = sqrt(2 / fan_out) = sqrt(2 / 576)
+    assert conv2.std().item() == pytest.approx((2 / (64 * 9)) ** 0.5, rel=0.05)
+    for head in model.final_layers:  # prediction layers stay ~0 so the first heatmaps / tags are ~0
+        assert head.weight.std().item() == pytest.approx(0.001, rel=0.2)
+        assert torch.count_nonzero(head.bias) == 0
+    assert torch.equal(model.bn1.weight, torch.ones(64)) and torch.count_nonzero(model.bn1.bias) == 0
+    init_weights(model, "reference")  # the constructor's N(0, 0.001) again
+    for name, value in model.state_dict().items():
+        if name.endswith("weight") and value.dim() == 4:
+            assert value.std().item() == pytest.approx(ref[name].std().item(), rel=0.2), name
+    with pytest.raises(ValueError, match="model.init"):
+        init_weights(model, "xavier")
 
 
 def test_losses_accept_bfloat16():

@@ -396,3 +396,59 @@ def _refine(hm: np.ndarray, tg: np.ndarray, persons: np.ndarray, mean_tag: np.nd
             persons[p, j, 1] = y + dy
             persons[p, j, 2] = val
             persons[p, j, 3] = tg[j, y, x].mean(axis=-1)
+
+
+def oks_nms(keypoints: np.ndarray, scores: np.ndarray, sigmas: np.ndarray, oks_threshold: float) -> np.ndarray:
+    """Greedy pose non-maximum suppression by object keypoint similarity.
+
+    Persons are visited by descending score; a person is dropped when its OKS with an
+    already kept person exceeds ``oks_threshold``. OKS is computed as COCO does
+    (cocodataset.org/#keypoints-eval: ``exp(-d^2 / (2 s^2 k^2))`` with ``k = 2 sigma``,
+    averaged over the joints the kept person found), with the kept person's keypoint
+    bounding-box area as ``s^2`` (the pose NMS of mmpose's bottom-up decoders; the AE /
+    HigherHRNet reference has none). It removes the duplicate persons that the refine
+    step makes when several partial groups of one person each pull in the same joints.
+
+    Args:
+        keypoints: (N, K, 3) float ``[x, y, score]`` (any one coordinate frame; score 0 =
+            joint not found).
+        scores: (N,) float person scores.
+        sigmas: (K,) float OKS sigmas (``pose.datasets.schema.COCO_SIGMAS``).
+        oks_threshold: in (0, 1]; ``>= 1`` keeps everyone.
+
+    Returns:
+        (M,) int64 indices of the kept persons, by descending score (ties: input order).
+
+    Raises:
+        ValueError: on mismatched shapes.
+    """
+    kp = np.asarray(keypoints, dtype=np.float64)
+    sc = np.asarray(scores, dtype=np.float64)
+    sig = np.asarray(sigmas, dtype=np.float64)
+    if kp.ndim != 3 or kp.shape[2] < 3 or sc.shape != (kp.shape[0],) or sig.shape != (kp.shape[1],):
+        raise ValueError(f"need keypoints (N, K, 3), scores (N,), sigmas (K,); got {kp.shape}, {sc.shape}, {sig.shape}")
+    order = np.argsort(-sc, kind="stable")
+    if oks_threshold >= 1.0 or len(order) < 2:
+        return order.astype(np.int64)
+    found = kp[..., 2] > 0
+    var = (2.0 * sig) ** 2
+    kept: list[int] = []
+    suppressed = np.zeros(len(kp), dtype=bool)
+    for i in order:
+        if suppressed[i]:
+            continue
+        kept.append(int(i))
+        ref = found[i]
+        if not ref.any():
+            continue
+        xy = kp[i, ref, :2]
+        area = float(np.prod(xy.max(axis=0) - xy.min(axis=0))) + np.spacing(1.0)
+        rest = np.flatnonzero(~suppressed)
+        rest = rest[rest != i]
+        if rest.size == 0:
+            continue
+        d2 = ((kp[rest][:, ref, :2] - xy[None]) ** 2).sum(axis=-1)          # (R, J)
+        oks = np.exp(-d2 / (2.0 * area * var[ref][None])).mean(axis=1)
+        suppressed[rest[oks > oks_threshold]] = True
+        suppressed[i] = True
+    return np.asarray(kept, dtype=np.int64)

@@ -34,8 +34,8 @@ import torch
 
 from pose.io import read_image
 from pose.augment.affine import apply_affine, invert_affine, letterbox_affine
-from pose.datasets.schema import FLIP_INDEX
-from pose.decode.group import group_keypoints
+from pose.datasets.schema import COCO_SIGMAS, FLIP_INDEX
+from pose.decode.group import group_keypoints, oks_nms
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ SIZE_DIVISOR = 32
 
 #: Keys of params.yaml ``evaluate`` that inference reads.
 EVAL_KEYS = ("input_size", "flip_test", "test_scales", "detection_threshold", "tag_threshold",
-             "max_people", "adjust", "refine")
+             "max_people", "adjust", "refine", "nms_oks")
 
 
 def to_input_tensor(image_bgr: np.ndarray, affine: np.ndarray, input_size: int,
@@ -273,7 +273,7 @@ def predict_image(model: torch.nn.Module, image_bgr: np.ndarray, *, eval_params:
                   input_size: int | None = None, flip_test: bool | None = None,
                   test_scales: Sequence[float] | None = None, detection_threshold: float | None = None,
                   tag_threshold: float | None = None, max_people: int | None = None,
-                  adjust: bool | None = None, refine: bool | None = None,
+                  adjust: bool | None = None, refine: bool | None = None, nms_oks: float | None = None,
                   device: torch.device | str | None = None) -> list[dict]:
     """Detect the persons of one image.
 
@@ -288,13 +288,15 @@ def predict_image(model: torch.nn.Module, image_bgr: np.ndarray, *, eval_params:
     Returns:
         Persons sorted by score (descending), each ``{"keypoints": (K, 3) float64 [x, y,
         score] in IMAGE px (x = y = 0 where the joint was not found), "score": float}``;
-        the score is the mean of the K joint scores (associative embedding).
+        the score is the mean of the K joint scores (associative embedding). With
+        ``nms_oks < 1`` persons whose OKS (COCO sigmas) with a higher-scoring person
+        exceeds it are dropped (:func:`pose.decode.group.oks_nms`).
 
     Raises ValueError on missing settings, a bad image or unexpected model outputs.
     """
     cfg = _resolve(eval_params, input_size=input_size, flip_test=flip_test, test_scales=test_scales,
                    detection_threshold=detection_threshold, tag_threshold=tag_threshold,
-                   max_people=max_people, adjust=adjust, refine=refine)
+                   max_people=max_people, adjust=adjust, refine=refine, nms_oks=nms_oks)
     img = np.asarray(image_bgr)
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
         raise ValueError(f"image must be (H, W, 3) uint8 BGR, got {img.shape} {img.dtype}")
@@ -307,7 +309,9 @@ def predict_image(model: torch.nn.Module, image_bgr: np.ndarray, *, eval_params:
                                       max_people=int(cfg["max_people"]),
                                       adjust=bool(cfg["adjust"]), refine=bool(cfg["refine"]))
     kps = heatmap_to_image(persons, affine, stride=2.0)
-    order = np.argsort(-scores, kind="stable")
+    num_joints = kps.shape[1] if kps.ndim == 3 else len(COCO_SIGMAS)
+    sigmas = COCO_SIGMAS if num_joints == len(COCO_SIGMAS) else np.full(num_joints, float(np.mean(COCO_SIGMAS)))
+    order = oks_nms(kps.reshape(len(scores), num_joints, 3), scores, sigmas, float(cfg["nms_oks"]))
     return [{"keypoints": kps[i], "score": float(scores[i])} for i in order]
 
 

@@ -16,7 +16,7 @@ from pose.losses.heatmap import heatmap_loss
 
 __all__ = ["ae_loss", "heatmap_loss", "total_loss"]
 
-_LOSS_KEYS = ("heatmap_weights", "push_weight", "pull_weight")
+_LOSS_KEYS = ("heatmap_weights", "foreground_weight", "push_weight", "pull_weight")
 
 
 def total_loss(outputs: Sequence[torch.Tensor], heatmaps_targets: Sequence[torch.Tensor],
@@ -24,9 +24,9 @@ def total_loss(outputs: Sequence[torch.Tensor], heatmaps_targets: Sequence[torch
                params_loss: Mapping) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted training loss over all output resolutions.
 
-    ``loss = sum_i heatmap_weights[i] * mean_b heatmap_loss_i
-    + push_weight * mean_b push + pull_weight * mean_b pull``; the tag (AE) loss uses the
-    tags of the first (1/4) output only.
+    ``loss = sum_i heatmap_weights[i] * mean_b heatmap_loss_i + push_weight * mean_b push
+    + pull_weight * mean_b pull``, ``heatmap_loss_i`` with ``foreground_weight``; the tag
+    (AE) loss uses the tags of the first (1/4) output only.
 
     Args:
         outputs: model outputs ``[(B, K + K*D, H/4, W/4), (B, K, H/2, W/2), ...]``.
@@ -36,7 +36,7 @@ def total_loss(outputs: Sequence[torch.Tensor], heatmaps_targets: Sequence[torch
             :func:`pose.losses.associative.ae_loss`); a list / tuple of per-resolution
             joint tensors is accepted and its first element used.
         params_loss: params.yaml ``loss`` section: ``heatmap_weights`` (one per output),
-            ``push_weight``, ``pull_weight``.
+            ``foreground_weight`` (see :func:`heatmap_loss`), ``push_weight``, ``pull_weight``.
 
     Returns:
         ``(loss, components)``: ``loss`` a float32 scalar with gradient; ``components``
@@ -64,8 +64,9 @@ def total_loss(outputs: Sequence[torch.Tensor], heatmaps_targets: Sequence[torch
 
     components: dict[str, torch.Tensor] = {}
     loss = outputs[0].new_zeros((), dtype=torch.float32)
+    fg = float(params_loss["foreground_weight"])
     for i, (out, target, mask, weight) in enumerate(zip(outputs, heatmaps_targets, masks, weights)):
-        term = weight * heatmap_loss(out[:, :k], target, mask).mean()
+        term = weight * heatmap_loss(out[:, :k], target, mask, foreground_weight=fg).mean()
         components[f"heatmap_{i}"] = term.detach()
         loss = loss + term
     push, pull = ae_loss(outputs[0][:, k:], joints)

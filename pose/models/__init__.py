@@ -6,9 +6,10 @@ from pose.models.hrnet import (
     count_flops,
     count_macs,
     count_params,
+    init_weights,
     load_pretrained,
     split_heatmaps_tags,
 )
 
-__all__ = ["HigherHRNet", "build_model", "count_flops", "count_macs", "count_params",
+__all__ = ["HigherHRNet", "build_model", "count_flops", "count_macs", "count_params", "init_weights",
            "load_pretrained", "split_heatmaps_tags"]

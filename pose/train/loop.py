@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from pose.io import atomic_write_json
 from pose.losses import total_loss
-from pose.models import build_model, load_pretrained
+from pose.models import build_model, init_weights, load_pretrained
 from pose.train import ddp
 from pose.train.checkpoint import load_checkpoint, remove_stale_temps, save_checkpoint
 from pose.train.data import CocoKeypoints, CurriculumBatchSampler, curriculum_schedule
@@ -139,9 +139,11 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
             "world_size": world, "seed": seed}
 
     # ---- model, optimiser, schedule
-    model = build_model(mp).to(device)
+    # initialise for training from scratch (params model.init), then load published weights if any
+    model = init_weights(build_model(dict(mp, pretrained="")), str(mp["init"]))
     if mp.get("pretrained"):
         load_pretrained(model, Path(mp["pretrained"]))
+    model = model.to(device)
     opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(tp["optimizer"])
     if opt_cls is None:
         raise ValueError(f"params train.optimizer: unknown optimizer {tp['optimizer']!r} (adam | adamw)")
