@@ -15,8 +15,9 @@ The same variants run through DVC as experiments::
     dvc exp show --only-changed
 
 Usage: ``python benchmarks/ablation.py [--epochs-scale 1.0] [--variants ...]``; prints a
-table (AP, AP50, APM, APL, train minutes). On 2 CPU cores each variant takes a few
-minutes at the default budget; the numbers are small-budget AP, not converged AP.
+table (AP, AP50, APM, APL, train minutes). On 2 CPU cores each variant takes 12-16
+minutes at the default budget (1536 steps); the numbers are small-budget AP, not
+converged AP. ``--data`` may point at any generated copy (e.g. a fetch into /tmp).
 """
 
 from __future__ import annotations
