@@ -443,12 +443,9 @@ def oks_nms(keypoints: np.ndarray, scores: np.ndarray, sigmas: np.ndarray, oks_t
             continue
         xy = kp[i, ref, :2]
         area = float(np.prod(xy.max(axis=0) - xy.min(axis=0))) + np.spacing(1.0)
+        suppressed[i] = True
         rest = np.flatnonzero(~suppressed)
-        rest = rest[rest != i]
-        if rest.size == 0:
-            continue
         d2 = ((kp[rest][:, ref, :2] - xy[None]) ** 2).sum(axis=-1)          # (R, J)
         oks = np.exp(-d2 / (2.0 * area * var[ref][None])).mean(axis=1)
         suppressed[rest[oks > oks_threshold]] = True
-        suppressed[i] = True
     return np.asarray(kept, dtype=np.int64)

@@ -309,9 +309,9 @@ def predict_image(model: torch.nn.Module, image_bgr: np.ndarray, *, eval_params:
                                       max_people=int(cfg["max_people"]),
                                       adjust=bool(cfg["adjust"]), refine=bool(cfg["refine"]))
     kps = heatmap_to_image(persons, affine, stride=2.0)
-    num_joints = kps.shape[1] if kps.ndim == 3 else len(COCO_SIGMAS)
+    num_joints = kps.shape[1]  # (N, K, 3), also for N = 0
     sigmas = COCO_SIGMAS if num_joints == len(COCO_SIGMAS) else np.full(num_joints, float(np.mean(COCO_SIGMAS)))
-    order = oks_nms(kps.reshape(len(scores), num_joints, 3), scores, sigmas, float(cfg["nms_oks"]))
+    order = oks_nms(kps, scores, sigmas, float(cfg["nms_oks"]))
     return [{"keypoints": kps[i], "score": float(scores[i])} for i in order]
 
 
