@@ -1,18 +1,25 @@
 """Prefect flow `retrain`: new-data check, the DVC stage graph as Prefect tasks, push, register, notify.
 
-1. ``detect-new-data``: the fingerprint of the configured data source
+0. ``check-config``: params.yaml is read and checked (the typed schema of
+   `pose.params.validate_params`, e.g. ``data.dataset`` is a catalogue entry; and the local
+   ingest batches exist). A configuration error ends the run at once as ``Failed`` (state
+   name ``ConfigError``) with one line naming the key; it is never retried.
+1. ``detect-new-data``: the fingerprint of what the ``fetch`` stage would read
    (:func:`pose.registry.data_version.source_fingerprint`: mirror / source folder content,
-   S3 prefix listing, ...) is compared with the registered model's tag ``data.fingerprint``
-   (the source fingerprint of the last registered data). Unchanged -> the flow ends at
-   once in a ``Completed`` state named **NoNewData** (message says why); nothing is trained.
-   ``force=True`` skips the check.
+   S3 prefix listing, ..., plus every batch listed under ``catalogue.<name>.ingest``) is
+   compared with the registered model's tag ``data.fingerprint`` (the fingerprint of the
+   last registered data). Unchanged -> the flow ends at once in a ``Completed`` state named
+   **NoNewData** (message says why); nothing is trained. ``force=True`` skips the check.
 2. Each stage runs as ``dvc repro --single-item <stage>`` in the repo, in `dvc.yaml` order
-   (topological). On new data ``fetch`` is forced (``-f``): its DVC deps are the code and
-   params, not the external source. DVC does all the work, so `dvc.lock` and the cache
-   end up exactly as after a plain `dvc repro`.
+   (topological). On new data ``fetch`` is forced (``--force``): its DVC deps are the code
+   and params, not the external source. With ``force=True`` the stages from ``train`` on
+   (:data:`FORCED_FROM`) run with ``--force``, so the model really is retrained on the
+   current data. DVC does all the work, so `dvc.lock` and the cache end up exactly as
+   after a `dvc repro` (``--force``).
 3. ``dvc push`` (data and models to the DVC remote, ``dvc-storage/`` by default; params
    ``schedule.push``) before ``register``, so a registered version's data is always in the
-   remote. Network-bound tasks (fetch, detect on S3, push) retry with backoff.
+   remote. Only network-bound tasks retry with backoff: fetch, push, and the new-data
+   check when it lists an S3 prefix.
 4. ``register`` (stage) logs, registers and gates the model (the data fingerprint reaches
    it through ``POSE_DATA_FINGERPRINT``); a compare report against the previous champion is
    attached to the new run; a promotion is notified.
@@ -22,13 +29,14 @@
 
 Run it once with::
 
-    python -m flows.retrain [REPO] [--force]      # ephemeral Prefect API, no server needed
+    python -m flows.retrain [REPO] [--force]      # ephemeral Prefect API, no server needed; --help
 
 and on a schedule with ``python -m flows.serve`` (flows/serve.py).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -40,9 +48,11 @@ import yaml
 
 import pose  # noqa: F401  (telemetry off before prefect is imported)
 from prefect import flow, get_run_logger, task
-from prefect.states import Completed
+from prefect.states import Completed, Failed
 
 NETWORK_STAGES = {"fetch"}
+#: with ``force=True`` this stage and every later one run as ``dvc repro --force``
+FORCED_FROM = "train"
 #: stages that run after `dvc push` (registration only once the data is in the remote)
 AFTER_PUSH_STAGES = {"register"}
 NO_NEW_DATA = "NoNewData"
@@ -66,11 +76,18 @@ def _env(extra: dict | None = None) -> dict:
 
 
 def run_stage(repo: Path, name: str, force: bool = False, env: dict | None = None) -> str:
-    """``dvc repro --single-item [-f] <name>`` in ``repo``; raises RuntimeError with DVC's output on failure."""
+    """``dvc repro --single-item [--force] <name>`` in ``repo``; returns DVC's stdout.
+
+    Raises RuntimeError on failure: first line ``stage <name> failed (exit N): <the command's
+    last "error:" line>``, then the tail of DVC's output."""
     cmd = [_dvc(), "repro", "--single-item"] + (["--force"] if force else []) + [name]
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=_env(env))
     if proc.returncode != 0:
-        raise RuntimeError(f"stage {name} failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        lines = (proc.stdout + "\n" + proc.stderr).splitlines()
+        errors = [ln.strip() for ln in lines if ln.strip().startswith("error:")] or \
+                 [ln.strip() for ln in lines if ln.strip().startswith("ERROR:")] or ["see the output below"]
+        raise RuntimeError(f"stage {name} failed (exit {proc.returncode}): {errors[-1]}\n"
+                           f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc.stdout
 
 
@@ -92,18 +109,18 @@ def tracking_uri_for(repo: Path | str, uri: str) -> str:
 
 
 def last_trained_fingerprint(params: dict, repo: Path | str) -> str | None:
-    """The registered model's ``data.fingerprint`` tag, None when nothing is registered yet."""
+    """The registered model's ``data.fingerprint`` tag, None when nothing is registered yet
+    (model name: :func:`pose.registry.promotion.registered_model_name`)."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from pose.registry.promotion import tracking_uri
+    from pose.registry.promotion import registered_model_name, tracking_uri
 
-    reg = params["registry"]
     uri = tracking_uri_for(repo, tracking_uri(params))
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         return None  # no registry database yet (and do not create one here)
     try:
-        return MlflowClient(uri).get_registered_model(reg["model_name"]).tags.get("data.fingerprint")
+        return MlflowClient(uri).get_registered_model(registered_model_name(params)).tags.get("data.fingerprint")
     except MlflowException:
         return None
 
@@ -118,13 +135,50 @@ def detect(repo: Path | str) -> dict:
     return {**fp, "previous": prev, "new": prev != fp["fingerprint"]}
 
 
-@task(name="detect-new-data", retries=3, retry_delay_seconds=[10, 60, 300])
+def config_errors(repo: Path | str) -> list[str]:
+    """Configuration errors of ``<repo>/params.yaml`` the flow can see before any compute.
+
+    One line each, naming the file and key: unreadable params.yaml, the typed params check
+    (:func:`pose.params.validate_params`: unknown keys, out-of-range values, ``data.dataset``
+    not a ``catalogue`` key, ...), and a local ``catalogue.<name>.ingest`` batch folder that
+    does not exist. Empty list: no error."""
+    from pose.params import ParamsError, validate_params
+    from pose.registry.data_version import fingerprint_uses_network, ingest_fingerprints
+
+    path = Path(repo) / "params.yaml"
+    try:
+        params = repo_params(repo)
+        validate_params(params, source=str(path))
+        if not fingerprint_uses_network(params):
+            ingest_fingerprints(params, repo, mode="stat")  # local batches: exist? (cheap, no network)
+    except (OSError, ParamsError, ValueError) as exc:
+        return [str(exc).strip().splitlines()[0]]
+    return []
+
+
+@task(name="check-config")
+def check_config(repo: str):
+    """The flow's first task: ``params.yaml`` errors (:func:`config_errors`) fail the run at once, no retries."""
+    errors = config_errors(repo)
+    if errors:
+        return Failed(name="ConfigError", message=errors[0])
+    return True
+
+
+@task(name="detect-new-data")
 def detect_new_data(repo: str) -> dict:
-    """Fingerprint the data source (may list an S3 prefix: retried) and compare with the last trained one."""
+    """Fingerprint the data source and ingest batches and compare with the last trained fingerprint.
+
+    Not retried; the flow uses :data:`detect_new_data_s3` (retried) when the check lists an S3 prefix."""
     d = detect(repo)
     get_run_logger().info("data source %s (%s files): fingerprint %s, last trained %s -> %s", d["source"], d["files"],
                           d["fingerprint"][:16], (d["previous"] or "none")[:16], "NEW DATA" if d["new"] else "unchanged")
     return d
+
+
+#: the new-data check when it lists an S3 prefix (network-bound): retried with backoff
+detect_new_data_s3 = detect_new_data.with_options(name="detect-new-data-s3", retries=3,
+                                                  retry_delay_seconds=[10, 60, 300])
 
 
 @task(name="dvc-stage-network", retries=3, retry_delay_seconds=[5, 30, 120])
@@ -137,6 +191,7 @@ def network_stage(repo: str, name: str, force: bool = False) -> str:
 
 @task(name="dvc-stage")
 def local_stage(repo: str, name: str, force: bool = False, env: dict | None = None) -> str:
+    """A local stage (no retries: a failure here is a bug or bad data, not a flaky network)."""
     out = run_stage(Path(repo), name, force=force, env=env)
     get_run_logger().info("stage %s:\n%s", name, out.strip()[-2000:])
     return name
@@ -158,13 +213,12 @@ def record_data_version(repo: str, fingerprint: str) -> bool:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from pose.registry.promotion import tracking_uri
+    from pose.registry.promotion import registered_model_name, tracking_uri
 
     params = repo_params(repo)
-    reg = params["registry"]
     try:
         MlflowClient(tracking_uri_for(repo, tracking_uri(params))).set_registered_model_tag(
-            reg["model_name"], "data.fingerprint", fingerprint)
+            registered_model_name(params), "data.fingerprint", fingerprint)
         return True
     except MlflowException as exc:
         get_run_logger().warning("could not record the data fingerprint: %s", exc)
@@ -184,18 +238,18 @@ def compare_with_previous(repo: str, before: int, version: int) -> str | None:
 
 
 @task(name="summary")
-def summarize(repo: str) -> dict:
-    """Metrics, registered version and aliases of the run, from the stage outputs."""
+def summarize(repo: str, forced: bool = False) -> dict:
+    """Metrics, registered version and aliases of the run, from the stage outputs (``forced``: --force run)."""
     root = Path(repo)
-    summary: dict = {}
+    summary: dict = {"forced": forced}
     for key, rel in (("eval", "data/metrics/eval.json"), ("train", "data/metrics/train.json"),
                      ("registration", "data/registry/registration.json")):
         p = root / rel
         summary[key] = json.loads(p.read_text()) if p.exists() else None
     ev, reg = summary["eval"] or {}, summary["registration"] or {}
     get_run_logger().info(
-        "retrain done: AP %.4f AP50 %.4f AR %.4f | model %s version %s aliases %s | %s",
-        ev.get("AP", float("nan")), ev.get("AP50", float("nan")), ev.get("AR", float("nan")),
+        "retrain done%s: AP %.4f AP50 %.4f AR %.4f | model %s version %s aliases %s | %s",
+        " (forced)" if forced else "", ev.get("AP", float("nan")), ev.get("AP50", float("nan")), ev.get("AR", float("nan")),
         reg.get("model_name"), reg.get("version"), reg.get("aliases"), reg.get("reason"))
     return summary
 
@@ -229,33 +283,47 @@ def notify_failure(flow_obj, flow_run, state) -> None:
 def retrain(repo_dir: str = ".", force: bool = False):
     """New data? -> every stage of `dvc.yaml` through DVC, `dvc push`, register + gate, notify.
 
-    Returns the summary (metrics, registration), or a ``Completed`` state named ``NoNewData``."""
+    ``force=True`` retrains even when the data did not change: the new-data check does not
+    stop the run and the stages from :data:`FORCED_FROM` on run with ``dvc repro --force``.
+
+    Returns the summary (metrics, registration, ``forced``), a ``Completed`` state named
+    ``NoNewData``, or a ``Failed`` state named ``ConfigError`` (one line naming the key)."""
+    from pose.registry.data_version import fingerprint_uses_network
+
     repo = str(Path(repo_dir).resolve())
+    config = check_config(repo, return_state=True)
+    if config.is_failed():
+        return Failed(name="ConfigError", message=config.message)
     params = repo_params(repo)
-    d = detect_new_data(repo)
+    d = (detect_new_data_s3 if fingerprint_uses_network(params) else detect_new_data)(repo)
+    log = get_run_logger()
     if not d["new"] and not force:
         msg = (f"no new data: {d['dataset']} source {d['source']} unchanged since the last registered model "
                f"(fingerprint {d['fingerprint'][:16]}); nothing trained")
-        get_run_logger().info(msg)
+        log.info(msg)
         return Completed(name=NO_NEW_DATA, message=msg)
-    before = _registration_run(repo)
     names = stage_names(Path(repo))
+    forced = set(names[names.index(FORCED_FROM):]) if force else set()
+    if force:
+        log.info("forced retrain (--force): %s; running %s with dvc repro --force",
+                 "new data" if d["new"] else "data unchanged", ", ".join(n for n in names if n in forced))
+    before = _registration_run(repo)
     env = {"POSE_DATA_FINGERPRINT": d["fingerprint"]}
     for name in [n for n in names if n not in AFTER_PUSH_STAGES]:
         if name in NETWORK_STAGES:
-            network_stage(repo, name, force=d["new"])
+            network_stage(repo, name, force=d["new"] or name in forced)
         else:
-            local_stage(repo, name)
+            local_stage(repo, name, force=name in forced)
     if params["schedule"]["push"]:
         dvc_push(repo)
     for name in [n for n in names if n in AFTER_PUSH_STAGES]:
-        local_stage(repo, name, env=env)
+        local_stage(repo, name, force=name in forced, env=env)
     record_data_version(repo, d["fingerprint"])
-    summary = summarize(repo)
+    summary = summarize(repo, forced=force)
     reg = summary.get("registration") or {}
     summary["registered"] = bool(reg) and reg.get("run_id") != before
     if not summary["registered"]:
-        get_run_logger().info("fetched data identical to the registered version's: DVC had nothing to retrain")
+        log.info("fetched data identical to the registered version's: DVC had nothing to retrain")
         return summary
     if reg.get("champion_before") and reg.get("version") and reg["champion_before"] != reg["version"]:
         compare_with_previous(repo, reg["champion_before"], reg["version"])
@@ -266,6 +334,28 @@ def retrain(repo_dir: str = ".", force: bool = False):
     return summary
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``python -m flows.retrain [REPO] [--force]``: one run of the flow; exit 0 when it completes
+    (trained, or ``NoNewData``), 1 with ``error: <one line>`` when it fails."""
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.retrain",
+        description="One run of the retrain flow: new-data check, every dvc.yaml stage through DVC, dvc push, "
+                    "register + promotion gate. Ends as NoNewData (exit 0) when nothing changed.")
+    parser.add_argument("repo", nargs="?", default=".", help="repository root holding params.yaml and dvc.yaml "
+                        "(default: the current folder)")
+    parser.add_argument("--force", action="store_true", help="retrain even when the data did not change: "
+                        f"`dvc repro --force` of {FORCED_FROM} and every later stage")
+    args = parser.parse_args(argv)
+    for required in ("params.yaml", "dvc.yaml"):
+        if not (Path(args.repo) / required).is_file():
+            parser.error(f"{Path(args.repo) / required} not found: REPO must be the repository root")
+    state = retrain(args.repo, force=args.force, return_state=True)
+    if not state.is_completed():
+        first_line = (state.message or "").strip().splitlines()[:1] or ["(no message)"]
+        print(f"error: retrain ended {state.name}: {first_line[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    retrain(args[0] if args else ".", force="--force" in sys.argv[1:])
+    sys.exit(main())

@@ -1,6 +1,6 @@
 """Serve the `retrain` flow as a scheduled Prefect deployment.
 
-    python -m flows.serve [REPO]          # REPO: the repository root (default: .)
+    python -m flows.serve [REPO]          # REPO: the repository root (default: .); --help
 
 Creates (or updates) the deployment ``retrain/<schedule.deployment>`` on the Prefect API
 (``PREFECT_API_URL``; a server started with ``prefect server start``) with
@@ -18,6 +18,7 @@ without training when nothing changed. Stop with Ctrl-C (the schedule is paused 
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -45,8 +46,17 @@ def build_deployment(repo_dir: str | Path = "."):
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    serve(build_deployment(args[0] if args else "."), limit=1)
+    """``python -m flows.serve [REPO]``: serve the deployment until Ctrl-C (``--help``: usage, nothing served)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.serve",
+        description="Serve the retrain flow as the scheduled Prefect deployment retrain/<schedule.deployment> "
+                    "(cron schedule.cron in schedule.timezone) on the API of PREFECT_API_URL, until Ctrl-C.")
+    parser.add_argument("repo", nargs="?", default=".", help="repository root holding params.yaml and dvc.yaml "
+                        "(default: the current folder)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if not (Path(args.repo) / "params.yaml").is_file():
+        parser.error(f"{Path(args.repo) / 'params.yaml'} not found: REPO must be the repository root")
+    serve(build_deployment(args.repo), limit=1)
 
 
 if __name__ == "__main__":

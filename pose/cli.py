@@ -2,26 +2,136 @@
 
 Every command reads its tunables from ``--params`` (params.yaml) and is exactly what
 `dvc.yaml` runs; the Prefect flows run `dvc repro`, so nothing is implemented twice.
+Every command checks params.yaml against the schema (`pose.params`) before it does
+anything else; `pose check-params` does only that (the first DVC stage).
+
+Errors a person can act on: a bad value, a missing file or a usage mistake ends in one
+line ``error: ...`` on stderr naming the file / key / option and what is allowed (exit
+status 2 for bad params and usage, 1 for other failures), never a traceback; warnings
+are one plain line ``warning: ...``; no colour codes unless stderr is a terminal.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import re
+import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import typer
 
-import pose  # noqa: F401  (turns telemetry off before any tool is imported)
-from pose.params import load_params
+try:  # typer >= 0.22 vendors click as typer._click: its usage errors are those classes
+    from typer._click import exceptions as _click_exc
+except ImportError:  # pragma: no cover - older typer on the real click
+    from click import exceptions as _click_exc
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-PARAMS = typer.Option(Path("params.yaml"), "--params", help="params.yaml with every tunable")
+import pose  # noqa: F401  (turns telemetry off before any tool is imported)
+from pose.params import ParamsError, check_input_size, load_checked_params, load_params
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None,
+                  pretty_exceptions_enable=False)
+PARAMS = typer.Option(Path("params.yaml"), "--params", help="params.yaml with every tunable (checked against "
+                                                          "the schema in pose.params before the command runs)")
+#: exit status of bad params / usage (click's usage errors use 2 as well)
+EXIT_CONFIG = 2
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+#: third-party warnings that say nothing a `pose` user can act on
+_IGNORED_WARNINGS = (
+    # MLflow: PythonModel.predict without type hints (pose.registry.serving declares a signature instead)
+    (r".*Add type hints to the .predict. method", UserWarning),
+)
+
+
+def _one_line(msg: object) -> str:
+    """``msg`` without colour codes, its lines joined with "; " (a message is one line)."""
+    lines = [ln.strip() for ln in _ANSI.sub("", str(msg)).splitlines() if ln.strip()]
+    return "; ".join(lines)
+
+
+def _colour() -> bool:
+    return sys.stderr.isatty() and "NO_COLOR" not in os.environ
+
+
+def _error_line(msg: object) -> None:
+    text = f"error: {_one_line(msg)}"
+    if _colour():
+        typer.secho(text, fg=typer.colors.RED, err=True)
+    else:
+        typer.echo(text, err=True)
 
 
 def _fail(msg: str, code: int = 1) -> None:
-    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    """Print ``error: <msg>`` (one line, plain unless stderr is a terminal) and exit ``code``."""
+    _error_line(msg)
     raise typer.Exit(code)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """`warnings.showwarning` replacement: ``warning: <message as one line> (<category>)``, no
+    source line; drops `_IGNORED_WARNINGS` here too, since libraries that reset the filters
+    (MLflow's ``simplefilter("once")`` around its type-hint check) bypass `warnings.filterwarnings`."""
+    text = _one_line(message)
+    if any(re.match(pattern, text) and issubclass(category, cat) for pattern, cat in _IGNORED_WARNINGS):
+        return
+    try:
+        print(f"warning: {text} ({category.__name__})", file=file or sys.stderr)
+    except (OSError, ValueError):
+        pass
+
+
+def _quiet_warnings() -> None:
+    """Drop the known noise (`_IGNORED_WARNINGS`) and print other warnings as one plain line."""
+    for pattern, category in _IGNORED_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern, category=category)
+    warnings.showwarning = _show_warning
+
+
+for _pattern, _category in _IGNORED_WARNINGS:
+    warnings.filterwarnings("ignore", message=_pattern, category=_category)
+
+
+def _params(path: Path) -> dict:
+    """params.yaml checked against the schema; a bad file / value ends the command with one line."""
+    try:
+        return load_checked_params(path)
+    except (ParamsError, FileNotFoundError) as exc:
+        _fail(str(exc), EXIT_CONFIG)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("pose-pipeline")
+        except PackageNotFoundError:
+            v = pose.__version__
+        typer.echo(f"pose {v}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_version_callback,
+                                       help="print the version and exit")) -> None:
+    _quiet_warnings()
+
+
+@app.command("check-params")
+def check_params(out: Path = typer.Option(None, help="also write this JSON marker ({\"ok\": true}; the same bytes for "
+                                                     "every valid params.yaml) for DVC stages to depend on"),
+                 params_file: Path = PARAMS) -> None:
+    """Check params.yaml against the schema and exit (the first DVC stage, `check_params`): unknown keys,
+    types, ranges, input sizes (positive multiples of 32), enumerations, data.dataset in the catalogue."""
+    _params(params_file)
+    if out is not None:
+        from pose.io import atomic_write_json
+
+        atomic_write_json(out, {"ok": True})
+    typer.echo(f"{params_file}: ok")
 
 
 @app.command()
@@ -69,8 +179,10 @@ def ingest(batch: str = typer.Option(..., help="folder, file:// URL or s3://buck
 
 
 @app.command()
-def validate(annotations: Path = typer.Option(..., exists=False), images: Path = typer.Option(...),
-             report: Path = typer.Option(...), docs: Path = typer.Option(None, help="Data Docs HTML folder"),
+def validate(annotations: Path = typer.Option(..., help="COCO keypoints JSON to check"),
+             images: Path = typer.Option(..., help="folder of the images it references"),
+             report: Path = typer.Option(..., help="JSON report to write (findings, summary, removed records)"),
+             docs: Path = typer.Option(None, help="Data Docs HTML folder"),
              cleaned: Path = typer.Option(None, help="annotation file downstream stages read (cleaned under quarantine)"),
              on_error: str = typer.Option(None, help="fail | quarantine (default: params validate.on_error)"),
              params_file: Path = PARAMS) -> None:
@@ -95,39 +207,61 @@ def validate(annotations: Path = typer.Option(..., exists=False), images: Path =
 
 
 @app.command("check-scales")
-def check_scales_cmd(annotations: Path = typer.Option(...), report: Path = typer.Option(...),
+def check_scales_cmd(annotations: Path = typer.Option(..., help="COCO keypoints JSON (the validated train split)"),
+                     report: Path = typer.Option(..., help="JSON report to write (per size: violations, persons "
+                                                           "too small, keypoints lost, height histogram)"),
                      params_file: Path = PARAMS) -> None:
     """Cross-scale annotation consistency for every curriculum input size (stage `check_scales`)."""
     from pose.quality.scales import check_scales
 
     p = load_params(params_file)
     c = p["check_scales"]
-    sizes = sorted({int(s) for st in p["train"]["curriculum"] for s in st["sizes"]} | {int(p["evaluate"]["input_size"])})
+    # the shared size rule (pose.params), also applied by the schema and by `pose train`
+    sizes = sorted({check_input_size(s, f"train.curriculum[{i}].sizes", str(params_file))
+                    for i, st in enumerate(p["train"]["curriculum"]) for s in st["sizes"]}
+                   | {check_input_size(p["evaluate"]["input_size"], "evaluate.input_size", str(params_file))})
     from pose.quality.tables import AnnotationFileError
 
     try:
         result = check_scales(annotations, input_sizes=sizes, strides=[4, 2], sigma=float(p["targets"]["sigma"]),
                               max_roundtrip_error=float(c["max_roundtrip_error"]),
                               max_peak_error=float(c["max_peak_error"]),
-                              min_torso_heatmap_px=float(c["min_torso_heatmap_px"]), report_path=report)
-    except AnnotationFileError as exc:
+                              min_torso_heatmap_px=float(c["min_torso_heatmap_px"]), report_path=report,
+                              crop=str(p["augment"]["crop"]))
+    except (AnnotationFileError, ValueError) as exc:
         _fail(str(exc))
     if not result["ok"]:
-        _fail(f"scale consistency violations in {annotations}; see {report}")
+        violations = [str(v) for v in result.get("violations", [])]
+        for v in violations[:20]:
+            typer.echo(f"  violation: {_one_line(v)}", err=True)
+        if len(violations) > 20:
+            typer.echo(f"  ... and {len(violations) - 20} more in {report}", err=True)
+        _fail(f"{len(violations)} scale consistency violation(s) in {annotations} for sizes {sizes}; see {report}")
     typer.echo(f"scale checks passed for sizes {sizes}")
 
 
 @app.command()
-def train(train_ann: Path = typer.Option(...), train_images: Path = typer.Option(...),
-          out_dir: Path = typer.Option(Path("data/models")), metrics: Path = typer.Option(Path("data/metrics/train.json")),
-          steps: Path = typer.Option(Path("data/plots/train_steps.csv")),
+def train(train_ann: Path = typer.Option(..., help="training COCO keypoints JSON (the validated train split)"),
+          train_images: Path = typer.Option(..., help="folder of the training images"),
+          out_dir: Path = typer.Option(Path("data/models"), help="checkpoint folder (last.pt, best.pt)"),
+          metrics: Path = typer.Option(Path("data/metrics/train.json"), help="training summary JSON to write"),
+          steps: Path = typer.Option(Path("data/plots/train_steps.csv"), help="per-step CSV to write (loss "
+                                                                              "terms, lr, input size, images/s)"),
           resume: bool = typer.Option(True, help="continue from out_dir/last.pt when present"),
+          val_ann: Path = typer.Option(None, help="validation COCO keypoints JSON, scored every train.val_every "
+                                                  "epochs; best.pt = best validation AP"),
+          val_images: Path = typer.Option(None, help="folder of the validation images"),
+          val_epochs: Path = typer.Option(None, help="per-epoch validation CSV to write (epoch, step, AP, AP50, ...)"),
           params_file: Path = PARAMS) -> None:
     """Train HigherHRNet with the multi-scale curriculum (stage `train`). Works under torchrun."""
     from pose.train.loop import train as run_train
 
-    summary = run_train(load_params(params_file), train_ann=train_ann, train_images=train_images, out_dir=out_dir,
-                        metrics_path=metrics, steps_path=steps, resume=resume)
+    try:
+        summary = run_train(load_params(params_file), train_ann=train_ann, train_images=train_images,
+                            out_dir=out_dir, metrics_path=metrics, steps_path=steps, resume=resume,
+                            val_ann=val_ann, val_images=val_images, val_path=val_epochs)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
     if summary:
         typer.echo(json.dumps(summary, indent=2, sort_keys=True))
 
@@ -162,7 +296,8 @@ def evaluate(annotations: Path = typer.Option(..., help="ground-truth COCO keypo
              out: Path = typer.Option(..., help="metrics.json to write"),
              results: Path = typer.Option(None, help="score this existing COCO results JSON"),
              checkpoint: Path = typer.Option(None, help="or: decode this checkpoint on --images first"),
-             images: Path = typer.Option(None), results_out: Path = typer.Option(None),
+             images: Path = typer.Option(None, help="folder of the images of --annotations (with --checkpoint)"),
+             results_out: Path = typer.Option(None, help="write the decoded COCO results JSON here (with --checkpoint)"),
              efficiency: Path = typer.Option(None, help="efficiency.json to write: params, GFLOPs, latency p50/p90, "
                                                         "peak memory (needs --checkpoint and --images)"),
              plots_dir: Path = typer.Option(None, help="folder for AP per keypoint / per person scale (PNG + CSV) "
@@ -217,17 +352,51 @@ def evaluate(annotations: Path = typer.Option(..., help="ground-truth COCO keypo
     typer.echo(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
 
 
+#: model references `pose predict --model` accepts besides a checkpoint file (pose.decode.predict.load_model)
+_MODEL_URI = re.compile(r"models:/[^/@]+(@[^/@]+|/[^/@]+)|runs:/[^/]+/.+|mlflow-artifacts:/.+")
+
+
+def _check_predict_inputs(source: Path, model: str, *, input_size: int | None, min_score: float | None,
+                          min_joints: int | None) -> None:
+    """Cheap checks of `pose predict`'s inputs before torch / MLflow are imported and a model is
+    loaded; each failure is one line naming the argument and what is allowed (exit 1 for a missing
+    input, 2 for an option value out of range, as click's usage errors)."""
+    if not source.exists():
+        _fail(f"source {source}: no such image or folder")
+    if "://" in model or model.startswith(("models:", "runs:", "mlflow-artifacts:")):
+        if not _MODEL_URI.fullmatch(model):
+            _fail(f"--model {model!r}: not a model reference; allowed: a checkpoint file, models:/<name>@<alias>, "
+                  "models:/<name>/<version>, runs:/<run_id>/<path>")
+    elif not Path(model).is_file():
+        _fail(f"--model {model}: no such checkpoint file (or give models:/<name>@<alias>, models:/<name>/<version>, "
+              "runs:/<run_id>/<path>)")
+    if input_size is not None:
+        try:
+            check_input_size(input_size, "--input-size", "pose predict")
+        except ParamsError as exc:
+            _fail(str(exc), EXIT_CONFIG)
+    if min_score is not None and not 0.0 <= min_score <= 1.0:
+        _fail(f"--min-score {min_score:g}: must be in [0, 1]", EXIT_CONFIG)
+    if min_joints is not None and not 0 <= min_joints <= 17:
+        _fail(f"--min-joints {min_joints}: must be in [0, 17] (COCO-17 joints)", EXIT_CONFIG)
+
+
 @app.command()
 def predict(source: Path = typer.Argument(..., help="an image or a folder of images"),
             model: str = typer.Option(..., help="checkpoint path, or models:/<name>@<alias> (also "
                                                 "models:/<name>/<version>, runs:/<run>/<path>)"),
-            out_dir: Path = typer.Option(Path("predictions")),
+            out_dir: Path = typer.Option(Path("predictions"), help="folder for <image>_pose.png overlays and "
+                                                                   "results.json (not created when inputs are bad)"),
             input_size: int = typer.Option(None, help="network input side (default: params evaluate.input_size)"),
-            min_score: float = typer.Option(None, help="draw persons / joints scoring above this "
-                                                       "(default: params evaluate.overlay_min_score)"),
+            min_score: float = typer.Option(None, help="draw persons scoring at least this "
+                                                       "(default: params predict.min_person_score)"),
+            min_joints: int = typer.Option(None, help="... with at least this many joints above the joint "
+                                                      "threshold (default: params predict.min_joints)"),
             params_file: Path = PARAMS) -> None:
-    """Draw skeletons (one colour per person) on images and write COCO results JSON."""
-    from pose.decode.predict import list_images, load_model, predict_files
+    """Draw the confident skeletons (one colour per person) on images and write COCO results JSON;
+    prints what data the model was trained on."""
+    _check_predict_inputs(source, model, input_size=input_size, min_score=min_score, min_joints=min_joints)
+    from pose.decode.predict import list_images, load_model, predict_files, training_data
     from pose.registry.promotion import tracking_uri
     from pose.train.loop import pick_device
 
@@ -235,23 +404,37 @@ def predict(source: Path = typer.Argument(..., help="an image or a folder of ima
     ev = dict(p["evaluate"])
     if input_size is not None:
         ev["input_size"] = input_size
+    show = dict(p["predict"])
+    if min_score is not None:
+        show["min_person_score"] = min_score
+    if min_joints is not None:
+        show["min_joints"] = min_joints
     device = pick_device()
+    created = not out_dir.exists()
+    done = False
     try:
         files = list_images(source)
         net = load_model(model, tracking_uri=tracking_uri(p), device=device)
-        summary = predict_files(net, files, out_dir, eval_params=ev, device=device,
-                                min_score=float(ev["overlay_min_score"] if min_score is None else min_score))
+        typer.echo(f"model {model}: trained on {training_data(model, tracking_uri=tracking_uri(p))}")
+        summary = predict_files(net, files, out_dir, eval_params=ev, predict_params=show, device=device)
+        done = True
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         _fail(str(exc))
+    finally:
+        if not done and created and out_dir.exists():  # no empty / partial output folder is left behind
+            shutil.rmtree(out_dir, ignore_errors=True)
     typer.echo(f"{summary['images']} image(s), {summary['persons']} person(s) ({summary['drawn']} drawn) -> "
                f"{out_dir} (results: {summary['results']})")
 
 
 @app.command()
-def register(checkpoint: Path = typer.Option(...), metrics: Path = typer.Option(...),
-             eval_annotations: Path = typer.Option(...), eval_images: Path = typer.Option(...),
-             out: Path = typer.Option(...), train_metrics: Path = typer.Option(None),
-             train_steps: Path = typer.Option(None),
+def register(checkpoint: Path = typer.Option(..., help="trained checkpoint to register (data/models/best.pt)"),
+             metrics: Path = typer.Option(..., help="its eval.json (pose evaluate --out)"),
+             eval_annotations: Path = typer.Option(..., help="ground truth the metrics were computed on"),
+             eval_images: Path = typer.Option(..., help="folder of the evaluation images (champion re-evaluation)"),
+             out: Path = typer.Option(..., help="registration record JSON to write"),
+             train_metrics: Path = typer.Option(None, help="train.json of the run, logged as metrics"),
+             train_steps: Path = typer.Option(None, help="per-step CSV of the run, logged as metric curves"),
              results: Path = typer.Option(None, help="COCO results JSON of the evaluation (default: data/eval/results.json "
                                                      "beside --metrics' folder when present)"),
              train_annotations: Path = typer.Option(None, help="training annotations (default: train.json beside "
@@ -261,11 +444,16 @@ def register(checkpoint: Path = typer.Option(...), metrics: Path = typer.Option(
     """Log the run to MLflow, register the model, set challenger/champion aliases (stage `register`)."""
     from pose.registry.mlflow_registry import register_run
 
+    from pose.registry.promotion import RegistryError
+
     p = load_params(params_file)
-    record = register_run(p, checkpoint=checkpoint, eval_metrics=metrics, eval_annotations=eval_annotations, out=out,
-                          artifacts=artifact, train_metrics=train_metrics, train_steps=train_steps,
-                          results=results, train_annotations=train_annotations,
-                          reevaluate=lambda ck, ann=None: _score(p, ck, ann or eval_annotations, eval_images, None))
+    try:
+        record = register_run(p, checkpoint=checkpoint, eval_metrics=metrics, eval_annotations=eval_annotations,
+                              out=out, artifacts=artifact, train_metrics=train_metrics, train_steps=train_steps,
+                              results=results, train_annotations=train_annotations,
+                              reevaluate=lambda ck, ann=None: _score(p, ck, ann or eval_annotations, eval_images, None))
+    except (RegistryError, TimeoutError) as exc:
+        _fail(str(exc))
     typer.echo(json.dumps(record, indent=2, sort_keys=True))
 
 
@@ -281,8 +469,8 @@ def promote(version: str = typer.Option(None, help="version (3 / v3), alias or m
             eval_images: Path = typer.Option(None, help="validation images, used to re-evaluate the champion on the "
                                                         "challenger's data (default: <raw_dir>/<dataset>/<val_split>)"),
             params_file: Path = PARAMS) -> None:
-    """Gate a registered version against the champion (same eval data, AP margin, per-scale tolerance,
-    bootstrap CI) and move alias `champion` when it passes, under the registry lock."""
+    """Gate a registered version against the champion with the rules of params `registry.rules` (on the
+    same eval data, with bootstrap CIs) and move alias `champion` when every rule passes, under the registry lock."""
     from pose.registry.promotion import RegistryError
     from pose.registry.promotion import promote as run_promote
 
@@ -318,7 +506,8 @@ def compare(a: str = typer.Argument(..., help="baseline: run id, version (3 / v3
             images: Path = typer.Option(None, help="validation images for overlays (default: <raw_dir>/<dataset>/<val_split>)"),
             log: bool = typer.Option(True, "--log/--no-log", help="log the report as an artifact of B's run"),
             params_file: Path = PARAMS) -> None:
-    """Markdown + HTML report of A vs B: metric deltas with bootstrap CIs, curves, params / data diff, overlays."""
+    """Markdown + HTML report of A vs B, verdict first (better AP, paired CI, gate rules), then metric deltas,
+    data / params diff, curves and overlays. Prints the verdict and the report paths."""
     from pose.registry.compare import compare as run_compare
     from pose.registry.promotion import RegistryError
 
@@ -326,11 +515,52 @@ def compare(a: str = typer.Argument(..., help="baseline: run id, version (3 / v3
         report = run_compare(load_params(params_file), a, b, out_dir=out_dir, images_dir=images, log_to_run=log)
     except RegistryError as exc:
         _fail(str(exc))
-    typer.echo(json.dumps({k: v for k, v in report.items() if k != "summary"}, indent=2))
+    for line in report["verdict_lines"]:
+        typer.echo(line.replace("**", "").replace("`", ""))
+    typer.echo(f"report: {report['markdown']} | {report['html']}"
+               + (f" | logged to run {report['run_id']} under {report['artifact_path']}" if report["artifact_path"] else ""))
+
+
+def _checks_params_first(fn):
+    """Wrap a command so that its ``--params`` file passes the schema before the command body
+    runs (before any heavy import, any output is touched or any compute starts)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if kwargs.get("params_file") is not None:
+            _params(kwargs["params_file"])
+        return fn(*args, **kwargs)
+
+    wrapper.checks_params_first = True
+    return wrapper
+
+
+# every command registered above (whoever added it) validates params.yaml first
+for _info in app.registered_commands:
+    if _info.callback is not None and not getattr(_info.callback, "checks_params_first", False):
+        _info.callback = _checks_params_first(_info.callback)
 
 
 def main() -> None:
-    app()
+    """Console entry point ``pose``: runs the app, printing click's usage errors (unknown
+    option, missing argument, bad value) as one line ``error: ... (see 'pose <cmd> --help')``."""
+    _quiet_warnings()
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=sys.argv[1:], prog_name="pose", standalone_mode=False)
+    except _click_exc.NoArgsIsHelpError as exc:
+        typer.echo(exc.format_message())
+        sys.exit(0)
+    except _click_exc.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "pose"
+        _error_line(f"{where}: {exc.format_message()} (see '{where} --help')")
+        sys.exit(exc.exit_code)
+    except _click_exc.ClickException as exc:
+        _error_line(exc.format_message())
+        sys.exit(exc.exit_code)
+    except _click_exc.Abort:
+        _error_line("aborted")
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -193,6 +193,38 @@ def test_generated_occlusion_matches_pixels(generated):
     assert occ_hits / occ_n < 0.5
 
 
+def test_generated_marker_colours_survive_flip(generated):
+    """A horizontally flipped generated image must be a valid generated image: flip swaps the
+    left/right labels (FLIP_INDEX), so a joint and its mirror partner share one marker colour,
+    while different joint types keep telling colours apart."""
+    from pose.datasets.generated import JOINT_COLOURS
+    from pose.datasets.schema import FLIP_INDEX
+
+    for k, f in enumerate(FLIP_INDEX):
+        assert JOINT_COLOURS[k] == JOINT_COLOURS[f], (k, f)
+    pair_colours = {JOINT_COLOURS[min(k, f)] for k, f in enumerate(FLIP_INDEX)}
+    assert len(pair_colours) == 9  # nose + 8 left/right pairs, all distinct
+
+    # pixels agree: a visible left joint and its right partner show the same colour
+    out, _ = generated
+    doc = _load(out / "annotations" / "person_keypoints_train2017.json")
+    files = {i["id"]: i["file_name"] for i in doc["images"]}
+    same = n = 0
+    for a in doc["annotations"][:200]:
+        if a["person_height"] < 60:
+            continue
+        img = cv2.imread(str(out / "train2017" / files[a["image_id"]])).astype(int)
+        kp = np.asarray(a["keypoints"]).reshape(-1, 3)
+        for k in (5, 7, 9, 11, 13, 15):  # left body joints
+            f = FLIP_INDEX[k]
+            if kp[k, 2] == 2 and kp[f, 2] == 2:
+                pk = img[int(round(kp[k, 1])), int(round(kp[k, 0]))]
+                pf = img[int(round(kp[f, 1])), int(round(kp[f, 0]))]
+                same += int(np.abs(pk - pf).max() <= 40)
+                n += 1
+    assert n > 50 and same / n > 0.85
+
+
 def test_generated_is_fast(tmp_path):
     import time
 
@@ -1127,7 +1159,7 @@ def test_fetch_applies_catalogue_ingest_batches_reproducibly(tmp_path, params):
     # the same batch through the CLI option, on top of the catalogue's: all duplicates, nothing added twice
     pf = tmp_path / "params.yaml"
     pf.write_text(yaml.safe_dump({**params, "generated": small, "catalogue": cat,
-                                  "data": {**params["data"], "mirror": str(SHARED)}}))
+                                  "data": {**params["data"], "dataset": "g", "mirror": str(SHARED)}}))
     res = _cli("fetch", "--dataset", "g", "--out", tmp_path / "c" / "g", "--ingest", batch, "--params", pf)
     assert res.exit_code == 0, res.output
     s = json.loads(res.stdout)

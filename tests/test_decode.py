@@ -19,8 +19,9 @@ from pose.datasets.schema import FLIP_INDEX, NUM_JOINTS
 from pose.datasets.schema import COCO_SIGMAS
 from pose.decode.group import (default_joint_order, group_keypoints, max_pool_nms, oks_nms, top_k_peaks)
 from pose.decode.inference import (IMAGENET_MEAN, IMAGENET_STD, aggregate_outputs, heatmap_to_image,
-                                   multi_scale_maps, predict_dataset, predict_image, resize_maps,
-                                   to_coco_results, to_input_tensor, unflip_maps)
+                                   input_geometry, model_convention, multi_scale_maps, predict_dataset,
+                                   predict_image, resize_maps, short_side_geometry, to_coco_results,
+                                   to_input_tensor, unflip_maps)
 from pose.evaluate.coco import evaluate_results
 from pose.targets.heatmaps import render_heatmaps
 
@@ -29,7 +30,7 @@ SHARED = Path(os.environ.get("POSE_SHARED_DATASETS",
 COCO_MINI = SHARED / "coco-mini"
 VAL_JSON = COCO_MINI / "annotations" / "person_keypoints_val2017.json"
 K = NUM_JOINTS
-DECODE = dict(detection_threshold=0.1, tag_threshold=1.0, max_people=30)
+DECODE = dict(detection_threshold=0.1, tag_threshold=1.0, max_people=30, nms_kernel=5, tie_break=False)
 
 
 def _load_benchmark():
@@ -131,10 +132,14 @@ def test_refine_fills_missing_joint_from_mean_tag():
     refined, s_ref = group_keypoints(hm, tags, adjust=False, refine=True, **DECODE)
     me = int(np.argmin(np.abs(plain[:, 0, 3])))
     assert plain[me, 9, 2] == 0
-    # Refinement adds the quarter offset toward the higher neighbour, as the reference does.
-    assert abs(refined[me, 9, 0] - 30) == 0.25 and abs(refined[me, 9, 1] - 33) == 0.25
+    # Refinement adds the quarter offset toward the higher neighbour, as the reference does;
+    # the Gaussian is symmetric about its pixel, so no shift (ties: 0).
+    assert (refined[me, 9, 0], refined[me, 9, 1]) == (30.0, 33.0)
     assert refined[me, 9, 2] == pytest.approx(0.05, rel=1e-5)
     np.testing.assert_array_equal(s_plain, s_ref)           # person score is taken before refinement
+    hm[9, 33, 31] += 0.001                                  # right neighbour now higher: +0.25 in x
+    refined, _ = group_keypoints(hm, tags, adjust=False, refine=True, **DECODE)
+    assert (refined[me, 9, 0], refined[me, 9, 1]) == (30.25, 33.0)
 
 
 def test_adjust_moves_a_quarter_pixel_toward_the_higher_neighbour():
@@ -146,16 +151,33 @@ def test_adjust_moves_a_quarter_pixel_toward_the_higher_neighbour():
     persons, _ = group_keypoints(hm, tags, adjust=True, refine=False, **DECODE)
     np.testing.assert_allclose(persons[0, :, 0], 8.25)
     np.testing.assert_allclose(persons[0, :, 1], 7.75)
+    # Equal neighbours (a peak symmetric about its pixel): no shift on that axis (the
+    # reference shifts -0.25, a bias on every symmetric peak).
+    hm[:, 8, 7] = 0.6
+    hm[:, 9, 8] = 0.3
+    persons, _ = group_keypoints(hm, tags, adjust=True, refine=False, **DECODE)
+    np.testing.assert_allclose(persons[0, :, 0], 8.0)
+    np.testing.assert_allclose(persons[0, :, 1], 7.75)
+    # On the border the clamped neighbour is the peak itself, higher than the inner one, so
+    # the shift points outward (as in the reference).
+    edge = np.zeros((K, 16, 16), np.float32)
+    edge[:, 0, 0], edge[:, 0, 1], edge[:, 1, 0] = 1.0, 0.5, 0.5
+    persons, _ = group_keypoints(edge, tags, adjust=True, refine=False, **DECODE)
+    np.testing.assert_allclose(persons[0, :, :2], -0.25)
+
 
 
 def test_empty_and_invalid_inputs():
     persons, scores = group_keypoints(np.zeros((K, 8, 8), np.float32), np.zeros((K, 8, 8, 1), np.float32),
                                       adjust=True, refine=True, **DECODE)
     assert persons.shape == (0, K, 4) and scores.shape == (0,)
+    flags = dict(adjust=True, refine=True)
     with pytest.raises(ValueError):
-        group_keypoints(np.zeros((K, 8, 8)), np.zeros((K, 8, 9, 1)), **DECODE)
+        group_keypoints(np.zeros((K, 8, 8)), np.zeros((K, 8, 9, 1)), **DECODE, **flags)
     with pytest.raises(ValueError):
-        group_keypoints(np.zeros((K, 8, 8)), np.zeros((K, 8, 8)), **{**DECODE, "max_people": 0})
+        group_keypoints(np.zeros((K, 8, 8)), np.zeros((K, 8, 8)), **{**DECODE, "max_people": 0}, **flags)
+    with pytest.raises(ValueError, match="odd"):
+        group_keypoints(np.ones((K, 8, 8)), np.zeros((K, 8, 8)), **{**DECODE, "nms_kernel": 4}, **flags)
     assert sorted(default_joint_order(14)) == list(range(14))
     assert default_joint_order(17)[:9] == (0, 1, 2, 3, 4, 5, 6, 11, 12)
 
@@ -167,12 +189,14 @@ def test_matches_straightforward_munkres_decoder():
     # assignment among them has the same cost, and solvers may break the tie differently).
     for n, size in ((1, 128), (6, 128), (15, 128), (30, 256)):
         hm, tags, _ = bench.make_scene(n, seed=100 + n, size=size)
-        kw = dict(detection_threshold=0.1, tag_threshold=1.0, max_people=max(30, n), adjust=True, refine=True)
-        ours, s_ours = group_keypoints(hm, tags, **kw)
-        ref, s_ref = bench.reference_decode(hm, tags, **kw)
-        assert ours.shape == ref.shape
-        np.testing.assert_allclose(ours, ref, atol=1e-5)
-        np.testing.assert_allclose(s_ours, s_ref, atol=1e-6)
+        for kernel, tie_break in ((5, False), (3, True)):
+            kw = dict(detection_threshold=0.1, tag_threshold=1.0, max_people=max(30, n), adjust=True, refine=True,
+                      nms_kernel=kernel, tie_break=tie_break)
+            ours, s_ours = group_keypoints(hm, tags, **kw)
+            ref, s_ref = bench.reference_decode(hm, tags, **kw)
+            assert ours.shape == ref.shape
+            np.testing.assert_allclose(ours, ref, atol=1e-5)
+            np.testing.assert_allclose(s_ours, s_ref, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -200,14 +224,14 @@ def _mirror(kps, size):
 
 def test_resize_and_unflip_follow_the_coordinate_convention():
     x = torch.arange(4.0).view(1, 1, 1, 4).expand(1, 1, 2, 4)
-    up = resize_maps(x, 4, 8)[0, 0, 0]
+    up = resize_maps(x, 4, 8, convention="project")[0, 0, 0]
     np.testing.assert_allclose(up.numpy(), [0, 0.5, 1, 1.5, 2, 2.5, 3, 3])   # j -> j / 2, border kept
-    assert resize_maps(x, 2, 4) is x
+    assert resize_maps(x, 2, 4, convention="project") is x
     # Un-flipping a map rendered from the mirrored input reproduces the direct rendering.
     kps = np.array([[[21.0, 30.0]]])
     direct, _ = _render(kps, [0], 32, 2, 2.0)
     flipped, _ = _render(_mirror(kps[:, :1].repeat(K, 1), 64)[:, :1], [0], 32, 2, 2.0)
-    back = unflip_maps(torch.from_numpy(flipped)[None], 2.0)[0].numpy()
+    back = unflip_maps(torch.from_numpy(flipped)[None], 2.0, convention="project")[0].numpy()
     naive = flipped[..., ::-1]
     assert np.abs(back - direct).max() < 0.04 < np.abs(naive - direct).max()
 
@@ -217,7 +241,7 @@ def test_aggregate_without_flip_averages_heads_and_lays_out_tags():
     rng = np.random.default_rng(3)
     quarter = torch.from_numpy(rng.random((b, K + K * tdim, size // 4, size // 4)).astype(np.float32))
     half = torch.from_numpy(rng.random((b, K, size // 2, size // 2)).astype(np.float32))
-    hm, tags = aggregate_outputs([quarter, half], K, tdim)
+    hm, tags = aggregate_outputs([quarter, half], K, tdim, convention="project")
     assert hm.shape == (b, K, 16, 16) and tags.shape == (b, K, 16, 16, tdim)
     # Even pixels of the upsampled quarter map are its own pixels.
     np.testing.assert_allclose(hm[:, :, ::2, ::2].numpy(), ((quarter[:, :K] + half[:, :, ::2, ::2]) / 2).numpy(),
@@ -225,7 +249,7 @@ def test_aggregate_without_flip_averages_heads_and_lays_out_tags():
     # Tag channel K + t*K + k is dimension t of joint k (the layout of pose.models.hrnet).
     np.testing.assert_allclose(tags[0, 4, ::2, ::2, 1].numpy(), quarter[0, K + 1 * K + 4].numpy())
     with pytest.raises(ValueError):
-        aggregate_outputs([quarter], K, tdim)
+        aggregate_outputs([quarter], K, tdim, convention="project")
 
 
 def test_flip_branch_swaps_joints_of_heatmaps_and_every_tag_dimension():
@@ -236,7 +260,8 @@ def test_flip_branch_swaps_joints_of_heatmaps_and_every_tag_dimension():
         quarter[0, k] = half[0, k] = k / 100
         for t in range(tdim):
             quarter[0, K + t * K + k] = 100 * t + k
-    hm, tags = aggregate_outputs([quarter, half], K, tdim, flip_outputs=[quarter, half])
+    hm, tags = aggregate_outputs([quarter, half], K, tdim, flip_outputs=[quarter, half],
+                                 convention="project")
     assert tags.shape == (1, K, 16, 16, 2 * tdim)
     for k in range(K):
         assert hm[0, k].unique().tolist() == pytest.approx([(k + FLIP_INDEX[k]) / 200])
@@ -250,8 +275,9 @@ def test_flip_test_agrees_with_plain_decoding():
     rng = np.random.default_rng(4)
     kps = rng.uniform(20, 108, (3, K, 2))
     tags = [1.0, 3.0, 5.0]
-    plain = aggregate_outputs(_outputs(kps, tags, size), K, 1)
-    both = aggregate_outputs(_outputs(kps, tags, size), K, 1, _outputs(_mirror(kps, size), tags, size))
+    plain = aggregate_outputs(_outputs(kps, tags, size), K, 1, convention="project")
+    both = aggregate_outputs(_outputs(kps, tags, size), K, 1, _outputs(_mirror(kps, size), tags, size),
+                             convention="project")
     assert both[1].shape[-1] == 2
     assert (plain[0] - both[0]).abs().max() < 0.1
     for hm, tg in (plain, both):
@@ -272,10 +298,10 @@ def test_flip_test_on_symmetric_input_gives_symmetric_output():
     a = rng.uniform(8, 56, (1, K, 2))
     scene = np.concatenate([a, _mirror(a, size)])
     out = _outputs(scene, [1.0, 4.0], size)
-    hm, tags = aggregate_outputs(out, K, 1, flip_outputs=out)
+    hm, tags = aggregate_outputs(out, K, 1, flip_outputs=out, convention="project")
     # The aggregated heatmaps equal their own mirror image (mirror x -> S - 1 - x in input
     # px, joints swapped) up to the bilinear resampling.
-    mirrored = unflip_maps(hm, 2.0)[:, list(FLIP_INDEX)]
+    mirrored = unflip_maps(hm, 2.0, convention="project")[:, list(FLIP_INDEX)]
     assert (mirrored - hm).abs().max() < 0.05
     persons, scores = group_keypoints(hm[0].numpy(), tags[0].numpy(), adjust=True, refine=True, **DECODE)
     assert len(persons) == 2
@@ -301,6 +327,7 @@ class TinyPoseNet(nn.Module):
         self.quarter = nn.Conv2d(8, num_joints * (1 + tag_dim), 1)
         self.head_half = nn.Conv2d(8, num_joints, 1)
         self.num_joints = num_joints
+        self.convention = "project"   # what pose.models.build_model records from params model.convention
 
     def forward(self, x):
         f2 = torch.relu(self.stem(x))
@@ -310,8 +337,9 @@ class TinyPoseNet(nn.Module):
         return [q, torch.sigmoid(self.head_half(f2))]
 
 
-EVAL = dict(input_size=64, flip_test=True, test_scales=[1.0], detection_threshold=0.5, tag_threshold=1.0,
-            max_people=5, adjust=True, refine=True, nms_oks=1.0)
+EVAL = dict(input_size=64, resize="letterbox", flip_test=True, test_scales=[1.0], detection_threshold=0.5,
+            tag_threshold=1.0, max_people=5, nms_kernel=5, tie_break=False, project2image=False, adjust=True,
+            refine=True, nms_oks=1.0)
 
 
 def _image(h=48, w=80, seed=0):
@@ -356,10 +384,10 @@ def test_single_scale_pipeline_and_multi_scale_with_one_scale():
     aff = letterbox_affine(img.shape[1], img.shape[0], 64)
     with torch.no_grad():
         out = model(torch.from_numpy(to_input_tensor(img, aff, 64))[None])
-    hm, tg = aggregate_outputs(out, K, 1)
+    hm, tg = aggregate_outputs(out, K, 1, convention="project")
     persons, scores = group_keypoints(hm[0].numpy(), tg[0].numpy(), detection_threshold=0.5, tag_threshold=1.0,
-                                      max_people=5, adjust=True, refine=True)
-    manual = heatmap_to_image(persons, aff, 2.0)
+                                      max_people=5, nms_kernel=5, tie_break=False, adjust=True, refine=True)
+    manual = heatmap_to_image(persons, aff, 2.0, convention="project")
     got = predict_image(model, img, eval_params=cfg)
     order = np.argsort(-scores, kind="stable")
     assert len(got) == len(order)
@@ -367,11 +395,12 @@ def test_single_scale_pipeline_and_multi_scale_with_one_scale():
         np.testing.assert_allclose(p["keypoints"], manual[i], atol=1e-9)
     # Multi-scale machinery with one scale is the single-scale result; a repeated scale
     # averages to the same heatmaps and concatenates its tags.
-    h1, t1, _ = multi_scale_maps(model, img, input_size=64, test_scales=[1.0], flip_test=True)
-    h2, t2, _ = multi_scale_maps(model, img, input_size=64, test_scales=[1.0, 1.0], flip_test=True)
+    ms = dict(input_size=64, resize="letterbox", flip_test=True, project2image=False, convention="project")
+    h1, t1, _, _ = multi_scale_maps(model, img, test_scales=[1.0], **ms)
+    h2, t2, _, _ = multi_scale_maps(model, img, test_scales=[1.0, 1.0], **ms)
     torch.testing.assert_close(h1, h2)
     torch.testing.assert_close(torch.cat([t1, t1], -1), t2)
-    h3, t3, _ = multi_scale_maps(model, img, input_size=64, test_scales=[1.0, 0.5, 1.5], flip_test=True)
+    h3, t3, _, _ = multi_scale_maps(model, img, test_scales=[1.0, 0.5, 1.5], **ms)
     assert h3.shape == h1.shape and t3.shape[-1] == 3 * t1.shape[-1]
 
 
@@ -380,7 +409,173 @@ def test_heatmap_to_image_inverts_the_letterbox():
     pts = np.array([[[100.0, 50.0, 1.0], [600.0, 400.0, 0.5]]])
     hm = pts.copy()
     hm[..., :2] = apply_affine(aff, pts[..., :2]) / 2
-    np.testing.assert_allclose(heatmap_to_image(hm, aff, 2.0), pts, atol=1e-9)
+    np.testing.assert_allclose(heatmap_to_image(hm, aff, 2.0, convention="project"), pts, atol=1e-9)
+    ref = hm.copy()
+    ref[..., :2] -= 0.5                       # reference: pixel index i is centred at i + 0.5
+    np.testing.assert_allclose(heatmap_to_image(ref, aff, 2.0, convention="reference"), pts, atol=1e-9)
+
+
+# --------------------------------------------------------------------------- the reference test protocol
+def _reference_affine(width: int, height: int, out_w: int, out_h: int) -> np.ndarray:
+    """The reference's ``get_affine_transform(center, scale, 0, (out_w, out_h))`` of
+    ``get_multi_scale_size``'s centre and scale, rebuilt from its three point pairs with
+    ``cv2.getAffineTransform`` (in float64; the reference uses float32)."""
+    center = np.array([int(width / 2.0 + 0.5), int(height / 2.0 + 0.5)], np.float64)
+    scale_w = width / 200.0 if width < height else out_w / out_h * height / 200.0
+    src_w = scale_w * 200.0
+    src = np.array([center, center + [0, -0.5 * src_w], center + [-0.5 * src_w, -0.5 * src_w]])
+    c = np.array([out_w * 0.5, out_h * 0.5])
+    dst = np.array([c, c + [0, -0.5 * out_w], c + [-0.5 * out_w, -0.5 * out_w]])
+    return cv2.getAffineTransform(src.astype(np.float32), dst.astype(np.float32)).astype(np.float64), src, dst
+
+
+def test_short_side_geometry_on_coco_mini_and_its_inverse(coco_mini):
+    """On every coco-mini val image: the shorter side becomes input_size (rounded up to 64),
+    the longer one keeps the aspect ratio rounded up to a multiple of 64 as the reference
+    rounds (scaled by the test scale relative to the smallest), the affine is the reference's, and labelled
+    keypoints mapped to input px / heatmap px and back (both conventions, strides 1, 2, 4)
+    return to within 1e-6 image px."""
+    data = json.loads((coco_mini / "annotations/person_keypoints_val2017.json").read_text())
+    kps_by_image: dict[int, list] = {}
+    for a in data["annotations"]:
+        kp = np.asarray(a["keypoints"], np.float64).reshape(K, 3)
+        kps_by_image.setdefault(a["image_id"], []).append(kp[kp[:, 2] > 0])
+    checked = 0
+    for im in data["images"]:
+        w, h = im["width"], im["height"]
+        for input_size, scales in ((512, [1.0]), (192, [1.0]), (512, [0.5, 1.0, 2.0])):
+            lo = min(scales)
+            m = int(np.ceil(lo * input_size / 64) * 64)
+            for scale in scales:
+                g = short_side_geometry(w, h, input_size, scale, lo)
+                short, long_ = (g.width, g.height) if w < h else (g.height, g.width)
+                assert short == int(m * scale / lo)
+                # the reference rounds (x + 63) // 64 * 64: up for integer x, and a fractional x
+                # may land up to 1 px below (640 x 426 at 256: x = 384.6 -> 384)
+                assert long_ == int(int((m / min(w, h) * max(w, h) + 63) // 64 * 64) * scale / lo)
+                if scale == lo:
+                    assert short % 64 == 0 and long_ % 64 == 0 and long_ > short * max(w, h) / min(w, h) - 1
+                ref, src, dst = _reference_affine(w, h, g.width, g.height)
+                np.testing.assert_allclose(g.affine, ref, rtol=1e-6, atol=2e-4)        # float32 reference
+                np.testing.assert_allclose(apply_affine(g.affine, src), dst, atol=1e-9)  # exact in float64
+                same = input_geometry(w, h, resize="short_side", input_size=input_size, scale=scale, min_scale=lo)
+                assert (same.width, same.height) == (g.width, g.height)
+                np.testing.assert_array_equal(same.affine, g.affine)
+        g = short_side_geometry(w, h, 512)
+        pts = np.concatenate(kps_by_image.get(im["id"], []) + [np.array([[0.0, 0.0, 1.0], [w - 1.0, h - 1.0, 1.0]])])
+        for convention, offset in (("project", 0.0), ("reference", 0.5)):
+            for stride in (1, 2, 4):
+                hm = pts.copy()[None]
+                hm[..., :2] = apply_affine(g.affine, pts[:, :2])[None] / stride - offset
+                back = heatmap_to_image(hm, g.affine, stride, convention=convention)[0]
+                assert np.abs(back[:, :2] - pts[:, :2]).max() < 1e-6
+        checked += 1
+    assert checked == len(data["images"]) > 50
+
+
+def test_letterbox_and_short_side_inputs_of_a_real_image(coco_mini):
+    """The warped input of a real image: short_side keeps the aspect ratio at the reference's
+    size and shows the whole image centre; letterbox pads to a square."""
+    im = json.loads((coco_mini / "annotations/person_keypoints_val2017.json").read_text())["images"][0]
+    img = cv2.imread(str(coco_mini / "val2017" / im["file_name"]))
+    h, w = img.shape[:2]
+    g = input_geometry(w, h, resize="short_side", input_size=256)
+    x = to_input_tensor(img, g.affine, (g.width, g.height))
+    assert x.shape == (3, g.height, g.width) and min(g.width, g.height) == 256
+    # input pixel -> image pixel through the inverse affine reads the same colour
+    inv = np.linalg.inv(np.vstack([g.affine, [0, 0, 1]]))[:2]
+    for yi, xi in ((g.height // 2, g.width // 2), (10, 20)):
+        sx, sy = apply_affine(inv, np.array([xi, yi], np.float64))
+        if 0 <= sx < w - 1 and 0 <= sy < h - 1:
+            rgb = cv2.getRectSubPix(img, (1, 1), (float(sx), float(sy)))[0, 0, ::-1].astype(np.float32) / 255
+            expect = (rgb - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+            np.testing.assert_allclose(x[:, yi, xi], expect, atol=0.05)
+    lb = input_geometry(w, h, resize="letterbox", input_size=256)
+    assert (lb.width, lb.height) == (256, 256)
+    with pytest.raises(ValueError, match="evaluate.resize"):
+        input_geometry(w, h, resize="crop", input_size=256)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        input_geometry(w, h, resize="letterbox", input_size=100)
+
+
+class FixedNet(nn.Module):
+    """Returns the same outputs for any input (batch size taken from the input)."""
+
+    def __init__(self, quarter: torch.Tensor, half: torch.Tensor, convention: str | None = "project"):
+        super().__init__()
+        self.quarter, self.half = quarter, half
+        if convention is not None:
+            self.convention = convention
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        n = x.shape[0]
+        return [self.quarter.expand(n, -1, -1, -1), self.half.expand(n, -1, -1, -1)]
+
+
+def test_nms_kernel_is_honoured():
+    """Two wrists 2 px apart on the 1/2 map (4 px at stride 1), tags 0 and 5: at 1/2 a 3 x 3
+    NMS window keeps both persons, the reference's 5 x 5 suppresses the lower peak; decoded
+    at stride 1 (project2image) 5 x 5 keeps both and 9 x 9 suppresses it."""
+    quarter = torch.zeros(1, 2 * K, 16, 16)
+    quarter[0, K + 9, :, 8:] = 5.0                   # tag of the right half of the map
+    half = torch.zeros(1, K, 32, 32)
+    half[0, 9, 10, 10], half[0, 9, 10, 12] = 0.9, 0.8
+    model = FixedNet(quarter, half)
+    img = np.zeros((64, 64, 3), np.uint8)
+    cfg = {**EVAL, "flip_test": False, "detection_threshold": 0.1, "refine": False}
+    for p2i, keeps, suppresses in ((False, 3, 5), (True, 5, 9)):
+        both = predict_image(model, img, eval_params={**cfg, "nms_kernel": keeps, "project2image": p2i})
+        one = predict_image(model, img, eval_params={**cfg, "nms_kernel": suppresses, "project2image": p2i})
+        assert len(both) == 2 and len(one) == 1
+        assert one[0]["keypoints"][9, 0] == pytest.approx(20.0, abs=0.6)    # the higher peak, input px 20
+    with pytest.raises(ValueError, match="nms_kernel"):
+        predict_image(model, img, eval_params={**cfg, "nms_kernel": 4})
+
+
+def test_convention_comes_from_the_model_or_the_call():
+    model = TinyPoseNet()
+    img = _image(seed=2)
+    assert model_convention(model) == "project"
+    assert model_convention(model, "reference") == "reference"
+    del model.convention
+    with pytest.raises(ValueError, match="model.convention"):
+        predict_image(model, img, eval_params=EVAL)
+    ref = predict_image(model, img, eval_params=EVAL, convention="reference")
+    proj = predict_image(model, img, eval_params=EVAL, convention="project")
+    assert ref and len(ref) == len(proj)
+    with pytest.raises(ValueError, match="model.convention"):
+        predict_image(model, img, eval_params=EVAL, convention="centre")
+
+
+@pytest.mark.parametrize("convention", ["project", "reference"])
+def test_multi_scale_short_side_follows_the_reference(convention):
+    """Each test scale runs at its own short-side size (the reference's sizes for
+    min(test_scales)), its maps are resampled to the base grid and averaged, its tags
+    concatenated; project2image decodes at the base input size."""
+    seen = []
+
+    class Recorder(TinyPoseNet):
+        def forward(self, x):
+            seen.append(tuple(x.shape))
+            return super().forward(x)
+
+    model = Recorder()
+    model.convention = convention
+    img = _image(h=90, w=120, seed=4)
+    kw = dict(input_size=64, resize="short_side", flip_test=True, convention=convention)
+    maps = multi_scale_maps(model, img, test_scales=[0.5, 1.0, 2.0], project2image=True, **kw)
+    # min scale 0.5: ceil64(32) = 64 -> scale 1.0 is 128 x ceil64(64 / 90 * 120) * 2 = 128 x 256
+    assert seen == [(2, 3, 64, 128), (2, 3, 128, 256), (2, 3, 256, 512)]
+    assert maps.heatmaps.shape == (K, 128, 256) and maps.stride == 1
+    assert maps.tags.shape == (K, 128, 256, 3 * 2)
+    single = multi_scale_maps(model, img, test_scales=[1.0], project2image=False, **kw)
+    assert single.heatmaps.shape == (K, 32, 64) and single.stride == 2   # 64 x 128 input, 1/2 grid
+    np.testing.assert_allclose(single.affine, short_side_geometry(120, 90, 64).affine)
+    # the average over scales: a repeated scale gives the single-scale maps
+    twice = multi_scale_maps(model, img, test_scales=[1.0, 1.0], project2image=False, **kw)
+    torch.testing.assert_close(twice.heatmaps, single.heatmaps)
+    torch.testing.assert_close(twice.tags, torch.cat([single.tags, single.tags], -1))
 
 
 @pytest.mark.skipif(not VAL_JSON.exists(), reason=f"coco-mini not at {COCO_MINI}")
@@ -429,7 +624,7 @@ def test_oracle_ground_truth_maps_decode_to_high_ap():
                 x, y = np.rint(kp_hm[p, k, :2]).astype(int)
                 tags[k, max(y - 3, 0):y + 4, max(x - 3, 0):x + 4, 0] = 2.0 * (p + 1)
         persons, scores = group_keypoints(heatmaps, tags, adjust=True, refine=True, **DECODE)
-        kps = heatmap_to_image(persons, aff, 2.0)
+        kps = heatmap_to_image(persons, aff, 2.0, convention="project")
         results += to_coco_results([{"keypoints": kps[i], "score": float(scores[i])} for i in range(len(scores))],
                                    im["id"])
     metrics = evaluate_results(VAL_JSON, results, per_keypoint=False)

@@ -339,13 +339,24 @@ def test_write_eval_plots_tables_and_overlays_are_deterministic(tmp_path):
 
 
 # --------------------------------------------------------------------------- efficiency
+TINY_MODEL = {"width": 8, "num_joints": K, "tag_dim": 1, "num_deconv": 1, "stage_blocks": [1, 1, 1], "stem_blocks": 1,
+              "deconv_blocks": 1, "convention": "project", "init": "kaiming", "pretrained_backbone": "",
+              "pretrained": ""}
+
+
 def _tiny_model(width: int = 8):
     import torch
 
+    from pose.decode.inference import model_convention
     from pose.models import build_model
 
     torch.manual_seed(0)
-    return build_model({"width": width, "num_joints": K, "tag_dim": 1, "num_deconv": 1, "stage_blocks": [1, 1, 1]})
+    model = build_model({**TINY_MODEL, "width": width})
+    try:
+        model_convention(model)
+    except ValueError:                   # build_model does not record model.convention yet
+        model.convention = TINY_MODEL["convention"]
+    return model
 
 
 def test_measure_efficiency_reports_size_compute_latency_memory():
@@ -354,8 +365,9 @@ def test_measure_efficiency_reports_size_compute_latency_memory():
     model = _tiny_model()
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8), rng.integers(0, 255, (80, 60, 3), dtype=np.uint8)]
-    ev = dict(input_size=64, flip_test=True, test_scales=[1.0, 1.5], detection_threshold=0.1, tag_threshold=1.0,
-              max_people=5, adjust=True, refine=True, nms_oks=1.0)
+    ev = dict(input_size=64, resize="letterbox", flip_test=True, test_scales=[1.0, 1.5], detection_threshold=0.1,
+              tag_threshold=1.0, max_people=5, nms_kernel=5, tie_break=False, project2image=True, adjust=True,
+              refine=True, nms_oks=1.0)
     eff = measure_efficiency(model, images, eval_params=ev, samples=3, warmup=1)
     assert eff["params"] == count_params(model) and eff["params_M"] == pytest.approx(eff["params"] / 1e6)
     assert eff["gflops"] == pytest.approx(count_flops(model, 64))
@@ -384,8 +396,7 @@ def test_evaluate_command_writes_deterministic_eval_json_plots_and_efficiency(tm
     params.write_text(yaml.safe_dump(p))
     model = _tiny_model()
     ck = tmp_path / "best.pt"
-    torch.save({"model": model.state_dict(), "model_params": json.dumps(
-        {"width": 8, "num_joints": K, "tag_dim": 1, "num_deconv": 1, "stage_blocks": [1, 1, 1]})}, ck)
+    torch.save({"model": model.state_dict(), "model_params": json.dumps(TINY_MODEL)}, ck)
     data = json.loads(VAL_JSON.read_text())
     keep = {217285, 350679, 139}
     data["images"] = [im for im in data["images"] if im["id"] in keep]

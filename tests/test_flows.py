@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -88,6 +89,117 @@ def test_detect_compares_the_source_with_the_last_registered_fingerprint(tmp_pat
     (mirror / "annotations" / "b.json").write_text("{}")           # new data arrives
     assert fr.detect(tmp_path)["new"]
     assert fr.tracking_uri_for(tmp_path, "sqlite:///mlflow.db") == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+
+
+def _generated_repo(tmp_path: Path, **schedule) -> tuple[Path, dict]:
+    params = tiny_params()
+    params["data"]["dataset"] = "generated"
+    params["schedule"].update(schedule)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return tmp_path, params
+
+
+def _batch(folder: Path, n_images: int = 1) -> Path:
+    (folder / "images").mkdir(parents=True)
+    (folder / "batch.json").write_text(json.dumps({"images": [], "annotations": []}))
+    for i in range(n_images):
+        (folder / "images" / f"{i}.jpg").write_bytes(b"jpeg" + bytes([i]))
+    return folder
+
+
+def test_a_new_ingest_batch_is_new_data(tmp_path, monkeypatch):
+    import flows.retrain as fr
+
+    repo, params = _generated_repo(tmp_path)
+    week1 = fr.detect(repo)
+    assert week1["ingest"] == [] and week1["previous"] is None
+    monkeypatch.setattr(fr, "last_trained_fingerprint", lambda p, r: week1["fingerprint"])
+    assert not fr.detect(repo)["new"]
+    _batch(repo / "incoming" / "w2")
+    assert not fr.detect(repo)["new"], "an unlisted folder is not part of what fetch reads"
+    params["catalogue"]["generated"]["ingest"] = ["incoming/w2"]     # relative to the repo, as `pose fetch` reads it
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    week2 = fr.detect(repo)
+    assert week2["new"] and [b["batch"] for b in week2["ingest"]] == ["incoming/w2"]
+    assert week2["files"] == 2 and "1 ingest batch" in week2["source"]
+    monkeypatch.setattr(fr, "last_trained_fingerprint", lambda p, r: week2["fingerprint"])
+    assert not fr.detect(repo)["new"]
+    (repo / "incoming/w2/images/0.jpg").write_bytes(b"relabelled")   # same name, new content
+    assert fr.detect(repo)["new"]
+
+
+def test_stat_fingerprint_of_a_batch_follows_size_and_mtime(tmp_path):
+    from pose.registry.data_version import source_fingerprint
+
+    repo, params = _generated_repo(tmp_path, fingerprint="stat")
+    img = _batch(repo / "b1") / "images" / "0.jpg"
+    params["catalogue"]["generated"]["ingest"] = [f"file://{repo / 'b1'}"]
+    first = source_fingerprint(params, repo)["fingerprint"]
+    assert source_fingerprint(params, repo)["fingerprint"] == first
+    os.utime(img, ns=(img.stat().st_atime_ns, img.stat().st_mtime_ns + 10**9))
+    assert source_fingerprint(params, repo)["fingerprint"] != first
+    assert source_fingerprint(params, repo, mode="content")["fingerprint"] != source_fingerprint(params, repo)["fingerprint"]
+
+
+def test_config_errors_name_the_key(tmp_path):
+    from flows.retrain import config_errors
+    from pose.registry.data_version import fingerprint_uses_network
+
+    repo, params = _generated_repo(tmp_path)
+    assert config_errors(repo) == []
+    params["data"]["dataset"] = "coco-mni"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    (err,) = config_errors(repo)
+    assert "data.dataset" in err and "'coco-mni'" in err and "coco-mini" in err and "\n" not in err
+    params["data"]["dataset"] = "generated"
+    params["catalogue"]["generated"]["ingest"] = ["incoming/missing"]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    (err,) = config_errors(repo)
+    assert "catalogue.generated.ingest[0]" in err and "not found" in err
+    assert not fingerprint_uses_network(params)
+    params["catalogue"]["generated"]["ingest"] = ["s3://labels/2026-06/"]
+    assert fingerprint_uses_network(params)
+    (repo / "params.yaml").write_text("data: [unclosed")
+    (err,) = config_errors(repo)
+    assert "params.yaml" in err and "invalid YAML" in err
+
+
+def test_only_network_bound_tasks_retry():
+    import flows.retrain as fr
+
+    assert fr.check_config.retries == 0 and fr.detect_new_data.retries == 0 and fr.local_stage.retries == 0
+    assert fr.detect_new_data_s3.retries > 0 and fr.network_stage.retries > 0 and fr.dvc_push.retries > 0
+
+
+@pytest.mark.parametrize("module", ["flows.retrain", "flows.serve"])
+def test_cli_help_and_unknown_flags_start_nothing(tmp_path, module):
+    for args, code, text in ((["--help"], 0, "usage: python -m " + module), (["--forse"], 2, "unrecognized arguments"),
+                             ([str(tmp_path)], 2, "params.yaml not found")):
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=_env(),
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == code, (args, proc.stdout, proc.stderr)
+        assert text in proc.stdout + proc.stderr
+        assert "Starting temporary server" not in proc.stdout + proc.stderr
+        assert time.perf_counter() - t0 < 30
+
+
+def test_unknown_dataset_fails_the_flow_at_once_with_one_line(tmp_path):
+    repo, params = _generated_repo(tmp_path)
+    params["data"]["dataset"] = "coco-mni"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copy2(REPO / "dvc.yaml", repo / "dvc.yaml")
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "flows.retrain", str(repo)], cwd=repo, env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert time.perf_counter() - t0 < 60, "a configuration error must not wait for retries"
+    last = proc.stderr.strip().splitlines()
+    errors = [line for line in last if line.startswith("error:")]
+    assert len(errors) == 1 and "data.dataset" in errors[0] and "coco-mni" in errors[0], out
+    assert "Retry" not in out and "Traceback" not in out and "Running stage" not in out, out
+    assert not (repo / "data").exists() and not (repo / "mlflow.db").exists()
 
 
 def test_deployment_has_the_params_schedule_and_a_concurrency_limit_of_one():
@@ -189,7 +301,7 @@ def test_served_deployment_retrains_on_new_data_and_skips_unchanged_data(tmp_pat
             assert run1.state.is_completed() and run1.state.name == "Completed", \
                 f"{run1.state}\n{Path(served._log).read_text()[-6000:]}"  # noqa: SLF001
             client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
-            name = params["registry"]["model_name"]
+            name = registered_model_name(params)
             versions = client.search_model_versions(f"name='{name}'")
             assert len(versions) == 1
             reg = client.get_registered_model(name)

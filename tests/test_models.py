@@ -112,8 +112,9 @@ def test_build_model_reads_params_yaml():
     assert len(model.stage2) == m["stage_blocks"][0]
     assert len(model.stage3) == m["stage_blocks"][1]
     assert len(model.stage4) == m["stage_blocks"][2]
-    assert len(model.layer1) == 4 and len(model.stage2[0].branches[0]) == 4  # published blocks
-    assert len(model.deconv_layers) == m["num_deconv"] and len(model.deconv_layers[0]) == 1 + 4
+    assert len(model.layer1) == m["stem_blocks"] and len(model.stage2[0].branches[0]) == 4  # published branch blocks
+    assert len(model.deconv_layers) == m["num_deconv"]
+    assert len(model.deconv_layers[0]) == 1 + m["deconv_blocks"]
     assert model.final_layers[0].out_channels == m["num_joints"] * (1 + m["tag_dim"])
     bad = {k: v for k, v in m.items() if k != "width"}
     with pytest.raises(KeyError, match="width"):
@@ -426,3 +427,211 @@ def test_model_and_losses_on_cuda():
     assert loss.device.type == "cuda" and all(v.device.type == "cuda" for v in parts.values())
     loss.backward()
     assert model.conv1.weight.grad is not None
+
+
+# ----------------------------------------------------------------------------- block counts
+
+
+def test_stem_and_deconv_block_counts_from_params():
+    m = dict(PARAMS["model"], width=16, stage_blocks=[1, 1, 1], stem_blocks=1, deconv_blocks=2, num_deconv=2)
+    model = build_model(m)
+    assert len(model.layer1) == 1
+    assert [len(d) for d in model.deconv_layers] == [1 + 2, 1 + 2]
+    keys = set(model.state_dict())
+    assert "layer1.0.downsample.0.weight" in keys and not any(k.startswith("layer1.1.") for k in keys)
+    assert "deconv_layers.1.2.0.conv2.weight" in keys and not any(k.startswith("deconv_layers.0.3.") for k in keys)
+    with torch.no_grad():
+        out = model.eval()(torch.randn(1, 3, 64, 64))
+    assert [tuple(o.shape) for o in out] == [(1, 2 * K, 16, 16), (1, K, 32, 32), (1, K, 64, 64)]
+    fewer = count_params(model)
+    assert fewer < count_params(build_model(dict(m, stem_blocks=4)))
+    for key in ("stem_blocks", "deconv_blocks"):
+        with pytest.raises(KeyError, match=key):
+            build_model({k: v for k, v in m.items() if k != key})
+    with pytest.raises(ValueError, match="stem_blocks"):
+        build_model(dict(m, stem_blocks=0))
+
+
+def test_published_block_counts_keep_the_official_layout():
+    with torch.device("meta"):
+        model = build_model(dict(PARAMS["model"], **OFFICIAL_W32_CONFIG, stem_blocks=4, deconv_blocks=4,
+                                 pretrained=""))
+    state = model.state_dict()
+    assert all(key in state and tuple(state[key].shape) == shape for key, shape in OFFICIAL_W32_KEY_SHAPES.items())
+    assert not any(key in state for key in OFFICIAL_W32_ABSENT_KEYS)
+
+
+# ----------------------------------------------------------------------------- ImageNet backbones
+
+
+def classification_state(*, width: int, stage_blocks, stem_blocks: int, branch_blocks: int, seed: int,
+                         device: str = "cpu") -> dict[str, torch.Tensor]:
+    """A randomly initialised HRNet ImageNet classifier state dict in the HRNet-Image-Classification
+    layout (lib/models/cls_hrnet.py; timm's hrnet.py has the same names), built from the
+    project's blocks: backbone + the last stage-4 module fused to all branches + incre_modules,
+    downsamp_modules, final_layer, classifier."""
+    from pose.models.hrnet import Bottleneck, HighResolutionModule, _residual_layer
+
+    with torch.device(device):
+        pose = HigherHRNet(width=width, num_joints=K, tag_dim=1, num_deconv=1, stage_blocks=stage_blocks,
+                           stem_blocks=stem_blocks, branch_blocks=branch_blocks, deconv_blocks=1)
+        ch = [width, 2 * width, 4 * width, 8 * width]
+        parts = {"": pose,
+                 f"stage4.{stage_blocks[2] - 1}.": HighResolutionModule(ch, ch, branch_blocks, multi_scale_output=True)}
+        head_ch = [32, 64, 128, 256]
+        for i, c in enumerate(ch):
+            parts[f"incre_modules.{i}."] = _residual_layer(Bottleneck, c, head_ch[i], 1)
+        for i in range(3):
+            parts[f"downsamp_modules.{i}."] = nn.Sequential(
+                nn.Conv2d(head_ch[i] * 4, head_ch[i + 1] * 4, 3, 2, 1), nn.BatchNorm2d(head_ch[i + 1] * 4), nn.ReLU())
+        parts["final_layer."] = nn.Sequential(nn.Conv2d(1024, 2048, 1), nn.BatchNorm2d(2048), nn.ReLU())
+        parts["classifier."] = nn.Linear(2048, 1000)
+    state = {}
+    for prefix, module in parts.items():
+        if device != "meta":
+            randomize(module, seed)
+        for key, value in module.state_dict().items():
+            if prefix == "" and key.split(".")[0] in ("final_layers", "deconv_layers"):
+                continue  # a classifier has no pose head
+            if prefix.startswith("stage4.") and not (key.startswith("fuse_layers.") and key.split(".")[1] != "0"):
+                continue  # only the fusions to branches 1-3 are extra
+            state[prefix + key] = value
+    return state
+
+
+SMALL_ARCH = dict(width=16, stage_blocks=[1, 1, 2], branch_blocks=1)
+
+
+def small_pose(**overrides) -> HigherHRNet:
+    kwargs = dict(SMALL_ARCH, num_joints=K, tag_dim=1, num_deconv=1, stem_blocks=2, deconv_blocks=1)
+    kwargs.update(overrides)
+    return HigherHRNet(**kwargs)
+
+
+def test_classification_layout_key_names_w32():
+    state = classification_state(width=32, stage_blocks=[1, 4, 3], stem_blocks=4, branch_blocks=4, seed=0,
+                                 device="meta")
+    # names of hrnet_w32-36af842e.pth (cls_hrnet.py) / timm hrnet_w32
+    for key, shape in {"conv1.weight": (64, 3, 3, 3), "layer1.3.bn3.running_var": (256,),
+                       "transition1.1.0.0.weight": (64, 256, 3, 3),
+                       "stage4.2.fuse_layers.3.0.2.0.weight": (256, 32, 3, 3),
+                       "incre_modules.0.0.conv1.weight": (32, 32, 1, 1),
+                       "incre_modules.3.0.downsample.0.weight": (1024, 256, 1, 1),
+                       "downsamp_modules.2.0.bias": (1024,), "final_layer.0.weight": (2048, 1024, 1, 1),
+                       "classifier.weight": (1000, 2048)}.items():
+        assert tuple(state[key].shape) == shape, key
+    assert not any(k.startswith(("final_layers.", "deconv_layers.")) for k in state)
+
+
+def _check_backbone_loaded(model, src, report, head_before):
+    from pose.models.backbone import BACKBONE_MODULES
+
+    own = model.state_dict()
+    backbone_keys = sorted(k for k in own if k.split(".")[0] in BACKBONE_MODULES)
+    assert report.loaded == backbone_keys and report.missing == []
+    for key in backbone_keys:
+        assert torch.equal(own[key], src[key]), key
+    assert "classifier.weight" in report.skipped_classifier and "final_layer.0.weight" in report.skipped_classifier
+    assert "stage4.1.fuse_layers.3.0.0.0.weight" in report.skipped_unused  # classifier fuses to every branch
+    assert "layer1.3.conv1.weight" in report.skipped_unused  # checkpoint has 4 stem blocks, the model 2
+    assert report.kept_initialised == sorted(head_before) and report.kept_initialised
+    for key, value in head_before.items():
+        assert torch.equal(own[key], value), key  # pose head untouched
+    assert report.layout == "hrnet-classification"
+    text = report.summary()
+    assert f"loaded {len(backbone_keys)} tensors" in text and "missing 0" in text
+
+
+def test_load_backbone_official_layout(tmp_path):
+    from pose.models import load_backbone
+
+    src = classification_state(**SMALL_ARCH, stem_blocks=4, seed=3)
+    path = tmp_path / "hrnet_w16-official.pth"
+    torch.save(src, path)
+    model = small_pose()
+    head = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("final_layers", "deconv_layers"))}
+    report = load_backbone(model, path)
+    _check_backbone_loaded(model, src, report, head)
+    assert report.container == "state dict"
+
+
+@pytest.mark.parametrize("form", ["train_checkpoint", "safetensors", "ddp_prefix"])
+def test_load_backbone_timm_layout(tmp_path, form):
+    import argparse
+
+    from pose.models import load_backbone
+
+    src = classification_state(**SMALL_ARCH, stem_blocks=4, seed=4)
+    if form == "train_checkpoint":  # timm train.py: model_best.pth.tar
+        ema = {k: v + 1 if v.is_floating_point() else v for k, v in src.items()}
+        path = tmp_path / "model_best.pth.tar"
+        torch.save({"epoch": 7, "arch": "hrnet_w32", "state_dict": src, "state_dict_ema": ema, "version": 2,
+                    "args": argparse.Namespace(model="hrnet_w32", lr=0.1), "metric": 78.1}, path)
+    elif form == "safetensors":  # the hub's model.safetensors
+        from safetensors.torch import save_file
+
+        path = tmp_path / "model.safetensors"
+        save_file({k: v.contiguous() for k, v in src.items()}, str(path))
+    else:
+        path = tmp_path / "ddp.pth"
+        torch.save({"module." + k: v for k, v in src.items()}, path)
+    model = small_pose()
+    head = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("final_layers", "deconv_layers"))}
+    report = load_backbone(model, path)
+    _check_backbone_loaded(model, src, report, head)
+
+
+def test_load_backbone_errors_name_the_key(tmp_path):
+    from pose.models import load_backbone
+
+    path = tmp_path / "w24.pth"
+    torch.save(classification_state(width=24, stage_blocks=[1, 1, 2], branch_blocks=1, stem_blocks=2, seed=5), path)
+    with pytest.raises(ValueError, match=r"transition1\.0\.0\.weight: checkpoint \(24, 256, 3, 3\) vs model \(16, 256"):
+        load_backbone(small_pose(), path)
+    with pytest.raises(FileNotFoundError, match="model.pretrained_backbone"):
+        load_backbone(small_pose(), tmp_path / "absent.pth")
+    torch.save({"foo.weight": torch.zeros(2)}, tmp_path / "foo.pth")
+    with pytest.raises(ValueError, match="no backbone key"):
+        load_backbone(small_pose(), tmp_path / "foo.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pth"):
+        load_backbone(small_pose(), tmp_path / "junk.pth")
+
+
+def test_build_training_model_loads_backbone_after_init(tmp_path, capsys):
+    from pose.models import build_training_model
+
+    src = classification_state(width=16, stage_blocks=[1, 1, 1], stem_blocks=4, branch_blocks=4, seed=6)
+    path = tmp_path / "bb.pth"
+    torch.save(src, path)
+    mp = dict(PARAMS["model"], width=16, stage_blocks=[1, 1, 1], stem_blocks=4, deconv_blocks=1, init="kaiming",
+              pretrained_backbone=str(path), pretrained="")
+    model, report = build_training_model(mp)
+    assert model.training and report is not None and report.missing == []
+    assert torch.equal(model.conv1.weight, src["conv1.weight"])  # not overwritten by the init
+    assert torch.equal(model.stage4[0].branches[3][3].bn2.running_var, src["stage4.0.branches.3.3.bn2.running_var"])
+    deconv = model.deconv_layers[0][0][0].weight  # kaiming-initialised head; torch's fan_out of the
+    assert deconv.std().item() == pytest.approx((2 / ((16 + 2 * K) * 16)) ** 0.5, rel=0.1)  # (C_in, C_out, 4, 4) weight
+    assert "pretrained backbone" in capsys.readouterr().out
+    model, report = build_training_model(dict(mp, pretrained_backbone=""))
+    assert report is None and not torch.equal(model.conv1.weight, src["conv1.weight"])
+
+
+def test_trained_checkpoint_loads_without_its_pretrained_files(tmp_path):
+    import json
+
+    from pose.train.checkpoint import load_trained_model, save_checkpoint
+
+    mp = dict(PARAMS["model"], width=16, stage_blocks=[1, 1, 1], stem_blocks=1, deconv_blocks=1,
+              pretrained_backbone=str(tmp_path / "gone/hrnet_w32-36af842e.pth"), pretrained=str(tmp_path / "gone.pt"))
+    model = randomize(build_model(dict(mp, pretrained="")), seed=8).eval()
+    save_checkpoint({"model": model.state_dict(), "model_params": json.dumps(mp, sort_keys=True)}, tmp_path / "best.pt")
+    loaded = load_trained_model(tmp_path / "best.pt")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(model(x), loaded(x)))
+    # a checkpoint written before stem_blocks / deconv_blocks existed was built with the published 4
+    legacy = {k: v for k, v in mp.items() if k not in ("stem_blocks", "deconv_blocks", "pretrained_backbone")}
+    old = randomize(build_model(dict(legacy, stem_blocks=4, deconv_blocks=4, pretrained="")), seed=9).eval()
+    save_checkpoint({"model": old.state_dict(), "model_params": json.dumps(legacy)}, tmp_path / "old.pt")
+    assert len(load_trained_model(tmp_path / "old.pt").layer1) == 4

@@ -1,5 +1,7 @@
 """`pose predict` on real COCO images: from a checkpoint file and from a model registered in
-MLflow (temporary sqlite tracking store), overlays + COCO results JSON."""
+MLflow (temporary sqlite tracking store), overlays + COCO results JSON; no noise for users
+(at most evaluate.max_people persons, scores in [0, 1], only confident persons drawn, the
+training data named)."""
 
 from __future__ import annotations
 
@@ -37,9 +39,11 @@ def _checkpoint(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def _params(tmp: Path, tracking_uri: str = "sqlite:///unused.db") -> Path:
+def _params(tmp: Path, tracking_uri: str = "sqlite:///unused.db", **predict) -> Path:
     p = yaml.safe_load((REPO / "params.yaml").read_text())
-    p["evaluate"].update(input_size=128, flip_test=False, overlay_min_score=0.0)
+    p["evaluate"].update(input_size=128, flip_test=False)
+    p["predict"].update(min_person_score=0.0, min_joints=0, joint_threshold=0.0)   # draw everything
+    p["predict"].update(predict)
     p["registry"]["tracking_uri"] = tracking_uri
     out = tmp / "params.yaml"
     out.write_text(yaml.safe_dump(p, sort_keys=False))
@@ -102,7 +106,8 @@ def test_predict_from_registered_model(coco_mini, tmp_path, monkeypatch, caplog)
     client.log_artifact(run.info.run_id, str(ck), artifact_path="model")
     client.set_terminated(run.info.run_id)
     client.create_registered_model("pose-test")
-    mv = client.create_model_version("pose-test", source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+    mv = client.create_model_version("pose-test", source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id,
+                                     tags={"dataset": "generated", "dataset.version": "abc123"})
     client.set_registered_model_alias("pose-test", "champion", mv.version)
 
     images = _images(coco_mini, tmp_path / "images")
@@ -113,6 +118,9 @@ def test_predict_from_registered_model(coco_mini, tmp_path, monkeypatch, caplog)
                                   "--out-dir", str(tmp_path / "out"), "--params", str(params)])
         assert res.exit_code == 0, res.output
         assert "falling back" not in caplog.text                   # loaded by the registry's own loader
+        # the training data, from the version's registry tags
+        assert ("model models:/pose-test@champion: trained on generated (registry tags of pose-test v1, "
+                "dataset version abc123)") in res.output
         results = _check_outputs(tmp_path / "out", sorted(images.iterdir()))
         # the same model without the registry's loader: the artifact download fallback
         monkeypatch.setattr(predict_mod, "_registry_loader", lambda: None)
@@ -142,3 +150,117 @@ def test_image_ids_and_listing(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError):
         list_images(tmp_path / "empty")
+
+
+def _noisy_checkpoint(path: Path, train_data: dict | None = None) -> Path:
+    """A tiny Kaiming-initialised (untrained) model: its heatmaps overshoot 1 and its tags are
+    unrelated across joints, so raw decoding yields far more persons than max_people (about
+    400 with 30) and scores above 1 (what a poorly trained champion did on real photos, issue
+    13). The heatmap heads are scaled by 0.7 so that person scores straddle 1 (about 1.2 on
+    the first image, 0.85 on the second)."""
+    from pose.models import init_weights
+
+    model_params = dict(yaml.safe_load((REPO / "params.yaml").read_text())["model"], width=8, stage_blocks=[1, 1, 1])
+    torch.manual_seed(0)
+    model = init_weights(build_model(model_params), "kaiming")
+    with torch.no_grad():
+        for conv in model.final_layers:
+            conv.weight[:NUM_JOINTS] *= 0.7
+    state = {"model": model.state_dict(), "model_params": json.dumps(model_params)}
+    if train_data is not None:
+        state["train_data"] = json.dumps(train_data)
+    torch.save(state, path)
+    return path
+
+
+def test_predict_caps_persons_clamps_scores_and_draws_only_confident_ones(coco_mini, tmp_path):
+    from pose.decode.inference import predict_image
+    from pose.decode.predict import load_model
+    from pose.io import read_image
+
+    ck = _noisy_checkpoint(tmp_path / "ck.pt", {"dataset": "coco-mini", "images": 80, "annotations":
+                                                  "data/validated/train.json", "annotations_sha256": "f" * 64})
+    images = _images(coco_mini, tmp_path / "images")
+    max_people = 30                                                  # the params.yaml default
+    p = yaml.safe_load(_params(tmp_path).read_text())
+    p["evaluate"].update(max_people=max_people, flip_test=True)
+    # the raw decoder output shows the problem this test guards against
+    raw = predict_image(load_model(str(ck), tracking_uri=None), read_image(images / IMAGES[0]),
+                        eval_params=p["evaluate"])
+    assert len(raw) > max_people and max(r["score"] for r in raw) > 1.0
+    assert max(float(r["keypoints"][:, 2].max()) for r in raw) > 1.0
+
+    def run(name: str, **predict) -> tuple[object, list[dict]]:
+        q = {**p, "predict": {**p["predict"], **predict}}
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(q, sort_keys=False))
+        res = RUNNER.invoke(app, ["predict", str(images), "--model", str(ck), "--out-dir", str(tmp_path / name),
+                                  "--params", str(path)])
+        assert res.exit_code == 0, res.output
+        return res, json.loads((tmp_path / name / "results.json").read_text())
+
+    res, results = run("all")
+    assert (f"model {ck}: trained on coco-mini (80 training images, data/validated/train.json sha256 ffffffffffff)"
+            in res.output)
+    for name in IMAGES:
+        mine = [r for r in results if r["file_name"] == name]
+        assert 1 <= len(mine) <= max_people
+        scores = [r["score"] for r in mine]
+        assert scores == sorted(scores, reverse=True)
+    assert all(0.0 <= r["score"] <= 1.0 for r in results)
+    assert all(0.0 <= v <= 1.0 for r in results for v in r["keypoints"][2::3])
+    assert f"{len(results)} person(s) ({len(results)} drawn)" in res.output
+    # a person-score threshold draws exactly the persons at or above it
+    scores = sorted({r["score"] for r in results})
+    assert len(scores) >= 2
+    threshold = scores[len(scores) // 2]
+    res, filtered = run("score", min_person_score=threshold)
+    assert filtered == results                                       # results.json keeps every person
+    expected = sum(r["score"] >= threshold for r in results)
+    assert 0 < expected < len(results) and f"({expected} drawn)" in res.output
+    # min_joints above what anyone has: nothing drawn at all
+    most = max(sum(v > 0.5 for v in r["keypoints"][2::3]) for r in results)
+    res, filtered = run("joints", min_joints=most + 1, joint_threshold=0.5)
+    assert filtered == results and "(0 drawn)" in res.output
+    for src in IMAGES:
+        png = cv2.imread(str(tmp_path / "joints" / f"{Path(src).stem}_pose.png"))
+        assert (png == cv2.imread(str(images / src))).all(), "a person was drawn"
+    # bad predict params: one clear line naming the key (params schema or predict_files)
+    res = RUNNER.invoke(app, ["predict", str(images), "--model", str(ck), "--out-dir", str(tmp_path / "bad"),
+                              "--params", str(_params(tmp_path, min_joints=18))])
+    assert res.exit_code != 0 and "predict.min_joints" in res.output and "Traceback" not in res.output
+
+
+def test_confident_persons_and_limits():
+    from pose.decode.predict import check_predict_params, clamp_scores, confident_persons, limit_persons
+
+    def person(score, joint_scores):
+        kp = np.zeros((NUM_JOINTS, 3))
+        kp[:len(joint_scores), 2] = joint_scores
+        return {"keypoints": kp, "score": score}
+
+    people = [person(0.3, [0.9] * 4), person(1.4, [1.7, -0.2] + [0.6] * 6), person(0.5, [0.25] * 10),
+              person(0.3, [0.9] * 5)]
+    clamped = clamp_scores(people)
+    assert [c["score"] for c in clamped] == [0.3, 1.0, 0.5, 0.3]
+    assert clamped[1]["keypoints"][:2, 2].tolist() == [1.0, 0.0] and people[1]["keypoints"][0, 2] == 1.7   # copies
+    assert [p["score"] for p in limit_persons(people, 2)] == [1.0, 0.5]
+    assert [id(p) for p in confident_persons(people, min_person_score=0.3, min_joints=5, joint_threshold=0.5)] == \
+        [id(people[1]), id(people[3])]                               # score >= min, joints strictly above
+    flat = [{"keypoints": people[3]["keypoints"].reshape(-1).tolist(), "score": 0.3}]   # COCO results entries
+    assert confident_persons(flat, min_person_score=0.3, min_joints=5, joint_threshold=0.5) == flat
+    assert check_predict_params({"min_person_score": 0.2, "min_joints": 5, "joint_threshold": 0.2}, 17)["min_joints"] == 5
+    for bad, key in (({"min_person_score": 1.5}, "min_person_score"), ({"min_joints": 18}, "min_joints"),
+                     ({"min_joints": "many"}, "min_joints"), ({"joint_threshold": -0.1}, "joint_threshold")):
+        with pytest.raises(ValueError, match=f"predict.{key}"):
+            check_predict_params({"min_person_score": 0.2, "min_joints": 5, "joint_threshold": 0.2, **bad}, 17)
+    with pytest.raises(ValueError, match="evaluate.max_people"):
+        limit_persons(people, 0)
+
+
+def test_training_data_of_old_checkpoints_is_reported_unknown(tmp_path):
+    from pose.decode.predict import training_data
+
+    ck = _noisy_checkpoint(tmp_path / "old.pt")
+    assert training_data(str(ck)).startswith("unknown (") and "records no training data" in training_data(str(ck))
+    assert training_data(str(tmp_path / "missing.pt")).startswith("unknown (")

@@ -29,7 +29,8 @@ from test_pipeline_e2e import tiny_params
 from pose.datasets.schema import COCO_SIGMAS, NUM_JOINTS
 from pose.evaluate.coco import evaluate_results, write_metrics
 from pose.registry import bootstrap as boot
-from pose.registry.promotion import gate_decision
+from pose.registry.promotion import (Rule, RuleError, evaluate_rules, gate_passed, parse_rules,
+                                     registered_model_name, rules_from_tags)
 
 VAL = COCO_MINI / "annotations" / "person_keypoints_val2017.json"
 K = NUM_JOINTS
@@ -108,15 +109,17 @@ class Env:
         return d / "metrics.json", d / "results.json", ann
 
     def register(self, name: str, *, gate: bool = True, reevaluate=None, gt: dict | None = None, artifacts=(),
-                 **noise) -> dict:
+                 registry: dict | None = None, **noise) -> dict:
         from pose.registry.mlflow_registry import register_run
 
         metrics, results, ann = self.evidence(gt=gt, **noise)
-        return register_run(self.params(name), checkpoint=self.ckpt, eval_metrics=metrics, eval_annotations=ann,
+        return register_run(self.params(name, **(registry or {})), checkpoint=self.ckpt, eval_metrics=metrics,
+                            eval_annotations=ann,
                             out=metrics.parent / "registration.json", results=results, gate=gate,
                             reevaluate=reevaluate, artifacts=artifacts)
 
-    def fake(self, name: str, *, gate: bool = True, reevaluate=None, gt: dict | None = None, **noise) -> dict:
+    def fake(self, name: str, *, gate: bool = True, reevaluate=None, gt: dict | None = None,
+             registry: dict | None = None, **noise) -> dict:
         """A cheap registration: a run with the eval/ evidence and the weights only (what the gate reads),
         then the same version creation + gate as register_run."""
         import mlflow
@@ -148,7 +151,8 @@ class Env:
         rec = {"version": int(mv.version), "run_id": run.info.run_id, "eval_data_hash": h,
                "AP": json.loads(metrics.read_text())["AP"], "metrics": metrics}
         if gate:
-            rec.update(promote(self.params(name), version=mv.version, reevaluate=reevaluate, client=client))
+            rec.update(promote(self.params(name, **(registry or {})), version=mv.version, reevaluate=reevaluate,
+                               client=client))
         return rec
 
     def client(self):
@@ -227,17 +231,86 @@ def test_bootstrap_ci_separates_clearly_different_models(coco_mini):
     assert same["delta"] == 0 and same["ci_low"] == 0 and same["ci_high"] == 0
 
 
-def test_gate_decision_rules():
+RULES = [{"metric": "AP", "min": 0.1}, {"metric": "AP", "min_delta": 0.005},
+         {"metric": "APM", "max_drop": 0.02}, {"metric": "APL", "max_drop": 0.02}]
+
+
+def _by(results, metric, kind):
+    (r,) = [r for r in results if r.metric == metric and r.kind == kind]
+    return r
+
+
+def test_rules_from_params_decide_the_gate():
+    rules = parse_rules({"registry": {"rules": RULES}})
+    assert rules[0] == Rule("AP", "min", 0.1) and [r.kind for r in rules] == ["min", "min_delta", "max_drop", "max_drop"]
     champ = {"AP": 0.50, "APM": 0.40, "APL": 0.60}
-    ok, reasons = gate_decision({"AP": 0.51, "APM": 0.39, "APL": 0.70}, champ, margin=0.005, scale_tolerance=0.02)
-    assert ok and any("APM delta -0.0100 within" in r for r in reasons)
-    ok, reasons = gate_decision({"AP": 0.504, "APM": 0.5, "APL": 0.7}, champ, margin=0.005, scale_tolerance=0.02)
-    assert not ok and "<" in reasons[0]
-    ok, reasons = gate_decision({"AP": 0.60, "APM": 0.30, "APL": 0.90}, champ, margin=0.005, scale_tolerance=0.02)
-    assert not ok and any("APM regresses -0.1000 beyond tolerance" in r for r in reasons)
-    ok, reasons = gate_decision({"AP": 0.60, "APM": -1.0, "APL": 0.90}, champ, margin=0.005, scale_tolerance=0.02)
-    assert ok and any("APM not checked" in r for r in reasons)
-    assert gate_decision({"AP": 0.0}, None, margin=0.1, scale_tolerance=0) == (True, ["no champion yet"])
+    ci = {"level": 0.95, "metrics": {"AP": {"delta": 0.01, "ci_low": 0.002, "ci_high": 0.018}}}
+    res = evaluate_rules(rules, {"AP": 0.51, "APM": 0.39, "APL": 0.70}, champ, ci=ci)
+    assert gate_passed(res) and [r.status for r in res] == ["pass"] * 4
+    apm = _by(res, "APM", "max_drop")
+    assert apm.delta == pytest.approx(-0.01) and apm.champion == 0.40 and apm.challenger == 0.39
+    assert _by(res, "AP", "min_delta").ci_low == 0.002 and apm.ci_low is None
+    # the margin: +0.004 < +0.005 fails min_delta only; exactly +0.005 passes despite binary rounding
+    res = evaluate_rules(rules, {"AP": 0.504, "APM": 0.5, "APL": 0.7}, champ)
+    assert not gate_passed(res) and [r.passed for r in res] == [True, False, True, True]
+    assert gate_passed(evaluate_rules(rules, {"AP": 0.505, "APM": 0.4, "APL": 0.6}, champ))
+    # a per-scale drop beyond max_drop blocks a better AP
+    res = evaluate_rules(rules, {"AP": 0.60, "APM": 0.30, "APL": 0.90}, champ)
+    assert not gate_passed(res) and not _by(res, "APM", "max_drop").passed and _by(res, "APL", "max_drop").passed
+    # COCO's -1 (no person at that scale): the relative rule is not applicable and does not block
+    res = evaluate_rules(rules, {"AP": 0.60, "APM": -1.0, "APL": 0.90}, {**champ, "APM": -1.0})
+    assert gate_passed(res) and _by(res, "APM", "max_drop").status == "n/a"
+    # no champion: the floor still applies, relative rules are not applicable
+    res = evaluate_rules(rules, {"AP": 0.0, "APM": 0.0, "APL": 0.0}, None)
+    assert not gate_passed(res) and res[0].status == "fail" and {r.status for r in res[1:]} == {"n/a"}
+    assert gate_passed(evaluate_rules(rules, {"AP": 0.3}, None))
+    # a champion that cannot be scored on the challenger's data: relative rules fail, never pass silently
+    res = evaluate_rules(rules, {"AP": 0.9, "APM": 0.9, "APL": 0.9}, None, champion_unavailable="not re-evaluable")
+    assert not gate_passed(res) and not _by(res, "AP", "min_delta").passed
+    # the results round-trip through the JSON tag
+    from pose.registry.promotion import rules_tag
+
+    back = rules_from_tags({"promotion.rules": rules_tag(res)})
+    assert [(r.metric, r.kind, r.passed, r.applicable) for r in back] == [(r.metric, r.kind, r.passed, r.applicable)
+                                                                          for r in res]
+
+
+@pytest.mark.parametrize("rules, key", [
+    ([], "registry.rules must be a non-empty list"),
+    ([{"metric": "AP", "min": 1.5}], "registry.rules[0].min must be a number in [0, 1]"),
+    ([{"metric": "AP"}], "registry.rules[0] needs exactly one of min, min_delta, max_drop"),
+    ([{"metric": "AP", "min": 0.1, "max_drop": 0.1}], "registry.rules[0] needs exactly one"),
+    ([{"metric": "AP", "min": 0.1}, {"metric": "mAP", "min": 0.1}], "registry.rules[1].metric 'mAP'"),
+    ([{"metric": "AP", "margin": 0.1}], "registry.rules[0]: unknown key(s) ['margin']"),
+    ([{"metric": "APM", "max_drop": -0.1}], "registry.rules[0].max_drop must be a number in [0, 1]"),
+    (["AP >= 0.1"], "registry.rules[0] must be a mapping"),
+])
+def test_bad_rules_name_the_key(rules, key):
+    with pytest.raises(RuleError) as exc:
+        parse_rules({"registry": {"rules": rules}})
+    assert key in str(exc.value)
+    with pytest.raises(RuleError, match="registry.promotion_margin was replaced by registry.rules"):
+        parse_rules({"registry": {"rules": RULES, "promotion_margin": 0.005}})
+
+
+def test_registered_model_name_includes_the_training_dataset():
+    from conftest import REPO
+
+    from pose.params import load_params
+
+    p = load_params(REPO / "params.yaml")
+    assert "{dataset}" in p["registry"]["model_name"]
+    assert registered_model_name(p) == f"higherhrnet-{p['data']['dataset']}"
+    for ds in ("generated", "coco2017"):
+        assert registered_model_name({"registry": {"model_name": "higherhrnet-{dataset}"},
+                                      "data": {"dataset": ds}}) == f"higherhrnet-{ds}"
+    assert registered_model_name({"registry": {"model_name": "sweep"}, "data": {"dataset": "x"}}) == "sweep"
+    with pytest.raises(RuleError, match="registry.model_name"):
+        registered_model_name({"registry": {"model_name": "m-{data}"}, "data": {"dataset": "x"}})
+    with pytest.raises(RuleError, match="registry.model_name"):
+        registered_model_name({"registry": {"model_name": "m/{dataset}"}, "data": {"dataset": "x"}})
+    # every rule of params.yaml parses, and it keeps an absolute AP floor for the first model
+    assert any(r.metric == "AP" and r.kind == "min" and r.threshold > 0 for r in parse_rules(p))
 
 
 # ----------------------------------------------------------------------------- registry
@@ -252,7 +325,10 @@ def test_register_logs_run_content_and_a_servable_model(env):
     extra.mkdir(parents=True)
     (extra / "overlay.png").write_bytes(b"png")
     rec = env.register("content", artifacts=[extra], noise_medium=6, noise_large=6, seed=0)
-    assert rec["version"] == 1 and rec["promoted"] and rec["reason"] == "no champion yet"
+    assert rec["version"] == 1 and rec["promoted"] and rec["decision"] == "promoted"
+    assert rec["reason"].startswith("no champion yet") and rec["gate_passed"] is True
+    floor = [r for r in rec["rules"] if r["kind"] == "min"]
+    assert floor and all(r["passed"] and r["challenger"] == pytest.approx(rec["AP"], abs=1e-6) for r in floor)
     assert set(rec["aliases"]) == {"challenger", "champion"}
     client = env.client()
     run = client.get_run(rec["run_id"])
@@ -271,7 +347,8 @@ def test_register_logs_run_content_and_a_servable_model(env):
     assert [f.path for f in client.list_artifacts(rec["run_id"], "eval")] == \
         ["eval/annotations.json", "eval/metrics.json", "eval/results.json"]           # extra folder kept apart
     card = mlflow.artifacts.load_text(f"runs:/{rec['run_id']}/model_card.md")
-    assert "# Model card: content v1" in card and "no champion yet" in card
+    assert "# Model card: content v1" in card and "**promoted** (champion before: none)" in card
+    assert "| `AP >= 0.02` (min) | n/a |" in card and "| PASS |" in card     # the rule table, from the rule results
     mv = client.get_model_version("content", "1")
     assert mv.tags["data.source_fingerprint"] == tags["data.source_fingerprint"]
     assert client.get_registered_model("content").tags["data.fingerprint"] == tags["data.source_fingerprint"]
@@ -307,9 +384,15 @@ def test_gate_promotes_only_a_better_model_without_scale_regression(env):
     assert better["champion_AP_before"] < better["AP"] and better["champion_before"] == 1
     t = _tags(env, name, 2)
     assert t["promotion.decision"] == "promoted" and t["promotion.champion_before"] == "1"
-    assert t["promotion.AP_delta_ci95"].startswith("[+") and "margin" in t["promotion.reason"]
+    assert t["promotion.AP_delta_ci95"].startswith("[+")
+    tagged = rules_from_tags(t)
+    assert [r.to_dict() for r in tagged] == better["rules"] and all(r.passed for r in tagged)
+    gain = _by(tagged, "AP", "min_delta")
+    assert gain.champion == pytest.approx(better["champion_AP_before"], abs=1e-6) and 0 < gain.ci_low < gain.delta
     assert "PROMOTED to champion" in env.client().get_model_version(name, "2").description
-    assert "vs champion v1" in mlflow_text(better["run_id"], "model_card.md")
+    card = mlflow_text(better["run_id"], "model_card.md")
+    assert "**promoted** (champion before: v1; compared on: same evaluation data)" in card
+    assert f"| `AP >= champion + 0.005` (min_delta) | {better['champion_AP_before']:.4f} | {better['AP']:.4f} |" in card
     worse = env.fake(name, noise_medium=8, noise_large=8, seed=2)                 # v3: worse
     assert not worse["promoted"] and worse["decision"] == "kept_champion"
     assert _tags(env, name, 3)["promotion.decision"] == "kept_champion"
@@ -318,11 +401,36 @@ def test_gate_promotes_only_a_better_model_without_scale_regression(env):
     champ_m = json.loads(better_metrics(env, better).read_text())
     mixed_m = json.loads(mixed["metrics"].read_text())
     assert mixed_m["AP"] >= champ_m["AP"] + 0.005 and mixed_m["APM"] < champ_m["APM"] - 0.02   # the setup
-    assert not mixed["promoted"] and "APM regresses" in mixed["reason"]
+    assert not mixed["promoted"] and mixed["decision"] == "kept_champion" and mixed["gate_passed"] is False
+    tagged = rules_from_tags(_tags(env, name, 4))          # the decision's data, not its English reason
+    assert not _by(tagged, "APM", "max_drop").passed and _by(tagged, "APM", "max_drop").delta < -0.02
+    assert _by(tagged, "AP", "min_delta").passed and _by(tagged, "AP", "min").passed
+    assert [r["metric"] for r in mixed["rules"] if not r["passed"]] == ["APM"]
     client = env.client()
     assert int(client.get_model_version_by_alias(name, "champion").version) == 2
     assert int(client.get_model_version_by_alias(name, "challenger").version) == 4
     assert json.loads(client.get_registered_model(name).tags["champion.history"]) == [1, 2]
+
+
+def test_no_model_below_the_floor_becomes_champion_not_even_the_first(env):
+    import mlflow
+
+    template = "floor-{dataset}"                      # registered as floor-coco-mini (data.dataset)
+    rules = [{"metric": "AP", "min": 0.6}, {"metric": "AP", "min_delta": 0.005}, {"metric": "APM", "max_drop": 0.02}]
+    low = env.register(template, registry={"rules": rules}, noise_medium=6, noise_large=6, seed=0)   # AP ~ .4
+    assert low["model_name"] == "floor-coco-mini" and low["AP"] < 0.6
+    assert not low["promoted"] and low["decision"] == "rejected" and low["aliases"] == ["challenger"]
+    client = env.client()
+    with pytest.raises(Exception):
+        client.get_model_version_by_alias("floor-coco-mini", "champion")
+    tagged = rules_from_tags(_tags(env, "floor-coco-mini", 1))
+    assert [r.status for r in tagged] == ["fail", "n/a", "n/a"] and tagged[0].challenger == pytest.approx(low["AP"])
+    card = mlflow.artifacts.load_text(f"runs:/{low['run_id']}/model_card.md")
+    assert "**rejected**" in card and "| FAIL (below the absolute floor) |" in card
+    high = env.register(template, registry={"rules": rules}, noise_medium=1, noise_large=1, seed=1)
+    assert high["AP"] >= 0.6 and high["promoted"] and high["champion_before"] is None
+    assert int(client.get_model_version_by_alias("floor-coco-mini", "champion").version) == 2
+    assert json.loads(client.get_registered_model("floor-coco-mini").tags["champion.history"]) == [2]
 
 
 def mlflow_text(run_id: str, path: str) -> str:
@@ -398,6 +506,38 @@ def test_champion_is_reevaluated_on_the_challengers_data_once(env):
     rollback(env.params(name), reason="test")
     rec3 = promote(env.params(name), version=2, reevaluate=reevaluate)
     assert len(calls) == 1 and "cached re-evaluation" in rec3["reason"] and rec3["promoted"]
+
+    # `pose compare v1 v2` reuses that cached re-evaluation: a like-for-like verdict on v2's 79 images
+    from pose.cli import app
+
+    pf = env.params_file(name)
+    out = env.root / "cmp-reeval"
+    res = CliRunner().invoke(app, ["compare", "v1", "v2", "--no-log", "--out-dir", str(out),
+                                   "--images", str(COCO_MINI / "val2017"), "--params", str(pf)])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.startswith("B (candidate) is better: AP +"), res.output        # the verdict, first
+    summary = json.loads((out / "summary.json").read_text())
+    v = summary["verdict"]
+    assert v["basis"] == "a_reeval" and v["n_images"] == 79 and summary["bootstrap"]["n_images"] == 79
+    assert v["better"] == "B" and 0 < v["ci_low"] < v["AP_delta"] < v["ci_high"]
+    assert v["AP_delta"] == pytest.approx(rec["AP"] - rec["champion_AP_before"], abs=1e-6)
+    assert v["gate_decided"] and v["gate_passed"] and v["failed_rules"] == []
+    assert v["recorded"]["decision"] == "promoted" and v["recorded"]["champion_before"] == "1"
+    assert [(r["metric"], r["kind"], r["passed"]) for r in v["rules"]] == \
+        [(r["metric"], r["kind"], r["passed"]) for r in rec3["rules"]]
+    md = (out / "report.md").read_text()
+    assert f"cached by the promotion gate under `reeval/{h16}/` of A's run" in md
+    assert "**Gate** (`registry.rules`, B as challenger vs A as champion): **PASS**" in md
+    assert "(the same comparison as this report)" in md
+    assert len(list((out / "overlays").glob("*.png"))) == 4
+
+
+def test_compare_shows_na_for_missing_and_undefined_values():
+    from pose.registry.compare import _metric_rows, _short
+
+    rows = _metric_rows({"AP": 0.5, "APM": -1.0}, {"AP": 0.6, "APM": 0.3}, ["AP", "APM", "APL"], None)
+    assert rows == [["AP", "0.5000", "0.6000", "+0.1000", "n/a"], ["APM", "n/a", "0.3000", "n/a", "n/a"]]
+    assert _short("ab" * 32) == "abababababab…" and _short(None) == "n/a" and _short("coco-mini") == "coco-mini"
 
 
 RACE = """
@@ -475,9 +615,21 @@ def test_compare_report_has_metrics_cis_curves_diffs_and_overlays(env, tmp_path)
     for section in ("## AP family", "## Per scale", "## Per keypoint AP", "## Training curves", "## Params diff",
                     "## Data diff", "## Overlays"):
         assert section in md, section
+    assert md.index("## Verdict") < md.index("## AP family")                        # the verdict comes first
     assert "images common to both evaluation sets" in md and "removed in B 3" in md
+    assert "**Gate** (`registry.rules`, B as challenger vs A as champion): **cannot be decided here**" in md
+    assert "has no recorded gate decision" in md                                    # v2 was registered ungated
+    # data diff: labelled, shortened hashes and the first removed file names, not hundreds of bare names
+    h1, h2 = (env.client().get_model_version(name, v).tags["eval_data_hash"] for v in ("1", "2"))
+    assert f"- eval annotations sha256: `{h1[:12]}…` -> `{h2[:12]}…`" in md and h1 not in md
+    removed = sorted(drop)
+    assert f"removed: {removed[0]:012d}.jpg, {removed[1]:012d}.jpg, {removed[2]:012d}.jpg" in md
+    assert "-1.0000" not in md and "–" not in md
     s = out["summary"]
     assert s["bootstrap"]["n_images"] == 76 and s["eval_images"]["removed"] == 3
+    v = s["verdict"]
+    assert v["basis"] == "common_images" and v["gate_decided"] is False and v["gate_passed"] is None
+    assert v["better"] == "B" and v["significant"] and v["ci_low"] > 0          # noise 2 px vs 6 px
     assert (tmp_path / "cmp" / "training_curves.png").stat().st_size > 1000
     assert len(list((tmp_path / "cmp" / "overlays").glob("*.png"))) == 4
     page = Path(out["html"]).read_text()

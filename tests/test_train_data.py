@@ -156,3 +156,163 @@ def test_render_heatmaps_skips_invisible_and_outside():
     assert hm[3, 63, 63] == pytest.approx(1.0)
     ji = joint_indices(kp, 64, 64, 2)
     assert ji[0, 0].tolist() == [6 * 64 + 10, 1] and ji[0, 1, 1] == 0 and ji[1].sum() == 0
+
+
+# ----------------------------------------------------------------------------- the reference crop (augment.crop)
+
+REFERENCE_AUGMENT = {"crop": "short_side", "max_rotation": 30, "min_scale": 0.75, "max_scale": 1.5, "max_translate": 40,
+                     "flip_prob": 0.5, "color_jitter": 0.0}  # experiments/coco/higher_hrnet/w32_512_adam_lr1e-3.yaml
+
+
+def _coco_persons(ann_file, count):
+    """(file_name, width, height, keypoints (P, 17, 3)) of the first ``count`` images with labelled persons."""
+    data = json.loads(ann_file.read_text())
+    by_image = {}
+    for a in data["annotations"]:
+        if a.get("num_keypoints", 0) > 0 and not a.get("iscrowd", 0):
+            by_image.setdefault(a["image_id"], []).append(np.asarray(a["keypoints"], np.float64).reshape(17, 3))
+    out = []
+    for img in sorted(data["images"], key=lambda i: i["id"]):
+        if img["id"] in by_image:
+            out.append((img["file_name"], img["width"], img["height"], np.stack(by_image[img["id"]])))
+        if len(out) == count:
+            break
+    return out
+
+
+def _fit_affine(canvas_ramp, valid):
+    """Least-squares affine (2, 3) input px -> image px read from a warped coordinate ramp: the
+    mapping the *pixels* went through (cv2 quantises each pixel's source position to 1/32 px; the
+    fit over thousands of pixels averages that out)."""
+    ys, xs = np.nonzero(valid)
+    design = np.stack([xs, ys, np.ones_like(xs)], axis=1).astype(np.float64)
+    coef, *_ = np.linalg.lstsq(design, canvas_ramp[ys, xs, :2].astype(np.float64), rcond=None)
+    return coef.T
+
+
+@pytest.mark.parametrize("crop,convention", [("short_side", "project"), ("short_side", "reference"),
+                                              ("letterbox", "project"), ("letterbox", "reference")])
+def test_crop_keypoints_follow_the_pixels(coco_mini, crop, convention):
+    """Real coco-mini images and keypoints through each training crop (random scale, rotation,
+    shift, flip): the keypoints land where the image pixels they sat on went, to < 0.01 px, in
+    either coordinate convention (pixel i centred at i + o; the ramp holds pixel indices)."""
+    import cv2
+
+    from pose.augment.transforms import TrainTransform
+    from pose.targets.heatmaps import pixel_offset
+
+    ann, images = _val(coco_mini)
+    aug = REFERENCE_AUGMENT if crop == "short_side" else dict(PARAMS["augment"], crop="letterbox", color_jitter=0.0)
+    transform = TrainTransform(crop, aug, convention=convention)
+    o = pixel_offset(convention)
+    size, strides, checked = 512, (4, 2), 0
+    for file_name, width, height, kp in _coco_persons(ann, 4):
+        real = cv2.imread(str(images / file_name))
+        assert real.shape[:2] == (height, width)
+        ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+        ramp = np.stack([xs, ys, np.ones_like(xs)], axis=-1)  # channel 2: 1 inside the image, 0 in the border
+        for seed, flip in [(1, False), (2, True), (3, False), (4, True)]:
+            ignore = np.zeros((height, width), np.uint8)
+            canvas, kps, weights, m = transform(ramp, kp, ignore, input_size=size, strides=strides, flip=flip,
+                                                seed=seed)
+            real_canvas, real_kps, _, m_real = transform(real, kp, ignore, input_size=size, strides=strides, flip=flip,
+                                                         seed=seed)
+            assert np.array_equal(m, m_real) and real_canvas.shape == (size, size, 3)  # same draw for any image
+            assert all(np.array_equal(a, b) for a, b in zip(kps, real_kps))
+            assert [w.shape for w in weights] == [(128, 128), (256, 256)]
+            inside = cv2.erode((canvas[..., 2] > 0.999).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+            fitted = _fit_affine(canvas, inside)  # input pixel index -> image pixel index, as the pixels moved
+            src = kp[:, list(FLIP_INDEX)] if flip else kp  # output channel k came from joint FLIP_INDEX[k]
+            for stride, k in zip(strides, kps):
+                vis = k[..., 2] > 0
+                back = apply_affine(fitted, k[..., :2][vis] * stride - o) + o
+                err = np.abs(back - src[..., :2][vis])
+                assert err.max() < 0.01, (file_name, seed, flip, stride, err.max())
+                checked += int(vis.sum())
+            if crop == "short_side":  # joints cut off by the crop are marked unusable
+                mapped = apply_affine(m, src[..., :2] - o)
+                out = (mapped < 0).any(-1) | (mapped > size - 1).any(-1)
+                assert not (kps[0][..., 2][out] > 0).any()
+    assert checked > 100
+
+
+def test_short_side_crop_draws_the_reference_ranges():
+    from pose.augment.affine import short_side_crop_affine
+    from pose.augment.transforms import draw_short_side_crop
+
+    w, h, size = 640, 427, 512
+    sides, angles, shifts = [], [], []
+    for seed in range(300):
+        m = draw_short_side_crop(np.random.default_rng(seed), REFERENCE_AUGMENT, w, h, size)
+        scale = np.sqrt(abs(np.linalg.det(m[:, :2])))  # input px per image px
+        side = size / scale  # crop side, image px
+        sides.append(side / min(w, h))
+        angles.append(np.degrees(np.arctan2(m[1, 0], m[0, 0])))
+        centre = apply_affine(invert_affine(m), np.array([size / 2, size / 2]))  # image px under the canvas centre
+        shifts.append((centre - [w / 2, h / 2]) / (side / 200))  # in the reference's 1/200-of-crop units
+    sides, angles, shifts = np.array(sides), np.array(angles), np.array(shifts)
+    assert 0.75 <= sides.min() < 0.8 and 1.45 < sides.max() <= 1.5
+    assert -30 <= angles.min() < -25 and 25 < angles.max() <= 30
+    assert np.abs(shifts).max() <= 40 + 1e-9 and np.abs(shifts).max() > 35
+    # deterministic centre crop: the middle min(W, H) square fills the canvas
+    m0 = short_side_crop_affine(w, h, size)
+    corners = apply_affine(m0, np.array([[w / 2 - h / 2, 0.0], [w / 2 + h / 2, float(h)]]))
+    assert np.abs(corners - [[0, 0], [size, size]]).max() < 1e-9
+    # positive rotation turns the content counter-clockwise on screen: a point right of centre moves up
+    right = apply_affine(short_side_crop_affine(w, h, size, rotation=30), np.array([w / 2 + 50, h / 2]))
+    assert right[1] < size / 2
+
+
+def test_train_transform_letterbox_is_the_previous_pipeline(coco_mini):
+    import cv2
+
+    from pose.augment.transforms import TrainTransform
+
+    ann, images = _val(coco_mini)
+    file_name, width, height, kp = _coco_persons(ann, 1)[0]
+    img = cv2.imread(str(images / file_name))
+    ignore = np.zeros((height, width), np.uint8)
+    ignore[:20] = 1
+    aug = dict(PARAMS["augment"], crop="letterbox")
+    new = TrainTransform("letterbox", aug, convention="project")(img, kp, ignore, input_size=256, strides=(4, 2),
+                                                                 flip=True, seed=11)
+    a, k, i = augment_sample(img, kp, ignore, build_augmenter(aug), True, 11)
+    old = to_canvas(a, k, i, 256, (4, 2))
+    assert np.array_equal(new[0], old[0]) and np.array_equal(new[3], old[3])
+    assert all(np.array_equal(x, y) for x, y in zip(new[1] + new[2], old[1] + old[2]))
+
+
+def test_crop_param_errors():
+    from pose.augment.transforms import TrainTransform, crop_affine
+
+    with pytest.raises(ValueError, match="augment.crop"):
+        TrainTransform("centre", REFERENCE_AUGMENT, convention="project")
+    with pytest.raises(ValueError, match="model.convention"):
+        TrainTransform("short_side", REFERENCE_AUGMENT, convention="centre")
+    with pytest.raises(ValueError, match="augment.crop"):
+        crop_affine("long_side", 640, 480, 512)
+    with pytest.raises(ValueError, match="TrainTransform"):
+        build_augmenter(REFERENCE_AUGMENT)  # the letterbox warp must not run silently for short_side
+    with pytest.raises(ValueError, match="min_scale"):
+        TrainTransform("short_side", dict(REFERENCE_AUGMENT, min_scale=2.0), convention="project")(
+            np.zeros((64, 64, 3), np.uint8), np.zeros((0, 17, 3)), np.zeros((64, 64), np.uint8),
+            input_size=64, strides=(4,), flip=False, seed=0)
+
+
+def test_check_scales_follows_the_active_crop(coco_mini, tmp_path):
+    from pose.quality.scales import check_scales
+
+    ann, _ = _val(coco_mini)
+    common = dict(input_sizes=[512], strides=[4, 2], sigma=2.0, max_roundtrip_error=0.01, max_peak_error=1.0,
+                  min_torso_heatmap_px=4)
+    box = check_scales(ann, report_path=tmp_path / "l.json", crop="letterbox", **common)
+    short = check_scales(ann, report_path=tmp_path / "s.json", crop="short_side", **common)
+    assert box["ok"] and short["ok"], short["violations"]
+    assert short["params"]["crop"] == "short_side"
+    b, s = box["sizes"]["512"], short["sizes"]["512"]
+    assert s["roundtrip"]["max_error_px"] < 1e-6
+    assert b["canvas"]["lost_to_cropping"] == 0 < s["canvas"]["lost_to_cropping"]  # the long side is cut
+    # persons are larger with the short side at 512 (4:3 images: x 4/3)
+    assert s["too_small"]["median_torso_heatmap_px"] > 1.2 * b["too_small"]["median_torso_heatmap_px"]
+    with pytest.raises(ValueError, match="augment.crop"):
+        check_scales(ann, report_path=tmp_path / "x.json", crop="square", **common)

@@ -1,5 +1,6 @@
 """The training loop on real coco-mini images: exact resume after SIGKILL, crash-safe
-checkpoints, DDP on 2 CPU ranks (gloo, torchrun), learning, bf16 autocast.
+checkpoints, DDP on 2 CPU ranks (gloo, torchrun), learning, bf16 autocast, validation
+during training (best.pt by validation AP), torch threads from the available cores.
 
 Tiny configurations (HRNet width 8, one module per stage, 128/160 px inputs, batch
 2) keep every run to seconds. Training subprocesses run with one intra-op thread,
@@ -40,11 +41,15 @@ NO_AUGMENT = {"max_rotation": 0, "min_scale": 1.0, "max_scale": 1.0, "max_transl
 
 
 def tiny_params(**train) -> dict:
+    """Tiny model and plan; validation every epoch on 2 real validation images at 128 px
+    (the CLI runs pass them, `_train_args`; in-process runs without them set val_every=0)."""
     p = copy.deepcopy(BASE)
     p["model"].update(width=8, stage_blocks=[1, 1, 1], pretrained="")
     p["train"].update(batch_size=2, workers=0, max_steps_per_epoch=STEPS_PER_EPOCH, warmup_steps=2, log_every=1,
                       checkpoint_every=1, amp=False, multi_scale=True, use_curriculum=True,
-                      curriculum=[{"sizes": [128], "epochs": 1}, {"sizes": [128, 160], "epochs": 1}])
+                      curriculum=[{"sizes": [128], "epochs": 1}, {"sizes": [128, 160], "epochs": 1}],
+                      val_every=1, val_max_images=2)
+    p["evaluate"].update(input_size=128, flip_test=False, test_scales=[1.0])
     p["train"].update(train)
     return p
 
@@ -59,7 +64,9 @@ def _env() -> dict:
 def _train_args(coco: Path, run: Path, params_file: Path) -> list[str]:
     return ["train", "--train-ann", str(coco / "annotations" / "person_keypoints_train2017.json"),
             "--train-images", str(coco / "train2017"), "--out-dir", str(run / "models"),
-            "--metrics", str(run / "train.json"), "--steps", str(run / "steps.csv"), "--params", str(params_file)]
+            "--metrics", str(run / "train.json"), "--steps", str(run / "steps.csv"), "--params", str(params_file),
+            "--val-ann", str(coco / "annotations" / "person_keypoints_val2017.json"),
+            "--val-images", str(coco / "val2017"), "--val-epochs", str(run / "val.csv")]
 
 
 def _write_params(run: Path, params: dict) -> Path:
@@ -124,7 +131,8 @@ def assert_same_training_state(a: dict, b: dict) -> None:
             assert torch.equal(v, b["optimizer"]["state"][pid][k]), f"optimizer state {pid}.{k} differs"
     assert a["scheduler"] == b["scheduler"]
     assert torch.equal(a["rng_cpu"], b["rng_cpu"])
-    for k in ("epoch", "batch_in_epoch", "global_step", "best_loss", "history"):
+    for k in ("epoch", "batch_in_epoch", "global_step", "best_loss", "history", "best_val_ap", "best_epoch",
+              "val_history", "train_data"):
         assert a[k] == b[k], k
 
 
@@ -144,7 +152,8 @@ def reference(coco_mini, tmp_path_factory) -> Path:
     frequency does not change training)."""
     run = tmp_path_factory.mktemp("reference")
     _cli(coco_mini, run, tiny_params(checkpoint_every=0))
-    assert json.loads((run / "train.json").read_text())["steps"] == TOTAL_STEPS
+    summary = json.loads((run / "train.json").read_text())
+    assert summary["steps"] == TOTAL_STEPS and summary["best_by"] == "val_AP" and summary["validations"] == 2
     return run
 
 
@@ -179,6 +188,11 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(coco_mini, tmp_pa
     summary = json.loads((run / "train.json").read_text())
     ref = json.loads((reference / "train.json").read_text())
     assert summary["final_loss"] == ref["final_loss"] and summary["best_epoch_loss"] == ref["best_epoch_loss"]
+    # the epoch-0 validation happened before the kill: restored from last.pt, not repeated
+    assert "epoch 0 validation" not in resumed.stdout and "epoch 1 validation" in resumed.stdout
+    assert (run / "val.csv").read_bytes() == (reference / "val.csv").read_bytes()    # no wall-clock column
+    assert [line.split(",")[0] for line in (run / "val.csv").read_text().splitlines()] == ["epoch", "0", "1"]
+    assert summary["best_epoch"] == ref["best_epoch"] and summary["best_val_AP"] == ref["best_val_AP"]
 
 
 # A driver that runs `pose train` but freezes inside the checkpoint save of global step
@@ -310,13 +324,16 @@ def test_ddp_two_cpu_ranks_stay_identical_and_only_rank0_writes(coco_mini, tmp_p
     assert state_dict_digest(ck["model"]) == digests[0][0], "rank 0's checkpoint is not the trained model"
     writes = [line.split()[1:] for out in outs.values() for line in out.splitlines() if line.startswith("WRITE ")]
     assert writes and {w[0] for w in writes} == {"rank=0"}, writes
-    assert {w[1] for w in writes} == {"last.pt", "best.pt", "train.json", "steps.csv"}
+    assert {w[1] for w in writes} == {"last.pt", "best.pt", "train.json", "steps.csv", "val.csv"}
     assert sorted(p.name for p in (run / "models").iterdir()) == ["best.pt", "last.pt"]
     summary = json.loads((run / "train.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 4
     # rank-0-only logging
     assert "step 1/4 " in outs[0] and "2 replicas in sync" in outs[0]
     assert "step " not in outs[1] and "replicas" not in outs[1]
+    # validation runs on rank 0 only; both ranks agree on it (broadcast) and on best.pt
+    assert outs[0].count(" validation: AP ") == 2 and "validation" not in outs[1]
+    assert summary["validations"] == 2 and len((run / "val.csv").read_text().splitlines()) == 3
     assert ck["plan"] and json.loads(ck["plan"])["world_size"] == 2
 
 
@@ -336,7 +353,7 @@ def _single_image_annotations(coco: Path, dst: Path, image_id: int, copies: int)
 def test_loss_decreases_over_30_steps_on_a_fixed_real_batch(coco_mini, tmp_path):
     # image 211325: five labelled people; no augmentation, so every step sees the same batch
     ann = _single_image_annotations(coco_mini, tmp_path / "one_image.json", 211325, copies=60)
-    params = tiny_params(max_steps_per_epoch=0, checkpoint_every=0, warmup_steps=3,
+    params = tiny_params(max_steps_per_epoch=0, checkpoint_every=0, warmup_steps=3, val_every=0,
                          curriculum=[{"sizes": [128], "epochs": 1}])
     params["augment"] = dict(NO_AUGMENT)
     summary = train(params, train_ann=ann, train_images=coco_mini / "train2017", out_dir=tmp_path / "models",
@@ -354,7 +371,7 @@ def test_bf16_autocast_on_cpu_trains_two_steps(coco_mini, tmp_path):
     kwargs = {"train_ann": coco_ann, "train_images": coco_mini / "train2017", "resume": False}
     results = {}
     for amp in (False, True):
-        params = tiny_params(amp=amp, max_steps_per_epoch=2, checkpoint_every=0,
+        params = tiny_params(amp=amp, max_steps_per_epoch=2, checkpoint_every=0, val_every=0,
                              curriculum=[{"sizes": [128], "epochs": 1}])
         d = tmp_path / f"amp_{amp}"
         summary = train(params, out_dir=d / "models", metrics_path=d / "train.json", steps_path=d / "steps.csv",
@@ -368,7 +385,7 @@ def test_bf16_autocast_on_cpu_trains_two_steps(coco_mini, tmp_path):
     assert results[True] == pytest.approx(results[False], rel=0.1)
 
     # resuming with a different architecture is refused with a clear message
-    params = tiny_params(amp=True, max_steps_per_epoch=2, curriculum=[{"sizes": [128], "epochs": 1}])
+    params = tiny_params(amp=True, max_steps_per_epoch=2, val_every=0, curriculum=[{"sizes": [128], "epochs": 1}])
     params["model"]["width"] = 16
     d = tmp_path / "amp_True"
     with pytest.raises(ValueError, match="trained with model params"):
@@ -383,3 +400,126 @@ def test_save_checkpoint_is_weights_only_loadable(tmp_path):
     path.write_bytes(path.read_bytes()[:40])
     with pytest.raises(RuntimeError, match="c.pt: cannot load checkpoint"):
         load_checkpoint(path)
+
+
+def _run_scripted_validation(coco: Path, tmp: Path, monkeypatch, aps: list[float], **train_kw) -> tuple[dict, Path]:
+    """Train 1 step per epoch with `Validator.run` returning ``aps`` in turn (real decoding is
+    covered by the CLI runs above); returns (summary, run folder)."""
+    from pose.train import validation
+
+    scripted = iter(aps)
+    monkeypatch.setattr(validation.Validator, "run", lambda self, model, device=None: {
+        "AP": next(scripted), "AP50": 0.9, "AP75": 0.1, "AR": 0.2, "images": len(self), "seconds": 0.01})
+    params = tiny_params(max_steps_per_epoch=1, checkpoint_every=0, val_max_images=1,
+                         curriculum=[{"sizes": [128], "epochs": 4}], **train_kw)
+    summary = train(params, train_ann=coco / "annotations" / "person_keypoints_train2017.json",
+                    train_images=coco / "train2017", out_dir=tmp / "models", metrics_path=tmp / "train.json",
+                    steps_path=tmp / "steps.csv", resume=False,
+                    val_ann=coco / "annotations" / "person_keypoints_val2017.json", val_images=coco / "val2017",
+                    val_path=tmp / "val.csv")
+    return summary, tmp
+
+
+def test_best_pt_is_the_best_validation_ap_not_the_lowest_loss(coco_mini, tmp_path, monkeypatch):
+    import csv
+
+    from pose.registry.mlflow_registry import _read_val_epochs
+
+    summary, run = _run_scripted_validation(coco_mini, tmp_path / "every", monkeypatch, [0.2, 0.5, 0.5, 0.1])
+    assert summary["best_by"] == "val_AP" and summary["best_epoch"] == 1 and summary["best_val_AP"] == 0.5
+    assert summary["last_val_AP"] == 0.1 and summary["validations"] == 4
+    assert load_checkpoint(run / "models" / "best.pt")["epoch"] == 2      # saved after epoch index 1 (tie: earlier)
+    assert load_checkpoint(run / "models" / "last.pt")["epoch"] == 4
+    rows = list(csv.DictReader((run / "val.csv").open()))
+    assert [(int(r["epoch"]), int(r["step"]), float(r["AP"])) for r in rows] == [(0, 1, 0.2), (1, 2, 0.5), (2, 3, 0.5),
+                                                                                 (3, 4, 0.1)]
+    # the register stage logs them to MLflow with step = epoch
+    logged = [(m.key, m.step, m.value) for m in _read_val_epochs(run / "val.csv")]
+    assert ("val/AP", 1, 0.5) in logged and ("val/AP50", 3, 0.9) in logged
+    assert {k for k, _, _ in logged} == {"val/AP", "val/AP50", "val/AP75", "val/AR"}
+
+    # every 3rd epoch and after the last one
+    summary, run = _run_scripted_validation(coco_mini, tmp_path / "every3", monkeypatch, [0.3, 0.4], val_every=3)
+    assert [int(r["epoch"]) for r in csv.DictReader((run / "val.csv").open())] == [2, 3]
+    assert summary["best_epoch"] == 3 and load_checkpoint(run / "models" / "best.pt")["epoch"] == 4
+
+
+def test_validation_off_keeps_best_pt_by_training_loss(coco_mini, tmp_path, monkeypatch):
+    import csv
+
+    summary, run = _run_scripted_validation(coco_mini, tmp_path, monkeypatch, [], val_every=0)
+    assert summary["best_by"] == "train_loss" and "best_val_AP" not in summary
+    assert (run / "val.csv").read_text().strip() == "epoch,step,AP,AP50,AP75,AR,images"
+    losses = [float(r["loss"]) for r in csv.DictReader((run / "steps.csv").open())]   # one step per epoch
+    assert summary["best_epoch"] == losses.index(min(losses))
+    assert load_checkpoint(run / "models" / "best.pt")["epoch"] == summary["best_epoch"] + 1
+    # without a validation split, val_every > 0 falls back to the training loss, and says so
+    summary = train(tiny_params(max_steps_per_epoch=1, checkpoint_every=0, curriculum=[{"sizes": [128], "epochs": 1}]),
+                    train_ann=coco_mini / "annotations" / "person_keypoints_train2017.json",
+                    train_images=coco_mini / "train2017", out_dir=tmp_path / "m2", metrics_path=tmp_path / "t2.json",
+                    steps_path=tmp_path / "s2.csv", resume=False)
+    assert summary["best_by"] == "train_loss"
+    with pytest.raises(ValueError, match="train.val_every"):
+        train(tiny_params(val_every=-1), train_ann=coco_mini / "annotations" / "person_keypoints_train2017.json",
+              train_images=coco_mini / "train2017", out_dir=tmp_path / "m3", metrics_path=tmp_path / "t3.json",
+              steps_path=tmp_path / "s3.csv", resume=False)
+
+
+def test_validation_scores_like_the_evaluate_stage(coco_mini, tmp_path):
+    """The validator's AP is the evaluate stage's (predict_dataset + pycocotools) on the same images."""
+    from pose.datasets.schema import COCO_SIGMAS
+    from pose.decode.inference import predict_dataset
+    from pose.evaluate.coco import evaluate_results
+    from pose.models import build_model, init_weights
+    from pose.train.validation import Validator, validation_subset
+
+    ann = coco_mini / "annotations" / "person_keypoints_val2017.json"
+    full = json.loads(ann.read_text())
+    sub = validation_subset(ann, 3)
+    assert [im["id"] for im in sub["images"]] == sorted(im["id"] for im in full["images"])[:3]
+    assert sub["annotations"] and {a["image_id"] for a in sub["annotations"]} <= {im["id"] for im in sub["images"]}
+    assert len(validation_subset(ann, 0)["images"]) == len(full["images"])
+    with pytest.raises(ValueError, match="train.val_max_images"):
+        validation_subset(ann, -1)
+    with pytest.raises(FileNotFoundError):
+        validation_subset(tmp_path / "missing.json", 3)
+
+    params = tiny_params()
+    torch.manual_seed(0)
+    model = init_weights(build_model(params["model"]), "kaiming").eval()
+    ev = params["evaluate"]
+    got = Validator(ann, coco_mini / "val2017", max_images=3, eval_params=ev).run(model)
+    (tmp_path / "sub.json").write_text(json.dumps(sub))
+    results = predict_dataset(model, tmp_path / "sub.json", coco_mini / "val2017", ev)
+    assert results, "the random model must detect something for this comparison to mean anything"
+    want = evaluate_results(tmp_path / "sub.json", results, sigmas=COCO_SIGMAS, oks_threshold=float(ev["oks_threshold"]))
+    assert got["images"] == 3 and all(got[k] == want[k] for k in ("AP", "AP50", "AP75", "AR"))
+    assert not model.training
+
+
+def test_torch_threads_leave_room_for_the_loader_workers(monkeypatch):
+    from pose.train import loop
+    from pose.train.data import loader_worker_init
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setattr(loop.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+        assert loop.available_cores() == 8
+        assert loop.configure_threads(2) == 6 and torch.get_num_threads() == 6
+        assert loop.configure_threads(2, ranks_per_node=2) == 2          # 4 cores per rank, 2 of them for workers
+        assert loop.configure_threads(12) == 1                           # never below one thread
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        assert loop.configure_threads(0) == 3                            # an explicit OMP_NUM_THREADS caps it
+        monkeypatch.setattr(loop.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+        assert loop.configure_threads(2) == 1 and torch.get_num_threads() == 1   # 2 cores, 2 workers (issue 13)
+    finally:
+        torch.set_num_threads(before)
+    import cv2
+
+    cv_before = cv2.getNumThreads()
+    try:
+        loader_worker_init(0)
+        assert cv2.getNumThreads() == 1
+    finally:
+        cv2.setNumThreads(cv_before)

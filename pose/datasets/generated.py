@@ -60,27 +60,26 @@ from pycocotools import mask as mask_utils
 
 from pose.datasets.schema import NUM_JOINTS, PERSON_CATEGORY
 
-#: BGR colour of each joint type's marker (index = COCO joint index). Left joints are
-#: warm / light, right joints cool / dark, so left and right are distinguishable.
-JOINT_COLOURS: tuple[tuple[int, int, int], ...] = (
-    (255, 255, 255),  # nose: white
-    (0, 255, 255),    # left_eye: yellow
-    (255, 255, 0),    # right_eye: cyan
-    (0, 165, 255),    # left_ear: orange
-    (255, 0, 255),    # right_ear: magenta
-    (0, 0, 255),      # left_shoulder: red
-    (255, 0, 0),      # right_shoulder: blue
-    (0, 255, 0),      # left_elbow: green
-    (128, 0, 128),    # right_elbow: purple
-    (0, 128, 255),    # left_wrist: dark orange
-    (128, 128, 0),    # right_wrist: teal
-    (147, 20, 255),   # left_hip: pink
-    (80, 40, 0),      # right_hip: navy
-    (0, 215, 160),    # left_knee: olive-yellow
-    (200, 130, 0),    # right_knee: azure
-    (60, 60, 200),    # left_ankle: brick
-    (180, 180, 180),  # right_ankle: grey
+#: BGR colour of each joint type's marker (index = COCO joint index). A left joint and its
+#: right counterpart share one colour: horizontal-flip augmentation (and flip test) mirrors
+#: the image and swaps the left/right *labels* (`pose.datasets.schema.FLIP_INDEX`), but it
+#: cannot swap pixel colours. With side-specific colours every flipped training sample
+#: would show a "left" colour on a joint labelled right, so the model would learn two
+#: contradicting rules and lose AP under flip test. With shared colours, left and right
+#: are told apart as in real photos: by the figure's geometry (figures face the camera,
+#: so a person's left side is on the image's right; a flip keeps that relation true).
+_PAIR_COLOURS: tuple[tuple[int, int, int], ...] = (
+    (0, 255, 255),    # eyes: yellow
+    (0, 165, 255),    # ears: orange
+    (0, 0, 255),      # shoulders: red
+    (0, 255, 0),      # elbows: green
+    (255, 255, 0),    # wrists: cyan
+    (255, 0, 255),    # hips: magenta
+    (255, 0, 0),      # knees: blue
+    (60, 60, 200),    # ankles: brick
 )
+JOINT_COLOURS: tuple[tuple[int, int, int], ...] = ((255, 255, 255),) + tuple(  # nose: white
+    c for c in _PAIR_COLOURS for _side in (0, 1))
 assert len(JOINT_COLOURS) == NUM_JOINTS
 
 #: Order in which joint markers are drawn (later ones cover earlier ones): ears, eyes,

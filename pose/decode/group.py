@@ -4,29 +4,35 @@ Algorithm: Newell et al., "Associative Embedding", NeurIPS 2017, Sec. 3, as impl
 by HigherHRNet (Cheng et al., CVPR 2020; ``lib/core/group.py`` of the official code,
 itself from ``princeton-vl/pose-ae-train``):
 
-1. Per joint, max-pool NMS (3x3) and the ``max_people`` highest peaks (:func:`top_k_peaks`).
+1. Per joint, max-pool NMS (``nms_kernel`` x ``nms_kernel``; the reference's COCO and
+   CrowdPose configs use 5 with padding 2) and the ``max_people`` highest peaks
+   (:func:`top_k_peaks`).
 2. Joints are visited in the reference order (:data:`REFERENCE_JOINT_ORDER`: head,
    shoulders, hips, then arms and legs). Candidates above ``detection_threshold`` of the
    first visited joint open one group each; the candidates of every later joint are
    matched to the (first ``max_people``) existing groups by the Hungarian algorithm on
-   ``cost = round(||tag - group_mean_tag||) * 100 - score`` plus a tiny tie-breaker
-   (:func:`matching_cost`; SciPy's ``linear_sum_assignment`` instead of the pure-Python
+   ``cost = round(||tag - group_mean_tag||) * 100 - score``, optionally plus a tiny
+   tie-breaker (:func:`matching_cost`; SciPy's ``linear_sum_assignment`` instead of the pure-Python
    ``munkres``). A candidate joins its assigned group when the (unrounded) tag distance is
    ``< tag_threshold``, otherwise it opens a new group.
 3. Person score = mean over all K joints of the detection scores (missing joints count 0),
    taken before refinement, as in the reference.
-4. ``adjust``: quarter-pixel shift of each detected joint toward its higher neighbour.
+4. ``adjust``: quarter-pixel shift of each detected joint toward its higher neighbour
+   (:func:`quarter_offsets`; none when both neighbours are equal).
 5. ``refine``: each joint a person misses is searched over the whole map of that joint as
    ``argmax(heatmap - round(||tag - person_mean_tag||))``; it is filled in when the
    heatmap value there is > 0 (with the quarter-pixel shift, as the reference does).
 
-Coordinate units: everything here is in **heatmap pixels of the maps passed in**, with
-pixel ``(row y, column x)`` at coordinate ``(x, y)`` (its centre; no half-pixel shift,
-matching ``pose.augment.affine``). The reference adds 0.5 because its targets use the
-half-pixel convention; this project's do not, so no 0.5 is added.
+Coordinate units: everything here is in **pixel indices of the maps passed in**: pixel
+``(row y, column x)`` is reported as ``(x, y)`` (plus the quarter-pixel adjustment). The
+coordinate convention's pixel-centre offset (``pose.targets.heatmaps.pixel_offset``: the
+reference's +0.5) is added when the points leave heatmap px
+(``pose.decode.inference.heatmap_to_image``); the reference adds it inside ``adjust`` and
+``refine``, so there a joint matched with ``adjust`` off lacks it.
 
-Deviations from the reference, all deliberate: the tie-breaking term of
-:func:`matching_cost`; the rectangular assignment instead of padding with 1e10 columns (same
+Deviations from the reference, all deliberate: the optional tie-breaking term of
+:func:`matching_cost` (params ``evaluate.tie_break``); no shift on equal neighbours in
+``adjust`` (the reference shifts -0.25); the rectangular assignment instead of padding with 1e10 columns (same
 optimum); groups are kept in a list (the reference keys a dict by the first tag value, so
 two groups with exactly equal tags collide);
 refinement reads the person's mean tag from the matched peaks' tags (the reference re-reads
@@ -91,31 +97,40 @@ def max_pool_nms(heatmaps: np.ndarray, kernel: int = 3) -> np.ndarray:
     return np.where(hm == pooled, hm, np.zeros((), hm.dtype))
 
 
+def _window_offsets(kernel: int) -> list[tuple[int, int]]:
+    """The (dy, dx) offsets of a ``kernel x kernel`` window without (0, 0), nearest first
+    (the 4-neighbours, then the diagonals, then the outer rings)."""
+    r = kernel // 2
+    offs = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1) if (dy, dx) != (0, 0)]
+    return sorted(offs, key=lambda o: (max(abs(o[0]), abs(o[1])), abs(o[0]) + abs(o[1]), o))
+
+
 def _sparse_peaks(hm: np.ndarray, threshold: float, kernel: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Local maxima above ``threshold`` by checking only the pixels above it; None when
-    too many pixels are above it for the sparse check to pay off."""
+    too many pixels are above it for the sparse check to pay off.
+
+    The window is checked one neighbour offset at a time, nearest first, and after each
+    offset only the pixels still at least as high as every neighbour seen so far are kept:
+    most pixels of a blob fail against an immediate neighbour, so the outer rings of a
+    large window (5 x 5: 16 of its 24 offsets) are read for a few pixels per peak only.
+    """
     num_joints, h, w = hm.shape
     flat_idx = np.flatnonzero(hm > threshold)  # 1-D nonzero: far faster than 3-D np.nonzero
-    count = flat_idx.size
-    if count > hm.size // 8:
+    if flat_idx.size > hm.size // 8:
         return None
     j, rest = np.divmod(flat_idx, h * w)
     y, x = np.divmod(rest, w)
     v = hm.reshape(-1)[flat_idx]
-    r = kernel // 2
-    is_max = np.ones(count, dtype=bool)
-    for dy in range(-r, r + 1):
-        yy = y + dy
-        oky = (yy >= 0) & (yy < h)
-        yyc = np.clip(yy, 0, h - 1)
-        for dx in range(-r, r + 1):
-            if dy == 0 and dx == 0:
-                continue
-            xx = x + dx
-            ok = oky & (xx >= 0) & (xx < w)
-            nb = hm[j, yyc, np.clip(xx, 0, w - 1)]
-            is_max &= ~ok | (v >= nb)
-    return j[is_max], y[is_max] * w + x[is_max], v[is_max]
+    for dy, dx in _window_offsets(kernel):
+        if not v.size:
+            break
+        yy, xx = y + dy, x + dx
+        inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+        nb = hm[j, np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)]
+        keep = ~inside | (v >= nb)
+        if not keep.all():
+            j, y, x, v = j[keep], y[keep], x[keep], v[keep]
+    return j, y * w + x, v
 
 
 def top_k_peaks(heatmaps: np.ndarray, k: int, nms_kernel: int = 3,
@@ -187,18 +202,29 @@ def _as_tags(tags: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     return t
 
 
-def _quarter_offsets(heatmaps: np.ndarray, joint: np.ndarray, x: np.ndarray,
-                     y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """+-0.25 px per axis toward the higher of the two neighbours (ties: -0.25), borders clamped."""
+def quarter_offsets(heatmaps: np.ndarray, joint: np.ndarray, x: np.ndarray,
+                    y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The quarter-pixel adjustment of peaks (reference ``HeatmapParser.adjust`` / ``refine``).
+
+    Args:
+        heatmaps: (K, H, W) float maps; joint, x, y: (N,) int64 peak joint / column / row.
+
+    Returns:
+        ``(dx, dy)``: (N,) float64 each, +0.25 heatmap px toward the higher of the two
+        neighbours on that axis, 0 when they are equal (borders clamped, so a peak on the
+        border compares with itself). Deliberate deviation: the reference shifts -0.25 on
+        equal neighbours, which biases every symmetric peak (all peaks of targets drawn at
+        a pixel centre) by -0.25 px.
+    """
     _, h, w = heatmaps.shape
     right = heatmaps[joint, y, np.minimum(x + 1, w - 1)]
     left = heatmaps[joint, y, np.maximum(x - 1, 0)]
     down = heatmaps[joint, np.minimum(y + 1, h - 1), x]
     up = heatmaps[joint, np.maximum(y - 1, 0), x]
-    return np.where(right > left, 0.25, -0.25), np.where(down > up, 0.25, -0.25)
+    return 0.25 * np.sign(right - left).astype(np.float64), 0.25 * np.sign(down - up).astype(np.float64)
 
 
-def matching_cost(dist: np.ndarray, scores: np.ndarray, tag_threshold: float) -> np.ndarray:
+def matching_cost(dist: np.ndarray, scores: np.ndarray, tag_threshold: float, *, tie_break: bool) -> np.ndarray:
     """Hungarian cost of candidates (rows) against groups (columns).
 
     ``round(dist) * 100 - score`` is the reference's cost. It ties often: when every
@@ -213,16 +239,22 @@ def matching_cost(dist: np.ndarray, scores: np.ndarray, tag_threshold: float) ->
 
     Args:
         dist: (C, G) float64 L2 tag distances; scores: (C,) detection scores.
+        tag_threshold: as :func:`match_candidates`.
+        tie_break: add the tie-breaking term (params ``evaluate.tie_break``); False is
+            the reference's cost.
 
     Returns (C, G) float64 costs.
     """
+    cost = np.round(dist) * 100.0 - scores[:, None]
+    if not tie_break:
+        return cost
     tie = np.minimum(dist, 100.0) + 100.0 * (dist >= tag_threshold)
-    return np.round(dist) * 100.0 - scores[:, None] + TIE_BREAK * tie
+    return cost + TIE_BREAK * tie
 
 
 def match_candidates(cand_tags: Sequence[np.ndarray], cand_scores: Sequence[np.ndarray], *,
-                     tag_threshold: float, max_people: int,
-                     order: Sequence[int]) -> tuple[np.ndarray, int]:
+                     tag_threshold: float, max_people: int, order: Sequence[int],
+                     tie_break: bool) -> tuple[np.ndarray, int]:
     """Greedy-by-joint Hungarian grouping (step 2 of the module docstring).
 
     Args:
@@ -232,6 +264,7 @@ def match_candidates(cand_tags: Sequence[np.ndarray], cand_scores: Sequence[np.n
             group's mean tag is ``< tag_threshold``.
         max_people: only the first ``max_people`` groups take part in matching.
         order: joint visiting order.
+        tie_break: use the tie-breaking term of :func:`matching_cost`.
 
     Returns:
         ``(assign, n)``: ``assign`` is a (K, max_j C_j) int64 array, the group index of each
@@ -260,7 +293,7 @@ def match_candidates(cand_tags: Sequence[np.ndarray], cand_scores: Sequence[np.n
         g = min(n, max_people)
         means = tag_sum[:g] / tag_cnt[:g, None]
         dist = np.sqrt(((tags_j[:, None, :] - means[None, :, :]) ** 2).sum(axis=2))  # (c, g)
-        cost = matching_cost(dist, scores_j, tag_threshold)
+        cost = matching_cost(dist, scores_j, tag_threshold, tie_break=tie_break)
         # c > g: the reference pads to square with constant columns (a row on a padding
         # column opens a new group); the rectangular problem has the same optimum.
         rows, cols = linear_sum_assignment(cost)
@@ -284,8 +317,8 @@ def match_candidates(cand_tags: Sequence[np.ndarray], cand_scores: Sequence[np.n
 
 
 def group_keypoints(heatmaps: np.ndarray, tags: np.ndarray, *, detection_threshold: float,
-                    tag_threshold: float, max_people: int, adjust: bool = True, refine: bool = True,
-                    nms_kernel: int = 3, joint_order: Sequence[int] | None = None,
+                    tag_threshold: float, max_people: int, adjust: bool, refine: bool,
+                    nms_kernel: int, tie_break: bool, joint_order: Sequence[int] | None = None,
                     refine_chunk: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """Decode one image's heatmaps and tag maps into persons (see module docstring).
 
@@ -298,7 +331,10 @@ def group_keypoints(heatmaps: np.ndarray, tags: np.ndarray, *, detection_thresho
         max_people: peaks per joint and groups taking part in matching.
         adjust: quarter-pixel shift of grouped joints toward the higher neighbour.
         refine: fill each person's missing joints from its mean tag (reference ``refine``).
-        nms_kernel: NMS window in px.
+        nms_kernel: odd NMS window in px of these maps (params ``evaluate.nms_kernel``; the
+            reference's ``TEST.NMS_KERNEL`` 5 with padding 2 at input resolution).
+        tie_break: the tie-breaking term of :func:`matching_cost` (params
+            ``evaluate.tie_break``).
         joint_order: visiting order (default :func:`default_joint_order`).
         refine_chunk: persons per batched refinement step (bounds memory to
             ``refine_chunk * H * W * T`` floats; no effect on the result).
@@ -335,7 +371,7 @@ def group_keypoints(heatmaps: np.ndarray, tags: np.ndarray, *, detection_thresho
     cand_tags = [tag_k[j, :counts[j]] for j in range(num_joints)]
     cand_scores = [vals[j, :counts[j]] for j in range(num_joints)]
     assign, n = match_candidates(cand_tags, cand_scores, tag_threshold=tag_threshold,
-                                 max_people=max_people, order=order)
+                                 max_people=max_people, order=order, tie_break=tie_break)
     persons = np.zeros((n, num_joints, 4), dtype=np.float32)
     if n == 0:
         return persons, np.zeros(0, dtype=np.float32)
@@ -347,7 +383,7 @@ def group_keypoints(heatmaps: np.ndarray, tags: np.ndarray, *, detection_thresho
     px = xs[jk, ck].astype(np.float32)
     py = ys[jk, ck].astype(np.float32)
     if adjust:
-        dx, dy = _quarter_offsets(hm, jk, xs[jk, ck], ys[jk, ck])
+        dx, dy = quarter_offsets(hm, jk, xs[jk, ck], ys[jk, ck])
         px += dx
         py += dy
     persons[pk, jk, 0] = px
@@ -391,7 +427,7 @@ def _refine(hm: np.ndarray, tg: np.ndarray, persons: np.ndarray, mean_tag: np.nd
                 continue
             p, x, y, val = p[ok], x[ok], y[ok], val[ok]
             jv = np.full(p.size, j)
-            dx, dy = _quarter_offsets(hm, jv, x, y)
+            dx, dy = quarter_offsets(hm, jv, x, y)
             persons[p, j, 0] = x + dx
             persons[p, j, 1] = y + dy
             persons[p, j, 2] = val

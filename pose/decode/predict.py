@@ -1,14 +1,37 @@
-"""``pose predict``: load a model (checkpoint or MLflow registry URI), detect the persons of
-images, write skeleton overlays and a COCO results JSON.
+"""``pose predict``: load a model (checkpoint or MLflow registry URI), say what data it was
+trained on, detect the persons of images, write skeleton overlays and a COCO results JSON.
+
+Persons of an image (:func:`pose.decode.inference.predict_image`) are cleaned before use
+(:func:`limit_persons`):
+
+* **scores clamped to [0, 1].** A joint score is the aggregated heatmap value at the joint,
+  a regression of a Gaussian whose peak is 1; the output layer is linear, so values overshoot
+  (1.12 was seen on a trained model; a Kaiming-initialised one reaches 40 after ``refine``,
+  which copies the heatmap value of whatever pixel it picks). The person score is the mean
+  of its joint scores, so it overshoots with them. Clamping, not normalising: dividing by the
+  image's maximum or a sigmoid would make scores relative or compress them, while a
+  clamped score keeps its meaning ("the predicted Gaussian value") and the order of every
+  person below 1;
+* **at most ``evaluate.max_people`` persons, the highest-scoring.** The grouping opens a new
+  person for every candidate joint whose tag matches no existing group, so its output is
+  bounded by K * ``max_people`` (85 with max_people 5), not by ``max_people``: ``max_people``
+  bounds the peaks per joint and the groups taking part in matching, as in the reference
+  (HigherHRNet ``lib/core/group.py``, whose output is not capped either). Poorly separated
+  tags make many such fragments, and flip / multi-scale test add more: their tags are
+  concatenated, so tag distances grow and fewer candidates join a group (54 persons with a
+  cap of 30 were seen). Capping keeps the best ones; COCOeval itself keeps only the 20
+  best (maxDets).
 
 Outputs in ``out_dir``:
 
-* ``<stem>_pose.png`` per image: every person with score > ``min_score`` drawn in its own
-  colour (joints with score <= ``min_score`` hidden), :func:`pose.evaluate.plots.draw_persons`;
-  ``<name>_pose.png`` (suffix kept) when two inputs share a stem;
-* ``results.json``: COCO keypoint results, one entry per detected person (all of them,
-  not only the drawn ones; AP needs the low-score ones too) ``{"image_id", "category_id":
-  1, "keypoints": [x, y, score] * K (image px), "score", "file_name"}``. ``image_id`` is
+* ``<stem>_pose.png`` per image: the confident persons (:func:`confident_persons`: score
+  >= ``predict.min_person_score`` and at least ``predict.min_joints`` joints scoring >
+  ``predict.joint_threshold``), each in its own colour, joints <= ``joint_threshold``
+  hidden (:func:`pose.evaluate.plots.draw_persons`); ``<name>_pose.png`` (suffix kept) when
+  two inputs share a stem;
+* ``results.json``: COCO keypoint results, one entry per person after cleaning (not only
+  the drawn ones; AP needs the low-score ones too) ``{"image_id", "category_id": 1,
+  "keypoints": [x, y, score] * K (image px), "score", "file_name"}``. ``image_id`` is
   the number in the file name when every input's stem is a distinct integer (COCO's
   ``000000123456.jpg`` -> 123456, so the file scores against COCO ground truth directly),
   else the 1-based position in the sorted input list.
@@ -22,6 +45,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pose.decode.inference import predict_image, to_coco_results
@@ -130,6 +154,119 @@ def load_model(ref: str, *, tracking_uri: str | None, device: torch.device | str
     raise RuntimeError(f"cannot load {ref}: " + "; ".join(errors))
 
 
+def _keypoints(person: dict) -> np.ndarray:
+    """(K, 3) float64 ``[x, y, score]`` of a person (``(K, 3)`` array or a flat COCO list)."""
+    return np.asarray(person["keypoints"], dtype=np.float64).reshape(-1, 3)
+
+
+def clamp_scores(persons: Sequence[dict]) -> list[dict]:
+    """Copies of ``persons`` (``{"keypoints": (K, 3) [x, y, score], "score": float, ...}``)
+    with every joint score and the person score clamped to [0, 1] (module docstring).
+    Keypoints come back as (K, 3) float64 arrays; other keys are kept."""
+    out = []
+    for p in persons:
+        kp = _keypoints(p).copy()
+        kp[:, 2] = np.clip(kp[:, 2], 0.0, 1.0)
+        out.append({**p, "keypoints": kp, "score": float(np.clip(float(p["score"]), 0.0, 1.0))})
+    return out
+
+
+def limit_persons(persons: Sequence[dict], max_people: int) -> list[dict]:
+    """:func:`clamp_scores`, then the ``max_people`` highest-scoring persons, by descending
+    score (ties: input order). Raises ValueError when ``max_people < 1`` (params
+    ``evaluate.max_people``)."""
+    if int(max_people) < 1:
+        raise ValueError(f"params evaluate.max_people: must be >= 1, got {max_people}")
+    clamped = clamp_scores(persons)
+    order = sorted(range(len(clamped)), key=lambda i: -clamped[i]["score"])
+    return [clamped[i] for i in order[:int(max_people)]]
+
+
+def check_predict_params(predict_params: dict, num_joints: int | None = None) -> dict:
+    """params.yaml ``predict`` as typed values: ``min_person_score`` and ``joint_threshold``
+    in [0, 1], ``min_joints`` an integer in [0, K]. Raises ValueError naming the key."""
+    out = {}
+    for key in ("min_person_score", "min_joints", "joint_threshold"):
+        if key not in predict_params:
+            raise ValueError(f"params predict.{key}: missing")
+    for key in ("min_person_score", "joint_threshold"):
+        v = predict_params[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
+            raise ValueError(f"params predict.{key}: must be a number in [0, 1] (scores are clamped to it), got {v!r}")
+        out[key] = float(v)
+    joints = predict_params["min_joints"]
+    if isinstance(joints, bool) or not isinstance(joints, int) or joints < 0 or (
+            num_joints is not None and joints > num_joints):
+        allowed = f"0..{num_joints}" if num_joints is not None else ">= 0"
+        raise ValueError(f"params predict.min_joints: must be an integer {allowed}, got {joints!r}")
+    out["min_joints"] = joints
+    return out
+
+
+def confident_persons(persons: Sequence[dict], *, min_person_score: float, min_joints: int,
+                      joint_threshold: float) -> list[dict]:
+    """The persons worth drawing: score ``>= min_person_score`` and at least ``min_joints``
+    joints with score ``> joint_threshold`` (params ``predict``). Accepts
+    ``predict_image`` persons and COCO results entries (flat ``keypoints``); returns the
+    kept entries unchanged, in input order."""
+    return [p for p in persons if float(p["score"]) >= min_person_score
+            and int((_keypoints(p)[:, 2] > joint_threshold).sum()) >= min_joints]
+
+
+def training_data(ref: str, *, tracking_uri: str | None = None) -> str:
+    """What the model behind ``ref`` was trained on, in words, for ``pose predict`` to print.
+
+    A checkpoint path: its ``train_data`` record (written by `pose.train.loop`: params
+    ``data.dataset``, annotation file, its sha256, image count). An MLflow URI: the
+    ``dataset`` / ``dataset.version`` tags of the registered version (``models:/<name>@<alias>``,
+    ``models:/<name>/<version>``) or of the run (``runs:/``), as `pose register` sets them;
+    when they are missing, the record of the checkpoint in the model's artifacts. Never
+    raises: what cannot be found is reported as unknown, with the reason.
+    """
+    from pose.train.checkpoint import load_checkpoint
+
+    def from_checkpoint(path: Path) -> str:
+        try:
+            record = load_checkpoint(path).get("train_data")
+        except (FileNotFoundError, RuntimeError) as exc:
+            return f"unknown ({exc})"
+        if not record:
+            return f"unknown ({path} records no training data: written before checkpoints recorded it)"
+        d = json.loads(record)
+        return (f"{d.get('dataset') or 'an unnamed dataset'} ({d.get('images')} training images, "
+                f"{d.get('annotations')} sha256 {str(d.get('annotations_sha256'))[:12]})")
+
+    if not ref.startswith(REMOTE_PREFIXES):
+        return from_checkpoint(Path(ref))
+    where, tags = "", {}
+    try:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=tracking_uri)
+        if ref.startswith("models:/"):
+            name, _, rest = ref[len("models:/"):].partition("/")
+            if "@" in name:
+                name, alias = name.split("@", 1)
+                mv = client.get_model_version_by_alias(name, alias)
+            else:
+                mv = client.get_model_version(name, rest.split("/")[0])
+            where, tags = f"registry tags of {mv.name} v{mv.version}", dict(mv.tags)
+            if "dataset" not in tags and mv.run_id:
+                tags = {**client.get_run(mv.run_id).data.tags, **tags}
+        elif ref.startswith("runs:/"):
+            run_id = ref[len("runs:/"):].split("/")[0]
+            where, tags = f"tags of run {run_id}", dict(client.get_run(run_id).data.tags)
+    except Exception as exc:  # noqa: BLE001 - the description must not stop a prediction
+        log.debug("registry tags of %s unavailable: %s", ref, exc)
+    if tags.get("dataset"):
+        version = f", dataset version {tags['dataset.version']}" if tags.get("dataset.version") else ""
+        return f"{tags['dataset']} ({where}{version})"
+    try:
+        return from_checkpoint(_download_checkpoint(ref))
+    except Exception as exc:  # noqa: BLE001
+        return f"unknown (no dataset tag for {ref} and no checkpoint record: {exc})"
+
+
 def _atomic_text(text: str, path: Path) -> None:
     from pose.io import atomic_write_text
 
@@ -137,14 +274,22 @@ def _atomic_text(text: str, path: Path) -> None:
 
 
 def predict_files(model: torch.nn.Module, files: Sequence[Path], out_dir: Path | str, *, eval_params: dict,
-                  min_score: float, device: torch.device | str | None = None) -> dict:
+                  predict_params: dict, device: torch.device | str | None = None) -> dict:
     """Predict each image, write its overlay and ``results.json`` (module docstring).
 
-    Returns ``{"images", "persons", "drawn", "results", "overlays": [paths]}``.
-    Raises ValueError for an unreadable image or missing settings.
+    Args:
+        eval_params: params.yaml ``evaluate`` (decoding; ``max_people`` caps the persons).
+        predict_params: params.yaml ``predict`` (:func:`check_predict_params`): which persons
+            and joints are drawn.
+
+    Returns ``{"images", "persons", "drawn", "results", "overlays": [paths]}``: persons in
+    results.json and drawn persons, over all images.
+    Raises ValueError for an unreadable image, missing settings or a bad ``predict`` value.
     """
     from pose.evaluate.plots import overlay
 
+    show = check_predict_params(predict_params, getattr(model, "num_joints", None))
+    max_people = int(eval_params["max_people"])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stems = [f.stem for f in files]
@@ -152,11 +297,11 @@ def predict_files(model: torch.nn.Module, files: Sequence[Path], out_dir: Path |
     records, overlays, drawn = [], [], 0
     for f, image_id in zip(files, ids):
         image = read_image(f)
-        persons = predict_image(model, image, eval_params=eval_params, device=device)
-        shown = [p for p in persons if p["score"] > min_score]
+        persons = limit_persons(predict_image(model, image, eval_params=eval_params, device=device), max_people)
+        shown = confident_persons(persons, **show)
         drawn += len(shown)
         name = f.stem if stems.count(f.stem) == 1 else f.name
-        overlays.append(overlay(image, shown, out_dir / f"{name}_pose.png", min_score=min_score))
+        overlays.append(overlay(image, shown, out_dir / f"{name}_pose.png", min_score=show["joint_threshold"]))
         records += [{**r, "file_name": f.name} for r in to_coco_results(persons, image_id)]
     results = out_dir / "results.json"
     _atomic_text(json.dumps(records), results)

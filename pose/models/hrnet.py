@@ -32,18 +32,24 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
+
+if TYPE_CHECKING:
+    from pose.models.backbone import BackboneReport
 
 BN_MOMENTUM = 0.1
 
 #: Input height and width must be multiples of this (the 4th branch runs at 1/32).
 INPUT_STRIDE = 32
 
-#: Architecture constants of the published HigherHRNet (not pipeline tunables). They are
-#: keyword arguments of :class:`HigherHRNet` so tests can build smaller networks;
-#: :func:`build_model` always uses these values.
+#: Block counts of the published HigherHRNet (experiments/coco/higher_hrnet/w32_512_adam_lr1e-3.yaml:
+#: ``STAGE1`` 4 Bottlenecks, ``NUM_BLOCKS`` 4 per branch, ``DECONV.NUM_BASIC_BLOCKS`` 4). They are
+#: the keyword defaults of :class:`HigherHRNet`; :func:`build_model` takes ``stem_blocks`` and
+#: ``deconv_blocks`` from params (``model.stem_blocks`` / ``model.deconv_blocks``) and keeps
+#: ``branch_blocks`` at the published value.
 PUBLISHED_STEM_BLOCKS = 4  # Bottleneck blocks of stage 1 (``layer1``)
 PUBLISHED_BRANCH_BLOCKS = 4  # BasicBlocks per branch in every HighResolutionModule
 PUBLISHED_DECONV_BLOCKS = 4  # BasicBlocks after each deconvolution
@@ -249,14 +255,16 @@ class HigherHRNet(nn.Module):
     All architecture arguments are keyword-only. ``width``, ``num_joints``, ``tag_dim``,
     ``num_deconv`` and ``stage_blocks`` are required (params.yaml ``model`` section, see
     :func:`build_model`); ``stem_blocks``, ``branch_blocks`` and ``deconv_blocks`` default
-    to the published value 4 and exist so tests can build smaller networks.
+    to the published value 4 (``build_model`` passes ``stem_blocks`` / ``deconv_blocks``
+    from params). With the published values the state dict has the official key layout.
 
     Args:
         width: base channels ``W`` (branches have ``W, 2W, 4W, 8W``; published 32 / 48).
         num_joints: ``K`` keypoints (17 for COCO).
         tag_dim: associative-embedding tag dimension per joint (1 as published).
         num_deconv: deconvolution blocks; each doubles the resolution of the heatmaps
-            (1 as published: heatmaps at 1/4 and 1/2 of the input).
+            (1 as published: heatmaps at 1/4 and 1/2 of the input; 2 adds a full-resolution
+            output, ``len(forward(x)) == 1 + num_deconv``).
         stage_blocks: number of HighResolutionModules in stages 2, 3, 4 (published
             ``(1, 4, 3)``).
         stem_blocks: Bottleneck blocks in stage 1.
@@ -383,18 +391,27 @@ class HigherHRNet(nn.Module):
         return outputs
 
 
+#: Keys of params ``model`` that define the architecture (all required by :func:`build_model`).
+ARCHITECTURE_KEYS = ("width", "num_joints", "tag_dim", "num_deconv", "stage_blocks", "stem_blocks",
+                     "deconv_blocks")
+
+
 def build_model(model_params: Mapping) -> HigherHRNet:
     """Build :class:`HigherHRNet` from params.yaml's ``model`` section.
 
-    Reads ``width``, ``num_joints``, ``tag_dim``, ``num_deconv``, ``stage_blocks``; if
-    ``pretrained`` is a non-empty path the weights are loaded with :func:`load_pretrained`.
-    Stage-1 / branch / deconv block counts are the published constants (4).
+    Reads ``width``, ``num_joints``, ``tag_dim``, ``num_deconv``, ``stage_blocks``,
+    ``stem_blocks`` (Bottlenecks of ``layer1``, published 4) and ``deconv_blocks``
+    (BasicBlocks after each deconvolution, published ``NUM_BASIC_BLOCKS`` 4); BasicBlocks per
+    branch stay at the published 4. ``convention`` (params ``model.convention``), when present,
+    is recorded as ``model.convention`` for decoding. If ``pretrained`` is a non-empty path the
+    complete weights are loaded with :func:`load_pretrained`. ``pretrained_backbone`` and
+    ``init`` are not read here: :func:`build_training_model` applies them.
 
     Raises:
         KeyError: if a required key is missing (no fallback values).
+        ValueError: on invalid sizes (see :class:`HigherHRNet`).
     """
-    required = ("width", "num_joints", "tag_dim", "num_deconv", "stage_blocks")
-    missing = [key for key in required if key not in model_params]
+    missing = [key for key in ARCHITECTURE_KEYS if key not in model_params]
     if missing:
         raise KeyError(f"params 'model' section lacks {missing}")
     model = HigherHRNet(
@@ -403,11 +420,51 @@ def build_model(model_params: Mapping) -> HigherHRNet:
         tag_dim=int(model_params["tag_dim"]),
         num_deconv=int(model_params["num_deconv"]),
         stage_blocks=[int(b) for b in model_params["stage_blocks"]],
+        stem_blocks=int(model_params["stem_blocks"]),
+        deconv_blocks=int(model_params["deconv_blocks"]),
     )
+    if "convention" in model_params:  # decoding reads it (pose.decode.inference.model_convention)
+        model.convention = str(model_params["convention"])
     pretrained = model_params.get("pretrained") or ""
     if pretrained:
         load_pretrained(model, pretrained)
     return model
+
+
+def build_training_model(model_params: Mapping, *, verbose: bool = True) -> tuple[HigherHRNet, BackboneReport | None]:
+    """The model a training run starts from, in the reference order (HigherHRNet
+    ``tools/dist_train.py`` + ``pose_higher_hrnet.init_weights``): build, initialise
+    (``model.init``), load the ImageNet backbone (``model.pretrained_backbone``, matching keys
+    only, see :func:`pose.models.backbone.load_backbone`), then complete weights
+    (``model.pretrained``, strict) when given.
+
+    Args:
+        model_params: params.yaml ``model`` section (keys of :func:`build_model` plus ``init``,
+            ``pretrained``, ``pretrained_backbone``).
+        verbose: print the backbone load report (loaded / skipped / missing) to stdout.
+
+    Returns:
+        ``(model, report)``: the :class:`HigherHRNet` in train mode on the CPU and the
+        :class:`pose.models.backbone.BackboneReport` (None without a backbone path).
+
+    Raises:
+        KeyError: a required key is missing. FileNotFoundError / ValueError: as
+        :func:`load_pretrained` and :func:`pose.models.backbone.load_backbone`.
+    """
+    from pose.models.backbone import load_backbone
+
+    for key in ("init", "pretrained", "pretrained_backbone"):
+        if key not in model_params:
+            raise KeyError(f"params 'model' section lacks {key!r}")
+    model = init_weights(build_model(dict(model_params, pretrained="")), str(model_params["init"]))
+    report = None
+    if model_params["pretrained_backbone"]:
+        report = load_backbone(model, model_params["pretrained_backbone"])
+        if verbose:
+            print(report.summary(), flush=True)
+    if model_params["pretrained"]:
+        load_pretrained(model, model_params["pretrained"])
+    return model.train(), report
 
 
 INIT_SCHEMES = ("reference", "kaiming")
@@ -458,24 +515,12 @@ def split_heatmaps_tags(out_quarter: torch.Tensor, num_joints: int,
     return heatmaps, tags
 
 
-def _unwrap_state_dict(obj: object) -> dict[str, torch.Tensor]:
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model"):
-            inner = obj.get(key)
-            if isinstance(inner, Mapping):
-                obj = inner
-                break
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError("checkpoint is not a state dict (nor {'state_dict': ...} / {'model': ...})")
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
-
-
 def load_pretrained(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a checkpoint strictly into ``model`` (official HigherHRNet key layout accepted).
 
-    The file is read with ``torch.load(weights_only=True, map_location="cpu")``. It may be a
-    raw state dict or ``{"state_dict": sd}`` / ``{"model": sd}``; a ``"module."`` prefix
-    (DataParallel / DDP) is stripped.
+    The file is read by :func:`pose.models.backbone.read_state_dict` (``torch.load`` with
+    ``weights_only=True``, or safetensors). It may be a raw state dict or ``{"state_dict": sd}``
+    / ``{"model": sd}``; a ``"module."`` prefix (DataParallel / DDP) is stripped.
 
     Returns:
         ``model`` with the weights loaded.
@@ -485,10 +530,10 @@ def load_pretrained(model: nn.Module, path: str | Path) -> nn.Module:
         ValueError: if the file holds no state dict, or keys / shapes differ from the model's
             (the message lists missing, unexpected and mismatched keys).
     """
+    from pose.models.backbone import read_state_dict
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pretrained weights not found: {path}")
-    state = _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    state, _ = read_state_dict(path)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

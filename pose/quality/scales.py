@@ -2,13 +2,18 @@
 
 For every network input size (params ``train.curriculum`` sizes) and every heatmap
 resolution (stride 4: the 1/4 head, stride 2: HigherHRNet's 1/2 head), on all
-labeled keypoints (COCO ``v > 0``) of the non-crowd persons of a COCO file:
+labeled keypoints (COCO ``v > 0``) of the non-crowd persons of a COCO file, with the
+deterministic image px -> input px affine of the active training crop (params
+``augment.crop``, `pose.augment.transforms.crop_affine`: the letterbox, or the centre
+square of the short side for ``short_side``):
 
-1. **Round trip**: image px -> input px with `pose.augment.affine.letterbox_affine`
-   and back with `invert_affine`; the largest error (px) must stay below
-   ``max_roundtrip_error``.
-2. **Canvas**: every *visible* keypoint (v = 2) lands inside the square canvas
-   ``[0, size]^2``; labeled keypoints outside are counted as "lost to cropping".
+1. **Round trip**: image px -> input px with that affine and back with `invert_affine`;
+   the largest error (px) must stay below ``max_roundtrip_error``.
+2. **Canvas**: with ``letterbox`` every *visible* keypoint (v = 2) lands inside the square
+   canvas ``[0, size]^2`` (a violation otherwise); labeled keypoints outside are counted as
+   "lost to cropping". With ``short_side`` the longer side is cut by design (the random
+   crop shifts over it during training), so keypoints outside the centre square are only
+   counted.
 3. **Heatmap peaks**: for up to ``max_peak_images`` images (a seeded sample),
    `pose.targets.heatmaps.render_heatmaps` of the mapped keypoints (input px /
    stride) is rendered and, for each *isolated* joint, the argmax of its channel
@@ -45,7 +50,8 @@ from typing import Any
 
 import numpy as np
 
-from pose.augment.affine import apply_affine, invert_affine, letterbox_affine
+from pose.augment.affine import apply_affine, invert_affine
+from pose.augment.transforms import CROPS, crop_affine
 from pose.datasets.schema import FLIP_INDEX, KEYPOINT_NAMES, NUM_JOINTS
 from pose.quality.tables import LEFT_HIP, LEFT_SHOULDER, RIGHT_HIP, RIGHT_SHOULDER, load_tables
 from pose.quality.validate import _py, atomic_write_json
@@ -206,8 +212,8 @@ def _peak_check(kp_hm: np.ndarray, person_image: np.ndarray, sample_images: np.n
 
 def check_scales(annotations: Path, *, input_sizes: list[int], strides: list[int] = (4, 2), sigma: float,
                  max_roundtrip_error: float, max_peak_error: float, min_torso_heatmap_px: float,
-                 report_path: Path, max_peak_images: int = 256, seed: int = 0) -> dict:
-    """Scale/geometry checks of the letterbox -> heatmap mapping on a COCO file.
+                 report_path: Path, max_peak_images: int = 256, seed: int = 0, crop: str = "letterbox") -> dict:
+    """Scale/geometry checks of the crop -> heatmap mapping on a COCO file.
 
     Args:
         annotations: COCO keypoint JSON (validated first, e.g. the cleaned file).
@@ -221,6 +227,9 @@ def check_scales(annotations: Path, *, input_sizes: list[int], strides: list[int
         max_peak_images: images sampled (seeded) for the heatmap peak check per
             size and stride; all when the file has fewer.
         seed: sampling seed.
+        crop: params ``augment.crop`` (``letterbox`` | ``short_side``); `pose check-scales`
+            passes the params value (the default is the crop of callers written before
+            ``augment.crop`` existed).
 
     Returns:
         The report dict: ``ok`` bool, ``violations`` (list of str), ``persons``,
@@ -231,9 +240,11 @@ def check_scales(annotations: Path, *, input_sizes: list[int], strides: list[int
 
     Raises:
         pose.quality.tables.AnnotationFileError: unreadable annotation file.
-        ValueError: empty ``input_sizes``/``strides`` or non-positive values.
+        ValueError: empty ``input_sizes``/``strides``, non-positive values, unknown ``crop``.
     """
     t0 = time.perf_counter()
+    if crop not in CROPS:
+        raise ValueError(f"params augment.crop: unknown crop {crop!r} ({' | '.join(CROPS)})")
     if not input_sizes or not strides:
         raise ValueError("input_sizes and strides must be non-empty")
     if any(int(s) <= 0 for s in list(input_sizes) + list(strides)) or sigma <= 0:
@@ -270,7 +281,7 @@ def check_scales(annotations: Path, *, input_sizes: list[int], strides: list[int
     report_sizes: dict[str, Any] = {}
     flip_result = None
     for size in [int(s) for s in input_sizes]:
-        mats = np.stack([letterbox_affine(int(w), int(h), size) for w, h in uniq_wh]) if len(uniq_wh) else np.zeros((0, 2, 3))
+        mats = np.stack([crop_affine(crop, int(w), int(h), size) for w, h in uniq_wh]) if len(uniq_wh) else np.zeros((0, 2, 3))
         invs = np.stack([invert_affine(m) for m in mats]) if len(mats) else np.zeros((0, 2, 3))
         mapped = _map_grouped(mats, order, bounds, xy)
         back = _map_grouped(invs, order, bounds, mapped)
@@ -285,7 +296,7 @@ def check_scales(annotations: Path, *, input_sizes: list[int], strides: list[int
         lost = int(np.sum(lab & ~inside))
         vis_out = int(np.sum(vis & ~inside))
         entry["canvas"] = {"labeled": int(lab.sum()), "lost_to_cropping": lost, "visible_outside": vis_out}
-        if vis_out:
+        if vis_out and crop == "letterbox":
             violations.append(f"size {size}: {vis_out} visible keypoints fall outside the {size}x{size} canvas")
         scale = mats[group, 0, 0] if len(rows) else np.zeros(0)
         kp_in = np.concatenate([mapped, kp[..., 2:3]], axis=-1)
@@ -329,7 +340,7 @@ def check_scales(annotations: Path, *, input_sizes: list[int], strides: list[int
 
     report = {
         "ok": not violations, "violations": violations, "annotations": str(annotations),
-        "params": {"input_sizes": [int(s) for s in input_sizes], "strides": [int(s) for s in strides],
+        "params": {"crop": crop, "input_sizes": [int(s) for s in input_sizes], "strides": [int(s) for s in strides],
                    "sigma": float(sigma), "max_roundtrip_error": float(max_roundtrip_error),
                    "max_peak_error": float(max_peak_error), "min_torso_heatmap_px": float(min_torso_heatmap_px),
                    "max_peak_images": int(max_peak_images), "seed": int(seed)},
@@ -350,7 +361,7 @@ def curriculum_sizes(params: dict) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``python -m pose.quality.scales --annotations A --report R [--params params.yaml]``.
     Sizes from params ``train.curriculum`` (or ``--sizes``), thresholds from params
-    ``check_scales``, sigma from ``targets.sigma``. Exit status 0 when ``ok``, else 1."""
+    ``check_scales``, sigma from ``targets.sigma``, the crop from ``augment.crop``. Exit status 0 when ``ok``, else 1."""
     import yaml
 
     from pose.quality.tables import AnnotationFileError
@@ -368,8 +379,9 @@ def main(argv: list[str] | None = None) -> int:
                               sigma=float(params["targets"]["sigma"]),
                               max_roundtrip_error=float(c["max_roundtrip_error"]),
                               max_peak_error=float(c["max_peak_error"]),
-                              min_torso_heatmap_px=float(c["min_torso_heatmap_px"]), report_path=args.report)
-    except AnnotationFileError as exc:
+                              min_torso_heatmap_px=float(c["min_torso_heatmap_px"]), report_path=args.report,
+                              crop=str(params["augment"]["crop"]))
+    except (AnnotationFileError, ValueError) as exc:
         print(f"check_scales: {exc}", file=sys.stderr)
         return 1
     print(f"check_scales {args.annotations}: ok={report['ok']} report={args.report}")

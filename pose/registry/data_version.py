@@ -2,14 +2,16 @@
 
 Two different hashes, both recorded on every MLflow run / model version:
 
-* ``data.source_fingerprint`` (:func:`source_fingerprint`): a hash of the *configured
-  source* of ``data.dataset`` as it is now, computed without fetching it: the mirror
-  folder (``data.mirror`` / ``catalogue.<name>.mirror``), a ``file://`` / plain folder
-  source, an ``s3://bucket/prefix`` listing (key, size, ETag of each object), an archive
-  entry's pinned ``sha256``, or the ``generated`` params for the synthetic set. The
-  scheduled ``retrain`` flow compares it with the registered model's tag
-  ``data.fingerprint`` (the fingerprint of the last data a retrain processed) to decide
-  whether there is new data.
+* ``data.source_fingerprint`` (:func:`source_fingerprint`): a hash of everything the
+  ``fetch`` stage would read for ``data.dataset``, as it is now, computed without fetching
+  it: the dataset source (the mirror folder ``data.mirror`` / ``catalogue.<name>.mirror``,
+  a ``file://`` / plain folder source, an ``s3://bucket/prefix`` listing (key, size, ETag
+  of each object), an archive entry's pinned checksums, or the ``generated`` params for
+  the synthetic set) **and** every batch listed under ``catalogue.<name>.ingest``
+  (:func:`ingest_fingerprints`: folder content / stat, or S3 listing). The scheduled
+  ``retrain`` flow compares it with the registered model's tag ``data.fingerprint`` (the
+  fingerprint of the last data a retrain processed) to decide whether there is new data:
+  a new batch in the list, or a changed file in a listed batch, is new data.
 * ``dataset.version`` (:func:`dataset_version`): the sha256 of the fetched dataset's
   ``MANIFEST.sha256`` (which lists the sha256 of every file the ``fetch`` stage wrote), i.e.
   the content version of the data actually trained and evaluated on.
@@ -86,19 +88,84 @@ def _spec_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def ingest_fingerprints(params: dict, repo: Path | str = ".", mode: str | None = None) -> list[dict]:
+    """Fingerprint of every batch listed under ``catalogue.<data.dataset>.ingest``, in list order.
+
+    These are the batches the ``fetch`` stage merges into the train split after fetching
+    (`pose.datasets.fetch.fetch_dataset`), so they are part of what DVC would fetch.
+
+    Args:
+        params: whole params.yaml dict.
+        repo: folder relative batch paths are resolved against (the repo root, the working
+            directory of the DVC stages).
+        mode: ``content`` | ``stat`` for folder batches (default: params ``schedule.fingerprint``).
+
+    Returns ``[{"batch": str as listed, "fingerprint": hex, "files": count}]`` (empty when
+    nothing is listed). A folder batch is hashed by :func:`folder_fingerprint`, an
+    ``s3://`` batch by :func:`s3_fingerprint` (network).
+
+    Raises:
+        FileNotFoundError: a local batch folder does not exist (message names the params key).
+        ValueError: a batch is neither a folder, a ``file://`` URL nor an ``s3://`` prefix.
+    """
+    from pose.datasets.sources import local_path
+
+    repo = Path(repo)
+    mode = mode or params["schedule"]["fingerprint"]
+    name = params["data"]["dataset"]
+    out = []
+    for i, raw in enumerate((params["catalogue"][name] or {}).get("ingest") or []):
+        batch, key = str(raw), f"catalogue.{name}.ingest[{i}]"
+        if batch.startswith("s3://"):
+            fp, n = s3_fingerprint(batch if batch.endswith("/") else batch + "/")
+        else:
+            path = local_path(batch)
+            if path is None:
+                raise ValueError(f"params.yaml {key}: unsupported batch location {batch!r} "
+                                 f"(allowed: a folder, a file:// URL or an s3://bucket/prefix)")
+            path = path if path.is_absolute() else repo / path
+            if not path.is_dir():
+                raise FileNotFoundError(f"params.yaml {key}: batch folder {path} not found")
+            fp, n = folder_fingerprint(path, mode)
+        out.append({"batch": batch, "fingerprint": fp, "files": n})
+    return out
+
+
+def fingerprint_uses_network(params: dict) -> bool:
+    """True when fingerprinting ``data.dataset`` may list an S3 prefix (an ``s3://`` source or
+    ingest batch): the retrain flow retries only such network-bound checks."""
+    entry = params["catalogue"].get(params["data"]["dataset"]) or {}
+    urls = [str(s.get("url", "")) if isinstance(s, dict) else str(s) for s in entry.get("sources") or []]
+    return any(u.startswith("s3://") for u in urls + [str(b) for b in entry.get("ingest") or []])
+
+
 def source_fingerprint(params: dict, repo: Path | str = ".", mode: str | None = None) -> dict:
-    """Fingerprint of the configured source of ``params["data"]["dataset"]`` (module docstring).
+    """Fingerprint of what the ``fetch`` stage would read for ``params["data"]["dataset"]``:
+    its source and its ingest batches (module docstring).
 
     Args:
         params: whole params.yaml dict (``data``, ``catalogue``, ``generated``, ``schedule``).
         repo: folder relative paths in params are resolved against (the repo root).
         mode: ``content`` | ``stat`` (default: params ``schedule.fingerprint``).
 
-    Returns ``{"fingerprint": hex, "dataset", "kind", "source": what was hashed, "files": count}``.
-    Raises FileNotFoundError / botocore errors when the source cannot be read.
+    Returns ``{"fingerprint": hex, "dataset", "kind", "source": what was hashed, "files": count,
+    "ingest": [per-batch dicts of :func:`ingest_fingerprints`]}``. Without ingest batches the
+    fingerprint is the source's alone (unchanged from before batches were hashed).
+
+    Raises FileNotFoundError / ValueError (a source or listed batch that cannot be read; the
+    message names the params key) or botocore errors (S3).
     """
-    repo = Path(repo)
-    mode = mode or params["schedule"]["fingerprint"]
+    src = _dataset_source_fingerprint(params, Path(repo), mode or params["schedule"]["fingerprint"])
+    batches = ingest_fingerprints(params, repo, mode)
+    if not batches:
+        return {**src, "ingest": []}
+    fp = _spec_hash([src["fingerprint"], [[b["batch"], b["fingerprint"]] for b in batches]])
+    return {**src, "fingerprint": fp, "ingest": batches, "files": src["files"] + sum(b["files"] for b in batches),
+            "source": f"{src['source']} + {len(batches)} ingest batch{'es' if len(batches) > 1 else ''}"}
+
+
+def _dataset_source_fingerprint(params: dict, repo: Path, mode: str) -> dict:
+    """Fingerprint of the dataset source alone (mirror, folder, S3 listing, pinned archives, generated params)."""
     d = params["data"]
     name = d["dataset"]
     entry = params["catalogue"][name]

@@ -17,10 +17,12 @@ What one ``pose register`` (stage ``register``) writes:
       model_card.md               generated after the promotion decision
       <extra --artifact folders>  e.g. reports/ (validation reports, Data Docs, scale checks)
 
-* a registered model version (source: the run's ``model/``) with alias ``challenger`` and
+* a registered model version of :func:`pose.registry.promotion.registered_model_name`
+  (``registry.model_name``, ``{dataset}`` = ``data.dataset``; source: the run's ``model/``) with alias ``challenger`` and
   tags ``AP``, ``eval_data_hash``, ``dataset``, ``dataset.version``, ``data.source_fingerprint``;
-* the promotion gate (:func:`pose.registry.promotion.promote`), whose decision lands in the
-  version's ``promotion.*`` tags and description;
+* the promotion gate (:func:`pose.registry.promotion.promote`, rules ``registry.rules``), whose
+  decision and rule results land in the version's ``promotion.*`` tags (``promotion.rules``:
+  JSON) and description;
 * registered-model tag ``data.fingerprint``: the source fingerprint of the last registered
   data (what the scheduled retrain compares against);
 * ``data/registry/registration.json`` (written atomically).
@@ -47,7 +49,8 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from pose.params import flatten
-from pose.registry.promotion import champion_version, decide_promotion, promote, tracking_uri  # noqa: F401
+from pose.registry.promotion import (RuleResult, champion_version, parse_rules, promote,  # noqa: F401
+                                     registered_model_name, tracking_uri)
 
 log = logging.getLogger(__name__)
 FINGERPRINT_ENV = "POSE_DATA_FINGERPRINT"
@@ -107,6 +110,22 @@ def _read_steps(path: Path) -> list[Metric]:
     return metrics
 
 
+def _read_val_epochs(path: Path | None) -> list[Metric]:
+    """Validation during training (``val_epochs.csv`` of `pose.train.loop`) as MLflow
+    metrics ``val/AP``, ``val/AP50``, ... with ``step`` = the (0-based) epoch; empty when absent."""
+    metrics = []
+    if not path or not Path(path).exists():
+        return metrics
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            epoch = int(row["epoch"])
+            for k, v in row.items():
+                if k in ("epoch", "step", "images") or v in ("", None):
+                    continue
+                metrics.append(Metric(key=f"val/{k}", value=float(v), timestamp=0, step=epoch))
+    return metrics
+
+
 def _atomic_json(path: Path, obj: dict) -> None:
     atomic_write_json(path, obj, indent=2, sort_keys=True)
 
@@ -149,12 +168,40 @@ def data_tags(params: dict, eval_annotations: Path, train_annotations: Path | No
     return tags
 
 
+def _fmt(v, signed: bool = False) -> str:
+    """A metric for people: 4 decimals, "n/a" for missing / undefined (COCO's -1)."""
+    if v is None or (not signed and float(v) < 0):
+        return "n/a"
+    return f"{float(v):+.4f}" if signed else f"{float(v):.4f}"
+
+
+def _version_txt(v) -> str:
+    return f"v{v}" if v is not None else "none"
+
+
+def rules_table_md(results: list[RuleResult], *, a: str = "champion", b: str = "challenger") -> str:
+    """Markdown table of rule results (one row per rule): rule, values, delta, CI, result.
+
+    ``a`` / ``b``: column titles of the champion / challenger values."""
+    if not results:
+        return "_(no rules evaluated: forced, already champion, or registered without the gate)_\n"
+    lines = [f"| rule | {a} | {b} | Δ | 95% CI of Δ | result |", "|---|---|---|---|---|---|"]
+    for r in results:
+        ci = f"[{r.ci_low:+.4f}, {r.ci_high:+.4f}]" if r.ci_low is not None and r.ci_high is not None else "n/a"
+        res = r.status.upper() if r.status != "n/a" else "n/a"
+        if r.note:
+            res += f" ({r.note})"
+        lines.append(f"| `{r.rule.describe()}` ({r.kind}) | {_fmt(r.champion)} | {_fmt(r.challenger)} | "
+                     f"{_fmt(r.delta, signed=True)} | {ci} | {res} |")
+    return "\n".join(lines) + "\n"
+
+
 def model_card(*, name: str, version: str, run_id: str, params: dict, tags: dict, metrics: dict,
                train_summary: dict | None, record: dict, n_eval_images: int | None, n_train_images: int | None) -> str:
     """The model card (Markdown) of a registered version."""
     m, t, tr = params.get("model", {}), params.get("train", {}), train_summary or {}
     ev = params.get("evaluate", {})
-    rows = "\n".join(f"| {k} | {float(metrics[k]):.4f} |" for k in ("AP", "AP50", "AP75", "APM", "APL", "AR")
+    rows = "\n".join(f"| {k} | {_fmt(metrics[k])} |" for k in ("AP", "AP50", "AP75", "APM", "APL", "AR")
                      if isinstance(metrics.get(k), (int, float)))
     kp = metrics.get("per_keypoint_AP") or {}
     kp_sorted = sorted(kp.items(), key=lambda kv: kv[1])
@@ -163,6 +210,7 @@ def model_card(*, name: str, version: str, run_id: str, params: dict, tags: dict
     ci = (record.get("ci") or {}).get("metrics", {}).get("AP") or {}
     ci_txt = (f"paired bootstrap 95% CI of the AP difference vs the champion: [{ci['ci_low']:+.4f}, {ci['ci_high']:+.4f}]"
               if ci.get("ci_low") is not None else "no bootstrap CI (first version, or results not comparable)")
+    rules_md = rules_table_md([RuleResult.from_dict(d) for d in record.get("rules") or []])
     curriculum = "; ".join(f"{st['sizes']} x {st['epochs']} ep" for st in t.get("curriculum", []))
     return f"""# Model card: {name} v{version}
 
@@ -198,8 +246,11 @@ Strongest keypoints: {strongest}. Weakest: {weakest}.
 
 ## Promotion decision
 
-**{record.get("decision", "not gated")}**: {record.get("reason", "")}
+**{record.get("decision", "not gated")}** (champion before: {_version_txt(record.get("champion_before"))}{
+    f"; compared on: {record['compared_on']}" if record.get("compared_on") else ""}).
+Rules (`registry.rules`), challenger = this version:
 
+{rules_md}
 {ci_txt}.
 
 ## Intended use and limitations
@@ -234,7 +285,9 @@ def register_run(params: dict, *, checkpoint: Path, eval_metrics: Path, eval_ann
             ``eval_data_hash`` tag that makes AP comparable across versions.
         out: registration record JSON (run id, version, aliases, decision), written atomically.
         artifacts: extra files/folders to log (reports, plots, data docs).
-        train_metrics / train_steps: training summary JSON and per-step CSV (metrics with steps).
+        train_metrics / train_steps: training summary JSON and per-step CSV (metrics with steps);
+            ``val_epochs.csv`` beside ``train_steps``, when present, is logged as ``val/AP``,
+            ``val/AP50``, ... with step = epoch.
         reevaluate: ``(checkpoint[, annotations]) -> metrics | (metrics, results)`` scoring the
             champion on this evaluation data when it was scored on other data.
         results: COCO results JSON of the evaluation (default: ``<eval_metrics>/../../eval/results.json``,
@@ -250,7 +303,8 @@ def register_run(params: dict, *, checkpoint: Path, eval_metrics: Path, eval_ann
     from pose.registry.serving import save_pyfunc_model
 
     reg = params["registry"]
-    name = reg["model_name"]
+    parse_rules(params)                      # bad registry.rules fail before anything is logged
+    name = registered_model_name(params)
     mlflow.set_tracking_uri(tracking_uri(params))
     mlflow.set_experiment(reg["experiment"])
     client = MlflowClient()
@@ -278,6 +332,8 @@ def register_run(params: dict, *, checkpoint: Path, eval_metrics: Path, eval_ann
             mlflow.log_metrics({f"train/{k}": float(v) for k, v in tr_summary.items()
                                 if isinstance(v, (int, float)) and not isinstance(v, bool)})
         steps = _read_steps(train_steps) if train_steps else []
+        # per-epoch validation AP of the training run (val_epochs.csv beside the steps CSV, dvc.yaml layout)
+        steps += _read_val_epochs(Path(train_steps).with_name("val_epochs.csv")) if train_steps else []
         for i in range(0, len(steps), 1000):
             client.log_batch(run.info.run_id, metrics=steps[i:i + 1000])
         # evaluation evidence (re-scorable) and data lists
@@ -315,7 +371,8 @@ def register_run(params: dict, *, checkpoint: Path, eval_metrics: Path, eval_ann
         run_id, artifact_uri = run.info.run_id, run.info.artifact_uri
 
     try:
-        client.create_registered_model(name, description="HigherHRNet bottom-up pose model (COCO-17 keypoints)")
+        client.create_registered_model(name, description=f"HigherHRNet bottom-up pose model (COCO-17 keypoints) "
+                                                         f"trained on {params['data']['dataset']}")
     except MlflowException:
         pass  # already registered
     vtags = {"AP": f"{ap:.6f}", **{k: v for k, v in dtags.items()
@@ -331,14 +388,15 @@ def register_run(params: dict, *, checkpoint: Path, eval_metrics: Path, eval_ann
         decision = promote(params, version=mv.version, reevaluate=reevaluate, client=client)
     else:
         decision = {"promoted": False, "decision": "not_gated", "reason": "registered without the gate",
-                    "champion_AP_before": None, "ci": None}
+                    "champion_AP_before": None, "ci": None, "rules": [], "gate_passed": None}
     aliases = sorted(client.get_model_version(name, mv.version).aliases)
     record = {"model_name": name, "version": int(mv.version), "run_id": run_id, "aliases": aliases,
               "AP": ap, "champion_AP_before": decision.get("champion_AP_before"),
               "champion_before": decision.get("champion_before"), "promoted": bool(decision["promoted"]),
               "decision": decision["decision"], "reason": decision["reason"], "eval_data_hash": data_hash,
               "dataset": params["data"]["dataset"], "dataset_version": dtags.get("dataset.version"),
-              "data_fingerprint": dtags.get("data.source_fingerprint")}
+              "data_fingerprint": dtags.get("data.source_fingerprint"), "rules": decision.get("rules", []),
+              "gate_passed": decision.get("gate_passed")}
     if decision.get("ci"):
         record["ci_AP"] = {k: decision["ci"]["metrics"]["AP"][k] for k in ("delta", "ci_low", "ci_high")}
     card = model_card(name=name, version=str(mv.version), run_id=run_id, params=params, tags=tags, metrics=metrics,

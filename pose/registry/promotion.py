@@ -1,20 +1,32 @@
 """Champion / challenger promotion gate, manual override and rollback, made race safe with a lock.
 
-Gate (:func:`gate_decision`): the challenger replaces the champion when, on the SAME
-evaluation data (same ``eval_data_hash``; otherwise the champion is re-evaluated on the
-challenger's data first, and the re-evaluation is cached on the champion's run under
-``reeval/<hash16>/``):
+Gate (:func:`evaluate_rules`): the rules are data, ``registry.rules`` in params, a list of
+``{metric: <eval.json metric>, <kind>: <number>}`` evaluated in order; the challenger becomes
+``champion`` only when every rule passes:
 
-* ``AP(challenger) >= AP(champion) + registry.promotion_margin``, and
-* no per-scale AP (``APM``, ``APL``) of the challenger is more than
-  ``registry.scale_tolerance`` below the champion's (a scale without ground truth, COCO's
-  -1, is not checked).
+* ``min``: challenger metric >= the number. An absolute floor that also applies to the first
+  model: with no champion, a model below the floor is not promoted (decision ``rejected``).
+* ``min_delta``: challenger - champion >= the number (e.g. AP must gain 0.005).
+* ``max_drop``: champion - challenger <= the number (e.g. APM may lose at most 0.02).
+
+Relative rules compare both models on the SAME evaluation data (same ``eval_data_hash``);
+otherwise the champion is re-evaluated on the challenger's data first, and the
+re-evaluation is cached on the champion's run under ``reeval/<hash16>/``. A relative rule
+on a metric COCO reports as -1 on that data (no person at that scale) is not applicable
+and does not block. Each rule gives a :class:`RuleResult` (metric, kind, threshold,
+challenger / champion values, delta, passed, bootstrap CI); the results are stored as
+JSON in the version tag ``promotion.rules`` and read from there by the model card,
+``pose compare`` and the tests. The English reasons (``promotion.reason``, description)
+are generated from them and never parsed.
 
 A paired image bootstrap (:mod:`pose.registry.bootstrap`, ``registry.bootstrap_samples``
-resamples, seed ``registry.bootstrap_seed``) gives the 95% CI of every AP difference from
-the results JSONs logged with each run (``eval/results.json``); the CI is reported, the
-rule above decides. Decision, reasons and numbers go into the version's tags
-(``promotion.*``) and description.
+resamples, seed ``registry.bootstrap_seed``) gives the 95% CI of every metric difference from
+the results JSONs logged with each run (``eval/results.json``); the CI is reported with each
+rule, the rules decide.
+
+The registered model name is ``registry.model_name`` with ``{dataset}`` replaced by
+``data.dataset`` (:func:`registered_model_name`), so models trained on different datasets
+never compete for the same ``champion``.
 
 Registry state kept consistent under the lock:
 
@@ -53,7 +65,9 @@ import hashlib
 import inspect
 import json
 import logging
+import math
 import os
+import re
 import socket
 import tempfile
 import time
@@ -64,6 +78,8 @@ from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+
+from pose.params import RULE_METRICS, RULE_RANGES
 
 log = logging.getLogger(__name__)
 
@@ -131,49 +147,241 @@ def registry_lock(tracking_uri: str, timeout: float):
         os.close(fd)
 
 
-# ----------------------------------------------------------------------------- gate
+# ----------------------------------------------------------------------------- rules
 
-def decide_promotion(challenger_ap: float, champion_ap: float | None, margin: float) -> tuple[bool, str]:
-    """AP-only rule (kept for callers of the first version): promote when there is no champion
-    or ``challenger_ap >= champion_ap + margin``. Returns (promote, reason)."""
-    if champion_ap is None:
-        return True, "no champion yet"
-    if challenger_ap >= champion_ap + margin:
-        return True, f"AP {challenger_ap:.4f} >= champion AP {champion_ap:.4f} + margin {margin}"
-    return False, f"AP {challenger_ap:.4f} < champion AP {champion_ap:.4f} + margin {margin}"
-
-
-def _fmt_ci(ci: dict | None, key: str) -> str:
-    e = (ci or {}).get("metrics", {}).get(key)
-    if not e or e.get("ci_low") is None:
-        return ""
-    return f", {int(round(100 * ci['level']))}% CI [{e['ci_low']:+.4f}, {e['ci_high']:+.4f}]"
+#: rule kinds of ``registry.rules`` (module docstring) and the metrics a rule may name (scalar
+#: keys of eval.json): one definition, shared with the params schema (pose.params)
+RULE_KINDS = tuple(RULE_RANGES)
+#: float slack of the comparisons (0.505 >= 0.5 + 0.005 must pass despite binary rounding)
+_EPS = 1e-9
+#: longest tag value written (older MLflow servers cap model-version tags at 5000 characters)
+_MAX_TAG = 4900
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
-def gate_decision(challenger: dict, champion: dict | None, *, margin: float, scale_tolerance: float,
-                  ci: dict | None = None) -> tuple[bool, list[str]]:
-    """The promotion rule (module docstring) on two metrics dicts (``AP``, ``APM``, ``APL``).
+class RuleError(RegistryError, ValueError):
+    """``registry.rules`` or ``registry.model_name`` in params is malformed (the message names the key)."""
 
-    ``ci``: :func:`pose.registry.bootstrap.bootstrap_diff` output (champion = a, challenger = b),
-    only quoted in the reasons. Returns (promote, reasons)."""
-    if champion is None:
-        return True, ["no champion yet"]
-    ap, cap = float(challenger["AP"]), float(champion["AP"])
-    ok = ap >= cap + margin
-    reasons = [f"AP {ap:.4f} {'>=' if ok else '<'} champion AP {cap:.4f} + margin {margin} "
-               f"(delta {ap - cap:+.4f}{_fmt_ci(ci, 'AP')})"]
-    for key in SCALE_KEYS:
-        a, c = challenger.get(key), champion.get(key)
-        if a is None or c is None or float(a) < 0 or float(c) < 0:
-            reasons.append(f"{key} not checked (no ground truth at that scale)")
-            continue
-        d = float(a) - float(c)
-        if d < -scale_tolerance:
-            ok = False
-            reasons.append(f"{key} regresses {d:+.4f} beyond tolerance {scale_tolerance}{_fmt_ci(ci, key)}")
-        else:
-            reasons.append(f"{key} delta {d:+.4f} within tolerance {scale_tolerance}{_fmt_ci(ci, key)}")
-    return ok, reasons
+
+@dataclass(frozen=True)
+class Rule:
+    """One promotion rule of ``registry.rules``.
+
+    ``kind``: ``min`` (challenger metric >= threshold, also when there is no champion),
+    ``min_delta`` (challenger - champion >= threshold), ``max_drop`` (champion - challenger
+    <= threshold). Metric values are COCO numbers in [0, 1]."""
+
+    metric: str
+    kind: str
+    threshold: float
+
+    def describe(self) -> str:
+        """``"AP >= 0.1"``, ``"AP >= champion + 0.005"``, ``"APM >= champion - 0.02"``."""
+        if self.kind == "min":
+            return f"{self.metric} >= {self.threshold:g}"
+        if self.kind == "min_delta":
+            return f"{self.metric} >= champion {'+' if self.threshold >= 0 else '-'} {abs(self.threshold):g}"
+        return f"{self.metric} >= champion - {self.threshold:g}"
+
+
+@dataclass
+class RuleResult:
+    """A rule evaluated on a challenger (and the champion on the same evaluation data).
+
+    ``challenger`` / ``champion``: metric values (None: no champion, not logged, or undefined,
+    i.e. COCO's -1 when the evaluation data has no person at that scale); ``delta`` =
+    challenger - champion; ``passed``: the rule does not block the promotion; ``applicable``:
+    False when the rule could not be checked and does not count (relative rule without a
+    champion, metric undefined on this data); ``ci_low`` / ``ci_high`` / ``ci_level``: paired
+    image-bootstrap CI of ``delta`` (None when the results were not logged); ``note``: why a
+    rule is not applicable or failed for lack of evidence."""
+
+    metric: str
+    kind: str
+    threshold: float
+    challenger: float | None
+    champion: float | None
+    delta: float | None
+    passed: bool
+    applicable: bool = True
+    ci_low: float | None = None
+    ci_high: float | None = None
+    ci_level: float | None = None
+    note: str = ""
+
+    @property
+    def status(self) -> str:
+        """``pass`` / ``fail`` / ``n/a``."""
+        return "n/a" if not self.applicable else ("pass" if self.passed else "fail")
+
+    @property
+    def rule(self) -> Rule:
+        return Rule(self.metric, self.kind, self.threshold)
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (floats rounded to 6 decimals), as stored in tag ``promotion.rules``."""
+        d = dict(self.__dict__)
+        for k in ("threshold", "challenger", "champion", "delta", "ci_low", "ci_high", "ci_level"):
+            if d[k] is not None:
+                d[k] = round(float(d[k]), 6)
+        d["status"] = self.status
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RuleResult":
+        """Inverse of :meth:`to_dict` (``status`` is derived, so ignored)."""
+        return cls(**{k: d.get(k) for k in ("metric", "kind", "threshold", "challenger", "champion", "delta",
+                                            "passed", "applicable", "ci_low", "ci_high", "ci_level")},
+                   note=d.get("note") or "")
+
+    def text(self) -> str:
+        """One generated sentence for the version description / logs (never parsed back)."""
+        ci = (f", {int(round(100 * self.ci_level))}% CI [{self.ci_low:+.4f}, {self.ci_high:+.4f}]"
+              if self.ci_low is not None and self.ci_high is not None and self.ci_level is not None else "")
+        head = f"{self.status}: {self.rule.describe()}"
+        if not self.applicable or self.challenger is None or (self.kind != "min" and self.champion is None):
+            return f"{head} ({self.note or 'not checked'})"
+        if self.kind == "min":
+            return f"{head} ({self.metric} {self.challenger:.4f})"
+        return (f"{head} ({self.metric} {self.challenger:.4f} vs champion {self.champion:.4f}, "
+                f"delta {self.delta:+.4f}{ci})")
+
+
+def parse_rules(params: dict) -> list[Rule]:
+    """``registry.rules`` of params as :class:`Rule` s (in order).
+
+    Each entry is a mapping with ``metric`` (one of :data:`RULE_METRICS`) and exactly one of
+    ``min`` (in [0, 1]), ``min_delta`` (in [-1, 1]) or ``max_drop`` (in [0, 1]).
+
+    Raises RuleError naming ``registry.rules[i]`` and what is allowed (also for the replaced
+    keys ``promotion_margin`` / ``scale_tolerance`` and for an empty list)."""
+    reg = params.get("registry") or {}
+    for old, new in (("promotion_margin", "{metric: AP, min_delta: <margin>}"),
+                     ("scale_tolerance", "{metric: APM, max_drop: <tolerance>} and {metric: APL, ...}")):
+        if old in reg:
+            raise RuleError(f"registry.{old} was replaced by registry.rules: write it as {new}")
+    raw = reg.get("rules")
+    if not isinstance(raw, list) or not raw:
+        raise RuleError(f"registry.rules must be a non-empty list of {{metric: <name>, "
+                        f"<{'|'.join(RULE_KINDS)}>: <number>}}, got {raw!r}")
+    ranges = RULE_RANGES
+    rules = []
+    for i, entry in enumerate(raw):
+        where = f"registry.rules[{i}]"
+        if not isinstance(entry, dict):
+            raise RuleError(f"{where} must be a mapping like {{metric: AP, min: 0.1}}, got {entry!r}")
+        unknown = sorted(set(entry) - {"metric", *RULE_KINDS})
+        if unknown:
+            raise RuleError(f"{where}: unknown key(s) {unknown}; allowed: metric and one of {', '.join(RULE_KINDS)}")
+        metric = entry.get("metric")
+        if metric not in RULE_METRICS:
+            raise RuleError(f"{where}.metric {metric!r} is not an eval.json metric; allowed: {', '.join(RULE_METRICS)}")
+        kinds = [k for k in RULE_KINDS if k in entry]
+        if len(kinds) != 1:
+            raise RuleError(f"{where} needs exactly one of {', '.join(RULE_KINDS)}, got {kinds or 'none'}")
+        kind, value = kinds[0], entry[kinds[0]]
+        lo, hi = ranges[kind]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or not lo <= float(value) <= hi:
+            raise RuleError(f"{where}.{kind} must be a number in [{lo:g}, {hi:g}], got {value!r}")
+        rules.append(Rule(str(metric), kind, float(value)))
+    return rules
+
+
+def registered_model_name(params: dict) -> str:
+    """``registry.model_name`` with ``{dataset}`` replaced by ``data.dataset`` (the training data),
+    e.g. ``higherhrnet-{dataset}`` -> ``higherhrnet-coco2017``. A name without placeholder is used as is.
+
+    Raises RuleError for another placeholder or a name MLflow would not round-trip in
+    ``models:/<name>@<alias>`` URIs (allowed: letters, digits, ``.``, ``_``, ``-``)."""
+    template = str(params["registry"]["model_name"])
+    try:
+        name = template.format(dataset=params["data"]["dataset"])
+    except (KeyError, IndexError, ValueError) as exc:
+        raise RuleError(f"registry.model_name {template!r}: the only placeholder is {{dataset}} "
+                        f"(data.dataset) ({exc})") from None
+    if not _NAME_RE.fullmatch(name):
+        raise RuleError(f"registry.model_name {template!r} gives {name!r}: allowed are letters, digits, '.', '_', '-'")
+    return name
+
+
+def _value(metrics: dict | None, key: str) -> float | None:
+    """A defined metric value: None when absent, not a number, NaN or negative (COCO's -1: undefined)."""
+    v = (metrics or {}).get(key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        return None
+    return float(v)
+
+
+def evaluate_rules(rules: list[Rule], challenger: dict, champion: dict | None, *, ci: dict | None = None,
+                   champion_unavailable: str | None = None) -> list[RuleResult]:
+    """Evaluate ``rules`` on two metrics dicts (eval.json of the challenger and of the champion
+    on the SAME evaluation data).
+
+    Args:
+        challenger / champion: ``{"AP": float, "APM": float, ...}``; ``champion`` None when there
+            is no champion (relative rules are then not applicable; ``min`` still applies).
+        ci: :func:`pose.registry.bootstrap.bootstrap_diff` output (a = champion, b = challenger);
+            its percentile CI of each metric's delta is attached to the results.
+        champion_unavailable: there is a champion but no like-for-like numbers (e.g. it cannot be
+            re-evaluated on the challenger's data): relative rules fail with this note.
+
+    Returns one :class:`RuleResult` per rule, in order. ``min`` fails when the challenger's value
+    is undefined (a floor cannot be shown); relative rules are not applicable when the metric is
+    undefined on either side (no ground truth at that scale), as COCO reports -1 there.
+    """
+    out = []
+    for r in rules:
+        v, c = _value(challenger, r.metric), _value(champion, r.metric)
+        delta = v - c if v is not None and c is not None else None
+        e = (ci or {}).get("metrics", {}).get(r.metric) if champion is not None else None
+        ci_kw = {}
+        if e and e.get("ci_low") is not None:
+            ci_kw = {"ci_low": float(e["ci_low"]), "ci_high": float(e["ci_high"]), "ci_level": float(ci["level"])}
+        res = RuleResult(r.metric, r.kind, r.threshold, v, c, delta, passed=True, **ci_kw)
+        if r.kind == "min":
+            if v is None:
+                res.passed, res.note = False, f"challenger {r.metric} undefined or not logged"
+            else:
+                res.passed = v >= r.threshold - _EPS
+                if not res.passed:
+                    res.note = "below the absolute floor"
+        elif champion is None:
+            if champion_unavailable:
+                res.passed, res.note = False, champion_unavailable
+            else:
+                res.applicable, res.note = False, "no champion yet"
+        elif v is None or c is None:
+            res.applicable, res.note = False, f"{r.metric} undefined on this evaluation data (no ground truth there)"
+        elif r.kind == "min_delta":
+            res.passed = delta >= r.threshold - _EPS
+        else:  # max_drop
+            res.passed = delta >= -r.threshold - _EPS
+        out.append(res)
+    return out
+
+
+def gate_passed(results: list[RuleResult]) -> bool:
+    """The gate's decision: every rule passed (a not-applicable rule does not block)."""
+    return all(r.passed for r in results)
+
+
+def rules_tag(results: list[RuleResult]) -> str:
+    """JSON of the rule results for tag ``promotion.rules`` (notes dropped when too long for a tag)."""
+    items = [r.to_dict() for r in results]
+    text = json.dumps(items, separators=(",", ":"))
+    if len(text) > _MAX_TAG:
+        text = json.dumps([{**d, "note": ""} for d in items], separators=(",", ":"))
+    return text
+
+
+def rules_from_tags(tags: dict) -> list[RuleResult] | None:
+    """The rule results a version's tag ``promotion.rules`` holds (None when absent or unreadable)."""
+    raw = (tags or {}).get("promotion.rules")
+    try:
+        return [RuleResult.from_dict(d) for d in json.loads(raw)] if raw else None
+    except (ValueError, TypeError):
+        return None
 
 
 # ----------------------------------------------------------------------------- evidence
@@ -226,6 +434,19 @@ def _call_reevaluate(fn: Callable, checkpoint: Path, annotations: Path | None):
     return out, None
 
 
+def cached_reevaluation(run_id: str, data_hash: str | None, workdir: Path) -> tuple[dict, Path | None] | None:
+    """The re-evaluation of ``run_id``'s model on the evaluation data with sha256 ``data_hash``,
+    cached by the gate under ``reeval/<hash16>/`` of that run: (metrics, results.json path or
+    None), or None when there is none."""
+    if not data_hash:
+        return None
+    cached = _download(run_id, f"reeval/{data_hash[:16]}", Path(workdir))
+    if cached is None or not (cached / "metrics.json").is_file():
+        return None
+    res = cached / "results.json"
+    return json.loads((cached / "metrics.json").read_text()), (res if res.is_file() else None)
+
+
 def champion_on_data(client: MlflowClient, name: str, champ, challenger: Evidence, workdir: Path,
                      reevaluate: Callable | None) -> tuple[Evidence | None, str]:
     """The champion's evidence on the challenger's evaluation data: its own (same hash), a cached
@@ -237,11 +458,10 @@ def champion_on_data(client: MlflowClient, name: str, champ, challenger: Evidenc
     if h is not None and ev.data_hash == h:
         return ev, "same evaluation data"
     h16 = (h or "unknown")[:16]
-    cached = _download(champ.run_id, f"reeval/{h16}", Path(workdir) / f"v{champ.version}-reeval")
-    if cached is not None and (cached / "metrics.json").is_file():
-        res = cached / "results.json"
-        return Evidence(ev.version, ev.run_id, h, json.loads((cached / "metrics.json").read_text()),
-                        res if res.is_file() else None, challenger.annotations), f"cached re-evaluation on {h16}"
+    cached = cached_reevaluation(champ.run_id, h, Path(workdir) / f"v{champ.version}-reeval")
+    if cached is not None:
+        return Evidence(ev.version, ev.run_id, h, cached[0], cached[1], challenger.annotations), \
+            f"cached re-evaluation on {h16}"
     if reevaluate is None or challenger.annotations is None:
         why = "no re-evaluation callback" if reevaluate is None else "the challenger's annotations are not logged"
         return None, (f"champion v{champ.version} was evaluated on other data ({(ev.data_hash or '?')[:16]}) "
@@ -355,19 +575,27 @@ def _write_decision(client: MlflowClient, name: str, mv, *, decision: str, reaso
 
 def promote(params: dict, *, version: str | int | None = None, force: bool = False, reason: str | None = None,
             reevaluate: Callable | None = None, client: MlflowClient | None = None) -> dict:
-    """Gate ``version`` (default: alias ``challenger``) against the champion and apply the decision.
+    """Gate ``version`` (default: alias ``challenger``) against the champion with ``registry.rules``
+    and apply the decision.
 
     Args:
-        params: whole params.yaml dict (``registry`` section).
+        params: whole params.yaml dict (``registry`` section; ``data.dataset`` for the model name).
         force: promote regardless of the gate (``reason`` required); recorded as ``forced``.
         reevaluate: ``(checkpoint[, annotations]) -> metrics | (metrics, results)`` scoring the
             champion on the challenger's evaluation data when it was scored on other data.
 
-    Returns the decision record (also written into the version's tags and description).
-    Raises RegistryError (unknown version, force without reason), TimeoutError (lock).
+    Returns the decision record (also written into the version's tags and description):
+    ``decision`` (``promoted``, ``kept_champion``, ``rejected``: no champion and a ``min`` rule
+    failed, ``forced``, ``already_champion``), ``promoted``, ``rules`` (:meth:`RuleResult.to_dict`
+    of each rule, in order; empty when forced or already champion), ``reasons`` (generated text),
+    ``ci`` (bootstrap output or None), ``compared_on`` (how the champion's numbers on the
+    challenger's data were obtained; absent without a champion), AP and champion numbers.
+    Raises RegistryError (unknown version, force without reason), RuleError (bad
+    ``registry.rules`` / ``registry.model_name``), TimeoutError (lock).
     """
     reg = params["registry"]
-    name = reg["model_name"]
+    rules = parse_rules(params)
+    name = registered_model_name(params)
     if force and not (reason and reason.strip()):
         raise RegistryError("--force needs --reason: say why the gate is overridden")
     uri = tracking_uri(params)
@@ -386,6 +614,7 @@ def promote(params: dict, *, version: str | int | None = None, force: bool = Fal
                   "champion_before": int(champ.version) if champ is not None else None,
                   "champion_AP_before": None, "ci": None, "forced": bool(force), "lock_wait_s": lock["wait_s"]}
         extra: dict = {}
+        results: list[RuleResult] = []
         if champ is not None and str(champ.version) == str(mv.version):
             promote_it, decision, reasons = False, "already_champion", [f"v{mv.version} already is the champion"]
         elif force:
@@ -393,12 +622,17 @@ def promote(params: dict, *, version: str | int | None = None, force: bool = Fal
             reasons = [f"forced by {_actor()}: {reason.strip()}"]
             extra["promotion.forced_by"] = _actor()
         elif champ is None:
-            promote_it, reasons = gate_decision(chal.metrics, None, margin=0, scale_tolerance=0)
-            decision = "promoted"
+            results = evaluate_rules(rules, chal.metrics, None)
+            promote_it = gate_passed(results)
+            decision = "promoted" if promote_it else "rejected"
+            reasons = ["no champion yet"] + [r.text() for r in results if r.applicable]
         else:
             cev, how = champion_on_data(client, name, champ, chal, Path(tmp), reevaluate)
             if cev is None:
-                promote_it, decision, reasons = False, "kept_champion", [f"no like-for-like comparison: {how}"]
+                results = evaluate_rules(rules, chal.metrics, None, champion_unavailable=how)
+                record["compared_on"] = how
+                promote_it, decision = False, "kept_champion"
+                reasons = [f"no like-for-like comparison: {how}"] + [r.text() for r in results]
             else:
                 ci = None
                 if chal.results and cev.results and chal.annotations:
@@ -412,24 +646,29 @@ def promote(params: dict, *, version: str | int | None = None, force: bool = Fal
                     e = ci["metrics"]["AP"]
                     if e["ci_low"] is not None:
                         extra["promotion.AP_delta_ci95"] = f"[{e['ci_low']:+.4f}, {e['ci_high']:+.4f}]"
-                promote_it, reasons = gate_decision(chal.metrics, cev.metrics, margin=float(reg["promotion_margin"]),
-                                                    scale_tolerance=float(reg["scale_tolerance"]), ci=ci)
+                results = evaluate_rules(rules, chal.metrics, cev.metrics, ci=ci)
+                promote_it = gate_passed(results)
+                reasons = [f"vs champion v{champ.version} ({how})"] + [r.text() for r in results]
+                record["compared_on"] = how
                 if ci is None:
                     reasons.append("no bootstrap CI (results JSON of a version not logged)")
-                reasons.insert(0, f"vs champion v{champ.version} ({how})")
                 decision = "promoted" if promote_it else "kept_champion"
-                record["champion_AP_before"] = float(cev.metrics["AP"])
-                extra["promotion.AP_delta"] = f"{float(chal.metrics['AP']) - float(cev.metrics['AP']):+.6f}"
+                record["champion_AP_before"] = _value(cev.metrics, "AP")
+                if _value(cev.metrics, "AP") is not None and _value(chal.metrics, "AP") is not None:
+                    extra["promotion.AP_delta"] = f"{float(chal.metrics['AP']) - float(cev.metrics['AP']):+.6f}"
                 for key in SCALE_KEYS:
-                    if key in chal.metrics and key in cev.metrics:
+                    if _value(chal.metrics, key) is not None and _value(cev.metrics, key) is not None:
                         extra[f"promotion.{key}_delta"] = f"{float(chal.metrics[key]) - float(cev.metrics[key]):+.6f}"
                 extra["promotion.compared_on"] = chal.data_hash or "unknown"
+        if results:
+            extra["promotion.rules"] = rules_tag(results)
         summary = (f"{'PROMOTED to champion' if promote_it else 'not promoted'} ({decision}) at {_now()}: "
                    + "; ".join(reasons))
         _write_decision(client, name, mv, decision=decision, reasons=reasons, champ_before=champ,
                         extra_tags=extra, promote=promote_it, summary=summary)
         after = champion_version(client, name)
         record.update(promoted=bool(promote_it), decision=decision, reason="; ".join(reasons), reasons=reasons,
+                      rules=[r.to_dict() for r in results], gate_passed=gate_passed(results) if results else None,
                       champion_after=int(after.version) if after is not None else None,
                       history=history(client, name),
                       aliases=sorted(client.get_model_version(name, mv.version).aliases))
@@ -444,7 +683,7 @@ def rollback(params: dict, *, reason: str, to_version: int | None = None, client
     if not (reason and reason.strip()):
         raise RegistryError("rollback needs --reason")
     reg = params["registry"]
-    name = reg["model_name"]
+    name = registered_model_name(params)
     uri = tracking_uri(params)
     client = client or MlflowClient(uri)
     with registry_lock(uri, float(reg["lock_timeout_s"])) as lock:

@@ -102,17 +102,45 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise RuntimeError(f"{path}: cannot load checkpoint ({exc})") from exc
 
 
+#: Keys added to params ``model`` after checkpoints were first written, with the value every
+#: older checkpoint was built with (the published HigherHRNet block counts; the project's
+#: coordinate convention, the only one before ``model.convention`` existed).
+_LEGACY_ARCHITECTURE = {"stem_blocks": 4, "deconv_blocks": 4, "convention": "project"}
+
+
+def trained_model_params(ck: dict) -> dict:
+    """The ``model`` params a training checkpoint was built with, ready for `build_model`.
+
+    Reads ``ck["model_params"]`` (JSON). Weight paths are cleared: the weights come from
+    the checkpoint itself, so a run started from ``model.pretrained`` or
+    ``model.pretrained_backbone`` loads where those files do not exist. Keys that older
+    checkpoints lack (``stem_blocks``, ``deconv_blocks``, ``convention``) get the value those
+    checkpoints were built with (4, the published counts; ``project``). Raises KeyError when ``model_params`` is absent.
+    """
+    import json
+
+    if "model_params" not in ck:
+        raise KeyError("checkpoint has no 'model_params' (not written by pose train)")
+    mp = json.loads(ck["model_params"])
+    for key, value in _LEGACY_ARCHITECTURE.items():
+        mp.setdefault(key, value)
+    return dict(mp, pretrained="", pretrained_backbone="")
+
+
 def load_trained_model(path: Path, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Rebuild the model recorded in a training checkpoint and load its weights (eval mode).
 
     The checkpoint stores the ``model`` params section (``model_params``), so a
-    checkpoint is self-describing. Raises as `load_checkpoint`.
+    checkpoint is self-describing (see `trained_model_params`: the pretrained paths it
+    was trained from are not read). Raises as `load_checkpoint`; KeyError without
+    ``model_params``; RuntimeError naming the file when the weights do not fit.
     """
-    import json
-
     from pose.models import build_model
 
     ck = load_checkpoint(path, map_location=device)
-    model = build_model(json.loads(ck["model_params"]))
-    model.load_state_dict(ck["model"])
+    model = build_model(trained_model_params(ck))
+    try:
+        model.load_state_dict(ck["model"])
+    except RuntimeError as exc:
+        raise RuntimeError(f"{path}: weights do not match the recorded model params ({exc})") from exc
     return model.to(device).eval()

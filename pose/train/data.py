@@ -24,6 +24,19 @@ from pose.targets.masks import ignore_mask
 STRIDES = (4, 2)  # HigherHRNet outputs: 1/4 (heatmaps + tags) and 1/2 (heatmaps)
 
 
+def loader_worker_init(worker_id: int) -> None:
+    """``DataLoader(worker_init_fn=...)``: one OpenCV thread per loader worker process.
+
+    PyTorch already gives each worker one torch thread; OpenCV would otherwise start a pool
+    of one thread per core in every worker (decode, warp, colour jitter), so ``train.workers``
+    workers plus the training threads would oversubscribe the cores (`pose.train.loop`
+    module docstring). Results do not depend on it (same pixels with 1 or N threads).
+    """
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
 def load_coco(ann_file: Path) -> tuple[list[dict], dict[int, list[dict]]]:
     """Read a COCO keypoints file: (images, annotations grouped by image id).
 

@@ -12,12 +12,27 @@ because everything a step depends on is either in the checkpoint (model,
 optimiser, LR-schedule position, AMP scaler, torch RNG, epoch, batch within the
 epoch, per-step history) or a pure function of ``(seed, epoch, index)`` (batch
 order, input size, augmentation). The DataLoader gets its own generator, so
-starting an epoch's loader does not consume the global torch RNG.
+starting an epoch's loader does not consume the global torch RNG. Validation
+(`pose.train.validation`) uses no random numbers, so it does not disturb this.
+
+Checkpoint selection: with ``train.val_every > 0`` and a validation split, the model is
+decoded and scored (COCO AP) every ``val_every`` epochs and after the last one, and
+``best.pt`` is the epoch with the highest validation AP (ties keep the earlier epoch);
+with validation off, ``best.pt`` is the epoch with the lowest mean training loss.
+
+CPU threads: `configure_threads` sets torch's intra-op threads to the cores this process
+may run on (``os.sched_getaffinity``, not ``os.cpu_count``: containers and ``taskset``
+restrict it) divided among the ranks of this node, minus the ``train.workers`` loader
+processes, at least 1, so compute threads + loader workers never exceed the cores. An
+explicit ``OMP_NUM_THREADS`` caps it. Oversubscribing made steps 10-60x slower on a loaded
+2-core machine (issue 13). Loader workers run one torch and one OpenCV thread each
+(`pose.train.data.loader_worker_init`). CUDA is used when present (`pick_device`).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
@@ -32,7 +47,8 @@ from pose.losses import total_loss
 from pose.models import build_model, init_weights, load_pretrained
 from pose.train import ddp
 from pose.train.checkpoint import load_checkpoint, remove_stale_temps, save_checkpoint
-from pose.train.data import CocoKeypoints, CurriculumBatchSampler, curriculum_schedule
+from pose.train.data import CocoKeypoints, CurriculumBatchSampler, curriculum_schedule, loader_worker_init
+from pose.train.validation import VAL_COLUMNS, Validator
 
 #: per-step columns of the steps CSV (``images_per_s`` is wall-clock, so it stays out of checkpoints)
 STEP_COLUMNS = ["step", "epoch", "input_size", "loss", "heatmap_4", "heatmap_2", "push", "pull", "lr", "images_per_s"]
@@ -43,6 +59,39 @@ def pick_device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on: ``len(os.sched_getaffinity(0))`` (honours cgroup
+    cpusets and ``taskset``), ``os.cpu_count()`` where the platform lacks it (macOS)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def configure_threads(workers: int, ranks_per_node: int = 1) -> int:
+    """Set torch's intra-op threads for training and return the number set.
+
+    ``available_cores() // ranks_per_node - workers``, at least 1, capped by an explicit
+    ``OMP_NUM_THREADS`` (a positive integer; anything else is ignored): the ``workers``
+    loader processes (params ``train.workers``, one thread each) and the compute threads
+    together never exceed this rank's share of the cores (module docstring).
+    """
+    threads = max(1, available_cores() // max(1, int(ranks_per_node)) - max(0, int(workers)))
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        threads = min(threads, int(env))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -86,26 +135,47 @@ def _write_json(path: Path, obj: dict) -> None:
     atomic_write_json(path, obj, indent=2, sort_keys=True)
 
 
-def _write_steps_csv(path: Path, history: list[dict]) -> None:
+def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+    """Atomic CSV of ``rows`` (floats rounded to 1e-6); a header-only file when empty."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     with tmp.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=STEP_COLUMNS, extrasaction="ignore")
+        w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
-        for h in history:
+        for h in rows:
             w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in h.items()})
     os.replace(tmp, path)
 
 
+def _write_steps_csv(path: Path, history: list[dict]) -> None:
+    _write_csv(path, STEP_COLUMNS, history)
+
+
 def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, metrics_path: Path,
-          steps_path: Path, resume: bool = True, stop_after_steps: int = 0) -> dict:
+          steps_path: Path, resume: bool = True, stop_after_steps: int = 0, val_ann: Path | None = None,
+          val_images: Path | None = None, val_path: Path | None = None) -> dict:
     """Train from ``params`` (the whole params.yaml dict) and write, on rank 0:
 
     * ``out_dir/last.pt`` (every ``train.checkpoint_every`` steps and each epoch end)
-      and ``out_dir/best.pt`` (lowest mean epoch loss): see `pose.train.checkpoint`;
-    * ``metrics_path``: JSON summary (final losses, steps, images/s, epochs);
+      and ``out_dir/best.pt`` (best validation AP, or lowest mean epoch loss when
+      validation is off; module docstring): see `pose.train.checkpoint`. Checkpoints
+      record the training data (``train_data``: ``data.dataset``, annotation file, its
+      sha256, image count) so `pose predict` can say what a model was trained on;
+    * ``metrics_path``: JSON summary (final losses, steps, images/s, epochs, ``best_by``
+      ``val_AP`` | ``train_loss``, ``best_epoch``, ``best_val_AP`` / ``last_val_AP``);
     * ``steps_path``: CSV of per-step metrics (step, epoch, input_size, loss,
       heatmap_4, heatmap_2, push, pull, lr, images_per_s) for DVC plots and MLflow.
-      Losses are means over all ranks under DDP.
+      Losses are means over all ranks under DDP;
+    * ``val_path`` (optional): CSV of the validations (:data:`VAL_COLUMNS`: epoch (0-based,
+      as in the steps CSV), global step, AP, AP50, AP75, AR, images), rewritten after each
+      one; header only when validation is off. Their wall-clock time is ``val_seconds`` in
+      the summary.
+
+    Validation (``train.val_every > 0``) needs ``val_ann`` (COCO keypoints JSON) and
+    ``val_images``; it runs on rank 0 with the ``evaluate`` params on the first
+    ``train.val_max_images`` images (`pose.train.validation`). When they are not given
+    it is off and a warning is printed.
 
     ``resume`` continues from ``out_dir/last.pt`` when present (model, optimiser,
     scheduler position, AMP scaler, torch RNG, epoch, batch within the epoch,
@@ -113,7 +183,8 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
     many global steps without writing the metrics / steps files (tests, benchmarks).
     Returns the summary dict on rank 0, ``{}`` on other ranks.
 
-    Raises ValueError when ``last.pt`` was trained with other ``model`` params.
+    Raises ValueError when ``last.pt`` was trained with other ``model`` params, or on a
+    bad ``train.val_every`` / ``train.val_max_images`` or validation file.
     """
     tp, mp = params["train"], params["model"]
     device = pick_device()
@@ -121,6 +192,12 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
         torch.cuda.set_device(device)
     dist_info = ddp.setup(device)
     world, is_main = dist_info.world, dist_info.is_main
+    workers = int(tp["workers"])
+    threads_before = torch.get_num_threads()
+    threads = configure_threads(workers, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    if is_main:
+        print(f"device {device.type}: {threads} torch thread(s) + {workers} loader worker(s) "
+              f"on {available_cores()} available core(s)", flush=True)
     torch.manual_seed(int(tp["seed"]))
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
 
@@ -137,6 +214,23 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
     total_steps = steps_per_epoch * len(schedule)
     plan = {"schedule": schedule, "steps_per_epoch": steps_per_epoch, "batch_size": int(tp["batch_size"]),
             "world_size": world, "seed": seed}
+    train_data = json.dumps({"dataset": params.get("data", {}).get("dataset"), "annotations": str(train_ann),
+                             "annotations_sha256": _file_sha256(Path(train_ann)), "images": len(dataset)},
+                            sort_keys=True)
+
+    # ---- validation (rank 0 decodes and scores; the result is broadcast so every rank agrees on best.pt)
+    val_every = int(tp["val_every"])
+    if val_every < 0:
+        raise ValueError(f"params train.val_every: must be >= 0 (0: off), got {val_every}")
+    validator = None
+    if val_every and (val_ann is None or val_images is None):
+        if is_main:
+            print("warning: train.val_every > 0 but no validation split given (--val-ann / --val-images): "
+                  "validation off, best.pt by training loss", flush=True)
+        val_every = 0
+    if val_every and is_main:
+        validator = Validator(val_ann, val_images, max_images=int(tp["val_max_images"]),
+                              eval_params=params["evaluate"])
 
     # ---- model, optimiser, schedule
     # initialise for training from scratch (params model.init), then load published weights if any
@@ -157,7 +251,9 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
     # ---- resume
     out_dir = Path(out_dir)
     start_epoch, start_batch, global_step, best_loss = 0, 0, 0, float("inf")
+    best_val_ap, best_epoch = float("-inf"), -1
     history: list[dict] = []
+    val_history: list[dict] = []
     last = out_dir / "last.pt"
     if is_main:
         remove_stale_temps(out_dir)  # temp files of a save that was killed; never read
@@ -179,6 +275,10 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
         start_epoch, start_batch, global_step = int(ck["epoch"]), int(ck["batch_in_epoch"]), int(ck["global_step"])
         best_loss = float(ck["best_loss"])
         history = json.loads(ck["history"])
+        # checkpoints written before validation existed lack these
+        best_val_ap = float(ck.get("best_val_ap", float("-inf")))
+        best_epoch = int(ck.get("best_epoch", -1))
+        val_history = json.loads(ck.get("val_history", "[]"))
         del ck
         if is_main:
             print(f"resumed from {last}: epoch {start_epoch} batch {start_batch} step {global_step}", flush=True)
@@ -192,13 +292,15 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                 "rng_cpu": torch.get_rng_state(), "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-                "global_step": global_step, "best_loss": best_loss,
+                "global_step": global_step, "best_loss": best_loss, "best_val_ap": best_val_ap,
+                "best_epoch": best_epoch,
                 # wall-clock columns stay out of checkpoints so equal training gives equal files
                 "history": json.dumps([{k: v for k, v in h.items() if k != "images_per_s"} for h in history]),
+                "val_history": json.dumps([{k: v for k, v in h.items() if k != "seconds"} for h in val_history]),
+                "train_data": train_data,
                 "model_params": json.dumps(mp, sort_keys=True), "plan": json.dumps(plan),
                 "active_sizes": json.dumps(schedule[min(epoch, len(schedule) - 1)])}
 
-    workers = int(tp["workers"])
     every = int(tp["checkpoint_every"])
     model.train()
     stopped = False
@@ -207,7 +309,8 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
         sampler.set_epoch(epoch, start_batch if epoch == start_epoch else 0)
         # own generator: worker seeds come from it, not from the global RNG the checkpoint restores
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
-                            persistent_workers=False, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+                            persistent_workers=False, worker_init_fn=loader_worker_init,
+                            generator=torch.Generator().manual_seed(seed * 100003 + epoch))
         epoch_losses = [h["loss"] for h in history if h["epoch"] == epoch]
         batch_in_epoch = sampler.start_batch
         t0 = time.perf_counter()
@@ -240,8 +343,25 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
         if stopped:
             break
         mean_loss = sum(epoch_losses) / max(1, len(epoch_losses))
+        improved = False
         if mean_loss < best_loss:  # same value on every rank (losses are rank means)
             best_loss = mean_loss
+            improved = not val_every
+        if val_every and ((epoch + 1) % val_every == 0 or epoch + 1 == len(schedule)):
+            row = None
+            if is_main:
+                row = {"epoch": epoch, "step": global_step, **validator.run(model, device)}
+                print(f"epoch {epoch} validation: AP {row['AP']:.4f} AP50 {row['AP50']:.4f} AR {row['AR']:.4f} "
+                      f"on {row['images']} images ({row['seconds']:.1f} s)", flush=True)
+            row = ddp.broadcast_object(row, dist_info)
+            val_history.append(row)
+            if row["AP"] > best_val_ap:
+                best_val_ap = row["AP"]
+                improved = True
+            if is_main and val_path is not None:
+                _write_csv(Path(val_path), VAL_COLUMNS, val_history)
+        if improved:
+            best_epoch = epoch
             if is_main:
                 save_checkpoint(checkpoint_state(epoch + 1, 0), out_dir / "best.pt")
         if is_main:
@@ -262,13 +382,21 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
             summary = {"steps": global_step, "epochs": len(schedule), "best_epoch_loss": best_loss,
                        "final_loss": sum(h["loss"] for h in tail) / max(1, len(tail)),
                        "images_per_s": sum(timed) / len(timed) if timed else 0.0,
-                       "device": device.type, "world_size": world}
+                       "device": device.type, "world_size": world, "torch_threads": threads,
+                       "best_by": "val_AP" if val_every else "train_loss", "best_epoch": best_epoch}
+            if val_history:
+                summary.update(best_val_AP=best_val_ap, last_val_AP=val_history[-1]["AP"],
+                               validations=len(val_history),
+                               val_seconds=sum(float(h.get("seconds", 0.0)) for h in val_history))
             metrics_path, steps_path = Path(metrics_path), Path(steps_path)
             metrics_path.parent.mkdir(parents=True, exist_ok=True)
             steps_path.parent.mkdir(parents=True, exist_ok=True)
             _write_json(metrics_path, summary)
             _write_steps_csv(steps_path, history)
+            if val_path is not None:
+                _write_csv(Path(val_path), VAL_COLUMNS, val_history)
             if dist_info.distributed:
                 print(f"{world} replicas in sync, model sha256 {digest[:16]}", flush=True)
     ddp.teardown(dist_info)
+    torch.set_num_threads(threads_before)  # the caller's setting again (tests, benchmarks)
     return summary

@@ -1,0 +1,288 @@
+"""Experiments are first-class (README section 4): metrics and plot data are versioned in git,
+a failed stage keeps them, and `dvc plots show` / `dvc plots diff` render offline.
+
+The fast tests read dvc.yaml, .gitignore and .dvc/config. The slow ones run README section 4
+on a tiny generated config in a temporary repo copy: two `dvc exp run -S ...` experiments
+(train.lr 0.001 and 0.01, registered under a sweep model name), then `dvc exp show --json`,
+`dvc exp diff`, `dvc metrics diff`, `dvc plots diff`, the way back to the baseline, and a train
+stage that fails on an invalid annotation file (about 2-3 minutes on 2 cores; timings are
+printed with `pytest -s`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+from test_pipeline_e2e import make_repo_copy
+
+BIN = Path(sys.executable).parent
+#: the two experiments of the slow tests: name -> train.lr
+EXPERIMENTS = {"lr-0.001": 0.001, "lr-0.01": 0.01}
+#: README section 4: sweeps register under their own model name ({dataset} = data.dataset)
+SWEEP_MODEL = "higherhrnet-{dataset}-sweep"
+#: the git-tracked results of the train and evaluate stages (cache: false, persist: true)
+RESULTS = ["data/metrics/train.json", "data/metrics/eval.json", "data/metrics/efficiency.json",
+           "data/plots/train_steps.csv", "data/plots/eval/per_keypoint_ap.csv", "data/plots/eval/ap_per_scale.csv"]
+
+
+def _env() -> dict:
+    """The environment of an activated .venv (`source .venv/bin/activate`): stages call `pose`."""
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update(DO_NOT_TRACK="1", DVC_NO_ANALYTICS="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               GX_ANALYTICS_ENABLED="false", GIT_AUTHOR_NAME="ci", GIT_AUTHOR_EMAIL="ci@example.invalid",
+               GIT_COMMITTER_NAME="ci", GIT_COMMITTER_EMAIL="ci@example.invalid")
+    return env
+
+
+def _run(cmd: list[str], cwd: Path, ok: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True)
+    if ok:
+        assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def _dvc(*args: str, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess:
+    return _run([str(BIN / "dvc"), *args], cwd, ok=ok)
+
+
+def _dvc_outputs() -> list[tuple[str, str, dict]]:
+    """(stage, path, options) of every `outs` / `metrics` / `plots` entry of dvc.yaml whose path is
+    not templated (the templated ones are data/raw/<dataset> folders, DVC-cached)."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    found = []
+    for name, stage in stages.items():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind, []):
+                path, opts = (entry, {}) if isinstance(entry, str) else next(iter(entry.items()))
+                if "${" not in path:
+                    found.append((name, path, opts or {}))
+    return found
+
+
+def _git_ignored(paths: list[str]) -> set[str]:
+    proc = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], cwd=REPO, input="\n".join(paths),
+                          capture_output=True, text=True)
+    assert proc.returncode in (0, 1), proc.stderr
+    return set(proc.stdout.split())
+
+
+def test_metrics_and_plot_data_are_committed_and_survive_a_failed_stage():
+    outputs = _dvc_outputs()
+    results = [(s, p, o) for s, p, o in outputs if p.startswith(("data/metrics/", "data/plots/"))]
+    assert {p for _, p, _ in results} >= set(RESULTS)
+    ignored = _git_ignored([p for _, p, _ in outputs])
+    for stage, path, opts in results:
+        if opts.get("cache", True):
+            # DVC-cached (overlays.png): git must not track it as well
+            assert path in ignored, f"{stage}: {path} is DVC-cached but not git-ignored"
+            continue
+        assert path not in ignored, f"{stage}: {path} is git-ignored, so experiment commits would lack it"
+        assert opts.get("persist") is True, f"{stage}: {path} lacks persist: true (DVC deletes it before the stage runs)"
+    for stage, path, opts in outputs:
+        if opts.get("cache", True):
+            assert path in ignored, f"{stage}: cached output {path} is not git-ignored"
+
+
+def _plots_template() -> Path:
+    config = subprocess.run([str(BIN / "dvc"), "config", "plots.html_template"], cwd=REPO, env=_env(),
+                            capture_output=True, text=True, check=True).stdout.strip()
+    return REPO / ".dvc" / config
+
+
+def test_plots_page_template_is_offline_and_current():
+    page = _plots_template().read_text(encoding="utf-8")
+    assert "{plot_divs}" in page and "{scripts}" not in page  # no CDN <script src=...> tags
+    assert not re.search(r"<script[^>]*\bsrc=", page)
+    assert "window.vegaEmbed=" in page
+    pytest.importorskip("vl_convert", reason="vl-convert-python (dev extra) regenerates the template")
+    from pose.dvc_plots import offline_template
+
+    assert page == offline_template(), "stale .dvc/plots_offline.html: run `python -m pose.dvc_plots`"
+
+
+def test_dvc_plots_show_page_needs_no_network(tmp_path):
+    """`dvc plots show` in a throwaway repo with this repo's .dvc/config: Vega inlined, no CDN."""
+    shutil.copytree(REPO / ".dvc", tmp_path / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp", "config.local"))
+    (tmp_path / "steps.csv").write_text("step,loss\n1,0.5\n2,0.25\n")
+    (tmp_path / "dvc.yaml").write_text("plots:\n  - steps.csv:\n      x: step\n      y: loss\n")
+    _run(["git", "init", "-q"], tmp_path)
+    _dvc("plots", "show", "-o", "out", cwd=tmp_path)
+    html = (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
+    assert not re.search(r"<script[^>]*\bsrc=", html), "the page loads scripts from elsewhere"
+    assert "window.vegaEmbed=" in html and "vegaEmbed('#" in html and '"loss"' in html
+
+
+# ---------------------------------------------------------------------------------------------
+# slow: README section 4 in a temporary repo copy
+
+
+def _set(params: dict, dotted: str, value) -> None:
+    """Set an existing params key (a renamed key fails here, not as a slow test)."""
+    *parents, leaf = dotted.split(".")
+    node = params
+    for k in parents:
+        node = node[k]
+    assert leaf in node, f"params.yaml has no key {dotted}"
+    node[leaf] = value
+
+
+def tiny_params() -> dict:
+    """params.yaml with a tiny generated set (12 + 6 images of 160x128 px), a width-8 model,
+    2 training steps and a cheap evaluation."""
+    p = yaml.safe_load((REPO / "params.yaml").read_text())
+    for key, value in {
+        "data.dataset": "generated",
+        "generated.num_train": 12, "generated.num_val": 6, "generated.width": 160, "generated.height": 128,
+        "generated.max_people": 2, "generated.min_person_height": 40, "generated.max_person_height": 120,
+        "validate.workers": 1,
+        "model.width": 8, "model.stage_blocks": [1, 1, 1],
+        "train.batch_size": 4, "train.workers": 0, "train.max_steps_per_epoch": 2, "train.warmup_steps": 1,
+        "train.log_every": 1, "train.curriculum": [{"sizes": [128], "epochs": 1}],
+        "evaluate.input_size": 128, "evaluate.flip_test": False, "evaluate.overlay_count": 1,
+        "evaluate.latency_samples": 1, "evaluate.latency_warmup": 0,
+        "registry.bootstrap_samples": 20, "schedule.push": False, "schedule.notify_webhook": "",
+    }.items():
+        _set(p, key, value)
+    if "val_every" in p["train"]:
+        _set(p, "train.val_every", 0)
+    return p
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> dict:
+    """Two workspace experiments, as README section 4 runs them (the first one runs the whole
+    graph, the second train, evaluate and register); returns the repo, the committed
+    params.yaml and timings. (No baseline `dvc repro`: it would add a minute.)"""
+    repo = make_repo_copy(tmp_path_factory.mktemp("sweep"), tiny_params())
+    conf = repo / "conf" / "config.yaml"
+    if conf.exists():  # DVC's Hydra composition rebuilds params.yaml from conf/ on every `dvc exp run`
+        from pose.presets import config_text
+
+        conf.write_text(config_text(repo / "params.yaml"))
+        _run(["git", "commit", "-qam", "tiny conf"], repo)
+    timings = {}
+    committed_params = (repo / "params.yaml").read_bytes()
+    for name, lr in EXPERIMENTS.items():
+        t0 = time.perf_counter()
+        _dvc("exp", "run", "-n", name, "-S", f"train.lr={lr}", "-S", f"registry.model_name='{SWEEP_MODEL}'",
+             cwd=repo)
+        timings[f"dvc exp run {name}"] = time.perf_counter() - t0
+    print("\n[timing] " + ", ".join(f"{n} {t:.1f} s" for n, t in timings.items()))
+    return {"repo": repo, "committed_params": committed_params, "timings": timings}
+
+
+def _exp_revs(show: list) -> dict[str, dict]:
+    """name -> {"rev": commit, "data": {"params", "metrics", ...}} of every named revision
+    (baseline and experiments) in `dvc exp show --json` output."""
+    found = {}
+
+    def walk(node):
+        if isinstance(node, dict):
+            if node.get("name") and isinstance(node.get("data"), dict):
+                found[node["name"]] = node
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(show)
+    return found
+
+
+@pytest.mark.slow
+def test_exp_show_lists_both_experiments_ap(sweep):
+    show = json.loads(_dvc("exp", "show", "--json", cwd=sweep["repo"]).stdout)
+    revs = _exp_revs(show)
+    assert set(EXPERIMENTS) <= set(revs), f"experiments in `dvc exp show`: {sorted(revs)}"
+    for name, lr in EXPERIMENTS.items():
+        data = revs[name]["data"]
+        ap = data["metrics"]["data/metrics/eval.json"]["data"]["AP"]
+        assert isinstance(ap, float) and 0.0 <= ap <= 1.0, (name, ap)
+        assert data["params"]["params.yaml"]["data"]["train"]["lr"] == lr
+        assert "final_loss" in data["metrics"]["data/metrics/train.json"]["data"]
+
+
+@pytest.mark.slow
+def test_metrics_diff_and_exp_diff_print_ap(sweep):
+    a, b = EXPERIMENTS
+    out = _dvc("metrics", "diff", "--all", a, b, cwd=sweep["repo"]).stdout
+    assert re.search(r"^data/metrics/eval\.json\s+AP\s+[-\d.]+\s+[-\d.]+", out, re.M), out
+    diff = json.loads(_dvc("metrics", "diff", "--all", "--json", a, b, cwd=sweep["repo"]).stdout)
+    ap = diff["data/metrics/eval.json"]["AP"]
+    assert isinstance(ap["old"], float) and isinstance(ap["new"], float)
+    exp_diff = json.loads(_dvc("exp", "diff", "--json", a, b, cwd=sweep["repo"]).stdout)
+    lr = exp_diff["params"]["params.yaml"]["train.lr"]
+    assert (lr["old"], lr["new"]) == (EXPERIMENTS[a], EXPERIMENTS[b])
+
+
+@pytest.mark.slow
+def test_plots_diff_overlays_the_experiments_offline(sweep):
+    repo = sweep["repo"]
+    t0 = time.perf_counter()
+    _dvc("plots", "diff", *EXPERIMENTS, "-o", "dvc_plots/sweep", cwd=repo)
+    print(f"\n[timing] dvc plots diff: {time.perf_counter() - t0:.1f} s")
+    html = (repo / "dvc_plots/sweep/index.html").read_text(encoding="utf-8")
+    assert not re.search(r"<script[^>]*\bsrc=", html), "the page loads scripts from elsewhere"
+    assert "window.vegaEmbed=" in html
+    specs = {spec["title"]["text"]: spec for spec in map(json.loads, re.findall(r"var spec = (\{.*?\});\n", html, re.S))
+             if "title" in spec}  # (a plot whose CSV has no rows comes out as {})
+    losses = specs["train_losses"]["data"]["values"]  # per-step rows of data/plots/train_steps.csv
+    assert {row["rev"] for row in losses} == set(EXPERIMENTS), "both experiments' curves in the one plot"
+    assert {"step", "loss"} <= set(losses[0])
+
+
+@pytest.mark.slow
+def test_sweep_registers_under_its_own_model_name(sweep):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{sweep['repo'] / 'mlflow.db'}")
+    name = SWEEP_MODEL.format(dataset="generated")
+    versions = client.search_model_versions(f"name='{name}'")
+    assert len(versions) == len(EXPERIMENTS)
+
+
+@pytest.mark.slow
+def test_exp_run_writes_params_yaml_and_the_way_back(sweep):
+    """What README section 4 says: `-S` writes the value into the workspace params.yaml, the
+    experiment's commit records it with the metrics, `dvc exp apply` brings an experiment back
+    into the workspace, and `git checkout params.yaml` restores the committed file."""
+    repo = sweep["repo"]
+    (first, _), (last, lr_last) = list(EXPERIMENTS.items())[0], list(EXPERIMENTS.items())[-1]
+    assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["lr"] == lr_last
+    revs = _exp_revs(json.loads(_dvc("exp", "show", "--json", cwd=repo).stdout))
+    for name, lr in EXPERIMENTS.items():
+        assert yaml.safe_load(_run(["git", "show", f"{revs[name]['rev']}:params.yaml"], repo).stdout)["train"]["lr"] == lr
+    _dvc("exp", "apply", first, cwd=repo)
+    for path in ("params.yaml", "data/metrics/eval.json", "data/plots/train_steps.csv"):
+        committed = _run(["git", "show", f"{revs[first]['rev']}:{path}"], repo).stdout
+        assert (repo / path).read_text() == committed, f"{path} is not {first}'s after `dvc exp apply {first}`"
+    _run(["git", "checkout", "params.yaml"], repo)
+    assert (repo / "params.yaml").read_bytes() == sweep["committed_params"]
+    _dvc("exp", "apply", last, cwd=repo)  # the workspace as the sweep left it, for the test below
+
+
+@pytest.mark.slow
+def test_failed_train_stage_keeps_the_previous_metrics(sweep):
+    repo = sweep["repo"]
+    before = {p: (repo / p).read_bytes() for p in RESULTS}
+    (repo / "data/validated/train.json").write_text('{"images": "not a list"}')
+    t0 = time.perf_counter()
+    proc = _dvc("repro", "--single-item", "train", cwd=repo, ok=False)
+    print(f"\n[timing] failing train stage: {time.perf_counter() - t0:.1f} s")
+    assert proc.returncode != 0, proc.stdout
+    assert "failed to reproduce 'train'" in proc.stdout + proc.stderr
+    for path, data in before.items():
+        assert (repo / path).read_bytes() == data, f"{path} changed by the failed stage"

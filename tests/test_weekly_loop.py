@@ -1,0 +1,193 @@
+"""The weekly loop as a team lives it, on a tiny generated config in a temporary repo copy.
+
+week 1      `python -m flows.retrain`: no model yet -> every stage through DVC, v1 registered and
+            gated; it becomes champion (the test sets the AP floor rules to 0: a 2-step model scores
+            AP ~0, and the floor itself is tested in tests/test_registry.py)
+week 2      same data -> the run ends `NoNewData`; nothing trained, dvc.lock untouched
+week 2 (b)  `--force` -> train and later stages run with `dvc repro --force` (the model file is rewritten)
+week 3      a new ingest batch listed under `catalogue.generated.ingest` -> retrain; the gate decides
+            against the champion with rule results and a paired bootstrap CI
+review      `pose compare v1 v3`: a verdict with the paired CI and the recorded gate decision
+
+Marked slow (3.5-7 minutes on 2 cores, depending on load); CI runs it. Timings per week are
+printed (`pytest -s`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+from test_pipeline_e2e import make_repo_copy
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+BATCH = "incoming/week3"
+
+
+def _set(params: dict, dotted: str, value) -> None:
+    """Set an existing params key (a renamed key fails here, not as a slow test)."""
+    *parents, leaf = dotted.split(".")
+    node = params
+    for k in parents:
+        node = node[k]
+    assert leaf in node, f"params.yaml has no key {dotted}"
+    node[leaf] = value
+
+
+def weekly_params() -> dict:
+    """params.yaml with a tiny generated set (12 + 6 images of 160x128 px), a width-8 model,
+    2 training steps and a cheap evaluation."""
+    p = yaml.safe_load((REPO / "params.yaml").read_text())
+    for key, value in {
+        "data.dataset": "generated",
+        "generated.num_train": 12, "generated.num_val": 6, "generated.width": 160, "generated.height": 128,
+        "generated.max_people": 2, "generated.min_person_height": 40, "generated.max_person_height": 120,
+        "validate.workers": 1,
+        "model.width": 8, "model.stage_blocks": [1, 1, 1],
+        "train.batch_size": 4, "train.workers": 0, "train.max_steps_per_epoch": 2, "train.warmup_steps": 1,
+        "train.log_every": 1, "train.curriculum": [{"sizes": [128], "epochs": 1}],
+        "evaluate.input_size": 128, "evaluate.flip_test": False, "evaluate.overlay_count": 1,
+        "evaluate.latency_samples": 1, "evaluate.latency_warmup": 0,
+        "registry.bootstrap_samples": 20, "schedule.notify_webhook": "",
+    }.items():
+        _set(p, key, value)
+    for rule in p["registry"]["rules"]:
+        if "min" in rule:
+            rule["min"] = 0.0
+    return p
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update(DO_NOT_TRACK="1", DVC_NO_ANALYTICS="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               GX_ANALYTICS_ENABLED="false", MLFLOW_ENABLE_TELEMETRY="false", OMP_NUM_THREADS="1")
+    for key in ("POSE_NOTIFY_WEBHOOK", "MLFLOW_TRACKING_URI", "POSE_DATA_FINGERPRINT"):
+        env.pop(key, None)
+    return env
+
+
+def _flow(repo: Path, *args: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "flows.retrain", str(repo), *args], cwd=repo, env=_env(),
+                          capture_output=True, text=True)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"flow {args} failed (exit {proc.returncode}):\n{out[-6000:]}"
+    return out
+
+
+def _make_batch(repo: Path, params: dict) -> Path:
+    """A new batch as a labelling team delivers it: one COCO keypoint JSON + its images (4 new
+    generated images, drawn with another seed so none duplicates a training image)."""
+    from pose.datasets.generated import generate_dataset
+
+    d = params["data"]
+    tmp = repo / "incoming" / ".draw"
+    generate_dataset(tmp, **{**params["generated"], "seed": 7, "num_train": 4, "num_val": 0},
+                     train_split=d["train_split"], val_split=d["val_split"])
+    batch = repo / BATCH
+    (batch / "annotations").mkdir(parents=True)
+    ann = f"person_keypoints_{d['train_split']}.json"
+    shutil.move(tmp / "annotations" / ann, batch / "annotations" / ann)
+    shutil.move(tmp / d["train_split"], batch / d["train_split"])
+    shutil.rmtree(tmp)
+    return batch
+
+
+def _versions(repo: Path, name: str) -> dict[int, object]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    return {int(mv.version): client.get_model_version(name, mv.version)
+            for mv in client.search_model_versions(f"name='{name}'")}
+
+
+def _assert_gated(record: dict, version) -> None:
+    """The gate decided from rule results stored as data (registration.json and tag ``promotion.rules``),
+    and the decision follows them: promoted exactly when every rule passed."""
+    assert version.tags.get("promotion.decision") == record["decision"], version.tags
+    rules = record["rules"]
+    assert rules and all(isinstance(r, dict) and isinstance(r.get("passed"), bool) for r in rules), rules
+    assert [r["passed"] for r in json.loads(version.tags["promotion.rules"])] == [r["passed"] for r in rules]
+    assert record["promoted"] == all(r["passed"] for r in rules), record
+
+
+def test_weekly_loop(tmp_path):
+    from pose.registry.promotion import registered_model_name
+
+    timings: dict[str, float] = {}
+    params = weekly_params()
+    repo = make_repo_copy(tmp_path / "repo", params)
+    name = registered_model_name(params)
+
+    t0 = time.perf_counter()
+    out = _flow(repo)
+    timings["week 1 (train + register)"] = time.perf_counter() - t0
+    assert "Finished in state Completed" in out, out[-4000:]
+    record1 = json.loads((repo / "data/registry/registration.json").read_text())
+    versions = _versions(repo, name)
+    assert list(versions) == [record1["version"]] == [1]
+    _assert_gated(record1, versions[1])
+    assert record1["promoted"] and "champion" in versions[1].aliases, record1["reason"]
+    lock = (repo / "dvc.lock").read_text()
+    model = repo / "data/models/last.pt"
+    mtime = model.stat().st_mtime_ns
+
+    t0 = time.perf_counter()
+    out = _flow(repo)
+    timings["week 2 (unchanged: NoNewData)"] = time.perf_counter() - t0
+    assert "NoNewData" in out and "no new data" in out, out[-4000:]
+    assert "Running stage" not in out
+    assert (repo / "dvc.lock").read_text() == lock and model.stat().st_mtime_ns == mtime
+    assert list(_versions(repo, name)) == [1]
+
+    t0 = time.perf_counter()
+    out = _flow(repo, "--force")
+    timings["week 2b (--force: retrain same data)"] = time.perf_counter() - t0
+    assert "forced retrain" in out and "retrain done (forced)" in out, out[-4000:]
+    assert model.stat().st_mtime_ns != mtime, "--force did not run the train stage"
+    assert json.loads((repo / "data/registry/registration.json").read_text())["version"] == 2
+    # fetch is not forced on unchanged data: its lock entry stays as week 1's
+    assert yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["fetch"] == yaml.safe_load(lock)["stages"]["fetch"]
+
+    _make_batch(repo, params)
+    params["catalogue"]["generated"]["ingest"] = [BATCH]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    t0 = time.perf_counter()
+    out = _flow(repo)
+    timings["week 3 (new ingest batch: retrain + gate)"] = time.perf_counter() - t0
+    assert "NEW DATA" in out and "Finished in state Completed" in out, out[-4000:]
+    raw = repo / "data/raw/generated"
+    batches = json.loads((raw / "ingest_record.json").read_text())["batches"]
+    assert [b["added_images"] for b in batches] == [4], batches
+    train = json.loads((raw / "annotations" / f"person_keypoints_{params['data']['train_split']}.json").read_text())
+    assert len(train["images"]) == 12 + 4
+    record3 = json.loads((repo / "data/registry/registration.json").read_text())
+    versions = _versions(repo, name)
+    assert record3["version"] == 3 and sorted(versions) == [1, 2, 3]
+    _assert_gated(record3, versions[3])
+    assert versions[3].tags["data.source_fingerprint"] != versions[1].tags["data.source_fingerprint"]
+    assert record3["champion_before"] == 1 and record3["decision"] in ("promoted", "kept_champion")
+    delta_rules = [r for r in record3["rules"] if r["kind"] == "min_delta"]
+    assert delta_rules and all(r["applicable"] and r["champion"] is not None for r in delta_rules), record3["rules"]
+    assert record3["ci"] and record3["ci"]["metrics"]["AP"]["ci_low"] is not None, "no paired CI in the gate"
+
+    t0 = time.perf_counter()
+    proc = subprocess.run([str(BIN / "pose"), "compare", "v1", "v3", "--no-log"], cwd=repo, env=_env(),
+                          capture_output=True, text=True)
+    timings["pose compare v1 v3"] = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    first = proc.stdout.strip().splitlines()[0]
+    assert "paired 95% CI" in first and ("better" in first or "No clear winner" in first), proc.stdout
+    assert f"Recorded gate decision of B = v3: {record3['decision']}" in proc.stdout, proc.stdout
+
+    print("\nweekly loop timings (s): " + ", ".join(f"{k}: {v:.1f}" for k, v in timings.items()))
