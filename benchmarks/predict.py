@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         pred.append((time.perf_counter() - t0) * 1e3)
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:
         t0 = time.perf_counter()
-        summary = predict_files(model, timed, tmp, eval_params=ev, min_score=float(ev["overlay_min_score"]))
+        summary = predict_files(model, timed, tmp, eval_params=ev, predict_params=params["predict"])
         total = time.perf_counter() - t0
     n = len(timed)
     print(f"{'stage':<14} {'p50 ms':>9} {'p90 ms':>9} {'mean ms':>9} {'images/s':>9}")

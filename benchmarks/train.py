@@ -44,7 +44,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from pose.models import build_model, count_flops, count_params  # noqa: E402
-from pose.train.data import CocoKeypoints  # noqa: E402
+from pose.train.data import CocoKeypoints, dataset_from_params  # noqa: E402
 from pose.train.loop import pick_device, train_step  # noqa: E402
 
 PUBLISHED_STAGE_BLOCKS = [1, 4, 3]
@@ -65,10 +65,7 @@ def configs(params: dict, names: list[str]) -> list[tuple[str, dict]]:
 
 
 def dataset(params: dict, coco: Path, split: str) -> CocoKeypoints:
-    return CocoKeypoints(coco / "annotations" / f"person_keypoints_{split}.json", coco / split,
-                         num_joints=int(params["model"]["num_joints"]), sigma=float(params["targets"]["sigma"]),
-                         max_people=int(params["targets"]["max_people"]), augment=params["augment"],
-                         seed=int(params["train"]["seed"]))
+    return dataset_from_params(params, coco / "annotations" / f"person_keypoints_{split}.json", coco / split)
 
 
 def batches(n_images: int, batch: int, size: int, count: int, seed: int = 0) -> list[list[tuple[int, int]]]:

@@ -249,7 +249,8 @@ def summarize(repo: str, forced: bool = False) -> dict:
     ev, reg = summary["eval"] or {}, summary["registration"] or {}
     get_run_logger().info(
         "retrain done%s: AP %.4f AP50 %.4f AR %.4f | model %s version %s aliases %s | %s",
-        " (forced)" if forced else "", ev.get("AP", float("nan")), ev.get("AP50", float("nan")), ev.get("AR", float("nan")),
+        " (forced)" if forced else "",
+        ev.get("AP", float("nan")), ev.get("AP50", float("nan")), ev.get("AR", float("nan")),
         reg.get("model_name"), reg.get("version"), reg.get("aliases"), reg.get("reason"))
     return summary
 

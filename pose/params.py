@@ -388,6 +388,8 @@ class LossSection(Section):
     foreground_weight: NonNegFloat
     push_weight: NonNegFloat
     pull_weight: NonNegFloat
+    push_type: Literal["exp", "hinge"]
+    push_margin: PosFloat
 
 
 class CurriculumStage(Section):

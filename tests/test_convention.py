@@ -26,7 +26,8 @@ class OracleNet(nn.Module):
     per person, 2 apart, over a 5 x 5 patch at
     each joint's peak pixel of the 1/4 map, 0 elsewhere). The flipped input (second item of
     a batch of two) shows the persons mirrored ``x -> W - 1 + 2 o - x`` in input px, joints
-    swapped: the exact mirror in the convention's own frame."""
+    swapped: the exact mirror in the convention's own frame. Image px ``p`` is input px
+    ``M (p - o) + o``, as ``pose.augment.transforms`` maps keypoints."""
 
     def __init__(self, keypoints: np.ndarray, geometries: dict[tuple[int, int], np.ndarray], *,
                  convention: str, subpixel: bool, sigma: float = 2.0):
@@ -60,12 +61,13 @@ class OracleNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         height, width = x.shape[-2:]
-        kp_in = self.kp.copy()
-        kp_in[..., :2] = apply_affine(self.geometries[(height, width)], self.kp[..., :2])
+        o = pixel_offset(self.target_convention)
+        kp_in = self.kp.copy()   # image px -> input px as the training transform maps them: M (p - o) + o
+        kp_in[..., :2] = apply_affine(self.geometries[(height, width)], self.kp[..., :2] - o) + o
         outs = [self._targets(kp_in, height, width)]
         if x.shape[0] == 2:
             mirrored = kp_in.copy()
-            mirrored[..., 0] = width - 1 + 2 * pixel_offset(self.target_convention) - kp_in[..., 0]
+            mirrored[..., 0] = width - 1 + 2 * o - kp_in[..., 0]
             outs.append(self._targets(mirrored[:, list(FLIP_INDEX)], height, width))
         return [torch.cat(parts) for parts in zip(*outs)]
 
@@ -211,4 +213,16 @@ def test_multi_scale_short_side_decodes_without_bias(convention, project2image):
                              resize="short_side", image_size=(512, 384), input_size=384,
                              test_scales=(0.5, 1.0, 2.0))
     assert n == 6 * K
+    assert np.abs(bias).max() < 0.05, f"bias {bias} input px"
+
+
+@pytest.mark.parametrize("resize, input_size", [("letterbox", 384), ("short_side", 288)])
+def test_downscaled_input_decodes_without_bias(resize, input_size):
+    """A 640 x 480 image at input scale 0.6: image px ``p`` is input px ``M (p - o) + o``, and
+    decoding inverts exactly that. Applying ``M^-1`` to the input px directly, as the
+    reference's ``get_final_preds`` does, would land ``o (1 - 1/f)`` image px = +0.2 input px
+    off here."""
+    bias, mean_err, n = decode_bias("reference", "reference", subpixel=True, flip_test=True, project2image=True,
+                                    resize=resize, image_size=(640, 480), input_size=input_size)
+    assert n == 6 * K and mean_err < 0.3
     assert np.abs(bias).max() < 0.05, f"bias {bias} input px"

@@ -410,8 +410,8 @@ def test_heatmap_to_image_inverts_the_letterbox():
     hm = pts.copy()
     hm[..., :2] = apply_affine(aff, pts[..., :2]) / 2
     np.testing.assert_allclose(heatmap_to_image(hm, aff, 2.0, convention="project"), pts, atol=1e-9)
-    ref = hm.copy()
-    ref[..., :2] -= 0.5                       # reference: pixel index i is centred at i + 0.5
+    ref = pts.copy()                          # reference: pixel i centred at i + 0.5, image px p at M (p - .5) + .5
+    ref[..., :2] = (apply_affine(aff, pts[..., :2] - 0.5) + 0.5) / 2 - 0.5
     np.testing.assert_allclose(heatmap_to_image(ref, aff, 2.0, convention="reference"), pts, atol=1e-9)
 
 
@@ -466,7 +466,7 @@ def test_short_side_geometry_on_coco_mini_and_its_inverse(coco_mini):
         for convention, offset in (("project", 0.0), ("reference", 0.5)):
             for stride in (1, 2, 4):
                 hm = pts.copy()[None]
-                hm[..., :2] = apply_affine(g.affine, pts[:, :2])[None] / stride - offset
+                hm[..., :2] = (apply_affine(g.affine, pts[:, :2] - offset)[None] + offset) / stride - offset
                 back = heatmap_to_image(hm, g.affine, stride, convention=convention)[0]
                 assert np.abs(back[:, :2] - pts[:, :2]).max() < 1e-6
         checked += 1
@@ -576,6 +576,9 @@ def test_multi_scale_short_side_follows_the_reference(convention):
     twice = multi_scale_maps(model, img, test_scales=[1.0, 1.0], project2image=False, **kw)
     torch.testing.assert_close(twice.heatmaps, single.heatmaps)
     torch.testing.assert_close(twice.tags, torch.cat([single.tags, single.tags], -1))
+    # scales whose sizes are not multiples of 32 are refused with the key named
+    with pytest.raises(ValueError, match="evaluate.test_scales"):
+        multi_scale_maps(model, img, test_scales=[0.7, 1.0], project2image=False, **{**kw, "input_size": 512})
 
 
 @pytest.mark.skipif(not VAL_JSON.exists(), reason=f"coco-mini not at {COCO_MINI}")

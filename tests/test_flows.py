@@ -138,7 +138,8 @@ def test_stat_fingerprint_of_a_batch_follows_size_and_mtime(tmp_path):
     assert source_fingerprint(params, repo)["fingerprint"] == first
     os.utime(img, ns=(img.stat().st_atime_ns, img.stat().st_mtime_ns + 10**9))
     assert source_fingerprint(params, repo)["fingerprint"] != first
-    assert source_fingerprint(params, repo, mode="content")["fingerprint"] != source_fingerprint(params, repo)["fingerprint"]
+    stat = source_fingerprint(params, repo)["fingerprint"]
+    assert source_fingerprint(params, repo, mode="content")["fingerprint"] != stat
 
 
 def test_config_errors_name_the_key(tmp_path):
@@ -152,6 +153,11 @@ def test_config_errors_name_the_key(tmp_path):
     (err,) = config_errors(repo)
     assert "data.dataset" in err and "'coco-mni'" in err and "coco-mini" in err and "\n" not in err
     params["data"]["dataset"] = "generated"
+    params["train"]["lr"] = -0.1
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    (err,) = config_errors(repo)
+    assert "train.lr" in err and "-0.1" in err
+    params["train"]["lr"] = 0.003
     params["catalogue"]["generated"]["ingest"] = ["incoming/missing"]
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     (err,) = config_errors(repo)
@@ -195,8 +201,7 @@ def test_unknown_dataset_fails_the_flow_at_once_with_one_line(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
     assert time.perf_counter() - t0 < 60, "a configuration error must not wait for retries"
-    last = proc.stderr.strip().splitlines()
-    errors = [line for line in last if line.startswith("error:")]
+    errors = [line for line in proc.stderr.strip().splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "data.dataset" in errors[0] and "coco-mni" in errors[0], out
     assert "Retry" not in out and "Traceback" not in out and "Running stage" not in out, out
     assert not (repo / "data").exists() and not (repo / "mlflow.db").exists()
@@ -268,6 +273,8 @@ def test_served_deployment_retrains_on_new_data_and_skips_unchanged_data(tmp_pat
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from pose.registry.promotion import registered_model_name
 
     url, received = webhook
     params = tiny_params()

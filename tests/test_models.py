@@ -351,7 +351,8 @@ def test_total_loss_and_gradient_through_model():
     params_loss = dict(PARAMS["loss"], push_weight=0.5, pull_weight=0.25, heatmap_weights=[1.0, 2.0],
                        foreground_weight=3.0)
     loss, parts = total_loss(outputs, targets, masks, joints, params_loss)
-    push, pull = ae_loss(outputs[0][:, K:], joints)
+    push, pull = ae_loss(outputs[0][:, K:], joints, push_type=params_loss["push_type"],
+                         push_margin=params_loss["push_margin"])
     expected = (heatmap_loss(outputs[0][:, :K], targets[0], masks[0], foreground_weight=3.0).mean()
                 + 2.0 * heatmap_loss(outputs[1], targets[1], masks[1], foreground_weight=3.0).mean()
                 + 0.5 * push.mean() + 0.25 * pull.mean())
@@ -384,6 +385,33 @@ def test_total_loss_with_params_yaml_and_errors():
         total_loss([outputs[1], outputs[1]], targets, masks, joints, dict(PARAMS["loss"], heatmap_weights=[1, 1]))
     with pytest.raises(KeyError, match="push_weight"):
         total_loss(outputs, targets, masks, joints, {"heatmap_weights": [1, 1], "pull_weight": 1})
+
+
+def test_hinge_push_separates_collapsed_tags():
+    """The reference push exp(-d^2) has no gradient when all people share one tag; the
+    CornerNet hinge (loss.push_type: hinge) does, and equals its formula."""
+    h = w = 4
+    joints = torch.zeros(1, 3, K, 2, dtype=torch.long)
+    for person, x in enumerate((0, 1, 2)):  # joint 0 of three people, one pixel each
+        joints[0, person, 0] = torch.tensor([x, 1])
+    tags = torch.zeros(1, K, h, w, requires_grad=True)
+    push_exp, _ = ae_loss(tags, joints)
+    push_exp.sum().backward()
+    assert push_exp.item() == pytest.approx(0.5) and tags.grad.abs().max().item() < 1e-6
+    tags.grad = None
+    push_hinge, _ = ae_loss(tags + 1e-3 * torch.arange(h * w, dtype=torch.float32).reshape(1, 1, h, w), joints,
+                            push_type="hinge", push_margin=1.0)
+    push_hinge.sum().backward()
+    assert tags.grad.abs().max().item() > 0.1  # collapsed tags get pushed apart
+    values = torch.tensor([0.0, 0.3, 2.0])
+    t = torch.zeros(1, K, h, w)
+    t[0, 0, 0, :3] = values
+    push, pull = ae_loss(t, joints, push_type="hinge", push_margin=1.0)
+    d = (values[:, None] - values[None]).abs()
+    expected = torch.relu(1.0 - d)[~torch.eye(3, dtype=torch.bool)].sum() / 6
+    assert push.item() == pytest.approx(expected.item()) and pull.item() == 0.0
+    with pytest.raises(ValueError, match="loss.push_type"):
+        ae_loss(t, joints, push_type="cosine")
 
 
 def test_init_weights_schemes():

@@ -249,7 +249,8 @@ def test_confident_persons_and_limits():
         [id(people[1]), id(people[3])]                               # score >= min, joints strictly above
     flat = [{"keypoints": people[3]["keypoints"].reshape(-1).tolist(), "score": 0.3}]   # COCO results entries
     assert confident_persons(flat, min_person_score=0.3, min_joints=5, joint_threshold=0.5) == flat
-    assert check_predict_params({"min_person_score": 0.2, "min_joints": 5, "joint_threshold": 0.2}, 17)["min_joints"] == 5
+    good = {"min_person_score": 0.2, "min_joints": 5, "joint_threshold": 0.2}
+    assert check_predict_params(good, 17) == good
     for bad, key in (({"min_person_score": 1.5}, "min_person_score"), ({"min_joints": 18}, "min_joints"),
                      ({"min_joints": "many"}, "min_joints"), ({"joint_threshold": -0.1}, "joint_threshold")):
         with pytest.raises(ValueError, match=f"predict.{key}"):

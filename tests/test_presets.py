@@ -61,7 +61,7 @@ def test_preset_builds_the_published_model_and_protocol(name):
                             "max_translate": 40, "flip_prob": 0.5, "color_jitter": 0.0}
     assert (p["targets"]["sigma"], p["targets"]["max_people"]) == (2.0, 30)
     assert p["loss"] == {"heatmap_weights": [1.0, 1.0], "foreground_weight": 0.0, "push_weight": 0.001,
-                         "pull_weight": 0.001}
+                         "pull_weight": 0.001, "push_type": "exp", "push_margin": 1.0}
     # test protocol
     e = p["evaluate"]
     assert (e["input_size"], e["resize"], e["nms_kernel"], e["flip_test"], e["test_scales"]) == (

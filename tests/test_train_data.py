@@ -24,7 +24,8 @@ def _val(coco_mini):
 
 def test_targets_match_hand_computed_values_on_real_annotation(coco_mini):
     ann, images = _val(coco_mini)
-    ds = CocoKeypoints(ann, images, num_joints=17, sigma=2.0, max_people=30, augment=None, seed=0)
+    ds = CocoKeypoints(ann, images, num_joints=17, sigma=2.0, max_people=30, augment=None, seed=0,
+                       convention="project", subpixel=False, crop="letterbox")
     index = next(i for i, (img, _) in enumerate(ds.records) if img["id"] == 397133)
     sample = ds[(index, 256)]
     # Image 397133 is 640x427; letterbox to 256: s = 0.4, ty = (256 - 170.8) / 2 = 42.6.
@@ -56,7 +57,8 @@ def test_crowd_regions_are_masked_on_real_image(coco_mini):
     ann, images = _val(coco_mini)
     data = json.loads(ann.read_text())
     crowd = next(a for a in data["annotations"] if a["iscrowd"])
-    ds = CocoKeypoints(ann, images, num_joints=17, sigma=2.0, max_people=30, augment=None, seed=0)
+    ds = CocoKeypoints(ann, images, num_joints=17, sigma=2.0, max_people=30, augment=None, seed=0,
+                       convention="project", subpixel=False, crop="letterbox")
     index = next(i for i, (img, _) in enumerate(ds.records) if img["id"] == crowd["image_id"])
     img = ds.records[index][0]
     sample = ds[(index, 256)]

@@ -37,7 +37,7 @@ BASE = yaml.safe_load((REPO / "params.yaml").read_text())
 STEPS_PER_EPOCH = 3
 TOTAL_STEPS = 2 * STEPS_PER_EPOCH
 NO_AUGMENT = {"max_rotation": 0, "min_scale": 1.0, "max_scale": 1.0, "max_translate": 0.0, "flip_prob": 0.0,
-              "color_jitter": 0.0}
+              "color_jitter": 0.0, "crop": "letterbox"}
 
 
 def tiny_params(**train) -> dict:
@@ -492,7 +492,8 @@ def test_validation_scores_like_the_evaluate_stage(coco_mini, tmp_path):
     (tmp_path / "sub.json").write_text(json.dumps(sub))
     results = predict_dataset(model, tmp_path / "sub.json", coco_mini / "val2017", ev)
     assert results, "the random model must detect something for this comparison to mean anything"
-    want = evaluate_results(tmp_path / "sub.json", results, sigmas=COCO_SIGMAS, oks_threshold=float(ev["oks_threshold"]))
+    want = evaluate_results(tmp_path / "sub.json", results, sigmas=COCO_SIGMAS,
+                            oks_threshold=float(ev["oks_threshold"]))
     assert got["images"] == 3 and all(got[k] == want[k] for k in ("AP", "AP50", "AP75", "AR"))
     assert not model.training
 

@@ -179,7 +179,7 @@ def test_weekly_loop(tmp_path):
     assert record3["champion_before"] == 1 and record3["decision"] in ("promoted", "kept_champion")
     delta_rules = [r for r in record3["rules"] if r["kind"] == "min_delta"]
     assert delta_rules and all(r["applicable"] and r["champion"] is not None for r in delta_rules), record3["rules"]
-    assert record3["ci"] and record3["ci"]["metrics"]["AP"]["ci_low"] is not None, "no paired CI in the gate"
+    assert all(r["ci_low"] is not None and r["ci_high"] is not None for r in delta_rules), "no paired CI in the gate"
 
     t0 = time.perf_counter()
     proc = subprocess.run([str(BIN / "pose"), "compare", "v1", "v3", "--no-log"], cwd=repo, env=_env(),

@@ -24,23 +24,25 @@ scales run: a deliberate deviation). The base grid is the base input itself with
 its 1/2 otherwise (stride 2).
 
 Coordinate convention (params ``model.convention``; ``pose.targets.heatmaps``): the centre
-of map pixel ``i`` lies at coordinate ``i + o`` with ``o = pixel_offset(convention)``, and
-map coordinate ``c`` at stride ``t`` is input px ``c * t``. Following it:
+of pixel ``i`` lies at coordinate ``i + o`` with ``o = pixel_offset(convention)``, at every
+resolution; input px ``c`` is heatmap px ``c / t`` at stride ``t``, and image px ``p`` is
+input px ``M (p - o) + o`` for the (pixel-index) warp ``M`` that ``cv2.warpAffine`` applies
+to the image, as the training transform maps keypoints (``pose.augment.transforms``).
+Following it:
 
-* resampling (1/4 -> 1/2 heads, scales -> base grid): ``reference`` uses the reference's
-  ``interpolate(mode="bilinear", align_corners=False)`` to the target size; ``project``
-  samples output pixel ``j`` at the exact source location of its coordinate (through the
-  two inputs' affines: ``j * w_in / w_out`` for proportional sizes), bilinear with the
-  border replicated;
+* resampling between maps of one input (1/4 -> 1/2 heads; 1/2 -> input with
+  ``project2image``): ``reference`` uses the reference's ``interpolate(mode="bilinear",
+  align_corners=False)``; ``project`` samples output pixel ``j`` at ``j * w_in / w_out``
+  (bilinear, border replicated). Across test scales each grid pixel samples the location of
+  its centre through both inputs' affines (:func:`_to_grid`);
 * flip test: the input is flipped as an array in both; the flipped branch's maps go back
   with a plain array flip in ``reference`` (exact there: it mirrors ``x -> S - x``) and by
   sampling ``(S - 1) / t - j`` in ``project`` (the mirror ``x -> S - 1 - x`` of input px);
   joints are swapped with ``flip_index``;
-* decoding: the grouped pixel indices get ``+ o`` before leaving heatmap px
-  (:func:`heatmap_to_image`).
-
-The image warp is ``cv2.warpAffine`` with the image px -> input px affine in both
-conventions, as the reference does.
+* decoding: grouped pixel indices leave heatmap px as ``(index + o) * t`` input px and go to
+  image px through the inverse of the mapping above (:func:`heatmap_to_image`; the
+  reference adds the 0.5 and applies ``M^-1`` directly, which differs by ``o (1 - 1/f)``
+  image px at input scale ``f``).
 
 Model output format: ``[out_quarter (B, K + K*T, H/4, W/4), out_half (B, K, H/2, W/2)]``,
 heatmaps first then tags; tag channel ``K + t*K + k`` is tag dimension ``t`` of joint ``k``
@@ -102,9 +104,11 @@ def short_side_geometry(width: int, height: int, input_size: int, scale: float =
     ``get_multi_scale_size`` for the size, ``get_affine_transform`` with rotation 0 for the
     affine), computed in float64 (the reference builds the affine in float32).
 
-    With ``m = ceil64(min_scale * input_size)``: a landscape (or square) image gets
-    height ``int(m * scale / min_scale)`` and width ``int(ceil64(m / h * w) * scale /
-    min_scale)``; a portrait one the same with the sides swapped. The affine scales by
+    With ``r64(x) = (x + 63) // 64 * 64`` (the reference's rounding: up to a multiple of 64
+    for integer ``x``; a fractional ``x`` may land up to 1 px below it) and ``m =
+    r64(min_scale * input_size)``: a landscape (or square) image gets height ``int(m *
+    scale / min_scale)`` and width ``int(r64(m / h * w) * scale / min_scale)``; a portrait
+    one the same with the sides swapped. The affine scales by
     ``out_h / h`` (landscape) or ``out_w / w`` (portrait) about the image point
     ``(int(w/2 + 0.5), int(h/2 + 0.5))``, which lands on the input centre.
 
@@ -313,19 +317,25 @@ def aggregate_outputs(outputs: Sequence[torch.Tensor], num_joints: int, tag_dim:
 def _to_grid(maps: torch.Tensor, src: InputGeometry, base: InputGeometry, stride: int,
              grid_hw: tuple[int, int], convention: str) -> torch.Tensor:
     """Resample (B, C, h, w) maps at 1/2 of input ``src`` onto the base grid (``grid_hw``
-    pixels at ``stride`` input px of input ``base``). ``reference``: ``interpolate`` to the
-    grid size, as the reference; ``project``: each grid pixel samples the exact location of
-    its centre in the source map, through both inputs' affines."""
-    if convention == "reference":
-        return resize_maps(maps, *grid_hw, convention=convention)
+    pixels at ``stride`` input px of input ``base``): each grid pixel samples the location
+    of its centre in the source map (module docstring: pixel ``i`` centred at ``i + o``,
+    image px ``p`` at input px ``M (p - o) + o``), bilinear, border replicated.
+
+    For maps of the same input (scale 1.0) this is the reference's ``interpolate(...,
+    align_corners=False)`` in ``reference`` and ``j -> j * w_in / w_out`` in ``project``.
+    Across scales the reference interpolates to the base size, i.e. assumes input px scale
+    by ``r`` about 0; with the keypoint mapping above they scale about ``o``, a difference of
+    ``o (1 - r)`` scale px that is not reproduced (a deliberate deviation).
+    """
+    o = pixel_offset(convention)
     dev = maps.device
     ratio = src.affine[0, 0] / base.affine[0, 0]  # both affines are isotropic scale + shift
     pos = []
     for axis, n in ((1, grid_hw[0]), (0, grid_hw[1])):
         j = torch.arange(n, device=dev, dtype=torch.float64)
-        base_in = j * stride                                    # base input px (pixel centre: o = 0)
-        src_in = ratio * (base_in - base.affine[axis, 2]) + src.affine[axis, 2]
-        pos.append((src_in / 2.0).to(torch.float32))             # 1/2 map of the source input
+        base_idx = (j + o) * stride - o                                   # base input pixel index
+        src_idx = ratio * (base_idx - base.affine[axis, 2]) + src.affine[axis, 2]
+        pos.append(((src_idx + o) / 2.0 - o).to(torch.float32))           # index in the source 1/2 map
     if tuple(maps.shape[-2:]) == tuple(grid_hw) and all(
             torch.equal(p, torch.arange(n, device=dev, dtype=torch.float32)) for p, n in zip(pos, grid_hw)):
         return maps
@@ -387,6 +397,10 @@ def multi_scale_maps(model: torch.nn.Module, image_bgr: np.ndarray, *, input_siz
         hm_sum, tag_list = None, []
         for scale in scales:
             g = base if scale == 1.0 else input_geometry(width, height, scale=scale, **geo)
+            if g.width % SIZE_DIVISOR or g.height % SIZE_DIVISOR:
+                raise ValueError(f"evaluate.test_scales: scale {scale:g} gives a {g.width} x {g.height} input, not a "
+                                 f"multiple of {SIZE_DIVISOR} (HRNet's lowest branch); use scales whose ratio to "
+                                 f"the smallest keeps the sides multiples of {SIZE_DIVISOR}, e.g. [0.5, 1, 2]")
             x = torch.from_numpy(to_input_tensor(image_bgr, g.affine, (g.width, g.height))).to(dev)[None]
             batch = torch.cat([x, torch.flip(x, dims=[3])]) if flip_test else x
             outputs = model(batch)
@@ -411,8 +425,16 @@ def multi_scale_maps(model: torch.nn.Module, image_bgr: np.ndarray, *, input_siz
 
 def heatmap_to_image(keypoints: np.ndarray, affine: np.ndarray, stride: float, *, convention: str) -> np.ndarray:
     """Map (N, K, >=3) decoded keypoints from map pixel indices (maps at 1/``stride`` of the
-    input) to image px: ``input px = (index + pixel_offset(convention)) * stride``, then the
-    inverse of ``affine`` (image px -> input px; the reference's ``get_final_preds``).
+    input) to image px, the inverse of the training targets' mapping
+    (``pose.augment.transforms``: image px ``p`` -> input px ``M (p - o) + o`` -> heatmap px
+    ``/ stride``, ``o = pixel_offset(convention)``): input px ``c = (index + o) * stride``,
+    image px ``M^-1 (c - o) + o``.
+
+    ``affine`` is ``M``, the (2, 3) image px -> input px warp of the input (pixel indices,
+    as ``cv2.warpAffine`` uses it). The reference's ``get_final_preds`` applies ``M^-1`` to
+    ``c`` directly; the two differ by ``o (1 - 1 / f)`` image px for an input scale ``f``
+    (0.03 px for a 640 x 480 COCO image at 512), a deliberate deviation that keeps decoding
+    the exact inverse of the targets.
 
     Returns (N, K, 3) float64 ``[x, y, score]``; joints with score 0 (not found) get
     x = y = 0. Raises ValueError on an unknown convention.
@@ -422,7 +444,7 @@ def heatmap_to_image(keypoints: np.ndarray, affine: np.ndarray, stride: float, *
     out = np.zeros(kp.shape[:-1] + (3,), dtype=np.float64)
     if kp.size == 0:
         return out
-    out[..., :2] = apply_affine(invert_affine(affine), (kp[..., :2] + offset) * stride)
+    out[..., :2] = apply_affine(invert_affine(affine), (kp[..., :2] + offset) * stride - offset) + offset
     out[..., 2] = kp[..., 2]
     out[kp[..., 2] <= 0, :2] = 0.0
     return out

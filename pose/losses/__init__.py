@@ -16,7 +16,7 @@ from pose.losses.heatmap import heatmap_loss
 
 __all__ = ["ae_loss", "heatmap_loss", "total_loss"]
 
-_LOSS_KEYS = ("heatmap_weights", "foreground_weight", "push_weight", "pull_weight")
+_LOSS_KEYS = ("heatmap_weights", "foreground_weight", "push_weight", "pull_weight", "push_type", "push_margin")
 
 
 def total_loss(outputs: Sequence[torch.Tensor], heatmaps_targets: Sequence[torch.Tensor],
@@ -36,7 +36,8 @@ def total_loss(outputs: Sequence[torch.Tensor], heatmaps_targets: Sequence[torch
             :func:`pose.losses.associative.ae_loss`); a list / tuple of per-resolution
             joint tensors is accepted and its first element used.
         params_loss: params.yaml ``loss`` section: ``heatmap_weights`` (one per output),
-            ``foreground_weight`` (see :func:`heatmap_loss`), ``push_weight``, ``pull_weight``.
+            ``foreground_weight`` (see :func:`heatmap_loss`), ``push_weight``, ``pull_weight``,
+            ``push_type`` and ``push_margin`` (see :func:`ae_loss`).
 
     Returns:
         ``(loss, components)``: ``loss`` a float32 scalar with gradient; ``components``
@@ -69,7 +70,8 @@ def total_loss(outputs: Sequence[torch.Tensor], heatmaps_targets: Sequence[torch
         term = weight * heatmap_loss(out[:, :k], target, mask, foreground_weight=fg).mean()
         components[f"heatmap_{i}"] = term.detach()
         loss = loss + term
-    push, pull = ae_loss(outputs[0][:, k:], joints)
+    push, pull = ae_loss(outputs[0][:, k:], joints, push_type=str(params_loss["push_type"]),
+                         push_margin=float(params_loss["push_margin"]))
     push = float(params_loss["push_weight"]) * push.mean()
     pull = float(params_loss["pull_weight"]) * pull.mean()
     components["push"] = push.detach()

@@ -13,6 +13,15 @@ people; the factor 0.5 is the reference's). push = 0 when N < 2 and pull = 0 whe
 N = 0. For ``tag_dim = 1`` this is exactly the reference; for ``tag_dim > 1`` the squared
 difference becomes the squared Euclidean distance and the pull mean also runs over the
 tag dimensions.
+
+``push_type="hinge"`` (params ``loss.push_type``) replaces the push term by the margin
+form of CornerNet (Law & Deng, ECCV 2018, Sec. 3.3, Eq. 5):
+``push = 1 / (N (N - 1)) * sum_{n != m} max(0, margin - ||h_n - h_m||)``. Deliberate
+deviation from the reference, named: ``exp(-d^2)`` has zero gradient at ``d = 0``, so
+when the tags of all people start (or fall) equal, push cannot separate them and the
+tags stay collapsed (measured on the generated set: push at its maximum for a whole
+CPU budget, AP50 0.07 with well-placed heatmap peaks). The hinge has a gradient of
+size 1 at any distance below the margin.
 """
 
 from __future__ import annotations
@@ -20,7 +29,8 @@ from __future__ import annotations
 import torch
 
 
-def ae_loss(tags: torch.Tensor, joints: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def ae_loss(tags: torch.Tensor, joints: torch.Tensor, *, push_type: str = "exp",
+            push_margin: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Push and pull associative-embedding losses, per image, vectorised over people.
 
     Args:
@@ -31,6 +41,8 @@ def ae_loss(tags: torch.Tensor, joints: torch.Tensor) -> tuple[torch.Tensor, tor
             joint ``k`` of person ``m`` into the (K, H, W) tag map, ``[..., 1]`` > 0 when
             the joint is visible / usable. Unused person slots are all zero. People with
             no visible joint are ignored.
+        push_type: ``exp`` (the reference) or ``hinge`` (CornerNet margin, module docstring).
+        push_margin: the hinge's margin in tag units (``hinge`` only).
 
     Returns:
         ``(push, pull)``: two (B,) float32 (float64 for float64 tags) tensors on ``tags.device``.
@@ -72,7 +84,15 @@ def ae_loss(tags: torch.Tensor, joints: torch.Tensor) -> tuple[torch.Tensor, tor
 
     dist = (mean[:, :, None] - mean[:, None]).square().sum(dim=-1)  # (B, M, M)
     pair = person[:, :, None] & person[:, None] & ~torch.eye(m, dtype=torch.bool, device=tags.device)
-    push_sum = (torch.exp(-dist) * pair.to(values.dtype)).sum(dim=(1, 2))
     pairs = num_people * (num_people - 1)
-    push = torch.where(pairs > 0, 0.5 * push_sum / pairs.clamp(min=1), torch.zeros_like(push_sum))
+    if push_type == "exp":
+        push_sum = (torch.exp(-dist) * pair.to(values.dtype)).sum(dim=(1, 2))
+        push = torch.where(pairs > 0, 0.5 * push_sum / pairs.clamp(min=1), torch.zeros_like(push_sum))
+    elif push_type == "hinge":
+        # sqrt with an epsilon: finite gradient when two means coincide exactly
+        gap = torch.relu(push_margin - torch.sqrt(dist + 1e-12))
+        push_sum = (gap * pair.to(values.dtype)).sum(dim=(1, 2))
+        push = torch.where(pairs > 0, push_sum / pairs.clamp(min=1), torch.zeros_like(push_sum))
+    else:
+        raise ValueError(f"params loss.push_type: unknown {push_type!r} (exp | hinge)")
     return push, pull

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pose.augment.transforms import augment_sample, build_augmenter, normalize_image, to_canvas
+from pose.augment.transforms import TrainTransform, normalize_image
 from pose.io import read_image
 from pose.targets.heatmaps import joint_indices, render_heatmaps
 from pose.targets.masks import ignore_mask
@@ -76,7 +76,7 @@ class CocoKeypoints(Dataset):
     """
 
     def __init__(self, ann_file: Path, images_dir: Path, *, num_joints: int, sigma: float, max_people: int,
-                 augment: dict | None, seed: int):
+                 augment: dict | None, seed: int, convention: str, subpixel: bool, crop: str):
         images, by_image = load_coco(ann_file)
         self.images_dir = Path(images_dir)
         self.num_joints, self.sigma, self.max_people, self.seed = num_joints, float(sigma), int(max_people), int(seed)
@@ -85,7 +85,9 @@ class CocoKeypoints(Dataset):
         if not self.records:
             raise ValueError(f"{ann_file}: no image has a labelled non-crowd person; nothing to train on")
         self.augment = augment
-        self.augmenter = build_augmenter(augment) if augment else None
+        self.convention, self.subpixel = str(convention), bool(subpixel)
+        # params augment.crop (letterbox | short_side); augment None: the deterministic crop, no jitter
+        self.transform = TrainTransform(crop, augment, convention=self.convention)
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -104,16 +106,29 @@ class CocoKeypoints(Dataset):
         ignore = ignore_mask(anns, h, w)
         rng = np.random.default_rng([self.seed, self.epoch, index])
         flip = bool(self.augment) and rng.random() < float(self.augment["flip_prob"])
-        image, kp, ignore = augment_sample(image, kp, ignore, self.augmenter, flip, int(rng.integers(2 ** 31)))
-        canvas, kps, weights, _ = to_canvas(image, kp, ignore, input_size, STRIDES)
+        canvas, kps, weights, _ = self.transform(image, kp, ignore, input_size=input_size, strides=STRIDES,
+                                                 flip=flip, seed=int(rng.integers(2 ** 31)))
         out = {"image": torch.from_numpy(normalize_image(canvas))}
         for stride, k, wmap in zip(STRIDES, kps, weights):
             size = input_size // stride
-            out[f"heatmaps_{stride}"] = torch.from_numpy(render_heatmaps(k, size, size, self.sigma))
+            out[f"heatmaps_{stride}"] = torch.from_numpy(render_heatmaps(
+                k, size, size, self.sigma, convention=self.convention, subpixel=self.subpixel))
             out[f"weights_{stride}"] = torch.from_numpy(wmap)
         size4 = input_size // 4
-        out["joints"] = torch.from_numpy(joint_indices(kps[0], size4, size4, self.max_people))
+        out["joints"] = torch.from_numpy(joint_indices(kps[0], size4, size4, self.max_people,
+                                                       convention=self.convention))
         return out
+
+
+def dataset_from_params(params: dict, ann_file: Path, images_dir: Path) -> CocoKeypoints:
+    """The training set as params.yaml describes it: ``model.num_joints`` / ``model.convention``,
+    ``targets.sigma`` / ``targets.subpixel`` / ``targets.max_people``, ``augment`` (with
+    ``augment.crop``) and ``train.seed``. Raises ValueError as :class:`CocoKeypoints`."""
+    mp, tg = params["model"], params["targets"]
+    return CocoKeypoints(ann_file, images_dir, num_joints=int(mp["num_joints"]), sigma=float(tg["sigma"]),
+                         max_people=int(tg["max_people"]), augment=params["augment"], seed=int(params["train"]["seed"]),
+                         convention=str(mp["convention"]), subpixel=bool(tg["subpixel"]),
+                         crop=str(params["augment"]["crop"]))
 
 
 def curriculum_schedule(curriculum: list[dict], *, multi_scale: bool, use_curriculum: bool) -> list[list[int]]:

@@ -44,10 +44,10 @@ from torch.utils.data import DataLoader
 
 from pose.io import atomic_write_json
 from pose.losses import total_loss
-from pose.models import build_model, init_weights, load_pretrained
+from pose.models import build_training_model
 from pose.train import ddp
 from pose.train.checkpoint import load_checkpoint, remove_stale_temps, save_checkpoint
-from pose.train.data import CocoKeypoints, CurriculumBatchSampler, curriculum_schedule, loader_worker_init
+from pose.train.data import CurriculumBatchSampler, curriculum_schedule, dataset_from_params, loader_worker_init
 from pose.train.validation import VAL_COLUMNS, Validator
 
 #: per-step columns of the steps CSV (``images_per_s`` is wall-clock, so it stays out of checkpoints)
@@ -110,7 +110,7 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler, *, loss_params: dict, grad_clip: float, use_amp: bool,
                amp_dtype: torch.dtype) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One optimisation step of HigherHRNet on a batch from `CocoKeypoints` (already on the device).
+    """One optimisation step of HigherHRNet on a batch from `pose.train.data.CocoKeypoints` (already on the device).
 
     Forward under autocast when ``use_amp`` (``amp_dtype``: bf16 on CPU, fp16 on CUDA),
     heatmap + associative-embedding loss in float32 (`pose.losses.total_loss`), backward
@@ -203,9 +203,7 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
 
     # ---- data
     seed = int(tp["seed"])
-    dataset = CocoKeypoints(train_ann, train_images, num_joints=int(mp["num_joints"]),
-                            sigma=float(params["targets"]["sigma"]), max_people=int(params["targets"]["max_people"]),
-                            augment=params["augment"], seed=seed)
+    dataset = dataset_from_params(params, train_ann, train_images)
     schedule = curriculum_schedule(tp["curriculum"], multi_scale=bool(tp["multi_scale"]),
                                    use_curriculum=bool(tp["use_curriculum"]))
     sampler = CurriculumBatchSampler(len(dataset), int(tp["batch_size"]), schedule, seed=seed,
@@ -234,9 +232,7 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
 
     # ---- model, optimiser, schedule
     # initialise for training from scratch (params model.init), then load published weights if any
-    model = init_weights(build_model(dict(mp, pretrained="")), str(mp["init"]))
-    if mp.get("pretrained"):
-        load_pretrained(model, Path(mp["pretrained"]))
+    model, _ = build_training_model(mp, verbose=is_main)
     model = model.to(device)
     opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(tp["optimizer"])
     if opt_cls is None:
