@@ -227,7 +227,8 @@ def check_scales_cmd(annotations: Path = typer.Option(..., help="COCO keypoints 
                               max_roundtrip_error=float(c["max_roundtrip_error"]),
                               max_peak_error=float(c["max_peak_error"]),
                               min_torso_heatmap_px=float(c["min_torso_heatmap_px"]), report_path=report,
-                              crop=str(p["augment"]["crop"]))
+                              crop=str(p["augment"]["crop"]), convention=str(p["model"]["convention"]),
+                              subpixel=bool(p["targets"]["subpixel"]))
     except (AnnotationFileError, ValueError) as exc:
         _fail(str(exc))
     if not result["ok"]:
@@ -337,8 +338,21 @@ def evaluate(annotations: Path = typer.Option(..., help="ground-truth COCO keypo
     if plots_dir is not None:
         from pose.evaluate.plots import write_eval_plots
 
-        write_eval_plots(metrics, plots_dir, gt_json=annotations, results=res, images_dir=images,
-                         overlay_count=int(ev["overlay_count"]), overlay_min_score=float(ev["overlay_min_score"]))
+        from pose.decode.predict import confident_persons, limit_persons
+
+        # the overlays draw what `pose predict` draws: at most evaluate.max_people persons per
+        # image, only those passing the params `predict` thresholds (results.json keeps them all)
+        by_image: dict = {}
+        for r in res:
+            by_image.setdefault(r["image_id"], []).append(r)
+        pr = p["predict"]
+        shown = [r for rs in by_image.values()
+                 for r in confident_persons(limit_persons(rs, int(ev["max_people"])),
+                                            min_person_score=float(pr["min_person_score"]),
+                                            min_joints=int(pr["min_joints"]),
+                                            joint_threshold=float(pr["joint_threshold"]))]
+        write_eval_plots(metrics, plots_dir, gt_json=annotations, results=shown, images_dir=images,
+                         overlay_count=int(ev["overlay_count"]), overlay_min_score=float(pr["joint_threshold"]))
     if efficiency is not None:
         from pose.evaluate.efficiency import load_sample_images, measure_efficiency
 

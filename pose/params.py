@@ -441,7 +441,6 @@ class EvaluateSection(Section):
     oks_threshold: Prob
     area_bins: Annotated[list[PosFloat], _non_empty("sqrt(area) px bin bounds")]
     overlay_count: PosInt
-    overlay_min_score: Prob
     latency_samples: PosInt
     latency_warmup: NonNegInt
 

@@ -44,14 +44,32 @@ def _load(path: Path) -> dict:
 
 # ============================================================================ generated
 
+#: A generated set whose persons span all COCO area ranges (small, medium, large) and >= 8x in
+#: height: the generator's properties are tested on it, whatever params.yaml's CPU default is.
+WIDE_GENERATED = {"seed": 0, "num_train": 240, "num_val": 40, "width": 320, "height": 256, "max_people": 4,
+                  "min_person_height": 24, "max_person_height": 230}
+
+
 @pytest.fixture(scope="module")
-def generated(tmp_path_factory, params):
-    """The generated set exactly as params.yaml configures it."""
+def generated(tmp_path_factory):
+    """A wide-span generated set (`WIDE_GENERATED`)."""
     from pose.datasets.generated import generate_dataset
 
     out = tmp_path_factory.mktemp("gen") / "generated"
-    summary = generate_dataset(out, **params["generated"], train_split="train2017", val_split="val2017")
+    summary = generate_dataset(out, **WIDE_GENERATED, train_split="train2017", val_split="val2017")
     return out, summary
+
+
+def test_generated_as_params_yaml_configures_it(tmp_path, params):
+    """The params.yaml set (fewer images): sizes and person heights within its bounds."""
+    from pose.datasets.generated import generate_dataset
+
+    g = {**params["generated"], "num_train": 12, "num_val": 4}
+    generate_dataset(tmp_path / "g", **g, train_split="train2017", val_split="val2017")
+    doc = _load(tmp_path / "g" / "annotations" / "person_keypoints_train2017.json")
+    assert {(i["width"], i["height"]) for i in doc["images"]} == {(g["width"], g["height"])}
+    heights = [a["person_height"] for a in doc["annotations"]]
+    assert heights and g["min_person_height"] <= min(heights) and max(heights) <= g["max_person_height"]
 
 
 def _manifest_of(root: Path) -> str:
@@ -74,9 +92,9 @@ def test_generated_is_deterministic(tmp_path):
     assert _manifest_of(tmp_path / "c") != ma
 
 
-def test_generated_layout_and_schema(generated, params):
+def test_generated_layout_and_schema(generated):
     out, summary = generated
-    g = params["generated"]
+    g = WIDE_GENERATED
     for split, n in (("train2017", g["num_train"]), ("val2017", g["num_val"])):
         doc = _load(out / "annotations" / f"person_keypoints_{split}.json")
         assert "GENERATED" in doc["info"]["description"]
@@ -99,7 +117,7 @@ def test_generated_layout_and_schema(generated, params):
         assert 1 <= max(per_image.values()) <= g["max_people"]
 
 
-def test_generated_heights_span_and_area_ranges(generated, params):
+def test_generated_heights_span_and_area_ranges(generated):
     out, summary = generated
     heights, areas = [], []
     for split in ("train2017", "val2017"):
@@ -108,7 +126,7 @@ def test_generated_heights_span_and_area_ranges(generated, params):
             areas.append(a["area"])
             # the joints themselves span a height consistent with the figure (upright ones)
     assert max(heights) / min(heights) >= 8.0
-    g = params["generated"]
+    g = WIDE_GENERATED
     assert min(heights) >= g["min_person_height"] and max(heights) <= g["max_person_height"]
     areas = np.asarray(areas)
     assert (areas < 32 ** 2).any() and ((areas >= 32 ** 2) & (areas < 96 ** 2)).any() and (areas >= 96 ** 2).any()

@@ -666,3 +666,25 @@ def test_oks_nms_drops_duplicates_of_a_real_person(coco_mini):
     assert oks_nms(np.zeros((0, 17, 3)), np.zeros(0), COCO_SIGMAS, 0.9).tolist() == []
     with pytest.raises(ValueError):
         oks_nms(kps, scores[:2], COCO_SIGMAS, 0.9)
+
+
+def test_group_keypoints_keeps_at_most_max_people_best_scoring():
+    """Every peak of joint 0 has its own tag far from the others, so each opens a group: with
+    more peaks than max_people only the best-scoring persons come back (at most max_people)."""
+    from pose.decode.group import group_keypoints
+
+    k, h, w, n = 17, 32, 32, 12
+    hm = np.zeros((k, h, w), np.float32)
+    tg = np.zeros((k, h, w), np.float32)
+    rng = np.random.default_rng(0)
+    ys, xs = np.divmod(rng.choice(h * w // 9, size=n, replace=False) * 3, w)
+    peak_scores = np.linspace(0.3, 0.9, n).astype(np.float32)
+    for i, (y, x) in enumerate(zip(ys, xs)):
+        hm[i % k, y, x] = peak_scores[i]  # one joint each, different joint types for the first 12
+        tg[i % k, y, x] = 10.0 * i
+    for cap in (4, 30):
+        persons, scores = group_keypoints(hm, tg, detection_threshold=0.1, tag_threshold=1.0, max_people=cap,
+                                          adjust=False, refine=True, nms_kernel=5, tie_break=False)
+        assert len(persons) == min(cap, n)
+        expected = np.sort(peak_scores)[::-1][: min(cap, n)] / k
+        np.testing.assert_allclose(np.sort(scores)[::-1], expected, rtol=1e-6)

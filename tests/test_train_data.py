@@ -318,3 +318,22 @@ def test_check_scales_follows_the_active_crop(coco_mini, tmp_path):
     assert s["too_small"]["median_torso_heatmap_px"] > 1.2 * b["too_small"]["median_torso_heatmap_px"]
     with pytest.raises(ValueError, match="augment.crop"):
         check_scales(ann, report_path=tmp_path / "x.json", crop="square", **common)
+
+
+def test_check_scales_follows_the_coordinate_convention(coco_mini, tmp_path):
+    """Peaks are compared in the convention targets are rendered in: sub-pixel targets in either
+    convention peak within half a heatmap pixel (per axis) of the keypoint."""
+    from pose.quality.scales import check_scales
+
+    ann, _ = _val(coco_mini)
+    common = dict(input_sizes=[256], strides=[4, 2], sigma=2.0, max_roundtrip_error=0.01, max_peak_error=0.75,
+                  min_torso_heatmap_px=4, crop="letterbox")
+    worst = {}
+    for convention in ("project", "reference"):
+        rep = check_scales(ann, report_path=tmp_path / f"{convention}.json", convention=convention, subpixel=True,
+                           **common)
+        assert rep["ok"], rep["violations"]
+        assert rep["sizes"]["256"]["roundtrip"]["max_error_px"] < 1e-6
+        worst[convention] = max(rep["sizes"]["256"]["strides"][s]["max_peak_error_hm_px"] for s in ("4", "2"))
+        assert rep["sizes"]["256"]["strides"]["4"]["checked"] > 100
+    assert max(worst.values()) <= 0.5 * np.sqrt(2) + 1e-6

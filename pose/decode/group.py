@@ -343,7 +343,8 @@ def group_keypoints(heatmaps: np.ndarray, tags: np.ndarray, *, detection_thresho
         ``(persons, scores)``: persons (N, K, 4) float32 ``[x, y, score, tag_mean]``, x and y
         in heatmap px of the given maps (missing joints: all four 0), ``tag_mean`` the
         joint's tag vector averaged over its T channels; scores (N,) float32, the person score (mean of
-        its K joint scores before refinement). Persons are in creation order.
+        its K joint scores before refinement). Persons are in creation order; at most
+        ``max_people`` of them (the best-scoring; the reference keeps every group).
 
     Raises ValueError on inconsistent shapes, ``max_people < 1`` or a negative
     ``detection_threshold``.
@@ -392,12 +393,23 @@ def group_keypoints(heatmaps: np.ndarray, tags: np.ndarray, *, detection_thresho
     persons[pk, jk, 3] = tag_k[jk, ck].mean(axis=1)
     scores = persons[:, :, 2].mean(axis=1).astype(np.float32)
 
+    mean_tag = None
     if refine:
         # Person mean tag from its matched peaks' tags.
         tsum = np.zeros((n, tg.shape[-1]), dtype=np.float64)
         np.add.at(tsum, pk, tag_k[jk, ck].astype(np.float64))
         tcnt = np.bincount(pk, minlength=n).astype(np.float64)
         mean_tag = (tsum / tcnt[:, None]).astype(np.float32)
+    if n > max_people:
+        # Deviation from the reference (which returns every group): keep the max_people
+        # best-scoring persons, in creation order. Unmatched candidates each open a group, so
+        # a weak model yields up to K * max_people fragments; COCOeval scores only the top 20
+        # per image (maxDets), so AP is unchanged for max_people >= 20, and refinement (the
+        # costly part) runs on max_people persons at most.
+        top = np.sort(np.argsort(-scores, kind="stable")[:max_people])
+        persons, scores = persons[top], scores[top]
+        mean_tag = mean_tag[top] if mean_tag is not None else None
+    if refine:
         _refine(hm, tg, persons, mean_tag, refine_chunk)
     return persons, scores
 

@@ -55,7 +55,7 @@ from pose.augment.transforms import CROPS, crop_affine
 from pose.datasets.schema import FLIP_INDEX, KEYPOINT_NAMES, NUM_JOINTS
 from pose.quality.tables import LEFT_HIP, LEFT_SHOULDER, RIGHT_HIP, RIGHT_SHOULDER, load_tables
 from pose.quality.validate import _py, atomic_write_json
-from pose.targets.heatmaps import render_heatmaps
+from pose.targets.heatmaps import peak_pixel, pixel_offset, render_heatmaps
 
 #: Person-height histogram edges, input px (last bin open-ended).
 HEIGHT_BIN_EDGES = (0, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -154,7 +154,8 @@ def _map_grouped(fn_mats: np.ndarray, order: np.ndarray, bounds: np.ndarray, xy:
 
 
 def _peak_check(kp_hm: np.ndarray, person_image: np.ndarray, sample_images: np.ndarray, image_codes: np.ndarray,
-                hm_size: int, sigma: float, max_peak_error: float) -> dict:
+                hm_size: int, sigma: float, max_peak_error: float, convention: str = "project",
+                subpixel: bool = False) -> dict:
     """Heatmap peak check over the persons of the sampled images (see module docstring)."""
     w = int(math.ceil(max_peak_error)) + 1
     iso = max(2.0 * sigma, math.sqrt(2.0) * (w + 1))
@@ -171,9 +172,9 @@ def _peak_check(kp_hm: np.ndarray, person_image: np.ndarray, sample_images: np.n
             continue
         idx = order[a:b]
         kp = kp_hm[idx]  # (P, K, 3)
-        heat = render_heatmaps(kp, hm_size, hm_size, sigma)
+        heat = render_heatmaps(kp, hm_size, hm_size, sigma, convention=convention, subpixel=subpixel)
         lab = kp[..., 2] > 0
-        rx, ry = np.rint(kp[..., 0]), np.rint(kp[..., 1])
+        rx, ry = peak_pixel(kp[..., 0], convention), peak_pixel(kp[..., 1], convention)
         inside = lab & (rx >= 0) & (ry >= 0) & (rx < hm_size) & (ry < hm_size)
         dropped += int(np.sum(lab & ~inside & (kp[..., 0] >= 0) & (kp[..., 1] >= 0)
                               & (kp[..., 0] <= hm_size) & (kp[..., 1] <= hm_size)))
@@ -196,7 +197,8 @@ def _peak_check(kp_hm: np.ndarray, person_image: np.ndarray, sample_images: np.n
         flat = win.reshape(len(pi), -1).argmax(axis=1)
         py = cy + flat // (2 * w + 1) - w
         px = cx + flat % (2 * w + 1) - w
-        err = np.hypot(px - kp[pi, ki, 0], py - kp[pi, ki, 1])
+        off = pixel_offset(convention)  # the centre of pixel index i lies at i + off
+        err = np.hypot(px + off - kp[pi, ki, 0], py + off - kp[pi, ki, 1])
         checked += len(pi)
         worst = max(worst, float(err.max()))
         over = np.flatnonzero(err > max_peak_error)
@@ -212,7 +214,8 @@ def _peak_check(kp_hm: np.ndarray, person_image: np.ndarray, sample_images: np.n
 
 def check_scales(annotations: Path, *, input_sizes: list[int], strides: list[int] = (4, 2), sigma: float,
                  max_roundtrip_error: float, max_peak_error: float, min_torso_heatmap_px: float,
-                 report_path: Path, max_peak_images: int = 256, seed: int = 0, crop: str = "letterbox") -> dict:
+                 report_path: Path, max_peak_images: int = 256, seed: int = 0, crop: str = "letterbox",
+                 convention: str = "project", subpixel: bool = False) -> dict:
     """Scale/geometry checks of the crop -> heatmap mapping on a COCO file.
 
     Args:
@@ -230,6 +233,10 @@ def check_scales(annotations: Path, *, input_sizes: list[int], strides: list[int
         crop: params ``augment.crop`` (``letterbox`` | ``short_side``); `pose check-scales`
             passes the params value (the default is the crop of callers written before
             ``augment.crop`` existed).
+        convention, subpixel: params ``model.convention`` / ``targets.subpixel``: keypoints are
+            mapped, rendered and compared to the peak exactly as training does
+            (`pose.augment.transforms.TrainTransform`: input px ``M (p - o) + o``, pixel
+            index ``i`` centred at ``i + o``); `pose check-scales` passes the params values.
 
     Returns:
         The report dict: ``ok`` bool, ``violations`` (list of str), ``persons``,
@@ -283,8 +290,9 @@ def check_scales(annotations: Path, *, input_sizes: list[int], strides: list[int
     for size in [int(s) for s in input_sizes]:
         mats = np.stack([crop_affine(crop, int(w), int(h), size) for w, h in uniq_wh]) if len(uniq_wh) else np.zeros((0, 2, 3))
         invs = np.stack([invert_affine(m) for m in mats]) if len(mats) else np.zeros((0, 2, 3))
-        mapped = _map_grouped(mats, order, bounds, xy)
-        back = _map_grouped(invs, order, bounds, mapped)
+        o = pixel_offset(convention)
+        mapped = _map_grouped(mats, order, bounds, xy - o) + o
+        back = _map_grouped(invs, order, bounds, mapped - o) + o
         err = np.hypot(*(back - xy).transpose(2, 0, 1))
         max_rt = float(err[lab].max()) if lab.any() else 0.0
         entry: dict[str, Any] = {"roundtrip": {"keypoints": int(lab.sum()), "max_error_px": max_rt,
@@ -309,7 +317,8 @@ def check_scales(annotations: Path, *, input_sizes: list[int], strides: list[int
             hm = size // stride
             kp_hm = kp_in.copy()
             kp_hm[..., :2] /= stride
-            res = _peak_check(kp_hm, img_index, sample, img_codes, hm, float(sigma), float(max_peak_error))
+            res = _peak_check(kp_hm, img_index, sample, img_codes, hm, float(sigma), float(max_peak_error),
+                              convention=convention, subpixel=subpixel)
             res["heatmap_size"] = hm
             res["images_sampled"] = int(len(sample))
             if res["violations_count"]:
@@ -380,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
                               max_roundtrip_error=float(c["max_roundtrip_error"]),
                               max_peak_error=float(c["max_peak_error"]),
                               min_torso_heatmap_px=float(c["min_torso_heatmap_px"]), report_path=args.report,
-                              crop=str(params["augment"]["crop"]))
+                              crop=str(params["augment"]["crop"]), convention=str(params["model"]["convention"]),
+                              subpixel=bool(params["targets"]["subpixel"]))
     except (AnnotationFileError, ValueError) as exc:
         print(f"check_scales: {exc}", file=sys.stderr)
         return 1

@@ -23,6 +23,8 @@ Method
    differences (``level`` = 0.95 -> 2.5th and 97.5th percentiles). Resamples in which a
    metric is undefined (no ground-truth person in that area range: COCO's -1) are skipped
    for that metric.
+5. :func:`bootstrap_ci` gives the same percentile interval of one model's metric (not
+   paired; ``benchmarks/ablation.py`` prints it beside each AP).
 
 Matching once and re-accumulating is what makes a few hundred resamples cost well under a
 second on COCO val sized data; re-running pycocotools per resample would not even be
@@ -227,3 +229,55 @@ def bootstrap_diff(gt, results_a, results_b, *, n_resamples: int, seed: int, lev
             "method": "paired image bootstrap, percentile interval, COCO accumulation on pycocotools matches",
             "metrics": out_metrics, "img_ids": ta.img_ids,
             "per_image_tp": {"a": ta.tp_per_image[:, 0].tolist(), "b": tb.tp_per_image[:, 0].tolist()}}
+
+
+def bootstrap_ci(gt, results, *, n_resamples: int, seed: int, level: float = 0.95,
+                 sigmas: np.ndarray = COCO_SIGMAS, img_ids: Sequence[int] | None = None,
+                 metrics: Sequence[str] = BOOT_METRICS) -> dict[str, tuple[float | None, float | None]]:
+    """Image bootstrap percentile interval of each COCO keypoint metric of ONE result set.
+
+    Same method as :func:`bootstrap_diff` (module docstring) without the pairing: the
+    results are matched once (:func:`match_table`), ``n_resamples`` draws of ``N`` image
+    ids with replacement from the ``N`` evaluated images are re-accumulated
+    (:func:`accumulate`), and the interval is the ``(1 - level) / 2`` and ``(1 + level) / 2``
+    quantiles of the resampled metric. For one ``seed`` the draws equal those of
+    :func:`bootstrap_diff` on the same images.
+
+    Args:
+        gt: ground truth (path, dict or COCO).
+        results: COCO keypoint results (list or JSON path), image px.
+        n_resamples: bootstrap resamples (params ``registry.bootstrap_samples``).
+        seed: RNG seed (params ``registry.bootstrap_seed``).
+        level: confidence level, in (0, 1).
+        sigmas: (K,) OKS sigmas.
+        img_ids: evaluate on these images only (default: every ground-truth image).
+        metrics: names from :data:`BOOT_METRICS`.
+
+    Returns ``{metric: (low, high)}``; ``(None, None)`` where fewer than 2 resamples define
+    the metric (e.g. no medium person in the ground truth: COCO's -1). The point value is
+    not returned: it is pycocotools' own (``pose.evaluate.coco.evaluate_results``).
+
+    Raises ValueError for a ``level`` outside (0, 1), a negative ``n_resamples`` or an
+    unknown metric name; as :func:`match_table` for bad ground truth or results.
+    """
+    if not 0.0 < float(level) < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if int(n_resamples) < 0:
+        raise ValueError(f"n_resamples must be >= 0, got {n_resamples}")
+    unknown = [m for m in metrics if m not in BOOT_METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; allowed: {', '.join(BOOT_METRICS)}")
+    table = match_table(gt, results, sigmas, img_ids)
+    n = len(table.img_ids)
+    out: dict[str, tuple[float | None, float | None]] = {m: (None, None) for m in metrics}
+    if n == 0 or int(n_resamples) == 0:
+        return out
+    rng = np.random.default_rng(int(seed))
+    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=int(n_resamples))
+    res = accumulate(table, counts)
+    alpha = (1.0 - float(level)) / 2.0
+    for m in metrics:
+        vals = res[m][res[m] > -1]
+        if vals.size >= 2:
+            out[m] = (float(np.quantile(vals, alpha)), float(np.quantile(vals, 1.0 - alpha)))
+    return out
