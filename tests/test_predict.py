@@ -187,7 +187,8 @@ def test_predict_caps_persons_clamps_scores_and_draws_only_confident_ones(coco_m
     # the raw decoder output shows the problem this test guards against
     raw = predict_image(load_model(str(ck), tracking_uri=None), read_image(images / IMAGES[0]),
                         eval_params=p["evaluate"])
-    assert len(raw) > max_people and max(r["score"] for r in raw) > 1.0
+    # the grouping keeps at most max_people persons (pose.decode.group); joint scores still exceed 1
+    assert len(raw) <= max_people
     assert max(float(r["keypoints"][:, 2].max()) for r in raw) > 1.0
 
     def run(name: str, **predict) -> tuple[object, list[dict]]:

@@ -383,7 +383,7 @@ def test_check_scales_catches_broken_inverse(tmp_path, monkeypatch):
 
 def test_check_scales_catches_shifted_heatmaps(tmp_path, monkeypatch):
     real = scales_mod.render_heatmaps
-    monkeypatch.setattr(scales_mod, "render_heatmaps", lambda kp, h, w, s: np.roll(real(kp, h, w, s), 2, axis=2))
+    monkeypatch.setattr(scales_mod, "render_heatmaps", lambda kp, h, w, s, **kw: np.roll(real(kp, h, w, s, **kw), 2, axis=2))
     report = check_scales(ann_file("val"), input_sizes=[256], report_path=tmp_path / "s.json", **SCALES)
     assert report["ok"] is False
     assert report["sizes"]["256"]["strides"]["4"]["violations_count"] > 0

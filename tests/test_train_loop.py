@@ -283,12 +283,12 @@ import pose.train.loop as loop
 from pose.train.ddp import state_digest
 rank = os.environ["RANK"]
 models = []
-_build = loop.build_model
-def build(mp):
-    m = _build(mp)
+_build = loop.build_training_model
+def build(mp, **kw):
+    m, report = _build(mp, **kw)
     models.append(m)
-    return m
-loop.build_model = build
+    return m, report
+loop.build_training_model = build
 _replace = os.replace
 def replace(src, dst, *a, **k):
     print(f"WRITE rank={rank} {os.path.basename(os.fspath(dst))}", flush=True)

@@ -160,7 +160,7 @@ def _peak_check(kp_hm: np.ndarray, person_image: np.ndarray, sample_images: np.n
     w = int(math.ceil(max_peak_error)) + 1
     iso = max(2.0 * sigma, math.sqrt(2.0) * (w + 1))
     offs = np.arange(-w, w + 1)
-    checked = skipped = dropped = n_bad = 0
+    checked = skipped = dropped = n_bad = outside_map = 0
     worst = 0.0
     bad: list[dict] = []
     order = np.argsort(person_image, kind="stable")
@@ -176,6 +176,12 @@ def _peak_check(kp_hm: np.ndarray, person_image: np.ndarray, sample_images: np.n
         lab = kp[..., 2] > 0
         rx, ry = peak_pixel(kp[..., 0], convention), peak_pixel(kp[..., 1], convention)
         inside = lab & (rx >= 0) & (ry >= 0) & (rx < hm_size) & (ry < hm_size)
+        # reference convention: a keypoint just left of / above the map (-1 < x < 0) truncates to
+        # pixel 0 and is rendered there, as the reference's int() does; its peak is up to 1.5 px
+        # away by construction, so it is counted, not checked
+        beyond = inside & ((kp[..., 0] < 0) | (kp[..., 1] < 0))
+        outside_map += int(beyond.sum())
+        inside &= ~beyond
         dropped += int(np.sum(lab & ~inside & (kp[..., 0] >= 0) & (kp[..., 1] >= 0)
                               & (kp[..., 0] <= hm_size) & (kp[..., 1] <= hm_size)))
         # isolation: distance to the nearest same-type joint of another person
@@ -207,6 +213,7 @@ def _peak_check(kp_hm: np.ndarray, person_image: np.ndarray, sample_images: np.n
             bad.append({"image_id": _py(img), "person": int(idx[pi[j]]), "joint": KEYPOINT_NAMES[int(ki[j])],
                         "error_hm_px": float(err[j])})
     return {"checked": checked, "skipped_not_isolated": skipped, "dropped_by_rounding": dropped,
+            "skipped_truncated_into_map": outside_map,
             "max_peak_error_hm_px": round(worst, 6), "isolation_radius_hm_px": round(iso, 4),
             "window_radius_hm_px": w, "examples": bad,
             "violations_count": n_bad}
@@ -300,7 +307,8 @@ def check_scales(annotations: Path, *, input_sizes: list[int], strides: list[int
         if not max_rt < max_roundtrip_error:
             violations.append(f"size {size}: image->input->image round trip error {max_rt:.4g} px "
                               f">= max_roundtrip_error {max_roundtrip_error}")
-        inside = (mapped[..., 0] >= 0) & (mapped[..., 0] <= size) & (mapped[..., 1] >= 0) & (mapped[..., 1] <= size)
+        idx = mapped - o  # pixel-index coordinates (OpenCV's), as the training transform crops
+        inside = (idx[..., 0] >= 0) & (idx[..., 0] <= size) & (idx[..., 1] >= 0) & (idx[..., 1] <= size)
         lost = int(np.sum(lab & ~inside))
         vis_out = int(np.sum(vis & ~inside))
         entry["canvas"] = {"labeled": int(lab.sum()), "lost_to_cropping": lost, "visible_outside": vis_out}
