@@ -32,18 +32,19 @@ def test_training_chain_memorises_a_few_generated_images(tmp_path):
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     p = copy.deepcopy(params)
-    g = {**p["generated"], "num_train": 6, "num_val": 1, "seed": 3}
+    g = {**p["generated"], "num_train": 4, "num_val": 1, "seed": 3}
     data = tmp_path / "gen"
     generate_dataset(data, **g, train_split="train2017", val_split="val2017")
     ann = data / "annotations" / "person_keypoints_train2017.json"
     p["augment"] = dict(NO_AUGMENT)
-    p["train"].update(batch_size=6, workers=0, warmup_steps=10, lr=3e-3, log_every=50, val_every=0,
+    p["targets"]["sigma"] = 1.0  # sharper peaks: memorising is about precision (README ablation)
+    p["train"].update(batch_size=4, workers=0, warmup_steps=10, lr=3e-3, log_every=50, val_every=0,
                       checkpoint_every=0, max_steps_per_epoch=0, multi_scale=True, use_curriculum=True,
-                      curriculum=[{"sizes": [192], "epochs": 300}])
+                      curriculum=[{"sizes": [192], "epochs": 400}])
     p["evaluate"].update(flip_test=False)  # trained without flips
     summary = train(p, train_ann=ann, train_images=data / "train2017", out_dir=tmp_path / "models",
                     metrics_path=tmp_path / "train.json", steps_path=tmp_path / "steps.csv", resume=False)
-    assert summary["steps"] == 300
+    assert summary["steps"] == 400
     device = pick_device()
     model = load_trained_model(tmp_path / "models" / "last.pt", device)
     results = predict_dataset(model, ann, data / "train2017", p["evaluate"], device)
