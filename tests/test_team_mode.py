@@ -31,6 +31,7 @@ import yaml
 
 from conftest import REPO
 from test_pipeline_e2e import make_repo_copy, tiny_params
+from pose.registry.promotion import registered_model_name
 
 sys.path.insert(0, str(REPO / "infra"))
 import local_team_stack as lts  # noqa: E402
@@ -173,7 +174,7 @@ def test_flow_run_visible_through_prefect_api(stack, flow_run):
 def test_model_version_in_postgres_registry(stack, flow_run, as_pipeline):
     repo, _ = flow_run
     record = json.loads((repo / "data/registry/registration.json").read_text())
-    name = tiny_params()["registry"]["model_name"]
+    name = registered_model_name(tiny_params())
     mv = as_pipeline.get_model_version(name, str(record["version"]))
     assert {"challenger", "champion"} <= set(mv.aliases)
     assert mv.run_id == record["run_id"]
@@ -217,7 +218,7 @@ def test_artifacts_land_in_s3(stack, flow_run, as_pipeline, tmp_path):
     assert sha(ckpt[0]) == hashlib.sha256((repo / "data/models/best.pt").read_bytes()).hexdigest()
     # back through the registry alias (as `pose predict --model models:/...@champion` does):
     # the version's files are the run's `model/` artifacts in the bucket
-    name = tiny_params()["registry"]["model_name"]
+    name = registered_model_name(tiny_params())
     mlflow.set_tracking_uri(stack.mlflow_url)
     try:
         path = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@champion", dst_path=str(tmp_path)))
