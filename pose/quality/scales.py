@@ -307,8 +307,11 @@ def check_scales(annotations: Path, *, input_sizes: list[int], strides: list[int
         if not max_rt < max_roundtrip_error:
             violations.append(f"size {size}: image->input->image round trip error {max_rt:.4g} px "
                               f">= max_roundtrip_error {max_roundtrip_error}")
-        idx = mapped - o  # pixel-index coordinates (OpenCV's), as the training transform crops
-        inside = (idx[..., 0] >= 0) & (idx[..., 0] <= size) & (idx[..., 1] >= 0) & (idx[..., 1] <= size)
+        # pixel-index coordinates (OpenCV's), as the training transform crops; pixel 0 covers
+        # [-0.5, 0.5], so a keypoint on the image's first half pixel (reference convention) stays in
+        idx = mapped - o
+        inside = ((idx[..., 0] >= -0.5) & (idx[..., 0] <= size) & (idx[..., 1] >= -0.5)
+                  & (idx[..., 1] <= size))
         lost = int(np.sum(lab & ~inside))
         vis_out = int(np.sum(vis & ~inside))
         entry["canvas"] = {"labeled": int(lab.sum()), "lost_to_cropping": lost, "visible_outside": vis_out}
