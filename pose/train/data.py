@@ -37,8 +37,8 @@ def loader_worker_init(worker_id: int) -> None:
     cv2.setNumThreads(1)
 
 
-def load_coco(ann_file: Path) -> tuple[list[dict], dict[int, list[dict]]]:
-    """Read a COCO keypoints file: (images, annotations grouped by image id).
+def read_coco_json(ann_file: Path) -> dict:
+    """The parsed COCO keypoints file, with its ``images`` and ``annotations`` fields.
 
     Raises ValueError naming the file (and line/column) for malformed JSON or a
     missing top-level field.
@@ -51,6 +51,13 @@ def load_coco(ann_file: Path) -> tuple[list[dict], dict[int, list[dict]]]:
     for field in ("images", "annotations"):
         if field not in data:
             raise ValueError(f"{ann_file}: missing top-level field '{field}'")
+    return data
+
+
+def load_coco(ann_file: Path) -> tuple[list[dict], dict[int, list[dict]]]:
+    """Read a COCO keypoints file: (images, annotations grouped by image id).
+    Raises as :func:`read_coco_json`."""
+    data = read_coco_json(ann_file)
     by_image: dict[int, list[dict]] = {}
     for ann in data["annotations"]:
         by_image.setdefault(ann["image_id"], []).append(ann)

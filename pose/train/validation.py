@@ -14,13 +14,13 @@ checkpoint on validation AP is this project's addition.
 from __future__ import annotations
 
 import copy
-import json
 import time
 from pathlib import Path
 
 import torch
 
 from pose.io import read_image
+from pose.train.data import read_coco_json
 
 #: columns of the per-epoch validation CSV (``data/plots/val_epochs.csv``). No wall-clock
 #: column (the run's ``seconds`` go to train.json only), so equal training writes an equal file.
@@ -41,13 +41,7 @@ def validation_subset(ann_file: Path | str, max_images: int) -> dict:
         raise ValueError(f"params train.val_max_images: must be >= 0 (0: all images), got {max_images}")
     if not ann_file.is_file():
         raise FileNotFoundError(f"{ann_file}: validation annotation file not found")
-    try:
-        data = json.loads(ann_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{ann_file}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
-    for field in ("images", "annotations"):
-        if field not in data:
-            raise ValueError(f"{ann_file}: missing top-level field '{field}'")
+    data = read_coco_json(ann_file)
     images = sorted(data["images"], key=lambda im: im["id"])
     if max_images:
         images = images[:int(max_images)]
