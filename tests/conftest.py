@@ -19,3 +19,25 @@ def coco_mini() -> Path:
     if not (COCO_MINI / "annotations" / "person_keypoints_val2017.json").exists():
         pytest.skip(f"real COCO sample not found at {COCO_MINI} (see ../shared/datasets/README.md)")
     return COCO_MINI
+
+
+@pytest.fixture(scope="session")
+def generated_coco(tmp_path_factory) -> Path:
+    """A small GENERATED COCO-17 set in COCO layout (``annotations/person_keypoints_{train,val}2017.json``
+    and ``train2017/``, ``val2017/`` JPEGs), made once per session. Use it wherever real photos are not
+    the point, so the test runs without ../shared (8 train + 6 val images, 320x256, <= 4 persons)."""
+    from pose.datasets.generated import generate_dataset
+
+    out = tmp_path_factory.mktemp("generated_coco")
+    generate_dataset(out, seed=3, num_train=8, num_val=6, width=320, height=256, max_people=4,
+                     min_person_height=60, max_person_height=180)
+    return out
+
+
+@pytest.fixture(scope="session")
+def coco_like(generated_coco) -> Path:
+    """Real coco-mini when ../shared is present, else :func:`generated_coco` (same COCO layout): for
+    tests whose point is the COCO format and code path, not the content of real photos."""
+    if (COCO_MINI / "annotations" / "person_keypoints_val2017.json").exists():
+        return COCO_MINI
+    return generated_coco
