@@ -26,6 +26,7 @@ flow: install
 	python -m flows.retrain
 
 test: install
+	ruff check .
 	python -m pytest -q -ra
 
 clean:

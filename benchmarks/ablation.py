@@ -222,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
                          "(default 0: use --data as it is)")
     ap.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=list(VARIANTS),
                     help="variants to train (default: all; none: only the resize table of --checkpoint)")
-    ap.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every curriculum stage's epochs (default 1)")
+    ap.add_argument("--epochs-scale", type=float, default=1.0,
+                    help="multiply every curriculum stage's epochs (default 1)")
     ap.add_argument("--max-steps-per-epoch", type=int, default=None,
                     help="cap every epoch at N optimiser steps (train.max_steps_per_epoch; default: params)")
     ap.add_argument("--checkpoint", type=Path, default=None,
@@ -255,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         print(str(exc), file=sys.stderr)
         return 2
 
-    from pose.train.loop import pick_device, train
+    from pose.device import pick_device
+    from pose.train.loop import train
 
     d = params["data"]
     gt = args.data / "annotations" / f"person_keypoints_{d['val_split']}.json"

@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pose.datasets.schema import COCO_SIGMAS
     from pose.decode.inference import predict_dataset
+    from pose.device import pick_device
     from pose.evaluate.coco import evaluate_results
     from pose.models import build_model, count_params
     from pose.presets import compose
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     tp["multi_scale"], tp["use_curriculum"] = False, False
     p["evaluate"]["input_size"] = size
 
-    device = loop.pick_device()
+    device = pick_device()
     params_m = count_params(build_model(dict(p["model"], pretrained=""))) / 1e6
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"gpu_train: preset {args.preset} (W{p['model']['width']}, {params_m:.1f} M params) on {name}: "

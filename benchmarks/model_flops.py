@@ -5,7 +5,8 @@ Usage::
     python benchmarks/model_flops.py                       # widths 16 32 48, sizes 256 384 512
     python benchmarks/model_flops.py --widths 32 --sizes 512 --configs published
 
-``num_joints``, ``tag_dim`` and ``num_deconv`` come from params.yaml's ``model`` section.
+``num_joints``, ``tag_dim``, ``stem_blocks`` and ``deconv_blocks`` come from params.yaml's ``model``
+section (one deconvolution: outputs at `pose.codec.OUTPUT_STRIDES`).
 Two stage configurations are listed: ``params`` (params.yaml ``model.stage_blocks``) and
 ``published`` (modules 1, 4, 3 in stages 2, 3, 4, as in the paper).
 
@@ -28,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pose.models.hrnet import HigherHRNet, count_macs, count_params  # noqa: E402
+from pose.models.hrnet import PUBLISHED_BRANCH_BLOCKS, HigherHRNet, count_macs, count_params  # noqa: E402
 
 PUBLISHED_STAGE_BLOCKS = (1, 4, 3)
 
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"{'width':>5} {'stages':>7} {'input':>5} {'params(M)':>10} {'GMACs':>8} "
               f"{'GFLOPs(paper)':>13} {'GFLOPs(2xMAC)':>13}")
     print(f"num_joints={model_params['num_joints']} tag_dim={model_params['tag_dim']} "
-          f"num_deconv={model_params['num_deconv']}")
+          f"stem_blocks={model_params['stem_blocks']} deconv_blocks={model_params['deconv_blocks']}")
     print(header)
     print("-" * len(header))
     for stage_blocks in configs:
@@ -59,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
             with torch.device("meta"):
                 model = HigherHRNet(width=width, num_joints=int(model_params["num_joints"]),
                                     tag_dim=int(model_params["tag_dim"]),
-                                    num_deconv=int(model_params["num_deconv"]),
-                                    stage_blocks=stage_blocks)
+                                    stage_blocks=stage_blocks, stem_blocks=int(model_params["stem_blocks"]),
+                                    branch_blocks=PUBLISHED_BRANCH_BLOCKS,
+                                    deconv_blocks=int(model_params["deconv_blocks"]))
             params_m = count_params(model) / 1e6
             for size in args.sizes:
                 macs = count_macs(model, size) / 1e9

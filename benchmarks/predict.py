@@ -1,21 +1,45 @@
-"""End-to-end speed of `pose predict` at one input size, on real COCO validation images.
+"""Speed of `pose predict` per image and on video, torch vs onnxruntime, on real COCO photos.
 
-What is timed (wall clock, this process, after ``--warmup`` untimed images):
+For each model width (``--widths``, default W16 and W32) and backend (torch, onnxruntime) it
+times, per image (wall clock, this process, after ``--warmup`` untimed images), the stages of
+the one inference path (issue 15), each through its public function:
 
-* ``forward``: the network alone on the (1 or 2 with flip, 3, S, S) batch predict_image feeds it;
-* ``predict_image``: preprocessing (letterbox warp, normalisation), forward(s), heatmap/tag
-  aggregation, grouping, mapping back to image px (what efficiency.json's latency is);
-* ``end-to-end``: what ``pose predict DIR`` does per image (:func:`pose.decode.predict.predict_files`):
-  decode the JPEG, predict_image, draw the overlay, encode and write the PNG, build the
-  COCO results; images/s = images / total time of one predict_files call over all of them.
+* ``pre``: :func:`pose.decode.preprocess.input_geometry` + :func:`~pose.decode.preprocess.input_batch`
+  (letterbox / short-side warp, normalisation; NumPy + OpenCV, the same for both backends);
+* ``net``: the network on the (2 with the flip test, 3, S, S) batch. torch: the ``model`` of
+  :class:`pose.decode.inference.InferenceNet`, timed by forward hooks while the InferenceNet
+  runs. onnxruntime: the exported InferenceNet graph (``pose.export.export_onnx``, what
+  ``pose predict --backend onnxruntime`` runs) under onnxruntime's profiler, one run per
+  image: the run's wall time minus ``agg``;
+* ``agg``: flip batch, head aggregation, flip merge and ``project2image`` upsampling: the rest
+  of the InferenceNet run. torch: its time minus the network's, plus the copy of the maps to
+  NumPy. onnxruntime: the kernel times of the nodes the exporter did not place under the
+  ``model`` submodule (node metadata ``pkg.torch.onnx.name_scopes``);
+* ``group``: :func:`pose.decode.persons.decode_persons` (tag grouping, adjust / refine,
+  mapping to image px, pose NMS; NumPy, the same for both backends);
+* ``e2e``: the whole predictor as ``pose predict`` builds it (torch:
+  :func:`pose.decode.inference.predict_image` on the InferenceNet; onnxruntime:
+  :meth:`pose.decode.onnx_backend.OnnxPoseModel.predict`).
 
-The model: ``--checkpoint`` if given, else a randomly initialised model of params.yaml's
-``model`` section (default width). A random model detects (almost) nothing, so grouping
-costs next to nothing here; a trained model adds the grouping time of
-``benchmarks/decode.py`` (a few ms per image at 512 for up to 20 people).
+Then frames/s of :func:`pose.video.predict_video` (decode, predict, draw, encode, JSON Lines)
+on an MP4 made of the same COCO photos (``--video-frames`` frames at 640 x 480, 5 fps).
 
-Run:  PYTHONPATH=. python benchmarks/predict.py [--size 512] [--images 10] [--threads N]
-Prints one table; nothing is written outside a temporary folder.
+Settings: params.yaml ``evaluate`` with ``input_size`` = ``--size`` (flip test, resize,
+``project2image`` as there). Models: random initialisation (``model.init``) of params.yaml's
+``model`` section at each width (W16: the CPU config; W32: the published HigherHRNet-W32
+architecture, ``stage_blocks [1, 4, 3]``, preset ``coco_w32_512``), unless ``--checkpoint``
+gives a trained model of that width. A random model finds few confident joints, so its
+grouping time is small; a trained one groups more (pass ``--checkpoint data/models/best.pt``).
+
+Threads: torch intra-op, onnxruntime intra-op and OpenCV all get ``--threads`` (default: the
+cores this process may use), inter-op 1; backends run one after the other, never at once.
+
+Prints one table and the issue's two ratios: (agg + group) / net (goal < 10%) and
+onnxruntime / torch network time (goal <= 1).
+
+Run:  PYTHONPATH=. python benchmarks/predict.py [--size 512] [--images 10] [--widths 16 32]
+      [--checkpoint data/models/best.pt]
+Nothing is written outside a temporary folder.
 """
 
 from __future__ import annotations
@@ -34,88 +58,253 @@ import numpy as np
 import torch
 import yaml
 
-from pose.augment.affine import letterbox_affine
-from pose.decode.inference import predict_image, to_input_tensor
-from pose.decode.predict import predict_files
+from pose.decode.inference import inference_net, predict_image
+from pose.decode.onnx_backend import OnnxPoseModel
+from pose.decode.persons import decode_persons, resolve_eval_params
+from pose.decode.preprocess import input_batch, input_geometry
+from pose.export import export_onnx
 from pose.models import build_model, count_flops, count_params
+from pose.predict import limit_persons
+from pose.video import predict_video
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = Path(os.environ.get("POSE_SHARED_DATASETS", REPO.parent / "shared" / "datasets")) / "coco-mini"
+#: the published HigherHRNet-W32 architecture (conf/preset/coco_w32_512.yaml)
+W32_STAGE_BLOCKS = [1, 4, 3]
+STAGES = ("pre", "net", "agg", "group", "e2e")
 
 
 def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
+def _cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _model(params: dict, width: int, checkpoint: Path | None) -> tuple[torch.nn.Module, str]:
+    if checkpoint is not None:
+        from pose.train.checkpoint import load_checkpoint, load_trained_model, trained_model_params
+
+        if int(trained_model_params(load_checkpoint(checkpoint))["width"]) == width:
+            return load_trained_model(checkpoint, "cpu"), f"trained {checkpoint}"
+    mp = dict(params["model"], width=width, pretrained="", pretrained_backbone="")
+    if width >= 32:
+        mp["stage_blocks"] = W32_STAGE_BLOCKS
+    torch.manual_seed(0)
+    return build_model(mp).eval(), f"random init, stage_blocks {mp['stage_blocks']}"
+
+
+def _wrapper_nodes(onnx_path: Path) -> set[str]:
+    """Names of the nodes of an exported InferenceNet graph outside its ``model`` submodule (flip
+    batch, head aggregation, upsampling), from the exporter's ``pkg.torch.onnx.name_scopes`` node
+    metadata. onnxruntime keeps these names (elementwise / gather ops), while it fuses and renames
+    the network's convolutions (``relu_nchwc``, ``ReorderOutput_token_N``)."""
+    import ast
+
+    import onnx
+
+    names, network = set(), 0
+    for node in onnx.load(str(onnx_path)).graph.node:
+        meta = {e.key: e.value for e in node.metadata_props}
+        scopes = ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))
+        if len(scopes) > 2 and scopes[1] == "model":
+            network += 1
+        else:
+            names.add(node.name)
+    if not network:
+        raise RuntimeError(f"{onnx_path}: no node carries the name scope 'model' (exporter metadata changed?)")
+    return names
+
+
+def _profiled_split(onnx_path: Path, batches: list[np.ndarray], threads: int, workdir: Path) -> tuple[list, list]:
+    """Per batch: (network ms, aggregation ms) of one run of the exported graph under onnxruntime's
+    profiler: aggregation = the kernel times of the InferenceNet's own nodes (:func:`_wrapper_nodes`),
+    network = the rest of the run's wall time (sequential execution: the network's kernels and the
+    executor's overhead)."""
+    import onnxruntime as ort
+
+    wrapper = _wrapper_nodes(onnx_path)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(workdir / "ort_profile")
+    session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    for batch in batches:
+        session.run(None, {name: batch})
+    events = json.loads(Path(session.end_profiling()).read_text())
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
+    agg_us = [0.0] * len(runs)
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["name"][:-12] in wrapper:
+            for i, (t0, t1) in enumerate(runs):
+                if t0 <= e["ts"] <= t1:
+                    agg_us[i] += e["dur"]
+                    break
+    return [(t1 - t0 - a) / 1e3 for (t0, t1), a in zip(runs, agg_us)], [a / 1e3 for a in agg_us]
+
+
+def _time_torch(net, images: list[np.ndarray], warm: list[np.ndarray], cfg: dict) -> tuple[dict, int]:
+    conv = net.convention
+    marks: list[float] = []
+    hooks = [net.model.register_forward_pre_hook(lambda *_: marks.append(time.perf_counter())),
+             net.model.register_forward_hook(lambda *_: marks.append(time.perf_counter()))]
+    times = {k: [] for k in STAGES}
+    persons = 0
+    try:
+        with torch.no_grad():
+            for i, img in enumerate(warm + images):
+                t0 = time.perf_counter()
+                geo = input_geometry(img.shape[1], img.shape[0], resize=str(cfg["resize"]),
+                                     input_size=int(cfg["input_size"]), scale=1.0, min_scale=1.0)
+                x = torch.from_numpy(input_batch(img, geo))
+                t1 = time.perf_counter()
+                marks.clear()
+                hm, tg = net(x)
+                hm, tg = hm[0].numpy(), tg[0].numpy()
+                t2 = time.perf_counter()
+                found = decode_persons(hm, tg, geo.affine, net.stride, cfg=cfg, convention=conv)
+                t3 = time.perf_counter()
+                predict_image(net, img, eval_params=cfg)
+                t4 = time.perf_counter()
+                if i < len(warm):
+                    continue
+                network = marks[1] - marks[0]
+                for k, v in zip(STAGES, (t1 - t0, network, t2 - t1 - network, t3 - t2, t4 - t3)):
+                    times[k].append(v * 1e3)
+                persons += len(found)
+    finally:
+        for h in hooks:
+            h.remove()
+    return times, persons
+
+
+def _time_onnx(full: OnnxPoseModel, images: list[np.ndarray], warm: list[np.ndarray], cfg: dict, threads: int,
+               workdir: Path) -> tuple[dict, int]:
+    times = {k: [] for k in STAGES}
+    batches, persons = [], 0
+    for i, img in enumerate(warm + images):
+        t0 = time.perf_counter()
+        geo = input_geometry(img.shape[1], img.shape[0], resize=str(cfg["resize"]),
+                             input_size=int(cfg["input_size"]), scale=1.0, min_scale=1.0)
+        x = input_batch(img, geo)
+        t1 = time.perf_counter()
+        hm, tg = full.run(x)
+        t2 = time.perf_counter()
+        found = decode_persons(hm[0], tg[0], geo.affine, full.stride, cfg=cfg, convention=full.convention)
+        t3 = time.perf_counter()
+        full.predict(img, cfg)
+        t4 = time.perf_counter()
+        if i < len(warm):
+            continue
+        batches.append(x)
+        times["pre"].append((t1 - t0) * 1e3)
+        times["group"].append((t3 - t2) * 1e3)
+        times["e2e"].append((t4 - t3) * 1e3)
+        persons += len(found)
+    times["net"], times["agg"] = _profiled_split(full.path, batches, threads, workdir)
+    return times, persons
+
+
+def _video(files: list[Path], path: Path, frames: int) -> None:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (640, 480))
+    for i in range(frames):
+        writer.write(cv2.resize(cv2.imread(str(files[i % len(files)]), cv2.IMREAD_COLOR), (640, 480)))
+    writer.release()
+
+
+def _fps(predict_fn, video: Path, out: Path, predict_params: dict, max_people: int) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    summary = predict_video(lambda frame: limit_persons(predict_fn(frame), max_people), video,
+                            out_jsonl=out / "v.jsonl", out_video=out / "v_overlay.mp4", predict_params=predict_params,
+                            max_frames=None, progress=False)
+    return summary["frames"] / (time.perf_counter() - t0), summary["frames"]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", type=Path, default=REPO / "params.yaml")
-    ap.add_argument("--size", type=int, default=512, help="network input side")
+    ap.add_argument("--size", type=int, default=512, help="network input side (evaluate.input_size)")
     ap.add_argument("--images", type=int, default=10, help="validation images timed (sorted by id)")
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--widths", type=int, nargs="+", default=[16, 32])
+    ap.add_argument("--video-frames", type=int, default=10, help="frames of the video timed per model and backend")
     ap.add_argument("--coco", type=Path, default=DEFAULT_IMAGES, help="COCO folder with val2017/ and annotations/")
-    ap.add_argument("--checkpoint", type=Path, default=None, help="trained checkpoint (default: random init)")
-    ap.add_argument("--flip", choices=("params", "on", "off"), default="params", help="flip test (default: params)")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--checkpoint", type=Path, default=None,
+                    help="trained checkpoint, used for its width (default: random init for every width)")
+    ap.add_argument("--threads", type=int, default=0, help="threads of torch / onnxruntime / OpenCV (0: all cores)")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = args.threads or _cores()
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
 
     p = yaml.safe_load(args.params.read_text())
     ev = dict(p["evaluate"], input_size=args.size)
-    if args.flip != "params":
-        ev["flip_test"] = args.flip == "on"
-    if args.checkpoint:
-        from pose.train.checkpoint import load_trained_model
-
-        model = load_trained_model(args.checkpoint, "cpu")
-        source = str(args.checkpoint)
-    else:
-        torch.manual_seed(0)
-        model = build_model(dict(p["model"], pretrained="")).eval()
-        source = f"random init, width {p['model']['width']}"
+    cfg = resolve_eval_params(ev)
+    if [float(s) for s in cfg["test_scales"]] != [1.0]:
+        print("benchmarks/predict.py: times the single test scale; params evaluate.test_scales is "
+              f"{cfg['test_scales']}", file=sys.stderr)
+        return 2
     ann = args.coco / "annotations" / "person_keypoints_val2017.json"
     if not ann.exists():
         print(f"benchmarks/predict.py: no COCO sample at {args.coco}", file=sys.stderr)
         return 2
     records = sorted(json.loads(ann.read_text())["images"], key=lambda im: im["id"])
     files = [args.coco / "val2017" / im["file_name"] for im in records[:args.images + args.warmup]]
-    warm, timed = files[:args.warmup], files[args.warmup:]
-    images = [cv2.imread(str(f), cv2.IMREAD_COLOR) for f in timed]
-    flip = bool(ev["flip_test"])
-    scales = [float(s) for s in ev["test_scales"]]
+    loaded = [cv2.imread(str(f), cv2.IMREAD_COLOR) for f in files]
+    warm, images = loaded[:args.warmup], loaded[args.warmup:]
+    print(f"torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}; {threads} threads "
+          f"(torch / onnxruntime / OpenCV), {_cores()} usable cores, load average {os.getloadavg()[0]:.1f}")
+    print(f"{len(images)} timed images (+{len(warm)} warm-up) from {args.coco}/val2017; input {args.size} "
+          f"({cfg['resize']}), flip test {bool(cfg['flip_test'])}, project2image {bool(cfg['project2image'])}; "
+          f"video: {args.video_frames} frames 640 x 480")
 
-    print(f"model: {source}; {count_params(model) / 1e6:.2f} M params, {count_flops(model, args.size):.2f} GFLOPs "
-          f"per forward at {args.size}; flip test {flip}; test scales {scales}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f}; {len(timed)} timed images (+{len(warm)} warm-up) from {args.coco}")
-
-    for f in warm:
-        predict_image(model, cv2.imread(str(f), cv2.IMREAD_COLOR), eval_params=ev)
-    fwd, pred = [], []
-    with torch.no_grad():
-        for img in images:
-            x = torch.from_numpy(to_input_tensor(img, letterbox_affine(img.shape[1], img.shape[0], args.size),
-                                                 args.size))[None]
-            batch = torch.cat([x, torch.flip(x, dims=[3])]) if flip else x
-            t0 = time.perf_counter()
-            model(batch)
-            fwd.append((time.perf_counter() - t0) * 1e3)
-    for img in images:
-        t0 = time.perf_counter()
-        predict_image(model, img, eval_params=ev)
-        pred.append((time.perf_counter() - t0) * 1e3)
+    rows, notes = [], []
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:
-        t0 = time.perf_counter()
-        summary = predict_files(model, timed, tmp, eval_params=ev, predict_params=params["predict"])
-        total = time.perf_counter() - t0
-    n = len(timed)
-    print(f"{'stage':<14} {'p50 ms':>9} {'p90 ms':>9} {'mean ms':>9} {'images/s':>9}")
-    for name, ts in (("forward", fwd), ("predict_image", pred)):
-        mean = statistics.fmean(ts)
-        print(f"{name:<14} {_pct(ts, 50):>9.1f} {_pct(ts, 90):>9.1f} {mean:>9.1f} {1e3 / mean:>9.2f}")
-    print(f"{'end-to-end':<14} {'':>9} {'':>9} {total / n * 1e3:>9.1f} {n / total:>9.2f}   "
-          f"({summary['persons']} persons found in {n} images)")
+        tmp = Path(tmp)
+        video = tmp / "coco.mp4"
+        _video(files, video, args.video_frames)
+        for width in args.widths:
+            model, source = _model(p, width, args.checkpoint)
+            notes.append(f"W{width}: {source}; {count_params(model) / 1e6:.2f} M params, "
+                         f"{count_flops(model, args.size):.1f} GFLOPs per forward of one {args.size} image")
+            onnx_path = tmp / f"w{width}.onnx"
+            export_onnx(model, onnx_path, eval_params=ev)
+            net = inference_net(model, flip_test=bool(cfg["flip_test"]), project2image=bool(cfg["project2image"]),
+                                convention=None).eval()
+            times, persons = _time_torch(net, images, warm, cfg)
+            with torch.no_grad():
+                fps, _ = _fps(lambda img, n=net: predict_image(n, img, eval_params=cfg), video, tmp / f"torch{width}",
+                              p["predict"], int(cfg["max_people"]))
+            rows.append((f"W{width}", "torch", times, persons / len(images), fps))
+
+            full = OnnxPoseModel(onnx_path, device="cpu", threads=threads)
+            times, persons = _time_onnx(full, images, warm, full.settings(ev), threads, tmp)
+            fps, _ = _fps(lambda img, m=full: m.predict(img, m.settings(ev)), video, tmp / f"onnx{width}",
+                          p["predict"], int(cfg["max_people"]))
+            rows.append((f"W{width}", "onnxruntime", times, persons / len(images), fps))
+            del full
+
+    for n in notes:
+        print(n)
+    head = "".join(f" {s + ' p50':>10} {s + ' p90':>10}" for s in STAGES)
+    print(f"\n{'model':<6} {'backend':<12}{head} {'persons':>8} {'video fps':>10} {'(agg+grp)/net':>14}")
+    net = {}
+    for width, backend, times, persons, fps in rows:
+        cells = "".join(f" {_pct(times[s], 50):>10.1f} {_pct(times[s], 90):>10.1f}" for s in STAGES)
+        ratio = (statistics.median(times["agg"]) + statistics.median(times["group"])) / statistics.median(times["net"])
+        net[(width, backend)] = statistics.median(times["net"])
+        print(f"{width:<6} {backend:<12}{cells} {persons:>8.1f} {fps:>10.2f} {ratio:>13.1%}")
+    print("(ms per image; persons: mean per image after grouping; video fps: pose.video.predict_video end to end)")
+    print("\ngoals (issue 15): decoding (agg + group) < 10% of the network; onnxruntime network <= torch's")
+    for width in args.widths:
+        t, o = net.get((f"W{width}", "torch")), net.get((f"W{width}", "onnxruntime"))
+        if t and o:
+            print(f"W{width}: onnxruntime / torch network time (p50) = {o / t:.2f}")
     return 0
 
 

@@ -43,9 +43,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from pose.device import pick_device  # noqa: E402
 from pose.models import build_model, count_flops, count_params  # noqa: E402
 from pose.train.data import CocoKeypoints, dataset_from_params  # noqa: E402
-from pose.train.loop import pick_device, train_step  # noqa: E402
+from pose.train.loop import train_step  # noqa: E402
 
 PUBLISHED_STAGE_BLOCKS = [1, 4, 3]
 DEFAULT_COCO = Path(os.environ.get("POSE_SHARED_DATASETS", ROOT.parent / "shared" / "datasets")) / "coco-mini"
@@ -65,7 +66,9 @@ def configs(params: dict, names: list[str]) -> list[tuple[str, dict]]:
 
 
 def dataset(params: dict, coco: Path, split: str) -> CocoKeypoints:
-    return dataset_from_params(params, coco / "annotations" / f"person_keypoints_{split}.json", coco / split)
+    return dataset_from_params(params["model"], params["targets"], params["augment"], seed=int(params["train"]["seed"]),
+                               ann_file=coco / "annotations" / f"person_keypoints_{split}.json",
+                               images_dir=coco / split)
 
 
 def batches(n_images: int, batch: int, size: int, count: int, seed: int = 0) -> list[list[tuple[int, int]]]:

@@ -94,7 +94,8 @@ def phase(workdir: Path, name: str, sizes: list[int]) -> dict:
     """Run one phase in this process; returns wall time, peak RSS and key numbers."""
     import yaml
 
-    from pose.quality import check_scales, validate_dataset
+    from pose.quality.scales import check_scales
+    from pose.quality.validate import validate_dataset
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     v, c = params["validate"], params["check_scales"]
@@ -104,8 +105,9 @@ def phase(workdir: Path, name: str, sizes: list[int]) -> dict:
     rep = validate_dataset(workdir / "annotations.json", workdir / "images", on_error=v["on_error"],
                            bbox_tolerance=float(v["bbox_tolerance"]),
                            min_labeled_keypoints=int(v["min_labeled_keypoints"]),
+                           lr_swap_min_shoulder_reversal=float(v["lr_swap_min_shoulder_reversal"]),
                            report_path=workdir / f"report_{name}.json", docs_dir=workdir / "docs",
-                           cleaned_path=None, workers=2, cache_path=workdir / "image_cache.json")
+                           cleaned_path=None, workers=int(v["workers"]), cache_path=workdir / "image_cache.json")
     t_val = time.perf_counter() - t0
     out = {"phase": name, "validate_s": round(t_val, 2), "validate_timings_s": rep["timings_s"],
            "errors_by_check": {k: v["count"] for k, v in rep["summary"]["by_check"].items()},

@@ -45,10 +45,10 @@ import sys
 from pathlib import Path
 
 import yaml
-
-import pose  # noqa: F401  (telemetry off before prefect is imported)
 from prefect import flow, get_run_logger, task
 from prefect.states import Completed, Failed
+
+import pose  # noqa: F401  (telemetry off before prefect is imported)
 
 NETWORK_STAGES = {"fetch"}
 #: with ``force=True`` this stage and every later one run as ``dvc repro --force``
@@ -110,11 +110,11 @@ def tracking_uri_for(repo: Path | str, uri: str) -> str:
 
 def last_trained_fingerprint(params: dict, repo: Path | str) -> str | None:
     """The registered model's ``data.fingerprint`` tag, None when nothing is registered yet
-    (model name: :func:`pose.registry.promotion.registered_model_name`)."""
+    (model name: :func:`pose.registry.tracking.registered_model_name`)."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from pose.registry.promotion import registered_model_name, tracking_uri
+    from pose.registry.tracking import registered_model_name, tracking_uri
 
     uri = tracking_uri_for(repo, tracking_uri(params))
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
@@ -169,21 +169,17 @@ def check_config(repo: str):
 def detect_new_data(repo: str) -> dict:
     """Fingerprint the data source and ingest batches and compare with the last trained fingerprint.
 
-    Not retried; the flow uses :data:`detect_new_data_s3` (retried) when the check lists an S3 prefix."""
+    Not retried; the flow uses ``network_tasks(params)["listing"]`` (retried) when the check lists an S3 prefix."""
     d = detect(repo)
-    get_run_logger().info("data source %s (%s files): fingerprint %s, last trained %s -> %s", d["source"], d["files"],
-                          d["fingerprint"][:16], (d["previous"] or "none")[:16], "NEW DATA" if d["new"] else "unchanged")
+    get_run_logger().info("data source %s (%s files): fingerprint %s, last trained %s -> %s", d["source"],
+                          d["files"], d["fingerprint"][:16], (d["previous"] or "none")[:16],
+                          "NEW DATA" if d["new"] else "unchanged")
     return d
 
 
-#: the new-data check when it lists an S3 prefix (network-bound): retried with backoff
-detect_new_data_s3 = detect_new_data.with_options(name="detect-new-data-s3", retries=3,
-                                                  retry_delay_seconds=[10, 60, 300])
-
-
-@task(name="dvc-stage-network", retries=3, retry_delay_seconds=[5, 30, 120])
+@task(name="dvc-stage-network")
 def network_stage(repo: str, name: str, force: bool = False) -> str:
-    """A stage that talks to the network (dataset sources): retried with backoff."""
+    """A stage that talks to the network (dataset sources): retried with backoff (:func:`network_tasks`)."""
     out = run_stage(Path(repo), name, force=force)
     get_run_logger().info("stage %s:\n%s", name, out.strip()[-2000:])
     return name
@@ -197,7 +193,7 @@ def local_stage(repo: str, name: str, force: bool = False, env: dict | None = No
     return name
 
 
-@task(name="dvc-push", retries=3, retry_delay_seconds=[10, 60, 300])
+@task(name="dvc-push")
 def dvc_push(repo: str) -> str:
     """``dvc push``: every cached output (raw data, validated data, models, eval results) to the default remote."""
     proc = subprocess.run([_dvc(), "push"], cwd=repo, capture_output=True, text=True, env=_env())
@@ -207,13 +203,27 @@ def dvc_push(repo: str) -> str:
     return proc.stdout
 
 
+def network_tasks(params: dict) -> dict:
+    """The network-bound tasks with the retries of params ``schedule.retry_delays_s`` (one retry per
+    delay, backoff in seconds): ``fetch`` (:func:`network_stage`), ``push`` (:func:`dvc_push`) and
+    ``listing`` (the new-data check of an ``s3://`` source). Local tasks never retry."""
+    delays = params["schedule"]["retry_delays_s"]
+
+    def retrying(t, key: str, **options):
+        d = [float(s) for s in delays[key]]
+        return t.with_options(retries=len(d), retry_delay_seconds=d, **options)
+
+    return {"fetch": retrying(network_stage, "fetch"), "push": retrying(dvc_push, "push"),
+            "listing": retrying(detect_new_data, "listing", name="detect-new-data-s3")}
+
+
 @task(name="record-data-version")
 def record_data_version(repo: str, fingerprint: str) -> bool:
     """Tag the registered model with the processed data fingerprint (also when DVC found nothing to retrain)."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from pose.registry.promotion import registered_model_name, tracking_uri
+    from pose.registry.tracking import registered_model_name, tracking_uri
 
     params = repo_params(repo)
     try:
@@ -296,7 +306,8 @@ def retrain(repo_dir: str = ".", force: bool = False):
     if config.is_failed():
         return Failed(name="ConfigError", message=config.message)
     params = repo_params(repo)
-    d = (detect_new_data_s3 if fingerprint_uses_network(params) else detect_new_data)(repo)
+    net = network_tasks(params)
+    d = (net["listing"] if fingerprint_uses_network(params) else detect_new_data)(repo)
     log = get_run_logger()
     if not d["new"] and not force:
         msg = (f"no new data: {d['dataset']} source {d['source']} unchanged since the last registered model "
@@ -312,11 +323,11 @@ def retrain(repo_dir: str = ".", force: bool = False):
     env = {"POSE_DATA_FINGERPRINT": d["fingerprint"]}
     for name in [n for n in names if n not in AFTER_PUSH_STAGES]:
         if name in NETWORK_STAGES:
-            network_stage(repo, name, force=d["new"] or name in forced)
+            net["fetch"](repo, name, force=d["new"] or name in forced)
         else:
             local_stage(repo, name, force=name in forced)
     if params["schedule"]["push"]:
-        dvc_push(repo)
+        net["push"](repo)
     for name in [n for n in names if n in AFTER_PUSH_STAGES]:
         local_stage(repo, name, force=name in forced, env=env)
     record_data_version(repo, d["fingerprint"])

@@ -22,12 +22,13 @@ import argparse
 import sys
 from pathlib import Path
 
-import pose  # noqa: F401  (telemetry off before prefect is imported)
-from flows.retrain import repo_params, retrain
 from prefect import serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import EntrypointType
 from prefect.schedules import Cron
+
+import pose  # noqa: F401  (telemetry off before prefect is imported)
+from flows.retrain import repo_params, retrain
 
 
 def build_deployment(repo_dir: str | Path = "."):

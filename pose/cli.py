@@ -30,6 +30,7 @@ except ImportError:  # pragma: no cover - older typer on the real click
     from click import exceptions as _click_exc
 
 import pose  # noqa: F401  (turns telemetry off before any tool is imported)
+from pose.datasets.formats import NATIVE_KINDS
 from pose.params import ParamsError, check_input_size, load_checked_params, load_params
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None,
@@ -161,7 +162,8 @@ def fetch(out: Path = typer.Option(None, help="output folder (default: <data.raw
 def ingest(batch: str = typer.Option(..., help="folder, file:// URL or s3://bucket/prefix with one COCO JSON + images"),
            into: Path = typer.Option(..., help="dataset folder written by `pose fetch`, e.g. data/raw/<name>"),
            split: str = typer.Option(None, help="split to add to (default: params data.train_split)"),
-           fmt: str = typer.Option("coco", "--format", help="coco | crowdpose | aic | mpii (converted first)"),
+           fmt: str = typer.Option("coco", "--format", help="coco, or the kind of a native format converted first "
+                                   f"({' | '.join(NATIVE_KINDS)}; pose.datasets.formats)"),
            annotations: str = typer.Option(None, help="the batch's annotation JSON, relative to the batch "
                                            "(default: its only JSON)"),
            params_file: Path = PARAMS) -> None:
@@ -194,6 +196,7 @@ def validate(annotations: Path = typer.Option(..., help="COCO keypoints JSON to 
     result = validate_dataset(annotations, images, on_error=on_error or v["on_error"],
                               bbox_tolerance=float(v["bbox_tolerance"]),
                               min_labeled_keypoints=int(v["min_labeled_keypoints"]),
+                              lr_swap_min_shoulder_reversal=float(v["lr_swap_min_shoulder_reversal"]),
                               report_path=report, docs_dir=docs, cleaned_path=cleaned,
                               workers=int(v["workers"]), cache_path=Path(v["image_cache"]) if v.get("image_cache") else None)
     s = result.get("summary", {})
@@ -212,6 +215,7 @@ def check_scales_cmd(annotations: Path = typer.Option(..., help="COCO keypoints 
                                                            "too small, keypoints lost, height histogram)"),
                      params_file: Path = PARAMS) -> None:
     """Cross-scale annotation consistency for every curriculum input size (stage `check_scales`)."""
+    from pose.codec import OUTPUT_STRIDES
     from pose.quality.scales import check_scales
 
     p = load_params(params_file)
@@ -223,7 +227,8 @@ def check_scales_cmd(annotations: Path = typer.Option(..., help="COCO keypoints 
     from pose.quality.tables import AnnotationFileError
 
     try:
-        result = check_scales(annotations, input_sizes=sizes, strides=[4, 2], sigma=float(p["targets"]["sigma"]),
+        result = check_scales(annotations, input_sizes=sizes, strides=list(OUTPUT_STRIDES),
+                              sigma=float(p["targets"]["sigma"]),
                               max_roundtrip_error=float(c["max_roundtrip_error"]),
                               max_peak_error=float(c["max_peak_error"]),
                               min_torso_heatmap_px=float(c["min_torso_heatmap_px"]), report_path=report,
@@ -267,17 +272,29 @@ def train(train_ann: Path = typer.Option(..., help="training COCO keypoints JSON
         typer.echo(json.dumps(summary, indent=2, sort_keys=True))
 
 
+def _dataset_evaluation(params: dict, dataset: str | None):
+    """(COCO-17 sigmas, native metric or None) of catalogue entry ``dataset`` (default params
+    ``data.dataset``), from its format (`pose.datasets.catalogue.evaluation`). Raises ValueError
+    for a name that is not a catalogue key."""
+    from pose.datasets.catalogue import evaluation
+
+    name = dataset or params["data"]["dataset"]
+    if name not in params["catalogue"]:
+        raise ValueError(f"--dataset {name!r}: not a catalogue key ({' | '.join(params['catalogue'])})")
+    return evaluation(params["catalogue"][name])
+
+
 def _score(params: dict, checkpoint: Path, annotations: Path, images: Path, results_out: Path | None, *,
-           dataset_schema: str = "auto", model=None, device=None) -> tuple[dict, list]:
+           dataset: str | None = None, model=None, device=None) -> tuple[dict, list]:
     """Predict every image of ``annotations`` with the checkpoint (or an already loaded
-    ``model`` on ``device``) and score the results: eval.json's metrics and the results."""
-    from pose.datasets.schema import COCO_SIGMAS
+    ``model`` on ``device``) and score the results with the sigmas and native metric of the
+    catalogue entry ``dataset`` (default params ``data.dataset``): eval.json's metrics and the results."""
     from pose.decode.inference import predict_dataset
     from pose.evaluate.coco import evaluate_keypoints
 
     if model is None:
         from pose.train.checkpoint import load_trained_model
-        from pose.train.loop import pick_device
+        from pose.device import pick_device
 
         device = pick_device()
         model = load_trained_model(checkpoint, device)
@@ -288,8 +305,9 @@ def _score(params: dict, checkpoint: Path, annotations: Path, images: Path, resu
         tmp = results_out.with_suffix(".tmp")
         tmp.write_text(json.dumps(results))
         tmp.replace(results_out)
-    return evaluate_keypoints(annotations, results, sigmas=COCO_SIGMAS, oks_threshold=float(ev["oks_threshold"]),
-                              schema=dataset_schema, area_bins=ev.get("area_bins")), results
+    sigmas, native = _dataset_evaluation(params, dataset)
+    return evaluate_keypoints(annotations, results, sigmas=sigmas, oks_threshold=float(ev["oks_threshold"]),
+                              area_bins=ev["area_bins"], native=native), results
 
 
 @app.command()
@@ -303,12 +321,12 @@ def evaluate(annotations: Path = typer.Option(..., help="ground-truth COCO keypo
                                                         "peak memory (needs --checkpoint and --images)"),
              plots_dir: Path = typer.Option(None, help="folder for AP per keypoint / per person scale (PNG + CSV) "
                                                        "and overlays.png of sample images (needs --images)"),
-             dataset_schema: str = typer.Option("auto", help="auto | coco | crowdpose (auto: crowdpose when every "
-                                                             "image has a crowdIndex)"),
+             dataset: str = typer.Option(None, help="catalogue entry whose sigmas (COCO-17 OKS) and format's native "
+                                                    "metric (e.g. CrowdPose easy/medium/hard) score the results "
+                                                    "(default: params data.dataset)"),
              params_file: Path = PARAMS) -> None:
-    """COCO keypoint AP/AR with pycocotools, per-scale AP, CrowdPose easy/medium/hard, plots and
-    efficiency (stage `evaluate`)."""
-    from pose.datasets.schema import COCO_SIGMAS
+    """COCO keypoint AP/AR with pycocotools (the dataset's catalogue sigmas), per-scale AP, the dataset
+    format's native metric (CrowdPose easy/medium/hard, AIC / MPII OKS AP), plots and efficiency (stage `evaluate`)."""
     from pose.evaluate.coco import evaluate_keypoints, write_metrics
 
     p = load_params(params_file)
@@ -319,16 +337,16 @@ def evaluate(annotations: Path = typer.Option(..., help="ground-truth COCO keypo
     try:
         if results is not None:
             res = json.loads(results.read_text())
-            metrics = evaluate_keypoints(annotations, res, sigmas=COCO_SIGMAS,
-                                         oks_threshold=float(ev["oks_threshold"]), schema=dataset_schema,
-                                         area_bins=ev["area_bins"])
+            sigmas, native = _dataset_evaluation(p, dataset)
+            metrics = evaluate_keypoints(annotations, res, sigmas=sigmas, oks_threshold=float(ev["oks_threshold"]),
+                                         area_bins=ev["area_bins"], native=native)
         elif checkpoint is not None and images is not None:
             from pose.train.checkpoint import load_trained_model
-            from pose.train.loop import pick_device
+            from pose.device import pick_device
 
             device = pick_device()
             model = load_trained_model(checkpoint, device)
-            metrics, res = _score(p, checkpoint, annotations, images, results_out, dataset_schema=dataset_schema,
+            metrics, res = _score(p, checkpoint, annotations, images, results_out, dataset=dataset,
                                   model=model, device=device)
         else:
             _fail("give --results, or --checkpoint with --images")
@@ -337,8 +355,7 @@ def evaluate(annotations: Path = typer.Option(..., help="ground-truth COCO keypo
     write_metrics(metrics, out)
     if plots_dir is not None:
         from pose.evaluate.plots import write_eval_plots
-
-        from pose.decode.predict import confident_persons, limit_persons
+        from pose.predict import confident_persons, limit_persons
 
         # the overlays draw what `pose predict` draws: at most evaluate.max_people persons per
         # image, only those passing the params `predict` thresholds (results.json keeps them all)
@@ -366,17 +383,25 @@ def evaluate(annotations: Path = typer.Option(..., help="ground-truth COCO keypo
     typer.echo(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
 
 
-#: model references `pose predict --model` accepts besides a checkpoint file (pose.decode.predict.load_model)
+#: values of `pose predict --backend` (pose.predict.BACKENDS; repeated here so a bad value fails before any import)
+_BACKENDS = ("torch", "onnxruntime")
+#: model references `pose predict --model` accepts besides a checkpoint file (pose.predict.load_model)
 _MODEL_URI = re.compile(r"models:/[^/@]+(@[^/@]+|/[^/@]+)|runs:/[^/]+/.+|mlflow-artifacts:/.+")
 
 
 def _check_predict_inputs(source: Path, model: str, *, input_size: int | None, min_score: float | None,
-                          min_joints: int | None) -> None:
+                          min_joints: int | None, backend: str = "torch") -> None:
     """Cheap checks of `pose predict`'s inputs before torch / MLflow are imported and a model is
     loaded; each failure is one line naming the argument and what is allowed (exit 1 for a missing
     input, 2 for an option value out of range, as click's usage errors)."""
+    if backend not in _BACKENDS:
+        _fail(f"--backend {backend!r}: must be one of {', '.join(_BACKENDS)}", EXIT_CONFIG)
     if not source.exists():
         _fail(f"source {source}: no such image or folder")
+    if backend == "onnxruntime" and not model.startswith(("models:", "runs:", "mlflow-artifacts:")):
+        if not Path(model).is_file() or Path(model).suffix.lower() != ".onnx":
+            _fail(f"--model {model}: no such .onnx file (--backend onnxruntime runs a file written by "
+                  "`pose export --format onnx`, or a models:/ / runs:/ URI whose artifacts hold one)")
     if "://" in model or model.startswith(("models:", "runs:", "mlflow-artifacts:")):
         if not _MODEL_URI.fullmatch(model):
             _fail(f"--model {model!r}: not a model reference; allowed: a checkpoint file, models:/<name>@<alias>, "
@@ -395,24 +420,63 @@ def _check_predict_inputs(source: Path, model: str, *, input_size: int | None, m
         _fail(f"--min-joints {min_joints}: must be in [0, 17] (COCO-17 joints)", EXIT_CONFIG)
 
 
+def _predict_video(source: Path, model: str, out_dir: Path, *, p: dict, ev: dict, show: dict, backend: str,
+                   device: str, max_frames: int | None) -> None:
+    """`pose predict VIDEO`: out_dir/<stem>.jsonl (persons per frame) and out_dir/<stem>_overlay.mp4
+    (.avi for an .avi input) through `pose.video.predict_video`, each frame predicted as an image is
+    (`pose.predict.make_predictor`, then at most evaluate.max_people persons)."""
+    from pose.predict import limit_persons, make_predictor, training_data
+    from pose.registry.tracking import tracking_uri
+    from pose.video import predict_video, video_outputs
+
+    if max_frames is not None and max_frames < 1:
+        _fail(f"--max-frames {max_frames}: must be >= 1 (leave it out for the whole video)", EXIT_CONFIG)
+    out_jsonl, out_video = video_outputs(source, out_dir)
+    created = not out_dir.exists()
+    done = False
+    try:
+        predictor = make_predictor(model, backend=backend, eval_params=ev, tracking_uri=tracking_uri(p),
+                                   device=device)
+        typer.echo(f"model {model}: trained on {training_data(model, tracking_uri=tracking_uri(p))}")
+        max_people = int(ev["max_people"])
+        summary = predict_video(lambda frame: limit_persons(predictor(frame), max_people), source,
+                                out_jsonl=out_jsonl, out_video=out_video, predict_params=show,
+                                max_frames=max_frames, progress=True)
+        done = True
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        _fail(str(exc))
+    finally:
+        if not done and created and out_dir.exists():  # no empty output folder is left behind
+            shutil.rmtree(out_dir, ignore_errors=True)
+    typer.echo(f"{summary['frames']} frame(s), {summary['persons']} person(s) ({summary['drawn']} drawn) -> "
+               f"{summary['jsonl']}, {summary['video']}")
+
+
 @app.command()
-def predict(source: Path = typer.Argument(..., help="an image or a folder of images"),
+def predict(source: Path = typer.Argument(..., help="an image, a folder of images, or a video (.mp4, .avi, .mov, "
+                                                    ".mkv: <stem>.jsonl + <stem>_overlay.mp4/.avi in --out-dir)"),
             model: str = typer.Option(..., help="checkpoint path, or models:/<name>@<alias> (also "
                                                 "models:/<name>/<version>, runs:/<run>/<path>)"),
             out_dir: Path = typer.Option(Path("predictions"), help="folder for <image>_pose.png overlays and "
-                                                                   "results.json (not created when inputs are bad)"),
+                                                                   "results.json, or a video's <stem>.jsonl and "
+                                                                   "<stem>_overlay video (not created when inputs "
+                                                                   "are bad)"),
             input_size: int = typer.Option(None, help="network input side (default: params evaluate.input_size)"),
             min_score: float = typer.Option(None, help="draw persons scoring at least this "
                                                        "(default: params predict.min_person_score)"),
             min_joints: int = typer.Option(None, help="... with at least this many joints above the joint "
                                                       "threshold (default: params predict.min_joints)"),
+            max_frames: int = typer.Option(None, help="video only: predict at most this many frames "
+                                                      "(default: the whole video)"),
+            backend: str = typer.Option("torch", help="torch | onnxruntime (--model is then a .onnx file from "
+                                                      "`pose export`; NumPy decoding, torch is not imported)"),
             params_file: Path = PARAMS) -> None:
-    """Draw the confident skeletons (one colour per person) on images and write COCO results JSON;
-    prints what data the model was trained on."""
-    _check_predict_inputs(source, model, input_size=input_size, min_score=min_score, min_joints=min_joints)
-    from pose.decode.predict import list_images, load_model, predict_files, training_data
-    from pose.registry.promotion import tracking_uri
-    from pose.train.loop import pick_device
+    """Draw the confident skeletons (one colour per person) on images and write COCO results JSON,
+    or on a video's frames with per-frame JSON Lines; prints what data the model was trained on."""
+    _check_predict_inputs(source, model, input_size=input_size, min_score=min_score, min_joints=min_joints,
+                          backend=backend)
+    from pose.predict import list_images, make_predictor, predict_files, training_data
+    from pose.registry.tracking import tracking_uri
 
     p = load_params(params_file)
     ev = dict(p["evaluate"])
@@ -423,14 +487,24 @@ def predict(source: Path = typer.Argument(..., help="an image or a folder of ima
         show["min_person_score"] = min_score
     if min_joints is not None:
         show["min_joints"] = min_joints
-    device = pick_device()
+    if backend == "torch":
+        from pose.device import pick_device
+
+        device = str(pick_device())
+    else:
+        device = "cpu"
+    if source.suffix.lower() in (".mp4", ".avi", ".mov", ".mkv"):  # pose.video.VIDEO_SUFFIXES
+        return _predict_video(source, model, out_dir, p=p, ev=ev, show=show, backend=backend, device=device,
+                              max_frames=max_frames)
     created = not out_dir.exists()
     done = False
     try:
         files = list_images(source)
-        net = load_model(model, tracking_uri=tracking_uri(p), device=device)
+        predictor = make_predictor(model, backend=backend, eval_params=ev, tracking_uri=tracking_uri(p),
+                                   device=device)
         typer.echo(f"model {model}: trained on {training_data(model, tracking_uri=tracking_uri(p))}")
-        summary = predict_files(net, files, out_dir, eval_params=ev, predict_params=show, device=device)
+        summary = predict_files(predictor, files, out_dir, eval_params=ev, predict_params=show,
+                                num_joints=predictor.num_joints)
         done = True
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         _fail(str(exc))
@@ -439,6 +513,41 @@ def predict(source: Path = typer.Argument(..., help="an image or a folder of ima
             shutil.rmtree(out_dir, ignore_errors=True)
     typer.echo(f"{summary['images']} image(s), {summary['persons']} person(s) ({summary['drawn']} drawn) -> "
                f"{out_dir} (results: {summary['results']})")
+
+
+@app.command("export")
+def export_cmd(model: str = typer.Option(..., help="checkpoint path, or models:/<name>@<alias> (also "
+                                                   "models:/<name>/<version>, runs:/<run>/<path>)"),
+               format: str = typer.Option("onnx", "--format", help="onnx (the only format)"),
+               out: Path = typer.Option(..., help="file to write, e.g. model.onnx"),
+               params_file: Path = PARAMS) -> None:
+    """Export a model for `pose predict --backend onnxruntime`: the test-time network (flip test, head
+    aggregation, params evaluate) with dynamic batch, height and width, and the decoding settings in
+    the file's metadata."""
+    if format not in ("onnx",):  # pose.export.FORMATS
+        _fail(f"--format {format!r}: must be onnx", EXIT_CONFIG)
+    if model.startswith(("models:", "runs:", "mlflow-artifacts:")) or "://" in model:
+        if not _MODEL_URI.fullmatch(model):
+            _fail(f"--model {model!r}: not a model reference; allowed: a checkpoint file, models:/<name>@<alias>, "
+                  "models:/<name>/<version>, runs:/<run_id>/<path>")
+    elif not Path(model).is_file():
+        _fail(f"--model {model}: no such checkpoint file (or give models:/<name>@<alias>, models:/<name>/<version>, "
+              "runs:/<run_id>/<path>)")
+    from pose.export import export_onnx
+    from pose.predict import load_model, training_data_record
+    from pose.registry.tracking import tracking_uri
+
+    p = load_params(params_file)
+    try:
+        net = load_model(model, tracking_uri=tracking_uri(p), device="cpu")
+        extra = {"source": model}
+        record = training_data_record(model, tracking_uri=tracking_uri(p))
+        if record:
+            extra["train_data"] = record
+        path = export_onnx(net, out, eval_params=dict(p["evaluate"]), metadata=extra)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        _fail(str(exc))
+    typer.echo(f"exported {model} -> {path} ({path.stat().st_size / 1e6:.1f} MB, onnx)")
 
 
 @app.command()
@@ -456,9 +565,8 @@ def register(checkpoint: Path = typer.Option(..., help="trained checkpoint to re
              artifact: list[Path] = typer.Option([], help="extra files/folders to log"),
              params_file: Path = PARAMS) -> None:
     """Log the run to MLflow, register the model, set challenger/champion aliases (stage `register`)."""
+    from pose.registry.errors import RegistryError
     from pose.registry.mlflow_registry import register_run
-
-    from pose.registry.promotion import RegistryError
 
     p = load_params(params_file)
     try:
@@ -485,7 +593,7 @@ def promote(version: str = typer.Option(None, help="version (3 / v3), alias or m
             params_file: Path = PARAMS) -> None:
     """Gate a registered version against the champion with the rules of params `registry.rules` (on the
     same eval data, with bootstrap CIs) and move alias `champion` when every rule passes, under the registry lock."""
-    from pose.registry.promotion import RegistryError
+    from pose.registry.errors import RegistryError
     from pose.registry.promotion import promote as run_promote
 
     p = load_params(params_file)
@@ -503,7 +611,7 @@ def rollback(reason: str = typer.Option(..., help="why the champion is rolled ba
              to: int = typer.Option(None, help="an earlier champion version (default: the previous champion)"),
              params_file: Path = PARAMS) -> None:
     """Move alias `champion` back to the previous champion (registered-model tag champion.history)."""
-    from pose.registry.promotion import RegistryError
+    from pose.registry.errors import RegistryError
     from pose.registry.promotion import rollback as run_rollback
 
     try:
@@ -523,7 +631,7 @@ def compare(a: str = typer.Argument(..., help="baseline: run id, version (3 / v3
     """Markdown + HTML report of A vs B, verdict first (better AP, paired CI, gate rules), then metric deltas,
     data / params diff, curves and overlays. Prints the verdict and the report paths."""
     from pose.registry.compare import compare as run_compare
-    from pose.registry.promotion import RegistryError
+    from pose.registry.errors import RegistryError
 
     try:
         report = run_compare(load_params(params_file), a, b, out_dir=out_dir, images_dir=images, log_to_run=log)

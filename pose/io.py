@@ -1,9 +1,10 @@
 """Atomic file writes shared by every stage: a temp file in the target's folder, then
 ``os.replace``. Readers (and DVC) never see a half-written file, and a failed write
-leaves the previous file untouched."""
+leaves the previous file untouched. Also the one file-hash helper (`sha256_file`)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -53,6 +54,20 @@ def atomic_write_json(path: Path | str, obj: Any, **dumps_kwargs: Any) -> Path:
     """`atomic_write_text` of ``json.dumps(obj, **dumps_kwargs)``. Raises TypeError/ValueError
     from `json.dumps` before anything is written."""
     return atomic_write_text(path, json.dumps(obj, **dumps_kwargs))
+
+
+#: bytes read per block by `sha256_file`
+_HASH_BLOCK = 1 << 20
+
+
+def sha256_file(path: Path | str) -> str:
+    """Hex SHA-256 (64 lowercase chars, as ``sha256sum`` prints it) of a file's bytes, read in
+    1 MiB blocks. Raises FileNotFoundError / OSError when the file cannot be read."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_HASH_BLOCK), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_image(path: Path | str, image_id: Any = None) -> "np.ndarray":

@@ -37,6 +37,10 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
                       model_validator)
 from pydantic_core import PydanticCustomError
 
+from pose.codec import OUTPUT_STRIDES
+from pose.datasets.formats import KINDS as FORMAT_KINDS
+from pose.datasets.formats import NATIVE_SCHEMAS
+
 #: input sides must be multiples of this (HRNet's 4th branch runs at 1/32 of the input)
 SIZE_DIVISOR = 32
 
@@ -287,11 +291,12 @@ SourceItem = Annotated[Source, BeforeValidator(_url_or_mapping)]
 
 
 class CatalogueEntry(Section):
-    """``catalogue.<name>`` (pose.datasets.catalogue / pose.datasets.fetch): which keys a kind
-    needs is checked by `pose.datasets.catalogue.check_entry` in `Params`."""
-    kind: Literal["generated", "coco", "crowdpose", "aic", "mpii"]
+    """``catalogue.<name>`` (pose.datasets.catalogue / pose.datasets.fetch): the allowed ``kind`` and
+    ``native_schema`` values are the formats of `pose.datasets.formats`; which keys a kind needs is
+    checked by `pose.datasets.catalogue.check_entry` in `Params`."""
+    kind: Literal[FORMAT_KINDS]
     schema_: Literal["coco17"] | None = Field(None, alias="schema")
-    native_schema: Literal["crowdpose14", "aic14", "mpii16"] | None = None
+    native_schema: Literal[NATIVE_SCHEMAS] | None = None
     sigmas: Str | list[PosFloat] | None = None
     native_sigmas: Str | list[PosFloat] | None = None
     mirror: str | None = None
@@ -322,6 +327,7 @@ class ValidateSection(Section):
     on_error: Literal["fail", "quarantine"]
     bbox_tolerance: NonNegFloat
     min_labeled_keypoints: NonNegInt
+    lr_swap_min_shoulder_reversal: NonNegFloat
     workers: NonNegInt
     image_cache: str
 
@@ -332,11 +338,19 @@ class CheckScalesSection(Section):
     min_torso_heatmap_px: NonNegFloat
 
 
+def _backbone(value: str) -> str:
+    from pose.models.factory import BACKBONES  # torch-free: the names only
+
+    if value not in BACKBONES:
+        raise PydanticCustomError("backbone", "must be one of {allowed}", {"allowed": " | ".join(BACKBONES)})
+    return value
+
+
 class ModelSection(Section):
+    backbone: Annotated[str, AfterValidator(_backbone)]
     width: PosInt
     num_joints: Annotated[int, BeforeValidator(_reject_bool)]
     tag_dim: PosInt
-    num_deconv: Annotated[int, BeforeValidator(_reject_bool)]
     stage_blocks: list[PosInt]
     stem_blocks: PosInt
     deconv_blocks: NonNegInt
@@ -349,9 +363,6 @@ class ModelSection(Section):
     def _shape(self):
         if self.num_joints != 17:
             raise _problem(("num_joints",), self.num_joints, "must be 17: every dataset is fetched as COCO-17")
-        if self.num_deconv != 1:
-            raise _problem(("num_deconv",), self.num_deconv,
-                           "must be 1: training targets exist at strides 4 and 2 only (pose.train.data)")
         if len(self.stage_blocks) != 3:
             raise _problem(("stage_blocks",), self.stage_blocks,
                            "must list 3 module counts (HRNet stages 2, 3, 4; published [1, 4, 3])")
@@ -451,10 +462,36 @@ class EvaluateSection(Section):
         return self
 
 
+def _fourcc(value: str) -> str:
+    if len(value) != 4 or not value.isprintable():
+        raise PydanticCustomError("fourcc", "must be a 4-character FourCC code (e.g. mp4v, MJPG)", {})
+    return value
+
+
+FourCC = Annotated[str, AfterValidator(_fourcc)]
+
+
+class VideoFourcc(Section):
+    """FourCC of `pose predict`'s overlay video per container (pose.video)."""
+    mp4: FourCC
+    avi: FourCC
+
+
 class PredictSection(Section):
     min_person_score: Prob
     min_joints: _bounded(int, 0, 17)
     joint_threshold: Prob
+    video_frame_stride: PosInt
+    video_fourcc: VideoFourcc
+
+
+class ServeSection(Section):
+    """The served model (`pose.registry.serving`): request limits and the logged input example."""
+    max_pixels: PosInt
+    max_images: PosInt
+    example_size: InputSize
+    predictor_cache: PosInt
+    log_onnx: bool
 
 
 class Rule(Section):
@@ -495,6 +532,7 @@ class RegistrySection(Section):
     bootstrap_samples: PosInt
     bootstrap_seed: Int
     lock_timeout_s: PosFloat
+    compare_overlays: NonNegInt
 
 
 def _cron(value: str) -> str:
@@ -519,19 +557,27 @@ def _webhook(value: str) -> str:
     return value
 
 
+class RetryDelays(Section):
+    """Delays (s) before each retry of the network-bound tasks of flows/retrain.py."""
+    fetch: list[PosFloat]
+    push: list[PosFloat]
+    listing: list[PosFloat]
+
+
 class ScheduleSection(Section):
     deployment: Str
     cron: Annotated[str, AfterValidator(_cron)]
     timezone: Annotated[str, AfterValidator(_timezone)]
     fingerprint: Literal["content", "stat"]
     push: bool
+    retry_delays_s: RetryDelays
     notify_webhook: Annotated[str, AfterValidator(_webhook)]
 
 
 class Params(Section):
     """The whole params.yaml. Cross-section rules: ``data.dataset`` is a ``catalogue`` key,
     each catalogue entry is consistent for its kind (`pose.datasets.catalogue.check_entry`),
-    ``loss.heatmap_weights`` has one weight per model output (``model.num_deconv + 1``)."""
+    ``loss.heatmap_weights`` has one weight per model output (`pose.codec.OUTPUT_STRIDES`)."""
     data: DataSection
     catalogue: Annotated[dict[str, CatalogueEntry], _non_empty("at least one dataset")]
     generated: GeneratedSection
@@ -544,6 +590,7 @@ class Params(Section):
     train: TrainSection
     evaluate: EvaluateSection
     predict: PredictSection
+    serve: ServeSection
     registry: RegistrySection
     schedule: ScheduleSection
 
@@ -552,10 +599,11 @@ class Params(Section):
         if self.data.dataset not in self.catalogue:
             raise _problem(("data", "dataset"), self.data.dataset,
                            f"must be a catalogue key: {' | '.join(self.catalogue)}")
-        n_out = self.model.num_deconv + 1
+        n_out = len(OUTPUT_STRIDES)
         if len(self.loss.heatmap_weights) != n_out:
             raise _problem(("loss", "heatmap_weights"), self.loss.heatmap_weights,
-                           f"must have {n_out} weights, one per output resolution (model.num_deconv + 1)")
+                           f"must have {n_out} weights, one per output stride "
+                           f"{' and '.join(map(str, OUTPUT_STRIDES))} (pose.codec)")
         return self
 
 
@@ -661,5 +709,38 @@ def validate_params(params: dict, source: str = "params.yaml") -> Params:
     return model
 
 
-__all__ = ["load_params", "load_checked_params", "validate_params", "ParamsError", "Params", "flatten",
+def check_section_values(section: str, values: dict, source: str) -> dict:
+    """Check some keys of one params.yaml section against the schema's type and range of each
+    key (not the section's cross-key rules): e.g. a served model's request overrides of its
+    ``evaluate`` settings. Returns ``values`` unchanged.
+
+    Raises `ParamsError`, one line ``<source>: <section>.<key> = <value>: <what is allowed>``
+    for the first problem (an unknown key included), ``(+N more: ...)`` when there are others."""
+    from pydantic import TypeAdapter
+
+    fields = Params.model_fields
+    field = fields.get(section) or next((f for f in fields.values() if f.alias == section), None)
+    if field is None:
+        raise ParamsError(f"{source}: {section}: unknown params section")
+    model = field.annotation
+    by_key = {(f.alias or name): f for name, f in model.model_fields.items()}
+    problems: list[tuple[str, str]] = []
+    for key, value in values.items():
+        if key not in by_key:
+            problems.append((f"{section}.{key}", f"{section}.{key}: unknown key; allowed: {', '.join(by_key)}"))
+            continue
+        f = by_key[key]
+        try:
+            TypeAdapter(Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation).validate_python(value)
+        except ValidationError as exc:
+            problems += [_describe({**e, "loc": (section, key, *e["loc"])}) for e in exc.errors(include_url=False)]
+    if problems:
+        more = problems[1:]
+        tail = f" (+{len(more)} more: {', '.join(p for p, _ in more[:5])})" if more else ""
+        raise ParamsError(f"{source}: {problems[0][1]}{tail}", problems)
+    return values
+
+
+__all__ = ["load_params", "load_checked_params", "validate_params", "check_section_values", "ParamsError",
+           "Params", "flatten",
            "input_size_error", "check_input_size", "SIZE_DIVISOR", "RULE_METRICS"]

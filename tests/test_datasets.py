@@ -1,7 +1,11 @@
-"""Tests of pose.datasets: generated data, fetch + manifest, download, extraction, converters.
+"""Tests of pose.datasets: generated data, fetch + manifest, download, extraction, the format
+registry and its converters, the catalogue, ingest.
 
-Real data is read from ``../shared/datasets`` (never copied into the repo); tests that
-need it are skipped with a reason when it is absent.
+Real data is read from ``../shared/datasets`` (``POSE_SHARED_DATASETS``; never copied into the
+repo). Tests about the COCO layout and code paths use coco-mini when present, else the generated
+set (``coco_like`` / ``generated_coco`` of conftest.py); tests about a real native format's
+specifics (the CrowdPose / MPII / AIC fixtures) are skipped with a reason when it is absent.
+The PoseTrack test runs on a hand-written file in tests/data/posetrack/.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import hashlib
 import http.server
 import io
 import json
+import os
 import shutil
 import tarfile
 import threading
@@ -24,12 +29,9 @@ import yaml
 from pose.datasets.schema import COCO_SIGMAS, KEYPOINT_NAMES, NUM_JOINTS, PERSON_CATEGORY
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "datasets"
-COCO_MINI = SHARED / "coco-mini"
+SHARED = Path(os.environ.get("POSE_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))
 FIXTURES = SHARED / "fixtures"
 
-needs_coco_mini = pytest.mark.skipif(not (COCO_MINI / "annotations").is_dir(),
-                                     reason=f"real COCO sample not present at {COCO_MINI}")
 needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"native-format fixtures not present at {FIXTURES}")
 
 
@@ -268,35 +270,45 @@ def test_generated_rejects_bad_arguments(tmp_path):
 
 # ============================================================================ fetch
 
-def _fetch(name, catalogue, out, params, **kw):
+def _fetch(name, catalogue, out, params, mirror_root=SHARED, **kw):
     from pose.datasets.fetch import fetch_dataset
 
-    return fetch_dataset(name, catalogue=catalogue, mirror_root=SHARED, out_dir=out,
+    return fetch_dataset(name, catalogue=catalogue, mirror_root=mirror_root, out_dir=out,
                          generated_params=params["generated"], train_split="train2017", val_split="val2017", **kw)
 
 
-@needs_coco_mini
-def test_fetch_coco_mini_from_mirror_and_tamper(tmp_path, params):
+def _split_sizes(root: Path) -> dict[str, tuple[int, int]]:
+    """{split: (images, annotations)} of a COCO-layout folder's two annotation files."""
+    out = {}
+    for split in ("train2017", "val2017"):
+        doc = _load(root / "annotations" / f"person_keypoints_{split}.json")
+        out[split] = (len(doc["images"]), len(doc["annotations"]))
+    return out
+
+
+def test_fetch_coco_from_mirror_and_tamper(tmp_path, params, coco_like):
     from pose.datasets.fetch import ManifestError, verify_manifest
 
-    out = tmp_path / "raw" / "coco-mini"
-    summary = _fetch("coco-mini", params["catalogue"], out, params)
-    assert summary["splits"]["train2017"]["images"] == 80
-    assert summary["splits"]["val2017"]["images"] == 79
-    assert summary["source"].startswith("mirror:")
-    assert len(list((out / "train2017").iterdir())) == 80
-    assert len(list((out / "val2017").iterdir())) == 79
+    sizes = _split_sizes(coco_like)
+    (n_train, _), (n_val, _) = sizes["train2017"], sizes["val2017"]
+    out = tmp_path / "raw" / "cm"
+    summary = _fetch("cm", {"cm": {"kind": "coco", "mirror": coco_like.name}}, out, params,
+                     mirror_root=coco_like.parent)
+    assert {s: (v["images"], v["annotations"]) for s, v in summary["splits"].items()} == sizes
+    assert summary["source"] == f"mirror:{coco_like}" and n_train > 0 and n_val > 0
+    assert len(list((out / "train2017").iterdir())) == n_train
+    assert len(list((out / "val2017").iterdir())) == n_val
     for split in ("train2017", "val2017"):
         ann = out / "annotations" / f"person_keypoints_{split}.json"
-        src = COCO_MINI / "annotations" / ann.name
+        src = coco_like / "annotations" / ann.name
         assert ann.read_bytes() == src.read_bytes()
         assert not ann.samefile(src)  # annotation files are copies, never links into the mirror
     verify_manifest(out)
     lines = (out / "MANIFEST.sha256").read_text().splitlines()
-    assert lines == sorted(lines, key=lambda s: s.split("  ", 1)[1]) and len(lines) == 80 + 79 + 2
+    assert lines == sorted(lines, key=lambda s: s.split("  ", 1)[1]) and len(lines) == n_train + n_val + 2
     digest, rel = lines[5].split("  ", 1)
     assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == digest
-    assert not list(tmp_path.joinpath("raw").glob(".coco-mini.*")), "temporary folders left behind"
+    assert not list(tmp_path.joinpath("raw").glob(".cm.*")), "temporary folders left behind"
 
     # tamper with one image: replace it (a new inode, so the linked mirror file stays intact)
     victim = sorted((out / "val2017").iterdir())[3]
@@ -308,7 +320,7 @@ def test_fetch_coco_mini_from_mirror_and_tamper(tmp_path, params):
         verify_manifest(out)
     # an extra file is detected too
     victim.unlink()
-    (out / "val2017" / victim.name).write_bytes(COCO_MINI.joinpath("val2017", victim.name).read_bytes())
+    (out / "val2017" / victim.name).write_bytes(coco_like.joinpath("val2017", victim.name).read_bytes())
     verify_manifest(out)
     (out / "stray.txt").write_text("x")
     with pytest.raises(ManifestError, match="stray.txt"):
@@ -345,28 +357,29 @@ def test_fetch_unknown_name_and_failure_keeps_old(tmp_path, params):
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["ds"]
 
 
-@needs_coco_mini
-def test_fetch_from_file_source_tree(tmp_path, params):
+def test_fetch_from_file_source_tree(tmp_path, params, coco_like):
     """No mirror: the first failing source is skipped, a file:// COCO tree is used."""
     cat = {"cm": {"kind": "coco", "mirror": "absent", "sources": [
-        (tmp_path / "nowhere").as_uri(), COCO_MINI.as_uri()]}}
+        (tmp_path / "nowhere").as_uri(), coco_like.as_uri()]}}
     out = tmp_path / "raw" / "cm"
     s = _fetch("cm", cat, out, params, link=False, retries=0, progress=False)
-    assert s["source"] == COCO_MINI.as_uri()
-    assert s["splits"]["val2017"] == {"images": 79, "annotations": 118}
+    assert s["source"] == coco_like.as_uri()
+    n_img, n_ann = _split_sizes(coco_like)["val2017"]
+    assert s["splits"]["val2017"] == {"images": n_img, "annotations": n_ann} and n_ann > 0
 
 
-@needs_fixtures
 def test_fetch_native_kind_converts_from_mirror(tmp_path, params):
-    spec = {"annotations": "test_crowdpose.json", "images": "."}
-    cat = {"cp": {"kind": "crowdpose", "mirror": "fixtures/crowdpose",
-                  "native": {"train2017": spec, "val2017": spec}}}
-    out = tmp_path / "raw" / "cp"
-    s = _fetch("cp", cat, out, params, link=False)
-    assert s["splits"]["train2017"] == {"images": 2, "annotations": 5}
+    """A native kind from a mirror folder with a custom ``native`` layout (the hand-written PoseTrack file)."""
+    _posetrack_mirror(tmp_path / "mirror")
+    spec = {"annotations": "annotations/posetrack18_val.json", "images": "."}
+    cat = {"pt": {"kind": "posetrack", "mirror": "posetrack18", "native": {"train2017": spec, "val2017": spec}}}
+    out = tmp_path / "raw" / "pt"
+    s = _fetch("pt", cat, out, params, mirror_root=tmp_path / "mirror", link=False)
+    assert s["splits"]["train2017"] == {"images": 2, "annotations": 3}
     doc = _load(out / "annotations" / "person_keypoints_val2017.json")
     assert doc["categories"] == [PERSON_CATEGORY]
-    assert sorted(p.name for p in (out / "val2017").iterdir()) == ["103319.jpg", "106848.jpg"]
+    assert sorted(p.name for p in (out / "val2017" / "images" / "val" / "000001_test").iterdir()) == [
+        "000000.jpg", "000002.jpg"]                             # the unlabelled frame is not linked
 
 
 # ============================================================================ download
@@ -640,8 +653,10 @@ def _check_coco17(out_json: Path, images_dir: Path) -> dict:
 @needs_fixtures
 @pytest.mark.parametrize("dataset,rel", [("crowdpose", "crowdpose/test_crowdpose.json"), ("aic", "aic/test_aic.json")])
 def test_convert_coco_style_fixtures_by_joint_name(tmp_path, dataset, rel):
-    from pose.datasets.convert import SCHEMAS, convert
+    from pose.datasets.convert import convert
+    from pose.datasets.formats import FORMATS
 
+    fmt = FORMATS[dataset]
     native_path = FIXTURES / rel
     native = _load(native_path)
     out = tmp_path / f"{dataset}.json"
@@ -649,12 +664,12 @@ def test_convert_coco_style_fixtures_by_joint_name(tmp_path, dataset, rel):
     doc = _check_coco17(out, native_path.parent)
     assert s["annotations"] == len(native["annotations"]) == len(doc["annotations"]) > 0
     names = [_norm(n) for n in native["categories"][0]["keypoints"]]
-    assert len(names) == 14 == len(SCHEMAS[dataset]["names"])
+    assert len(names) == 14 == len(fmt.keypoint_names)
     by_id = {a["id"]: a for a in doc["annotations"]}
     checked = 0
     for na in native["annotations"]:
         a = by_id[na["id"]]
-        assert a["native_schema"] == SCHEMAS[dataset]["schema"]
+        assert a["native_schema"] == fmt.schema
         nk = np.asarray(na["keypoints"], float).reshape(14, 3)
         ck = np.asarray(a["keypoints"], float).reshape(17, 3)
         assert np.array_equal(np.asarray(a["native_keypoints"], float).reshape(14, 3)[nk[:, 2] > 0], nk[nk[:, 2] > 0])
@@ -678,7 +693,8 @@ def test_convert_coco_style_fixtures_by_joint_name(tmp_path, dataset, rel):
 
 @needs_fixtures
 def test_convert_mpii_fixture(tmp_path):
-    from pose.datasets.convert import MPII_SIGMAS, convert
+    from pose.datasets.convert import convert
+    from pose.datasets.formats.mpii import SIGMAS as MPII_SIGMAS
 
     native_path = FIXTURES / "mpii" / "test_mpii.json"
     native = _load(native_path)
@@ -706,24 +722,37 @@ def test_convert_mpii_fixture(tmp_path):
 
 
 def test_convert_constants_and_errors(tmp_path):
-    from pose.datasets.convert import (AIC_SIGMAS, CROWDPOSE_SIGMAS, SCHEMAS, ConversionError, convert,
-                                       map_keypoints)
+    from pose.datasets.convert import ConversionError, convert, map_keypoints
+    from pose.datasets.formats import FORMATS, NATIVE_KINDS, SIGMA_CONSTANTS
+    from pose.datasets.formats.base import DatasetFormat
 
-    assert CROWDPOSE_SIGMAS.shape == (14,) and CROWDPOSE_SIGMAS[0] == pytest.approx(0.079)
+    cp = FORMATS["crowdpose"]
+    assert cp.sigmas.shape == (14,) and cp.sigmas[0] == pytest.approx(0.079)
     # CrowdPose body sigmas equal COCO's for the same joints
-    assert np.allclose(CROWDPOSE_SIGMAS[:12], COCO_SIGMAS[5:])
-    assert AIC_SIGMAS.shape == (14,)
-    for name, spec in SCHEMAS.items():
-        targets = [c for c in spec["to_coco"] if c is not None]
-        assert len(targets) == len(set(targets)) == 12, name
-        for i, c in enumerate(spec["to_coco"]):  # mapping agrees with the joint names
+    assert np.allclose(cp.sigmas[:12], COCO_SIGMAS[5:])
+    assert FORMATS["aic"].sigmas.shape == (14,) and FORMATS["mpii"].sigmas.shape == (16,)
+    assert {"crowdpose", "aic", "mpii"} <= set(NATIVE_KINDS) and "coco" not in NATIVE_KINDS
+    assert np.array_equal(SIGMA_CONSTANTS["COCO_SIGMAS"], COCO_SIGMAS)
+    for name, fmt in FORMATS.items():
+        assert fmt.kind == name and len(fmt.sigmas) == len(fmt.keypoint_names) == len(fmt.to_coco), name
+        assert (fmt.parse is None) == (name not in NATIVE_KINDS)
+        for i, c in enumerate(fmt.to_coco):  # the mapping agrees with the joint names, both ways
             if c is not None:
-                assert spec["names"][i] == KEYPOINT_NAMES[c], (name, i)
+                assert fmt.keypoint_names[i] == KEYPOINT_NAMES[c], (name, i)
+            else:
+                assert fmt.keypoint_names[i] not in KEYPOINT_NAMES, (name, i)
+    with pytest.raises(ValueError, match="distinct"):   # a format's own consistency check
+        DatasetFormat(kind="x", schema="x2", keypoint_names=("a", "b"), sigmas=np.ones(2), sigmas_name="X",
+                      to_coco=(5, 5), parse=None, native_metrics=None, native_metric="", reference="")
     nat = np.zeros((14, 3))
     nat[0] = [5, 6, 0]  # v = 0: not copied even with coordinates
-    assert (map_keypoints(nat, SCHEMAS["crowdpose"]["to_coco"]) == 0).all()
+    assert (map_keypoints(nat, cp.to_coco) == 0).all()
+    nat[0] = [5, 6, 2]
+    assert map_keypoints(nat, cp.to_coco)[5].tolist() == [5, 6, 2]
     with pytest.raises(ValueError, match="crowdpose"):
-        convert("posetrack", tmp_path / "x.json", tmp_path, tmp_path / "o.json")
+        convert("nope", tmp_path / "x.json", tmp_path, tmp_path / "o.json")
+    with pytest.raises(ValueError, match="crowdpose"):
+        convert("coco", tmp_path / "x.json", tmp_path, tmp_path / "o.json")   # COCO needs no conversion
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"images": [], "annotations": [], "categories": [
         {"id": 1, "name": "person", "keypoints": ["a"] * 17}]}))
@@ -753,7 +782,7 @@ def _params_file(tmp_path: Path, params: dict, **catalogue_extra) -> Path:
 
 def test_catalogue_entries_schema_and_sigmas(params):
     from pose.datasets.catalogue import check_catalogue, check_entry, entry_sigmas
-    from pose.datasets.convert import AIC_SIGMAS, CROWDPOSE_SIGMAS, MPII_SIGMAS
+    from pose.datasets.formats import FORMATS
 
     cat = params["catalogue"]
     assert {"generated", "coco-mini", "coco2017", "crowdpose", "mpii", "aic"} <= set(cat)
@@ -761,7 +790,7 @@ def test_catalogue_entries_schema_and_sigmas(params):
     for name, entry in cat.items():
         assert entry["schema"] == "coco17" and "kind" in entry, name
         assert np.array_equal(entry_sigmas(entry), COCO_SIGMAS), name
-    for name, sig in (("crowdpose", CROWDPOSE_SIGMAS), ("aic", AIC_SIGMAS), ("mpii", MPII_SIGMAS)):
+    for name, sig in ((n, FORMATS[n].sigmas) for n in ("crowdpose", "aic", "mpii")):
         assert cat[name]["kind"] == name and cat[name]["mirror"] == f"fixtures/{name}"
         assert np.array_equal(entry_sigmas(cat[name], native=True), sig)
         assert set(cat[name]["native"]) == {params["data"]["train_split"], params["data"]["val_split"]}
@@ -803,33 +832,34 @@ def test_cli_fetch_native_dataset_from_mirror(tmp_path, params, name, n_native, 
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == [name]
 
 
-@needs_fixtures
 def test_fetch_native_from_archive_source_with_release_layout(tmp_path, http_server, params):
-    """No mirror: a CrowdPose-release-like tar (annotations/ + images/ under a top folder), pinned by md5 and
-    sha1, is downloaded, verified, unpacked and converted with the source's own `native` layout."""
+    """No mirror: a release-like tar (annotations/ + frames under a top folder; the hand-written PoseTrack
+    file), pinned by md5 and sha1, is downloaded, verified, unpacked and converted with the source's own
+    `native` layout."""
     from pose.datasets.fetch import verify_manifest
 
+    rel = _posetrack_mirror(tmp_path / "mirror") / "posetrack18"
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tf:
-        tf.add(FIXTURES / "crowdpose" / "test_crowdpose.json", "release/annotations/mmpose_crowdpose_trainval.json")
-        tf.add(FIXTURES / "crowdpose" / "test_crowdpose.json", "release/annotations/mmpose_crowdpose_test.json")
-        for jpg in sorted((FIXTURES / "crowdpose").glob("*.jpg")):
-            tf.add(jpg, f"release/images/{jpg.name}")
+        tf.add(rel / "annotations" / "posetrack18_train.json", "release/annotations/pt_train.json")
+        tf.add(rel / "annotations" / "posetrack18_val.json", "release/annotations/pt_val.json")
+        tf.add(rel / "images", "release/frames/images")
     blob = buf.getvalue()
     http_server.files["/cp/crowdpose.tar.gz"] = blob
-    release = {"train2017": {"annotations": "annotations/mmpose_crowdpose_trainval.json", "images": "images"},
-               "val2017": {"annotations": "annotations/mmpose_crowdpose_test.json", "images": "images"}}
-    entry = {**params["catalogue"]["crowdpose"], "mirror": "absent", "sources": [
+    release = {"train2017": {"annotations": "annotations/pt_train.json", "images": "frames"},
+               "val2017": {"annotations": "annotations/pt_val.json", "images": "frames"}}
+    entry = {**params["catalogue"]["posetrack"], "mirror": "absent", "sources": [
         {"archives": [{"url": f"{http_server.base}/cp/crowdpose.tar.gz", "size": len(blob),
                        "md5": hashlib.md5(blob).hexdigest(), "sha1": hashlib.sha1(blob).hexdigest()}],
          "native": release}]}
     out = tmp_path / "raw" / "cp"
     s = _fetch("cp", {"cp": entry}, out, params, retries=0, progress=False)
     assert s["source"].endswith("/cp/crowdpose.tar.gz")
-    assert s["splits"]["train2017"] == {"images": 2, "annotations": 5}
+    assert s["splits"]["train2017"] == {"images": 2, "annotations": 3}
     verify_manifest(out)
-    doc = _check_coco17(out / "annotations" / "person_keypoints_train2017.json", out / "train2017")
-    assert {a["native_schema"] for a in doc["annotations"]} == {"crowdpose14"}
+    doc = _load(out / "annotations" / "person_keypoints_train2017.json")
+    assert {a["native_schema"] for a in doc["annotations"]} == {"posetrack17"}
+    assert all((out / "train2017" / im["file_name"]).is_file() for im in doc["images"])
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["cp"]
     # the release layout is required: a source whose native paths are wrong says what is missing
     bad = {**entry, "sources": [{**entry["sources"][0], "native": {
@@ -987,18 +1017,23 @@ def _snapshot(root: Path) -> dict:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-@needs_coco_mini
-def test_ingest_coco_mini_val_into_train(tmp_path, params):
-    """A real batch (coco-mini val2017) into a copy of coco-mini whose val split keeps only 40 images:
-    the 39 others are added to train2017 with fresh ids; the 40 still in val2017 are refused (leakage);
-    ingesting the same batch again adds nothing and writes nothing."""
+def test_ingest_val_into_train(tmp_path, params, coco_like):
+    """A batch (the val split of coco-mini, or of the generated set without ../shared) into a copy
+    of that set whose val split keeps only its first half: the others are added to train2017 with
+    fresh ids; the half still in val2017 is refused (leakage); ingesting the same batch again adds
+    nothing and writes nothing."""
     from pose.datasets.fetch import verify_manifest, write_manifest
 
-    target = tmp_path / "raw" / "coco-mini"
-    _fetch("coco-mini", params["catalogue"], target, params, link=False)
+    target = tmp_path / "raw" / "cm"
+    _fetch("cm", {"cm": {"kind": "coco", "mirror": coco_like.name}}, target, params, mirror_root=coco_like.parent,
+           link=False)
     val_json = target / "annotations" / "person_keypoints_val2017.json"
     val = _load(val_json)
-    keep = {i["id"] for i in sorted(val["images"], key=lambda i: i["id"])[:40]}
+    n_train = len(_load(target / "annotations" / "person_keypoints_train2017.json")["images"])
+    n_val = len(val["images"])
+    n_keep = n_val // 2
+    n_add = n_val - n_keep
+    keep = {i["id"] for i in sorted(val["images"], key=lambda i: i["id"])[:n_keep]}
     for img in val["images"]:
         if img["id"] not in keep:
             (target / "val2017" / img["file_name"]).unlink()
@@ -1007,41 +1042,45 @@ def test_ingest_coco_mini_val_into_train(tmp_path, params):
     val_json.write_text(json.dumps(val))
     write_manifest(target)
     train_before = _load(target / "annotations" / "person_keypoints_train2017.json")
-    batch_doc = _load(COCO_MINI / "annotations" / "person_keypoints_val2017.json")
+    batch_doc = _load(coco_like / "annotations" / "person_keypoints_val2017.json")
     n_new_anns = sum(1 for a in batch_doc["annotations"] if a["image_id"] not in keep)
+    assert n_keep > 0 and n_add > 0 and n_new_anns > 0
 
-    res = _cli("ingest", "--batch", COCO_MINI, "--annotations", "annotations/person_keypoints_val2017.json",
+    res = _cli("ingest", "--batch", coco_like, "--annotations", "annotations/person_keypoints_val2017.json",
                "--into", target, "--params", _params_file(tmp_path, params))
     assert res.exit_code == 0, res.output
     s = json.loads(res.stdout)
-    assert s["added_images"] == 39 and s["added_annotations"] == n_new_anns and s["changed"] is True
-    assert s["skipped_duplicate_images"] == s["skipped_in_other_splits"] == 40
+    assert s["added_images"] == n_add and s["added_annotations"] == n_new_anns and s["changed"] is True
+    assert s["skipped_duplicate_images"] == s["skipped_in_other_splits"] == n_keep
     verify_manifest(target)
     train = _load(target / "annotations" / "person_keypoints_train2017.json")
-    assert len(train["images"]) == 80 + 39 and len(train["annotations"]) == len(train_before["annotations"]) + n_new_anns
+    assert len(train["images"]) == n_train + n_add
+    assert len(train["annotations"]) == len(train_before["annotations"]) + n_new_anns
     img_ids = [i["id"] for i in train["images"]] + [i["id"] for i in val["images"]]
     ann_ids = [a["id"] for a in train["annotations"]] + [a["id"] for a in val["annotations"]]
     assert len(img_ids) == len(set(img_ids)) and len(ann_ids) == len(set(ann_ids)), "id collision"
     old_max = max(i["id"] for i in train_before["images"] + val["images"])
-    assert all(i["id"] > old_max for i in train["images"][80:])
+    assert all(i["id"] > old_max for i in train["images"][n_train:])
     by_id = {i["id"]: i for i in train["images"]}
     for a in train["annotations"][len(train_before["annotations"]):]:
         img = by_id[a["image_id"]]
-        assert (target / "train2017" / img["file_name"]).read_bytes() == (COCO_MINI / "val2017" / img["file_name"]).read_bytes()
+        src = coco_like / "val2017" / img["file_name"]
+        assert (target / "train2017" / img["file_name"]).read_bytes() == src.read_bytes()
     record = _load(target / "ingest_record.json")
     (entry,) = record["batches"]
-    assert entry["added_images"] == 39 and len(entry["image_id_map"]) == 39 and len(entry["duplicates"]) == 40
+    assert entry["added_images"] == n_add and len(entry["image_id_map"]) == n_add
+    assert len(entry["duplicates"]) == n_keep
     assert all(d["duplicate_of"].startswith("val2017/") for d in entry["duplicates"]) and "ingested_at" in entry
-    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["coco-mini"], "temporary folders left behind"
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["cm"], "temporary folders left behind"
 
     snap = _snapshot(target)
-    again = _cli("ingest", "--batch", COCO_MINI, "--annotations", "annotations/person_keypoints_val2017.json",
+    again = _cli("ingest", "--batch", coco_like, "--annotations", "annotations/person_keypoints_val2017.json",
                  "--into", target, "--params", _params_file(tmp_path, params))
     assert again.exit_code == 0, again.output
     s2 = json.loads(again.stdout)
-    assert s2["added_images"] == 0 and s2["skipped_duplicate_images"] == 79 and s2["changed"] is False
+    assert s2["added_images"] == 0 and s2["skipped_duplicate_images"] == n_val and s2["changed"] is False
     assert _snapshot(target) == snap
-    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["coco-mini"]
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["cm"]
 
 
 def test_ingest_renumbers_renames_and_dedupes_within_batch(tmp_path):
@@ -1203,3 +1242,85 @@ def test_ingest_concurrent_runs_are_serialised(tmp_path):
     verify_manifest(target)
     assert len(_load(target / "ingest_record.json")["batches"]) == 1
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["ds"]
+
+
+# ============================================================================ posetrack (a format added in one file)
+
+POSETRACK = REPO / "tests" / "data" / "posetrack" / "000001_test.json"
+
+
+def _posetrack_mirror(root: Path) -> Path:
+    """A PoseTrack 2018 release copy under ``root/posetrack18`` (the catalogue entry's ``mirror``): the
+    hand-written video JSON as both splits' annotation file and a blank 320 x 240 JPEG per frame."""
+    rel = root / "posetrack18"
+    for split in ("train", "val"):
+        dst = rel / "annotations" / f"posetrack18_{split}.json"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(POSETRACK, dst)
+    for img in _load(POSETRACK)["images"]:
+        path = rel / img["file_name"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), np.full((240, 320, 3), 127, np.uint8))
+    return root
+
+
+def test_posetrack_fetch_maps_to_coco17_and_native_ap(tmp_path, params):
+    from pose.datasets.fetch import verify_manifest
+
+    p = json.loads(json.dumps(params))
+    p["data"].update(mirror=str(_posetrack_mirror(tmp_path / "mirror")), dataset="posetrack")
+    pfile = tmp_path / "params.yaml"
+    pfile.write_text(yaml.safe_dump(p, sort_keys=False))
+    out = tmp_path / "raw" / "posetrack"
+    res = _cli("fetch", "--out", out, "--params", pfile)
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["kind"] == "posetrack" and summary["native_schema"] == "posetrack17"
+    assert summary["splits"]["val2017"] == {"images": 2, "annotations": 3}   # the unlabelled frame is dropped
+    verify_manifest(out)
+    native = _load(POSETRACK)
+    names = native["categories"][0]["keypoints"]
+    doc = _load(out / "annotations" / "person_keypoints_val2017.json")
+    assert doc["categories"] == [PERSON_CATEGORY]
+    assert {im["file_name"] for im in doc["images"]} == {"images/val/000001_test/000000.jpg",
+                                                         "images/val/000001_test/000002.jpg"}
+    assert all((im["width"], im["height"]) == (320, 240) for im in doc["images"])   # read from the frames
+    assert all((out / "val2017" / im["file_name"]).is_file() for im in doc["images"])
+    by_id = {a["id"]: a for a in doc["annotations"]}
+    checked = 0
+    for na in native["annotations"]:
+        a = by_id[na["id"]]
+        nk = np.asarray(na["keypoints"], float).reshape(17, 3)
+        ck = np.asarray(a["keypoints"], float).reshape(17, 3)
+        assert a["native_schema"] == "posetrack17" and a["native_keypoints"] == na["keypoints"]
+        assert a["track_id"] == na["track_id"] and a["bbox"] == na["bbox"] and a["bbox_head"] == na["bbox_head"]
+        assert (ck[[1, 2]] == 0).all()                        # COCO's eyes: PoseTrack has none
+        for i, n in enumerate(names):                         # by the file's joint names, not the mapping table
+            if n in KEYPOINT_NAMES:
+                assert np.array_equal(ck[KEYPOINT_NAMES.index(n)], nk[i]), n
+                checked += nk[i, 2] > 0
+            else:
+                assert n in ("head_bottom", "head_top") and nk[i, 2] > 0   # kept natively only
+        assert a["num_keypoints"] == int((nk[[0, *range(3, 17)], 2] > 0).sum())
+    assert checked == 15 + 12 + 14
+    # native evaluation: the ground truth scores AP 1 against itself, a perturbed copy less
+    gt_json = out / "annotations" / "person_keypoints_val2017.json"
+    perfect = [{"image_id": a["image_id"], "category_id": 1, "keypoints": a["keypoints"], "score": 1.0}
+               for a in doc["annotations"]]
+    rng = np.random.default_rng(0)
+    moved = []
+    for r in perfect:
+        k = np.asarray(r["keypoints"], float).reshape(17, 3)
+        k[:, :2] += rng.normal(0, 6.0, (17, 2)) * (k[:, 2:] > 0)
+        moved.append({**r, "keypoints": k.reshape(-1).tolist()})
+    scores = {}
+    for tag, results in (("perfect", perfect), ("moved", moved)):
+        rfile = tmp_path / f"{tag}.json"
+        rfile.write_text(json.dumps(results))
+        res = _cli("evaluate", "--annotations", gt_json, "--results", rfile, "--out", tmp_path / f"{tag}_eval.json",
+                   "--params", pfile)
+        assert res.exit_code == 0, res.output
+        scores[tag] = _load(tmp_path / f"{tag}_eval.json")
+    assert scores["perfect"]["posetrack_AP"] == pytest.approx(1.0) and scores["perfect"]["AP"] == pytest.approx(1.0)
+    assert scores["perfect"]["posetrack_joints"] == 15     # head_bottom / head_top: no COCO-17 prediction
+    assert scores["moved"]["posetrack_AP"] < 0.9, scores["moved"]["posetrack_AP"]

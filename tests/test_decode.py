@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 import cv2
@@ -15,20 +14,27 @@ import torch
 from torch import nn
 
 from pose.augment.affine import apply_affine, letterbox_affine
-from pose.datasets.schema import FLIP_INDEX, NUM_JOINTS
-from pose.datasets.schema import COCO_SIGMAS
-from pose.decode.group import (default_joint_order, group_keypoints, max_pool_nms, oks_nms, top_k_peaks)
-from pose.decode.inference import (IMAGENET_MEAN, IMAGENET_STD, aggregate_outputs, heatmap_to_image,
-                                   input_geometry, model_convention, multi_scale_maps, predict_dataset,
-                                   predict_image, resize_maps, short_side_geometry, to_coco_results,
-                                   to_input_tensor, unflip_maps)
+from pose.datasets.schema import COCO_SIGMAS, FLIP_INDEX, NUM_JOINTS
+from pose.decode.group import default_joint_order, group_keypoints, max_pool_nms, oks_nms, top_k_peaks
+from pose.decode.inference import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    aggregate_outputs,
+    heatmap_to_image,
+    input_geometry,
+    model_convention,
+    multi_scale_maps,
+    predict_dataset,
+    predict_image,
+    resize_maps,
+    short_side_geometry,
+    to_coco_results,
+    to_input_tensor,
+    unflip_maps,
+)
 from pose.evaluate.coco import evaluate_results
 from pose.targets.heatmaps import render_heatmaps
 
-SHARED = Path(os.environ.get("POSE_SHARED_DATASETS",
-                           Path(__file__).resolve().parents[1].parent / "shared" / "datasets"))
-COCO_MINI = SHARED / "coco-mini"
-VAL_JSON = COCO_MINI / "annotations" / "person_keypoints_val2017.json"
 K = NUM_JOINTS
 DECODE = dict(detection_threshold=0.1, tag_threshold=1.0, max_people=30, nms_kernel=5, tie_break=False)
 
@@ -75,7 +81,7 @@ def test_top_k_peaks_orders_and_suppresses():
     hm[0, 2, 3], hm[0, 2, 4] = 0.9, 0.5   # 0.5 is suppressed by its neighbour
     hm[0, 7, 9] = 0.7
     hm[0, 5, 0] = 0.3
-    vals, xs, ys = top_k_peaks(hm, 4)
+    vals, xs, ys = top_k_peaks(hm, 4, 3)
     np.testing.assert_allclose(vals[0], [0.9, 0.7, 0.3, 0.0])
     assert (xs[0, :3].tolist(), ys[0, :3].tolist()) == ([3, 9, 0], [2, 7, 5])
     assert vals[1].max() == 0
@@ -85,7 +91,7 @@ def test_top_k_peaks_orders_and_suppresses():
     rng = np.random.default_rng(1)
     for power in (8, 40):
         big = rng.random((4, 40, 40)).astype(np.float32) ** power
-        dense, sparse = top_k_peaks(big, 30), top_k_peaks(big, 30, threshold=0.1)
+        dense, sparse = top_k_peaks(big, 30, 3), top_k_peaks(big, 30, 3, threshold=0.1)
         keep = dense[0] > 0.1
         assert keep.any()
         for a, b in zip(dense, sparse, strict=True):
@@ -429,13 +435,13 @@ def _reference_affine(width: int, height: int, out_w: int, out_h: int) -> np.nda
     return cv2.getAffineTransform(src.astype(np.float32), dst.astype(np.float32)).astype(np.float64), src, dst
 
 
-def test_short_side_geometry_on_coco_mini_and_its_inverse(coco_mini):
-    """On every coco-mini val image: the shorter side becomes input_size (rounded up to 64),
-    the longer one keeps the aspect ratio rounded up to a multiple of 64 as the reference
-    rounds (scaled by the test scale relative to the smallest), the affine is the reference's, and labelled
-    keypoints mapped to input px / heatmap px and back (both conventions, strides 1, 2, 4)
-    return to within 1e-6 image px."""
-    data = json.loads((coco_mini / "annotations/person_keypoints_val2017.json").read_text())
+def test_short_side_geometry_on_coco_mini_and_its_inverse(coco_like):
+    """On every val image (coco-mini, or the generated set without ../shared): the shorter
+    side becomes input_size (rounded up to 64), the longer one keeps the aspect ratio rounded
+    up to a multiple of 64 as the reference rounds (scaled by the test scale relative to the
+    smallest), the affine is the reference's, and labelled keypoints mapped to input px /
+    heatmap px and back (both conventions, strides 1, 2, 4) return to within 1e-6 image px."""
+    data = json.loads((coco_like / "annotations/person_keypoints_val2017.json").read_text())
     kps_by_image: dict[int, list] = {}
     for a in data["annotations"]:
         kp = np.asarray(a["keypoints"], np.float64).reshape(K, 3)
@@ -470,14 +476,14 @@ def test_short_side_geometry_on_coco_mini_and_its_inverse(coco_mini):
                 back = heatmap_to_image(hm, g.affine, stride, convention=convention)[0]
                 assert np.abs(back[:, :2] - pts[:, :2]).max() < 1e-6
         checked += 1
-    assert checked == len(data["images"]) > 50
+    assert checked == len(data["images"]) > 0
 
 
-def test_letterbox_and_short_side_inputs_of_a_real_image(coco_mini):
+def test_letterbox_and_short_side_inputs_of_a_real_image(coco_like):
     """The warped input of a real image: short_side keeps the aspect ratio at the reference's
     size and shows the whole image centre; letterbox pads to a square."""
-    im = json.loads((coco_mini / "annotations/person_keypoints_val2017.json").read_text())["images"][0]
-    img = cv2.imread(str(coco_mini / "val2017" / im["file_name"]))
+    im = json.loads((coco_like / "annotations/person_keypoints_val2017.json").read_text())["images"][0]
+    img = cv2.imread(str(coco_like / "val2017" / im["file_name"]))
     h, w = img.shape[:2]
     g = input_geometry(w, h, resize="short_side", input_size=256)
     x = to_input_tensor(img, g.affine, (g.width, g.height))
@@ -581,30 +587,28 @@ def test_multi_scale_short_side_follows_the_reference(convention):
         multi_scale_maps(model, img, test_scales=[0.7, 1.0], project2image=False, **{**kw, "input_size": 512})
 
 
-@pytest.mark.skipif(not VAL_JSON.exists(), reason=f"coco-mini not at {COCO_MINI}")
-def test_predict_dataset_end_to_end(tmp_path):
-    data = json.loads(VAL_JSON.read_text())
+def test_predict_dataset_end_to_end(coco_like, tmp_path):
+    data = json.loads((coco_like / "annotations/person_keypoints_val2017.json").read_text())
     images = data["images"][:3]
     ids = {im["id"] for im in images}
     small = {**data, "images": images, "annotations": [a for a in data["annotations"] if a["image_id"] in ids]}
     ann = tmp_path / "val3.json"
     ann.write_text(json.dumps(small))
-    results = predict_dataset(TinyPoseNet(), ann, COCO_MINI / "val2017", {**EVAL, "oks_threshold": 0.5}, "cpu")
+    results = predict_dataset(TinyPoseNet(), ann, coco_like / "val2017", {**EVAL, "oks_threshold": 0.5}, "cpu")
     assert all(r["category_id"] == 1 and len(r["keypoints"]) == 3 * K for r in results)
-    assert {r["image_id"] for r in results} <= ids
+    assert {r["image_id"] for r in results} == ids                   # every image decoded, in COCO ids
     metrics = evaluate_results(ann, results)
-    assert 0.0 <= metrics["AP"] <= 1.0
+    assert metrics["AP"] >= 0.0                                      # scored against ground truth (-1: none)
     with pytest.raises(FileNotFoundError):
         predict_dataset(TinyPoseNet(), ann, tmp_path, EVAL, "cpu")
 
 
 # --------------------------------------------------------------------------- oracle
-@pytest.mark.skipif(not VAL_JSON.exists(), reason=f"coco-mini not at {COCO_MINI}")
-def test_oracle_ground_truth_maps_decode_to_high_ap():
+def test_oracle_ground_truth_maps_decode_to_high_ap(coco_like):
     """Ground-truth heatmaps (render_heatmaps, sigma 2, at 1/2 of a 512 letterbox) and tags
     (one value per person, 2 apart, over a 7x7 patch at each of its keypoints, N(0, 0.05)
     noise elsewhere) -> group_keypoints -> image px -> COCO AP."""
-    data = json.loads(VAL_JSON.read_text())
+    data = json.loads((coco_like / "annotations/person_keypoints_val2017.json").read_text())
     by_image: dict[int, list] = {}
     for a in data["annotations"]:
         if a["num_keypoints"] > 0 and not a["iscrowd"]:
@@ -620,7 +624,7 @@ def test_oracle_ground_truth_maps_decode_to_high_ap():
         kp = np.asarray([a["keypoints"] for a in anns], np.float64).reshape(-1, K, 3)
         kp_hm = kp.copy()
         kp_hm[..., :2] = apply_affine(aff, kp[..., :2]) / 2
-        heatmaps = render_heatmaps(kp_hm, hm_size, hm_size, 2.0)
+        heatmaps = render_heatmaps(kp_hm, hm_size, hm_size, 2.0, convention="project", subpixel=False)
         tags = rng.normal(0.0, 0.05, (K, hm_size, hm_size, 1)).astype(np.float32)
         for p in range(len(anns)):
             for k in np.flatnonzero(kp_hm[p, :, 2] > 0):
@@ -630,26 +634,26 @@ def test_oracle_ground_truth_maps_decode_to_high_ap():
         kps = heatmap_to_image(persons, aff, 2.0, convention="project")
         results += to_coco_results([{"keypoints": kps[i], "score": float(scores[i])} for i in range(len(scores))],
                                    im["id"])
-    metrics = evaluate_results(VAL_JSON, results, per_keypoint=False)
-    print(f"\noracle AP on coco-mini val: {metrics['AP']:.6f} (AP50 {metrics['AP50']:.4f}, "
+    metrics = evaluate_results(coco_like / "annotations/person_keypoints_val2017.json", results, per_keypoint=False)
+    print(f"\noracle AP on {coco_like.name} val: {metrics['AP']:.6f} (AP50 {metrics['AP50']:.4f}, "
           f"grouping accuracy {metrics['grouping_accuracy']:.4f}, {len(results)} persons)")
     assert metrics["AP"] >= 0.9
     assert metrics["grouping_accuracy"] >= 0.95
 
 
 def test_overlay_of_predictions(tmp_path):
-    from pose.evaluate.plots import overlay
+    from pose.draw import overlay
 
     img = _image(seed=3)
     persons = predict_image(TinyPoseNet(), img, eval_params=EVAL)
-    out = overlay(img, persons, tmp_path / "o.png")
+    out = overlay(img, persons, tmp_path / "o.png", min_score=0.0)
     assert cv2.imread(str(out)).shape == img.shape
 
 
-def test_oks_nms_drops_duplicates_of_a_real_person(coco_mini):
+def test_oks_nms_drops_duplicates_of_a_real_person(coco_like):
     """Pose NMS on a real coco-mini person: a slightly shifted copy is a duplicate, a
     different person of the same image is not; >= 1 keeps everyone."""
-    gt = json.loads((coco_mini / "annotations/person_keypoints_val2017.json").read_text())
+    gt = json.loads((coco_like / "annotations/person_keypoints_val2017.json").read_text())
     by_image: dict[int, list] = {}
     for a in gt["annotations"]:
         if a["num_keypoints"] >= 10 and not a["iscrowd"]:
@@ -688,3 +692,58 @@ def test_group_keypoints_keeps_at_most_max_people_best_scoring():
         assert len(persons) == min(cap, n)
         expected = np.sort(peak_scores)[::-1][: min(cap, n)] / k
         np.testing.assert_allclose(np.sort(scores)[::-1], expected, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- one inference path
+def _previous_multi_scale_maps(model, image, *, input_size, resize, test_scales, flip_test, project2image,
+                               convention):
+    """The loop multi_scale_maps ran before InferenceNet existed (model on [x, flip(x)],
+    aggregate_outputs, every scale resampled onto the base grid with _to_grid), kept as the
+    regression reference of the one inference path."""
+    from pose.decode.inference import _to_grid
+
+    scales = [float(s) for s in test_scales]
+    h, w = image.shape[:2]
+    geo = dict(resize=resize, input_size=input_size, min_scale=min(scales))
+    base = input_geometry(w, h, scale=1.0, **geo)
+    stride = 1 if project2image else 2
+    grid = (base.height // stride, base.width // stride)
+    hm_sum, tag_list = None, []
+    with torch.no_grad():
+        for s in scales:
+            g = base if s == 1.0 else input_geometry(w, h, scale=s, **geo)
+            x = torch.from_numpy(to_input_tensor(image, g.affine, (g.width, g.height)))[None]
+            out = model(torch.cat([x, torch.flip(x, dims=[3])]) if flip_test else x)
+            k = int(out[1].shape[1])
+            t = (int(out[0].shape[1]) - k) // k
+            hm, tg = aggregate_outputs([o[:1] for o in out], k, t, [o[1:] for o in out] if flip_test else None,
+                                       convention=convention)
+            hm = _to_grid(hm, g, base, stride, grid, convention)[0]
+            tg = _to_grid(tg[0].permute(0, 3, 1, 2), g, base, stride, grid, convention).permute(0, 2, 3, 1)
+            hm_sum = hm if hm_sum is None else hm_sum + hm
+            tag_list.append(tg)
+    return hm_sum / len(scales), torch.cat(tag_list, dim=-1)
+
+
+@pytest.mark.parametrize("convention", ["project", "reference"])
+def test_inference_net_reproduces_the_previous_maps_exactly(coco_like, convention):
+    """multi_scale_maps through InferenceNet (the module pose export writes) gives bit-identical
+    maps to the previous aggregation, with flip, project2image, multi-scale and both resizes."""
+    from pose.models import build_model
+
+    model_params = dict(json.loads(json.dumps(__import__("yaml").safe_load(
+        (Path(__file__).resolve().parents[1] / "params.yaml").read_text())["model"])), width=8,
+        stage_blocks=[1, 1, 1], convention=convention)
+    torch.manual_seed(0)
+    model = build_model(model_params).eval()
+    with torch.no_grad():
+        [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.out_channels == K][-1].bias.fill_(0.5)
+    image = cv2.imread(str(sorted((coco_like / "val2017").glob("*.jpg"))[0]))
+    for cfg in (dict(resize="letterbox", input_size=128, test_scales=[1.0], flip_test=True, project2image=True),
+                dict(resize="short_side", input_size=128, test_scales=[0.5, 1.0], flip_test=True, project2image=True),
+                dict(resize="letterbox", input_size=96, test_scales=[1.0, 1.5], flip_test=False, project2image=False)):
+        hm, tags, _, stride = multi_scale_maps(model, image, convention=convention, **cfg)
+        hm_prev, tags_prev = _previous_multi_scale_maps(model, image, convention=convention, **cfg)
+        assert stride == (1 if cfg["project2image"] else 2)
+        assert float(hm.max()) > 0.1
+        assert torch.equal(hm, hm_prev) and torch.equal(tags, tags_prev), cfg

@@ -14,21 +14,65 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from pose.datasets.formats import crowdpose as cp_format
 from pose.datasets.schema import COCO_SIGMAS, KEYPOINT_NAMES, NUM_JOINTS
-from pose.evaluate.coco import (CROWDPOSE_SIGMAS, METRIC_NAMES, _entries, _interpolated_ap,
-                                _run_cocoeval, ap_by_area, area_ranges, crowdpose_metrics, detect_schema,
-                                evaluate_crowdpose, evaluate_keypoints, evaluate_results, load_ground_truth,
-                                load_results, write_metrics)
-from pose.evaluate.efficiency import measure_efficiency
-from pose.evaluate.plots import (ap_per_keypoint_plot, draw_persons, overlay, overlay_grid, select_sample_images,
-                                 write_eval_plots)
+from pose.draw import draw_persons, overlay, overlay_grid
+from pose.evaluate.coco import (
+    METRIC_NAMES,
+    _entries,
+    _interpolated_ap,
+    _run_cocoeval,
+    ap_by_area,
+    area_ranges,
+    crowdpose_metrics,
+    evaluate_crowdpose,
+    evaluate_keypoints,
+    evaluate_results,
+    load_ground_truth,
+    load_results,
+    write_metrics,
+)
+from pose.evaluate.plots import (
+    ap_per_keypoint_plot,
+    select_sample_images,
+    write_eval_plots,
+)
 
 SHARED = Path(os.environ.get("POSE_SHARED_DATASETS",
                            Path(__file__).resolve().parents[1].parent / "shared" / "datasets"))
-VAL_JSON = SHARED / "coco-mini" / "annotations" / "person_keypoints_val2017.json"
 CROWDPOSE_FIXTURE = SHARED / "fixtures" / "crowdpose"
-needs_coco_mini = pytest.mark.skipif(not VAL_JSON.exists(), reason=f"coco-mini not at {VAL_JSON}")
 K = NUM_JOINTS
+CROWDPOSE_SIGMAS = cp_format.SIGMAS
+CROWDPOSE_SPLITS = cp_format.CROWDPOSE_SPLITS
+
+
+@pytest.fixture(scope="module")
+def val_json(coco_like) -> Path:
+    """The val annotations of coco-mini when present, else of the generated set: these tests are
+    about the metric code, not about real photos."""
+    return coco_like / "annotations" / "person_keypoints_val2017.json"
+
+
+def _num_persons(data: dict, lo: float = 0.0, hi: float = 1e10) -> int:
+    """Labelled non-crowd persons with ``lo <= area <= hi`` (px^2; COCOeval's inclusive bounds)."""
+    return sum(1 for a in data["annotations"] if a["num_keypoints"] > 0 and not a["iscrowd"]
+               and lo <= a["area"] <= hi)
+
+
+def _has_range(data: dict) -> dict[str, bool]:
+    """METRIC_NAMES -> whether the ground truth has a person in that metric's area range (else
+    pycocotools reports -1): APM / ARM medium (32^2..96^2), APL / ARL large, the others all."""
+    medium, large = _num_persons(data, 32 ** 2, 96 ** 2) > 0, _num_persons(data, 96 ** 2) > 0
+    return {n: medium if n in ("APM", "ARM") else large if n in ("APL", "ARL") else True for n in METRIC_NAMES}
+
+
+def _crowdpose_native(gt: dict, results: list) -> dict:
+    """The CrowdPose format's native metric with its own sigmas (what `pose evaluate` runs for it)."""
+    return cp_format.native_metrics(gt, results, CROWDPOSE_SIGMAS)
+
+
+def _evaluate(gt, results, *, area_bins=None, native=None, sigmas=COCO_SIGMAS) -> dict:
+    return evaluate_keypoints(gt, results, sigmas=sigmas, oks_threshold=0.5, area_bins=area_bins, native=native)
 
 
 def _gt_results(data: dict) -> list[dict]:
@@ -37,11 +81,14 @@ def _gt_results(data: dict) -> list[dict]:
 
 
 def _perturbed(data: dict, seed: int = 0) -> list[dict]:
+    """Ground truth as results with keypoints moved by N(0, (0.05 * person scale)^2) px (scale =
+    sqrt(area)), random scores, and a false positive next to ~30% of the persons."""
     rng = np.random.default_rng(seed)
+    area = {(a["image_id"], tuple(a["keypoints"])): a["area"] for a in data["annotations"]}
     out = []
     for r in _gt_results(data):
         kp = np.asarray(r["keypoints"], np.float64).reshape(K, 3)
-        kp[:, :2] += rng.normal(0, 6, (K, 2))
+        kp[:, :2] += rng.normal(0, 0.05 * np.sqrt(area[r["image_id"], tuple(r["keypoints"])]), (K, 2))
         kp[:, 2] = rng.uniform(0.1, 1, K)
         out.append({**r, "keypoints": kp.reshape(-1).tolist(), "score": float(rng.uniform(0.05, 1))})
         if rng.uniform() < 0.3:   # a false positive next to it
@@ -51,28 +98,27 @@ def _perturbed(data: dict, seed: int = 0) -> list[dict]:
     return out
 
 
-@needs_coco_mini
-def test_ground_truth_as_results_scores_one(capsys):
-    data = json.loads(VAL_JSON.read_text())
-    metrics = evaluate_results(VAL_JSON, _gt_results(data), sigmas=COCO_SIGMAS, oks_threshold=0.5)
+def test_ground_truth_as_results_scores_one(capsys, val_json):
+    data = json.loads(val_json.read_text())
+    metrics = evaluate_results(val_json, _gt_results(data), sigmas=COCO_SIGMAS, oks_threshold=0.5)
     assert set(METRIC_NAMES) <= set(metrics)
-    for name in METRIC_NAMES:
-        assert metrics[name] == 1.0, name
+    for name, present in _has_range(data).items():
+        assert metrics[name] == (1.0 if present else -1.0), name
     assert set(metrics["per_keypoint_AP"]) == set(KEYPOINT_NAMES)
     assert all(v == 1.0 for v in metrics["per_keypoint_AP"].values())
     for name in ("keypoint_precision", "keypoint_recall", "keypoint_f1", "grouping_accuracy"):
         assert metrics[name] == 1.0, name
-    assert metrics["num_gt_persons"] == 68 and metrics["num_images"] == 79
+    data_images = len(data["images"])
+    assert metrics["num_gt_persons"] == _num_persons(data) > 0 and metrics["num_images"] == data_images
     assert capsys.readouterr().out == ""          # pycocotools' prints are captured
 
 
-@needs_coco_mini
-def test_perturbed_results_equal_direct_pycocotools():
-    data = json.loads(VAL_JSON.read_text())
+def test_perturbed_results_equal_direct_pycocotools(val_json):
+    data = json.loads(val_json.read_text())
     results = _perturbed(data)
-    metrics = evaluate_results(VAL_JSON, results, per_keypoint=False)
+    metrics = evaluate_results(val_json, results, per_keypoint=False)
     with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(VAL_JSON))
+        gt = COCO(str(val_json))
         dt = gt.loadRes(json.loads(json.dumps(results)))
         ev = COCOeval(gt, dt, iouType="keypoints")
         ev.params.kpt_oks_sigmas = COCO_SIGMAS
@@ -85,12 +131,11 @@ def test_perturbed_results_equal_direct_pycocotools():
     assert 0 < metrics["keypoint_precision"] < 1 and 0 < metrics["keypoint_recall"] < 1
 
 
-@needs_coco_mini
-def test_per_keypoint_accumulation_reproduces_cocoeval_ap():
+def test_per_keypoint_accumulation_reproduces_cocoeval_ap(val_json):
     """The interpolation used for per-keypoint AP, fed COCOeval's own person matches,
     gives COCOeval's AP."""
-    data = json.loads(VAL_JSON.read_text())
-    gt = load_ground_truth(VAL_JSON)
+    data = json.loads(val_json.read_text())
+    gt = load_ground_truth(val_json)
     dt = load_results(gt, _perturbed(data, seed=1), K)
     ev = _run_cocoeval(gt, dt, COCO_SIGMAS)
     entries = _entries(ev)
@@ -104,21 +149,20 @@ def test_per_keypoint_accumulation_reproduces_cocoeval_ap():
     assert abs(np.mean(aps) - ev.stats[0]) < 1e-12
 
 
-@needs_coco_mini
-def test_empty_and_invalid_results(tmp_path):
-    metrics = evaluate_results(VAL_JSON, [])
-    assert all(metrics[name] == 0.0 for name in METRIC_NAMES)
+def test_empty_and_invalid_results(tmp_path, val_json):
+    metrics = evaluate_results(val_json, [])
+    data = json.loads(val_json.read_text())
+    assert all(metrics[name] == (0.0 if present else -1.0) for name, present in _has_range(data).items())
     assert metrics["grouping_accuracy"] == -1.0 and metrics["num_results"] == 0
     path = tmp_path / "results.json"
     path.write_text("[]")
-    assert evaluate_results(VAL_JSON, path)["AP"] == 0.0
+    assert evaluate_results(val_json, path)["AP"] == 0.0
     bad_image = [{"image_id": 123456789, "category_id": 1, "keypoints": [0.0] * 3 * K, "score": 1.0}]
     with pytest.raises(ValueError, match="not in the ground truth"):
-        evaluate_results(VAL_JSON, bad_image)
-    data = json.loads(VAL_JSON.read_text())
+        evaluate_results(val_json, bad_image)
     short = [{**_gt_results(data)[0], "keypoints": [0.0] * 6}]
     with pytest.raises(ValueError, match="keypoint values"):
-        evaluate_results(VAL_JSON, short)
+        evaluate_results(val_json, short)
     with pytest.raises(FileNotFoundError):
         evaluate_results(tmp_path / "missing.json", [])
 
@@ -196,13 +240,13 @@ def test_crowdpose_easy_medium_hard():
         if a["image_id"] == 3:
             kp[:, :2] += 12.0                  # the hard image is predicted badly
         res.append({"image_id": a["image_id"], "category_id": 1, "keypoints": kp.reshape(-1).tolist(), "score": 1.0})
-    m = evaluate_crowdpose(gt, res, sigmas=CROWDPOSE_SIGMAS)
+    m = evaluate_crowdpose(gt, res, sigmas=CROWDPOSE_SIGMAS, splits=CROWDPOSE_SPLITS)
     assert m["AP_easy"] == pytest.approx(1.0) and m["AP_medium"] == pytest.approx(1.0) and m["AP_hard"] < 0.9
     assert (m["num_easy"], m["num_medium"], m["num_hard"]) == (1, 1, 1)
     assert m["AP_hard"] < m["AP"] < 1.0
     del gt["images"][0]["crowdIndex"]
     with pytest.raises(ValueError, match="crowdIndex"):
-        evaluate_crowdpose(gt, res, sigmas=CROWDPOSE_SIGMAS)
+        evaluate_crowdpose(gt, res, sigmas=CROWDPOSE_SIGMAS, splits=CROWDPOSE_SPLITS)
 
 
 def test_write_metrics_is_atomic_sorted_json(tmp_path):
@@ -231,7 +275,7 @@ def test_plots(tmp_path):
     assert drawn.shape == image.shape and (image == 40).all()                 # input untouched
     c1, c2 = drawn[10, 20].tolist(), drawn[10, 100].tolist()
     assert c1 != [40, 40, 40] and c2 != [40, 40, 40] and c1 != c2         # one colour per person
-    out = overlay(image, persons, tmp_path / "overlay.png")
+    out = overlay(image, persons, tmp_path / "overlay.png", min_score=0.0)
     assert cv2.imread(str(out)).shape == image.shape
     grid = overlay_grid([drawn, drawn[:, :80], drawn[..., 0]], tmp_path / "grid.png", cell=64)
     assert cv2.imread(str(grid)).shape == (128, 128, 3)
@@ -240,20 +284,19 @@ def test_plots(tmp_path):
 
 
 # --------------------------------------------------------------------------- per-scale AP, CrowdPose schema
-@needs_coco_mini
-def test_ap_by_area_reproduces_apm_apl_and_bins_partition_persons():
-    data = json.loads(VAL_JSON.read_text())
+def test_ap_by_area_reproduces_apm_apl_and_bins_partition_persons(val_json):
+    data = json.loads(val_json.read_text())
     results = _perturbed(data, seed=2)
-    m = evaluate_keypoints(VAL_JSON, results, area_bins=[32, 64, 96, 128, 192])
+    m = _evaluate(val_json, results, area_bins=[32, 64, 96, 128, 192])
     assert m["AP_by_area"]["medium"] == m["APM"] and m["AP_by_area"]["large"] == m["APL"]
     assert m["AR_by_area"]["medium"] == m["ARM"] and m["AR_by_area"]["large"] == m["ARL"]
     assert list(m["AP_by_area"]) == ["medium", "large", "0-32", "32-64", "64-96", "96-128", "128-192", "192+"]
     bins = {k: v for k, v in m["num_gt_by_area"].items() if k not in ("medium", "large")}
-    assert sum(bins.values()) == m["num_gt_persons"] == 68
+    assert sum(bins.values()) == m["num_gt_persons"] == _num_persons(data) > 0
     assert all((m["AP_by_area"][k] == -1.0) == (n == 0) for k, n in bins.items())
-    coarse = ap_by_area(VAL_JSON, results, bins=[32, 96])       # bins on COCO's own bounds
+    coarse = ap_by_area(val_json, results, bins=[32, 96])       # bins on COCO's own bounds
     assert coarse["AP_by_area"]["32-96"] == m["APM"] and coarse["AP_by_area"]["96+"] == m["APL"]
-    assert "AP_by_area" not in evaluate_keypoints(VAL_JSON, results)          # no bins: no keys
+    assert "AP_by_area" not in _evaluate(val_json, results)          # no bins: no keys
     assert area_ranges([64, 32])[0] == ("0-32", 0.0, 1024.0)
     with pytest.raises(ValueError):
         area_ranges([32, 32])
@@ -269,53 +312,119 @@ def _converted_crowdpose(tmp_path: Path) -> tuple[dict, dict]:
             json.loads((CROWDPOSE_FIXTURE / "test_crowdpose.json").read_text()))
 
 
-def test_crowdpose_schema_on_the_real_fixture(tmp_path):
-    from pose.datasets.convert import CROWDPOSE_TO_COCO
-
+def test_crowdpose_native_metric_on_the_real_fixture(tmp_path):
+    TO_COCO = cp_format.TO_COCO
     gt17, native = _converted_crowdpose(tmp_path)
-    body = [i for i, c in enumerate(CROWDPOSE_TO_COCO) if c is not None]
+    body = [i for i, c in enumerate(TO_COCO) if c is not None]
     # CrowdPose's sigmas of the 12 body joints are COCO's: the 12-joint evaluation uses CrowdPose's sigmas
-    np.testing.assert_allclose(CROWDPOSE_SIGMAS[body], COCO_SIGMAS[[CROWDPOSE_TO_COCO[i] for i in body]])
-    assert detect_schema(gt17) == "crowdpose" and detect_schema(VAL_JSON if VAL_JSON.exists() else {
-        "images": [{"id": 1}], "annotations": []}) == "coco"
+    np.testing.assert_allclose(CROWDPOSE_SIGMAS[body], COCO_SIGMAS[[TO_COCO[i] for i in body]])
     res17 = [{"image_id": a["image_id"], "category_id": 1, "keypoints": a["keypoints"], "score": 1.0}
              for a in gt17["annotations"] if a["num_keypoints"] > 0]
-    m = evaluate_keypoints(gt17, res17)                                   # auto-detected
+    m = _evaluate(gt17, res17, native=_crowdpose_native)                  # the format's native metric
     assert m["crowdpose_joints"] == 12 and m["crowdpose_AP"] == pytest.approx(1.0)
     assert {"AP_easy", "AP_medium", "AP_hard", "num_easy", "num_medium", "num_hard"} <= set(m)
     assert m["num_easy"] + m["num_medium"] + m["num_hard"] == len(gt17["images"])
     assert m["AP"] == pytest.approx(1.0) and "APM" in m                    # COCO keys stay COCO's
-    assert "crowdpose_AP" not in evaluate_keypoints(gt17, res17, schema="coco")
+    assert "crowdpose_AP" not in _evaluate(gt17, res17)                  # no native metric: none of its keys
     # a CrowdPose-14 model against native 14-joint ground truth: all 14 joints, head/neck count
     res14 = [{"image_id": a["image_id"], "category_id": 1, "keypoints": a["keypoints"], "score": 1.0}
              for a in native["annotations"] if a["num_keypoints"] > 0]
-    assert crowdpose_metrics(native, res14)["crowdpose_joints"] == 14
-    assert crowdpose_metrics(gt17, res14)["crowdpose_AP"] == pytest.approx(1.0)   # via native_keypoints
+    assert _crowdpose_native(native, res14)["crowdpose_joints"] == 14
+    assert _crowdpose_native(gt17, res14)["crowdpose_AP"] == pytest.approx(1.0)   # via native_keypoints
     off = []
     for r in res14:
         kp = np.asarray(r["keypoints"], np.float64).reshape(14, 3)
         kp[12:, :2] += 40.0                                                  # head and neck wrong
         off.append({**r, "keypoints": kp.reshape(-1).tolist()})
-    assert crowdpose_metrics(native, off)["crowdpose_AP"] < 0.9
+    assert _crowdpose_native(native, off)["crowdpose_AP"] < 0.9
     body_only = [{**r, "keypoints": np.asarray(r["keypoints"]).reshape(17, 3).reshape(-1).tolist()} for r in res17]
-    assert crowdpose_metrics(native, body_only)["crowdpose_AP"] == pytest.approx(1.0)   # 12 joints
-    with pytest.raises(ValueError, match="schema"):
-        evaluate_keypoints(gt17, res17, schema="mpii")
+    assert _crowdpose_native(native, body_only)["crowdpose_AP"] == pytest.approx(1.0)   # 12 joints
+    with pytest.raises(ValueError, match="native sigmas"):
+        crowdpose_metrics(native, res14, to_coco=TO_COCO, sigmas=COCO_SIGMAS, splits=CROWDPOSE_SPLITS)
 
 
-@needs_coco_mini
-def test_crowdpose_schema_needs_crowd_index():
+def test_crowdpose_native_metric_needs_crowd_index(val_json):
     with pytest.raises(ValueError, match="crowdIndex"):
-        evaluate_keypoints(VAL_JSON, [], schema="crowdpose")
+        _evaluate(val_json, [], native=_crowdpose_native)
+
+
+def test_native_metric_scores_converted_ground_truth_in_native_order():
+    """AIC / MPII: OKS AP in the format's own joint order with its native sigmas; the ground
+    truth's native-only joints (head top, neck, ...) are left out for COCO-17 results."""
+    from pose.datasets.formats import FORMATS
+    from pose.datasets.formats.base import annotation
+
+    rng = np.random.default_rng(5)
+    for kind in ("aic", "mpii"):
+        fmt = FORMATS[kind]
+        k = len(fmt.keypoint_names)
+        anns = []
+        for i in range(1, 5):
+            nat = np.c_[rng.uniform(40, 200, (k, 2)), np.full(k, 2.0)]
+            x0, y0 = nat[:, :2].min(0)
+            x1, y1 = nat[:, :2].max(0)
+            anns.append(annotation(fmt, i, i, nat, [x0, y0, x1 - x0, y1 - y0]))
+        gt = {"images": [{"id": i, "width": 320, "height": 320} for i in range(1, 5)], "annotations": anns}
+        res = [{"image_id": a["image_id"], "category_id": 1, "keypoints": a["keypoints"], "score": 1.0} for a in anns]
+        m = fmt.native_metrics(gt, res, fmt.sigmas)
+        assert m[f"{kind}_AP"] == pytest.approx(1.0) and m[f"{kind}_joints"] == 12, kind
+        moved = []
+        for r in res:
+            kp = np.asarray(r["keypoints"], np.float64).reshape(K, 3)
+            kp[:, :2] += rng.normal(0, 12, (K, 2)) * (kp[:, 2:] > 0)
+            moved.append({**r, "keypoints": kp.reshape(-1).tolist()})
+        assert fmt.native_metrics(gt, moved, fmt.sigmas)[f"{kind}_AP"] < 0.9, kind
+
+
+def test_catalogue_sigmas_drive_evaluation(tmp_path, val_json):
+    """`pose evaluate` scores with the dataset's catalogue ``sigmas`` (and its format's native
+    metric with ``native_sigmas``): other sigmas, other AP on the same results."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from pose.cli import app
+    from pose.datasets.catalogue import evaluation
+
+    data = json.loads(val_json.read_text())
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(_perturbed(data, seed=4)))
+    repo = Path(__file__).resolve().parents[1]
+    p = yaml.safe_load((repo / "params.yaml").read_text())
+    aps = {}
+    for tag, sigmas in (("coco", "COCO_SIGMAS"), ("wide", [2 * float(s) for s in COCO_SIGMAS]),
+                        ("narrow", [0.5 * float(s) for s in COCO_SIGMAS])):
+        p["catalogue"]["generated"]["sigmas"] = sigmas
+        p["data"]["dataset"] = "generated"
+        pfile = tmp_path / f"params_{tag}.yaml"
+        pfile.write_text(yaml.safe_dump(p))
+        res = CliRunner().invoke(app, ["evaluate", "--annotations", str(val_json), "--results", str(results),
+                                       "--out", str(tmp_path / f"{tag}.json"), "--params", str(pfile)])
+        assert res.exit_code == 0, res.output
+        aps[tag] = json.loads((tmp_path / f"{tag}.json").read_text())["AP"]
+    assert aps["coco"] == pytest.approx(evaluate_results(val_json, results, sigmas=COCO_SIGMAS)["AP"])
+    assert aps["narrow"] < aps["coco"] < aps["wide"]           # looser OKS, higher AP
+    # native sigmas: the CrowdPose metric follows the entry's native_sigmas
+    gt = _crowdpose_gt([0.1, 0.5, 0.9])
+    res14 = []
+    for a in gt["annotations"]:
+        kp = np.asarray(a["keypoints"], np.float64).reshape(14, 3)
+        kp[:, :2] += 5.0
+        res14.append({"image_id": a["image_id"], "category_id": 1, "keypoints": kp.reshape(-1).tolist(), "score": 1.0})
+    entry = {"kind": "crowdpose", "native_sigmas": "CROWDPOSE_SIGMAS"}
+    sigmas, native = evaluation(entry)
+    assert np.array_equal(sigmas, COCO_SIGMAS)
+    base = native(gt, res14)["crowdpose_AP"]
+    _, wide = evaluation({**entry, "native_sigmas": [3 * float(s) for s in CROWDPOSE_SIGMAS]})
+    assert wide(gt, res14)["crowdpose_AP"] > base
+    assert evaluation({"kind": "coco"})[1] is None               # COCO: OKS AP is the metric itself
 
 
 # --------------------------------------------------------------------------- plot folder, tables
-@needs_coco_mini
-def test_write_eval_plots_tables_and_overlays_are_deterministic(tmp_path):
-    data = json.loads(VAL_JSON.read_text())
+def test_write_eval_plots_tables_and_overlays_are_deterministic(tmp_path, val_json):
+    data = json.loads(val_json.read_text())
     results = _perturbed(data, seed=3)
-    metrics = evaluate_keypoints(VAL_JSON, results, area_bins=[32, 96])
-    kw = dict(gt_json=VAL_JSON, results=results, images_dir=VAL_JSON.parents[1] / "val2017",
+    metrics = _evaluate(val_json, results, area_bins=[32, 96])
+    kw = dict(gt_json=val_json, results=results, images_dir=val_json.parents[1] / "val2017",
               overlay_count=4, overlay_min_score=0.1)
     written = write_eval_plots(metrics, tmp_path / "a", **kw)
     assert sorted(p.name for p in written) == ["ap_per_scale.csv", "ap_per_scale.png", "overlays.png",
@@ -330,18 +439,21 @@ def test_write_eval_plots_tables_and_overlays_are_deterministic(tmp_path):
     scale = [r.split(",") for r in (tmp_path / "a" / "ap_per_scale.csv").read_text().splitlines()]
     assert scale[0] == ["range", "AP", "AR", "num_gt"]
     assert [r[0] for r in scale[1:]] == ["medium", "large", "0-32", "32-96", "96+"]
-    assert float(scale[1][1]) == pytest.approx(metrics["APM"], abs=1e-6) and int(scale[1][3]) == 34
+    assert float(scale[1][1]) == pytest.approx(metrics["APM"], abs=1e-6)
+    assert int(scale[1][3]) == _num_persons(data, 32 ** 2, 96 ** 2)
     grid = cv2.imread(str(tmp_path / "a" / "overlays.png"))
     assert grid.shape == (640, 640, 3)                                   # 4 images: 2 x 2 cells of 320
     picked = select_sample_images(data, 4)
-    assert picked[0]["id"] == 217285                                     # most people first (13)
+    per_image = {im["id"]: sum(1 for a in data["annotations"] if a["image_id"] == im["id"] and a["num_keypoints"] > 0
+                               and not a["iscrowd"]) for im in data["images"]}
+    assert picked[0]["id"] == min(per_image, key=lambda i: (-per_image[i], i))   # most people first
     assert write_eval_plots({"AP": 0.1}, tmp_path / "c") == []
 
 
 # --------------------------------------------------------------------------- efficiency
-TINY_MODEL = {"width": 8, "num_joints": K, "tag_dim": 1, "num_deconv": 1, "stage_blocks": [1, 1, 1], "stem_blocks": 1,
-              "deconv_blocks": 1, "convention": "project", "init": "kaiming", "pretrained_backbone": "",
-              "pretrained": ""}
+TINY_MODEL = {"backbone": "hrnet", "width": 8, "num_joints": K, "tag_dim": 1, "stage_blocks": [1, 1, 1],
+              "stem_blocks": 1, "deconv_blocks": 1, "convention": "project", "init": "kaiming",
+              "pretrained_backbone": "", "pretrained": ""}
 
 
 def _tiny_model(width: int = 8):
@@ -360,6 +472,7 @@ def _tiny_model(width: int = 8):
 
 
 def test_measure_efficiency_reports_size_compute_latency_memory():
+    from pose.evaluate.efficiency import measure_efficiency
     from pose.models import count_flops, count_params
 
     model = _tiny_model()
@@ -381,8 +494,7 @@ def test_measure_efficiency_reports_size_compute_latency_memory():
 
 
 # --------------------------------------------------------------------------- `pose evaluate` command
-@needs_coco_mini
-def test_evaluate_command_writes_deterministic_eval_json_plots_and_efficiency(tmp_path):
+def test_evaluate_command_writes_deterministic_eval_json_plots_and_efficiency(tmp_path, val_json):
     import torch
     import yaml
     from typer.testing import CliRunner
@@ -397,18 +509,19 @@ def test_evaluate_command_writes_deterministic_eval_json_plots_and_efficiency(tm
     model = _tiny_model()
     ck = tmp_path / "best.pt"
     torch.save({"model": model.state_dict(), "model_params": json.dumps(TINY_MODEL)}, ck)
-    data = json.loads(VAL_JSON.read_text())
-    keep = {217285, 350679, 139}
+    data = json.loads(val_json.read_text())
+    keep = {im["id"] for im in data["images"][:3]}
     data["images"] = [im for im in data["images"] if im["id"] in keep]
     data["annotations"] = [a for a in data["annotations"] if a["image_id"] in keep]
     gt = tmp_path / "val.json"
     gt.write_text(json.dumps(data))
     runner = CliRunner()
-    images = VAL_JSON.parents[1] / "val2017"
+    images = val_json.parents[1] / "val2017"
     outs = []
     for run in ("a", "b"):
         d = tmp_path / run
-        res = runner.invoke(app, ["evaluate", "--annotations", str(gt), "--checkpoint", str(ck), "--images", str(images),
+        res = runner.invoke(app, ["evaluate", "--annotations", str(gt), "--checkpoint", str(ck),
+                                  "--images", str(images),
                                   "--results-out", str(d / "results.json"), "--out", str(d / "eval.json"),
                                   "--efficiency", str(d / "efficiency.json"), "--plots-dir", str(d / "plots"),
                                   "--params", str(params)])
@@ -424,13 +537,13 @@ def test_evaluate_command_writes_deterministic_eval_json_plots_and_efficiency(tm
     eff = json.loads((a / "efficiency.json").read_text())
     assert {"params", "gflops", "latency_ms_p50", "latency_ms_p90", "peak_memory_mb"} <= set(eff)
     assert eff["input_size"] == 64 and eff["latency_samples"] == 2
-    # rescoring the results file gives the same metrics; CrowdPose needs crowdIndex
+    # rescoring the results file gives the same metrics; scored as CrowdPose, crowdIndex is needed
     res = runner.invoke(app, ["evaluate", "--annotations", str(gt), "--results", str(a / "results.json"),
                               "--out", str(tmp_path / "re.json"), "--params", str(params)])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "re.json").read_text()) == metrics
     res = runner.invoke(app, ["evaluate", "--annotations", str(gt), "--results", str(a / "results.json"),
-                              "--out", str(tmp_path / "cp.json"), "--dataset-schema", "crowdpose",
+                              "--out", str(tmp_path / "cp.json"), "--dataset", "crowdpose",
                               "--params", str(params)])
     assert res.exit_code == 1 and "crowdIndex" in res.output
     res = runner.invoke(app, ["evaluate", "--annotations", str(gt), "--results", str(a / "results.json"),

@@ -12,21 +12,16 @@ printed with `pytest -s`).
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from repo_setup import BIN, REPO, make_repo_copy, pipeline_env, set_param, tiny_generated_params
 
-from conftest import REPO
-from test_pipeline_e2e import make_repo_copy
-
-BIN = Path(sys.executable).parent
 #: the two experiments of the slow tests: name -> train.lr
 EXPERIMENTS = {"lr-0.001": 0.001, "lr-0.01": 0.01}
 #: README section 4: sweeps register under their own model name ({dataset} = data.dataset)
@@ -36,18 +31,8 @@ RESULTS = ["data/metrics/train.json", "data/metrics/eval.json", "data/metrics/ef
            "data/plots/train_steps.csv", "data/plots/eval/per_keypoint_ap.csv", "data/plots/eval/ap_per_scale.csv"]
 
 
-def _env() -> dict:
-    """The environment of an activated .venv (`source .venv/bin/activate`): stages call `pose`."""
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env.update(DO_NOT_TRACK="1", DVC_NO_ANALYTICS="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               GX_ANALYTICS_ENABLED="false", GIT_AUTHOR_NAME="ci", GIT_AUTHOR_EMAIL="ci@example.invalid",
-               GIT_COMMITTER_NAME="ci", GIT_COMMITTER_EMAIL="ci@example.invalid")
-    return env
-
-
 def _run(cmd: list[str], cwd: Path, ok: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=cwd, env=pipeline_env(), capture_output=True, text=True)
     if ok:
         assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"
     return proc
@@ -89,14 +74,15 @@ def test_metrics_and_plot_data_are_committed_and_survive_a_failed_stage():
             assert path in ignored, f"{stage}: {path} is DVC-cached but not git-ignored"
             continue
         assert path not in ignored, f"{stage}: {path} is git-ignored, so experiment commits would lack it"
-        assert opts.get("persist") is True, f"{stage}: {path} lacks persist: true (DVC deletes it before the stage runs)"
+        assert opts.get("persist") is True, \
+            f"{stage}: {path} lacks persist: true (DVC deletes it before the stage runs)"
     for stage, path, opts in outputs:
         if opts.get("cache", True):
             assert path in ignored, f"{stage}: cached output {path} is not git-ignored"
 
 
 def _plots_template() -> Path:
-    config = subprocess.run([str(BIN / "dvc"), "config", "plots.html_template"], cwd=REPO, env=_env(),
+    config = subprocess.run([str(BIN / "dvc"), "config", "plots.html_template"], cwd=REPO, env=pipeline_env(),
                             capture_output=True, text=True, check=True).stdout.strip()
     return REPO / ".dvc" / config
 
@@ -128,35 +114,12 @@ def test_dvc_plots_show_page_needs_no_network(tmp_path):
 # slow: README section 4 in a temporary repo copy
 
 
-def _set(params: dict, dotted: str, value) -> None:
-    """Set an existing params key (a renamed key fails here, not as a slow test)."""
-    *parents, leaf = dotted.split(".")
-    node = params
-    for k in parents:
-        node = node[k]
-    assert leaf in node, f"params.yaml has no key {dotted}"
-    node[leaf] = value
-
-
 def tiny_params() -> dict:
-    """params.yaml with a tiny generated set (12 + 6 images of 160x128 px), a width-8 model,
-    2 training steps and a cheap evaluation."""
-    p = yaml.safe_load((REPO / "params.yaml").read_text())
-    for key, value in {
-        "data.dataset": "generated",
-        "generated.num_train": 12, "generated.num_val": 6, "generated.width": 160, "generated.height": 128,
-        "generated.max_people": 2, "generated.min_person_height": 40, "generated.max_person_height": 120,
-        "validate.workers": 1,
-        "model.width": 8, "model.stage_blocks": [1, 1, 1],
-        "train.batch_size": 4, "train.workers": 0, "train.max_steps_per_epoch": 2, "train.warmup_steps": 1,
-        "train.log_every": 1, "train.curriculum": [{"sizes": [128], "epochs": 1}],
-        "evaluate.input_size": 128, "evaluate.flip_test": False, "evaluate.overlay_count": 1,
-        "evaluate.latency_samples": 1, "evaluate.latency_warmup": 0,
-        "registry.bootstrap_samples": 20, "schedule.push": False, "schedule.notify_webhook": "",
-    }.items():
-        _set(p, key, value)
+    """The tiny generated config (tests/repo_setup.py) without pushes or validation during training;
+    the AP floor of params.yaml is kept."""
+    p = tiny_generated_params({"schedule.push": False}, floor=None)
     if "val_every" in p["train"]:
-        _set(p, "train.val_every", 0)
+        set_param(p, "train.val_every", 0)
     return p
 
 
@@ -202,6 +165,11 @@ def _exp_revs(show: list) -> dict[str, dict]:
     return found
 
 
+def _committed_ap(repo: Path, rev: str) -> float:
+    """AP of data/metrics/eval.json as committed in revision ``rev`` (git versions the metrics)."""
+    return json.loads(_run(["git", "show", f"{rev}:data/metrics/eval.json"], repo).stdout)["AP"]
+
+
 @pytest.mark.slow
 def test_exp_show_lists_both_experiments_ap(sweep):
     show = json.loads(_dvc("exp", "show", "--json", cwd=sweep["repo"]).stdout)
@@ -210,7 +178,7 @@ def test_exp_show_lists_both_experiments_ap(sweep):
     for name, lr in EXPERIMENTS.items():
         data = revs[name]["data"]
         ap = data["metrics"]["data/metrics/eval.json"]["data"]["AP"]
-        assert isinstance(ap, float) and 0.0 <= ap <= 1.0, (name, ap)
+        assert ap == _committed_ap(sweep["repo"], revs[name]["rev"]), (name, ap)   # the experiment's own eval.json
         assert data["params"]["params.yaml"]["data"]["train"]["lr"] == lr
         assert "final_loss" in data["metrics"]["data/metrics/train.json"]["data"]
 
@@ -222,7 +190,9 @@ def test_metrics_diff_and_exp_diff_print_ap(sweep):
     assert re.search(r"^data/metrics/eval\.json\s+AP\s+[-\d.]+\s+[-\d.]+", out, re.M), out
     diff = json.loads(_dvc("metrics", "diff", "--all", "--json", a, b, cwd=sweep["repo"]).stdout)
     ap = diff["data/metrics/eval.json"]["AP"]
-    assert isinstance(ap["old"], float) and isinstance(ap["new"], float)
+    revs = _exp_revs(json.loads(_dvc("exp", "show", "--json", cwd=sweep["repo"]).stdout))
+    assert (ap["old"], ap["new"]) == (_committed_ap(sweep["repo"], revs[a]["rev"]),
+                                      _committed_ap(sweep["repo"], revs[b]["rev"]))
     exp_diff = json.loads(_dvc("exp", "diff", "--json", a, b, cwd=sweep["repo"]).stdout)
     lr = exp_diff["params"]["params.yaml"]["train.lr"]
     assert (lr["old"], lr["new"]) == (EXPERIMENTS[a], EXPERIMENTS[b])
@@ -264,7 +234,8 @@ def test_exp_run_writes_params_yaml_and_the_way_back(sweep):
     assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["lr"] == lr_last
     revs = _exp_revs(json.loads(_dvc("exp", "show", "--json", cwd=repo).stdout))
     for name, lr in EXPERIMENTS.items():
-        assert yaml.safe_load(_run(["git", "show", f"{revs[name]['rev']}:params.yaml"], repo).stdout)["train"]["lr"] == lr
+        shown = _run(["git", "show", f"{revs[name]['rev']}:params.yaml"], repo).stdout
+        assert yaml.safe_load(shown)["train"]["lr"] == lr
     _dvc("exp", "apply", first, cwd=repo)
     for path in ("params.yaml", "data/metrics/eval.json", "data/plots/train_steps.csv"):
         committed = _run(["git", "show", f"{revs[first]['rev']}:{path}"], repo).stdout

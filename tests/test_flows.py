@@ -17,11 +17,13 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from repo_setup import BIN, REPO, make_repo_copy, pipeline_env, tiny_generated_params
 
-from conftest import REPO
-from test_pipeline_e2e import make_repo_copy, tiny_params
 
-BIN = Path(sys.executable).parent
+def tiny_params() -> dict:
+    """The tiny generated config (tests/repo_setup.py) with the AP floor at 0."""
+    return tiny_generated_params(floor=0.0)
+
 
 
 class _Hook(http.server.BaseHTTPRequestHandler):
@@ -43,17 +45,6 @@ def webhook():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}/hook", _Hook.received
     server.shutdown()
-
-
-def _env(**extra) -> dict:
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env.update(DO_NOT_TRACK="1", DVC_NO_ANALYTICS="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               GX_ANALYTICS_ENABLED="false", MLFLOW_ENABLE_TELEMETRY="false", PREFECT_UI_ENABLED="false")
-    env.pop("POSE_NOTIFY_WEBHOOK", None)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.update(extra)
-    return env
 
 
 # ----------------------------------------------------------------------------- fast
@@ -170,11 +161,17 @@ def test_config_errors_name_the_key(tmp_path):
     assert "params.yaml" in err and "invalid YAML" in err
 
 
-def test_only_network_bound_tasks_retry():
+def test_only_network_bound_tasks_retry_as_params_say():
     import flows.retrain as fr
 
     assert fr.check_config.retries == 0 and fr.detect_new_data.retries == 0 and fr.local_stage.retries == 0
-    assert fr.detect_new_data_s3.retries > 0 and fr.network_stage.retries > 0 and fr.dvc_push.retries > 0
+    assert fr.network_stage.retries == 0 and fr.dvc_push.retries == 0          # retries come from params only
+    params = tiny_params()
+    params["schedule"]["retry_delays_s"] = {"fetch": [1, 2], "push": [3], "listing": [4, 5, 6]}
+    tasks = fr.network_tasks(params)
+    assert {k: (t.retries, list(t.retry_delay_seconds)) for k, t in tasks.items()} == {
+        "fetch": (2, [1, 2]), "push": (1, [3]), "listing": (3, [4, 5, 6])}
+    assert tasks["listing"].name == "detect-new-data-s3" and tasks["fetch"].fn is fr.network_stage.fn
 
 
 @pytest.mark.parametrize("module", ["flows.retrain", "flows.serve"])
@@ -182,7 +179,7 @@ def test_cli_help_and_unknown_flags_start_nothing(tmp_path, module):
     for args, code, text in ((["--help"], 0, "usage: python -m " + module), (["--forse"], 2, "unrecognized arguments"),
                              ([str(tmp_path)], 2, "params.yaml not found")):
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=_env(),
+        proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=pipeline_env(),
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == code, (args, proc.stdout, proc.stderr)
         assert text in proc.stdout + proc.stderr
@@ -196,7 +193,7 @@ def test_unknown_dataset_fails_the_flow_at_once_with_one_line(tmp_path):
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     shutil.copy2(REPO / "dvc.yaml", repo / "dvc.yaml")
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "flows.retrain", str(repo)], cwd=repo, env=_env(),
+    proc = subprocess.run([sys.executable, "-m", "flows.retrain", str(repo)], cwd=repo, env=pipeline_env(),
                           capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
@@ -269,14 +266,14 @@ def _stop(p: subprocess.Popen | None) -> None:
 
 
 @pytest.mark.slow
-def test_served_deployment_retrains_on_new_data_and_skips_unchanged_data(tmp_path_factory, coco_mini, webhook):
+def test_served_deployment_retrains_on_new_data_and_skips_unchanged_data(tmp_path_factory, webhook):
     import httpx
     from mlflow import MlflowClient
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from pose.registry.promotion import registered_model_name
+    from pose.registry.tracking import registered_model_name
 
     url, received = webhook
     params = tiny_params()
@@ -288,10 +285,10 @@ def test_served_deployment_retrains_on_new_data_and_skips_unchanged_data(tmp_pat
     server = served = None
     try:
         server = _start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                        work, _env(PREFECT_HOME=str(work / "server-home")), work / "server.log")
+                        work, pipeline_env(PREFECT_HOME=str(work / "server-home")), work / "server.log")
         _wait(lambda: httpx.get(f"{api}/health", timeout=2).status_code == 200, 180, "prefect server", [server])
         served = _start([sys.executable, "-m", "flows.serve", str(repo)], repo,
-                        _env(PREFECT_HOME=str(work / "serve-home"), PREFECT_API_URL=api), work / "serve.log")
+                        pipeline_env(PREFECT_HOME=str(work / "serve-home"), PREFECT_API_URL=api), work / "serve.log")
         with temporary_settings({PREFECT_API_URL: api}):
             async def deployment():
                 async with get_client() as client:

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import yaml
 
+from pose.codec import LOSS_PARTS, OUTPUT_STRIDES, Codec, codec_from_params
 from pose.losses import ae_loss, heatmap_loss, total_loss
 from pose.models import (
     HigherHRNet,
@@ -19,7 +20,6 @@ from pose.models import (
     count_params,
     init_weights,
     load_pretrained,
-    split_heatmaps_tags,
 )
 from pose.models.official_keys import (
     OFFICIAL_W32_ABSENT_KEYS,
@@ -34,7 +34,7 @@ K = 17
 
 def small_model(**overrides) -> HigherHRNet:
     """W16, one module per stage, one block everywhere: fast on CPU."""
-    kwargs = dict(width=16, num_joints=K, tag_dim=1, num_deconv=1, stage_blocks=[1, 1, 1],
+    kwargs = dict(width=16, num_joints=K, tag_dim=1, stage_blocks=[1, 1, 1],
                   stem_blocks=1, branch_blocks=1, deconv_blocks=1)
     kwargs.update(overrides)
     return HigherHRNet(**kwargs)
@@ -59,7 +59,8 @@ def randomize(model: nn.Module, seed: int) -> nn.Module:
 
 @pytest.mark.parametrize("size", [256, 320])
 def test_output_shapes_width16(size):
-    model = HigherHRNet(width=16, num_joints=K, tag_dim=1, num_deconv=1, stage_blocks=[1, 1, 1]).eval()
+    model = HigherHRNet(width=16, num_joints=K, tag_dim=1, stage_blocks=[1, 1, 1], stem_blocks=4, branch_blocks=4,
+                        deconv_blocks=4).eval()
     with torch.no_grad():
         out = model(torch.randn(1, 3, size, size))
     assert isinstance(out, list) and len(out) == 2
@@ -68,13 +69,25 @@ def test_output_shapes_width16(size):
     assert all(torch.isfinite(o).all() for o in out)
 
 
-def test_output_shapes_tag_dim_and_two_deconvs_non_square():
-    model = small_model(tag_dim=2, num_deconv=2).eval()
+def test_output_shapes_follow_the_codec_tag_dim_2_non_square():
+    model = small_model(tag_dim=2).eval()
     with torch.no_grad():
         out = model(torch.randn(2, 3, 64, 96))
-    assert [tuple(o.shape) for o in out] == [(2, K + 2 * K, 16, 24), (2, K, 32, 48), (2, K, 64, 96)]
-    heatmaps, tags = split_heatmaps_tags(out[0], K, 2)
+    assert OUTPUT_STRIDES == (4, 2)
+    codec = codec_from_params(dict(PARAMS["model"], tag_dim=2), None)
+    assert codec.output_channels == (K + 2 * K, K)
+    expected = [(2, c, 64 // s, 96 // s) for c, s in zip(codec.output_channels, OUTPUT_STRIDES)]
+    assert [tuple(o.shape) for o in out] == expected
+    (heatmaps, tags), (half, no_tags) = codec.split_outputs(out)
     assert heatmaps.shape == (2, K, 16, 24) and tags.shape == (2, K, 16, 24, 2)
+    assert half is out[1] and no_tags is None
+    # NumPy arrays split the same way (the onnxruntime path has no torch)
+    _, np_tags = codec.split_tags(out[0].numpy())
+    assert np_tags.shape == (2, K, 16, 24, 2) and (np_tags == tags.numpy()).all()
+    with pytest.raises(ValueError, match="channels"):
+        codec.split_tags(out[0][:, :-1])
+    with pytest.raises(ValueError, match="2 outputs"):
+        codec.split_outputs(out[:1])
     # channel K + d*K + k is tag dimension d of joint k
     assert torch.equal(tags[:, 3, :, :, 1], out[0][:, K + K + 3])
     assert torch.equal(tags[:, 5, :, :, 0], out[0][:, K + 5])
@@ -98,27 +111,29 @@ def test_rejects_wrong_channels_and_bad_config():
 
 def test_constructor_arguments_are_required_keywords():
     with pytest.raises(TypeError):
-        HigherHRNet(16, 17, 1, 1, [1, 1, 1])  # positional
+        HigherHRNet(16, 17, 1, [1, 1, 1], 1, 1, 1)  # positional
     with pytest.raises(TypeError):
-        HigherHRNet(width=16, num_joints=17, tag_dim=1, num_deconv=1)  # stage_blocks missing
+        HigherHRNet(width=16, num_joints=17, tag_dim=1, stage_blocks=[1, 1, 1], stem_blocks=1,
+                    branch_blocks=1)  # deconv_blocks missing: no default
 
 
 def test_build_model_reads_params_yaml():
     m = PARAMS["model"]
     model = build_model(m)
-    assert (model.width, model.num_joints, model.tag_dim, model.num_deconv) == (
-        m["width"], m["num_joints"], m["tag_dim"], m["num_deconv"])
+    assert (model.width, model.num_joints, model.tag_dim) == (m["width"], m["num_joints"], m["tag_dim"])
     assert model.stage_blocks == tuple(m["stage_blocks"])
     assert len(model.stage2) == m["stage_blocks"][0]
     assert len(model.stage3) == m["stage_blocks"][1]
     assert len(model.stage4) == m["stage_blocks"][2]
     assert len(model.layer1) == m["stem_blocks"] and len(model.stage2[0].branches[0]) == 4  # published branch blocks
-    assert len(model.deconv_layers) == m["num_deconv"]
+    assert len(model.deconv_layers) == len(OUTPUT_STRIDES) - 1  # one deconvolution per further stride
     assert len(model.deconv_layers[0]) == 1 + m["deconv_blocks"]
     assert model.final_layers[0].out_channels == m["num_joints"] * (1 + m["tag_dim"])
     bad = {k: v for k, v in m.items() if k != "width"}
     with pytest.raises(KeyError, match="width"):
         build_model(bad)
+    with pytest.raises(ValueError, match="model.backbone"):
+        build_model(dict(m, backbone="resnet"))
 
 
 def test_official_key_names_in_small_model():
@@ -230,7 +245,7 @@ def test_heatmap_loss_by_hand():
     pred[1, 0, 1, 0] = -3.0   # err^2 = 9, mask 1
     mask = torch.ones(2, 2, 2)
     mask[0, 1, 1] = 0.0
-    loss = heatmap_loss(pred, target, mask)
+    loss = heatmap_loss(pred, target, mask, foreground_weight=0.0)
     assert loss.shape == (2,)
     # mean over K*H*W = 8 entries, masked ones count in the denominator
     assert torch.allclose(loss, torch.tensor([(1.0 + 0.25) / 8, 9.0 / 8]))
@@ -239,9 +254,9 @@ def test_heatmap_loss_by_hand():
     assert torch.allclose(weighted, torch.tensor([(1.0 + 2 * 0.25) / 8, 9.0 / 8]))
     assert torch.equal(heatmap_loss(pred, target, mask, foreground_weight=0.0), loss)
     with pytest.raises(ValueError):
-        heatmap_loss(pred, target[:, :1], mask)
+        heatmap_loss(pred, target[:, :1], mask, foreground_weight=0.0)
     with pytest.raises(ValueError):
-        heatmap_loss(pred, target, mask[:, :1])
+        heatmap_loss(pred, target, mask[:, :1], foreground_weight=0.0)
     with pytest.raises(ValueError, match="foreground_weight"):
         heatmap_loss(pred, target, mask, foreground_weight=-1.0)
 
@@ -270,7 +285,7 @@ def test_ae_loss_by_hand():
         # image 2: nobody
         [],
     ])
-    push, pull = ae_loss(tags, joints)
+    push, pull = ae_loss(tags, joints, push_type="exp", push_margin=1.0)
 
     pull_a = ((1 - 1.5) ** 2 + (2 - 1.5) ** 2) / 2   # 0.25
     pull_b = ((3 - 3.5) ** 2 + (4 - 3.5) ** 2) / 2   # 0.25
@@ -292,12 +307,12 @@ def test_ae_loss_zero_pull_for_constant_person_tags_and_max_push_for_equal_peopl
             y, x = p, j
             tags[0, j, y, x] = value
             joints[0, p, j] = torch.tensor([j * h * w + y * w + x, 1])
-    push, pull = ae_loss(tags, joints)
+    push, pull = ae_loss(tags, joints, push_type="exp", push_margin=1.0)
     assert pull.item() == 0.0
     d = [(a - b) ** 2 for i, a in enumerate(values) for j, b in enumerate(values) if i != j]
     assert push.item() == pytest.approx(0.5 * sum(math.exp(-x) for x in d) / 6)
     # every person at the same tag: push takes its maximum 0.5
-    push_same, _ = ae_loss(torch.zeros(1, k, h, w), joints)
+    push_same, _ = ae_loss(torch.zeros(1, k, h, w), joints, push_type="exp", push_margin=1.0)
     assert push_same.item() == pytest.approx(0.5)
 
 
@@ -308,8 +323,10 @@ def test_ae_loss_tag_dim_2_matches_split_layout():
     joints = torch.zeros(b, 3, k, 2, dtype=torch.long)
     joints[..., 0] = torch.randint(0, k * h * w, (b, 3, k))
     joints[..., 1] = 1
-    push, pull = ae_loss(out[:, k:], joints)
-    _, tags = split_heatmaps_tags(out, k, d)            # (B, K, H, W, D)
+    push, pull = ae_loss(out[:, k:], joints, push_type="exp", push_margin=1.0)
+    codec = Codec(num_joints=k, tag_dim=d, convention="project", strides=OUTPUT_STRIDES, flip_index=tuple(range(k)),
+                  sigma=None, subpixel=None, max_people=None)
+    _, tags = codec.split_tags(out)                   # (B, K, H, W, D)
     flat = tags.reshape(b, k * h * w, d)
     for i in range(b):
         person_tags = flat[i][joints[i, ..., 0]]          # (M, K, D)
@@ -324,17 +341,19 @@ def test_ae_loss_tag_dim_2_matches_split_layout():
 def test_ae_loss_rejects_bad_input():
     tags = torch.zeros(1, 2, 2, 2)
     with pytest.raises(ValueError, match="index"):
-        ae_loss(tags, torch.tensor([[[[8, 1], [0, 1]]]]))
-    ae_loss(tags, torch.tensor([[[[8, 0], [0, 1]]]]))  # out of range but invisible: fine
+        ae_loss(tags, torch.tensor([[[[8, 1], [0, 1]]]]), push_type="exp", push_margin=1.0)
+    # out of range but invisible: fine
+    ae_loss(tags, torch.tensor([[[[8, 0], [0, 1]]]]), push_type="exp", push_margin=1.0)
     with pytest.raises(ValueError):
-        ae_loss(torch.zeros(1, 3, 2, 2), torch.zeros(1, 1, 2, 2, dtype=torch.long))
+        ae_loss(torch.zeros(1, 3, 2, 2), torch.zeros(1, 1, 2, 2, dtype=torch.long), push_type="exp", push_margin=1.0)
 
 
 def test_ae_loss_gradcheck():
     torch.manual_seed(0)
     tags = torch.randn(1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
     joints = _joints([[[(0, 1), (10, 1)], [(4, 1), (13, 1)], [(8, 1), (17, 0)]]])
-    assert torch.autograd.gradcheck(lambda t: torch.stack(ae_loss(t, joints)), (tags,))
+    assert torch.autograd.gradcheck(lambda t: torch.stack(ae_loss(t, joints, push_type="exp", push_margin=1.0)),
+                                    (tags,))
 
 
 def test_total_loss_and_gradient_through_model():
@@ -350,24 +369,30 @@ def test_total_loss_and_gradient_through_model():
     joints[:, :2, :, 1] = 1
     params_loss = dict(PARAMS["loss"], push_weight=0.5, pull_weight=0.25, heatmap_weights=[1.0, 2.0],
                        foreground_weight=3.0)
-    loss, parts = total_loss(outputs, targets, masks, joints, params_loss)
+    batch = {"heatmap_4": targets[0], "heatmap_2": targets[1], "mask_4": masks[0], "mask_2": masks[1], "joints": joints}
+    loss, parts = total_loss(outputs, batch, params_loss)
     push, pull = ae_loss(outputs[0][:, K:], joints, push_type=params_loss["push_type"],
                          push_margin=params_loss["push_margin"])
     expected = (heatmap_loss(outputs[0][:, :K], targets[0], masks[0], foreground_weight=3.0).mean()
                 + 2.0 * heatmap_loss(outputs[1], targets[1], masks[1], foreground_weight=3.0).mean()
                 + 0.5 * push.mean() + 0.25 * pull.mean())
     assert loss.dim() == 0 and torch.allclose(loss, expected)
-    assert set(parts) == {"heatmap_0", "heatmap_1", "push", "pull", "total"}
-    assert torch.allclose(parts["heatmap_0"] + parts["heatmap_1"] + parts["push"] + parts["pull"], loss)
+    assert LOSS_PARTS == ("heatmap_4", "heatmap_2", "push", "pull")
+    assert set(parts) == {*LOSS_PARTS, "total"}
+    assert torch.allclose(parts["heatmap_4"] + parts["heatmap_2"] + parts["push"] + parts["pull"], loss)
+    assert torch.allclose(parts["heatmap_2"], 2.0 * heatmap_loss(outputs[1], targets[1], masks[1],
+                                                                 foreground_weight=3.0).mean())
     assert not any(v.requires_grad for v in parts.values())
     loss.backward()
     for name in ["conv1.weight", "stage4.0.branches.3.0.conv1.weight", "final_layers.0.weight",
                  "final_layers.1.weight", "deconv_layers.0.0.0.weight"]:
         grad = dict(model.named_parameters())[name].grad
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
-    # a joint list per resolution is accepted (first element used)
-    loss2, _ = total_loss([o.detach() for o in outputs], targets, masks, [joints, joints], params_loss)
+    # extra batch keys (the image) are ignored; a missing target is named
+    loss2, _ = total_loss([o.detach() for o in outputs], dict(batch, image=x), params_loss)
     assert torch.allclose(loss2, expected.detach())
+    with pytest.raises(KeyError, match="mask_2"):
+        total_loss(outputs, {k: v for k, v in batch.items() if k != "mask_2"}, params_loss)
 
 
 def test_total_loss_with_params_yaml_and_errors():
@@ -375,16 +400,19 @@ def test_total_loss_with_params_yaml_and_errors():
     targets = [torch.ones(1, K, 8, 8), torch.ones(1, K, 16, 16)]
     masks = [torch.ones(1, 8, 8), torch.ones(1, 16, 16)]
     joints = torch.zeros(1, 4, K, 2, dtype=torch.long)
-    loss, parts = total_loss(outputs, targets, masks, joints, PARAMS["loss"])
+    batch = {"heatmap_4": targets[0], "heatmap_2": targets[1], "mask_4": masks[0], "mask_2": masks[1], "joints": joints}
+    loss, parts = total_loss(outputs, batch, PARAMS["loss"])
     w, fg = PARAMS["loss"]["heatmap_weights"], PARAMS["loss"]["foreground_weight"]
     assert loss.item() == pytest.approx((w[0] + w[1]) * (1 + fg))  # err 1 and target 1 everywhere, no people
     assert parts["push"].item() == 0.0 and parts["pull"].item() == 0.0
     with pytest.raises(ValueError):
-        total_loss(outputs[:1], targets, masks, joints, PARAMS["loss"])
+        total_loss(outputs[:1], batch, PARAMS["loss"])
     with pytest.raises(ValueError):
-        total_loss([outputs[1], outputs[1]], targets, masks, joints, dict(PARAMS["loss"], heatmap_weights=[1, 1]))
+        total_loss(outputs, batch, dict(PARAMS["loss"], heatmap_weights=[1.0]))
+    with pytest.raises(ValueError):
+        total_loss([outputs[1], outputs[1]], batch, dict(PARAMS["loss"], heatmap_weights=[1, 1]))
     with pytest.raises(KeyError, match="push_weight"):
-        total_loss(outputs, targets, masks, joints, {"heatmap_weights": [1, 1], "pull_weight": 1})
+        total_loss(outputs, batch, {"heatmap_weights": [1, 1], "pull_weight": 1})
 
 
 def test_hinge_push_separates_collapsed_tags():
@@ -395,7 +423,7 @@ def test_hinge_push_separates_collapsed_tags():
     for person, x in enumerate((0, 1, 2)):  # joint 0 of three people, one pixel each
         joints[0, person, 0] = torch.tensor([x, 1])
     tags = torch.zeros(1, K, h, w, requires_grad=True)
-    push_exp, _ = ae_loss(tags, joints)
+    push_exp, _ = ae_loss(tags, joints, push_type="exp", push_margin=1.0)
     push_exp.sum().backward()
     assert push_exp.item() == pytest.approx(0.5) and tags.grad.abs().max().item() < 1e-6
     tags.grad = None
@@ -411,7 +439,7 @@ def test_hinge_push_separates_collapsed_tags():
     expected = torch.relu(1.0 - d)[~torch.eye(3, dtype=torch.bool)].sum() / 6
     assert push.item() == pytest.approx(expected.item()) and pull.item() == 0.0
     with pytest.raises(ValueError, match="loss.push_type"):
-        ae_loss(t, joints, push_type="cosine")
+        ae_loss(t, joints, push_type="cosine", push_margin=1.0)
 
 
 def test_init_weights_schemes():
@@ -435,9 +463,9 @@ def test_init_weights_schemes():
 
 def test_losses_accept_bfloat16():
     pred = torch.rand(1, 2, 4, 4, dtype=torch.bfloat16)
-    loss = heatmap_loss(pred, torch.zeros(1, 2, 4, 4), torch.ones(1, 4, 4))
+    loss = heatmap_loss(pred, torch.zeros(1, 2, 4, 4), torch.ones(1, 4, 4), foreground_weight=0.0)
     assert loss.dtype == torch.float32
-    push, pull = ae_loss(pred, torch.zeros(1, 2, 2, 2, dtype=torch.long))
+    push, pull = ae_loss(pred, torch.zeros(1, 2, 2, 2, dtype=torch.long), push_type="exp", push_margin=1.0)
     assert push.dtype == pull.dtype == torch.float32
 
 
@@ -451,7 +479,8 @@ def test_model_and_losses_on_cuda():
     joints = torch.zeros(2, 4, K, 2, dtype=torch.long)  # CPU joints are moved to the tags' device
     joints[:, :2, :, 0] = torch.randint(0, K * 16 * 16, (2, 2, K))
     joints[:, :2, :, 1] = 1
-    loss, parts = total_loss(outputs, targets, masks, joints, PARAMS["loss"])
+    batch = {"heatmap_4": targets[0], "heatmap_2": targets[1], "mask_4": masks[0], "mask_2": masks[1], "joints": joints}
+    loss, parts = total_loss(outputs, batch, PARAMS["loss"])
     assert loss.device.type == "cuda" and all(v.device.type == "cuda" for v in parts.values())
     loss.backward()
     assert model.conv1.weight.grad is not None
@@ -461,16 +490,16 @@ def test_model_and_losses_on_cuda():
 
 
 def test_stem_and_deconv_block_counts_from_params():
-    m = dict(PARAMS["model"], width=16, stage_blocks=[1, 1, 1], stem_blocks=1, deconv_blocks=2, num_deconv=2)
+    m = dict(PARAMS["model"], width=16, stage_blocks=[1, 1, 1], stem_blocks=1, deconv_blocks=2)
     model = build_model(m)
     assert len(model.layer1) == 1
-    assert [len(d) for d in model.deconv_layers] == [1 + 2, 1 + 2]
+    assert [len(d) for d in model.deconv_layers] == [1 + 2]
     keys = set(model.state_dict())
     assert "layer1.0.downsample.0.weight" in keys and not any(k.startswith("layer1.1.") for k in keys)
-    assert "deconv_layers.1.2.0.conv2.weight" in keys and not any(k.startswith("deconv_layers.0.3.") for k in keys)
+    assert "deconv_layers.0.2.0.conv2.weight" in keys and not any(k.startswith("deconv_layers.0.3.") for k in keys)
     with torch.no_grad():
         out = model.eval()(torch.randn(1, 3, 64, 64))
-    assert [tuple(o.shape) for o in out] == [(1, 2 * K, 16, 16), (1, K, 32, 32), (1, K, 64, 64)]
+    assert [tuple(o.shape) for o in out] == [(1, 2 * K, 16, 16), (1, K, 32, 32)]
     fewer = count_params(model)
     assert fewer < count_params(build_model(dict(m, stem_blocks=4)))
     for key in ("stem_blocks", "deconv_blocks"):
@@ -482,8 +511,8 @@ def test_stem_and_deconv_block_counts_from_params():
 
 def test_published_block_counts_keep_the_official_layout():
     with torch.device("meta"):
-        model = build_model(dict(PARAMS["model"], **OFFICIAL_W32_CONFIG, stem_blocks=4, deconv_blocks=4,
-                                 pretrained=""))
+        model = build_model(dict(PARAMS["model"], **OFFICIAL_W32_CONFIG, pretrained=""))
+    assert OFFICIAL_W32_CONFIG["branch_blocks"] == 4  # build_model keeps the published branch blocks
     state = model.state_dict()
     assert all(key in state and tuple(state[key].shape) == shape for key, shape in OFFICIAL_W32_KEY_SHAPES.items())
     assert not any(key in state for key in OFFICIAL_W32_ABSENT_KEYS)
@@ -501,7 +530,7 @@ def classification_state(*, width: int, stage_blocks, stem_blocks: int, branch_b
     from pose.models.hrnet import Bottleneck, HighResolutionModule, _residual_layer
 
     with torch.device(device):
-        pose = HigherHRNet(width=width, num_joints=K, tag_dim=1, num_deconv=1, stage_blocks=stage_blocks,
+        pose = HigherHRNet(width=width, num_joints=K, tag_dim=1, stage_blocks=stage_blocks,
                            stem_blocks=stem_blocks, branch_blocks=branch_blocks, deconv_blocks=1)
         ch = [width, 2 * width, 4 * width, 8 * width]
         parts = {"": pose,
@@ -531,7 +560,7 @@ SMALL_ARCH = dict(width=16, stage_blocks=[1, 1, 2], branch_blocks=1)
 
 
 def small_pose(**overrides) -> HigherHRNet:
-    kwargs = dict(SMALL_ARCH, num_joints=K, tag_dim=1, num_deconv=1, stem_blocks=2, deconv_blocks=1)
+    kwargs = dict(SMALL_ARCH, num_joints=K, tag_dim=1, stem_blocks=2, deconv_blocks=1)
     kwargs.update(overrides)
     return HigherHRNet(**kwargs)
 
@@ -634,14 +663,14 @@ def test_build_training_model_loads_backbone_after_init(tmp_path, capsys):
     torch.save(src, path)
     mp = dict(PARAMS["model"], width=16, stage_blocks=[1, 1, 1], stem_blocks=4, deconv_blocks=1, init="kaiming",
               pretrained_backbone=str(path), pretrained="")
-    model, report = build_training_model(mp)
+    model, report = build_training_model(mp, verbose=True)
     assert model.training and report is not None and report.missing == []
     assert torch.equal(model.conv1.weight, src["conv1.weight"])  # not overwritten by the init
     assert torch.equal(model.stage4[0].branches[3][3].bn2.running_var, src["stage4.0.branches.3.3.bn2.running_var"])
     deconv = model.deconv_layers[0][0][0].weight  # kaiming-initialised head; torch's fan_out of the
     assert deconv.std().item() == pytest.approx((2 / ((16 + 2 * K) * 16)) ** 0.5, rel=0.1)  # (C_in, C_out, 4, 4) weight
     assert "pretrained backbone" in capsys.readouterr().out
-    model, report = build_training_model(dict(mp, pretrained_backbone=""))
+    model, report = build_training_model(dict(mp, pretrained_backbone=""), verbose=True)
     assert report is None and not torch.equal(model.conv1.weight, src["conv1.weight"])
 
 
@@ -658,8 +687,18 @@ def test_trained_checkpoint_loads_without_its_pretrained_files(tmp_path):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert all(torch.equal(a, b) for a, b in zip(model(x), loaded(x)))
-    # a checkpoint written before stem_blocks / deconv_blocks existed was built with the published 4
-    legacy = {k: v for k, v in mp.items() if k not in ("stem_blocks", "deconv_blocks", "pretrained_backbone")}
-    old = randomize(build_model(dict(legacy, stem_blocks=4, deconv_blocks=4, pretrained="")), seed=9).eval()
+    # a checkpoint written before stem_blocks / deconv_blocks / backbone existed was built with the published 4
+    # blocks and HRNet, and records the removed num_deconv (always 1)
+    newer = ("stem_blocks", "deconv_blocks", "pretrained_backbone", "backbone")
+    legacy = {k: v for k, v in mp.items() if k not in newer}
+    legacy["num_deconv"] = 1
+    old = randomize(build_model(dict(mp, stem_blocks=4, deconv_blocks=4, pretrained="")), seed=9).eval()
     save_checkpoint({"model": old.state_dict(), "model_params": json.dumps(legacy)}, tmp_path / "old.pt")
-    assert len(load_trained_model(tmp_path / "old.pt").layer1) == 4
+    loaded = load_trained_model(tmp_path / "old.pt")
+    assert len(loaded.layer1) == 4
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(old(x), loaded(x)))
+    save_checkpoint({"model": old.state_dict(), "model_params": json.dumps(dict(legacy, num_deconv=2))},
+                    tmp_path / "two.pt")
+    with pytest.raises(ValueError, match="num_deconv"):
+        load_trained_model(tmp_path / "two.pt")

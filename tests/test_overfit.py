@@ -26,9 +26,10 @@ NO_AUGMENT = {"crop": "letterbox", "max_rotation": 0, "min_scale": 1.0, "max_sca
 def test_training_chain_memorises_a_few_generated_images(tmp_path):
     from pose.datasets.generated import generate_dataset
     from pose.decode.inference import predict_dataset
+    from pose.device import pick_device
     from pose.evaluate.coco import evaluate_results
     from pose.train.checkpoint import load_trained_model
-    from pose.train.loop import pick_device, train
+    from pose.train.loop import train
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     p = copy.deepcopy(params)

@@ -71,7 +71,7 @@ def test_repo_params_yaml_passes_the_schema():
     (lambda p: p["schedule"].update(timezone="Mars/Base"), "schedule.timezone", ["IANA"]),
     (lambda p: p["schedule"].update(fingerprint="mtime"), "schedule.fingerprint", ["content | stat"]),
     (lambda p: p["model"].update(stage_blocks=[1, 1]), "model.stage_blocks", ["3 module counts"]),
-    (lambda p: p["loss"].update(heatmap_weights=[1.0]), "loss.heatmap_weights", ["num_deconv + 1"]),
+    (lambda p: p["loss"].update(heatmap_weights=[1.0]), "loss.heatmap_weights", ["one per output stride 4 and 2"]),
     (lambda p: p["augment"].update(max_scale=0.5), "augment.max_scale", ["augment.min_scale"]),
     (lambda p: p["evaluate"].update(area_bins=[64, 32]), "evaluate.area_bins", ["increasing"]),
     (lambda p: p.update(train=None), "train", ["must be a mapping"]),

@@ -1,6 +1,8 @@
 """Tests of pose.quality: tables, validate_dataset (great-expectations suite + image
-checks, policies, report) and check_scales, on the real coco-mini sample and on
-corrupted copies of it made in tmp_path (images symlinked unless corrupted)."""
+checks, policies, report) and check_scales, on a COCO-layout set (`coco_like`: the real
+coco-mini sample when ../shared is present, else the generated set: the checks are about
+the COCO format, not the photos) and on corrupted copies of it made in tmp_path (images
+symlinked unless corrupted)."""
 
 from __future__ import annotations
 
@@ -11,20 +13,30 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from pose.cli import app
 from pose.datasets.schema import KEYPOINT_NAMES
-from pose.quality import check_scales, load_tables, suspicious_lr_swaps, validate_dataset
 from pose.quality import scales as scales_mod
-from pose.quality import validate as validate_mod
+from pose.quality.flip import flip_check, hflip_spec
+from pose.quality.scales import check_scales
+from pose.quality.suite import suspicious_lr_swaps
+from pose.quality.tables import load_tables
+from pose.quality.validate import validate_dataset
 
-DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
-COCO = DATASETS / "coco-mini"
 PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
 
-pytestmark = pytest.mark.skipif(not (COCO / "annotations").is_dir(), reason="shared/datasets/coco-mini not present")
-
-VALIDATE = dict(bbox_tolerance=1.0, min_labeled_keypoints=3)  # params.yaml `validate`
+LR_SWAP = 0.2  # params.yaml `validate.lr_swap_min_shoulder_reversal`
+VALIDATE = dict(bbox_tolerance=1.0, min_labeled_keypoints=3, lr_swap_min_shoulder_reversal=LR_SWAP, workers=2)
 SCALES = dict(max_roundtrip_error=0.01, max_peak_error=1.0, min_torso_heatmap_px=4.0, sigma=2.0)
+#: the dataset the tests run on (set by the autouse fixture below: coco-mini or the generated set)
+COCO: Path = Path("unset")
+
+
+@pytest.fixture(autouse=True)
+def _dataset(coco_like):
+    global COCO
+    COCO = coco_like
 
 
 def ann_file(split: str) -> Path:
@@ -232,11 +244,11 @@ def test_truncated_jpeg_detected_even_when_only_eoi_missing(tmp_path):
     assert keyed(errors(report)) == {("image_decodes", data["images"][0]["id"], None, None)}
 
 
-def test_malformed_json_is_one_error_with_line_and_column(tmp_path, capsys):
+def test_malformed_json_is_one_error_with_line_and_column(tmp_path):
     data = load("val")
     lines = json.dumps(data, indent=1).splitlines()
-    assert lines[3] == '  "url": "http://cocodataset.org",'
-    lines[3] = lines[3].rstrip(",")  # missing delimiter: the parser stops at line 5, column 3
+    assert lines[0] == "{" and lines[1].startswith(' "')
+    lines.insert(1, ' "broken": 1')  # no delimiter after it: the parser stops at the next key, line 3, column 2
     ann, img_dir = make_copy(tmp_path, "val", data, text="\n".join(lines))
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "cleaned.json").write_text("stale")
@@ -244,21 +256,24 @@ def test_malformed_json_is_one_error_with_line_and_column(tmp_path, capsys):
     assert report["ok"] is False
     assert len(report["findings"]) == 1
     f = report["findings"][0]
-    assert (f["severity"], f["check"], f["file"], f["line"], f["column"]) == ("error", "json_parse", str(ann), 5, 3)
-    assert "line 5, column 3" in f["message"]
+    assert (f["severity"], f["check"], f["file"], f["line"], f["column"]) == ("error", "json_parse", str(ann), 3, 2)
+    assert "line 3, column 2" in f["message"]
     assert not (tmp_path / "out" / "cleaned.json").exists()
     assert json.loads((tmp_path / "out" / "report.json").read_text())["findings"] == [f]
-    # the CLI exits non-zero without a traceback
-    rc = validate_mod.main(["--annotations", str(ann), "--images-dir", str(img_dir), "--report",
-                            str(tmp_path / "cli.json"), "--params", str(PARAMS_YAML)])
-    err = capsys.readouterr().err
-    assert rc == 1 and "Traceback" not in err and "json_parse" in err
+    # `pose validate` exits 1 with the finding and one error line, without a traceback
+    res = CliRunner().invoke(app, ["validate", "--annotations", str(ann), "--images", str(img_dir),
+                                   "--report", str(tmp_path / "cli.json"), "--docs", str(tmp_path / "cli_docs"),
+                                   "--params", str(PARAMS_YAML)])
+    assert res.exit_code == 1, res.output
+    assert "Traceback" not in res.stderr and "[json_parse]" in res.stderr and "line 3, column 2" in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("error: 1 error(s) in ")
+    assert json.loads((tmp_path / "cli.json").read_text())["findings"][0]["check"] == "json_parse"
 
 
 def test_unknown_policy_raises(tmp_path):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="on_error must be one of"):
         validate_dataset(ann_file("val"), COCO / "val2017", on_error="ignore", report_path=tmp_path / "r.json",
-                         docs_dir=None, **VALIDATE)
+                         docs_dir=None, cache_path=None, **VALIDATE)
 
 
 # ------------------------------------------------------------------- quarantine
@@ -303,11 +318,27 @@ def test_quarantine_removes_exactly_the_offenders(tmp_path):
     assert cleaned["categories"] == data["categories"]
     # the cleaned file passes the same gate
     again = validate_dataset(tmp_path / "out" / "cleaned.json", img_dir, on_error="fail",
-                             report_path=tmp_path / "again.json", docs_dir=None, **VALIDATE)
+                             report_path=tmp_path / "again.json", docs_dir=None, cache_path=None, **VALIDATE)
     assert again["ok"] is True and again["summary"]["errors"] == 0
 
 
 # --------------------------------------------------------------------- warnings
+
+def test_few_keypoints_is_a_warning_naming_the_person(tmp_path):
+    data = load("val")
+    a = pick_person(data)
+    labeled = [k for k in range(17) if a["keypoints"][3 * k + 2] > 0]
+    for k in labeled[2:]:                                   # keep 2 labeled joints (< min_labeled_keypoints 3)
+        a["keypoints"][3 * k:3 * k + 3] = [0, 0, 0]
+    a["num_keypoints"] = 2
+    ann, img_dir = make_copy(tmp_path, "val", data)
+    report = run(tmp_path, ann, img_dir, cleaned=False)
+    few = [f for f in report["findings"] if f["check"] == "few_keypoints"]
+    assert report["ok"] is True and not errors(report)
+    assert a["id"] in {f["annotation_id"] for f in few} and all(f["severity"] == "warning" for f in few)
+    (mine,) = [f for f in few if f["annotation_id"] == a["id"]]
+    assert mine["image_id"] == a["image_id"] and "only 2 labeled keypoint(s) (< 3)" in mine["message"]
+
 
 def test_left_right_swap_warning(tmp_path):
     data = load("val")
@@ -315,8 +346,8 @@ def test_left_right_swap_warning(tmp_path):
     ls, rs, lh, rh = (KEYPOINT_NAMES.index(n) for n in ("left_shoulder", "right_shoulder", "left_hip", "right_hip"))
     swapped = raw.copy()
     swapped[:, [ls, rs, lh, rh]] = raw[:, [rs, ls, rh, lh]]
-    assert not suspicious_lr_swaps(raw).any()  # real labels: none suspicious
-    hits = np.flatnonzero(suspicious_lr_swaps(swapped))
+    assert not suspicious_lr_swaps(raw, LR_SWAP).any()  # real labels: none suspicious
+    hits = np.flatnonzero(suspicious_lr_swaps(swapped, LR_SWAP))
     assert len(hits) > 0
     target = data["annotations"][int(hits[0])]
     target["keypoints"] = swapped[hits[0]].reshape(-1).tolist()
@@ -337,9 +368,9 @@ def test_lr_swap_definition_synthetic():
         kp[:, idx[n]] = (x, y, 2)
     kp[1, [idx["left_shoulder"], idx["right_shoulder"]]] = kp[0, [idx["right_shoulder"], idx["left_shoulder"]]]
     kp[1, [idx["left_hip"], idx["right_hip"]]] = kp[0, [idx["right_hip"], idx["left_hip"]]]
-    assert suspicious_lr_swaps(kp).tolist() == [False, True]
+    assert suspicious_lr_swaps(kp, LR_SWAP).tolist() == [False, True]
     kp[1, idx["nose"], 2] = 1  # nose not visible: no frontal view, no claim
-    assert suspicious_lr_swaps(kp).tolist() == [False, False]
+    assert suspicious_lr_swaps(kp, LR_SWAP).tolist() == [False, False]
 
 
 # ------------------------------------------------------------------------ scales
@@ -375,7 +406,7 @@ def test_check_scales_catches_broken_inverse(tmp_path, monkeypatch):
         return inv
 
     monkeypatch.setattr(scales_mod, "invert_affine", off_by_half)
-    report = check_scales(ann_file("val"), input_sizes=[256], report_path=tmp_path / "s.json", **SCALES)
+    report = check_scales(ann_file("val"), input_sizes=[256], strides=[4, 2], report_path=tmp_path / "s.json", **SCALES)
     assert report["ok"] is False
     assert any("round trip" in v for v in report["violations"])
     assert report["sizes"]["256"]["roundtrip"]["max_error_px"] == pytest.approx(0.5)
@@ -383,8 +414,9 @@ def test_check_scales_catches_broken_inverse(tmp_path, monkeypatch):
 
 def test_check_scales_catches_shifted_heatmaps(tmp_path, monkeypatch):
     real = scales_mod.render_heatmaps
-    monkeypatch.setattr(scales_mod, "render_heatmaps", lambda kp, h, w, s, **kw: np.roll(real(kp, h, w, s, **kw), 2, axis=2))
-    report = check_scales(ann_file("val"), input_sizes=[256], report_path=tmp_path / "s.json", **SCALES)
+    monkeypatch.setattr(scales_mod, "render_heatmaps",
+                        lambda kp, h, w, s, **kw: np.roll(real(kp, h, w, s, **kw), 2, axis=2))
+    report = check_scales(ann_file("val"), input_sizes=[256], strides=[4, 2], report_path=tmp_path / "s.json", **SCALES)
     assert report["ok"] is False
     assert report["sizes"]["256"]["strides"]["4"]["violations_count"] > 0
     assert report["sizes"]["256"]["strides"]["4"]["examples"][0]["error_hm_px"] > 1.0
@@ -398,18 +430,22 @@ def test_flip_check_catches_missing_channel_swap():
         out[..., 0] = width - out[..., 0]
         return out
 
-    res = scales_mod.flip_check(kp, 64, hflip=no_swap)
+    res = flip_check(kp, 64, hflip=no_swap)
     assert res["ok"] is False and res["twice_identity"] is True and res["channels_swap"] is False
-    good = scales_mod.flip_check(kp, 64, hflip=scales_mod._hflip_spec)
+    good = flip_check(kp, 64, hflip=hflip_spec)
     assert good["ok"] and good["mirror"] == "width - x"
 
 
-def test_check_scales_cli_reads_params(tmp_path, capsys):
-    rc = scales_mod.main(["--annotations", str(ann_file("val")), "--report", str(tmp_path / "s.json"),
-                          "--params", str(PARAMS_YAML)])
-    assert rc == 0
-    report = json.loads((tmp_path / "s.json").read_text())
+def test_check_scales_cli_reads_params(tmp_path):
     import yaml
+
     params = yaml.safe_load(PARAMS_YAML.read_text())
-    assert report["params"]["input_sizes"] == scales_mod.curriculum_sizes(params)
+    res = CliRunner().invoke(app, ["check-scales", "--annotations", str(ann_file("val")),
+                                   "--report", str(tmp_path / "s.json"), "--params", str(PARAMS_YAML)])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "s.json").read_text())
+    sizes = sorted({s for st in params["train"]["curriculum"] for s in st["sizes"]}
+                   | {params["evaluate"]["input_size"]})
+    assert report["params"]["input_sizes"] == sizes and f"scale checks passed for sizes {sizes}" in res.stdout
     assert report["params"]["sigma"] == params["targets"]["sigma"]
+    assert report["params"]["crop"] == params["augment"]["crop"]

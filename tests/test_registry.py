@@ -1,8 +1,10 @@
 """Model registry: run content, servable model, promotion gate with bootstrap CIs, force / rollback,
 race safety of concurrent promotions, compare reports, data fingerprints and notifications.
 
-Registrations use a tiny random-weight checkpoint and synthetic results made from the real
-coco-mini validation ground truth (perturbed keypoints), so the gate sees controlled APs.
+Registrations use a tiny random-weight checkpoint and synthetic results made from a validation
+ground truth (perturbed keypoints), so the gate sees controlled APs: the real coco-mini sample
+when ../shared is present, else a generated set with medium and large persons (the rules check
+APM and APL; what is scored is the ground truth, not the photos).
 All tests share one SQLite registry (creating one costs seconds); each test uses its own
 registered model name.
 """
@@ -21,19 +23,34 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
-
 from conftest import COCO_MINI
 from test_pipeline_e2e import tiny_params
+from typer.testing import CliRunner
 
 from pose.datasets.schema import COCO_SIGMAS, NUM_JOINTS
 from pose.evaluate.coco import evaluate_results, write_metrics
 from pose.registry import bootstrap as boot
-from pose.registry.promotion import (Rule, RuleError, evaluate_rules, gate_passed, parse_rules,
-                                     registered_model_name, rules_from_tags)
+from pose.registry.rules import Rule, RuleError, evaluate_rules, gate_passed, parse_rules, rules_from_tags
+from pose.registry.tracking import registered_model_name
 
-VAL = COCO_MINI / "annotations" / "person_keypoints_val2017.json"
 K = NUM_JOINTS
+
+
+@pytest.fixture(scope="module")
+def eval_root(tmp_path_factory) -> Path:
+    """COCO-layout folder whose val split the registrations are scored on (module docstring)."""
+    if (COCO_MINI / "annotations" / "person_keypoints_val2017.json").exists():
+        return COCO_MINI
+    from pose.datasets.generated import generate_dataset
+
+    out = tmp_path_factory.mktemp("registry_eval") / "coco-mini"   # the mirror layout of data.dataset
+    generate_dataset(out, seed=5, num_train=1, num_val=60, width=640, height=480, max_people=1,
+                     min_person_height=60, max_person_height=470)
+    return out
+
+
+def val_json(root: Path) -> Path:
+    return root / "annotations" / "person_keypoints_val2017.json"
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -62,19 +79,20 @@ def synth_results(gt: dict, *, noise_medium: float, noise_large: float, seed: in
 class Env:
     """A shared SQLite registry in a temporary folder (the working directory of the tests)."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, eval_root: Path):
         import torch
 
         from pose.models import build_model
         from pose.train.checkpoint import save_checkpoint
 
         self.root = root
-        self.gt = json.loads(VAL.read_text())
+        self.images = eval_root / "val2017"
+        self.gt = json.loads(val_json(eval_root).read_text())
         self.ann = root / "val.json"
         self.ann.write_text(json.dumps(self.gt))
         base = tiny_params()
         base["registry"].update(tracking_uri=f"sqlite:///{root / 'mlflow.db'}", bootstrap_samples=200)
-        base["data"]["raw_dir"] = str(root / "raw")
+        base["data"].update(raw_dir=str(root / "raw"), mirror=str(eval_root.parent))
         self.base = base
         mp = dict(base["model"])
         torch.manual_seed(0)
@@ -124,12 +142,12 @@ class Env:
         then the same version creation + gate as register_run."""
         import mlflow
 
+        from pose.io import sha256_file
         from pose.registry.data_version import image_list
-        from pose.registry.mlflow_registry import file_sha256
         from pose.registry.promotion import promote
 
         metrics, results, ann = self.evidence(gt=gt, **noise)
-        h = file_sha256(ann)
+        h = sha256_file(ann)
         mlflow.set_tracking_uri(self.base["registry"]["tracking_uri"])
         mlflow.set_experiment(self.base["registry"]["experiment"])
         with mlflow.start_run() as run:
@@ -162,13 +180,13 @@ class Env:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, coco_mini):
+def env(tmp_path_factory, eval_root):
     root = tmp_path_factory.mktemp("registry")
     old = os.getcwd()
     server = os.environ.pop("MLFLOW_TRACKING_URI", None)   # never the developer's tracking server
     os.chdir(root)  # relative paths (mlruns/, data/compare) land in the temporary folder
     try:
-        yield Env(root)
+        yield Env(root, eval_root)
     finally:
         os.chdir(old)
         if server is not None:
@@ -181,8 +199,8 @@ def _tags(env: Env, name: str, version) -> dict:
 
 # ----------------------------------------------------------------------------- bootstrap (no MLflow)
 
-def test_bootstrap_accumulation_equals_pycocotools_with_duplicated_images(coco_mini):
-    gt = json.loads(VAL.read_text())
+def test_bootstrap_accumulation_equals_pycocotools_with_duplicated_images(eval_root):
+    gt = json.loads(val_json(eval_root).read_text())
     res = synth_results(gt, noise_medium=5, noise_large=5, seed=1)
     table = boot.match_table(gt, res)
     ones = np.ones((1, len(table.img_ids)), np.int64)
@@ -217,8 +235,8 @@ def test_bootstrap_accumulation_equals_pycocotools_with_duplicated_images(coco_m
         assert got[m][0] == pytest.approx(ref[m], abs=1e-9), m
 
 
-def test_bootstrap_ci_separates_clearly_different_models(coco_mini):
-    gt = json.loads(VAL.read_text())
+def test_bootstrap_ci_separates_clearly_different_models(eval_root):
+    gt = json.loads(val_json(eval_root).read_text())
     good = synth_results(gt, noise_medium=1, noise_large=1, seed=2)
     bad = synth_results(gt, noise_medium=12, noise_large=12, seed=2)
     t0 = time.perf_counter()
@@ -226,7 +244,7 @@ def test_bootstrap_ci_separates_clearly_different_models(coco_mini):
     assert time.perf_counter() - t0 < 20
     ap = out["metrics"]["AP"]
     assert ap["delta"] > 0.1 and 0 < ap["ci_low"] < ap["delta"] < ap["ci_high"]
-    assert out["n_images"] == 79 and ap["n_valid"] == 300
+    assert out["n_images"] == len(gt["images"]) and ap["n_valid"] == 300
     same = boot.bootstrap_diff(gt, good, good, n_resamples=50, seed=0)["metrics"]["AP"]
     assert same["delta"] == 0 and same["ci_low"] == 0 and same["ci_high"] == 0
 
@@ -242,7 +260,8 @@ def _by(results, metric, kind):
 
 def test_rules_from_params_decide_the_gate():
     rules = parse_rules({"registry": {"rules": RULES}})
-    assert rules[0] == Rule("AP", "min", 0.1) and [r.kind for r in rules] == ["min", "min_delta", "max_drop", "max_drop"]
+    assert rules[0] == Rule("AP", "min", 0.1)
+    assert [r.kind for r in rules] == ["min", "min_delta", "max_drop", "max_drop"]
     champ = {"AP": 0.50, "APM": 0.40, "APL": 0.60}
     ci = {"level": 0.95, "metrics": {"AP": {"delta": 0.01, "ci_low": 0.002, "ci_high": 0.018}}}
     res = evaluate_rules(rules, {"AP": 0.51, "APM": 0.39, "APL": 0.70}, champ, ci=ci)
@@ -268,7 +287,7 @@ def test_rules_from_params_decide_the_gate():
     res = evaluate_rules(rules, {"AP": 0.9, "APM": 0.9, "APL": 0.9}, None, champion_unavailable="not re-evaluable")
     assert not gate_passed(res) and not _by(res, "AP", "min_delta").passed
     # the results round-trip through the JSON tag
-    from pose.registry.promotion import rules_tag
+    from pose.registry.rules import rules_tag
 
     back = rules_from_tags({"promotion.rules": rules_tag(res)})
     assert [(r.metric, r.kind, r.passed, r.applicable) for r in back] == [(r.metric, r.kind, r.passed, r.applicable)
@@ -349,30 +368,29 @@ def test_register_logs_run_content_and_a_servable_model(env):
     card = mlflow.artifacts.load_text(f"runs:/{rec['run_id']}/model_card.md")
     assert "# Model card: content v1" in card and "**promoted** (champion before: none)" in card
     floor_min = floor[0]["threshold"]
-    assert f"| `AP >= {floor_min:g}` (min) | n/a |" in card and "| PASS |" in card  # the rule table, from the rule results
+    # the rule table, from the rule results
+    assert f"| `AP >= {floor_min:g}` (min) | n/a |" in card and "| PASS |" in card
     mv = client.get_model_version("content", "1")
     assert mv.tags["data.source_fingerprint"] == tags["data.source_fingerprint"]
     assert client.get_registered_model("content").tags["data.fingerprint"] == tags["data.source_fingerprint"]
     assert json.loads(client.get_registered_model("content").tags["champion.history"]) == [1]
 
-    # pyfunc: signature, input example, prediction, and the scoring server `mlflow models serve` runs
+    # the registered pyfunc model: images in, persons out, with the evaluation's test-time settings
+    # (the contract and its equality with `pose predict`: tests/test_serving.py)
     uri = "models:/content@champion"
     info = mlflow.models.get_model_info(uri)
-    assert info.signature.inputs.inputs[0].shape == (-1, 3, -1, -1)
-    assert info.saved_input_example_info["type"] == "ndarray"
+    assert info.signature.inputs.input_names() == ["image"]
+    defaults = {p.name: p.default for p in info.signature.params.params}
+    assert defaults["input_size"] == env.base["evaluate"]["input_size"] and defaults["flip_test"] is False
+    assert info.saved_input_example_info is not None and info.metadata["keypoint_names"][0] == "nose"
     model = mlflow.pyfunc.load_model(uri)
-    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
-    y = model.predict(x)
-    assert y.shape == (1, 2 * K, 32, 32) and y.dtype == np.float32
-    from fastapi.testclient import TestClient
-    from mlflow.pyfunc import scoring_server
-
-    resp = TestClient(scoring_server.init(model)).post("/invocations", json={"inputs": x.tolist()})
-    assert resp.status_code == 200, resp.text
-    assert np.asarray(resp.json()["predictions"]).shape == (1, 2 * K, 32, 32)
+    image = np.random.default_rng(0).integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    persons = model.predict({"image": [image]}, params={"min_person_score": 0.0})
+    assert isinstance(persons, list) and len(persons) == 1 and isinstance(persons[0], list)
+    assert all(np.asarray(p["keypoints"]).shape == (K, 3) and len(p["bbox"]) == 4 for p in persons[0])
     # torch module for `pose predict --model models:/...`
     net = load_registered_model(uri, tracking_uri=env.base["registry"]["tracking_uri"])
-    outs = net(__import__("torch").from_numpy(x))
+    outs = net(__import__("torch").zeros(1, 3, 64, 64))
     assert outs[0].shape == (1, 2 * K, 16, 16)
 
 
@@ -415,6 +433,7 @@ def test_gate_promotes_only_a_better_model_without_scale_regression(env):
 
 def test_no_model_below_the_floor_becomes_champion_not_even_the_first(env):
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     template = "floor-{dataset}"                      # registered as floor-coco-mini (data.dataset)
     rules = [{"metric": "AP", "min": 0.6}, {"metric": "AP", "min_delta": 0.005}, {"metric": "APM", "max_drop": 0.02}]
@@ -422,10 +441,11 @@ def test_no_model_below_the_floor_becomes_champion_not_even_the_first(env):
     assert low["model_name"] == "floor-coco-mini" and low["AP"] < 0.6
     assert not low["promoted"] and low["decision"] == "rejected" and low["aliases"] == ["challenger"]
     client = env.client()
-    with pytest.raises(Exception):
+    with pytest.raises(MlflowException, match="champion"):
         client.get_model_version_by_alias("floor-coco-mini", "champion")
     tagged = rules_from_tags(_tags(env, "floor-coco-mini", 1))
-    assert [r.status for r in tagged] == ["fail", "n/a", "n/a"] and tagged[0].challenger == pytest.approx(low["AP"])
+    assert [r.status for r in tagged] == ["fail", "n/a", "n/a"]
+    assert tagged[0].challenger == pytest.approx(low["AP"], abs=1e-6)  # tags keep 6 decimals
     card = mlflow.artifacts.load_text(f"runs:/{low['run_id']}/model_card.md")
     assert "**rejected**" in card and "| FAIL (below the absolute floor) |" in card
     high = env.register(template, registry={"rules": rules}, noise_medium=1, noise_large=1, seed=1)
@@ -481,10 +501,11 @@ def test_force_promotion_needs_a_reason_and_rollback_restores_the_previous_champ
 def test_champion_is_reevaluated_on_the_challengers_data_once(env):
     name = "reeval"
     subset = copy.deepcopy(env.gt)
-    keep = {im["id"] for im in subset["images"][:50]}
+    n_all = len(env.gt["images"])
+    keep = {im["id"] for im in subset["images"][:n_all * 2 // 3]}
     subset["images"] = [im for im in subset["images"] if im["id"] in keep]
     subset["annotations"] = [a for a in subset["annotations"] if a["image_id"] in keep]
-    env.fake(name, gt=subset, noise_medium=5, noise_large=5, seed=0)             # v1 on 50 images
+    env.fake(name, gt=subset, noise_medium=5, noise_large=5, seed=0)             # v1 on 2/3 of the images
     calls = []
 
     def reevaluate(ckpt: Path, annotations: Path):
@@ -493,7 +514,7 @@ def test_champion_is_reevaluated_on_the_challengers_data_once(env):
         res = synth_results(gt, noise_medium=5, noise_large=5, seed=0)
         return evaluate_results(gt, res), res
 
-    rec = env.fake(name, reevaluate=reevaluate, noise_medium=1, noise_large=1, seed=1)       # v2 on 79 images
+    rec = env.fake(name, reevaluate=reevaluate, noise_medium=1, noise_large=1, seed=1)       # v2 on all images
     assert calls == [("best.pt", "annotations.json")]
     assert rec["promoted"] and "re-evaluated on" in rec["reason"] and rec["ci"]["metrics"]["AP"]["ci_low"] is not None
     h16 = rec["eval_data_hash"][:16]
@@ -508,18 +529,18 @@ def test_champion_is_reevaluated_on_the_challengers_data_once(env):
     rec3 = promote(env.params(name), version=2, reevaluate=reevaluate)
     assert len(calls) == 1 and "cached re-evaluation" in rec3["reason"] and rec3["promoted"]
 
-    # `pose compare v1 v2` reuses that cached re-evaluation: a like-for-like verdict on v2's 79 images
+    # `pose compare v1 v2` reuses that cached re-evaluation: a like-for-like verdict on all of v2's images
     from pose.cli import app
 
     pf = env.params_file(name)
     out = env.root / "cmp-reeval"
     res = CliRunner().invoke(app, ["compare", "v1", "v2", "--no-log", "--out-dir", str(out),
-                                   "--images", str(COCO_MINI / "val2017"), "--params", str(pf)])
+                                   "--images", str(env.images), "--params", str(pf)])
     assert res.exit_code == 0, res.output
     assert res.stdout.startswith("B (candidate) is better: AP +"), res.output        # the verdict, first
     summary = json.loads((out / "summary.json").read_text())
     v = summary["verdict"]
-    assert v["basis"] == "a_reeval" and v["n_images"] == 79 and summary["bootstrap"]["n_images"] == 79
+    assert v["basis"] == "a_reeval" and v["n_images"] == n_all and summary["bootstrap"]["n_images"] == n_all
     assert v["better"] == "B" and 0 < v["ci_low"] < v["AP_delta"] < v["ci_high"]
     assert v["AP_delta"] == pytest.approx(rec["AP"] - rec["champion_AP_before"], abs=1e-6)
     assert v["gate_decided"] and v["gate_passed"] and v["failed_rules"] == []
@@ -534,11 +555,12 @@ def test_champion_is_reevaluated_on_the_challengers_data_once(env):
 
 
 def test_compare_shows_na_for_missing_and_undefined_values():
-    from pose.registry.compare import _metric_rows, _short
+    from pose.registry.deltas import metric_rows
+    from pose.registry.report import short
 
-    rows = _metric_rows({"AP": 0.5, "APM": -1.0}, {"AP": 0.6, "APM": 0.3}, ["AP", "APM", "APL"], None)
+    rows = metric_rows({"AP": 0.5, "APM": -1.0}, {"AP": 0.6, "APM": 0.3}, ["AP", "APM", "APL"], None)
     assert rows == [["AP", "0.5000", "0.6000", "+0.1000", "n/a"], ["APM", "n/a", "0.3000", "n/a", "n/a"]]
-    assert _short("ab" * 32) == "abababababab…" and _short(None) == "n/a" and _short("coco-mini") == "coco-mini"
+    assert short("ab" * 32) == "abababababab…" and short(None) == "n/a" and short("coco-mini") == "coco-mini"
 
 
 RACE = """
@@ -610,8 +632,7 @@ def test_compare_report_has_metrics_cis_curves_diffs_and_overlays(env, tmp_path)
     client.log_batch(rec2["run_id"],
                      metrics=[__import__("mlflow").entities.Metric("train/loss", 0.8 / s, 0, s) for s in range(1, 6)])
     params = env.params(name)
-    params["data"]["mirror"] = str(COCO_MINI.parent)
-    out = compare(params, "champion", "challenger", out_dir=tmp_path / "cmp", images_dir=COCO_MINI / "val2017")
+    out = compare(params, "champion", "challenger", out_dir=tmp_path / "cmp", images_dir=env.images)
     md = Path(out["markdown"]).read_text()
     for section in ("## AP family", "## Per scale", "## Per keypoint AP", "## Training curves", "## Params diff",
                     "## Data diff", "## Overlays"):
@@ -627,7 +648,7 @@ def test_compare_report_has_metrics_cis_curves_diffs_and_overlays(env, tmp_path)
     assert f"removed: {removed[0]:012d}.jpg, {removed[1]:012d}.jpg, {removed[2]:012d}.jpg" in md
     assert "-1.0000" not in md and "–" not in md
     s = out["summary"]
-    assert s["bootstrap"]["n_images"] == 76 and s["eval_images"]["removed"] == 3
+    assert s["bootstrap"]["n_images"] == len(env.gt["images"]) - 3 and s["eval_images"]["removed"] == 3
     v = s["verdict"]
     assert v["basis"] == "common_images" and v["gate_decided"] is False and v["gate_passed"] is None
     assert v["better"] == "B" and v["significant"] and v["ci_low"] > 0          # noise 2 px vs 6 px
@@ -735,7 +756,8 @@ def test_notify_posts_with_retries_and_env_override(webhook, monkeypatch):
 
 
 def test_tracking_uri_env_override_and_lock_file_paths(monkeypatch):
-    from pose.registry.promotion import lock_path_for, tracking_uri
+    from pose.registry.lock import lock_path_for
+    from pose.registry.tracking import tracking_uri
 
     params = {"registry": {"tracking_uri": "sqlite:///mlflow.db"}}
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -4,7 +4,7 @@ Starts a throwaway PostgreSQL cluster, an S3 server (moto), `mlflow server --app
 basic-auth` (Postgres backend, artifacts proxied to S3) and `prefect server start`
 (Postgres through asyncpg, API basic auth) plus a process work-pool worker
 (`infra/local_team_stack.py`). It then deploys the `retrain` flow to the pool and runs
-it on the tiny coco-mini config. Only the worker's environment switches the run to the
+it on the tiny generated config (tests/repo_setup.py). Only the worker's environment switches the run to the
 servers (params.yaml keeps `registry.tracking_uri: sqlite:///mlflow.db`). Checks: the
 model version is in the Postgres registry, the artifacts are in the S3 bucket, `dvc
 push`/`dvc pull` work against the S3 remote, the flow run is visible through the Prefect
@@ -28,10 +28,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from repo_setup import REPO, make_repo_copy, tiny_generated_params
 
-from conftest import REPO
-from test_pipeline_e2e import make_repo_copy, tiny_params
-from pose.registry.promotion import registered_model_name
+from pose.registry.tracking import registered_model_name
 
 sys.path.insert(0, str(REPO / "infra"))
 import local_team_stack as lts  # noqa: E402
@@ -43,6 +42,11 @@ TEAM_REMOTE = f"s3://{lts.DVC_BUCKET}/store"
 TIMINGS: dict[str, float] = {}
 
 
+def tiny_params() -> dict:
+    """The tiny generated config with the AP floor at 0 (a 2-step model scores AP ~0)."""
+    return tiny_generated_params(floor=0.0)
+
+
 def _report(config, lines: list[str]) -> None:
     """Print past pytest's output capture (module teardown output is otherwise swallowed)."""
     capman = config.pluginmanager.getplugin("capturemanager")
@@ -52,7 +56,7 @@ def _report(config, lines: list[str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def stack(request, tmp_path_factory, coco_mini):
+def stack(request, tmp_path_factory):
     if os.geteuid() != 0:
         try:
             lts.postgres_bindir()
@@ -86,15 +90,17 @@ def flow_run(stack, tmp_path_factory):
     repo = make_repo_copy(tmp_path_factory.mktemp("team-repo"), tiny_params())
     if importlib.util.find_spec("dvc_s3"):
         # the worker's dvc can talk to S3: the flow's own `dvc push` goes to the team remote
-        for args in (["remote", "add", "-d", "team", TEAM_REMOTE], ["remote", "modify", "team", "endpointurl", stack.s3_url]):
+        for args in (["remote", "add", "-d", "team", TEAM_REMOTE],
+                     ["remote", "modify", "team", "endpointurl", stack.s3_url]):
             subprocess.run([str(lts.BIN / "dvc"), *args], cwd=repo, check=True, capture_output=True)
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, str(REPO / "infra" / "deploy_retrain.py"), "--pool", POOL, "--repo", str(repo),
-                           "--name", DEPLOYMENT, "--run", "--timeout", "1800"],
+    proc = subprocess.run([sys.executable, str(REPO / "infra" / "deploy_retrain.py"), "--pool", POOL,
+                           "--repo", str(repo), "--name", DEPLOYMENT, "--run", "--timeout", "1800"],
                           env=stack.client_env(), capture_output=True, text=True, cwd=repo, timeout=2000)
     TIMINGS["flow.deploy+run"] = round(time.monotonic() - t0, 2)
     worker_log = next(s for s in stack.services if s.name == "worker").tail(6000)
-    assert proc.returncode == 0, f"flow run failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}\nworker:\n{worker_log}"
+    assert proc.returncode == 0, \
+        f"flow run failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}\nworker:\n{worker_log}"
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert not (repo / "mlflow.db").exists() and not (repo / "mlruns").exists(), "the flow used the local store"
     return repo, result
@@ -117,14 +123,16 @@ def test_servers_require_credentials(stack, tmp_path):
     assert lts.http_status(search, auth=("pipeline", stack.secrets["mlflow_pipeline"])) == 200
     assert lts.http_status(f"{stack.prefect_url}/health") == 200          # probes stay open
     assert lts.http_status(f"{stack.prefect_url}/work_pools/{POOL}") == 401
-    assert lts.http_status(f"{stack.prefect_url}/work_pools/{POOL}", auth=("admin", stack.secrets["prefect_api"])) == 200
+    auth = ("admin", stack.secrets["prefect_api"])
+    assert lts.http_status(f"{stack.prefect_url}/work_pools/{POOL}", auth=auth) == 200
     # the secret-file alternative to the environment: ~/.mlflow/credentials (mode 0600)
     home = tmp_path / "home"
     (home / ".mlflow").mkdir(parents=True)
     cred = home / ".mlflow" / "credentials"
     fd = os.open(cred, os.O_WRONLY | os.O_CREAT, 0o600)
     with os.fdopen(fd, "w") as fh:
-        fh.write(f"[mlflow]\nmlflow_tracking_username = pipeline\nmlflow_tracking_password = {stack.secrets['mlflow_pipeline']}\n")
+        fh.write(f"[mlflow]\nmlflow_tracking_username = pipeline\n"
+                 f"mlflow_tracking_password = {stack.secrets['mlflow_pipeline']}\n")
     env = lts.base_env(HOME=str(home), MLFLOW_TRACKING_URI=stack.mlflow_url)
     code = "from mlflow import MlflowClient; print(len(MlflowClient().search_experiments()))"
     ok = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
@@ -139,7 +147,8 @@ def test_mlflow_and_prefect_use_postgres(stack):
     assert {"experiments", "runs", "registered_models", "model_versions"} <= tables
     assert {"users"} <= {r[0] for r in stack.sql("SELECT tablename FROM pg_tables WHERE schemaname='public'",
                                                     db="mlflow_auth")}
-    prefect_tables = {r[0] for r in stack.sql("SELECT tablename FROM pg_tables WHERE schemaname='public'", db="prefect")}
+    prefect_tables = {r[0] for r in stack.sql("SELECT tablename FROM pg_tables WHERE schemaname='public'",
+                                              db="prefect")}
     assert {"flow_run", "deployment", "work_pool"} <= prefect_tables
     assert [r[0] for r in stack.sql("SELECT type FROM work_pool WHERE name='local'", db="prefect")] == ["process"]
 
@@ -152,7 +161,8 @@ def test_flow_run_visible_through_prefect_api(stack, flow_run):
     assert result["state"] == "COMPLETED", result
     ctx, get_client = _prefect_client(stack)
     with ctx, get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(result["flow_run_id"])])))
+        wanted = FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(result["flow_run_id"])]))
+        runs = client.read_flow_runs(flow_run_filter=wanted)
         assert len(runs) == 1
         run = runs[0]
         assert run.state.is_completed()
@@ -179,7 +189,7 @@ def test_model_version_in_postgres_registry(stack, flow_run, as_pipeline):
     assert {"challenger", "champion"} <= set(mv.aliases)
     assert mv.run_id == record["run_id"]
     run = as_pipeline.get_run(mv.run_id)
-    assert run.data.params["data.dataset"] == "coco-mini"
+    assert run.data.params["data.dataset"] == "generated"
     assert run.data.params["registry.tracking_uri"] == tiny_params()["registry"]["tracking_uri"]  # env won
     assert "AP" in run.data.metrics
     assert len(as_pipeline.get_metric_history(mv.run_id, "train/loss")) == 6
@@ -316,7 +326,8 @@ def test_no_secret_in_anything_logged(stack, flow_run, as_pipeline, tmp_path):
     assert any(t.startswith("data.dataset=") for t in texts) and len(files) >= 5, (len(texts), len(files))
     ctx, get_client = _prefect_client(stack)
     with ctx, get_client(sync_client=True) as client:
-        run = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(result["flow_run_id"])])))[0]
+        wanted = FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(result["flow_run_id"])]))
+        run = client.read_flow_runs(flow_run_filter=wanted)[0]
         dep = client.read_deployment(run.deployment_id)
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
     assert logs, "no flow-run logs to scan"

@@ -1,6 +1,6 @@
-"""The training loop on real coco-mini images: exact resume after SIGKILL, crash-safe
-checkpoints, DDP on 2 CPU ranks (gloo, torchrun), learning, bf16 autocast, validation
-during training (best.pt by validation AP), torch threads from the available cores.
+"""The training loop on real coco-mini images where present, else the generated set (`coco_like`):
+exact resume after SIGKILL, crash-safe checkpoints, DDP on 2 CPU ranks (gloo, torchrun), learning,
+bf16 autocast, validation during training (best.pt by validation AP), torch threads from the available cores.
 
 Tiny configurations (HRNet width 8, one module per stage, 128/160 px inputs, batch
 2) keep every run to seconds. Training subprocesses run with one intra-op thread,
@@ -11,6 +11,7 @@ in the same order and must end with bit-identical weights.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
@@ -26,8 +27,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import REPO
+
 from pose.train.checkpoint import load_checkpoint, remove_stale_temps, save_checkpoint
 from pose.train.ddp import state_dict_digest
 from pose.train.loop import train
@@ -147,21 +148,21 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def reference(coco_mini, tmp_path_factory) -> Path:
+def reference(coco_like, tmp_path_factory) -> Path:
     """An uninterrupted run of the tiny configuration (augmentation on; checkpoint
     frequency does not change training)."""
     run = tmp_path_factory.mktemp("reference")
-    _cli(coco_mini, run, tiny_params(checkpoint_every=0))
+    _cli(coco_like, run, tiny_params(checkpoint_every=0))
     summary = json.loads((run / "train.json").read_text())
     assert summary["steps"] == TOTAL_STEPS and summary["best_by"] == "val_AP" and summary["validations"] == 2
     return run
 
 
-def test_sigkill_mid_epoch_then_resume_gives_identical_weights(coco_mini, tmp_path, reference):
+def test_sigkill_mid_epoch_then_resume_gives_identical_weights(coco_like, tmp_path, reference):
     params = tiny_params()
     run = tmp_path / "killed"
     params_file = _write_params(run, params)
-    job = Lines([sys.executable, "-m", "pose.cli"] + _train_args(coco_mini, run, params_file))
+    job = Lines([sys.executable, "-m", "pose.cli"] + _train_args(coco_like, run, params_file))
     last = run / "models" / "last.pt"
     # step 5 is the 2nd batch of epoch 1 (multi-size); last.pt holds step 4 or 5 when the line appears
     job.wait_for(lambda line: line.startswith(f"step 5/{TOTAL_STEPS} ") and last.exists())
@@ -172,7 +173,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(coco_mini, tmp_pa
     assert ck["epoch"] == 1 and 0 < ck["batch_in_epoch"] < STEPS_PER_EPOCH, "expected a mid-epoch checkpoint"
     killed_at = ck["global_step"]
 
-    resumed = _cli(coco_mini, run, params)
+    resumed = _cli(coco_like, run, params)
     assert f"resumed from {last}: epoch 1 batch {killed_at - STEPS_PER_EPOCH} step {killed_at}" in resumed.stdout
     assert f"step {killed_at + 1}/{TOTAL_STEPS} " in resumed.stdout and f"step {killed_at}/" not in resumed.stdout
     assert_same_training_state(load_checkpoint(last), load_checkpoint(reference / "models" / "last.pt"))
@@ -218,13 +219,13 @@ main()
 """
 
 
-def test_sigkill_during_checkpoint_save_keeps_previous_last_pt(coco_mini, tmp_path, reference):
+def test_sigkill_during_checkpoint_save_keeps_previous_last_pt(coco_like, tmp_path, reference):
     params = tiny_params()
     run = tmp_path / "killed_in_save"
     params_file = _write_params(run, params)
     driver = tmp_path / "hang_driver.py"
     driver.write_text(HANG_DRIVER)
-    job = Lines([sys.executable, str(driver)] + _train_args(coco_mini, run, params_file), HANG_STEP="5")
+    job = Lines([sys.executable, str(driver)] + _train_args(coco_like, run, params_file), HANG_STEP="5")
     job.wait_for(lambda line: line.startswith("HANG_IN_SAVE"))
     models = run / "models"
     temps = sorted(models.glob(".last.pt.*.tmp"))
@@ -240,7 +241,7 @@ def test_sigkill_during_checkpoint_save_keeps_previous_last_pt(coco_mini, tmp_pa
     with pytest.raises(RuntimeError, match="cannot load checkpoint"):
         load_checkpoint(temps[0])
     # resuming reads last.pt only, deletes the stale temp file and ends exactly like the reference
-    out = _cli(coco_mini, run, params)
+    out = _cli(coco_like, run, params)
     assert "resumed from" in out.stdout and "epoch 1 batch 1 step 4" in out.stdout
     assert not list(models.glob("*.tmp")) and not list(models.glob(".*.tmp"))
     assert_same_training_state(load_checkpoint(models / "last.pt"), load_checkpoint(reference / "models" / "last.pt"))
@@ -260,7 +261,7 @@ def test_sigkill_at_random_moments_of_repeated_large_saves(tmp_path):
     """No patching: a process saving a 32 MB state in a loop is killed at random times."""
     last = tmp_path / "last.pt"
     rng = random.Random(0)
-    for attempt in range(3):
+    for _ in range(3):
         job = Lines([sys.executable, "-c", SAVE_LOOP, str(last), str(8 * 1024 * 1024)])
         job.wait_for(lambda line: line.startswith("saved 2"), timeout=60)
         time.sleep(rng.uniform(0.0, 0.4))
@@ -305,7 +306,7 @@ print(f"DIGEST rank={rank} {state_digest(models[0])}", flush=True)
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_ranks_stay_identical_and_only_rank0_writes(coco_mini, tmp_path):
+def test_ddp_two_cpu_ranks_stay_identical_and_only_rank0_writes(coco_like, tmp_path):
     run = tmp_path / "ddp"
     driver = tmp_path / "ddp_driver.py"
     driver.write_text(DDP_DRIVER)
@@ -314,7 +315,7 @@ def test_ddp_two_cpu_ranks_stay_identical_and_only_rank0_writes(coco_mini, tmp_p
     # each rank's stdout goes to its own file (console lines of two ranks can interleave)
     torchrun = [str(BIN / "torchrun"), "--standalone", "--nnodes=1", "--nproc-per-node=2",
                 f"--log-dir={logs}", "--redirects=3", str(driver)]
-    _cli(coco_mini, run, params, prefix=torchrun, timeout=240)
+    _cli(coco_like, run, params, prefix=torchrun, timeout=240)
     outs = {int(p.parent.name): p.read_text() for p in logs.rglob("stdout.log")}
     assert sorted(outs) == [0, 1], sorted(logs.rglob("*"))
     digests = {r: [line.split()[2] for line in out.splitlines() if line.startswith("DIGEST ")]
@@ -338,8 +339,16 @@ def test_ddp_two_cpu_ranks_stay_identical_and_only_rank0_writes(coco_mini, tmp_p
 
 
 def _single_image_annotations(coco: Path, dst: Path, image_id: int, copies: int) -> Path:
-    """A COCO file whose images are ``copies`` entries of one real image (unique ids, same file)."""
+    """A COCO file whose images are ``copies`` entries of one image (unique ids, same file): ``image_id``
+    when the set has it, else the image with the most labelled people."""
     data = json.loads((coco / "annotations" / "person_keypoints_train2017.json").read_text())
+    ids = {i["id"] for i in data["images"]}
+    if image_id not in ids:
+        counts = {}
+        for a in data["annotations"]:
+            if a.get("num_keypoints", 0) > 0 and not a.get("iscrowd", 0):
+                counts[a["image_id"]] = counts.get(a["image_id"], 0) + 1
+        image_id = max(sorted(counts), key=counts.get)
     image = next(i for i in data["images"] if i["id"] == image_id)
     anns = [a for a in data["annotations"] if a["image_id"] == image_id]
     images, annotations = [], []
@@ -350,13 +359,14 @@ def _single_image_annotations(coco: Path, dst: Path, image_id: int, copies: int)
     return dst
 
 
-def test_loss_decreases_over_30_steps_on_a_fixed_real_batch(coco_mini, tmp_path):
-    # image 211325: five labelled people; no augmentation, so every step sees the same batch
-    ann = _single_image_annotations(coco_mini, tmp_path / "one_image.json", 211325, copies=60)
+def test_loss_decreases_over_30_steps_on_a_fixed_real_batch(coco_like, tmp_path):
+    # coco-mini image 211325: five labelled people (generated set: the most crowded image); no augmentation,
+    # so every step sees the same batch
+    ann = _single_image_annotations(coco_like, tmp_path / "one_image.json", 211325, copies=60)
     params = tiny_params(max_steps_per_epoch=0, checkpoint_every=0, warmup_steps=3, val_every=0,
                          curriculum=[{"sizes": [128], "epochs": 1}])
     params["augment"] = dict(NO_AUGMENT)
-    summary = train(params, train_ann=ann, train_images=coco_mini / "train2017", out_dir=tmp_path / "models",
+    summary = train(params, train_ann=ann, train_images=coco_like / "train2017", out_dir=tmp_path / "models",
                     metrics_path=tmp_path / "train.json", steps_path=tmp_path / "steps.csv", resume=False)
     assert summary["steps"] == 30
     rows = [line.split(",") for line in (tmp_path / "steps.csv").read_text().splitlines()[1:]]
@@ -366,9 +376,9 @@ def test_loss_decreases_over_30_steps_on_a_fixed_real_batch(coco_mini, tmp_path)
     assert last < 0.5 * first, f"mean loss of the first 5 steps {first:.5f}, of the last 5 {last:.5f}"
 
 
-def test_bf16_autocast_on_cpu_trains_two_steps(coco_mini, tmp_path):
-    coco_ann = coco_mini / "annotations" / "person_keypoints_train2017.json"
-    kwargs = {"train_ann": coco_ann, "train_images": coco_mini / "train2017", "resume": False}
+def test_bf16_autocast_on_cpu_trains_two_steps(coco_like, tmp_path):
+    coco_ann = coco_like / "annotations" / "person_keypoints_train2017.json"
+    kwargs = {"train_ann": coco_ann, "train_images": coco_like / "train2017", "resume": False}
     results = {}
     for amp in (False, True):
         params = tiny_params(amp=amp, max_steps_per_epoch=2, checkpoint_every=0, val_every=0,
@@ -380,6 +390,8 @@ def test_bf16_autocast_on_cpu_trains_two_steps(coco_mini, tmp_path):
         results[amp] = summary["final_loss"]
         ck = load_checkpoint(d / "models" / "last.pt")
         assert all(v.dtype != torch.bfloat16 for v in ck["model"].values()), "weights stay float32 under autocast"
+        train_data = json.loads(ck["train_data"])  # the training annotations, hashed by pose.io.sha256_file
+        assert train_data["annotations_sha256"] == hashlib.sha256(coco_ann.read_bytes()).hexdigest()
     # same data and initial weights: bf16 matmuls give a close but not identical loss
     assert results[True] != results[False]
     assert results[True] == pytest.approx(results[False], rel=0.1)
@@ -420,12 +432,12 @@ def _run_scripted_validation(coco: Path, tmp: Path, monkeypatch, aps: list[float
     return summary, tmp
 
 
-def test_best_pt_is_the_best_validation_ap_not_the_lowest_loss(coco_mini, tmp_path, monkeypatch):
+def test_best_pt_is_the_best_validation_ap_not_the_lowest_loss(coco_like, tmp_path, monkeypatch):
     import csv
 
     from pose.registry.mlflow_registry import _read_val_epochs
 
-    summary, run = _run_scripted_validation(coco_mini, tmp_path / "every", monkeypatch, [0.2, 0.5, 0.5, 0.1])
+    summary, run = _run_scripted_validation(coco_like, tmp_path / "every", monkeypatch, [0.2, 0.5, 0.5, 0.1])
     assert summary["best_by"] == "val_AP" and summary["best_epoch"] == 1 and summary["best_val_AP"] == 0.5
     assert summary["last_val_AP"] == 0.1 and summary["validations"] == 4
     assert load_checkpoint(run / "models" / "best.pt")["epoch"] == 2      # saved after epoch index 1 (tie: earlier)
@@ -439,15 +451,15 @@ def test_best_pt_is_the_best_validation_ap_not_the_lowest_loss(coco_mini, tmp_pa
     assert {k for k, _, _ in logged} == {"val/AP", "val/AP50", "val/AP75", "val/AR"}
 
     # every 3rd epoch and after the last one
-    summary, run = _run_scripted_validation(coco_mini, tmp_path / "every3", monkeypatch, [0.3, 0.4], val_every=3)
+    summary, run = _run_scripted_validation(coco_like, tmp_path / "every3", monkeypatch, [0.3, 0.4], val_every=3)
     assert [int(r["epoch"]) for r in csv.DictReader((run / "val.csv").open())] == [2, 3]
     assert summary["best_epoch"] == 3 and load_checkpoint(run / "models" / "best.pt")["epoch"] == 4
 
 
-def test_validation_off_keeps_best_pt_by_training_loss(coco_mini, tmp_path, monkeypatch):
+def test_validation_off_keeps_best_pt_by_training_loss(coco_like, tmp_path, monkeypatch):
     import csv
 
-    summary, run = _run_scripted_validation(coco_mini, tmp_path, monkeypatch, [], val_every=0)
+    summary, run = _run_scripted_validation(coco_like, tmp_path, monkeypatch, [], val_every=0)
     assert summary["best_by"] == "train_loss" and "best_val_AP" not in summary
     assert (run / "val.csv").read_text().strip() == "epoch,step,AP,AP50,AP75,AR,images"
     losses = [float(r["loss"]) for r in csv.DictReader((run / "steps.csv").open())]   # one step per epoch
@@ -455,17 +467,17 @@ def test_validation_off_keeps_best_pt_by_training_loss(coco_mini, tmp_path, monk
     assert load_checkpoint(run / "models" / "best.pt")["epoch"] == summary["best_epoch"] + 1
     # without a validation split, val_every > 0 falls back to the training loss, and says so
     summary = train(tiny_params(max_steps_per_epoch=1, checkpoint_every=0, curriculum=[{"sizes": [128], "epochs": 1}]),
-                    train_ann=coco_mini / "annotations" / "person_keypoints_train2017.json",
-                    train_images=coco_mini / "train2017", out_dir=tmp_path / "m2", metrics_path=tmp_path / "t2.json",
+                    train_ann=coco_like / "annotations" / "person_keypoints_train2017.json",
+                    train_images=coco_like / "train2017", out_dir=tmp_path / "m2", metrics_path=tmp_path / "t2.json",
                     steps_path=tmp_path / "s2.csv", resume=False)
     assert summary["best_by"] == "train_loss"
     with pytest.raises(ValueError, match="train.val_every"):
-        train(tiny_params(val_every=-1), train_ann=coco_mini / "annotations" / "person_keypoints_train2017.json",
-              train_images=coco_mini / "train2017", out_dir=tmp_path / "m3", metrics_path=tmp_path / "t3.json",
+        train(tiny_params(val_every=-1), train_ann=coco_like / "annotations" / "person_keypoints_train2017.json",
+              train_images=coco_like / "train2017", out_dir=tmp_path / "m3", metrics_path=tmp_path / "t3.json",
               steps_path=tmp_path / "s3.csv", resume=False)
 
 
-def test_validation_scores_like_the_evaluate_stage(coco_mini, tmp_path):
+def test_validation_scores_like_the_evaluate_stage(coco_like, tmp_path):
     """The validator's AP is the evaluate stage's (predict_dataset + pycocotools) on the same images."""
     from pose.datasets.schema import COCO_SIGMAS
     from pose.decode.inference import predict_dataset
@@ -473,7 +485,7 @@ def test_validation_scores_like_the_evaluate_stage(coco_mini, tmp_path):
     from pose.models import build_model, init_weights
     from pose.train.validation import Validator, validation_subset
 
-    ann = coco_mini / "annotations" / "person_keypoints_val2017.json"
+    ann = coco_like / "annotations" / "person_keypoints_val2017.json"
     full = json.loads(ann.read_text())
     sub = validation_subset(ann, 3)
     assert [im["id"] for im in sub["images"]] == sorted(im["id"] for im in full["images"])[:3]
@@ -488,9 +500,9 @@ def test_validation_scores_like_the_evaluate_stage(coco_mini, tmp_path):
     torch.manual_seed(0)
     model = init_weights(build_model(params["model"]), "kaiming").eval()
     ev = params["evaluate"]
-    got = Validator(ann, coco_mini / "val2017", max_images=3, eval_params=ev).run(model)
+    got = Validator(ann, coco_like / "val2017", max_images=3, eval_params=ev).run(model)
     (tmp_path / "sub.json").write_text(json.dumps(sub))
-    results = predict_dataset(model, tmp_path / "sub.json", coco_mini / "val2017", ev)
+    results = predict_dataset(model, tmp_path / "sub.json", coco_like / "val2017", ev)
     assert results, "the random model must detect something for this comparison to mean anything"
     want = evaluate_results(tmp_path / "sub.json", results, sigmas=COCO_SIGMAS,
                             oks_threshold=float(ev["oks_threshold"]))

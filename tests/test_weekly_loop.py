@@ -16,7 +16,6 @@ printed (`pytest -s`).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -25,60 +24,19 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from conftest import REPO
-from test_pipeline_e2e import make_repo_copy
+from repo_setup import BIN, make_repo_copy, pipeline_env, tiny_generated_params
 
 pytestmark = pytest.mark.slow
-BIN = Path(sys.executable).parent
 BATCH = "incoming/week3"
 
 
-def _set(params: dict, dotted: str, value) -> None:
-    """Set an existing params key (a renamed key fails here, not as a slow test)."""
-    *parents, leaf = dotted.split(".")
-    node = params
-    for k in parents:
-        node = node[k]
-    assert leaf in node, f"params.yaml has no key {dotted}"
-    node[leaf] = value
-
-
 def weekly_params() -> dict:
-    """params.yaml with a tiny generated set (12 + 6 images of 160x128 px), a width-8 model,
-    2 training steps and a cheap evaluation."""
-    p = yaml.safe_load((REPO / "params.yaml").read_text())
-    for key, value in {
-        "data.dataset": "generated",
-        "generated.num_train": 12, "generated.num_val": 6, "generated.width": 160, "generated.height": 128,
-        "generated.max_people": 2, "generated.min_person_height": 40, "generated.max_person_height": 120,
-        "validate.workers": 1,
-        "model.width": 8, "model.stage_blocks": [1, 1, 1],
-        "train.batch_size": 4, "train.workers": 0, "train.max_steps_per_epoch": 2, "train.warmup_steps": 1,
-        "train.log_every": 1, "train.curriculum": [{"sizes": [128], "epochs": 1}],
-        "evaluate.input_size": 128, "evaluate.flip_test": False, "evaluate.overlay_count": 1,
-        "evaluate.latency_samples": 1, "evaluate.latency_warmup": 0,
-        "registry.bootstrap_samples": 20, "schedule.notify_webhook": "",
-    }.items():
-        _set(p, key, value)
-    for rule in p["registry"]["rules"]:
-        if "min" in rule:
-            rule["min"] = 0.0
-    return p
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env.update(DO_NOT_TRACK="1", DVC_NO_ANALYTICS="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               GX_ANALYTICS_ENABLED="false", MLFLOW_ENABLE_TELEMETRY="false", OMP_NUM_THREADS="1")
-    for key in ("POSE_NOTIFY_WEBHOOK", "MLFLOW_TRACKING_URI", "POSE_DATA_FINGERPRINT"):
-        env.pop(key, None)
-    return env
+    """The tiny generated config (tests/repo_setup.py) with the AP floor at 0."""
+    return tiny_generated_params(floor=0.0)
 
 
 def _flow(repo: Path, *args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "flows.retrain", str(repo), *args], cwd=repo, env=_env(),
+    proc = subprocess.run([sys.executable, "-m", "flows.retrain", str(repo), *args], cwd=repo, env=pipeline_env(),
                           capture_output=True, text=True)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"flow {args} failed (exit {proc.returncode}):\n{out[-6000:]}"
@@ -122,7 +80,7 @@ def _assert_gated(record: dict, version) -> None:
 
 
 def test_weekly_loop(tmp_path):
-    from pose.registry.promotion import registered_model_name
+    from pose.registry.tracking import registered_model_name
 
     timings: dict[str, float] = {}
     params = weekly_params()
@@ -182,7 +140,7 @@ def test_weekly_loop(tmp_path):
     assert all(r["ci_low"] is not None and r["ci_high"] is not None for r in delta_rules), "no paired CI in the gate"
 
     t0 = time.perf_counter()
-    proc = subprocess.run([str(BIN / "pose"), "compare", "v1", "v3", "--no-log"], cwd=repo, env=_env(),
+    proc = subprocess.run([str(BIN / "pose"), "compare", "v1", "v3", "--no-log"], cwd=repo, env=pipeline_env(),
                           capture_output=True, text=True)
     timings["pose compare v1 v3"] = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

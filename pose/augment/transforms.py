@@ -91,14 +91,14 @@ def build_augmenter(aug: dict) -> A.Compose:
     """Random geometric + photometric albumentations pipeline of the ``letterbox`` crop, from
     params ``augment``.
 
-    Keys read: max_rotation (deg), min_scale, max_scale, max_translate (fraction of
-    the image size), color_jitter (strength in [0, 1]). Keypoints are passed in
+    Keys read: crop, max_rotation (deg), min_scale, max_scale, max_translate (fraction of
+    the image size), color_jitter (strength in [0, 1]); KeyError when one is missing. Keypoints are passed in
     ``xy`` format (image px) and never removed, so indices stay aligned with joints.
     The ``short_side`` crop has no image-space augmenter (`TrainTransform` draws its one
     affine); calling this with ``crop: short_side`` raises ValueError.
     """
-    if aug.get("crop", "letterbox") != "letterbox":
-        raise ValueError(f"params augment.crop {aug.get('crop')!r}: build_augmenter is the letterbox crop's "
+    if aug["crop"] != "letterbox":
+        raise ValueError(f"params augment.crop {aug['crop']!r}: build_augmenter is the letterbox crop's "
                          "image-space warp; use pose.augment.transforms.TrainTransform")
     return A.Compose(
         [

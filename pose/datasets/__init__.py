@@ -1,7 +1,8 @@
-"""Datasets: the COCO-17 schema, GENERATED (synthetic) data, fetching real data into COCO
-layout (offline mirror, https / s3 / file sources, verified downloads, safe archive
-extraction), converters from CrowdPose, AI Challenger and MPII, the catalogue's schemas
-and sigmas, and ingesting batches of new annotated images.
+"""Datasets: the COCO-17 schema, the dataset-format registry (`pose.datasets.formats`: one
+module per format with its joints, sigmas, mapping to COCO-17, parser and native metric),
+GENERATED (synthetic) data, fetching real data into COCO layout (offline mirror, https / s3 /
+file sources, verified downloads, safe archive extraction, `pose.datasets.manifest`), the
+catalogue's schemas and sigmas, and ingesting batches of new annotated images.
 
 Submodules are imported lazily (``from pose.datasets import fetch_dataset`` works, but
 importing ``pose.datasets.schema`` does not pull in OpenCV, boto3 or requests).
@@ -15,9 +16,10 @@ from typing import Any
 _EXPORTS = {
     "generate_dataset": "pose.datasets.generated",
     "fetch_dataset": "pose.datasets.fetch",
-    "verify_manifest": "pose.datasets.fetch",
-    "write_manifest": "pose.datasets.fetch",
-    "ManifestError": "pose.datasets.fetch",
+    "verify_manifest": "pose.datasets.manifest",
+    "write_manifest": "pose.datasets.manifest",
+    "ManifestError": "pose.datasets.manifest",
+    "FORMATS": "pose.datasets.formats",
     "FetchError": "pose.datasets.fetch",
     "download": "pose.datasets.sources",
     "list_s3": "pose.datasets.sources",

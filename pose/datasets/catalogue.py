@@ -1,46 +1,34 @@
 """The dataset catalogue (params.yaml ``catalogue``): keypoint schemas and evaluation sigmas.
 
-Each entry names the schema fetch writes (``schema``: always ``coco17``), the schema of
-the source (``native_schema``, for converted datasets), and OKS sigmas for each:
-``sigmas`` / ``native_sigmas`` are either a list of floats or the name of a constant:
+Each entry names its ``kind`` (a format of `pose.datasets.formats.FORMATS`), the schema fetch
+writes (``schema``: always ``coco17``), the schema of the source (``native_schema``, for
+converted kinds: the format's schema), and OKS sigmas for each: ``sigmas`` (17, used for the
+COCO-17 OKS of `pose evaluate`) and ``native_sigmas``
+(the format's joints, used by its native metric) are either a list of floats or the name of a
+format's constant (`pose.datasets.formats.SIGMA_CONSTANTS`: ``COCO_SIGMAS``,
+``CROWDPOSE_SIGMAS``, ``AIC_SIGMAS``, ``MPII_SIGMAS``, ...). Absent: ``COCO_SIGMAS`` / the
+format's own sigmas.
 
-=================  ======================  =======  ==========================================
-name               module                  joints   origin
-=================  ======================  =======  ==========================================
-COCO_SIGMAS        pose.datasets.schema    17       pycocotools COCOeval
-CROWDPOSE_SIGMAS   pose.datasets.convert   14       crowdpose-api COCOeval
-AIC_SIGMAS         pose.datasets.convert   14       AI Challenger keypoint_eval.py
-MPII_SIGMAS        pose.datasets.convert   16       mmpose (MPII's own metric is PCKh)
-=================  ======================  =======  ==========================================
+`evaluation` turns an entry into what the evaluate stage needs: the COCO-17 sigmas and the
+format's native metric bound to the entry's native sigmas.
 """
 
 from __future__ import annotations
 
-import importlib
+from typing import Callable
 
 import numpy as np
 
-#: constant name -> module defining it
-SIGMA_CONSTANTS = {
-    "COCO_SIGMAS": "pose.datasets.schema",
-    "CROWDPOSE_SIGMAS": "pose.datasets.convert",
-    "AIC_SIGMAS": "pose.datasets.convert",
-    "MPII_SIGMAS": "pose.datasets.convert",
-}
-#: schema name -> number of keypoints
-SCHEMA_JOINTS = {"coco17": 17, "crowdpose14": 14, "aic14": 14, "mpii16": 16}
-#: the native schema of each converted kind
-KIND_SCHEMA = {"crowdpose": "crowdpose14", "aic": "aic14", "mpii": "mpii16"}
-KINDS = ("generated", "coco", *KIND_SCHEMA)
+from pose.datasets.formats import FORMATS, KINDS, NATIVE_KINDS, SCHEMA_JOINTS, SIGMA_CONSTANTS, get_format
 
 
 def resolve_sigmas(value) -> np.ndarray:
-    """OKS sigmas from a constant name (table above) or a list of floats, as float64.
+    """OKS sigmas from a constant name (`SIGMA_CONSTANTS`) or a list of floats, as float64.
     Raises ValueError on an unknown name or a non-positive / non-numeric list."""
     if isinstance(value, str):
         if value not in SIGMA_CONSTANTS:
             raise ValueError(f"unknown sigmas {value!r}; known: {', '.join(sorted(SIGMA_CONSTANTS))} or a list")
-        return np.asarray(getattr(importlib.import_module(SIGMA_CONSTANTS[value]), value), dtype=np.float64)
+        return np.array(SIGMA_CONSTANTS[value], dtype=np.float64)
     try:
         arr = np.asarray(value, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError) as exc:
@@ -51,12 +39,33 @@ def resolve_sigmas(value) -> np.ndarray:
 
 
 def entry_sigmas(entry: dict, native: bool = False) -> np.ndarray:
-    """The entry's ``sigmas`` (COCO-17, default COCO_SIGMAS) or ``native_sigmas``."""
+    """(17,) float64: the entry's ``sigmas`` (absent: ``COCO_SIGMAS``); with ``native``, (K,) its
+    ``native_sigmas`` (absent: its format's sigmas). Raises ValueError on an unknown constant
+    name or kind."""
     if native:
-        if "native_sigmas" not in entry:
-            raise ValueError("catalogue entry has no native_sigmas")
-        return resolve_sigmas(entry["native_sigmas"])
+        if "native_sigmas" in entry:
+            return resolve_sigmas(entry["native_sigmas"])
+        return np.array(get_format(entry.get("kind")).sigmas, dtype=np.float64)
     return resolve_sigmas(entry.get("sigmas", "COCO_SIGMAS"))
+
+
+def evaluation(entry: dict) -> tuple[np.ndarray, Callable[[dict, list], dict] | None]:
+    """What the evaluate stage scores a dataset with: ``(sigmas, native)`` where ``sigmas`` is the
+    entry's (17,) COCO-17 OKS sigmas and ``native(gt, results) -> {metric: value}`` its format's
+    native metric (`pose.datasets.formats.base.DatasetFormat.native_metrics`) with the entry's
+    native sigmas, or None for formats without one (coco, generated). Raises ValueError as
+    `check_entry`."""
+    fmt = get_format(entry.get("kind"))
+    sigmas = entry_sigmas(entry)
+    if fmt.native_metrics is None:
+        return sigmas, None
+    native_sigmas = entry_sigmas(entry, native=True)
+    metric = fmt.native_metrics
+
+    def native(gt: dict, results: list) -> dict:
+        return metric(gt, results, native_sigmas)
+
+    return sigmas, native
 
 
 def check_entry(name: str, entry: dict) -> None:
@@ -66,17 +75,17 @@ def check_entry(name: str, entry: dict) -> None:
     if not isinstance(entry, dict):
         raise ValueError(f"catalogue.{name}: must be a mapping")
     kind = entry.get("kind")
-    if kind not in KINDS:
+    if kind not in FORMATS:
         raise ValueError(f"catalogue.{name}: unknown kind {kind!r} ({', '.join(KINDS)})")
     if entry.get("schema", "coco17") != "coco17":
         raise ValueError(f"catalogue.{name}: schema must be coco17 (what fetch writes), got {entry.get('schema')!r}")
     n = len(entry_sigmas(entry))
     if n != SCHEMA_JOINTS["coco17"]:
         raise ValueError(f"catalogue.{name}: sigmas have {n} values, coco17 has 17 keypoints")
-    if kind in KIND_SCHEMA:
+    if kind in NATIVE_KINDS:
         ns = entry.get("native_schema")
-        if ns != KIND_SCHEMA[kind]:
-            raise ValueError(f"catalogue.{name}: kind {kind} needs native_schema {KIND_SCHEMA[kind]}, got {ns!r}")
+        if ns != FORMATS[kind].schema:
+            raise ValueError(f"catalogue.{name}: kind {kind} needs native_schema {FORMATS[kind].schema}, got {ns!r}")
         if "native_sigmas" in entry:
             k = len(entry_sigmas(entry, native=True))
             if k != SCHEMA_JOINTS[ns]:
@@ -91,4 +100,4 @@ def check_catalogue(catalogue: dict) -> None:
         check_entry(name, entry)
 
 
-__all__ = ["resolve_sigmas", "entry_sigmas", "check_entry", "check_catalogue", "SIGMA_CONSTANTS", "SCHEMA_JOINTS"]
+__all__ = ["resolve_sigmas", "entry_sigmas", "evaluation", "check_entry", "check_catalogue"]

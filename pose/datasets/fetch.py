@@ -17,10 +17,11 @@ Where the data comes from (params.yaml ``catalogue.<name>``):
   hard-linked (copied when linking is impossible) from the mirror. Never downloaded.
   Hard-linked images share their inode with the mirror: never edit files under
   ``out_dir`` in place (replace them), or pass ``link=False``.
-* ``kind: crowdpose | aic | mpii`` with a ``mirror`` folder -> the native annotation
-  files named by ``native: {<split>: {annotations: <rel json>, images: <rel dir>}}``
-  are converted to COCO-17 by `pose.datasets.convert` (the native keypoints are kept
-  per annotation as ``native_keypoints``) and the images linked.
+* a native kind (one with a parser in `pose.datasets.formats`: ``crowdpose``, ``aic``,
+  ``mpii``, ...) with a ``mirror`` folder -> the native annotation files named by
+  ``native: {<split>: {annotations: <rel file>, images: <rel dir>}}`` are converted to
+  COCO-17 by `pose.datasets.convert` (the native keypoints are kept per annotation as
+  ``native_keypoints``) and the images linked.
 * otherwise the entry's ``sources`` are tried in order, the first that works wins:
 
   - ``"<url>"`` or ``{url: <url>, sha256: <hex>, size: <bytes>}`` where the URL ends in
@@ -49,13 +50,13 @@ Where the data comes from (params.yaml ``catalogue.<name>``):
   (new ids, duplicates by content hash dropped, ``ingest_record.json``), inside the
   same temporary folder, so the fetch stays atomic and reproducible.
 
+``MANIFEST.sha256`` is written and verified by `pose.datasets.manifest`.
 Everything is written into a temporary folder beside ``out_dir`` and renamed into
 place only when complete and verified; an existing ``out_dir`` is removed only then.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -66,88 +67,16 @@ from typing import Any
 from urllib.parse import urlparse
 
 from pose.datasets import sources as src_mod
+from pose.datasets.formats import KINDS, NATIVE_KINDS
+from pose.datasets.manifest import MANIFEST_NAME, ManifestError, all_files, verify_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
-MANIFEST_NAME = "MANIFEST.sha256"
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
-NATIVE_KINDS = ("crowdpose", "aic", "mpii")
-
-
-class ManifestError(ValueError):
-    """A directory does not match its ``MANIFEST.sha256`` (message names the file)."""
 
 
 class FetchError(RuntimeError):
     """No way to obtain a dataset worked; the message lists what was tried."""
-
-
-# ----------------------------------------------------------------------------- manifest
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _all_files(root: Path) -> list[str]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for fn in filenames:
-            rel = (Path(dirpath) / fn).relative_to(root).as_posix()
-            if rel != MANIFEST_NAME:
-                out.append(rel)
-    return sorted(out)
-
-
-def write_manifest(root: Path) -> Path:
-    """Write ``root/MANIFEST.sha256`` in ``sha256sum`` format (``<hex>  <relative posix
-    path>\\n`` per file, sorted by path, the manifest itself excluded). Returns its path."""
-    root = Path(root)
-    lines = [f"{_sha256(root / rel)}  {rel}\n" for rel in _all_files(root)]
-    path = root / MANIFEST_NAME
-    path.write_text("".join(lines), encoding="utf-8")
-    return path
-
-
-def verify_manifest(root: Path) -> None:
-    """Check every file under ``root`` against ``root/MANIFEST.sha256``.
-
-    Compatible with ``cd root && sha256sum -c MANIFEST.sha256`` (plus: files not listed
-    are errors too).
-
-    Raises:
-        ManifestError: the manifest is missing or malformed, a listed file is missing,
-            its SHA-256 differs (message names the file, expected and actual hash), or
-            a file is not listed.
-    """
-    root = Path(root)
-    mpath = root / MANIFEST_NAME
-    if not mpath.is_file():
-        raise ManifestError(f"no {MANIFEST_NAME} in {root}")
-    expected: dict[str, str] = {}
-    for n, line in enumerate(mpath.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        digest, sep, rel = line.partition("  ")
-        if not sep or len(digest) != 64:
-            raise ManifestError(f"{mpath}:{n}: malformed line {line!r}")
-        expected[rel] = digest.lower()
-    present = set(_all_files(root))
-    for rel in sorted(expected):
-        if rel not in present:
-            raise ManifestError(f"{root / rel}: listed in {MANIFEST_NAME} but missing")
-        actual = _sha256(root / rel)
-        if actual != expected[rel]:
-            raise ManifestError(f"{root / rel}: SHA-256 differs from {MANIFEST_NAME} "
-                                f"(expected {expected[rel]}, got {actual})")
-    extra = sorted(present - set(expected))
-    if extra:
-        raise ManifestError(f"{root / extra[0]}: not listed in {MANIFEST_NAME}"
-                            + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -333,7 +262,8 @@ def _describe(s: dict) -> str:
 
 def _fetch_native_source(kind: str, s: dict, entry: dict, dst: Path, splits: tuple[str, str], downloads: Path,
                          work: Path, dl_kwargs: dict, limits: dict, link: bool) -> dict:
-    """A CrowdPose / AIC / MPII source: archives (downloaded, verified, unpacked) or a local folder."""
+    """A native-format source (`pose.datasets.formats.NATIVE_KINDS`): archives (downloaded, verified, unpacked)
+    or a local folder."""
     native = s.get("native") or entry.get("native")
     if "archives" in s:
         unpacked = _unpack_archives(s["archives"], downloads, work, dl_kwargs, limits)
@@ -496,8 +426,7 @@ def fetch_dataset(name: str, *, catalogue: dict, mirror_root: Path | None, out_d
                 if counts is None:
                     raise FetchError(f"dataset {name!r}: every source failed:\n  " + "\n  ".join(errors))
         else:
-            raise ValueError(f"dataset {name!r}: unknown kind {kind!r} (generated, coco, "
-                             f"{', '.join(NATIVE_KINDS)})")
+            raise ValueError(f"dataset {name!r}: unknown kind {kind!r} ({' | '.join(KINDS)})")
         ingested = []
         batches = [str(b) for b in (entry.get("ingest") or [])] + [str(b) for b in (ingest or [])]
         if batches:
@@ -512,7 +441,7 @@ def fetch_dataset(name: str, *, catalogue: dict, mirror_root: Path | None, out_d
                 counts[split] = {"images": n_img, "annotations": n_ann}
         write_manifest(tmp)
         verify_manifest(tmp)
-        n_files = len(_all_files(tmp))
+        n_files = len(all_files(tmp))
         if out_dir.exists() or out_dir.is_symlink():
             old = out_dir.parent / f".{out_dir.name}.old-{tag}"
             os.replace(out_dir, old)
@@ -538,4 +467,4 @@ def fetch_dataset(name: str, *, catalogue: dict, mirror_root: Path | None, out_d
             "splits": counts, "files": n_files, "ingested": ingested}
 
 
-__all__ = ["fetch_dataset", "verify_manifest", "write_manifest", "ManifestError", "FetchError", "MANIFEST_NAME"]
+__all__ = ["fetch_dataset", "FetchError", "ManifestError", "verify_manifest", "write_manifest", "MANIFEST_NAME"]

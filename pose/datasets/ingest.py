@@ -8,8 +8,8 @@ COCO keypoint JSON and the images it names::
     <batch>/<file_name>  or  <batch>/images/<file_name>  or  <batch>/<json stem split>/<file_name>
 
 (``person_keypoints_val2017.json`` also finds its images in ``<batch>/val2017/``, so a
-COCO release folder is a valid batch.) ``fmt="crowdpose" | "aic" | "mpii"`` converts a
-native-format batch with `pose.datasets.convert` first.
+COCO release folder is a valid batch.) ``fmt=<kind>`` of a native format (`FORMATS`:
+``crowdpose``, ``aic``, ``mpii``, ...) converts the batch with `pose.datasets.convert` first.
 
 What `ingest_batch` does to ``<into>`` (a folder written by `pose.datasets.fetch`):
 
@@ -22,7 +22,8 @@ What `ingest_batch` does to ``<into>`` (a folder written by `pose.datasets.fetch
   ``file_name`` is taken by a different image is stored as ``<stem>-<sha256[:12]><ext>``;
 * the split's annotation file is rewritten with the new images and annotations,
   ``ingest_record.json`` gets one more entry (source, batch digest, counts, id map,
-  duplicates), and ``MANIFEST.sha256`` is rewritten (only new / changed files re-hashed);
+  duplicates), and ``MANIFEST.sha256`` is rewritten (`pose.datasets.manifest`; only new /
+  changed files re-hashed);
 * all of it in a temporary copy of ``<into>`` (files hard-linked, the rewritten ones
   copied) that replaces ``<into>`` only when complete and verified; concurrent ingests of
   one folder are serialised by an ``flock`` on the folder. A failure leaves ``<into>``
@@ -54,13 +55,16 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pose.datasets import sources as src_mod
+from pose.datasets.formats import NATIVE_KINDS
+from pose.datasets.manifest import MANIFEST_NAME, check_listing, read_manifest, update_manifest
 from pose.datasets.schema import KEYPOINT_NAMES, NUM_JOINTS
+from pose.io import atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
 
 RECORD_NAME = "ingest_record.json"
-MANIFEST_NAME = "MANIFEST.sha256"
-FORMATS = ("coco", "crowdpose", "aic", "mpii")
+#: batch formats ``ingest_batch(fmt=...)`` accepts: COCO-17 as is, or a native format converted first
+FORMATS = ("coco", *NATIVE_KINDS)
 _REWRITTEN = {MANIFEST_NAME, RECORD_NAME}
 
 
@@ -163,7 +167,7 @@ def _validate(doc: Any, batch: str) -> None:
         names = cat.get("keypoints")
         if names is not None and list(names) != list(KEYPOINT_NAMES):
             raise IngestError(f"batch {batch}: category {cat.get('name')!r} has keypoints {names!r}, not COCO-17 "
-                              f"(convert it first: format crowdpose | aic | mpii)")
+                              f"(convert it first: format {' | '.join(NATIVE_KINDS)})")
     ids = set()
     for img in doc["images"]:
         if not isinstance(img, dict) or not _is_int(img.get("id")):
@@ -219,18 +223,6 @@ def _check_image(path: Path, img: dict, batch: str) -> tuple[int, int]:
 
 # ----------------------------------------------------------------------------- target
 
-def _read_manifest(root: Path) -> dict[str, str] | None:
-    path = root / MANIFEST_NAME
-    if not path.is_file():
-        return None
-    out = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        digest, sep, rel = line.partition("  ")
-        if sep:
-            out[rel] = digest.lower()
-    return out
-
-
 def _splits_of(root: Path, split: str) -> list[str]:
     """``split`` first, then every other split with an annotation file in ``root/annotations``."""
     others = sorted(p.name[len("person_keypoints_"):-len(".json")]
@@ -251,7 +243,7 @@ def _image_hashes(root: Path, splits: list[str], manifest: dict[str, str] | None
         elif (root / split).is_dir():
             for p in sorted((root / split).rglob("*")):
                 if p.is_file():
-                    out.setdefault(src_mod.sha256_file(p), p.relative_to(root).as_posix())
+                    out.setdefault(sha256_file(p), p.relative_to(root).as_posix())
     return out
 
 
@@ -299,7 +291,7 @@ class _FolderLock:
 def _copy_tree_linked(src: Path, dst: Path) -> None:
     """Copy ``src`` to ``dst``: annotation files and the files ingest rewrites are copied, every
     other file hard-linked (copied when linking is impossible). Nothing is ever edited in place."""
-    for dirpath, dirnames, filenames in os.walk(src):
+    for dirpath, _dirnames, filenames in os.walk(src):
         d = Path(dirpath)
         rel = d.relative_to(src)
         (dst / rel).mkdir(parents=True, exist_ok=True)
@@ -312,33 +304,6 @@ def _copy_tree_linked(src: Path, dst: Path) -> None:
                 os.link(s, t)
             except OSError:
                 shutil.copyfile(s, t)
-
-
-def _write_json_atomic(path: Path, obj: Any, **kw) -> None:
-    from pose.io import atomic_write_json
-
-    atomic_write_json(path, obj, **kw)
-
-
-def _update_manifest(root: Path, old: dict[str, str] | None, changed: list[str]) -> None:
-    """Rewrite ``root/MANIFEST.sha256``: entries of ``old`` kept, ``changed`` files re-hashed (all
-    files hashed when there was no manifest), then the whole folder is checked to match the file list."""
-    from pose.datasets.fetch import _all_files, write_manifest
-
-    if old is None:
-        write_manifest(root)
-        return
-    entries = dict(old)
-    for rel in changed:
-        entries[rel] = src_mod.sha256_file(root / rel)
-    present = set(_all_files(root))
-    if present != set(entries):
-        extra, missing = sorted(present - set(entries)), sorted(set(entries) - present)
-        raise IngestError(f"{root}: files and {MANIFEST_NAME} disagree after the merge "
-                          f"(unlisted: {extra[:3]}, missing: {missing[:3]})")
-    tmp = root / f".{MANIFEST_NAME}.tmp"
-    tmp.write_text("".join(f"{entries[rel]}  {rel}\n" for rel in sorted(entries)), encoding="utf-8")
-    os.replace(tmp, root / MANIFEST_NAME)
 
 
 # ----------------------------------------------------------------------------- merge
@@ -367,8 +332,8 @@ def merge_batch(batch: str | Path, target: Path, *, split: str, fmt: str = "coco
         for img in sorted(doc["images"], key=lambda i: i["id"]):
             path = _locate(img, dirs, batch)
             w, h = _check_image(path, img, batch)
-            located.append((img, path, src_mod.sha256_file(path), w, h))
-        manifest = _read_manifest(target)
+            located.append((img, path, sha256_file(path), w, h))
+        manifest = read_manifest(target)
         known = _image_hashes(target, _splits_of(target, split), manifest)
         max_img, max_ann = _max_ids(target)
         target_doc = json.loads(ann_path.read_text(encoding="utf-8"))
@@ -423,7 +388,7 @@ def merge_batch(batch: str | Path, target: Path, *, split: str, fmt: str = "coco
             return summary
         target_doc.setdefault("images", []).extend(added_images)
         target_doc.setdefault("annotations", []).extend(added_anns)
-        _write_json_atomic(ann_path, target_doc)
+        atomic_write_json(ann_path, target_doc)
         changed.append(f"annotations/{_ann_name(split)}")
         record_path = target / RECORD_NAME
         record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {"batches": []}
@@ -432,10 +397,10 @@ def merge_batch(batch: str | Path, target: Path, *, split: str, fmt: str = "coco
         if record_time:
             entry["ingested_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         record["batches"].append(entry)
-        _write_json_atomic(record_path, record, indent=1, sort_keys=True)
+        atomic_write_json(record_path, record, indent=1, sort_keys=True)
         changed.append(RECORD_NAME)
         if manifest is not None:
-            _update_manifest(target, manifest, changed)
+            update_manifest(target, manifest, changed)
         return summary
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -458,7 +423,7 @@ def ingest_batch(batch: str | Path, into: Path, *, split: str, fmt: str = "coco"
         into: a dataset folder written by `pose fetch` (``annotations/person_keypoints_<split>.json``,
             ``<split>/``, ``MANIFEST.sha256``), e.g. ``data/raw/<name>``.
         split: the split to add to (params ``data.train_split``).
-        fmt: ``coco`` (default) or a native format converted first (``crowdpose``, ``aic``, ``mpii``).
+        fmt: ``coco`` (default) or a native format converted first (`FORMATS`).
         annotations: the batch's annotation file relative to the batch (default: the only JSON).
         retries, backoff, progress, endpoint_url: for downloading an S3 batch (`sources.download`).
 
@@ -486,7 +451,7 @@ def ingest_batch(batch: str | Path, into: Path, *, split: str, fmt: str = "coco"
             if not summary["changed"]:
                 return summary
             if (tmp / MANIFEST_NAME).is_file():
-                _verify_changed(tmp)
+                check_listing(tmp)  # hashes of unchanged files were taken over, the changed ones computed
             old = into.parent / f".{into.name}.old-{tag}"
             os.replace(into, old)
             os.replace(tmp, into)
@@ -495,17 +460,6 @@ def ingest_batch(batch: str | Path, into: Path, *, split: str, fmt: str = "coco"
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.rmtree(work, ignore_errors=True)
-
-
-def _verify_changed(root: Path) -> None:
-    """Cheap post-merge check: the manifest lists exactly the files present (hashes of the
-    unchanged files were taken over from the old manifest, the changed ones just computed)."""
-    from pose.datasets.fetch import ManifestError, _all_files
-
-    listed = set((_read_manifest(root) or {}))
-    present = set(_all_files(root))
-    if listed != present:
-        raise ManifestError(f"{root}: manifest and files disagree after ingest")
 
 
 __all__ = ["ingest_batch", "merge_batch", "IngestError", "RECORD_NAME", "FORMATS"]

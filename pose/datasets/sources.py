@@ -42,6 +42,8 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import unquote, urlparse
 
+from pose.io import sha256_file
+
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
@@ -64,8 +66,10 @@ class CredentialsError(DownloadError):
     """An S3 source could not be read for lack of (valid) credentials; the message says what to set."""
 
 
-def file_digests(path: Path, algorithms=("sha256",), chunk: int = _CHUNK) -> dict[str, str]:
-    """Hex digests of a file's bytes, ``{algorithm: hex}``, all computed in one read."""
+def file_digests(path: Path, algorithms: tuple[str, ...], chunk: int = _CHUNK) -> dict[str, str]:
+    """Hex digests of a file's bytes, ``{algorithm: hex}``, all computed in one read: the
+    checksums a download pins (SHA-256 / SHA-1 / MD5). A file's SHA-256 alone:
+    `pose.io.sha256_file`."""
     hs = {a: hashlib.new(a) for a in algorithms}
     buf = bytearray(chunk)
     mv = memoryview(buf)
@@ -77,11 +81,6 @@ def file_digests(path: Path, algorithms=("sha256",), chunk: int = _CHUNK) -> dic
             for h in hs.values():
                 h.update(mv[:n])
     return {a: h.hexdigest() for a, h in hs.items()}
-
-
-def sha256_file(path: Path, chunk: int = _CHUNK) -> str:
-    """Hex SHA-256 (64 lowercase chars) of a file's bytes."""
-    return file_digests(path, ("sha256",), chunk)["sha256"]
 
 
 def _expected_digests(url: str, sha256: str | None, md5: str | None, sha1: str | None) -> dict[str, str]:
@@ -405,5 +404,5 @@ def download(url: str, dest: Path, *, sha256: str | None = None, size: int | Non
     return _finish(url, part, dest, digests, size)
 
 
-__all__ = ["download", "list_s3", "upload_s3", "sha256_file", "file_digests", "parse_s3_url", "s3_client",
+__all__ = ["download", "list_s3", "upload_s3", "file_digests", "parse_s3_url", "s3_client",
            "s3_error", "local_path", "DownloadError", "ChecksumError", "CredentialsError", "HTTP_CHUNK", "DIGESTS"]

@@ -64,7 +64,7 @@ def default_joint_order(num_joints: int) -> tuple[int, ...]:
     return tuple(order)
 
 
-def max_pool_nms(heatmaps: np.ndarray, kernel: int = 3) -> np.ndarray:
+def max_pool_nms(heatmaps: np.ndarray, kernel: int) -> np.ndarray:
     """Keep local maxima: ``heatmaps * (heatmaps == maxpool(heatmaps))`` (stride 1, padding
     ``kernel // 2`` with -inf, like ``torch.nn.MaxPool2d``). Plateaus keep every pixel.
 
@@ -133,7 +133,7 @@ def _sparse_peaks(hm: np.ndarray, threshold: float, kernel: int) -> tuple[np.nda
     return j, y * w + x, v
 
 
-def top_k_peaks(heatmaps: np.ndarray, k: int, nms_kernel: int = 3,
+def top_k_peaks(heatmaps: np.ndarray, k: int, nms_kernel: int,
                 threshold: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ``k`` highest NMS peaks of every joint (NumPy only; pass ``tensor.cpu().numpy()``).
 

@@ -42,11 +42,13 @@ Metrics of :func:`evaluate_results` (a flat dict of floats plus one nested dict)
   COCOeval's rules per range: ground truth outside it is ignored, unmatched predictions
   outside it are ignored; bounds are inclusive on both ends. AP -1 where a range has no
   ground truth.
-* CrowdPose (``schema="crowdpose"``, or ``"auto"`` with a ``crowdIndex`` on every image):
-  ``AP_easy, AP_medium, AP_hard, num_easy, num_medium, num_hard`` and ``crowdpose_AP,
-  crowdpose_AP50, crowdpose_AP75, crowdpose_AR, crowdpose_AR50, crowdpose_AR75``,
-  ``crowdpose_joints`` (:func:`crowdpose_metrics`). The COCO keys above stay COCO's (so
-  APM / APL, which CrowdPose lacks, remain comparable).
+* the dataset format's native metric when the caller passes one (``native``; the evaluate
+  stage takes it from the dataset's format, `pose.datasets.catalogue.evaluation`): for
+  CrowdPose ``AP_easy, AP_medium, AP_hard, num_easy, num_medium, num_hard`` and
+  ``crowdpose_AP, crowdpose_AP50, crowdpose_AP75, crowdpose_AR, crowdpose_AR50,
+  crowdpose_AR75``, ``crowdpose_joints`` (:func:`crowdpose_metrics`); for other formats
+  ``<kind>_AP`` ... ``<kind>_joints`` (:func:`native_oks_metrics`). The COCO keys above stay
+  COCO's (so APM / APL, which CrowdPose lacks, remain comparable).
 
 Empty results give AP = AR = 0 (not a crash). Results naming an image that is not in the
 ground truth raise ValueError.
@@ -59,7 +61,7 @@ import copy
 import io
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -72,14 +74,6 @@ log = logging.getLogger(__name__)
 
 #: The ten COCO keypoint summary numbers, in ``COCOeval.stats`` order.
 METRIC_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL")
-
-#: CrowdPose's 14 OKS sigmas (official crowdposetools).
-CROWDPOSE_SIGMAS = np.array([0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89,
-                             0.79, 0.79], dtype=np.float64) / 10.0
-
-#: Crowd-index bounds of CrowdPose's split, as in the official crowdposetools
-#: (``get_type_result(first=0.2, second=0.8)``): easy < 0.2 <= medium < 0.8 <= hard.
-CROWDPOSE_SPLITS: tuple[float, float] = (0.2, 0.8)
 
 _MAX_DETS = 20
 
@@ -366,12 +360,13 @@ def evaluate_results(gt_json: Path | str | COCO | dict, results: Sequence[dict] 
 
 
 def evaluate_crowdpose(gt_json: Path | str | COCO | dict, results: Sequence[dict] | Path | str,
-                       sigmas: np.ndarray = CROWDPOSE_SIGMAS,
-                       splits: tuple[float, float] = CROWDPOSE_SPLITS) -> dict:
+                       sigmas: np.ndarray, splits: tuple[float, float]) -> dict:
     """CrowdPose metrics with pycocotools, following the official crowdposetools:
     OKS area = ground-truth bbox ``w * h * 0.53`` (replaces ``area``), no area ranges, and
     AP on the easy / medium / hard images by the per-image ``crowdIndex`` of the ground
-    truth (easy < splits[0] <= medium < splits[1] <= hard).
+    truth (easy < splits[0] <= medium < splits[1] <= hard; CrowdPose's bounds:
+    `pose.datasets.formats.crowdpose.CROWDPOSE_SPLITS`). ``sigmas``: (K,) OKS sigmas of the
+    K joints of ``gt_json`` and ``results``.
 
     Returns ``{AP, AP50, AP75, AR, AR50, AR75, AP_easy, AP_medium, AP_hard, num_easy,
     num_medium, num_hard}`` (AP of an empty split: -1).
@@ -458,95 +453,125 @@ def ap_by_area(gt_json: Path | str | COCO | dict, results: Sequence[dict] | Path
     return _ap_by_area(coco_gt, coco_dt, sigmas, [*COCO_AREA_RANGES, *area_ranges(bins)])
 
 
-def detect_schema(gt_json: Path | str | COCO | dict) -> str:
-    """``"crowdpose"`` when every image of the ground truth has a ``crowdIndex`` (CrowdPose's
-    annotation files and the project's conversion of them keep it), else ``"coco"``."""
-    images = load_ground_truth(gt_json).dataset["images"]
-    return "crowdpose" if images and all("crowdIndex" in im for im in images) else "coco"
+def _is_native(kps: Sequence[float], to_coco: Sequence[int | None]) -> bool:
+    """Whether a flat keypoint list is in the native layout: K joints, K != 17 (a 17-joint
+    native format is told apart by ``native_keypoints`` only: 17 joints are read as COCO-17)."""
+    return len(to_coco) != len(KEYPOINT_NAMES) and len(kps) == 3 * len(to_coco)
 
 
-def _crowdpose14(kps: Sequence[float]) -> np.ndarray:
-    """(14, 3) CrowdPose-order keypoints from 17 COCO or 14 native values."""
-    from pose.datasets.convert import CROWDPOSE_TO_COCO
-
+def _to_native(kps: Sequence[float], to_coco: Sequence[int | None]) -> np.ndarray:
+    """(K, 3) keypoints in a format's native joint order from K native (:func:`_is_native`) or 17
+    COCO values (through ``to_coco``: native index -> COCO index or None; unmapped joints get zeros)."""
     a = np.asarray(kps, dtype=np.float64).reshape(-1, 3)
-    if len(a) == len(CROWDPOSE_TO_COCO):
+    k = len(to_coco)
+    if _is_native(kps, to_coco):
         return a
     if len(a) != len(KEYPOINT_NAMES):
-        raise ValueError(f"{len(a)} keypoints: neither COCO-17 nor CrowdPose-14")
-    out = np.zeros((len(CROWDPOSE_TO_COCO), 3))
-    for i, c in enumerate(CROWDPOSE_TO_COCO):
+        raise ValueError(f"{len(a)} keypoints: neither COCO-17 nor the native {k}")
+    out = np.zeros((k, 3))
+    for i, c in enumerate(to_coco):
         if c is not None:
             out[i] = a[c]
     return out
 
 
-def crowdpose_metrics(gt_json: Path | str | COCO | dict, results: Sequence[dict] | Path | str,
-                      splits: tuple[float, float] = CROWDPOSE_SPLITS) -> dict:
-    """CrowdPose evaluation (:func:`evaluate_crowdpose`: CrowdPose sigmas, area = 0.53 x box,
-    easy / medium / hard by ``crowdIndex``) of COCO-17 or CrowdPose-14 results against
-    CrowdPose ground truth in either layout.
+def _native_layout(base: dict, results: Sequence[dict], to_coco: Sequence[int | None]) -> tuple[list, list, list]:
+    """Ground truth and results in the native joint order, restricted to the joints both sides
+    have: (annotations, results, evaluated native joint indices).
 
-    Both sides are brought into CrowdPose's joint order: native 14-keypoint ground truth as
-    is, the project's COCO-17 conversion through each annotation's ``native_keypoints``
-    when present (else its 12 body joints); COCO-17 results through the converter's
-    mapping (:data:`pose.datasets.convert.CROWDPOSE_TO_COCO`). A COCO-17 model predicts no
-    ``head`` (top of head) or ``neck``, so unless both sides have all 14 joints the
-    evaluation runs on the 12 shared body joints (shoulders .. ankles; CrowdPose's sigmas
-    of those equal COCO's). ``num_keypoints`` is recounted on the joints evaluated.
+    Ground truth: converted COCO-17 annotations through their ``native_keypoints`` (when of
+    length 3K), native K-keypoint annotations as they are, else their mapped COCO joints.
+    Results: native as they are, COCO-17 through ``to_coco`` (a 17-joint format's results are
+    read as COCO-17). Unless both sides have all K joints, the joints with a COCO counterpart
+    are evaluated. ``num_keypoints`` is recounted."""
+    k = len(to_coco)
+    gt_native, native_gt = [], True
+    for a in base["annotations"]:
+        native = a.get("native_keypoints")
+        if native is not None and len(native) == 3 * k:
+            gt_native.append(np.asarray(native, dtype=np.float64).reshape(k, 3))
+        else:
+            native_gt = native_gt and _is_native(a["keypoints"], to_coco)
+            gt_native.append(_to_native(a["keypoints"], to_coco))
+    res_native = [_to_native(r["keypoints"], to_coco) for r in results]
+    native_res = all(_is_native(r["keypoints"], to_coco) for r in results)
+    joints = list(range(k)) if native_gt and native_res else [i for i, c in enumerate(to_coco) if c is not None]
+    anns = []
+    for a, kp in zip(base["annotations"], gt_native):
+        kp = kp[joints]
+        anns.append({**a, "keypoints": kp.reshape(-1).tolist(), "num_keypoints": int((kp[:, 2] > 0).sum())})
+    res = [{**r, "keypoints": kp[joints].reshape(-1).tolist()} for r, kp in zip(results, res_native)]
+    return anns, res, joints
+
+
+def crowdpose_metrics(gt_json: Path | str | COCO | dict, results: Sequence[dict] | Path | str, *,
+                      to_coco: Sequence[int | None], sigmas: np.ndarray, splits: tuple[float, float]) -> dict:
+    """CrowdPose evaluation (:func:`evaluate_crowdpose`: area = 0.53 x box, easy / medium /
+    hard by ``crowdIndex`` with ``splits``) of COCO-17 or CrowdPose-14 results against
+    CrowdPose ground truth in either layout, in CrowdPose's joint order (:func:`_native_layout`
+    with ``to_coco``, `pose.datasets.formats.crowdpose.TO_COCO`). A COCO-17 model predicts
+    no ``head`` (top of head) or ``neck``, so unless both sides have all 14 joints the
+    evaluation runs on the 12 shared body joints (shoulders .. ankles) with their entries
+    of ``sigmas`` ((14,), the catalogue's ``native_sigmas``).
 
     Returns ``{crowdpose_AP, crowdpose_AP50, crowdpose_AP75, crowdpose_AR, crowdpose_AR50,
     crowdpose_AR75, AP_easy, AP_medium, AP_hard, num_easy, num_medium, num_hard,
-    crowdpose_joints}``. Raises ValueError as :func:`evaluate_crowdpose`.
+    crowdpose_joints}``. Raises ValueError as :func:`evaluate_crowdpose`, or when ``sigmas``
+    and ``to_coco`` differ in length.
     """
-    from pose.datasets.convert import CROWDPOSE_TO_COCO
-
+    sigmas = np.asarray(sigmas, dtype=np.float64)
+    if len(sigmas) != len(to_coco):
+        raise ValueError(f"{len(sigmas)} native sigmas for {len(to_coco)} native joints")
     base = load_ground_truth(gt_json).dataset
     if isinstance(results, (str, Path)):
         results = json.loads(Path(results).read_text())
-    results = list(results)
-    gt14, native_gt = [], True
-    for a in base["annotations"]:
-        src = a["keypoints"]
-        if len(src) != 3 * len(CROWDPOSE_TO_COCO):
-            native = a.get("native_keypoints")
-            if native is not None and len(native) == 3 * len(CROWDPOSE_TO_COCO):
-                src = native
-            else:
-                native_gt = False
-        gt14.append(_crowdpose14(src))
-    res14 = [_crowdpose14(r["keypoints"]) for r in results]
-    native_res = all(len(r["keypoints"]) == 3 * len(CROWDPOSE_TO_COCO) for r in results)
-    joints = list(range(len(CROWDPOSE_TO_COCO))) if native_gt and native_res else \
-        [i for i, c in enumerate(CROWDPOSE_TO_COCO) if c is not None]
-    anns = []
-    for a, kp in zip(base["annotations"], gt14):
-        kp = kp[joints]
-        anns.append({**a, "keypoints": kp.reshape(-1).tolist(), "num_keypoints": int((kp[:, 2] > 0).sum())})
-    res = [{**r, "keypoints": kp[joints].reshape(-1).tolist()} for r, kp in zip(results, res14)]
-    m = evaluate_crowdpose({**base, "annotations": anns}, res, sigmas=CROWDPOSE_SIGMAS[joints], splits=splits)
+    anns, res, joints = _native_layout(base, list(results), to_coco)
+    m = evaluate_crowdpose({**base, "annotations": anns}, res, sigmas=sigmas[joints], splits=splits)
     out = {(k if k.startswith(("AP_", "num_")) else f"crowdpose_{k}"): v for k, v in m.items()}
     out["crowdpose_joints"] = len(joints)
     return out
 
 
+def native_oks_metrics(gt_json: Path | str | COCO | dict, results: Sequence[dict] | Path | str, *,
+                       to_coco: Sequence[int | None], sigmas: np.ndarray, prefix: str) -> dict:
+    """COCO-style OKS AP / AR (pycocotools, the ground truth's ``area``, maxDets 20) in a
+    format's native joint order with its native ``sigmas`` ((K,)), both sides brought into that
+    order as :func:`crowdpose_metrics` does (all K joints when both sides have them, else the
+    joints with a COCO counterpart). This is how mmpose scores AIC and MPII with OKS.
+
+    Returns ``{<prefix>_AP, <prefix>_AP50, ..., <prefix>_ARL}`` (:data:`METRIC_NAMES`) and
+    ``<prefix>_joints``. Raises ValueError on mismatched lengths or malformed input."""
+    sigmas = np.asarray(sigmas, dtype=np.float64)
+    if len(sigmas) != len(to_coco):
+        raise ValueError(f"{len(sigmas)} native sigmas for {len(to_coco)} native joints")
+    base = load_ground_truth(gt_json).dataset
+    if isinstance(results, (str, Path)):
+        results = json.loads(Path(results).read_text())
+    anns, res, joints = _native_layout(base, list(results), to_coco)
+    coco_gt = _coco_from_dict({**base, "annotations": anns})
+    coco_dt = load_results(coco_gt, res, len(joints))
+    ev = _run_cocoeval(coco_gt, coco_dt, sigmas[joints])
+    out = {f"{prefix}_{name}": float(ev.stats[i]) for i, name in enumerate(METRIC_NAMES)}
+    out[f"{prefix}_joints"] = len(joints)
+    return out
+
+
 def evaluate_keypoints(gt_json: Path | str | COCO | dict, results: Sequence[dict] | Path | str,
-                       sigmas: np.ndarray = COCO_SIGMAS, oks_threshold: float = 0.5, *,
-                       schema: str = "auto", area_bins: Sequence[float] | None = None) -> dict:
-    """Everything eval.json holds: :func:`evaluate_results`, the per-scale AP of
-    :func:`ap_by_area` (when ``area_bins`` is given) and, for CrowdPose ground truth,
-    :func:`crowdpose_metrics`.
+                       sigmas: np.ndarray, oks_threshold: float, *, area_bins: Sequence[float] | None,
+                       native: Callable[[dict, list], dict] | None) -> dict:
+    """Everything eval.json holds: :func:`evaluate_results` with ``sigmas`` ((17,), the
+    dataset's catalogue ``sigmas``), the per-scale AP of :func:`ap_by_area` (when
+    ``area_bins`` is given) and the dataset format's native metric.
 
     Args:
-        schema: ``"coco"``, ``"crowdpose"`` or ``"auto"`` (:func:`detect_schema`).
         area_bins: sqrt(area) px boundaries of the per-scale bins (params
             ``evaluate.area_bins``); None: no ``*_by_area`` keys.
+        native: ``native(gt dataset dict, results) -> {metric: value}`` (the dataset's format
+            with its native sigmas: `pose.datasets.catalogue.evaluation`), or None.
 
-    Raises ValueError on an unknown schema, CrowdPose without ``crowdIndex``, or as
-    :func:`evaluate_results`.
+    Raises ValueError as :func:`evaluate_results` or the native metric (e.g. CrowdPose
+    ground truth without ``crowdIndex``).
     """
-    if schema not in ("auto", "coco", "crowdpose"):
-        raise ValueError(f"schema must be auto, coco or crowdpose, got {schema!r}")
     sigmas = np.asarray(sigmas, dtype=np.float64)
     coco_gt = load_ground_truth(gt_json)
     if isinstance(results, (str, Path)):
@@ -556,10 +581,8 @@ def evaluate_keypoints(gt_json: Path | str | COCO | dict, results: Sequence[dict
     if area_bins is not None:
         coco_dt = load_results(coco_gt, results, _num_joints(coco_gt, sigmas))
         metrics.update(_ap_by_area(coco_gt, coco_dt, sigmas, [*COCO_AREA_RANGES, *area_ranges(area_bins)]))
-    if schema == "auto":
-        schema = detect_schema(coco_gt)
-    if schema == "crowdpose":
-        metrics.update(crowdpose_metrics(coco_gt, results))
+    if native is not None:
+        metrics.update(native(coco_gt.dataset, results))
     return metrics
 
 

@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from pose.io import read_image
-from pose.decode.inference import _resolve, predict_image, scaled_input_size
+from pose.decode.inference import predict_image, scaled_input_size
+from pose.decode.persons import resolve_eval_params
 
 
 def _vm_hwm_mb() -> float | None:
@@ -90,7 +91,7 @@ def measure_efficiency(model: torch.nn.Module, images: Sequence[np.ndarray], *, 
         raise ValueError("measure_efficiency needs at least one image")
     if int(samples) < 1 or int(warmup) < 0:
         raise ValueError(f"need samples >= 1 and warmup >= 0, got {samples}, {warmup}")
-    cfg = _resolve(eval_params)
+    cfg = resolve_eval_params(eval_params)
     size = int(cfg["input_size"])
     scales = [float(s) for s in cfg["test_scales"]]
     flip = bool(cfg["flip_test"])

@@ -29,8 +29,8 @@ from __future__ import annotations
 import torch
 
 
-def ae_loss(tags: torch.Tensor, joints: torch.Tensor, *, push_type: str = "exp",
-            push_margin: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def ae_loss(tags: torch.Tensor, joints: torch.Tensor, *, push_type: str,
+            push_margin: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Push and pull associative-embedding losses, per image, vectorised over people.
 
     Args:
@@ -41,8 +41,9 @@ def ae_loss(tags: torch.Tensor, joints: torch.Tensor, *, push_type: str = "exp",
             joint ``k`` of person ``m`` into the (K, H, W) tag map, ``[..., 1]`` > 0 when
             the joint is visible / usable. Unused person slots are all zero. People with
             no visible joint are ignored.
-        push_type: ``exp`` (the reference) or ``hinge`` (CornerNet margin, module docstring).
-        push_margin: the hinge's margin in tag units (``hinge`` only).
+        push_type: ``exp`` (the reference) or ``hinge`` (CornerNet margin, module docstring;
+            params ``loss.push_type``).
+        push_margin: the hinge's margin in tag units (``hinge`` only; params ``loss.push_margin``).
 
     Returns:
         ``(push, pull)``: two (B,) float32 (float64 for float64 tags) tensors on ``tags.device``.

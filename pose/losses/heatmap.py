@@ -10,7 +10,7 @@ import torch
 
 
 def heatmap_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, *,
-                 foreground_weight: float = 0.0) -> torch.Tensor:
+                 foreground_weight: float) -> torch.Tensor:
     """Per-image masked, optionally foreground-weighted, mean squared error of heatmaps.
 
     ``loss[b] = mean_{k,y,x} (pred - target)^2 * mask[b, y, x] * (1 + foreground_weight *
@@ -28,7 +28,8 @@ def heatmap_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, *
         target: (B, K, H, W) float ground-truth heatmaps (values in [0, 1]).
         mask: (B, H, W) float or bool; 0 where the loss is ignored (crowd / unlabeled
             people), 1 elsewhere.
-        foreground_weight: extra weight (>= 0) per unit of target value; 0 = reference MSE.
+        foreground_weight: extra weight (>= 0) per unit of target value (params
+            ``loss.foreground_weight``); 0 = reference MSE.
 
     Returns:
         (B,) float32 tensor (float64 for float64 ``pred``), one loss per image.

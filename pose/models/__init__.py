@@ -1,19 +1,39 @@
-"""Models: HigherHRNet with associative-embedding tags (official key layout) and ImageNet backbones."""
+"""Models: pose networks (a backbone + the shared HigherHRNet head, `pose.models.head`) built by
+`pose.models.factory` from params ``model`` (``model.backbone`` names one of
+`pose.models.factory.BACKBONES`); HigherHRNet with the official key layout; ImageNet backbones.
+The output layout is `pose.codec`'s.
 
-from pose.models.backbone import BackboneReport, load_backbone, read_state_dict
-from pose.models.hrnet import (
-    ARCHITECTURE_KEYS,
-    HigherHRNet,
-    build_model,
-    build_training_model,
-    count_flops,
-    count_macs,
-    count_params,
-    init_weights,
-    load_pretrained,
-    split_heatmaps_tags,
-)
+Submodules are imported lazily: ``from pose.models import build_model`` works, and importing
+``pose.models.factory`` for its backbone names (the params check does) does not import torch.
+"""
 
-__all__ = ["ARCHITECTURE_KEYS", "BackboneReport", "HigherHRNet", "build_model", "build_training_model", "count_flops",
-           "count_macs", "count_params", "init_weights", "load_backbone", "load_pretrained", "read_state_dict",
-           "split_heatmaps_tags"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BackboneReport": "pose.models.backbone",
+    "load_backbone": "pose.models.backbone",
+    "read_state_dict": "pose.models.backbone",
+    "BACKBONES": "pose.models.factory",
+    "INIT_SCHEMES": "pose.models.factory",
+    "build_model": "pose.models.factory",
+    "build_training_model": "pose.models.factory",
+    "init_weights": "pose.models.factory",
+    "PoseNet": "pose.models.head",
+    "ARCHITECTURE_KEYS": "pose.models.hrnet",
+    "HigherHRNet": "pose.models.hrnet",
+    "count_flops": "pose.models.hrnet",
+    "count_macs": "pose.models.hrnet",
+    "count_params": "pose.models.hrnet",
+    "load_pretrained": "pose.models.hrnet",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'pose.models' has no attribute {name!r}")

@@ -9,11 +9,11 @@ Bottom-Up Human Pose Estimation", CVPR 2020, Sec. 3; HRNet: Sun et al., CVPR 201
   ``W, 2W, 4W, 8W`` at 1/4, 1/8, 1/16, 1/32 resolution. Every stage is a chain of
   :class:`HighResolutionModule` (BasicBlocks per branch, then multi-resolution
   fusion). The last module of stage 4 only outputs the 1/4 branch;
-* head: ``final_layers[0]`` (1x1 conv) on the 1/4 features predicts ``K`` heatmaps and
-  ``K * tag_dim`` associative-embedding tags; each of the ``num_deconv`` deconvolution
-  blocks concatenates the features with the previous prediction, upsamples x2
-  (ConvTranspose2d 4x4 stride 2 + BN + ReLU, then BasicBlocks) and ``final_layers[i+1]``
-  (1x1 conv) predicts ``K`` heatmaps at the higher resolution.
+* head (`pose.models.head`, shared by every backbone): ``final_layers[0]`` (1x1 conv) on
+  the 1/4 features predicts ``K`` heatmaps and ``K * tag_dim`` associative-embedding tags;
+  the deconvolution block concatenates the features with that prediction, upsamples x2
+  (ConvTranspose2d 4x4 stride 2 + BN + ReLU, then BasicBlocks) and ``final_layers[1]``
+  (1x1 conv) predicts ``K`` heatmaps at 1/2 resolution.
 
 Module attribute names follow the reference implementation
 (github.com/HRNet/HigherHRNet-Human-Pose-Estimation, ``lib/models/pose_higher_hrnet.py``)
@@ -21,10 +21,8 @@ so that an official state dict loads with ``strict=True`` for the same configura
 (``TAG_PER_JOINT: true``, ``FINAL_CONV_KERNEL: 1``, ``DECONV.CAT_OUTPUT: [true, ...]``,
 ``LOSS.WITH_AE_LOSS: [true, false, ...]``; our ``tag_dim=1``).
 
-Output channel layout of the 1/4 prediction ``out[0]`` (B, K + K*tag_dim, H/4, W/4):
-channels ``[0, K)`` are heatmaps, channel ``K + d*K + k`` is tag dimension ``d`` of
-joint ``k`` (``tag_dim`` blocks of ``K`` channels). For ``tag_dim=1`` this is the official
-layout. :func:`split_heatmaps_tags` returns the tags as (B, K, H, W, tag_dim).
+The output strides and channel layout are the model I/O contract of `pose.codec`
+(``Codec.split_outputs`` splits heatmaps and tags); for ``tag_dim=1`` the layout is the official one.
 """
 
 from __future__ import annotations
@@ -32,58 +30,20 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 
-if TYPE_CHECKING:
-    from pose.models.backbone import BackboneReport
-
-BN_MOMENTUM = 0.1
-
-#: Input height and width must be multiples of this (the 4th branch runs at 1/32).
-INPUT_STRIDE = 32
+from pose.models.head import BasicBlock, PoseNet, bn, conv3x3
 
 #: Block counts of the published HigherHRNet (experiments/coco/higher_hrnet/w32_512_adam_lr1e-3.yaml:
-#: ``STAGE1`` 4 Bottlenecks, ``NUM_BLOCKS`` 4 per branch, ``DECONV.NUM_BASIC_BLOCKS`` 4). They are
-#: the keyword defaults of :class:`HigherHRNet`; :func:`build_model` takes ``stem_blocks`` and
-#: ``deconv_blocks`` from params (``model.stem_blocks`` / ``model.deconv_blocks``) and keeps
-#: ``branch_blocks`` at the published value.
+#: ``STAGE1`` 4 Bottlenecks, ``NUM_BLOCKS`` 4 per branch, ``DECONV.NUM_BASIC_BLOCKS`` 4).
+#: :meth:`HigherHRNet.from_params` takes ``stem_blocks`` and ``deconv_blocks`` from params
+#: (``model.stem_blocks`` / ``model.deconv_blocks``) and keeps ``branch_blocks`` at the published value.
 PUBLISHED_STEM_BLOCKS = 4  # Bottleneck blocks of stage 1 (``layer1``)
 PUBLISHED_BRANCH_BLOCKS = 4  # BasicBlocks per branch in every HighResolutionModule
 PUBLISHED_DECONV_BLOCKS = 4  # BasicBlocks after each deconvolution
 STEM_CHANNELS = 64
-
-
-def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False)
-
-
-def _bn(channels: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(channels, momentum=BN_MOMENTUM)
-
-
-class BasicBlock(nn.Module):
-    """Two 3x3 convolutions with a residual connection (He et al. 2016)."""
-
-    expansion = 1
-
-    def __init__(self, in_channels: int, channels: int, stride: int = 1,
-                 downsample: nn.Module | None = None) -> None:
-        super().__init__()
-        self.conv1 = _conv3x3(in_channels, channels, stride)
-        self.bn1 = _bn(channels)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = _conv3x3(channels, channels)
-        self.bn2 = _bn(channels)
-        self.downsample = downsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
 
 
 class Bottleneck(nn.Module):
@@ -96,11 +56,11 @@ class Bottleneck(nn.Module):
         super().__init__()
         out_channels = channels * self.expansion
         self.conv1 = nn.Conv2d(in_channels, channels, kernel_size=1, bias=False)
-        self.bn1 = _bn(channels)
-        self.conv2 = _conv3x3(channels, channels, stride)
-        self.bn2 = _bn(channels)
+        self.bn1 = bn(channels)
+        self.conv2 = conv3x3(channels, channels, stride)
+        self.bn2 = bn(channels)
         self.conv3 = nn.Conv2d(channels, out_channels, kernel_size=1, bias=False)
-        self.bn3 = _bn(out_channels)
+        self.bn3 = bn(out_channels)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
@@ -122,7 +82,7 @@ def _residual_layer(block: type[BasicBlock] | type[Bottleneck], in_channels: int
     if in_channels != out_channels:
         downsample = nn.Sequential(
             nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False),
-            _bn(out_channels),
+            bn(out_channels),
         )
     layers = [block(in_channels, channels, 1, downsample)]
     layers += [block(out_channels, channels) for _ in range(num_blocks - 1)]
@@ -249,27 +209,25 @@ def _stage(in_channels: Sequence[int], channels: Sequence[int], num_modules: int
     return nn.Sequential(*modules)
 
 
-class HigherHRNet(nn.Module):
+class HigherHRNet(PoseNet):
     """HigherHRNet (HRNet-W``width`` backbone + deconvolution head) with associative embedding.
 
-    All architecture arguments are keyword-only. ``width``, ``num_joints``, ``tag_dim``,
-    ``num_deconv`` and ``stage_blocks`` are required (params.yaml ``model`` section, see
-    :func:`build_model`); ``stem_blocks``, ``branch_blocks`` and ``deconv_blocks`` default
-    to the published value 4 (``build_model`` passes ``stem_blocks`` / ``deconv_blocks``
-    from params). With the published values the state dict has the official key layout.
+    All arguments are keyword-only and required (params.yaml ``model`` section, see
+    :meth:`from_params`, which passes the published ``branch_blocks``). With the published
+    block counts (:data:`PUBLISHED_STEM_BLOCKS` etc.) the state dict has the official key layout.
 
     Args:
         width: base channels ``W`` (branches have ``W, 2W, 4W, 8W``; published 32 / 48).
         num_joints: ``K`` keypoints (17 for COCO).
         tag_dim: associative-embedding tag dimension per joint (1 as published).
-        num_deconv: deconvolution blocks; each doubles the resolution of the heatmaps
-            (1 as published: heatmaps at 1/4 and 1/2 of the input; 2 adds a full-resolution
-            output, ``len(forward(x)) == 1 + num_deconv``).
         stage_blocks: number of HighResolutionModules in stages 2, 3, 4 (published
             ``(1, 4, 3)``).
         stem_blocks: Bottleneck blocks in stage 1.
         branch_blocks: BasicBlocks per branch in every HighResolutionModule.
-        deconv_blocks: BasicBlocks after each deconvolution.
+        deconv_blocks: BasicBlocks after each deconvolution of the head (`pose.models.head`).
+
+    The outputs (one per stride of `pose.codec.OUTPUT_STRIDES`: 1/4 heatmaps + tags, 1/2
+    heatmaps) are described in `pose.codec`.
 
     Raises:
         ValueError: on non-positive sizes or ``stage_blocks`` not of length 3.
@@ -278,11 +236,8 @@ class HigherHRNet(nn.Module):
     ~ N(0, 0.001), biases 0, BatchNorm weight 1 and bias 0.
     """
 
-    def __init__(self, *, width: int, num_joints: int, tag_dim: int, num_deconv: int,
-                 stage_blocks: Sequence[int],
-                 stem_blocks: int = PUBLISHED_STEM_BLOCKS,
-                 branch_blocks: int = PUBLISHED_BRANCH_BLOCKS,
-                 deconv_blocks: int = PUBLISHED_DECONV_BLOCKS) -> None:
+    def __init__(self, *, width: int, num_joints: int, tag_dim: int, stage_blocks: Sequence[int],
+                 stem_blocks: int, branch_blocks: int, deconv_blocks: int) -> None:
         super().__init__()
         stage_blocks = [int(b) for b in stage_blocks]
         if len(stage_blocks) != 3:
@@ -291,20 +246,19 @@ class HigherHRNet(nn.Module):
                             ("stem_blocks", stem_blocks), ("branch_blocks", branch_blocks)):
             if int(value) < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        if num_deconv < 0 or deconv_blocks < 0:
-            raise ValueError(f"num_deconv and deconv_blocks must be >= 0, got {num_deconv}, {deconv_blocks}")
+        if deconv_blocks < 0:
+            raise ValueError(f"deconv_blocks must be >= 0, got {deconv_blocks}")
 
         self.width = int(width)
         self.num_joints = int(num_joints)
         self.tag_dim = int(tag_dim)
-        self.num_deconv = int(num_deconv)
         self.stage_blocks = tuple(stage_blocks)
 
         # stem: 1/4 resolution
         self.conv1 = nn.Conv2d(3, STEM_CHANNELS, kernel_size=3, stride=2, padding=1, bias=False)
-        self.bn1 = _bn(STEM_CHANNELS)
+        self.bn1 = bn(STEM_CHANNELS)
         self.conv2 = nn.Conv2d(STEM_CHANNELS, STEM_CHANNELS, kernel_size=3, stride=2, padding=1, bias=False)
-        self.bn2 = _bn(STEM_CHANNELS)
+        self.bn2 = bn(STEM_CHANNELS)
         self.relu = nn.ReLU(inplace=True)
         # stage 1
         self.layer1 = _residual_layer(Bottleneck, STEM_CHANNELS, STEM_CHANNELS, stem_blocks)
@@ -319,200 +273,44 @@ class HigherHRNet(nn.Module):
         self.transition3 = _transition(ch3, ch4)
         self.stage4 = _stage(ch4, ch4, stage_blocks[2], branch_blocks, multi_scale_output=False)
 
-        # head: heatmaps + tags at 1/4, then heatmaps only after each deconvolution
-        k = self.num_joints
-        self.quarter_channels = k + k * self.tag_dim
-        finals = [nn.Conv2d(w, self.quarter_channels, kernel_size=1)]
-        deconvs = []
-        previous_out = self.quarter_channels
-        for _ in range(self.num_deconv):
-            layers: list[nn.Module] = [nn.Sequential(
-                nn.ConvTranspose2d(w + previous_out, w, kernel_size=4, stride=2, padding=1,
-                                   output_padding=0, bias=False),
-                _bn(w),
-                nn.ReLU(inplace=True),
-            )]
-            layers += [nn.Sequential(BasicBlock(w, w)) for _ in range(deconv_blocks)]
-            deconvs.append(nn.Sequential(*layers))
-            finals.append(nn.Conv2d(w, k, kernel_size=1))
-            previous_out = k
-        self.final_layers = nn.ModuleList(finals)
-        self.deconv_layers = nn.ModuleList(deconvs)
+        # head (pose.models.head): heatmaps + tags at 1/4, heatmaps at 1/2 after the deconvolution
+        self.build_head(w, int(deconv_blocks))
+        self.reference_init()
 
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """The reference initialisation: every (de)convolution N(0, 0.001), biases 0, BN (1, 0)."""
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-                nn.init.normal_(m.weight, std=0.001)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Predict heatmaps and tags.
-
-        Args:
-            x: (B, 3, H, W) float image batch; ``H`` and ``W`` multiples of 32
-                (normally square, ``H == W == S``).
-
-        Returns:
-            ``[out_quarter, out_half, ...]`` (``1 + num_deconv`` tensors):
-            ``out_quarter`` (B, K + K*tag_dim, H/4, W/4): heatmaps then tags (layout in
-            the module docstring); ``out_half`` (B, K, H/2, W/2): heatmaps (and
-            (B, K, H/2**(2-i), ...) for further deconvolutions).
-
-        Raises:
-            ValueError: if ``x`` is not (B, 3, H, W) or H, W are not multiples of 32.
-        """
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected a (B, 3, H, W) input, got shape {tuple(x.shape)}")
-        h, w = x.shape[-2:]
-        if h % INPUT_STRIDE or w % INPUT_STRIDE:
-            raise ValueError(f"input height and width must be multiples of {INPUT_STRIDE}, got {h}x{w}")
-
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """HRNet backbone: (B, 3, H, W) -> (B, W, H/4, W/4), the 1/4 branch of stage 4."""
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.relu(self.bn2(self.conv2(x)))
         x = self.layer1(x)
         ys = self.stage2(_apply_transition(self.transition1, [x]))
         ys = self.stage3(_apply_transition(self.transition2, ys))
         ys = self.stage4(_apply_transition(self.transition3, ys))
+        return ys[0]
 
-        x = ys[0]
-        y = self.final_layers[0](x)
-        outputs = [y]
-        for deconv, final in zip(self.deconv_layers, self.final_layers[1:]):
-            x = deconv(torch.cat((x, y), dim=1))
-            y = final(x)
-            outputs.append(y)
-        return outputs
+    @classmethod
+    def from_params(cls, model_params: Mapping) -> HigherHRNet:
+        """Build from params.yaml's ``model`` section: ``width``, ``num_joints``, ``tag_dim``,
+        ``stage_blocks``, ``stem_blocks`` (Bottlenecks of ``layer1``, published 4) and
+        ``deconv_blocks`` (BasicBlocks after the deconvolution, published ``NUM_BASIC_BLOCKS``
+        4); BasicBlocks per branch stay at the published 4.
 
-
-#: Keys of params ``model`` that define the architecture (all required by :func:`build_model`).
-ARCHITECTURE_KEYS = ("width", "num_joints", "tag_dim", "num_deconv", "stage_blocks", "stem_blocks",
-                     "deconv_blocks")
-
-
-def build_model(model_params: Mapping) -> HigherHRNet:
-    """Build :class:`HigherHRNet` from params.yaml's ``model`` section.
-
-    Reads ``width``, ``num_joints``, ``tag_dim``, ``num_deconv``, ``stage_blocks``,
-    ``stem_blocks`` (Bottlenecks of ``layer1``, published 4) and ``deconv_blocks``
-    (BasicBlocks after each deconvolution, published ``NUM_BASIC_BLOCKS`` 4); BasicBlocks per
-    branch stay at the published 4. ``convention`` (params ``model.convention``), when present,
-    is recorded as ``model.convention`` for decoding. If ``pretrained`` is a non-empty path the
-    complete weights are loaded with :func:`load_pretrained`. ``pretrained_backbone`` and
-    ``init`` are not read here: :func:`build_training_model` applies them.
-
-    Raises:
-        KeyError: if a required key is missing (no fallback values).
-        ValueError: on invalid sizes (see :class:`HigherHRNet`).
-    """
-    missing = [key for key in ARCHITECTURE_KEYS if key not in model_params]
-    if missing:
-        raise KeyError(f"params 'model' section lacks {missing}")
-    model = HigherHRNet(
-        width=int(model_params["width"]),
-        num_joints=int(model_params["num_joints"]),
-        tag_dim=int(model_params["tag_dim"]),
-        num_deconv=int(model_params["num_deconv"]),
-        stage_blocks=[int(b) for b in model_params["stage_blocks"]],
-        stem_blocks=int(model_params["stem_blocks"]),
-        deconv_blocks=int(model_params["deconv_blocks"]),
-    )
-    if "convention" in model_params:  # decoding reads it (pose.decode.inference.model_convention)
-        model.convention = str(model_params["convention"])
-    pretrained = model_params.get("pretrained") or ""
-    if pretrained:
-        load_pretrained(model, pretrained)
-    return model
+        Raises:
+            KeyError: a required key is missing (no fallback values).
+            ValueError: on invalid sizes.
+        """
+        missing = [key for key in ARCHITECTURE_KEYS if key not in model_params]
+        if missing:
+            raise KeyError(f"params 'model' section lacks {missing}")
+        return cls(width=int(model_params["width"]), num_joints=int(model_params["num_joints"]),
+                   tag_dim=int(model_params["tag_dim"]),
+                   stage_blocks=[int(b) for b in model_params["stage_blocks"]],
+                   stem_blocks=int(model_params["stem_blocks"]), branch_blocks=PUBLISHED_BRANCH_BLOCKS,
+                   deconv_blocks=int(model_params["deconv_blocks"]))
 
 
-def build_training_model(model_params: Mapping, *, verbose: bool = True) -> tuple[HigherHRNet, BackboneReport | None]:
-    """The model a training run starts from, in the reference order (HigherHRNet
-    ``tools/dist_train.py`` + ``pose_higher_hrnet.init_weights``): build, initialise
-    (``model.init``), load the ImageNet backbone (``model.pretrained_backbone``, matching keys
-    only, see :func:`pose.models.backbone.load_backbone`), then complete weights
-    (``model.pretrained``, strict) when given.
-
-    Args:
-        model_params: params.yaml ``model`` section (keys of :func:`build_model` plus ``init``,
-            ``pretrained``, ``pretrained_backbone``).
-        verbose: print the backbone load report (loaded / skipped / missing) to stdout.
-
-    Returns:
-        ``(model, report)``: the :class:`HigherHRNet` in train mode on the CPU and the
-        :class:`pose.models.backbone.BackboneReport` (None without a backbone path).
-
-    Raises:
-        KeyError: a required key is missing. FileNotFoundError / ValueError: as
-        :func:`load_pretrained` and :func:`pose.models.backbone.load_backbone`.
-    """
-    from pose.models.backbone import load_backbone
-
-    for key in ("init", "pretrained", "pretrained_backbone"):
-        if key not in model_params:
-            raise KeyError(f"params 'model' section lacks {key!r}")
-    model = init_weights(build_model(dict(model_params, pretrained="")), str(model_params["init"]))
-    report = None
-    if model_params["pretrained_backbone"]:
-        report = load_backbone(model, model_params["pretrained_backbone"])
-        if verbose:
-            print(report.summary(), flush=True)
-    if model_params["pretrained"]:
-        load_pretrained(model, model_params["pretrained"])
-    return model.train(), report
-
-
-INIT_SCHEMES = ("reference", "kaiming")
-
-
-def init_weights(model: HigherHRNet, scheme: str) -> HigherHRNet:
-    """(Re-)initialise ``model`` in place for training from scratch; returns it.
-
-    * ``reference``: what the constructor does, as in the reference code: every
-      (de)convolution N(0, 0.001). It is meant for an ImageNet-pretrained backbone; from
-      scratch, Adam's updates (~lr per weight) dwarf weights of size 0.001 behind
-      BatchNorm, and the first few hundred steps are spent growing the weights.
-    * ``kaiming``: He et al., "Delving Deep into Rectifiers", ICCV 2015 (normal,
-      ``mode="fan_out"``, ReLU gain; the torchvision ResNet initialisation) for every
-      convolution and deconvolution except the 1x1 prediction layers ``final_layers``,
-      which keep N(0, 0.001) and zero bias so the first heatmaps and tags are ~0. On the
-      generated set this halves the heatmap loss after 50 steps (CPU default run).
-
-    BatchNorm layers are (weight 1, bias 0) in both. Raises ValueError for another scheme
-    (params ``model.init``).
-    """
-    if scheme not in INIT_SCHEMES:
-        raise ValueError(f"params model.init: unknown scheme {scheme!r} ({' | '.join(INIT_SCHEMES)})")
-    model._init_weights()
-    if scheme == "kaiming":
-        heads = {id(m) for m in model.final_layers}
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and id(m) not in heads:
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-    return model
-
-
-def split_heatmaps_tags(out_quarter: torch.Tensor, num_joints: int,
-                        tag_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split the 1/4 prediction into heatmaps (B, K, h, w) and tags (B, K, h, w, tag_dim).
-
-    Channel ``K + d*K + k`` of ``out_quarter`` is tag dimension ``d`` of joint ``k``.
-
-    Raises:
-        ValueError: if the channel count is not ``K + K*tag_dim``.
-    """
-    b, c, h, w = out_quarter.shape
-    k = num_joints
-    if c != k + k * tag_dim:
-        raise ValueError(f"expected {k + k * tag_dim} channels (K={k}, tag_dim={tag_dim}), got {c}")
-    heatmaps = out_quarter[:, :k]
-    tags = out_quarter[:, k:].reshape(b, tag_dim, k, h, w).permute(0, 2, 3, 4, 1)
-    return heatmaps, tags
+#: Keys of params ``model`` that define the HigherHRNet architecture (all required by
+#: :meth:`HigherHRNet.from_params`).
+ARCHITECTURE_KEYS = ("width", "num_joints", "tag_dim", "stage_blocks", "stem_blocks", "deconv_blocks")
 
 
 def load_pretrained(model: nn.Module, path: str | Path) -> nn.Module:

@@ -22,9 +22,10 @@ Naming rules of the reference (all reproduced by :class:`pose.models.hrnet.Highe
 
 from __future__ import annotations
 
-#: Configuration the shapes below belong to (keyword arguments of HigherHRNet).
-OFFICIAL_W32_CONFIG = {"width": 32, "num_joints": 17, "tag_dim": 1, "num_deconv": 1,
-                       "stage_blocks": (1, 4, 3)}
+#: Configuration the shapes below belong to (keyword arguments of HigherHRNet; the one
+#: deconvolution is fixed by `pose.codec.OUTPUT_STRIDES`).
+OFFICIAL_W32_CONFIG = {"width": 32, "num_joints": 17, "tag_dim": 1, "stage_blocks": (1, 4, 3),
+                       "stem_blocks": 4, "branch_blocks": 4, "deconv_blocks": 4}
 
 #: Parameter count of HigherHRNet-W32 (paper Table 2: 28.6M).
 OFFICIAL_W32_PARAMS_M = 28.6

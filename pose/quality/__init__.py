@@ -1,11 +1,11 @@
-"""Data quality gates: annotation/image validation (`validate_dataset`) and the
-geometric scale checks of the training transform (`check_scales`)."""
+"""Data quality gates, one module per concern (the package itself imports nothing, so a stage
+imports only the checks it runs):
 
-from pose.quality.scales import check_scales
-from pose.quality.tables import AnnotationFileError, CocoTables, build_tables, load_coco_json, load_tables
-from pose.quality.validate import check_image_files, suspicious_lr_swaps, validate_dataset
-
-__all__ = [
-    "AnnotationFileError", "CocoTables", "build_tables", "check_image_files", "check_scales",
-    "load_coco_json", "load_tables", "suspicious_lr_swaps", "validate_dataset",
-]
+* :mod:`pose.quality.validate`: ``validate_dataset`` (stage ``validate``), built from
+  :mod:`~pose.quality.tables` (the COCO file as pandas tables), :mod:`~pose.quality.suite`
+  (great-expectations checks, left/right swap heuristic), :mod:`~pose.quality.ge_runner`,
+  :mod:`~pose.quality.images` (image-file checks), :mod:`~pose.quality.quarantine` and
+  :mod:`~pose.quality.findings`;
+* :mod:`pose.quality.scales`: ``check_scales`` (stage ``check_scales``), the geometric checks
+  of the training transform (the flip check: :mod:`~pose.quality.flip`).
+"""

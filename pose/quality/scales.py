@@ -29,7 +29,8 @@ square of the short side for ``short_side``):
    (centre joints to themselves); `hflip_keypoints` (``pose.augment.transforms``)
    applied twice is the identity, and once moves joint k to channel
    ``FLIP_INDEX[k]`` mirroring x about a fixed axis: ``x' = width - x``
-   (continuous) or ``x' = width - 1 - x`` (pixel index) — the one found is reported.
+   (continuous) or ``x' = width - 1 - x`` (pixel index) — the one found is reported
+   (`pose.quality.flip`).
 
 Per size it also reports persons too small to resolve (torso = mean of the
 left and right shoulder-to-hip distances, in heatmap px at stride 4, below
@@ -41,9 +42,7 @@ Source of the keypoint format: COCO data format spec (cocodataset.org/#format-da
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -52,82 +51,17 @@ import numpy as np
 
 from pose.augment.affine import apply_affine, invert_affine
 from pose.augment.transforms import CROPS, crop_affine
-from pose.datasets.schema import FLIP_INDEX, KEYPOINT_NAMES, NUM_JOINTS
+from pose.datasets.schema import KEYPOINT_NAMES, NUM_JOINTS
+from pose.io import atomic_write_bytes
+from pose.quality.findings import json_bytes, py_value
+from pose.quality.flip import flip_check
 from pose.quality.tables import LEFT_HIP, LEFT_SHOULDER, RIGHT_HIP, RIGHT_SHOULDER, load_tables
-from pose.quality.validate import _py, atomic_write_json
 from pose.targets.heatmaps import peak_pixel, pixel_offset, render_heatmaps
 
 #: Person-height histogram edges, input px (last bin open-ended).
 HEIGHT_BIN_EDGES = (0, 8, 16, 32, 64, 128, 256, 512, 1024)
 #: Stride at which the torso size is measured (the 1/4 head).
 TORSO_STRIDE = 4
-
-
-def _hflip_spec(keypoints: np.ndarray, width: int) -> np.ndarray:
-    """Fallback flip per the project spec: x' = width - x (continuous coords) for
-    labeled joints, channels swapped by FLIP_INDEX. (P, K, 3) -> (P, K, 3) float64."""
-    kp = np.asarray(keypoints, dtype=np.float64).copy()
-    kp[..., 0] = np.where(kp[..., 2] > 0, width - kp[..., 0], kp[..., 0])
-    return kp[:, list(FLIP_INDEX)]
-
-
-def _get_hflip():
-    try:
-        from pose.augment.transforms import hflip_keypoints
-        return hflip_keypoints, "pose.augment.transforms.hflip_keypoints"
-    except ImportError:
-        return _hflip_spec, "local spec helper (x' = width - x)"
-
-
-def flip_check(keypoints: np.ndarray, width: int, hflip=None) -> dict:
-    """Check the horizontal flip on (P, K, 3) keypoints in a canvas ``width`` px wide.
-
-    Returns a dict: ``ok``, ``involution`` (FLIP_INDEX[FLIP_INDEX[k]] == k),
-    ``names_swap`` (left_/right_ names swap, others fixed), ``twice_identity``,
-    ``channels_swap`` (v and y move to FLIP_INDEX[k] unchanged), ``mirror``
-    ("width - x" | "width - 1 - x" | None when x' + x is not one of those
-    constants), ``function`` (which flip was tested), ``violations`` (list of str).
-    """
-    fn, name = (hflip, getattr(hflip, "__qualname__", str(hflip))) if hflip is not None else _get_hflip()
-    fi = np.asarray(FLIP_INDEX)
-    out: dict[str, Any] = {"function": name, "violations": []}
-    out["involution"] = bool(len(fi) == NUM_JOINTS and np.array_equal(fi[fi], np.arange(NUM_JOINTS)))
-
-    def mirrored(n: str) -> str:
-        if n.startswith("left_"):
-            return "right_" + n[5:]
-        if n.startswith("right_"):
-            return "left_" + n[6:]
-        return n
-
-    out["names_swap"] = all(KEYPOINT_NAMES[int(fi[k])] == mirrored(KEYPOINT_NAMES[k]) for k in range(NUM_JOINTS))
-    kp = np.asarray(keypoints, dtype=np.float64)
-    if kp.size == 0:
-        kp = np.array([[[10.0 + k, 20.0, 2.0] for k in range(NUM_JOINTS)]])
-    once = np.asarray(fn(kp, width), dtype=np.float64)
-    twice = np.asarray(fn(once, width), dtype=np.float64)
-    out["twice_identity"] = bool(once.shape == kp.shape and np.allclose(twice, kp, atol=1e-9, equal_nan=True))
-    moved = once[:, fi] if once.shape == kp.shape else None  # moved[:, k] = flipped joint that came from k
-    lab = kp[..., 2] > 0
-    if moved is not None:
-        out["channels_swap"] = bool(np.array_equal(moved[..., 2], kp[..., 2])
-                                    and np.allclose(moved[..., 1][lab], kp[..., 1][lab]))
-        sums = (moved[..., 0] + kp[..., 0])[lab]
-        mirror = None
-        if sums.size and np.allclose(sums, width, atol=1e-9):
-            mirror = "width - x"
-        elif sums.size and np.allclose(sums, width - 1, atol=1e-9):
-            mirror = "width - 1 - x"
-        out["mirror"] = mirror
-    else:
-        out["channels_swap"], out["mirror"] = False, None
-    for key in ("involution", "names_swap", "twice_identity", "channels_swap"):
-        if not out[key]:
-            out["violations"].append(f"flip: {key} failed for {name}")
-    if out["mirror"] is None:
-        out["violations"].append(f"flip: {name} does not mirror x about a fixed axis (width - x or width - 1 - x)")
-    out["ok"] = not out["violations"]
-    return out
 
 
 def _torso(kp: np.ndarray) -> np.ndarray:
@@ -199,7 +133,8 @@ def _peak_check(kp_hm: np.ndarray, person_image: np.ndarray, sample_images: np.n
             continue
         cx, cy = rx[pi, ki].astype(np.int64), ry[pi, ki].astype(np.int64)
         pad = np.pad(heat, ((0, 0), (w, w), (w, w)), constant_values=-1.0)
-        win = pad[ki[:, None, None], cy[:, None, None] + w + offs[None, :, None], cx[:, None, None] + w + offs[None, None, :]]
+        win = pad[ki[:, None, None], cy[:, None, None] + w + offs[None, :, None],
+                  cx[:, None, None] + w + offs[None, None, :]]
         flat = win.reshape(len(pi), -1).argmax(axis=1)
         py = cy + flat // (2 * w + 1) - w
         px = cx + flat % (2 * w + 1) - w
@@ -210,7 +145,7 @@ def _peak_check(kp_hm: np.ndarray, person_image: np.ndarray, sample_images: np.n
         over = np.flatnonzero(err > max_peak_error)
         n_bad += len(over)
         for j in over[: max(0, 20 - len(bad))]:
-            bad.append({"image_id": _py(img), "person": int(idx[pi[j]]), "joint": KEYPOINT_NAMES[int(ki[j])],
+            bad.append({"image_id": py_value(img), "person": int(idx[pi[j]]), "joint": KEYPOINT_NAMES[int(ki[j])],
                         "error_hm_px": float(err[j])})
     return {"checked": checked, "skipped_not_isolated": skipped, "dropped_by_rounding": dropped,
             "skipped_truncated_into_map": outside_map,
@@ -275,14 +210,17 @@ def check_scales(annotations: Path, *, input_sizes: list[int], strides: list[int
     img_h = ann["img_height"].to_numpy()[rows].astype(np.int64)
     bbox_h = ann["bbox_h"].to_numpy()[rows]
     image_ids = ann["image_id"].to_numpy()[rows]
-    img_codes, img_index = np.unique(image_ids, return_inverse=True) if len(rows) else (np.zeros(0), np.zeros(0, np.int64))
+    img_codes, img_index = (np.unique(image_ids, return_inverse=True) if len(rows)
+                            else (np.zeros(0), np.zeros(0, np.int64)))
     img_index = np.asarray(img_index, dtype=np.int64).reshape(-1)
     rng = np.random.default_rng(seed)
     n_img = len(img_codes)
-    sample = np.arange(n_img) if n_img <= max_peak_images else np.sort(rng.choice(n_img, size=max_peak_images, replace=False))
+    sample = (np.arange(n_img) if n_img <= max_peak_images
+              else np.sort(rng.choice(n_img, size=max_peak_images, replace=False)))
 
     sizes_wh = np.stack([img_w, img_h], axis=1) if len(rows) else np.zeros((0, 2), np.int64)
-    uniq_wh, group = np.unique(sizes_wh, axis=0, return_inverse=True) if len(rows) else (np.zeros((0, 2), np.int64), np.zeros(0, np.int64))
+    uniq_wh, group = (np.unique(sizes_wh, axis=0, return_inverse=True) if len(rows)
+                      else (np.zeros((0, 2), np.int64), np.zeros(0, np.int64)))
     group = np.asarray(group, dtype=np.int64).reshape(-1)
     order = np.argsort(group, kind="stable")
     bounds = np.searchsorted(group[order], np.arange(len(uniq_wh) + 1))
@@ -295,7 +233,8 @@ def check_scales(annotations: Path, *, input_sizes: list[int], strides: list[int
     report_sizes: dict[str, Any] = {}
     flip_result = None
     for size in [int(s) for s in input_sizes]:
-        mats = np.stack([crop_affine(crop, int(w), int(h), size) for w, h in uniq_wh]) if len(uniq_wh) else np.zeros((0, 2, 3))
+        mats = (np.stack([crop_affine(crop, int(w), int(h), size) for w, h in uniq_wh]) if len(uniq_wh)
+                else np.zeros((0, 2, 3)))
         invs = np.stack([invert_affine(m) for m in mats]) if len(mats) else np.zeros((0, 2, 3))
         o = pixel_offset(convention)
         mapped = _map_grouped(mats, order, bounds, xy - o) + o
@@ -345,7 +284,8 @@ def check_scales(annotations: Path, *, input_sizes: list[int], strides: list[int
                               "too_small": int(small.sum()),
                               "fraction_of_known": round(float(small.sum() / known.sum()), 6) if known.any() else None,
                               "min_torso_heatmap_px": float(min_torso_heatmap_px), "stride": TORSO_STRIDE,
-                              "median_torso_heatmap_px": round(float(np.median(torso_hm[known])), 4) if known.any() else None}
+                              "median_torso_heatmap_px": (round(float(np.median(torso_hm[known])), 4)
+                                                          if known.any() else None)}
         height_in = bbox_h * scale
         edges = list(HEIGHT_BIN_EDGES) + [np.inf]
         counts, _ = np.histogram(height_in[np.isfinite(height_in)], bins=edges)
@@ -369,47 +309,5 @@ def check_scales(annotations: Path, *, input_sizes: list[int], strides: list[int
         "timings_s": {"total": round(time.perf_counter() - t0, 3)},
     }
     # wall-clock timings are returned, not written: equal data gives a byte-identical report
-    atomic_write_json(Path(report_path), {k: v for k, v in report.items() if k != "timings_s"})
+    atomic_write_bytes(Path(report_path), json_bytes({k: v for k, v in report.items() if k != "timings_s"}))
     return report
-
-
-def curriculum_sizes(params: dict) -> list[int]:
-    """Sorted distinct input sizes of params ``train.curriculum``."""
-    return sorted({int(s) for stage in params["train"]["curriculum"] for s in stage["sizes"]})
-
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI: ``python -m pose.quality.scales --annotations A --report R [--params params.yaml]``.
-    Sizes from params ``train.curriculum`` (or ``--sizes``), thresholds from params
-    ``check_scales``, sigma from ``targets.sigma``, the crop from ``augment.crop``. Exit status 0 when ``ok``, else 1."""
-    import yaml
-
-    from pose.quality.tables import AnnotationFileError
-
-    ap = argparse.ArgumentParser(prog="pose.quality.scales", description=main.__doc__)
-    ap.add_argument("--annotations", type=Path, required=True)
-    ap.add_argument("--report", type=Path, required=True)
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
-    ap.add_argument("--sizes", type=int, nargs="*", default=None)
-    args = ap.parse_args(argv)
-    params = yaml.safe_load(args.params.read_text())
-    c = params["check_scales"]
-    try:
-        report = check_scales(args.annotations, input_sizes=args.sizes or curriculum_sizes(params), strides=[4, 2],
-                              sigma=float(params["targets"]["sigma"]),
-                              max_roundtrip_error=float(c["max_roundtrip_error"]),
-                              max_peak_error=float(c["max_peak_error"]),
-                              min_torso_heatmap_px=float(c["min_torso_heatmap_px"]), report_path=args.report,
-                              crop=str(params["augment"]["crop"]), convention=str(params["model"]["convention"]),
-                              subpixel=bool(params["targets"]["subpixel"]))
-    except (AnnotationFileError, ValueError) as exc:
-        print(f"check_scales: {exc}", file=sys.stderr)
-        return 1
-    print(f"check_scales {args.annotations}: ok={report['ok']} report={args.report}")
-    for v in report["violations"][:20]:
-        print(f"  violation: {v}", file=sys.stderr)
-    return 0 if report["ok"] else 1
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -43,7 +43,7 @@ except ImportError:  # pragma: no cover - exercised only without orjson
 
 LEFT_SHOULDER, RIGHT_SHOULDER = KEYPOINT_NAMES.index("left_shoulder"), KEYPOINT_NAMES.index("right_shoulder")
 LEFT_HIP, RIGHT_HIP = KEYPOINT_NAMES.index("left_hip"), KEYPOINT_NAMES.index("right_hip")
-NOSE, LEFT_EYE, RIGHT_EYE = KEYPOINT_NAMES.index("nose"), KEYPOINT_NAMES.index("left_eye"), KEYPOINT_NAMES.index("right_eye")
+NOSE, LEFT_EYE, RIGHT_EYE = (KEYPOINT_NAMES.index(n) for n in ("nose", "left_eye", "right_eye"))
 
 
 class AnnotationFileError(ValueError):

@@ -1,6 +1,15 @@
-"""MLflow tracking and model registry: runs, model versions, champion/challenger aliases,
-the promotion gate (promotion), bootstrap CIs (bootstrap), data versions (data_version),
-review reports (compare), the servable pyfunc model (serving) and notifications (notify)."""
+"""MLflow tracking and model registry, one module per concern:
+
+* runs and model versions: ``mlflow_registry`` (``pose register``), ``model_card``, ``tracking`` (where the
+  registry is, the registered model's name), ``data_version`` (data hashes and fingerprints);
+* the promotion gate: ``promotion`` (``pose promote`` / ``pose rollback``) built from ``rules``
+  (``registry.rules``), ``evidence`` (what a version was scored on; shared with compare),
+  ``champion`` (alias and history), ``lock`` (the registry lock), ``bootstrap`` (paired CIs) and
+  ``errors``;
+* review reports: ``compare`` (``pose compare``) built from ``sides``, ``verdict``, ``deltas``,
+  ``figures`` and ``report`` (one structure rendered as Markdown and HTML);
+* the servable model (``serving``, ``pyfunc_entry``) and notifications (``notify``).
+"""
 
 import os
 

@@ -29,13 +29,7 @@ import os
 from pathlib import Path
 from urllib.parse import urlparse
 
-CHUNK = 1 << 20
-
-
-def _hash_file(path: Path, h) -> None:
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(CHUNK), b""):
-            h.update(chunk)
+from pose.io import sha256_file
 
 
 def folder_fingerprint(root: Path, mode: str = "content") -> tuple[str, int]:
@@ -61,9 +55,7 @@ def folder_fingerprint(root: Path, mode: str = "content") -> tuple[str, int]:
         rel = p.relative_to(root).as_posix()
         total.update(rel.encode() + b"\0")
         if mode == "content":
-            h = hashlib.sha256()
-            _hash_file(p, h)
-            total.update(h.digest())
+            total.update(bytes.fromhex(sha256_file(p)))
         else:
             st = p.stat()
             total.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
@@ -198,9 +190,7 @@ def _dataset_source_fingerprint(params: dict, repo: Path, mode: str) -> dict:
                 return {**base, "fingerprint": _spec_hash([fp, splits]), "source": f"folder:{path.resolve()}",
                         "files": n}
             if path.is_file():
-                h = hashlib.sha256()
-                _hash_file(path, h)
-                return {**base, "fingerprint": _spec_hash([h.hexdigest(), splits]), "source": f"file:{path}",
+                return {**base, "fingerprint": _spec_hash([sha256_file(path), splits]), "source": f"file:{path}",
                         "files": 1}
             continue
         # https without a pinned checksum: the URL spec is all we can know without downloading
@@ -213,9 +203,7 @@ def dataset_version(raw_dir: Path | str) -> str | None:
     m = Path(raw_dir) / "MANIFEST.sha256"
     if not m.is_file():
         return None
-    h = hashlib.sha256()
-    _hash_file(m, h)
-    return h.hexdigest()
+    return sha256_file(m)
 
 
 def image_list(annotations: Path | str) -> list[dict]:

@@ -9,16 +9,18 @@ What one ``pose register`` (stage ``register``) writes:
   / ``data.train_hash`` (sha256 of the annotation files) and ``data.source_fingerprint``
   (:mod:`pose.registry.data_version`); artifacts::
 
-      model/                      MLflow pyfunc model (signature, input example; pose.registry.serving)
+      model/                      MLflow pyfunc model: images in, persons out (signature, input example,
+                                  test-time settings; pose.registry.serving)
       checkpoint/best.pt          the raw training checkpoint
       eval/metrics.json, eval/results.json, eval/annotations.json   (re-scorable: bootstrap, compare)
       data/eval_images.json, data/train_images.json                (image id lists: data diffs)
       plots/train_steps.csv, plots/training_curves.png, plots/per_keypoint_ap.png
-      model_card.md               generated after the promotion decision
+      model_card.md               generated after the promotion decision (pose.registry.model_card)
       <extra --artifact folders>  e.g. reports/ (validation reports, Data Docs, scale checks)
 
-* a registered model version of :func:`pose.registry.promotion.registered_model_name`
-  (``registry.model_name``, ``{dataset}`` = ``data.dataset``; source: the run's ``model/``) with alias ``challenger`` and
+* a registered model version of :func:`pose.registry.tracking.registered_model_name`
+  (``registry.model_name``, ``{dataset}`` = ``data.dataset``; source: the run's ``model/``) with alias
+  ``challenger`` and
   tags ``AP``, ``eval_data_hash``, ``dataset``, ``dataset.version``, ``data.source_fingerprint``;
 * the promotion gate (:func:`pose.registry.promotion.promote`, rules ``registry.rules``), whose
   decision and rule results land in the version's ``promotion.*`` tags (``promotion.rules``:
@@ -31,7 +33,6 @@ What one ``pose register`` (stage ``register``) writes:
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import os
@@ -42,38 +43,28 @@ from pathlib import Path
 from typing import Callable
 
 import mlflow
-
-from pose.io import atomic_write_json
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
+from pose.io import atomic_write_json, sha256_file
 from pose.params import flatten
-from pose.registry.promotion import (RuleResult, champion_version, parse_rules, promote,  # noqa: F401
-                                     registered_model_name, tracking_uri)
+from pose.registry.model_card import model_card
+from pose.registry.promotion import promote
+from pose.registry.rules import parse_rules
+from pose.registry.tracking import registered_model_name, tracking_uri
 
 log = logging.getLogger(__name__)
 FINGERPRINT_ENV = "POSE_DATA_FINGERPRINT"
 #: artifact folders register_run writes itself (the gate / compare read eval/ and data/)
 RESERVED_ARTIFACT_DIRS = {"eval", "data", "model", "checkpoint", "plots", "compare", "reeval"}
 
-AP_KEYS = ("AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL")
-
-
-def file_sha256(*paths: Path) -> str:
-    """sha256 hex digest over the bytes of the given files, in order."""
-    h = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
 
 def git_info(repo: Path = Path(".")) -> dict[str, str]:
     """``{"git.commit": sha or "unknown", "git.dirty": "true"|"false"|"unknown"}``."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                             check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
                                capture_output=True, text=True, check=True).stdout.strip()
         return {"git.commit": sha, "git.dirty": str(bool(dirty)).lower()}
@@ -126,10 +117,6 @@ def _read_val_epochs(path: Path | None) -> list[Metric]:
     return metrics
 
 
-def _atomic_json(path: Path, obj: dict) -> None:
-    atomic_write_json(path, obj, indent=2, sort_keys=True)
-
-
 def _log_json(obj, artifact_file: str) -> None:
     mlflow.log_text(json.dumps(obj, indent=2, sort_keys=True, default=str), artifact_file)
 
@@ -151,12 +138,12 @@ def data_tags(params: dict, eval_annotations: Path, train_annotations: Path | No
     from pose.registry.data_version import dataset_version, source_fingerprint
 
     d = params["data"]
-    tags = {"dataset": d["dataset"], "eval_data_hash": file_sha256(eval_annotations)}
+    tags = {"dataset": d["dataset"], "eval_data_hash": sha256_file(eval_annotations)}
     version = dataset_version(Path(d["raw_dir"]) / d["dataset"])
     if version:
         tags["dataset.version"] = version
     if train_annotations and Path(train_annotations).is_file():
-        tags["data.train_hash"] = file_sha256(train_annotations)
+        tags["data.train_hash"] = sha256_file(train_annotations)
     fp = os.environ.get(FINGERPRINT_ENV, "").strip()
     if not fp:
         try:
@@ -166,108 +153,6 @@ def data_tags(params: dict, eval_annotations: Path, train_annotations: Path | No
     if fp:
         tags["data.source_fingerprint"] = fp
     return tags
-
-
-def _fmt(v, signed: bool = False) -> str:
-    """A metric for people: 4 decimals, "n/a" for missing / undefined (COCO's -1)."""
-    if v is None or (not signed and float(v) < 0):
-        return "n/a"
-    return f"{float(v):+.4f}" if signed else f"{float(v):.4f}"
-
-
-def _version_txt(v) -> str:
-    return f"v{v}" if v is not None else "none"
-
-
-def rules_table_md(results: list[RuleResult], *, a: str = "champion", b: str = "challenger") -> str:
-    """Markdown table of rule results (one row per rule): rule, values, delta, CI, result.
-
-    ``a`` / ``b``: column titles of the champion / challenger values."""
-    if not results:
-        return "_(no rules evaluated: forced, already champion, or registered without the gate)_\n"
-    lines = [f"| rule | {a} | {b} | Δ | 95% CI of Δ | result |", "|---|---|---|---|---|---|"]
-    for r in results:
-        ci = f"[{r.ci_low:+.4f}, {r.ci_high:+.4f}]" if r.ci_low is not None and r.ci_high is not None else "n/a"
-        res = r.status.upper() if r.status != "n/a" else "n/a"
-        if r.note:
-            res += f" ({r.note})"
-        lines.append(f"| `{r.rule.describe()}` ({r.kind}) | {_fmt(r.champion)} | {_fmt(r.challenger)} | "
-                     f"{_fmt(r.delta, signed=True)} | {ci} | {res} |")
-    return "\n".join(lines) + "\n"
-
-
-def model_card(*, name: str, version: str, run_id: str, params: dict, tags: dict, metrics: dict,
-               train_summary: dict | None, record: dict, n_eval_images: int | None, n_train_images: int | None) -> str:
-    """The model card (Markdown) of a registered version."""
-    m, t, tr = params.get("model", {}), params.get("train", {}), train_summary or {}
-    ev = params.get("evaluate", {})
-    rows = "\n".join(f"| {k} | {_fmt(metrics[k])} |" for k in ("AP", "AP50", "AP75", "APM", "APL", "AR")
-                     if isinstance(metrics.get(k), (int, float)))
-    kp = metrics.get("per_keypoint_AP") or {}
-    kp_sorted = sorted(kp.items(), key=lambda kv: kv[1])
-    weakest = ", ".join(f"{k} {v:.3f}" for k, v in kp_sorted[:3]) or "n/a"
-    strongest = ", ".join(f"{k} {v:.3f}" for k, v in kp_sorted[-3:][::-1]) or "n/a"
-    ci = (record.get("ci") or {}).get("metrics", {}).get("AP") or {}
-    ci_txt = (f"paired bootstrap 95% CI of the AP difference vs the champion: [{ci['ci_low']:+.4f}, {ci['ci_high']:+.4f}]"
-              if ci.get("ci_low") is not None else "no bootstrap CI (first version, or results not comparable)")
-    rules_md = rules_table_md([RuleResult.from_dict(d) for d in record.get("rules") or []])
-    curriculum = "; ".join(f"{st['sizes']} x {st['epochs']} ep" for st in t.get("curriculum", []))
-    return f"""# Model card: {name} v{version}
-
-| | |
-|---|---|
-| MLflow run | `{run_id}` |
-| registered | version {version}, aliases: {", ".join(record.get("aliases", [])) or "none"} |
-| git | `{tags.get("git.commit", "unknown")}` (dirty: {tags.get("git.dirty", "unknown")}) |
-| dataset | `{tags.get("dataset")}` version `{str(tags.get("dataset.version", "unknown"))[:16]}` |
-| eval data | `{str(tags.get("eval_data_hash"))[:16]}` ({n_eval_images if n_eval_images is not None else "?"} images) |
-| train data | `{str(tags.get("data.train_hash", "unknown"))[:16]}` ({n_train_images if n_train_images is not None else "?"} images) |
-
-## Model
-
-HigherHRNet (HRNet backbone, width {m.get("width")}, stage modules {m.get("stage_blocks")}, {m.get("num_deconv")}
-deconvolution block(s)) with associative embedding (tag dim {m.get("tag_dim")}) for bottom-up multi-person
-pose estimation of {m.get("num_joints")} COCO keypoints. Input: normalised RGB, sides multiples of 32;
-served as an MLflow pyfunc model returning heatmaps and tags at 1/2 resolution (`pose.registry.serving`).
-
-## Training
-
-Curriculum {curriculum or "n/a"} (use_curriculum {t.get("use_curriculum")}, multi_scale {t.get("multi_scale")}),
-optimizer {t.get("optimizer")} lr {t.get("lr")}, batch {t.get("batch_size")}, seed {t.get("seed")};
-{tr.get("steps", "?")} steps, {tr.get("epochs", "?")} epochs, final loss {tr.get("final_loss", "?")}, device {tr.get("device", "?")}.
-
-## Evaluation (COCO keypoint OKS AP, pycocotools; input {ev.get("input_size")}, flip test {ev.get("flip_test")})
-
-| metric | value |
-|---|---|
-{rows}
-
-Strongest keypoints: {strongest}. Weakest: {weakest}.
-
-## Promotion decision
-
-**{record.get("decision", "not gated")}** (champion before: {_version_txt(record.get("champion_before"))}{
-    f"; compared on: {record['compared_on']}" if record.get("compared_on") else ""}).
-Rules (`registry.rules`), challenger = this version:
-
-{rules_md}
-{ci_txt}.
-
-## Intended use and limitations
-
-- Multi-person 2D keypoints of people in natural images, COCO-17 skeleton; research and evaluation use.
-- Numbers are from `{tags.get("dataset")}`; a small evaluation set gives wide confidence intervals, so compare
-  versions with `pose compare` (bootstrap CIs) rather than point estimates.
-- Small / distant people (see APM) and crowded scenes are the usual failure modes of bottom-up grouping.
-- Not for identification of individuals or safety-critical decisions.
-
-## Use
-
-```bash
-pose predict IMAGES --model models:/{name}/{version}
-mlflow models serve -m models:/{name}/{version} --env-manager local    # needs `pose` installed
-```
-"""
 
 
 def register_run(params: dict, *, checkpoint: Path, eval_metrics: Path, eval_annotations: Path,
@@ -298,8 +183,8 @@ def register_run(params: dict, *, checkpoint: Path, eval_metrics: Path, eval_ann
 
     Returns the registration record.
     """
-    from pose.registry.compare import plot_training_curves, steps_csv_series
     from pose.registry.data_version import image_list
+    from pose.registry.figures import plot_training_curves, steps_csv_series
     from pose.registry.serving import save_pyfunc_model
 
     reg = params["registry"]
@@ -359,7 +244,7 @@ def register_run(params: dict, *, checkpoint: Path, eval_metrics: Path, eval_ann
             mlflow.log_artifact(str(ap_per_keypoint_plot(metrics, tmp / "per_keypoint_ap.png")), artifact_path="plots")
         # model: raw checkpoint + servable pyfunc model
         mlflow.log_artifact(str(checkpoint), artifact_path="checkpoint")
-        save_pyfunc_model(Path(checkpoint), tmp / "model")
+        save_pyfunc_model(Path(checkpoint), tmp / "model", params=params)
         mlflow.log_artifacts(str(tmp / "model"), artifact_path="model")
         for a in artifacts:
             a = Path(a)
@@ -405,5 +290,5 @@ def register_run(params: dict, *, checkpoint: Path, eval_metrics: Path, eval_ann
     with tempfile.TemporaryDirectory(prefix="pose-card-") as tmp:
         (Path(tmp) / "model_card.md").write_text(card)
         client.log_artifact(run_id, str(Path(tmp) / "model_card.md"))
-    _atomic_json(Path(out), record)
+    atomic_write_json(Path(out), record, indent=2, sort_keys=True)
     return record

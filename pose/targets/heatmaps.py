@@ -65,7 +65,7 @@ def _inside(keypoints: np.ndarray, height: int, width: int, convention: str) -> 
 
 
 def render_heatmaps(keypoints: np.ndarray, height: int, width: int, sigma: float, *,
-                    convention: str = "project", subpixel: bool = False) -> np.ndarray:
+                    convention: str, subpixel: bool) -> np.ndarray:
     """Gaussian heatmaps, one channel per joint, max over persons.
 
     A keypoint takes part when its visibility v > 0 and its peak pixel
@@ -78,8 +78,7 @@ def render_heatmaps(keypoints: np.ndarray, height: int, width: int, sigma: float
         height, width: heatmap size in px.
         sigma: Gaussian standard deviation in heatmap px (params ``targets.sigma``).
         convention: ``project`` | ``reference`` (params ``model.convention``, module
-            docstring). The pipeline passes the params value; the default is the
-            project's behaviour before the setting existed.
+            docstring).
         subpixel: evaluate the Gaussian at the continuous keypoint location (params
             ``targets.subpixel``); False centres it on the peak pixel (value 1 there), as
             the reference does.
@@ -128,7 +127,7 @@ def render_heatmaps(keypoints: np.ndarray, height: int, width: int, sigma: float
 
 
 def joint_indices(keypoints: np.ndarray, height: int, width: int, max_people: int, *,
-                  convention: str = "project") -> np.ndarray:
+                  convention: str) -> np.ndarray:
     """Joint-index targets of the associative-embedding (tag) loss.
 
     Args:

@@ -104,26 +104,42 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
 
 #: Keys added to params ``model`` after checkpoints were first written, with the value every
 #: older checkpoint was built with (the published HigherHRNet block counts; the project's
-#: coordinate convention, the only one before ``model.convention`` existed).
-_LEGACY_ARCHITECTURE = {"stem_blocks": 4, "deconv_blocks": 4, "convention": "project"}
+#: coordinate convention, the only one before ``model.convention`` existed; the HRNet backbone,
+#: the only one before ``model.backbone`` existed).
+_LEGACY_ARCHITECTURE = {"stem_blocks": 4, "deconv_blocks": 4, "convention": "project", "backbone": "hrnet"}
+
+
+def upgrade_model_params(model_params: dict) -> dict:
+    """A checkpoint's recorded ``model`` params in today's schema (a new dict).
+
+    Keys that older checkpoints lack get the value those checkpoints were built with
+    (:data:`_LEGACY_ARCHITECTURE`); the removed ``num_deconv`` (always 1: the one deconvolution
+    of `pose.codec.OUTPUT_STRIDES`) is dropped. Raises ValueError for a ``num_deconv`` other than 1.
+    """
+    mp = dict(model_params)
+    for key, value in _LEGACY_ARCHITECTURE.items():
+        mp.setdefault(key, value)
+    num_deconv = mp.pop("num_deconv", 1)
+    if int(num_deconv) != 1:
+        raise ValueError(f"checkpoint model params have num_deconv = {num_deconv}: only 1 (outputs at strides 4, 2) "
+                         f"is supported")
+    return mp
 
 
 def trained_model_params(ck: dict) -> dict:
     """The ``model`` params a training checkpoint was built with, ready for `build_model`.
 
-    Reads ``ck["model_params"]`` (JSON). Weight paths are cleared: the weights come from
-    the checkpoint itself, so a run started from ``model.pretrained`` or
-    ``model.pretrained_backbone`` loads where those files do not exist. Keys that older
-    checkpoints lack (``stem_blocks``, ``deconv_blocks``, ``convention``) get the value those
-    checkpoints were built with (4, the published counts; ``project``). Raises KeyError when ``model_params`` is absent.
+    Reads ``ck["model_params"]`` (JSON) through :func:`upgrade_model_params` (older checkpoints:
+    ``stem_blocks``, ``deconv_blocks`` 4, ``convention`` ``project``, ``backbone`` ``hrnet``;
+    ``num_deconv`` dropped). Weight paths are cleared: the weights come from the checkpoint
+    itself, so a run started from ``model.pretrained`` or ``model.pretrained_backbone`` loads
+    where those files do not exist. Raises KeyError when ``model_params`` is absent.
     """
     import json
 
     if "model_params" not in ck:
         raise KeyError("checkpoint has no 'model_params' (not written by pose train)")
-    mp = json.loads(ck["model_params"])
-    for key, value in _LEGACY_ARCHITECTURE.items():
-        mp.setdefault(key, value)
+    mp = upgrade_model_params(json.loads(ck["model_params"]))
     return dict(mp, pretrained="", pretrained_backbone="")
 
 

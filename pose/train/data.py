@@ -17,11 +17,9 @@ import torch
 from torch.utils.data import Dataset
 
 from pose.augment.transforms import TrainTransform, normalize_image
+from pose.codec import INPUT_MULTIPLE, Codec, codec_from_params
 from pose.io import read_image
-from pose.targets.heatmaps import joint_indices, render_heatmaps
 from pose.targets.masks import ignore_mask
-
-STRIDES = (4, 2)  # HigherHRNet outputs: 1/4 (heatmaps + tags) and 1/2 (heatmaps)
 
 
 def loader_worker_init(worker_id: int) -> None:
@@ -72,29 +70,41 @@ def person_keypoints(anns: list[dict], num_joints: int) -> np.ndarray:
 
 
 class CocoKeypoints(Dataset):
-    """Images with at least one labelled person, producing HigherHRNet targets.
+    """Images with at least one labelled person, producing HigherHRNet targets (`pose.codec`).
 
-    ``dataset[(index, input_size)]`` returns a dict of tensors:
+    ``dataset[(index, input_size)]`` returns a dict of tensors named as `pose.codec`:
 
     * ``image``: (3, S, S) float32, ImageNet-normalised RGB;
-    * ``heatmaps_4`` / ``heatmaps_2``: (K, S/4, S/4) / (K, S/2, S/2) float32 Gaussians;
-    * ``weights_4`` / ``weights_2``: (S/4, S/4) / (S/2, S/2) float32, 0 on ignored pixels;
+    * ``heatmap_4`` / ``heatmap_2``: (K, S/4, S/4) / (K, S/2, S/2) float32 Gaussians;
+    * ``mask_4`` / ``mask_2``: (S/4, S/4) / (S/2, S/2) float32, 0 on ignored pixels;
     * ``joints``: (max_people, K, 2) int64 tag-loss indices at the 1/4 resolution.
+
+    Args:
+        ann_file, images_dir: COCO keypoints JSON and its image folder.
+        codec: the model I/O contract (strides, K, convention, target settings).
+        augment: params ``augment`` section, or None for the deterministic crop without jitter.
+        seed: params ``train.seed`` (every random draw is a function of (seed, epoch, index)).
+        crop: params ``augment.crop`` (``letterbox`` | ``short_side``).
+
+    Raises ValueError when no image has a labelled non-crowd person, or as
+    :class:`pose.augment.transforms.TrainTransform`.
     """
 
-    def __init__(self, ann_file: Path, images_dir: Path, *, num_joints: int, sigma: float, max_people: int,
-                 augment: dict | None, seed: int, convention: str, subpixel: bool, crop: str):
+    def __init__(self, ann_file: Path, images_dir: Path, *, codec: Codec, augment: dict | None, seed: int, crop: str):
+        if codec.sigma is None:
+            raise ValueError("CocoKeypoints needs a codec built with the params 'targets' section")
         images, by_image = load_coco(ann_file)
         self.images_dir = Path(images_dir)
-        self.num_joints, self.sigma, self.max_people, self.seed = num_joints, float(sigma), int(max_people), int(seed)
-        self.records = [(img, by_image.get(img["id"], [])) for img in images
-                        if any(a.get("num_keypoints", 0) > 0 and not a.get("iscrowd", 0) for a in by_image.get(img["id"], []))]
+        self.codec, self.num_joints, self.seed = codec, codec.num_joints, int(seed)
+        def labelled(anns: list[dict]) -> bool:
+            return any(a.get("num_keypoints", 0) > 0 and not a.get("iscrowd", 0) for a in anns)
+
+        self.records = [(img, by_image.get(img["id"], [])) for img in images if labelled(by_image.get(img["id"], []))]
         if not self.records:
             raise ValueError(f"{ann_file}: no image has a labelled non-crowd person; nothing to train on")
         self.augment = augment
-        self.convention, self.subpixel = str(convention), bool(subpixel)
         # params augment.crop (letterbox | short_side); augment None: the deterministic crop, no jitter
-        self.transform = TrainTransform(crop, augment, convention=self.convention)
+        self.transform = TrainTransform(crop, augment, convention=codec.convention)
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -113,29 +123,20 @@ class CocoKeypoints(Dataset):
         ignore = ignore_mask(anns, h, w)
         rng = np.random.default_rng([self.seed, self.epoch, index])
         flip = bool(self.augment) and rng.random() < float(self.augment["flip_prob"])
-        canvas, kps, weights, _ = self.transform(image, kp, ignore, input_size=input_size, strides=STRIDES,
-                                                 flip=flip, seed=int(rng.integers(2 ** 31)))
+        canvas, kps, masks, _ = self.transform(image, kp, ignore, input_size=input_size, strides=self.codec.strides,
+                                               flip=flip, seed=int(rng.integers(2 ** 31)))
         out = {"image": torch.from_numpy(normalize_image(canvas))}
-        for stride, k, wmap in zip(STRIDES, kps, weights):
-            size = input_size // stride
-            out[f"heatmaps_{stride}"] = torch.from_numpy(render_heatmaps(
-                k, size, size, self.sigma, convention=self.convention, subpixel=self.subpixel))
-            out[f"weights_{stride}"] = torch.from_numpy(wmap)
-        size4 = input_size // 4
-        out["joints"] = torch.from_numpy(joint_indices(kps[0], size4, size4, self.max_people,
-                                                       convention=self.convention))
+        out.update({name: torch.from_numpy(t) for name, t in self.codec.encode(kps, masks, input_size).items()})
         return out
 
 
-def dataset_from_params(params: dict, ann_file: Path, images_dir: Path) -> CocoKeypoints:
-    """The training set as params.yaml describes it: ``model.num_joints`` / ``model.convention``,
-    ``targets.sigma`` / ``targets.subpixel`` / ``targets.max_people``, ``augment`` (with
-    ``augment.crop``) and ``train.seed``. Raises ValueError as :class:`CocoKeypoints`."""
-    mp, tg = params["model"], params["targets"]
-    return CocoKeypoints(ann_file, images_dir, num_joints=int(mp["num_joints"]), sigma=float(tg["sigma"]),
-                         max_people=int(tg["max_people"]), augment=params["augment"], seed=int(params["train"]["seed"]),
-                         convention=str(mp["convention"]), subpixel=bool(tg["subpixel"]),
-                         crop=str(params["augment"]["crop"]))
+def dataset_from_params(model_params: dict, targets_params: dict, augment_params: dict, *, seed: int,
+                        ann_file: Path, images_dir: Path) -> CocoKeypoints:
+    """The training set as params.yaml describes it: the codec of the ``model`` and ``targets``
+    sections (`pose.codec.codec_from_params`), the ``augment`` section (with ``augment.crop``)
+    and ``train.seed``. Raises KeyError / ValueError as `codec_from_params` and :class:`CocoKeypoints`."""
+    return CocoKeypoints(ann_file, images_dir, codec=codec_from_params(model_params, targets_params),
+                         augment=augment_params, seed=int(seed), crop=str(augment_params["crop"]))
 
 
 def curriculum_schedule(curriculum: list[dict], *, multi_scale: bool, use_curriculum: bool) -> list[list[int]]:
@@ -145,14 +146,14 @@ def curriculum_schedule(curriculum: list[dict], *, multi_scale: bool, use_curric
     ``use_curriculum`` false every epoch uses the union of all sizes (same number
     of epochs); with ``multi_scale`` false every epoch uses only the largest size.
     Returns one sorted size list per epoch. Raises ValueError on an empty plan or a
-    size that is not a multiple of 32.
+    size that is not a multiple of `pose.codec.INPUT_MULTIPLE` (32).
     """
     if not curriculum:
         raise ValueError("train.curriculum is empty")
     all_sizes = sorted({int(s) for st in curriculum for s in st["sizes"]})
-    bad = [s for s in all_sizes if s % 32]
+    bad = [s for s in all_sizes if s % INPUT_MULTIPLE]
     if bad:
-        raise ValueError(f"train.curriculum sizes must be multiples of 32, got {bad}")
+        raise ValueError(f"train.curriculum sizes must be multiples of {INPUT_MULTIPLE}, got {bad}")
     plan = []
     for stage in curriculum:
         sizes = sorted(int(s) for s in stage["sizes"])
@@ -173,11 +174,12 @@ class CurriculumBatchSampler:
     global step i is drawn from the epoch's active sizes with the same seed. Under
     DDP every rank computes the same global plan and takes every ``world_size``-th
     batch, so ranks at the same step train the same size. ``start_batch`` skips the
-    first batches of the epoch (exact mid-epoch resume).
+    first batches of the epoch (exact mid-epoch resume). ``max_batches`` (params
+    ``train.max_steps_per_epoch``, 0: the whole epoch) caps the batches of an epoch.
     """
 
     def __init__(self, num_samples: int, batch_size: int, schedule: list[list[int]], *, seed: int,
-                 rank: int = 0, world_size: int = 1, max_batches: int = 0):
+                 max_batches: int, rank: int = 0, world_size: int = 1):
         self.num_samples, self.batch_size, self.schedule = num_samples, batch_size, schedule
         self.seed, self.rank, self.world_size, self.max_batches = seed, rank, world_size, max_batches
         self.epoch, self.start_batch = 0, 0

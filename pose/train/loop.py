@@ -26,13 +26,12 @@ restrict it) divided among the ranks of this node, minus the ``train.workers`` l
 processes, at least 1, so compute threads + loader workers never exceed the cores. An
 explicit ``OMP_NUM_THREADS`` caps it. Oversubscribing made steps 10-60x slower on a loaded
 2-core machine (issue 13). Loader workers run one torch and one OpenCV thread each
-(`pose.train.data.loader_worker_init`). CUDA is used when present (`pick_device`).
+(`pose.train.data.loader_worker_init`). CUDA is used when present (`pose.device.pick_device`).
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import os
@@ -42,23 +41,19 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from pose.io import atomic_write_json
+from pose.codec import LOSS_PARTS
+from pose.device import pick_device
+from pose.io import atomic_write_json, sha256_file
 from pose.losses import total_loss
 from pose.models import build_training_model
 from pose.train import ddp
-from pose.train.checkpoint import load_checkpoint, remove_stale_temps, save_checkpoint
+from pose.train.checkpoint import load_checkpoint, remove_stale_temps, save_checkpoint, upgrade_model_params
 from pose.train.data import CurriculumBatchSampler, curriculum_schedule, dataset_from_params, loader_worker_init
 from pose.train.validation import VAL_COLUMNS, Validator
 
-#: per-step columns of the steps CSV (``images_per_s`` is wall-clock, so it stays out of checkpoints)
-STEP_COLUMNS = ["step", "epoch", "input_size", "loss", "heatmap_4", "heatmap_2", "push", "pull", "lr", "images_per_s"]
-
-
-def pick_device() -> torch.device:
-    """CUDA device of this rank when CUDA is present, else CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
+#: per-step columns of the steps CSV: the loss parts are `pose.codec.LOSS_PARTS` (``heatmap_4``,
+#: ``heatmap_2``, ``push``, ``pull``); ``images_per_s`` is wall-clock, so it stays out of checkpoints
+STEP_COLUMNS = ["step", "epoch", "input_size", "loss", *LOSS_PARTS, "lr", "images_per_s"]
 
 
 def available_cores() -> int:
@@ -84,14 +79,6 @@ def configure_threads(workers: int, ranks_per_node: int = 1) -> int:
         threads = min(threads, int(env))
     torch.set_num_threads(threads)
     return threads
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -120,8 +107,7 @@ def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], optimizer
     with torch.autocast(batch["image"].device.type, dtype=amp_dtype, enabled=use_amp):
         outputs = model(batch["image"])
     outputs = [o.float() for o in outputs]
-    loss, parts = total_loss(outputs, [batch["heatmaps_4"], batch["heatmaps_2"]],
-                             [batch["weights_4"], batch["weights_2"]], batch["joints"], loss_params)
+    loss, parts = total_loss(outputs, batch, loss_params)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
@@ -165,7 +151,8 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
     * ``metrics_path``: JSON summary (final losses, steps, images/s, epochs, ``best_by``
       ``val_AP`` | ``train_loss``, ``best_epoch``, ``best_val_AP`` / ``last_val_AP``);
     * ``steps_path``: CSV of per-step metrics (step, epoch, input_size, loss,
-      heatmap_4, heatmap_2, push, pull, lr, images_per_s) for DVC plots and MLflow.
+      the loss parts of `pose.codec.LOSS_PARTS` (heatmap_4, heatmap_2, push, pull), lr, images_per_s)
+      for DVC plots and MLflow.
       Losses are means over all ranks under DDP;
     * ``val_path`` (optional): CSV of the validations (:data:`VAL_COLUMNS`: epoch (0-based,
       as in the steps CSV), global step, AP, AP50, AP75, AR, images), rewritten after each
@@ -203,7 +190,8 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
 
     # ---- data
     seed = int(tp["seed"])
-    dataset = dataset_from_params(params, train_ann, train_images)
+    dataset = dataset_from_params(mp, params["targets"], params["augment"], seed=seed, ann_file=train_ann,
+                                  images_dir=train_images)
     schedule = curriculum_schedule(tp["curriculum"], multi_scale=bool(tp["multi_scale"]),
                                    use_curriculum=bool(tp["use_curriculum"]))
     sampler = CurriculumBatchSampler(len(dataset), int(tp["batch_size"]), schedule, seed=seed,
@@ -212,8 +200,8 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
     total_steps = steps_per_epoch * len(schedule)
     plan = {"schedule": schedule, "steps_per_epoch": steps_per_epoch, "batch_size": int(tp["batch_size"]),
             "world_size": world, "seed": seed}
-    train_data = json.dumps({"dataset": params.get("data", {}).get("dataset"), "annotations": str(train_ann),
-                             "annotations_sha256": _file_sha256(Path(train_ann)), "images": len(dataset)},
+    train_data = json.dumps({"dataset": params["data"]["dataset"], "annotations": str(train_ann),
+                             "annotations_sha256": sha256_file(Path(train_ann)), "images": len(dataset)},
                             sort_keys=True)
 
     # ---- validation (rank 0 decodes and scores; the result is broadcast so every rank agrees on best.pt)
@@ -257,7 +245,7 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
     resuming = ddp.broadcast_object(bool(resume and last.exists()), dist_info)
     if resuming:
         ck = load_checkpoint(last, map_location=device)
-        if json.loads(ck["model_params"]) != json.loads(json.dumps(mp)):
+        if upgrade_model_params(json.loads(ck["model_params"])) != json.loads(json.dumps(mp)):
             raise ValueError(f"{last}: trained with model params {ck['model_params']}, params.yaml has "
                              f"{json.dumps(mp, sort_keys=True)}; use --no-resume or another --out-dir")
         if "plan" in ck and json.loads(ck["plan"]) != plan and is_main:
@@ -318,13 +306,13 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
             scheduler.step()
             global_step += 1
             batch_in_epoch += 1
-            logged = ddp.mean_across_ranks(torch.stack([loss.detach(), parts["heatmap_0"], parts["heatmap_1"],
-                                                        parts["push"], parts["pull"]]).float(), dist_info).tolist()
+            logged = ddp.mean_across_ranks(torch.stack([loss.detach(), *(parts[name] for name in LOSS_PARTS)]).float(),
+                                           dist_info).tolist()
             dt = time.perf_counter() - t0
             t0 = time.perf_counter()
             row = {"step": global_step, "epoch": epoch, "input_size": int(batch["image"].shape[-1]),
-                   "loss": logged[0], "heatmap_4": logged[1], "heatmap_2": logged[2], "push": logged[3],
-                   "pull": logged[4], "lr": lr, "images_per_s": batch["image"].shape[0] * world / max(dt, 1e-9)}
+                   "loss": logged[0], **dict(zip(LOSS_PARTS, logged[1:])), "lr": lr,
+                   "images_per_s": batch["image"].shape[0] * world / max(dt, 1e-9)}
             history.append(row)
             epoch_losses.append(row["loss"])
             if is_main and (global_step % int(tp["log_every"]) == 0 or global_step == 1):

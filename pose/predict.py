@@ -1,7 +1,16 @@
-"""``pose predict``: load a model (checkpoint or MLflow registry URI), say what data it was
-trained on, detect the persons of images, write skeleton overlays and a COCO results JSON.
+"""``pose predict``: load a model (checkpoint, MLflow registry URI or exported ONNX file),
+say what data it was trained on, detect the persons of images, write skeleton overlays and a
+COCO results JSON. A service (it loads models from the registry and writes files) on top of
+the core decoding (``pose.decode``) and drawing (``pose.draw``).
 
-Persons of an image (:func:`pose.decode.inference.predict_image`) are cleaned before use
+Backends (:func:`make_predictor`, :data:`BACKENDS`): ``torch`` runs a checkpoint or a
+logged / registered model with :func:`pose.decode.inference.predict_image`;
+``onnxruntime`` runs a ``.onnx`` file written by ``pose export`` (``pose.export``) with
+:class:`pose.decode.onnx_backend.OnnxPoseModel`, NumPy decoding, no torch import. Both
+return the same persons for the same params (the same :class:`~pose.decode.inference.InferenceNet`
+graph, the same NumPy grouping).
+
+Persons of an image (what the predictor of :func:`make_predictor` returns) are cleaned before use
 (:func:`limit_persons`):
 
 * **scores clamped to [0, 1].** A joint score is the aggregated heatmap value at the joint,
@@ -27,7 +36,7 @@ Outputs in ``out_dir``:
 * ``<stem>_pose.png`` per image: the confident persons (:func:`confident_persons`: score
   >= ``predict.min_person_score`` and at least ``predict.min_joints`` joints scoring >
   ``predict.joint_threshold``), each in its own colour, joints <= ``joint_threshold``
-  hidden (:func:`pose.evaluate.plots.draw_persons`); ``<name>_pose.png`` (suffix kept) when
+  hidden (:func:`pose.draw.draw_persons`); ``<name>_pose.png`` (suffix kept) when
   two inputs share a stem;
 * ``results.json``: COCO keypoint results, one entry per person after cleaning (not only
   the drawn ones; AP needs the low-score ones too) ``{"image_id", "category_id": 1,
@@ -39,22 +48,29 @@ Outputs in ``out_dir``:
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from pose.decode.inference import predict_image, to_coco_results
-from pose.io import read_image
+from pose.decode.persons import to_coco_results
+from pose.draw import overlay
+from pose.io import atomic_write_text, read_image
+
+if TYPE_CHECKING:  # torch is imported only by the torch backend
+    import torch
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 REMOTE_PREFIXES = ("models:/", "runs:/", "mlflow-artifacts:/")
+#: values of ``pose predict --backend`` / :func:`make_predictor` ``backend``
+BACKENDS: tuple[str, ...] = ("torch", "onnxruntime")
+#: an image (H, W, 3) uint8 BGR -> its persons (as ``pose.decode.inference.predict_image`` returns them)
+PredictFn = Callable[[np.ndarray], list[dict]]
 
 
 def list_images(source: Path | str) -> list[Path]:
@@ -80,78 +96,148 @@ def image_ids(files: Sequence[Path]) -> list[int]:
     return list(range(1, len(files) + 1))
 
 
-def _registry_loader():
-    """``load_registered_model`` of the registry package when it provides one, else None."""
-    try:
-        from pose.registry import load_registered_model
-        return load_registered_model
-    except ImportError:
-        pass
-    try:
-        from pose.registry.serving import load_registered_model
-        return load_registered_model
-    except ImportError:
-        return None
+def _model_version(client, model_uri: str):
+    """The registered version ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` names."""
+    name, _, rest = model_uri[len("models:/"):].partition("/")
+    if "@" in name:
+        name, alias = name.split("@", 1)
+        return client.get_model_version_by_alias(name, alias)
+    return client.get_model_version(name, rest.split("/")[0])
 
 
-def _download_checkpoint(model_uri: str) -> Path:
-    """The weights file of a logged / registered model: download its artifacts and pick a
-    ``*.pt`` (``weights.pt`` or ``best.pt`` first, else the first by path)."""
+def _version_source(model_uri: str, tracking_uri: str | None) -> str:
+    """``model_uri`` with a ``models:/`` reference resolved to its version's artifact location
+    in the registry at ``tracking_uri`` (other URIs unchanged)."""
+    if not model_uri.startswith("models:/"):
+        return model_uri
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    mv = _model_version(client, model_uri)
+    return client.get_model_version_download_uri(mv.name, mv.version)
+
+
+def download_model_file(model_uri: str, suffix: str, preferred: Sequence[str], *, tracking_uri: str | None) -> Path:
+    """The ``*<suffix>`` file of a logged / registered model (``models:/...``, ``runs:/...``,
+    ``mlflow-artifacts:/...``): its artifacts are downloaded from the tracking server /
+    registry at ``tracking_uri`` (None: MLflow's default; the process-wide setting is not
+    touched) and the file named in ``preferred`` is picked first, else the first
+    ``*<suffix>`` by path.
+
+    Raises FileNotFoundError when the artifacts hold no such file."""
     import mlflow
 
-    local = Path(mlflow.artifacts.download_artifacts(model_uri))
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=_version_source(model_uri, tracking_uri),
+                                                     tracking_uri=tracking_uri))
     if local.is_file():
         return local
-    found = sorted(local.rglob("*.pt"))
-    for name in ("weights.pt", "best.pt"):
+    found = sorted(local.rglob(f"*{suffix}"))
+    for name in preferred:
         for f in found:
             if f.name == name:
                 return f
     if not found:
-        raise FileNotFoundError(f"{model_uri}: no weights (*.pt) in the model's artifacts")
+        raise FileNotFoundError(f"{model_uri}: no {suffix} file in the model's artifacts")
     return found[0]
 
 
+def _download_checkpoint(model_uri: str, tracking_uri: str | None) -> Path:
+    return download_model_file(model_uri, ".pt", ("weights.pt", "best.pt"), tracking_uri=tracking_uri)
+
+
 def load_model(ref: str, *, tracking_uri: str | None, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """The model behind ``ref`` in eval mode on ``device``.
+    """The torch model behind ``ref`` in eval mode on ``device``.
 
     ``ref`` is a training checkpoint path (``{"model": state_dict, "model_params": json}``,
     :func:`pose.train.checkpoint.load_trained_model`) or an MLflow URI (``models:/<name>@<alias>``,
-    ``models:/<name>/<version>``, ``runs:/<run>/<path>``). A URI is loaded with the
-    registry's ``load_registered_model`` when the registry package has one; when it is
-    missing or fails, the URI's artifacts are downloaded and the ``*.pt`` in them loaded.
+    ``models:/<name>/<version>``, ``runs:/<run>/<path>``) whose artifacts hold such a
+    checkpoint (``weights.pt`` or ``best.pt`` first, :func:`download_model_file`).
 
-    Raises FileNotFoundError for a missing checkpoint, RuntimeError when neither way loads
-    a URI.
+    Raises FileNotFoundError for a missing checkpoint, RuntimeError when a URI cannot be
+    loaded.
     """
+    import torch
+
     from pose.train.checkpoint import load_trained_model
 
     device = torch.device(device)
     if not ref.startswith(REMOTE_PREFIXES):
         return load_trained_model(Path(ref), device)
-    import mlflow
-
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-    errors = []
-    loader = _registry_loader()
-    if loader is not None:
-        try:
-            accepted = inspect.signature(loader).parameters
-            kwargs = {k: v for k, v in (("tracking_uri", tracking_uri), ("device", str(device)))
-                      if k in accepted and v is not None}
-            model = loader(ref, **kwargs)
-            if isinstance(model, torch.nn.Module):
-                return model.to(device).eval()
-            errors.append(f"load_registered_model returned {type(model).__name__}, not a torch module")
-        except Exception as exc:  # noqa: BLE001 - fall back to the artifact download below
-            errors.append(f"load_registered_model: {exc}")
-        log.warning("%s; falling back to downloading the artifacts", errors[-1])
     try:
-        return load_trained_model(_download_checkpoint(ref), device)
-    except Exception as exc:  # noqa: BLE001
-        errors.append(f"artifact download: {exc}")
-    raise RuntimeError(f"cannot load {ref}: " + "; ".join(errors))
+        return load_trained_model(_download_checkpoint(ref, tracking_uri), device)
+    except Exception as exc:  # noqa: BLE001 - any MLflow / checkpoint failure is one message
+        raise RuntimeError(f"cannot load {ref}: {exc}") from exc
+
+
+class Predictor:
+    """An image -> persons function (:func:`make_predictor`): ``predictor(image_bgr)`` with
+    an (H, W, 3) uint8 BGR image returns its persons as
+    :func:`pose.decode.inference.predict_image` does (image px, sorted by score, not yet
+    capped or clamped: :func:`limit_persons`).
+
+    Attributes: ``backend`` (one of :data:`BACKENDS`), ``num_joints`` (K),
+    ``eval_params`` (the ``evaluate`` settings used), ``model`` (the torch model or the
+    :class:`pose.decode.onnx_backend.OnnxPoseModel`).
+    """
+
+    def __init__(self, fn: PredictFn, *, backend: str, num_joints: int | None, eval_params: dict,
+                 model: object) -> None:
+        self._fn = fn
+        self.backend = backend
+        self.num_joints = None if num_joints is None else int(num_joints)
+        self.eval_params = dict(eval_params)
+        self.model = model
+
+    def __call__(self, image_bgr: np.ndarray) -> list[dict]:
+        return self._fn(image_bgr)
+
+
+def make_predictor(model_ref: str, *, backend: str, eval_params: dict | None, tracking_uri: str | None,
+                   device: str) -> Predictor:
+    """Load a model once and return a function image -> persons (:class:`Predictor`), the one
+    entry point of ``pose predict`` (images and videos), serving and the benchmarks.
+
+    Args:
+        model_ref: ``torch``: a checkpoint path or an MLflow model URI (:func:`load_model`);
+            ``onnxruntime``: a ``.onnx`` file written by ``pose export`` or an MLflow URI
+            whose artifacts hold one.
+        backend: one of :data:`BACKENDS`.
+        eval_params: params.yaml ``evaluate`` (all of ``pose.decode.persons.EVAL_KEYS``).
+            ``onnxruntime``: None uses the settings stored in the file at export; the
+            flip test and ``project2image`` are part of the exported graph, so they must
+            match it.
+        tracking_uri: MLflow tracking URI for model URIs (None: MLflow's default).
+        device: ``cpu`` / ``cuda`` / ``cuda:N`` (``onnxruntime``: CUDA when its provider is
+            installed, else the CPU).
+
+    Returns a :class:`Predictor`. With ``onnxruntime`` torch is never imported.
+
+    Raises ValueError for an unknown backend, a file of the wrong kind or bad settings,
+    FileNotFoundError for a missing file, RuntimeError when a URI cannot be loaded.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r}: must be one of {', '.join(BACKENDS)}")
+    if backend == "onnxruntime":
+        from pose.decode.onnx_backend import OnnxPoseModel
+
+        path = Path(model_ref)
+        if model_ref.startswith(REMOTE_PREFIXES):
+            path = download_model_file(model_ref, ".onnx", ("model.onnx",), tracking_uri=tracking_uri)
+        onnx_model = OnnxPoseModel(path, device=device)
+        cfg = onnx_model.settings(eval_params)
+        return Predictor(lambda image: onnx_model.predict(image, cfg), backend=backend,
+                         num_joints=onnx_model.num_joints, eval_params=cfg, model=onnx_model)
+    from pose.decode.inference import inference_net, predict_image
+    from pose.decode.persons import resolve_eval_params
+
+    if eval_params is None:
+        raise ValueError("backend torch needs the evaluate settings (params.yaml `evaluate`)")
+    cfg = resolve_eval_params(eval_params)
+    model = load_model(model_ref, tracking_uri=tracking_uri, device=device)
+    net = inference_net(model, flip_test=bool(cfg["flip_test"]), project2image=bool(cfg["project2image"]),
+                        convention=None)
+    return Predictor(lambda image: predict_image(net, image, eval_params=cfg, device=device), backend=backend,
+                     num_joints=net.num_joints, eval_params=cfg, model=model)
 
 
 def _keypoints(person: dict) -> np.ndarray:
@@ -213,7 +299,7 @@ def confident_persons(persons: Sequence[dict], *, min_person_score: float, min_j
             and int((_keypoints(p)[:, 2] > joint_threshold).sum()) >= min_joints]
 
 
-def training_data(ref: str, *, tracking_uri: str | None = None) -> str:
+def training_data(ref: str, *, tracking_uri: str | None) -> str:
     """What the model behind ``ref`` was trained on, in words, for ``pose predict`` to print.
 
     A checkpoint path: its ``train_data`` record (written by `pose.train.loop`: params
@@ -223,33 +309,38 @@ def training_data(ref: str, *, tracking_uri: str | None = None) -> str:
     when they are missing, the record of the checkpoint in the model's artifacts. Never
     raises: what cannot be found is reported as unknown, with the reason.
     """
-    from pose.train.checkpoint import load_checkpoint
+    def describe(d: dict) -> str:
+        return (f"{d.get('dataset') or 'an unnamed dataset'} ({d.get('images')} training images, "
+                f"{d.get('annotations')} sha256 {str(d.get('annotations_sha256'))[:12]})")
 
     def from_checkpoint(path: Path) -> str:
+        from pose.train.checkpoint import load_checkpoint
+
         try:
             record = load_checkpoint(path).get("train_data")
         except (FileNotFoundError, RuntimeError) as exc:
             return f"unknown ({exc})"
         if not record:
             return f"unknown ({path} records no training data: written before checkpoints recorded it)"
-        d = json.loads(record)
-        return (f"{d.get('dataset') or 'an unnamed dataset'} ({d.get('images')} training images, "
-                f"{d.get('annotations')} sha256 {str(d.get('annotations_sha256'))[:12]})")
+        return describe(json.loads(record))
 
+    if ref.endswith(".onnx") and not ref.startswith(REMOTE_PREFIXES):
+        from pose.decode.onnx_backend import read_metadata
+
+        try:
+            record = read_metadata(Path(ref)).get("train_data")
+        except (FileNotFoundError, ValueError) as exc:
+            return f"unknown ({exc})"
+        return describe(json.loads(record)) if record else f"unknown ({ref} records no training data)"
     if not ref.startswith(REMOTE_PREFIXES):
         return from_checkpoint(Path(ref))
     where, tags = "", {}
     try:
         from mlflow import MlflowClient
 
-        client = MlflowClient(tracking_uri=tracking_uri)
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         if ref.startswith("models:/"):
-            name, _, rest = ref[len("models:/"):].partition("/")
-            if "@" in name:
-                name, alias = name.split("@", 1)
-                mv = client.get_model_version_by_alias(name, alias)
-            else:
-                mv = client.get_model_version(name, rest.split("/")[0])
+            mv = _model_version(client, ref)
             where, tags = f"registry tags of {mv.name} v{mv.version}", dict(mv.tags)
             if "dataset" not in tags and mv.run_id:
                 tags = {**client.get_run(mv.run_id).data.tags, **tags}
@@ -262,33 +353,45 @@ def training_data(ref: str, *, tracking_uri: str | None = None) -> str:
         version = f", dataset version {tags['dataset.version']}" if tags.get("dataset.version") else ""
         return f"{tags['dataset']} ({where}{version})"
     try:
-        return from_checkpoint(_download_checkpoint(ref))
+        return from_checkpoint(_download_checkpoint(ref, tracking_uri))
     except Exception as exc:  # noqa: BLE001
         return f"unknown (no dataset tag for {ref} and no checkpoint record: {exc})"
 
 
-def _atomic_text(text: str, path: Path) -> None:
-    from pose.io import atomic_write_text
+def training_data_record(ref: str, *, tracking_uri: str | None) -> str | None:
+    """The ``train_data`` record (a JSON string, written by ``pose.train.loop``) of the
+    checkpoint behind ``ref`` (a path or an MLflow URI whose artifacts hold one), or None
+    when there is none or it cannot be read. ``pose export`` stores it in the ONNX file."""
+    from pose.train.checkpoint import load_checkpoint
 
-    atomic_write_text(path, text)
+    try:
+        if ref.startswith(REMOTE_PREFIXES):
+            path = _download_checkpoint(ref, tracking_uri)
+        else:
+            path = Path(ref)
+        record = load_checkpoint(path).get("train_data")
+    except Exception as exc:  # noqa: BLE001 - the record is optional
+        log.debug("no training data record for %s: %s", ref, exc)
+        return None
+    return str(record) if record else None
 
 
-def predict_files(model: torch.nn.Module, files: Sequence[Path], out_dir: Path | str, *, eval_params: dict,
-                  predict_params: dict, device: torch.device | str | None = None) -> dict:
+def predict_files(predictor: PredictFn, files: Sequence[Path], out_dir: Path | str, *, eval_params: dict,
+                  predict_params: dict, num_joints: int | None) -> dict:
     """Predict each image, write its overlay and ``results.json`` (module docstring).
 
     Args:
-        eval_params: params.yaml ``evaluate`` (decoding; ``max_people`` caps the persons).
+        predictor: image -> persons (:func:`make_predictor`).
+        eval_params: params.yaml ``evaluate`` (``max_people`` caps the persons).
         predict_params: params.yaml ``predict`` (:func:`check_predict_params`): which persons
             and joints are drawn.
+        num_joints: K of the model (bounds ``predict.min_joints``), or None.
 
     Returns ``{"images", "persons", "drawn", "results", "overlays": [paths]}``: persons in
     results.json and drawn persons, over all images.
     Raises ValueError for an unreadable image, missing settings or a bad ``predict`` value.
     """
-    from pose.evaluate.plots import overlay
-
-    show = check_predict_params(predict_params, getattr(model, "num_joints", None))
+    show = check_predict_params(predict_params, num_joints)
     max_people = int(eval_params["max_people"])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -297,13 +400,13 @@ def predict_files(model: torch.nn.Module, files: Sequence[Path], out_dir: Path |
     records, overlays, drawn = [], [], 0
     for f, image_id in zip(files, ids):
         image = read_image(f)
-        persons = limit_persons(predict_image(model, image, eval_params=eval_params, device=device), max_people)
+        persons = limit_persons(predictor(image), max_people)
         shown = confident_persons(persons, **show)
         drawn += len(shown)
         name = f.stem if stems.count(f.stem) == 1 else f.name
         overlays.append(overlay(image, shown, out_dir / f"{name}_pose.png", min_score=show["joint_threshold"]))
         records += [{**r, "file_name": f.name} for r in to_coco_results(persons, image_id)]
     results = out_dir / "results.json"
-    _atomic_text(json.dumps(records), results)
+    atomic_write_text(results, json.dumps(records))
     return {"images": len(files), "persons": len(records), "drawn": drawn, "results": results,
             "overlays": overlays}

@@ -1,0 +1,172 @@
+"""Run an exported pose model with onnxruntime: preprocessing (``pose.decode.preprocess``),
+the ONNX graph of :class:`pose.decode.inference.InferenceNet` (written by
+``pose.export.export_onnx``), NumPy grouping (``pose.decode.persons``), persons in image px.
+NumPy, OpenCV and onnxruntime only: this module never imports torch.
+
+The file carries what decoding needs in its ONNX ``metadata_props`` (:data:`METADATA_KEYS`,
+values are strings, JSON where structured), so no checkpoint or params file is needed:
+
+* ``pose.format`` (:data:`FORMAT`), ``num_joints``, ``tag_dim``, ``convention``,
+  ``flip_test``, ``project2image``, ``stride`` (input px per output map px),
+  ``input_size``, ``resize``;
+* ``keypoint_names``, ``flip_index``, ``skeleton`` (JSON lists);
+* ``eval_params``: JSON of the params.yaml ``evaluate`` settings at export
+  (``pose.decode.persons.EVAL_KEYS``), used when the caller gives none;
+* optional ``train_data`` (JSON record of the training data) and ``source`` (the model
+  reference it was exported from).
+
+Graph: input ``input`` (B, 3, H, W) float32 (H, W multiples of 32, dynamic), outputs
+``heatmaps`` (B, K, Hg, Wg) and ``tags`` (B, K, Hg, Wg, T * n) float32 on the decode grid
+(``Hg = H / stride``). The flip test and ``project2image`` are part of the graph.
+
+Multi-scale test: not supported here (one clear error); the torch backend runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from pose.decode.persons import EVAL_KEYS, decode_persons, resolve_eval_params
+from pose.decode.preprocess import check_convention, check_image, check_input_multiple, input_batch, input_geometry
+
+#: value of metadata ``pose.format`` of files this package writes
+FORMAT = "pose-onnx/1"
+#: metadata keys every exported file has
+METADATA_KEYS: tuple[str, ...] = ("pose.format", "num_joints", "tag_dim", "convention", "flip_test", "project2image",
+                                  "stride", "input_size", "resize", "keypoint_names", "flip_index", "skeleton",
+                                  "eval_params")
+#: names of the graph's input and outputs
+INPUT_NAME = "input"
+OUTPUT_NAMES: tuple[str, str] = ("heatmaps", "tags")
+
+
+def read_metadata(path: Path | str) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file as a dict (weights not loaded).
+
+    Raises FileNotFoundError for a missing file, ValueError for a file that is not ONNX."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such ONNX file")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several kinds
+        raise ValueError(f"{path}: not an ONNX model ({exc})") from None
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def available_threads() -> int:
+    """Threads for onnxruntime's intra-op pool: ``OMP_NUM_THREADS`` when set (the same
+    budget torch gets), else the cores this process may run on."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _as_bool(value: str) -> bool:
+    return str(value).strip().lower() in ("1", "true")
+
+
+class OnnxPoseModel:
+    """An exported pose model in an onnxruntime session (module docstring).
+
+    Args:
+        path: ``.onnx`` file written by ``pose.export.export_onnx``.
+        device: ``cpu``, or ``cuda`` / ``cuda:N`` to use onnxruntime's CUDA provider when
+            it is installed (else the CPU).
+        threads: intra-op threads (None: :func:`available_threads`).
+
+    Attributes: ``path``, ``metadata`` (dict of strings), ``num_joints``, ``tag_dim``,
+    ``convention``, ``flip_test``, ``project2image``, ``stride``, ``keypoint_names``,
+    ``flip_index``, ``skeleton``, ``eval_params`` (stored at export).
+
+    Raises FileNotFoundError for a missing file, ValueError for a file that is not an
+    exported pose model (the message names the file and the missing metadata).
+    """
+
+    def __init__(self, path: Path | str, *, device: str, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        meta = read_metadata(self.path)
+        missing = [k for k in METADATA_KEYS if k not in meta]
+        if missing:
+            raise ValueError(f"{self.path}: not a model exported by `pose export` (metadata lacks "
+                             f"{', '.join(missing)})")
+        if meta["pose.format"] != FORMAT:
+            raise ValueError(f"{self.path}: format {meta['pose.format']!r}, this version reads {FORMAT!r}")
+        self.metadata = meta
+        self.num_joints = int(meta["num_joints"])
+        self.tag_dim = int(meta["tag_dim"])
+        self.convention = check_convention(meta["convention"])
+        self.flip_test = _as_bool(meta["flip_test"])
+        self.project2image = _as_bool(meta["project2image"])
+        self.stride = int(meta["stride"])
+        self.keypoint_names = list(json.loads(meta["keypoint_names"]))
+        self.flip_index = [int(i) for i in json.loads(meta["flip_index"])]
+        self.skeleton = [tuple(int(j) for j in limb) for limb in json.loads(meta["skeleton"])]
+        self.eval_params = dict(json.loads(meta["eval_params"]))
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads) if threads else available_threads()
+        opts.inter_op_num_threads = 1
+        providers = ["CPUExecutionProvider"]
+        if str(device).startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
+
+    def settings(self, eval_params: dict | None) -> dict:
+        """The inference settings for this model: ``eval_params`` (params.yaml ``evaluate``)
+        or, when None, those stored at export; checked (:func:`resolve_eval_params`).
+
+        Raises ValueError when ``flip_test`` / ``project2image`` differ from the exported
+        graph's, or ``test_scales`` is not ``[1.0]`` (no multi-scale test with onnxruntime)."""
+        cfg = resolve_eval_params({k: v for k, v in (eval_params or self.eval_params).items() if k in EVAL_KEYS})
+        for key in ("flip_test", "project2image"):
+            if bool(cfg[key]) != getattr(self, key):
+                raise ValueError(f"evaluate.{key} = {bool(cfg[key])}, but {self.path} was exported with "
+                                 f"{key} = {getattr(self, key)} (part of the graph): export again with "
+                                 f"evaluate.{key}: {str(bool(cfg[key])).lower()}, or use --backend torch")
+        scales = [float(s) for s in cfg["test_scales"]]
+        if scales != [1.0]:
+            raise ValueError(f"evaluate.test_scales = {scales}: the onnxruntime backend runs the single scale [1.0]; "
+                             "use --backend torch for the multi-scale test")
+        return cfg
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The graph on a (B, 3, H, W) float32 input batch (H, W multiples of 32): heatmaps
+        (B, K, Hg, Wg) and tags (B, K, Hg, Wg, T * n) float32."""
+        heatmaps, tags = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(batch, np.float32)})
+        return heatmaps, tags
+
+    def maps(self, image_bgr: np.ndarray, cfg: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """Aggregated maps of one (H, W, 3) uint8 BGR image: ``(heatmaps (K, Hg, Wg), tags
+        (K, Hg, Wg, T * n), affine (2, 3) image px -> input px, stride)``, as
+        ``pose.decode.inference.multi_scale_maps`` for the single scale 1.0.
+        ``cfg``: :meth:`settings`. Raises ValueError on a bad image."""
+        img = check_image(image_bgr)
+        height, width = img.shape[:2]
+        geo = input_geometry(width, height, resize=str(cfg["resize"]), input_size=int(cfg["input_size"]),
+                             scale=1.0, min_scale=1.0)
+        check_input_multiple(geo, 1.0)
+        heatmaps, tags = self.run(input_batch(img, geo))
+        return heatmaps[0], tags[0], geo.affine, self.stride
+
+    def predict(self, image_bgr: np.ndarray, cfg: dict) -> list[dict]:
+        """Persons of one (H, W, 3) uint8 BGR image, as ``pose.decode.inference.predict_image``
+        returns them (image px, sorted by score). ``cfg``: :meth:`settings`.
+        Raises ValueError on a bad image."""
+        heatmaps, tags, affine, stride = self.maps(image_bgr, cfg)
+        return decode_persons(heatmaps, tags, affine, stride, cfg=cfg, convention=self.convention)
+
+
+__all__ = ["FORMAT", "INPUT_NAME", "METADATA_KEYS", "OUTPUT_NAMES", "OnnxPoseModel", "available_threads",
+           "read_metadata"]
