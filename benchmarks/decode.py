@@ -35,8 +35,7 @@ try:
 except ImportError:  # pragma: no cover - exercised only without munkres
     Munkres = None
 
-from pose.decode.group import (default_joint_order, group_keypoints, match_candidates, matching_cost,
-                               top_k_peaks)
+from pose.decode.group import default_joint_order, group_keypoints, match_candidates, matching_cost, top_k_peaks
 
 SIZE = 256
 SIGMA = 2.0
@@ -205,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         cand_tags = [tags[j, ys[j, keep[j]], xs[j, keep[j]]] for j in range(hm.shape[0])]
         cand_scores = [vals[j, keep[j]] for j in range(hm.shape[0])]
         order = default_joint_order(hm.shape[0])
-        m_ours, _ = _time(lambda ct=cand_tags, cs=cand_scores, kw=kw: match_candidates(
+        m_ours, _ = _time(lambda ct=cand_tags, cs=cand_scores, kw=kw, order=order: match_candidates(
             ct, cs, tag_threshold=kw["tag_threshold"], max_people=kw["max_people"], order=order,
             tie_break=kw["tie_break"]), args.repeats)
         m_ref, _ = _time(lambda vals=vals, xs=xs, ys=ys, tags=tags, kw=kw: reference_match(

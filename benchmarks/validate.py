@@ -155,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         results = {}
         for name in ("cold", "warm"):
-            cmd = [sys.executable, __file__, "--phase", name, "--workdir", str(workdir), "--sizes", *map(str, args.sizes)]
+            cmd = [sys.executable, __file__, "--phase", name, "--workdir", str(workdir),
+                   "--sizes", *map(str, args.sizes)]
             t1 = time.perf_counter()
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             process_wall = round(time.perf_counter() - t1, 2)

@@ -25,9 +25,10 @@ import json
 import sys
 from pathlib import Path
 
-import pose  # noqa: F401  (telemetry off before prefect is imported)
 from prefect import flow
 from prefect.deployments import run_deployment
+
+import pose  # noqa: F401  (telemetry off before prefect is imported)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -383,7 +383,8 @@ class TeamStack:
         t0 = time.monotonic()
         self.prefect("work-pool", "create", pool, "--type", "process", "--overwrite")
         env = self.client_env(PREFECT_WORKER_QUERY_SECONDS="2", PREFECT_WORKER_HEARTBEAT_SECONDS="10")
-        cmd = [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process", "--name", f"{pool}-worker-1",
+        cmd = [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process",
+               "--name", f"{pool}-worker-1",
                "--install-policy", "never", "--no-create-pool-if-not-found"]
         svc = self._spawn("worker", cmd, env)
         name = f"{pool}-worker-1"

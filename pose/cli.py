@@ -185,7 +185,8 @@ def validate(annotations: Path = typer.Option(..., help="COCO keypoints JSON to 
              images: Path = typer.Option(..., help="folder of the images it references"),
              report: Path = typer.Option(..., help="JSON report to write (findings, summary, removed records)"),
              docs: Path = typer.Option(None, help="Data Docs HTML folder"),
-             cleaned: Path = typer.Option(None, help="annotation file downstream stages read (cleaned under quarantine)"),
+             cleaned: Path = typer.Option(None, help="annotation file downstream stages read "
+                                          "(cleaned under quarantine)"),
              on_error: str = typer.Option(None, help="fail | quarantine (default: params validate.on_error)"),
              params_file: Path = PARAMS) -> None:
     """Validate annotations and image files with a great-expectations suite (stage `validate`). Exit 1 on errors."""
@@ -198,7 +199,8 @@ def validate(annotations: Path = typer.Option(..., help="COCO keypoints JSON to 
                               min_labeled_keypoints=int(v["min_labeled_keypoints"]),
                               lr_swap_min_shoulder_reversal=float(v["lr_swap_min_shoulder_reversal"]),
                               report_path=report, docs_dir=docs, cleaned_path=cleaned,
-                              workers=int(v["workers"]), cache_path=Path(v["image_cache"]) if v.get("image_cache") else None)
+                              workers=int(v["workers"]),
+                              cache_path=Path(v["image_cache"]) if v.get("image_cache") else None)
     s = result.get("summary", {})
     typer.echo(f"{annotations}: {s}")
     if not result["ok"]:
@@ -293,8 +295,8 @@ def _score(params: dict, checkpoint: Path, annotations: Path, images: Path, resu
     from pose.evaluate.coco import evaluate_keypoints
 
     if model is None:
-        from pose.train.checkpoint import load_trained_model
         from pose.device import pick_device
+        from pose.train.checkpoint import load_trained_model
 
         device = pick_device()
         model = load_trained_model(checkpoint, device)
@@ -316,7 +318,8 @@ def evaluate(annotations: Path = typer.Option(..., help="ground-truth COCO keypo
              results: Path = typer.Option(None, help="score this existing COCO results JSON"),
              checkpoint: Path = typer.Option(None, help="or: decode this checkpoint on --images first"),
              images: Path = typer.Option(None, help="folder of the images of --annotations (with --checkpoint)"),
-             results_out: Path = typer.Option(None, help="write the decoded COCO results JSON here (with --checkpoint)"),
+             results_out: Path = typer.Option(None, help="write the decoded COCO results JSON here "
+                                              "(with --checkpoint)"),
              efficiency: Path = typer.Option(None, help="efficiency.json to write: params, GFLOPs, latency p50/p90, "
                                                         "peak memory (needs --checkpoint and --images)"),
              plots_dir: Path = typer.Option(None, help="folder for AP per keypoint / per person scale (PNG + CSV) "
@@ -341,8 +344,8 @@ def evaluate(annotations: Path = typer.Option(..., help="ground-truth COCO keypo
             metrics = evaluate_keypoints(annotations, res, sigmas=sigmas, oks_threshold=float(ev["oks_threshold"]),
                                          area_bins=ev["area_bins"], native=native)
         elif checkpoint is not None and images is not None:
-            from pose.train.checkpoint import load_trained_model
             from pose.device import pick_device
+            from pose.train.checkpoint import load_trained_model
 
             device = pick_device()
             model = load_trained_model(checkpoint, device)
@@ -558,7 +561,8 @@ def register(checkpoint: Path = typer.Option(..., help="trained checkpoint to re
              out: Path = typer.Option(..., help="registration record JSON to write"),
              train_metrics: Path = typer.Option(None, help="train.json of the run, logged as metrics"),
              train_steps: Path = typer.Option(None, help="per-step CSV of the run, logged as metric curves"),
-             results: Path = typer.Option(None, help="COCO results JSON of the evaluation (default: data/eval/results.json "
+             results: Path = typer.Option(None, help="COCO results JSON of the evaluation "
+                                          "(default: data/eval/results.json "
                                                      "beside --metrics' folder when present)"),
              train_annotations: Path = typer.Option(None, help="training annotations (default: train.json beside "
                                                                "--eval-annotations when present)"),
@@ -585,7 +589,8 @@ def _val_images(p: dict) -> Path:
 
 
 @app.command()
-def promote(version: str = typer.Option(None, help="version (3 / v3), alias or models:/ URI (default: alias challenger)"),
+def promote(version: str = typer.Option(None, help="version (3 / v3), alias or models:/ URI "
+                                                "(default: alias challenger)"),
             force: bool = typer.Option(False, help="override the gate; needs --reason"),
             reason: str = typer.Option(None, help="why the gate is overridden (required with --force)"),
             eval_images: Path = typer.Option(None, help="validation images, used to re-evaluate the champion on the "
@@ -625,7 +630,8 @@ def rollback(reason: str = typer.Option(..., help="why the champion is rolled ba
 def compare(a: str = typer.Argument(..., help="baseline: run id, version (3 / v3), alias or models:/ URI"),
             b: str = typer.Argument(..., help="candidate (same forms); the report is logged to its run"),
             out_dir: Path = typer.Option(None, help="report folder (default: data/compare/<A>_vs_<B>)"),
-            images: Path = typer.Option(None, help="validation images for overlays (default: <raw_dir>/<dataset>/<val_split>)"),
+            images: Path = typer.Option(None, help="validation images for overlays "
+                                         "(default: <raw_dir>/<dataset>/<val_split>)"),
             log: bool = typer.Option(True, "--log/--no-log", help="log the report as an artifact of B's run"),
             params_file: Path = PARAMS) -> None:
     """Markdown + HTML report of A vs B, verdict first (better AP, paired CI, gate rules), then metric deltas,
@@ -640,7 +646,8 @@ def compare(a: str = typer.Argument(..., help="baseline: run id, version (3 / v3
     for line in report["verdict_lines"]:
         typer.echo(line.replace("**", "").replace("`", ""))
     typer.echo(f"report: {report['markdown']} | {report['html']}"
-               + (f" | logged to run {report['run_id']} under {report['artifact_path']}" if report["artifact_path"] else ""))
+               + (f" | logged to run {report['run_id']} under {report['artifact_path']}"
+                  if report["artifact_path"] else ""))
 
 
 def _checks_params_first(fn):

@@ -33,8 +33,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
-                      model_validator)
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
 from pose.codec import OUTPUT_STRIDES
@@ -44,9 +43,8 @@ from pose.datasets.formats import NATIVE_SCHEMAS
 #: input sides must be multiples of this (HRNet's 4th branch runs at 1/32 of the input)
 SIZE_DIVISOR = 32
 
-#: eval.json metrics a ``registry.rules`` entry may name; kept equal to
-#: `pose.registry.promotion.RULE_METRICS` by tests/test_params.py (that module imports MLflow,
-#: too slow for a check that must answer in about a second)
+#: eval.json metrics a ``registry.rules`` entry may name (the one list: pose.registry.rules reads it;
+#: tests/test_params.py checks that the evaluate stage writes each)
 RULE_METRICS = ("AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL",
                 "keypoint_precision", "keypoint_recall", "keypoint_f1", "grouping_accuracy",
                 "AP_easy", "AP_medium", "AP_hard")
@@ -520,7 +518,8 @@ def _model_name(value: str) -> str:
     rest = value.replace("{dataset}", "dataset")
     if not _MODEL_NAME.fullmatch(rest):
         raise PydanticCustomError("model_name", "{allowed}", {"allowed": "allowed: letters, digits, '.', '_', '-' "
-                                                                         "and the placeholder {dataset} (data.dataset)"})
+                                                                         "and the placeholder {dataset} "
+                                                                         "(data.dataset)"})
     return value
 
 

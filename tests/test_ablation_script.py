@@ -162,8 +162,8 @@ def test_tiny_ablation_end_to_end(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "| variant | AP [95% CI]" in printed and "| resize | AP [95% CI]" in printed
     rep = json.loads(out.read_text())
-    assert rep["complete"] is True and rep["num_val_images"] == 6 and len(json.loads((data / "annotations/person_keypoints_val2017.json")
-                                                         .read_text())["images"]) == 6
+    val_json = json.loads((data / "annotations/person_keypoints_val2017.json").read_text())
+    assert rep["complete"] is True and rep["num_val_images"] == 6 and len(val_json["images"]) == 6
     assert [r["variant"] for r in rep["variants"]] == ["curriculum", "no_curriculum", "single_scale"]
     assert {r["steps"] for r in rep["variants"]} == {4}          # same budget: 2 epochs x 2 steps
     assert rep["variants"][0].get("dAP") is None and rep["variants"][1]["dAP"]["delta"] is not None

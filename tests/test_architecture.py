@@ -25,9 +25,10 @@ PACKAGES = ("pose", "flows")
 #: layers, lowest first; a module belongs to the longest matching prefix (``pose`` itself: the package
 #: marker that switches telemetry off, importing nothing of ours)
 LAYERS: dict[str, tuple[str, ...]] = {
-    "core": ("pose.datasets.schema", "pose.augment", "pose.targets", "pose.models", "pose.losses",
-             "pose.decode", "pose.evaluate", "pose.io", "pose.codec", "pose.draw", "pose.device", "pose.params"),
-    "services": ("pose.datasets", "pose.quality", "pose.train", "pose.registry", "pose.predict", "pose.video",
+    "core": ("pose.datasets.schema", "pose.datasets.formats", "pose.augment", "pose.targets", "pose.models",
+             "pose.losses", "pose.decode", "pose.evaluate", "pose.io", "pose.codec", "pose.draw", "pose.device"),
+    "services": ("pose.params", "pose.datasets", "pose.quality", "pose.train", "pose.registry", "pose.predict",
+                 "pose.video",
                  "pose.export", "pose.presets", "pose.dvc_plots", "pose.serve"),
     "stages": ("pose.cli", "flows"),
 }

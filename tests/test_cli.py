@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import typer
 import yaml
+from conftest import REPO
 from typer.testing import CliRunner
 
-from conftest import REPO
 from pose.cli import app
 
 BIN = Path(sys.executable).parent

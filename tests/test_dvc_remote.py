@@ -25,7 +25,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_pipeline_e2e import make_repo_copy, tiny_params
 
 pytestmark = pytest.mark.slow

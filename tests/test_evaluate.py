@@ -21,7 +21,6 @@ from pose.evaluate.coco import (
     METRIC_NAMES,
     _entries,
     _interpolated_ap,
-    _run_cocoeval,
     ap_by_area,
     area_ranges,
     crowdpose_metrics,
@@ -30,6 +29,7 @@ from pose.evaluate.coco import (
     evaluate_results,
     load_ground_truth,
     load_results,
+    run_cocoeval,
     write_metrics,
 )
 from pose.evaluate.plots import (
@@ -137,7 +137,7 @@ def test_per_keypoint_accumulation_reproduces_cocoeval_ap(val_json):
     data = json.loads(val_json.read_text())
     gt = load_ground_truth(val_json)
     dt = load_results(gt, _perturbed(data, seed=1), K)
-    ev = _run_cocoeval(gt, dt, COCO_SIGMAS)
+    ev = run_cocoeval(gt, dt, COCO_SIGMAS)
     entries = _entries(ev)
     scores = np.concatenate([np.asarray(e["dtScores"], np.float64) for e in entries])
     npig = int(sum(np.count_nonzero(np.asarray(e["gtIgnore"]) == 0) for e in entries))

@@ -5,6 +5,7 @@ fail with one line naming the key, the value and what is allowed, and a bad valu
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import subprocess
@@ -14,10 +15,18 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO
-from pose.params import (SIZE_DIVISOR, Params, ParamsError, check_input_size, input_size_error, load_checked_params,
-                         load_params, validate_params)
+
+from pose.params import (
+    SIZE_DIVISOR,
+    Params,
+    ParamsError,
+    check_input_size,
+    input_size_error,
+    load_checked_params,
+    load_params,
+    validate_params,
+)
 
 BIN = Path(sys.executable).parent
 BASE = load_params(REPO / "params.yaml")
@@ -128,13 +137,20 @@ def test_the_shared_input_size_rule(size, ok):
     assert "nearest: 32" in input_size_error(16)
 
 
-def test_rule_metrics_match_the_registry():
-    """pose.params keeps its own copy (the registry module imports MLflow: too slow for a 1 s check)."""
-    from pose.params import RULE_METRICS, RULE_RANGES
-    from pose.registry import promotion
+def test_rule_metrics_are_eval_json_metrics(generated_coco):
+    """Every metric a `registry.rules` entry may name is one the evaluate stage writes: the COCO
+    metrics and keypoint diagnostics for any dataset (scored here on real ground truth against
+    itself), CrowdPose's crowd-index APs for CrowdPose ground truth."""
+    from pose.evaluate.coco import evaluate_results
+    from pose.params import RULE_METRICS
 
-    assert tuple(RULE_METRICS) == tuple(promotion.RULE_METRICS)
-    assert tuple(RULE_RANGES) == tuple(promotion.RULE_KINDS)
+    gt = json.loads((generated_coco / "annotations" / "person_keypoints_val2017.json").read_text())
+    results = [{"image_id": a["image_id"], "category_id": 1, "keypoints": a["keypoints"], "score": 1.0}
+               for a in gt["annotations"] if a["num_keypoints"] > 0]
+    written = set(evaluate_results(gt, results))
+    crowdpose_only = {"AP_easy", "AP_medium", "AP_hard"}
+    assert set(RULE_METRICS) - crowdpose_only <= written, set(RULE_METRICS) - crowdpose_only - written
+    assert crowdpose_only <= set(RULE_METRICS)
 
 
 def test_the_size_rule_guards_curriculum_and_evaluate_sizes():

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, SHARED
 
 pytestmark = pytest.mark.slow

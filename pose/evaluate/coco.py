@@ -125,7 +125,11 @@ def load_ground_truth(gt_json: Path | str | COCO | dict) -> COCO:
     return _coco_from_dict(data)
 
 
-def _num_joints(coco_gt: COCO, sigmas: np.ndarray) -> int:
+def result_num_joints(coco_gt: COCO, sigmas: np.ndarray) -> int:
+    """The number of joints K results must carry: ``len(sigmas)``, after checking that every
+    ground-truth annotation has 3K keypoint values.
+
+    Raises ValueError naming the first annotation whose keypoint count does not match."""
     k = len(sigmas)
     for ann in coco_gt.dataset["annotations"]:
         if len(ann.get("keypoints", [])) != 3 * k:
@@ -160,8 +164,13 @@ def load_results(coco_gt: COCO, results: Sequence[dict] | Path | str, num_joints
         return coco_gt.loadRes([dict(r) for r in results])
 
 
-def _run_cocoeval(coco_gt: COCO, coco_dt: COCO, sigmas: np.ndarray, img_ids: Sequence[int] | None = None,
-                  summarize: bool = True, iou_thrs: Sequence[float] | None = None) -> COCOeval:
+def run_cocoeval(coco_gt: COCO, coco_dt: COCO, sigmas: np.ndarray, img_ids: Sequence[int] | None = None,
+                 summarize: bool = True, iou_thrs: Sequence[float] | None = None) -> COCOeval:
+    """pycocotools' keypoint COCOeval with these (K,) OKS ``sigmas``, quietly: evaluate, accumulate
+    and (``summarize``) summarize, so ``ev.stats`` holds the 10 numbers of :data:`METRIC_NAMES`.
+
+    ``img_ids`` restricts the images; ``iou_thrs`` replaces the OKS thresholds (and keeps only the
+    "all" area range), as the match diagnostics use it."""
     ev = COCOeval(coco_gt, coco_dt, iouType="keypoints")
     ev.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
     if img_ids is not None:
@@ -270,7 +279,7 @@ def _match_diagnostics(ev: COCOeval, coco_gt: COCO, coco_dt: COCO, sigmas: np.nd
         return int(hit[0]) if hit.size else None
 
     if index(ev, oks_threshold) is None or index(ev, 0.5) is None:
-        ev = _run_cocoeval(coco_gt, coco_dt, sigmas, summarize=False, iou_thrs=sorted({0.5, oks_threshold}))
+        ev = run_cocoeval(coco_gt, coco_dt, sigmas, summarize=False, iou_thrs=sorted({0.5, oks_threshold}))
     t_kp, t_grp = index(ev, oks_threshold), index(ev, 0.5)
     k = len(sigmas)
     tp = fp = n_gt = 0
@@ -340,9 +349,9 @@ def evaluate_results(gt_json: Path | str | COCO | dict, results: Sequence[dict] 
     if not 0.0 < float(oks_threshold) <= 1.0:
         raise ValueError(f"oks_threshold must be in (0, 1], got {oks_threshold}")
     coco_gt = load_ground_truth(gt_json)
-    k = _num_joints(coco_gt, sigmas)
+    k = result_num_joints(coco_gt, sigmas)
     coco_dt = load_results(coco_gt, results, k)
-    ev = _run_cocoeval(coco_gt, coco_dt, sigmas)
+    ev = run_cocoeval(coco_gt, coco_dt, sigmas)
     metrics: dict = {name: float(v) for name, v in zip(METRIC_NAMES, ev.stats)}
     if keypoint_names is None:
         keypoint_names = KEYPOINT_NAMES if k == len(KEYPOINT_NAMES) else [f"kp{i}" for i in range(k)]
@@ -389,9 +398,9 @@ def evaluate_crowdpose(gt_json: Path | str | COCO | dict, results: Sequence[dict
             b["num_keypoints"] = int((np.asarray(a["keypoints"]).reshape(-1, 3)[:, 2] > 0).sum())
         anns.append(b)
     coco_gt = _coco_from_dict({**base, "annotations": anns})
-    k = _num_joints(coco_gt, sigmas)
+    k = result_num_joints(coco_gt, sigmas)
     coco_dt = load_results(coco_gt, results, k)
-    ev = _run_cocoeval(coco_gt, coco_dt, sigmas)
+    ev = run_cocoeval(coco_gt, coco_dt, sigmas)
     out = {name: float(ev.stats[i]) for i, name in enumerate(METRIC_NAMES) if name in
            ("AP", "AP50", "AP75", "AR", "AR50", "AR75")}
     lo, hi = splits
@@ -401,7 +410,7 @@ def evaluate_crowdpose(gt_json: Path | str | COCO | dict, results: Sequence[dict
         groups["easy" if ci < lo else "medium" if ci < hi else "hard"].append(im["id"])
     for name, ids in groups.items():
         out[f"num_{name}"] = len(ids)
-        out[f"AP_{name}"] = float(_run_cocoeval(coco_gt, coco_dt, sigmas, img_ids=ids).stats[0]) if ids else -1.0
+        out[f"AP_{name}"] = float(run_cocoeval(coco_gt, coco_dt, sigmas, img_ids=ids).stats[0]) if ids else -1.0
     return out
 
 
@@ -449,7 +458,7 @@ def ap_by_area(gt_json: Path | str | COCO | dict, results: Sequence[dict] | Path
     AP}, "AR_by_area": {...}, "num_gt_by_area": {label: int}}``."""
     sigmas = np.asarray(sigmas, dtype=np.float64)
     coco_gt = load_ground_truth(gt_json)
-    coco_dt = load_results(coco_gt, results, _num_joints(coco_gt, sigmas))
+    coco_dt = load_results(coco_gt, results, result_num_joints(coco_gt, sigmas))
     return _ap_by_area(coco_gt, coco_dt, sigmas, [*COCO_AREA_RANGES, *area_ranges(bins)])
 
 
@@ -550,7 +559,7 @@ def native_oks_metrics(gt_json: Path | str | COCO | dict, results: Sequence[dict
     anns, res, joints = _native_layout(base, list(results), to_coco)
     coco_gt = _coco_from_dict({**base, "annotations": anns})
     coco_dt = load_results(coco_gt, res, len(joints))
-    ev = _run_cocoeval(coco_gt, coco_dt, sigmas[joints])
+    ev = run_cocoeval(coco_gt, coco_dt, sigmas[joints])
     out = {f"{prefix}_{name}": float(ev.stats[i]) for i, name in enumerate(METRIC_NAMES)}
     out[f"{prefix}_joints"] = len(joints)
     return out
@@ -579,7 +588,7 @@ def evaluate_keypoints(gt_json: Path | str | COCO | dict, results: Sequence[dict
     results = list(results)
     metrics = evaluate_results(coco_gt, results, sigmas=sigmas, oks_threshold=oks_threshold)
     if area_bins is not None:
-        coco_dt = load_results(coco_gt, results, _num_joints(coco_gt, sigmas))
+        coco_dt = load_results(coco_gt, results, result_num_joints(coco_gt, sigmas))
         metrics.update(_ap_by_area(coco_gt, coco_dt, sigmas, [*COCO_AREA_RANGES, *area_ranges(area_bins)]))
     if native is not None:
         metrics.update(native(coco_gt.dataset, results))

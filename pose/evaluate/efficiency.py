@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pose.io import read_image
 from pose.decode.inference import predict_image, scaled_input_size
 from pose.decode.persons import resolve_eval_params
+from pose.io import read_image
 
 
 def _vm_hwm_mb() -> float | None:

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from pose.datasets.schema import COCO_SIGMAS
-from pose.evaluate.coco import _num_joints, _run_cocoeval, load_ground_truth, load_results
+from pose.evaluate.coco import load_ground_truth, load_results, result_num_joints, run_cocoeval
 
 #: metrics computed by :func:`accumulate` (COCO's ten keypoint summary numbers)
 BOOT_METRICS: tuple[str, ...] = ("AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL")
@@ -80,8 +80,8 @@ def match_table(gt, results, sigmas: np.ndarray = COCO_SIGMAS, img_ids: Sequence
     ids = sorted(set(img_ids)) if img_ids is not None else sorted(coco_gt.getImgIds())
     keep = set(ids)
     results = [r for r in results if r["image_id"] in keep]
-    coco_dt = load_results(coco_gt, results, _num_joints(coco_gt, sigmas))
-    ev = _run_cocoeval(coco_gt, coco_dt, sigmas, img_ids=ids, summarize=False)
+    coco_dt = load_results(coco_gt, results, result_num_joints(coco_gt, sigmas))
+    ev = run_cocoeval(coco_gt, coco_dt, sigmas, img_ids=ids, summarize=False)
     p = ev.params
     n_img, n_area, t = len(p.imgIds), len(p.areaRng), len(p.iouThrs)
     max_det = p.maxDets[-1]

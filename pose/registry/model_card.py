@@ -3,6 +3,7 @@ and model, training, evaluation, the promotion decision with its rule table, int
 
 from __future__ import annotations
 
+from pose.codec import OUTPUT_STRIDES
 from pose.registry.report import delta, num
 from pose.registry.rules import RuleResult
 
@@ -63,11 +64,11 @@ def model_card(*, name: str, version: str, run_id: str, params: dict, tags: dict
 
 ## Model
 
-HigherHRNet (HRNet backbone, width {m.get("width")}, stage modules {m.get("stage_blocks")}, {m.get("num_deconv")}
-deconvolution block(s)) with associative embedding (tag dim {m.get("tag_dim")}) for bottom-up multi-person
-pose estimation of {m.get("num_joints")} COCO keypoints. Input: normalised RGB, sides multiples of 32;
-served as an MLflow pyfunc model: encoded images in, persons (keypoints in image px, score, box) out, with
-the evaluation's test-time settings (`pose.registry.serving`).
+HigherHRNet ({m.get("backbone")} backbone, width {m.get("width")}, stage modules {m.get("stage_blocks")}, heatmaps at
+strides {", ".join(str(s) for s in OUTPUT_STRIDES)}) with associative embedding (tag dim {m.get("tag_dim")}) for
+bottom-up multi-person pose estimation of {m.get("num_joints")} COCO keypoints. Input: normalised RGB, sides multiples
+of 32; served as an MLflow pyfunc model: encoded images in, persons (keypoints in image px, score, box) out,
+with the evaluation's test-time settings (`pose.registry.serving`).
 
 ## Training
 

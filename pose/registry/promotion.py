@@ -48,10 +48,8 @@ from pose.registry.champion import (
 from pose.registry.errors import RegistryConflict, RegistryError, RuleError
 from pose.registry.evidence import champion_on_data, load_evidence, oks_sigmas
 from pose.registry.lock import registry_lock
-from pose.registry.rules import (  # noqa: F401  (tests/test_params.py reads them here)
+from pose.registry.rules import (
     MAX_TAG,
-    RULE_KINDS,
-    RULE_METRICS,
     RuleResult,
     evaluate_rules,
     gate_passed,
