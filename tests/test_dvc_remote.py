@@ -25,7 +25,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_pipeline_e2e import make_repo_copy, tiny_params
+from repo_setup import make_repo_copy
+from test_pipeline_e2e import tiny_params
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, SHARED
+from repo_setup import make_repo_copy
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -45,22 +45,6 @@ def tiny_params() -> dict:
     for rule in p["registry"]["rules"]:  # a few-step model scores AP ~0: no absolute floor here
         rule.update({"min": 0.0} if "min" in rule else {})
     return p
-
-
-def make_repo_copy(dst: Path, params: dict) -> Path:
-    """Copy the working tree (tracked + untracked, not ignored files) into a fresh git repo."""
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split("\0")
-    for rel in filter(None, files):
-        src = REPO / rel
-        if src.is_file():
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / rel)
-    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.email=ci@example.invalid", "-c", "user.name=ci", "commit", "-qm", "copy"]):
-        subprocess.run(cmd, cwd=dst, check=True, capture_output=True)
-    return dst
 
 
 def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:

@@ -435,7 +435,7 @@ def _run_scripted_validation(coco: Path, tmp: Path, monkeypatch, aps: list[float
 def test_best_pt_is_the_best_validation_ap_not_the_lowest_loss(coco_like, tmp_path, monkeypatch):
     import csv
 
-    from pose.registry.mlflow_registry import _read_val_epochs
+    from pose.registry.mlflow_registry import read_val_epochs
 
     summary, run = _run_scripted_validation(coco_like, tmp_path / "every", monkeypatch, [0.2, 0.5, 0.5, 0.1])
     assert summary["best_by"] == "val_AP" and summary["best_epoch"] == 1 and summary["best_val_AP"] == 0.5
@@ -446,7 +446,7 @@ def test_best_pt_is_the_best_validation_ap_not_the_lowest_loss(coco_like, tmp_pa
     assert [(int(r["epoch"]), int(r["step"]), float(r["AP"])) for r in rows] == [(0, 1, 0.2), (1, 2, 0.5), (2, 3, 0.5),
                                                                                  (3, 4, 0.1)]
     # the register stage logs them to MLflow with step = epoch
-    logged = [(m.key, m.step, m.value) for m in _read_val_epochs(run / "val.csv")]
+    logged = [(m.key, m.step, m.value) for m in read_val_epochs(run / "val.csv")]
     assert ("val/AP", 1, 0.5) in logged and ("val/AP50", 3, 0.9) in logged
     assert {k for k, _, _ in logged} == {"val/AP", "val/AP50", "val/AP75", "val/AR"}
 

@@ -101,7 +101,7 @@ def _read_steps(path: Path) -> list[Metric]:
     return metrics
 
 
-def _read_val_epochs(path: Path | None) -> list[Metric]:
+def read_val_epochs(path: Path | None) -> list[Metric]:
     """Validation during training (``val_epochs.csv`` of `pose.train.loop`) as MLflow
     metrics ``val/AP``, ``val/AP50``, ... with ``step`` = the (0-based) epoch; empty when absent."""
     metrics = []
@@ -218,7 +218,7 @@ def register_run(params: dict, *, checkpoint: Path, eval_metrics: Path, eval_ann
                                 if isinstance(v, (int, float)) and not isinstance(v, bool)})
         steps = _read_steps(train_steps) if train_steps else []
         # per-epoch validation AP of the training run (val_epochs.csv beside the steps CSV, dvc.yaml layout)
-        steps += _read_val_epochs(Path(train_steps).with_name("val_epochs.csv")) if train_steps else []
+        steps += read_val_epochs(Path(train_steps).with_name("val_epochs.csv")) if train_steps else []
         for i in range(0, len(steps), 1000):
             client.log_batch(run.info.run_id, metrics=steps[i:i + 1000])
         # evaluation evidence (re-scorable) and data lists
