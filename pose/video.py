@@ -37,6 +37,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from pose.decode.persons import person_json
 from pose.draw import draw_persons
 from pose.io import atomic_write_text, default_file_mode
 from pose.predict import check_predict_params, confident_persons
@@ -131,29 +132,6 @@ def read_frames(cap: cv2.VideoCapture, info: VideoInfo, video_path: Path | str, 
         raise ValueError(f"{video_path}: no frame could be decoded (corrupt or truncated video)")
 
 
-def _jsonable(value):
-    """``value`` with NumPy arrays / scalars turned into lists / Python numbers, for ``json.dumps``."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def person_record(person: dict) -> dict:
-    """A person as written to the JSON Lines: every key of ``person``, ``keypoints`` as a
-    ``[[x, y, score] x K]`` list (image px; a flat ``[x1, y1, s1, ...]`` list is reshaped),
-    ``score`` a float, NumPy values as plain numbers."""
-    out = _jsonable(person)
-    out["keypoints"] = np.asarray(person["keypoints"], dtype=np.float64).reshape(-1, 3).tolist()
-    out["score"] = float(person["score"])
-    return out
-
-
 def predict_video(predict_fn: PredictFn, video_path: Path | str, *, out_jsonl: Path | str, out_video: Path | str,
                   predict_params: dict, max_frames: int | None, progress: bool) -> dict:
     """Predict every ``predict.video_frame_stride``-th frame of a video; write the JSON Lines and
@@ -215,7 +193,7 @@ def predict_video(predict_fn: PredictFn, video_path: Path | str, *, out_jsonl: P
             persons = list(predict_fn(frame))
             shown = confident_persons(persons, **show)
             writer.write(draw_persons(frame, shown, min_score=show["joint_threshold"]))
-            lines.append(json.dumps({"frame": index, "t_s": t_s, "persons": [person_record(p) for p in persons]}))
+            lines.append(json.dumps({"frame": index, "t_s": t_s, "persons": [person_json(p) for p in persons]}))
             persons_total += len(persons)
             drawn += len(shown)
         writer.release()

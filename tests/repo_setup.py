@@ -29,6 +29,7 @@ TINY_GENERATED = {
     "evaluate.input_size": 128, "evaluate.flip_test": False, "evaluate.overlay_count": 1,
     "evaluate.latency_samples": 1, "evaluate.latency_warmup": 0,
     "registry.bootstrap_samples": 20, "schedule.notify_webhook": "",
+    "serve.log_onnx": False,  # the ONNX export (~20 s per registration) has its own tests (tests/test_serving.py)
 }
 
 

@@ -56,7 +56,9 @@ def decode_persons(heatmaps: np.ndarray, tags: np.ndarray, affine: np.ndarray, s
 
     Returns:
         Persons sorted by score (descending), each ``{"keypoints": (K, 3) float64 [x, y,
-        score] in IMAGE px (x = y = 0 where the joint was not found), "score": float}``;
+        score] in IMAGE px (x = y = 0 where the joint was not found), "score": float,
+        "bbox": [x, y, w, h] image px}`` (:func:`keypoint_bbox`; the person contract of
+        ``pose.codec``, what ``pose predict``, the video JSON Lines and serving return);
         the score is the mean of the K joint scores (associative embedding). With
         ``nms_oks < 1`` persons whose OKS (COCO sigmas; their mean for K != 17) with a
         higher-scoring person exceeds it are dropped (:func:`pose.decode.group.oks_nms`).
@@ -73,7 +75,30 @@ def decode_persons(heatmaps: np.ndarray, tags: np.ndarray, affine: np.ndarray, s
     num_joints = kps.shape[1]  # (N, K, 3), also for N = 0
     sigmas = COCO_SIGMAS if num_joints == len(COCO_SIGMAS) else np.full(num_joints, float(np.mean(COCO_SIGMAS)))
     order = oks_nms(kps, scores, sigmas, float(cfg["nms_oks"]))
-    return [{"keypoints": kps[i], "score": float(scores[i])} for i in order]
+    return [{"keypoints": kps[i], "score": float(scores[i]), "bbox": keypoint_bbox(kps[i])} for i in order]
+
+
+def keypoint_bbox(keypoints: np.ndarray) -> list[float]:
+    """``[x, y, w, h]`` (image px) around the joints of a (K, 3) ``[x, y, score]`` array that
+    were found (score > 0); ``[0, 0, 0, 0]`` when none was. Bottom-up decoding has no box
+    head: this is the box the persons of ``pose.codec`` carry."""
+    kp = np.asarray(keypoints, dtype=np.float64).reshape(-1, 3)
+    found = kp[kp[:, 2] > 0, :2]
+    if not len(found):
+        return [0.0, 0.0, 0.0, 0.0]
+    lo, hi = found.min(axis=0), found.max(axis=0)
+    return [float(lo[0]), float(lo[1]), float(hi[0] - lo[0]), float(hi[1] - lo[1])]
+
+
+def person_json(person: dict) -> dict:
+    """A person as JSON-able plain values (serving's answer, the video JSON Lines):
+    ``{"keypoints": [[x, y, score] x K] image px, "score": float, "bbox": [x, y, w, h] image
+    px}``; a flat ``[x1, y1, s1, ...]`` keypoint list is reshaped, a missing box is computed
+    (:func:`keypoint_bbox`)."""
+    kp = np.asarray(person["keypoints"], dtype=np.float64).reshape(-1, 3)
+    box = person.get("bbox")
+    return {"keypoints": kp.tolist(), "score": float(person["score"]),
+            "bbox": [float(v) for v in box] if box is not None else keypoint_bbox(kp)}
 
 
 def to_coco_results(persons: Sequence[dict], image_id: int, category_id: int = 1) -> list[dict]:

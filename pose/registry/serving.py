@@ -267,33 +267,16 @@ def input_images(model_input) -> list:
 
 # ----------------------------------------------------------------------------- outputs
 
-def keypoint_bbox(keypoints: np.ndarray) -> list[float]:
-    """``[x, y, w, h]`` (image px) around the joints of a (K, 3) ``[x, y, score]`` array that
-    were found (score > 0); ``[0, 0, 0, 0]`` when none was."""
-    kp = np.asarray(keypoints, dtype=np.float64).reshape(-1, 3)
-    found = kp[kp[:, 2] > 0, :2]
-    if not len(found):
-        return [0.0, 0.0, 0.0, 0.0]
-    lo, hi = found.min(axis=0), found.max(axis=0)
-    return [float(lo[0]), float(lo[1]), float(hi[0] - lo[0]), float(hi[1] - lo[1])]
-
-
 def serve_persons(predictor, image_bgr: np.ndarray, *, min_person_score: float) -> list[dict]:
     """The served persons of one image (module docstring): ``pose predict``'s persons
     (the :func:`pose.predict.make_predictor` predictor, then :func:`pose.predict.limit_persons`
     with its ``evaluate.max_people``) with score ``>= min_person_score``, as JSON-able dicts
     ``{"keypoints": [[x, y, score] x K] image px, "score", "bbox": [x, y, w, h] image px}``."""
+    from pose.decode.persons import person_json
     from pose.predict import limit_persons
 
     persons = limit_persons(predictor(image_bgr), int(predictor.eval_params["max_people"]))
-    out = []
-    for p in persons:
-        if p["score"] < min_person_score:
-            continue
-        kp = np.asarray(p["keypoints"], dtype=np.float64).reshape(-1, 3)
-        out.append({"keypoints": kp.tolist(), "score": float(p["score"]),
-                    "bbox": [float(v) for v in p["bbox"]] if "bbox" in p else keypoint_bbox(kp)})
-    return out
+    return [person_json(p) for p in persons if p["score"] >= min_person_score]
 
 
 def serve_maps(predictor, image_bgr: np.ndarray) -> dict:
