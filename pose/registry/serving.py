@@ -383,11 +383,16 @@ except ImportError:  # pragma: no cover - mlflow is a dependency
 # ----------------------------------------------------------------------------- saving
 
 def slim_weights(checkpoint: Path, out: Path) -> Path:
-    """Write ``{"model": state_dict, "model_params": json}`` of a training checkpoint to ``out``."""
+    """Write ``{"model": state_dict, "model_params": json, "train_data": json}`` of a training
+    checkpoint to ``out`` (no optimizer state; ``train_data`` when the checkpoint has it, so
+    ``pose predict`` / ``pose export`` of the registered model can say what it was trained on)."""
     from pose.train.checkpoint import load_checkpoint, save_checkpoint
 
     ck = load_checkpoint(checkpoint)
-    save_checkpoint({"model": ck["model"], "model_params": ck["model_params"]}, out)
+    slim = {"model": ck["model"], "model_params": ck["model_params"]}
+    if ck.get("train_data"):
+        slim["train_data"] = ck["train_data"]
+    save_checkpoint(slim, out)
     return out
 
 
