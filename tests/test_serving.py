@@ -179,7 +179,7 @@ def test_settings_signature_and_bad_inputs(served):
     pm = mlflow.pyfunc.load_model(str(model_dir))
     big = cv2.imencode(".png", np.zeros((700, 700, 3), np.uint8))[1].tobytes()
     for value, message in ((b"\x00not an image", "not a decodable image"), (b"", "empty"),
-                           ("no base64!", "text that is not base64"),
+                           ("no base64!", "nor the base64 text of one"),
                            (big, "700 x 700 = 490000 pixels is more than serve.max_pixels = 400000"),
                            (np.zeros((8, 8), np.uint8), "must be uint8 (H, W, 3) RGB")):
         with pytest.raises(MlflowException, match="image 0: ") as err:

@@ -225,7 +225,8 @@ def decode_image(value, *, max_pixels: int, what: str = "image") -> np.ndarray:
         try:
             value = base64.b64decode("".join(value.split()), validate=True)
         except (binascii.Error, ValueError):
-            raise RequestError(f"{what}: text that is not base64; send the base64 of a JPEG or PNG file") from None
+            raise RequestError(f"{what}: not a JPEG or PNG image, nor the base64 text of one; send the base64 "
+                               "of a JPEG or PNG file") from None
     if not isinstance(value, bytes):
         raise RequestError(f"{what}: expected encoded image bytes (base64 in JSON) or a uint8 (H, W, 3) RGB "
                            f"array, got {type(value).__name__}")
