@@ -747,3 +747,33 @@ def test_inference_net_reproduces_the_previous_maps_exactly(coco_like, conventio
         assert stride == (1 if cfg["project2image"] else 2)
         assert float(hm.max()) > 0.1
         assert torch.equal(hm, hm_prev) and torch.equal(tags, tags_prev), cfg
+
+
+@pytest.mark.parametrize("candidates", [8, 64, 1024])
+@pytest.mark.parametrize("tag_dims", [1, 2])
+def test_refine_candidates_give_the_full_scan_result(monkeypatch, candidates, tag_dims):
+    """Refinement scores the highest heatmap pixels first (pose.decode.group.REFINE_CANDIDATES) and
+    falls back to the whole map: the persons are those of a full scan, bit for bit, including when
+    few candidates force many fallbacks."""
+    from pose.decode import group
+
+    rng = np.random.default_rng(candidates + tag_dims)
+    kw = dict(detection_threshold=0.1, tag_threshold=1.0, max_people=30, nms_kernel=5, tie_break=False,
+              adjust=True, refine=True)
+    filled = 0
+    for _ in range(5):
+        hm = rng.normal(0.0, 0.05, (17, 64, 48)).astype(np.float32)
+        tg = rng.normal(0.0, 2.0, (17, 64, 48, tag_dims)).astype(np.float32)
+        for _ in range(5):  # partial persons: a few joints peak, the rest is left to refine
+            y, x = rng.integers(4, 60), rng.integers(4, 44)
+            joints = rng.random(17) < 0.6
+            hm[joints, y, x] += rng.uniform(0.2, 1.0, int(joints.sum())).astype(np.float32)
+            tg[:, y - 3:y + 4, x - 3:x + 4] = rng.normal(0.0, 2.0, tag_dims).astype(np.float32)
+        monkeypatch.setattr(group, "REFINE_CANDIDATES", hm[0].size)  # every pixel a candidate: a full scan
+        ref_persons, ref_scores = group.group_keypoints(hm, tg, **kw)
+        monkeypatch.setattr(group, "REFINE_CANDIDATES", candidates)
+        persons, scores = group.group_keypoints(hm, tg, **kw)
+        np.testing.assert_array_equal(persons, ref_persons)
+        np.testing.assert_array_equal(scores, ref_scores)
+        filled += int((ref_persons[..., 2] > 0).sum())
+    assert filled > 0
