@@ -392,6 +392,18 @@ _BACKENDS = ("torch", "onnxruntime")
 _MODEL_URI = re.compile(r"models:/[^/@]+(@[^/@]+|/[^/@]+)|runs:/[^/]+/.+|mlflow-artifacts:/.+")
 
 
+def _check_model_ref(model: str) -> None:
+    """One error line unless ``model`` is an existing checkpoint file or a well-formed MLflow model
+    reference (``models:/<name>@<alias>``, ``models:/<name>/<version>``, ``runs:/<run_id>/<path>``)."""
+    if "://" in model or model.startswith(("models:", "runs:", "mlflow-artifacts:")):
+        if not _MODEL_URI.fullmatch(model):
+            _fail(f"--model {model!r}: not a model reference; allowed: a checkpoint file, models:/<name>@<alias>, "
+                  "models:/<name>/<version>, runs:/<run_id>/<path>")
+    elif not Path(model).is_file():
+        _fail(f"--model {model}: no such checkpoint file (or give models:/<name>@<alias>, models:/<name>/<version>, "
+              "runs:/<run_id>/<path>)")
+
+
 def _check_predict_inputs(source: Path, model: str, *, input_size: int | None, min_score: float | None,
                           min_joints: int | None, backend: str = "torch") -> None:
     """Cheap checks of `pose predict`'s inputs before torch / MLflow are imported and a model is
@@ -405,13 +417,7 @@ def _check_predict_inputs(source: Path, model: str, *, input_size: int | None, m
         if not Path(model).is_file() or Path(model).suffix.lower() != ".onnx":
             _fail(f"--model {model}: no such .onnx file (--backend onnxruntime runs a file written by "
                   "`pose export --format onnx`, or a models:/ / runs:/ URI whose artifacts hold one)")
-    if "://" in model or model.startswith(("models:", "runs:", "mlflow-artifacts:")):
-        if not _MODEL_URI.fullmatch(model):
-            _fail(f"--model {model!r}: not a model reference; allowed: a checkpoint file, models:/<name>@<alias>, "
-                  "models:/<name>/<version>, runs:/<run_id>/<path>")
-    elif not Path(model).is_file():
-        _fail(f"--model {model}: no such checkpoint file (or give models:/<name>@<alias>, models:/<name>/<version>, "
-              "runs:/<run_id>/<path>)")
+    _check_model_ref(model)
     if input_size is not None:
         try:
             check_input_size(input_size, "--input-size", "pose predict")
@@ -529,13 +535,7 @@ def export_cmd(model: str = typer.Option(..., help="checkpoint path, or models:/
     the file's metadata."""
     if format not in ("onnx",):  # pose.export.FORMATS
         _fail(f"--format {format!r}: must be onnx", EXIT_CONFIG)
-    if model.startswith(("models:", "runs:", "mlflow-artifacts:")) or "://" in model:
-        if not _MODEL_URI.fullmatch(model):
-            _fail(f"--model {model!r}: not a model reference; allowed: a checkpoint file, models:/<name>@<alias>, "
-                  "models:/<name>/<version>, runs:/<run_id>/<path>")
-    elif not Path(model).is_file():
-        _fail(f"--model {model}: no such checkpoint file (or give models:/<name>@<alias>, models:/<name>/<version>, "
-              "runs:/<run_id>/<path>)")
+    _check_model_ref(model)
     from pose.export import export_onnx
     from pose.predict import load_model, training_data_record
     from pose.registry.tracking import tracking_uri

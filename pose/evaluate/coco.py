@@ -513,6 +513,18 @@ def _native_layout(base: dict, results: Sequence[dict], to_coco: Sequence[int | 
     return anns, res, joints
 
 
+def _native_inputs(gt_json, results, to_coco: Sequence[int | None], sigmas: np.ndarray):
+    """Ground truth dataset dict, native-order annotations, results and joint indices of a native
+    metric (:func:`_native_layout`). Raises ValueError when ``sigmas`` and ``to_coco`` differ in length."""
+    if len(sigmas) != len(to_coco):
+        raise ValueError(f"{len(sigmas)} native sigmas for {len(to_coco)} native joints")
+    base = load_ground_truth(gt_json).dataset
+    if isinstance(results, (str, Path)):
+        results = json.loads(Path(results).read_text())
+    anns, res, joints = _native_layout(base, list(results), to_coco)
+    return base, anns, res, joints
+
+
 def crowdpose_metrics(gt_json: Path | str | COCO | dict, results: Sequence[dict] | Path | str, *,
                       to_coco: Sequence[int | None], sigmas: np.ndarray, splits: tuple[float, float]) -> dict:
     """CrowdPose evaluation (:func:`evaluate_crowdpose`: area = 0.53 x box, easy / medium /
@@ -529,12 +541,7 @@ def crowdpose_metrics(gt_json: Path | str | COCO | dict, results: Sequence[dict]
     and ``to_coco`` differ in length.
     """
     sigmas = np.asarray(sigmas, dtype=np.float64)
-    if len(sigmas) != len(to_coco):
-        raise ValueError(f"{len(sigmas)} native sigmas for {len(to_coco)} native joints")
-    base = load_ground_truth(gt_json).dataset
-    if isinstance(results, (str, Path)):
-        results = json.loads(Path(results).read_text())
-    anns, res, joints = _native_layout(base, list(results), to_coco)
+    base, anns, res, joints = _native_inputs(gt_json, results, to_coco, sigmas)
     m = evaluate_crowdpose({**base, "annotations": anns}, res, sigmas=sigmas[joints], splits=splits)
     out = {(k if k.startswith(("AP_", "num_")) else f"crowdpose_{k}"): v for k, v in m.items()}
     out["crowdpose_joints"] = len(joints)
@@ -551,12 +558,7 @@ def native_oks_metrics(gt_json: Path | str | COCO | dict, results: Sequence[dict
     Returns ``{<prefix>_AP, <prefix>_AP50, ..., <prefix>_ARL}`` (:data:`METRIC_NAMES`) and
     ``<prefix>_joints``. Raises ValueError on mismatched lengths or malformed input."""
     sigmas = np.asarray(sigmas, dtype=np.float64)
-    if len(sigmas) != len(to_coco):
-        raise ValueError(f"{len(sigmas)} native sigmas for {len(to_coco)} native joints")
-    base = load_ground_truth(gt_json).dataset
-    if isinstance(results, (str, Path)):
-        results = json.loads(Path(results).read_text())
-    anns, res, joints = _native_layout(base, list(results), to_coco)
+    base, anns, res, joints = _native_inputs(gt_json, results, to_coco, sigmas)
     coco_gt = _coco_from_dict({**base, "annotations": anns})
     coco_dt = load_results(coco_gt, res, len(joints))
     ev = run_cocoeval(coco_gt, coco_dt, sigmas[joints])
