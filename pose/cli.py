@@ -669,9 +669,64 @@ for _info in app.registered_commands:
         _info.callback = _checks_params_first(_info.callback)
 
 
+#: where the crash handler writes full tracebacks: env POSE_LOG_DIR, else data/logs under the
+#: working directory (the repo root for DVC stages), else the system temp folder when that is not writable
+LOG_DIR_ENV = "POSE_LOG_DIR"
+
+
+def _crash_log_dir() -> Path:
+    """The first writable of ``$POSE_LOG_DIR``, ``./data/logs`` and ``<tempdir>/pose-logs``."""
+    import tempfile
+
+    candidates = [Path(os.environ[LOG_DIR_ENV])] if os.environ.get(LOG_DIR_ENV) else []
+    candidates += [Path("data") / "logs", Path(tempfile.gettempdir()) / "pose-logs"]
+    for folder in candidates:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if os.access(folder, os.W_OK):
+                return folder
+        except OSError:
+            continue
+    return Path(tempfile.gettempdir())
+
+
+def _crash_report(exc: BaseException, argv: list[str]) -> str:
+    """Write the full traceback of an exception no handler expected to a log file and return the
+    one line the user sees: the command, the exception (type, message, innermost `pose` frame)
+    and the log path, e.g. ``pose train failed unexpectedly: KeyError: 'x' (pose/train/loop.py:120
+    in train); full traceback: data/logs/pose-train-20260601T030000Z-4242.log``."""
+    import datetime
+    import traceback
+
+    command = next((a for a in argv if not a.startswith("-")), "")
+    marker = f"{os.sep}pose{os.sep}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [f for f in frames if marker in f.filename] or frames
+    where = ""
+    if ours:
+        f = ours[-1]
+        shown = "pose/" + f.filename.rsplit(marker, 1)[1] if marker in f.filename else Path(f.filename).name
+        where = f" ({shown}:{f.lineno} in {f.name})"
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    name = f"pose-{re.sub(r'[^A-Za-z0-9_-]', '_', command) or 'main'}-{stamp}-{os.getpid()}.log"
+    text = (f"pose {' '.join(argv)}\ncwd: {os.getcwd()}\nat: {stamp}\n\n"
+            + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    message = f"{type(exc).__name__}: {_one_line(exc) or '(no message)'}{where}"
+    try:
+        log = _crash_log_dir() / name
+        log.write_text(text)
+        saved = f"full traceback: {log}"
+    except OSError as write_error:  # the disk refuses: the traceback goes to stderr after the line
+        saved = f"full traceback below (could not write a log file: {write_error})"
+        print(text, file=sys.stderr)
+    return f"{' '.join(['pose', command]).strip()} failed unexpectedly: {message}; {saved}"
+
+
 def main() -> None:
     """Console entry point ``pose``: runs the app, printing click's usage errors (unknown
-    option, missing argument, bad value) as one line ``error: ... (see 'pose <cmd> --help')``."""
+    option, missing argument, bad value) as one line ``error: ... (see 'pose <cmd> --help')``,
+    and any exception no command handles as one line ``error: pose <cmd> failed unexpectedly:
+    <type>: <message> (<where>); full traceback: <log file>`` (:func:`_crash_report`), exit 1."""
     _quiet_warnings()
     command = typer.main.get_command(app)
     try:
@@ -686,8 +741,11 @@ def main() -> None:
     except _click_exc.ClickException as exc:
         _error_line(exc.format_message())
         sys.exit(exc.exit_code)
-    except _click_exc.Abort:
+    except typer.Abort:
         _error_line("aborted")
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - the crash handler: no handler above expected this
+        _error_line(_crash_report(exc, sys.argv[1:]))
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 
