@@ -7,7 +7,8 @@ anything else; `pose check-params` does only that (the first DVC stage).
 
 Errors a person can act on: a bad value, a missing file or a usage mistake ends in one
 line ``error: ...`` on stderr naming the file / key / option and what is allowed (exit
-status 2 for bad params and usage, 1 for other failures), never a traceback; warnings
+status 2 for bad params and usage, 75 when `fetch` / `ingest` lost the network after their
+retries, 1 for other failures), never a traceback; warnings
 are one plain line ``warning: ...``; no colour codes unless stderr is a terminal.
 """
 
@@ -135,6 +136,15 @@ def check_params(out: Path = typer.Option(None, help="also write this JSON marke
     typer.echo(f"{params_file}: ok")
 
 
+def _data_exit_code(exc: BaseException) -> int:
+    """Exit status of a failed `fetch` / `ingest`: 75 (`pose.datasets.sources.NETWORK_EXIT_CODE`,
+    EX_TEMPFAIL: try again later) when only the network failed, after the download retries; 1 for
+    everything else, a bad batch included (retrying cannot help)."""
+    from pose.datasets.sources import NETWORK_EXIT_CODE, is_network_error
+
+    return NETWORK_EXIT_CODE if is_network_error(exc) else 1
+
+
 @app.command()
 def fetch(out: Path = typer.Option(None, help="output folder (default: <data.raw_dir>/<data.dataset>)"),
           dataset: str = typer.Option(None, help="catalogue name (default: params data.dataset)"),
@@ -154,7 +164,7 @@ def fetch(out: Path = typer.Option(None, help="output folder (default: <data.raw
                                 generated_params=p["generated"], train_split=d["train_split"], val_split=d["val_split"],
                                 link=False, ingest=list(ingest or []), progress=sys.stderr.isatty())
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
-        _fail(str(exc))
+        _fail(str(exc), _data_exit_code(exc))
     typer.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))
 
 
@@ -176,7 +186,7 @@ def ingest(batch: str = typer.Option(..., help="folder, file:// URL or s3://buck
         summary = ingest_batch(batch, into, split=split or d["train_split"], fmt=fmt, annotations=annotations,
                                progress=sys.stderr.isatty())
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
-        _fail(str(exc))
+        _fail(str(exc), _data_exit_code(exc))
     typer.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))
 
 

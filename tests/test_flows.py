@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -204,6 +205,7 @@ def test_unknown_dataset_fails_the_flow_at_once_with_one_line(tmp_path):
     errors = [line for line in proc.stderr.strip().splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "data.dataset" in errors[0] and "coco-mni" in errors[0], out
     assert "Retry" not in out and "Traceback" not in out and "Running stage" not in out, out
+    assert "NoneType: None" not in out, "a stray empty traceback line"
     assert not (repo / "data").exists() and not (repo / "mlflow.db").exists()
 
 
@@ -219,6 +221,41 @@ def test_deployment_has_the_params_schedule_and_a_concurrency_limit_of_one():
 
 
 # ----------------------------------------------------------------------------- served deployment
+
+_LOG_RECORD = re.compile(r"^\d\d:\d\d:\d\d\.\d+ \| ")
+
+
+def _register_json_in_flow_log(log: str) -> dict:
+    """The JSON document `pose register` printed, as the flow logged the register stage: the entry
+    starts with the human line "stage register done, ..." and holds the whole output (it used to be
+    the last 2000 characters, starting in the middle of the JSON)."""
+    lines = log.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.endswith("stage register done, output of dvc repro:"))
+    block = []
+    for ln in lines[start + 1:]:
+        if _LOG_RECORD.match(ln):
+            break
+        block.append(ln)
+    assert block and block[0].startswith("Running stage 'register'"), block[:3]
+    first = block.index("{")
+    last = len(block) - 1 - block[::-1].index("}")
+    return json.loads("\n".join(block[first:last + 1]))
+
+
+def test_stage_log_keeps_whole_lines_and_says_what_it_left_out():
+    from flows.retrain import stage_log_text
+
+    out = "Running stage 'x':\n> pose x\n" + "\n".join(f"line {i:05d}" for i in range(5000)) + "\nUpdating lock file"
+    text = stage_log_text("x", out, limit=2000)
+    lines = text.splitlines()
+    assert lines[0] == "stage x done, output of dvc repro:" and lines[1] == "Running stage 'x':"
+    assert lines[-1] == "Updating lock file" and len(text) < 2200
+    assert any(ln.startswith("... (") and ln.endswith("lines left out) ...") for ln in lines)
+    assert all(ln.startswith(("line ", "stage", "Running", ">", "...", "Updating")) and
+               (not ln.startswith("line ") or len(ln) == 10) for ln in lines), "a line was cut"
+    small = stage_log_text("register", "Running stage 'register':\n{\n  \"version\": 1\n}\n")
+    assert small.splitlines()[1:] == ["Running stage 'register':", "{", '  "version": 1', "}"]
+
 
 @pytest.mark.slow
 def test_served_deployment_retrains_on_new_data_and_skips_unchanged_data(tmp_path_factory, webhook):
@@ -265,6 +302,9 @@ def test_served_deployment_retrains_on_new_data_and_skips_unchanged_data(tmp_pat
                 assert [m["event"] for m in received] == ["promotion"]
                 assert received[0]["registration"]["version"] == 1
                 assert any((repo / "dvc-storage").rglob("*")), "dvc push sent nothing to the local remote"
+                # the flow log of the register stage: a human line, then the stage's complete output
+                record = _register_json_in_flow_log(log_tail(served, 10_000_000))
+                assert record["version"] == 1 and record["model_name"] == name
                 lock = (repo / "dvc.lock").read_text()
                 best = (repo / "data/models/best.pt").stat().st_mtime_ns
 
@@ -345,3 +385,40 @@ def test_the_server_schedules_the_served_deployment_and_the_served_process_runs_
     errors = [ln for ln in log.splitlines() if "ERROR" in ln]
     assert not errors, "\n".join(errors[:10])
     assert "telemetry" not in log.lower(), log[-3000:]
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (an exited child nobody reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_an_interrupted_stage_leaves_no_orphan_process(tmp_path):
+    """A real SIGINT (Ctrl-C) to a process waiting in `run_stage`: the stage's whole process group
+    (dvc and the command under it, here a stand-in whose child sleeps) is stopped before the
+    exception propagates. Before, only the direct child was killed and its child ran on."""
+    import signal
+
+    fake_dvc = tmp_path / "dvc"
+    fake_dvc.write_text("#!/bin/sh\nsleep 300 &\necho $! > \"$POSE_TEST_PIDFILE\"\nwait\n")
+    fake_dvc.chmod(0o755)
+    pidfile = tmp_path / "grandchild.pid"
+    script = ("import sys\nfrom pathlib import Path\nimport flows.retrain as fr\n"
+              "fr._dvc = lambda: sys.argv[1]\nfr.run_stage(Path(sys.argv[2]), 'train')\n")
+    env = pipeline_env(POSE_TEST_PIDFILE=str(pidfile), PYTHONPATH=str(REPO))
+    parent = subprocess.Popen([sys.executable, "-c", script, str(fake_dvc), str(tmp_path)], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        pid = wait_for(lambda: pidfile.is_file() and pidfile.read_text().strip() and int(pidfile.read_text()), 120,
+                       "the stage's child process", [parent])
+        assert _running(pid)
+        parent.send_signal(signal.SIGINT)
+        _, err = parent.communicate(timeout=60)
+        assert parent.returncode != 0 and "KeyboardInterrupt" in err, err
+        assert wait_for(lambda: not _running(pid), 10, "the orphan to go"), "the stage's child outlived the flow"
+    finally:
+        stop_process(parent)
+        if pidfile.is_file() and _running(int(pidfile.read_text())):
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
