@@ -18,8 +18,10 @@
    after a `dvc repro` (``--force``).
 3. ``dvc push`` (data and models to the DVC remote, ``dvc-storage/`` by default; params
    ``schedule.push``) before ``register``, so a registered version's data is always in the
-   remote. Only network-bound tasks retry with backoff: fetch, push, and the new-data
-   check when it lists an S3 prefix.
+   remote. Only network-bound tasks retry with backoff: fetch (only when `pose fetch` failed
+   on the network, exit 75; a bad batch fails at once), push, and the new-data check when it
+   lists an S3 prefix. A failed stage ends the run as ``StageFailed`` with one line; every
+   ``dvc repro`` runs in its own process group, stopped when the flow is interrupted.
 4. ``register`` (stage) logs, registers and gates the model (the data fingerprint reaches
    it through ``POSE_DATA_FINGERPRINT``); a compare report against the previous champion is
    attached to the new run; a promotion is notified.
