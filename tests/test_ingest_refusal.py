@@ -220,3 +220,37 @@ def test_the_flow_fails_a_malformed_batch_at_once_without_retries(tmp_path_facto
     assert "Traceback" not in out and "NoneType: None" not in out, out
     assert elapsed < 150, f"the flow waited {elapsed:.0f} s: retries of a data error"
     assert _state(repo) == before
+
+
+def test_an_s3_batch_checked_up_front_survives_a_failed_source(tmp_path, monkeypatch):
+    """fetch stages an S3 batch before building the dataset; a first source that fails (and clears
+    the fetch's scratch folder) must not take the staged batch with it."""
+    moto = pytest.importorskip("moto")
+    import boto3
+
+    from pose.datasets.fetch import fetch_dataset, verify_manifest
+    from pose.datasets.sources import upload_s3
+
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    source = _dataset(tmp_path / "source")
+    extra = tmp_path / "extra"
+    from pose.datasets.generated import generate_dataset
+
+    generate_dataset(extra, seed=11, num_train=2, num_val=1, width=96, height=80, max_people=2,
+                     min_person_height=12, max_person_height=60)
+    catalogue = {"remote": {"kind": "coco", "schema": "coco17", "ingest": ["s3://labels/w2"],
+                            "sources": [f"file://{tmp_path / 'missing'}", f"file://{source}"]}}
+    with moto.mock_aws():
+        boto3.client("s3").create_bucket(Bucket="labels")
+        upload_s3(extra / "annotations" / "person_keypoints_train2017.json", "s3://labels/w2/batch.json")
+        for p in sorted((extra / "train2017").iterdir()):
+            upload_s3(p, f"s3://labels/w2/images/{p.name}")
+        out = tmp_path / "raw" / "remote"
+        s = fetch_dataset("remote", catalogue=catalogue, mirror_root=None, out_dir=out, generated_params={},
+                          train_split="train2017", val_split="val2017", retries=0, progress=False)
+    assert s["ingested"][0]["added_images"] == 2 and s["splits"]["train2017"]["images"] == 6
+    verify_manifest(out)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["remote"], "scratch folders left behind"

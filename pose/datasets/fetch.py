@@ -385,6 +385,9 @@ def fetch_dataset(name: str, *, catalogue: dict, mirror_root: Path | None, out_d
     work = out_dir.parent / f".{out_dir.name}.work-{tag}"
     downloads = out_dir.parent / ".downloads" / out_dir.name
     dl_kwargs = {"retries": retries, "backoff": backoff, "progress": progress, "endpoint_url": endpoint_url}
+    # S3 batches are staged here (a local batch is read in place); kept apart from `work`, which a
+    # failed source clears
+    batch_work = out_dir.parent / f".{out_dir.name}.batches-{tag}"
     batches = [str(b) for b in (entry.get("ingest") or [])] + [str(b) for b in (ingest or [])]
     prepared = []
     if batches:  # every batch is read, parsed and decoded before anything is written or removed
@@ -392,10 +395,10 @@ def fetch_dataset(name: str, *, catalogue: dict, mirror_root: Path | None, out_d
 
         try:
             for i, batch in enumerate(batches):
-                prepared.append(prepare_batch(batch, work / "ingest" / str(i), retries=retries, backoff=backoff,
+                prepared.append(prepare_batch(batch, batch_work / str(i), retries=retries, backoff=backoff,
                                               progress=progress, endpoint_url=endpoint_url))
         except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(batch_work, ignore_errors=True)
             raise
     tmp.mkdir()
     try:
@@ -476,6 +479,7 @@ def fetch_dataset(name: str, *, catalogue: dict, mirror_root: Path | None, out_d
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(batch_work, ignore_errors=True)
     shutil.rmtree(downloads, ignore_errors=True)
     try:
         downloads.parent.rmdir()  # only when empty
