@@ -496,6 +496,7 @@ class ServeSection(Section):
     max_request_bytes: PosInt
     workers: PosInt
     worker_healthcheck_s: PosFloat
+    malloc_arenas: PosInt
     host: Str
     port: _bounded(int, 1, 65535)
     example_size: InputSize

@@ -11,7 +11,9 @@ The server is MLflow's own scoring app (``mlflow.pyfunc.scoring_server.init``: `
   its ping within ``serve.worker_healthcheck_s`` is replaced, and connections wait in the
   socket's backlog meanwhile. A single ``mlflow models serve`` process (its default, one worker)
   ends with its worker. A worker that cannot load the model stops the server (exit 1) instead
-  of being restarted forever. Torch threads per worker: cores / workers (at least 1).
+  of being restarted forever. Torch threads per worker: cores / workers (at least 1); glibc
+  malloc arenas per worker: ``serve.malloc_arenas`` (each request thread would get its own
+  arena, and memory would grow with the mix of input sizes).
 * **Deadlines.** Each ``/invocations`` request gets a :class:`pose.decode.deadline.Deadline`
   of ``serve.request_timeout_s`` from its arrival; the model's work stops at the first
   checkpoint after it (between images, test scales, network and decoding) or as soon as the
@@ -366,7 +368,8 @@ def serve_model(params: dict, *, model_uri: str, host: str | None = None, port: 
         threads = max(1, usable_cores() // workers)
         os.environ.update({MODEL_DIR_ENV: str(model_dir), SERVE_SETTINGS_ENV: json.dumps(sv),
                            MLFLOW_TIMEOUT_ENV: str(int(float(sv["request_timeout_s"]) + 0.999)),
-                           "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
+                           "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+                           "MALLOC_ARENA_MAX": str(int(sv["malloc_arenas"]))})
         config = Config("pose.serve:worker_app", factory=True, host=host, port=port, workers=workers,
                         timeout_worker_healthcheck=max(1, int(round(float(sv["worker_healthcheck_s"])))),
                         log_level="info")

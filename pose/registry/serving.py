@@ -1,8 +1,8 @@
 """The registered model as an MLflow pyfunc model that answers images with persons, and
 loading it back as a torch module.
 
-Layout of a version's ``model/`` artifact (an MLflow Model directory, so
-``mlflow models serve -m models:/<name>@champion --env-manager local`` serves it)::
+Layout of a version's ``model/`` artifact (an MLflow Model directory, so ``pose serve --model
+models:/<name>/latest`` and ``mlflow models serve -m ... --env-manager local`` serve it)::
 
     model/MLmodel, python_env.yaml, requirements.txt, input_example.json, serving_input_example.json
     model/pyfunc_entry.py          # "models from code" entry: builds PoseModel (nothing pickled)
@@ -53,11 +53,19 @@ schema (`pose.params`).
 
 Bad requests (not an image, an empty body, more pixels than ``serve.max_pixels`` (checked on
 the image header, before decoding), more rows than ``serve.max_images``, a bad params value)
-raise an ``MlflowException`` with error code ``INVALID_PARAMETER_VALUE``, which MLflow's
-scoring server answers with HTTP 400 and ``{"error_code": ..., "message": ...}``, without a
-stack trace (other exceptions from ``predict`` become a 400 *with* the trace:
-``mlflow.pyfunc.scoring_server.invocations``). Unexpected failures are logged with their
-trace on the server and answered as ``INTERNAL_ERROR`` (HTTP 500) with a one-line message.
+and requests over a cost limit (``serve.max_input_size``, ``serve.max_test_scales``,
+``serve.max_input_pixels``: :func:`check_settings_limits`, :func:`check_input_pixels`, all
+checked before any network pass) raise an ``MlflowException`` with error code
+``INVALID_PARAMETER_VALUE``, which MLflow's scoring server answers with HTTP 400 and
+``{"error_code": ..., "message": ...}``, without a stack trace (other exceptions from
+``predict`` become a 400 *with* the trace: ``mlflow.pyfunc.scoring_server.invocations``). A
+request whose work passes its deadline (:func:`request_deadline`, ``serve.request_timeout_s``)
+stops at the next checkpoint (`pose.decode.deadline`) and is answered ``DEADLINE_EXCEEDED``
+(504), or ``CANCELLED`` (499) when its client disconnected (``pose serve``); one that finds no
+free slot (``serve.concurrent_requests``) before its deadline ``TEMPORARILY_UNAVAILABLE`` (503).
+Unexpected failures are logged with their trace on the server and answered as
+``INTERNAL_ERROR`` (HTTP 500) with a one-line message. MLflow's scoring server puts the parsed
+input in front of these messages; ``pose serve`` (`pose.serve`) sends the message alone.
 
 The serving environment needs the ``pose`` package installed (``pip install -e .`` of this
 repository; the model's ``requirements.txt`` pins mlflow, torch and numpy).
@@ -711,6 +719,8 @@ def load_registered_model(model_uri: str, *, tracking_uri: str | None = None, de
 
 #: ``models:/<name>@<alias>``
 _ALIAS_URI = re.compile(r"models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)")
+#: MLflow error codes of a registered model or alias that does not exist
+_NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND", "ENDPOINT_NOT_FOUND")
 #: versions listed by :func:`version_decisions`, newest first
 LISTED_VERSIONS = 5
 
@@ -757,8 +767,9 @@ def check_model_ref(model_uri: str, *, tracking_uri: str | None) -> None:
     """Check that a ``models:/<name>@<alias>`` reference resolves in the registry at
     ``tracking_uri`` (other references: nothing is checked).
 
-    Raises ModelRefError, one line: no registered model of that name (with the names that
-    exist), or no version holding the alias, listing the versions with their promotion decision
+    Raises ModelRefError, one line: the registry cannot be read, no registered model of that
+    name (with the names that exist), or no version holding the alias, listing the versions with
+    their promotion decision
     (:func:`version_decisions`, e.g. ``v1 rejected: no champion yet; AP 0.000 < 0.1``) and the
     URI of the newest version whatever its alias (``models:/<name>/latest``)."""
     from mlflow import MlflowClient
@@ -772,8 +783,10 @@ def check_model_ref(model_uri: str, *, tracking_uri: str | None) -> None:
     try:
         client.get_model_version_by_alias(name, alias)
         return
-    except MlflowException:
-        pass
+    except MlflowException as exc:
+        if exc.error_code not in _NOT_FOUND:   # an unreachable server, a broken store: not "no such alias"
+            raise ModelRefError(f"{model_uri}: cannot read the registry at {tracking_uri}: "
+                                f"{' '.join(str(exc.message).split())[:300]}") from None
     versions = version_decisions(client, name)
     if not versions:
         try:
