@@ -498,6 +498,7 @@ def predict(source: Path = typer.Argument(..., help="an image, a folder of image
     from pose.registry.tracking import tracking_uri
 
     p = load_params(params_file)
+    model = _resolve_model(model, p)
     ev = dict(p["evaluate"])
     if input_size is not None:
         ev["input_size"] = input_size
@@ -551,6 +552,7 @@ def export_cmd(model: str = typer.Option(..., help="checkpoint path, or models:/
     from pose.registry.tracking import tracking_uri
 
     p = load_params(params_file)
+    model = _resolve_model(model, p)
     try:
         net = load_model(model, tracking_uri=tracking_uri(p), device="cpu")
         extra = {"source": model}
@@ -658,6 +660,42 @@ def compare(a: str = typer.Argument(..., help="baseline: run id, version (3 / v3
     typer.echo(f"report: {report['markdown']} | {report['html']}"
                + (f" | logged to run {report['run_id']} under {report['artifact_path']}"
                   if report["artifact_path"] else ""))
+
+
+@app.command()
+def serve(model: str = typer.Option(..., help="models:/<name>/latest (the newest version, whatever its alias), "
+                                              "models:/<name>@champion, models:/<name>/<version>, runs:/<run>/model "
+                                              "or a model folder"),
+          host: str = typer.Option(None, help="address to bind (default: params serve.host)"),
+          port: int = typer.Option(None, help="TCP port (default: params serve.port)"),
+          workers: int = typer.Option(None, help="worker processes (default: params serve.workers)"),
+          params_file: Path = PARAMS) -> None:
+    """Serve a registered model over HTTP (MLflow's scoring protocol: POST /invocations, GET /ping) with
+    supervised workers, request limits and deadlines (params serve; pose.serve). Runs until Ctrl-C / SIGTERM."""
+    if not Path(model).is_dir():   # a model folder, else a models:/ or runs:/ reference
+        _check_model_ref(model)
+    from pose.serve import ServeError, serve_model
+
+    try:
+        serve_model(load_params(params_file), model_uri=model, host=host, port=port, workers=workers,
+                    echo=typer.echo)
+    except ServeError as exc:
+        _fail(str(exc))
+
+
+def _resolve_model(model: str, p: dict) -> str:
+    """``model`` with ``models:/<name>/latest`` resolved to the newest version; one error line listing
+    the registered versions and why none holds the alias when a ``models:/<name>@<alias>`` reference
+    does not resolve (pose.registry.serving.resolve_model_ref)."""
+    if not model.startswith("models:/"):
+        return model
+    from pose.registry.serving import ModelRefError, resolve_model_ref
+    from pose.registry.tracking import tracking_uri
+
+    try:
+        return resolve_model_ref(model, tracking_uri=tracking_uri(p))
+    except ModelRefError as exc:
+        _fail(str(exc))
 
 
 def _checks_params_first(fn):

@@ -484,9 +484,21 @@ class PredictSection(Section):
 
 
 class ServeSection(Section):
-    """The served model (`pose.registry.serving`): request limits and the logged input example."""
+    """The served model (`pose.registry.serving`, `pose serve`): request limits, deadline, workers and the logged
+    input example."""
     max_pixels: PosInt
     max_images: PosInt
+    max_input_size: InputSize
+    max_test_scales: PosInt
+    max_input_pixels: PosInt
+    request_timeout_s: PosFloat
+    concurrent_requests: PosInt
+    max_request_bytes: PosInt
+    workers: PosInt
+    worker_healthcheck_s: PosFloat
+    malloc_arenas: PosInt
+    host: Str
+    port: _bounded(int, 1, 65535)
     example_size: InputSize
     predictor_cache: PosInt
     log_onnx: bool
