@@ -580,7 +580,9 @@ def register(checkpoint: Path = typer.Option(..., help="trained checkpoint to re
                               reevaluate=lambda ck, ann=None: _score(p, ck, ann or eval_annotations, eval_images, None))
     except (RegistryError, TimeoutError) as exc:
         _fail(str(exc))
-    typer.echo(json.dumps(record, indent=2, sort_keys=True))
+    from pose.registry.versions import registration_line
+
+    typer.echo(registration_line(record, out))
 
 
 def _val_images(p: dict) -> Path:
@@ -601,6 +603,9 @@ def promote(version: str = typer.Option(None, help="version (3 / v3), alias or m
     from pose.registry.errors import RegistryError
     from pose.registry.promotion import promote as run_promote
 
+    if force and not (reason and reason.strip()):
+        _fail("pose promote: --force needs --reason \"...\": say why the gate is overridden "
+              "(see 'pose promote --help')", EXIT_CONFIG)
     p = load_params(params_file)
     images = eval_images or _val_images(p)
     try:
@@ -608,6 +613,9 @@ def promote(version: str = typer.Option(None, help="version (3 / v3), alias or m
                              reevaluate=lambda ck, ann: _score(p, ck, ann, images, None))
     except (RegistryError, TimeoutError) as exc:
         _fail(str(exc))
+    from pose.registry.verdict import promotion_line
+
+    typer.echo(promotion_line(record))
     typer.echo(json.dumps(record, indent=2, sort_keys=True, default=str))
 
 
@@ -619,10 +627,15 @@ def rollback(reason: str = typer.Option(..., help="why the champion is rolled ba
     from pose.registry.errors import RegistryError
     from pose.registry.promotion import rollback as run_rollback
 
+    if not reason.strip():
+        _fail("pose rollback: --reason must say why the champion is rolled back (see 'pose rollback --help')",
+              EXIT_CONFIG)
     try:
         record = run_rollback(load_params(params_file), reason=reason, to_version=to)
     except (RegistryError, TimeoutError) as exc:
         _fail(str(exc))
+    typer.echo(f"{record['model_name']}: champion rolled back from v{record['rolled_back']} to v{record['champion']} "
+               f"({record['reason']})")
     typer.echo(json.dumps(record, indent=2, sort_keys=True))
 
 
