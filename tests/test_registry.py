@@ -883,6 +883,62 @@ def test_compare_names_an_unknown_alias_and_lists_what_exists(env):
                                   f"(aliases: challenger (v1), champion (v1); versions: v1)")
 
 
+def test_compare_reports_of_two_models_do_not_overwrite_each_other_and_find_the_images(env):
+    """Two versions of a sweep model, then two of the production model: two reports, named by model and
+    version, titled with the model names; the overlays find the validation images where the data lives
+    (the dataset mirror) without --images, and say where they looked when they are not there."""
+    from pose.cli import app
+    from pose.registry.compare import compare
+
+    reports = {}
+    for name in ("cmp-sweep", "cmp-prod"):
+        env.fake(name, noise_medium=6, noise_large=6, seed=0)
+        env.fake(name, gate=False, noise_medium=2, noise_large=2, seed=1)
+        out = compare(env.params(name), "v1", "v2")                     # default report folder
+        reports[name] = out
+        assert Path(out["out_dir"]) == Path("data/compare") / name / "v1_vs_v2"
+        assert out["artifact_path"] == f"compare/{name}/v1_vs_v2"
+        md = Path(out["markdown"]).read_text()
+        assert md.startswith(f"# Compare A = {name} v1 (champion) vs B = {name} v2 (challenger)\n"), md[:200]
+        assert len(list((Path(out["out_dir"]) / "overlays").glob("*.png"))) == 4   # images found in the mirror
+        assert not any(n.startswith("No overlays") for n in out["summary"]["notes"])
+    assert reports["cmp-sweep"]["markdown"] != reports["cmp-prod"]["markdown"]
+    assert "cmp-sweep v1" in Path(reports["cmp-sweep"]["html"]).read_text()     # the first report is still there
+    # no images anywhere: one line saying where it looked and how to get them
+    p = env.params("cmp-prod")
+    p["data"].update(mirror=str(env.root / "no-mirror"), raw_dir=str(env.root / "no-raw"))
+    f = env.root / "params-missing.yaml"
+    f.write_text(__import__("yaml").safe_dump(p, sort_keys=False))
+    res = CliRunner().invoke(app, ["compare", "v1", "v2", "--no-log", "--out-dir", str(env.root / "cmp-missing"),
+                                   "--params", str(f)])
+    assert res.exit_code == 0, res.output
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("No overlays"))
+    assert f"looked in {env.root / 'no-raw' / 'coco-mini' / 'val2017'}" in line
+    assert f"dvc pull {env.root / 'no-raw'}/coco-mini" in line and "--images DIR" in line
+
+
+def test_overlay_panel_without_a_person_says_so():
+    import tempfile
+
+    import cv2
+
+    from pose.registry.figures import side_by_side
+
+    image = np.full((120, 160, 3), 90, np.uint8)                      # drawn at 320 x 240 under a 24 px title
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bare = cv2.imread(str(side_by_side(image, [("B v2", [])], Path(tmp) / "bare.png")))
+        said = cv2.imread(str(side_by_side(image, [("B v2", [], "no person above min_person_score = 0.4")],
+                                           Path(tmp) / "said.png")))
+    assert bare.shape == said.shape
+    changed = np.argwhere(np.abs(bare.astype(int) - said.astype(int)).sum(axis=2) > 0)
+    assert len(changed) > 500                                          # a text band, not a bare photo
+    rows = changed[:, 0]
+    assert 24 + 90 < rows.min() and rows.max() < 24 + 150             # across the image's middle
+    red = (said[..., 2] > 150) & (said[..., 0] < 80) & (said[..., 1] < 80)
+    assert red.sum() > 50
+
+
 # ----------------------------------------------------------------------------- data versions, notify
 
 def test_source_fingerprint_tracks_folder_content(tmp_path):
