@@ -31,7 +31,7 @@ except ImportError:  # pragma: no cover - older typer on the real click
 
 import pose  # noqa: F401  (turns telemetry off before any tool is imported)
 from pose.datasets.formats import NATIVE_KINDS
-from pose.params import ParamsError, check_input_size, load_checked_params, load_params
+from pose.params import ParamsError, check_input_size, load_checked_params, load_params, restore_hint
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None,
                   pretty_exceptions_enable=False)
@@ -99,7 +99,9 @@ def _params(path: Path) -> dict:
     """params.yaml checked against the schema; a bad file / value ends the command with one line."""
     try:
         return load_checked_params(path)
-    except (ParamsError, FileNotFoundError) as exc:
+    except ParamsError as exc:
+        _fail(str(exc) + restore_hint(path), EXIT_CONFIG)
+    except FileNotFoundError as exc:
         _fail(str(exc), EXIT_CONFIG)
 
 
@@ -642,7 +644,8 @@ def rollback(reason: str = typer.Option(..., help="why the champion is rolled ba
 @app.command()
 def compare(a: str = typer.Argument(..., help="baseline: run id, version (3 / v3), alias or models:/ URI"),
             b: str = typer.Argument(..., help="candidate (same forms); the report is logged to its run"),
-            out_dir: Path = typer.Option(None, help="report folder (default: data/compare/<A>_vs_<B>)"),
+            out_dir: Path = typer.Option(None, help="report folder (default: data/compare/<model>/v<A>_vs_v<B>, "
+                                                    "or data/compare/<modelA>-v<A>_vs_<modelB>-v<B>)"),
             images: Path = typer.Option(None, help="validation images for overlays "
                                          "(default: <raw_dir>/<dataset>/<val_split>)"),
             log: bool = typer.Option(True, "--log/--no-log", help="log the report as an artifact of B's run"),
@@ -656,7 +659,7 @@ def compare(a: str = typer.Argument(..., help="baseline: run id, version (3 / v3
         report = run_compare(load_params(params_file), a, b, out_dir=out_dir, images_dir=images, log_to_run=log)
     except RegistryError as exc:
         _fail(str(exc))
-    for line in report["verdict_lines"]:
+    for line in report["verdict_lines"] + [n for n in report["summary"]["notes"] if n.startswith("No overlays")]:
         typer.echo(line.replace("**", "").replace("`", ""))
     typer.echo(f"report: {report['markdown']} | {report['html']}"
                + (f" | logged to run {report['run_id']} under {report['artifact_path']}"
