@@ -157,8 +157,8 @@ def test_weekly_loop(tmp_path):
     record3 = json.loads((repo / "data/registry/registration.json").read_text())
     versions = _versions(repo, name)
     assert record3["version"] == 2 and sorted(versions) == [1, 2] and record3["new_version"] is True
-    _assert_gated(record3, versions[3])
-    assert versions[3].tags["data.source_fingerprint"] != versions[1].tags["data.source_fingerprint"]
+    _assert_gated(record3, versions[2])
+    assert versions[2].tags["data.source_fingerprint"] != versions[1].tags["data.source_fingerprint"]
     assert record3["champion_before"] == 1 and record3["decision"] in ("promoted", "kept_champion")
     delta_rules = [r for r in record3["rules"] if r["kind"] == "min_delta"]
     assert delta_rules and all(r["applicable"] and r["champion"] is not None for r in delta_rules), record3["rules"]
