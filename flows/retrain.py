@@ -253,7 +253,7 @@ def config_errors(repo: Path | str) -> list[str]:
     (:func:`pose.params.validate_params`: unknown keys, out-of-range values, ``data.dataset``
     not a ``catalogue`` key, ...), and a local ``catalogue.<name>.ingest`` batch folder that
     does not exist. Empty list: no error."""
-    from pose.params import ParamsError, validate_params
+    from pose.params import ParamsError, restore_hint, validate_params
     from pose.registry.data_version import fingerprint_uses_network, ingest_fingerprints
 
     path = Path(repo) / "params.yaml"
@@ -262,7 +262,9 @@ def config_errors(repo: Path | str) -> list[str]:
         validate_params(params, source=str(path))
         if not fingerprint_uses_network(params):
             ingest_fingerprints(params, repo, mode="stat")  # local batches: exist? (cheap, no network)
-    except (OSError, ParamsError, ValueError) as exc:
+    except ParamsError as exc:
+        return [str(exc).strip().splitlines()[0] + restore_hint(path)]
+    except (OSError, ValueError) as exc:
         return [str(exc).strip().splitlines()[0]]
     return []
 
@@ -428,7 +430,8 @@ def summarize(repo: str, forced: bool = False) -> dict:
         summary[key] = json.loads(p.read_text()) if p.exists() else None
     ev, reg = summary["eval"] or {}, summary["registration"] or {}
     get_run_logger().info(
-        "retrain done%s: AP %.4f AP50 %.4f AR %.4f | model %s version %s aliases %s | %s",
+        "%s%s: AP %.4f AP50 %.4f AR %.4f | model %s version %s aliases %s | %s",
+        "retrain done" if reg.get("new_version") is not False else "no new model version (already registered)",
         " (forced)" if forced else "",
         ev.get("AP", float("nan")), ev.get("AP50", float("nan")), ev.get("AR", float("nan")),
         reg.get("model_name"), reg.get("version"), reg.get("aliases"), reg.get("reason"))
@@ -510,9 +513,10 @@ def retrain(repo_dir: str = ".", force: bool = False):
     record_data_version(repo, d["fingerprint"])
     summary = summarize(repo, forced=force)
     reg = summary.get("registration") or {}
-    summary["registered"] = bool(reg) and reg.get("run_id") != before
+    summary["registered"] = bool(reg) and reg.get("run_id") != before and reg.get("new_version") is not False
     if not summary["registered"]:
-        log.info("fetched data identical to the registered version's: DVC had nothing to retrain")
+        log.info("no new model version: the checkpoint and evaluation equal registered v%s's (the data added "
+                 "nothing to train on, or training gave the same model)", reg.get("version"))
         return summary
     if reg.get("champion_before") and reg.get("version") and reg["champion_before"] != reg["version"]:
         compare_with_previous(repo, reg["champion_before"], reg["version"])

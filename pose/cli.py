@@ -32,7 +32,7 @@ except ImportError:  # pragma: no cover - older typer on the real click
 
 import pose  # noqa: F401  (turns telemetry off before any tool is imported)
 from pose.datasets.formats import NATIVE_KINDS
-from pose.params import ParamsError, check_input_size, load_checked_params, load_params
+from pose.params import ParamsError, check_input_size, load_checked_params, load_params, restore_hint
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None,
                   pretty_exceptions_enable=False)
@@ -100,7 +100,9 @@ def _params(path: Path) -> dict:
     """params.yaml checked against the schema; a bad file / value ends the command with one line."""
     try:
         return load_checked_params(path)
-    except (ParamsError, FileNotFoundError) as exc:
+    except ParamsError as exc:
+        _fail(str(exc) + restore_hint(path), EXIT_CONFIG)
+    except FileNotFoundError as exc:
         _fail(str(exc), EXIT_CONFIG)
 
 
@@ -592,7 +594,9 @@ def register(checkpoint: Path = typer.Option(..., help="trained checkpoint to re
                               reevaluate=lambda ck, ann=None: _score(p, ck, ann or eval_annotations, eval_images, None))
     except (RegistryError, TimeoutError) as exc:
         _fail(str(exc))
-    typer.echo(json.dumps(record, indent=2, sort_keys=True))
+    from pose.registry.versions import registration_line
+
+    typer.echo(registration_line(record, out))
 
 
 def _val_images(p: dict) -> Path:
@@ -613,6 +617,9 @@ def promote(version: str = typer.Option(None, help="version (3 / v3), alias or m
     from pose.registry.errors import RegistryError
     from pose.registry.promotion import promote as run_promote
 
+    if force and not (reason and reason.strip()):
+        _fail("pose promote: --force needs --reason \"...\": say why the gate is overridden "
+              "(see 'pose promote --help')", EXIT_CONFIG)
     p = load_params(params_file)
     images = eval_images or _val_images(p)
     try:
@@ -620,6 +627,9 @@ def promote(version: str = typer.Option(None, help="version (3 / v3), alias or m
                              reevaluate=lambda ck, ann: _score(p, ck, ann, images, None))
     except (RegistryError, TimeoutError) as exc:
         _fail(str(exc))
+    from pose.registry.verdict import promotion_line
+
+    typer.echo(promotion_line(record))
     typer.echo(json.dumps(record, indent=2, sort_keys=True, default=str))
 
 
@@ -631,17 +641,23 @@ def rollback(reason: str = typer.Option(..., help="why the champion is rolled ba
     from pose.registry.errors import RegistryError
     from pose.registry.promotion import rollback as run_rollback
 
+    if not reason.strip():
+        _fail("pose rollback: --reason must say why the champion is rolled back (see 'pose rollback --help')",
+              EXIT_CONFIG)
     try:
         record = run_rollback(load_params(params_file), reason=reason, to_version=to)
     except (RegistryError, TimeoutError) as exc:
         _fail(str(exc))
+    typer.echo(f"{record['model_name']}: champion rolled back from v{record['rolled_back']} to v{record['champion']} "
+               f"({record['reason']})")
     typer.echo(json.dumps(record, indent=2, sort_keys=True))
 
 
 @app.command()
 def compare(a: str = typer.Argument(..., help="baseline: run id, version (3 / v3), alias or models:/ URI"),
             b: str = typer.Argument(..., help="candidate (same forms); the report is logged to its run"),
-            out_dir: Path = typer.Option(None, help="report folder (default: data/compare/<A>_vs_<B>)"),
+            out_dir: Path = typer.Option(None, help="report folder (default: data/compare/<model>/v<A>_vs_v<B>, "
+                                                    "or data/compare/<modelA>-v<A>_vs_<modelB>-v<B>)"),
             images: Path = typer.Option(None, help="validation images for overlays "
                                          "(default: <raw_dir>/<dataset>/<val_split>)"),
             log: bool = typer.Option(True, "--log/--no-log", help="log the report as an artifact of B's run"),
@@ -655,7 +671,7 @@ def compare(a: str = typer.Argument(..., help="baseline: run id, version (3 / v3
         report = run_compare(load_params(params_file), a, b, out_dir=out_dir, images_dir=images, log_to_run=log)
     except RegistryError as exc:
         _fail(str(exc))
-    for line in report["verdict_lines"]:
+    for line in report["verdict_lines"] + [n for n in report["summary"]["notes"] if n.startswith("No overlays")]:
         typer.echo(line.replace("**", "").replace("`", ""))
     typer.echo(f"report: {report['markdown']} | {report['html']}"
                + (f" | logged to run {report['run_id']} under {report['artifact_path']}"

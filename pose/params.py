@@ -752,6 +752,30 @@ def check_section_values(section: str, values: dict, source: str) -> dict:
     return values
 
 
+def restore_hint(path: Path | str = "params.yaml") -> str:
+    """How to get back to the committed params file after a bad value, for the end of a params
+    error line: ``" (params.yaml differs from the last commit, e.g. left by a failed `dvc exp run -S
+    ...`: restore it with `git checkout params.yaml` or `dvc exp apply HEAD`)"``. Empty when the file
+    is as committed, untracked, or not in a git repository (git is asked: ``git diff --quiet HEAD``).
+
+    Why: `dvc exp run -S key=value` writes the value into the workspace file before the stages run
+    and leaves it there when the `check_params` stage refuses it, so the next `dvc repro` or
+    scheduled run fails on the same value."""
+    import subprocess
+
+    path = Path(path)
+    folder = path.resolve().parent
+    try:
+        proc = subprocess.run(["git", "-C", str(folder), "diff", "--quiet", "HEAD", "--", path.name],
+                              capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    if proc.returncode != 1:          # 0: as committed; 128: no repository / no commit
+        return ""
+    return (f" ({path} differs from the last commit, e.g. left by a failed `dvc exp run -S ...`: restore it "
+            f"with `git checkout {path}` or `dvc exp apply HEAD`)")
+
+
 __all__ = ["load_params", "load_checked_params", "validate_params", "check_section_values", "ParamsError",
            "Params", "flatten",
-           "input_size_error", "check_input_size", "SIZE_DIVISOR", "RULE_METRICS"]
+           "input_size_error", "check_input_size", "SIZE_DIVISOR", "RULE_METRICS", "restore_hint"]
