@@ -196,6 +196,74 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(coco_like, tmp_pa
     assert summary["best_epoch"] == ref["best_epoch"] and summary["best_val_AP"] == ref["best_val_AP"]
 
 
+def test_sigterm_mid_epoch_writes_last_pt_and_resume_is_identical(coco_like, tmp_path, reference):
+    """No periodic checkpoints (train.checkpoint_every 0): the mid-epoch last.pt comes from the
+    SIGTERM handler, at the step boundary after the signal, and resuming from it is exact."""
+    params = tiny_params(checkpoint_every=0)
+    run = tmp_path / "terminated"
+    job = Lines([sys.executable, "-m", "pose.cli"] + _train_args(coco_like, run, _write_params(run, params)))
+    job.wait_for(lambda line: line.startswith(f"step 4/{TOTAL_STEPS} "))
+    job.proc.send_signal(signal.SIGTERM)
+    job.wait_for(lambda line: line.startswith("interrupted: training interrupted (SIGTERM)"))
+    assert job.proc.wait(timeout=60) == 128 + signal.SIGTERM
+    stopped = next(line for line in job.seen if line.startswith("SIGTERM: stopping after step"))
+    ck = load_checkpoint(run / "models" / "last.pt")
+    assert f"step {ck['global_step']}/{TOTAL_STEPS}," in stopped
+    assert ck["epoch"] == 1 and 0 < ck["batch_in_epoch"] < STEPS_PER_EPOCH, "expected a mid-epoch checkpoint"
+    assert not (run / "train.json").exists()
+
+    resumed = _cli(coco_like, run, params)
+    assert f"resumed from {run / 'models' / 'last.pt'}: epoch 1 batch {ck['batch_in_epoch']} " \
+           f"step {ck['global_step']}" in resumed.stdout
+    for name in ("last.pt", "best.pt"):
+        assert (run / "models" / name).read_bytes() == (reference / "models" / name).read_bytes(), name
+    assert (run / "val.csv").read_bytes() == (reference / "val.csv").read_bytes()
+
+
+# `pose train` whose 2nd validation (end of epoch 1) gets SIGINT (Ctrl-C) at its first image
+SIGINT_IN_VALIDATION = """
+import os, signal, sys
+import pose.decode.inference as inference
+calls = []
+_predict = inference.predict_image
+def predict_image(*a, **k):
+    calls.append(1)
+    if len(calls) == 3:    # 2 validation images per epoch: the first image of epoch 1's validation
+        print("SIGINT_NOW", flush=True)
+        os.kill(os.getpid(), signal.SIGINT)
+    return _predict(*a, **k)
+inference.predict_image = predict_image
+from pose.cli import main
+sys.argv = ["pose"] + sys.argv[1:]
+main()
+"""
+
+
+def test_sigint_during_validation_stops_it_and_resume_repeats_it(coco_like, tmp_path, reference):
+    params = tiny_params(checkpoint_every=0)
+    run = tmp_path / "ctrl_c"
+    driver = tmp_path / "sigint_driver.py"
+    driver.write_text(SIGINT_IN_VALIDATION)
+    proc = subprocess.run([sys.executable, str(driver)] + _train_args(coco_like, run, _write_params(run, params)),
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "SIGINT_NOW" in proc.stdout and "epoch 1 validation" not in proc.stdout
+    assert f"SIGINT: stopping after step {TOTAL_STEPS}/{TOTAL_STEPS}" in proc.stdout
+    assert proc.stderr.strip().splitlines()[-1].startswith("interrupted: training interrupted (SIGINT)")
+    assert "Traceback" not in proc.stderr
+    ck = load_checkpoint(run / "models" / "last.pt")
+    assert (ck["epoch"], ck["batch_in_epoch"], ck["global_step"]) == (1, STEPS_PER_EPOCH, TOTAL_STEPS)
+    assert [line.split(",")[0] for line in (run / "val.csv").read_text().splitlines()] == ["epoch", "0"]
+
+    resumed = _cli(coco_like, run, params)
+    assert f"epoch 1 batch {STEPS_PER_EPOCH} step {TOTAL_STEPS}" in resumed.stdout
+    assert "epoch 1 validation" in resumed.stdout
+    assert not [line for line in resumed.stdout.splitlines() if line.startswith("step ")], "no step left to train"
+    for name in ("last.pt", "best.pt"):
+        assert (run / "models" / name).read_bytes() == (reference / "models" / name).read_bytes(), name
+    assert (run / "val.csv").read_bytes() == (reference / "val.csv").read_bytes()
+
+
 # A driver that runs `pose train` but freezes inside the checkpoint save of global step
 # HANG_STEP after writing the first half of the real serialised bytes (a kill mid-write).
 HANG_DRIVER = """
