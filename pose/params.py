@@ -406,6 +406,12 @@ class CurriculumStage(Section):
     epochs: PosInt
 
 
+def _ema_decay(value: float) -> float:
+    if not 0.0 <= value < 1.0:
+        raise PydanticCustomError("out_of_range", "must be in [0, 1) (0: no EMA of the weights; e.g. 0.998)")
+    return value
+
+
 class TrainSection(Section):
     seed: Int
     batch_size: PosInt
@@ -415,6 +421,8 @@ class TrainSection(Section):
     weight_decay: NonNegFloat
     lr_schedule: Literal["cosine", "step"]
     warmup_steps: NonNegInt
+    ema_decay: Annotated[float, BeforeValidator(_reject_bool), AfterValidator(_ema_decay)]
+    ema_warmup_steps: NonNegInt
     grad_clip: PosFloat
     amp: bool
     max_steps_per_epoch: NonNegInt

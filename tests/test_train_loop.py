@@ -43,13 +43,14 @@ NO_AUGMENT = {"max_rotation": 0, "min_scale": 1.0, "max_scale": 1.0, "max_transl
 
 def tiny_params(**train) -> dict:
     """Tiny model and plan; validation every epoch on 2 real validation images at 128 px
-    (the CLI runs pass them, `_train_args`; in-process runs without them set val_every=0)."""
+    (the CLI runs pass them, `_train_args`; in-process runs without them set val_every=0);
+    an EMA of the weights (decay 0.9), so every resume test also resumes the EMA."""
     p = copy.deepcopy(BASE)
     p["model"].update(width=8, stage_blocks=[1, 1, 1], pretrained="")
     p["train"].update(batch_size=2, workers=0, max_steps_per_epoch=STEPS_PER_EPOCH, warmup_steps=2, log_every=1,
                       checkpoint_every=1, amp=False, multi_scale=True, use_curriculum=True,
                       curriculum=[{"sizes": [128], "epochs": 1}, {"sizes": [128, 160], "epochs": 1}],
-                      val_every=1, val_max_images=2)
+                      val_every=1, val_max_images=2, ema_decay=0.9, ema_warmup_steps=2)
     p["evaluate"].update(input_size=128, flip_test=False, test_scales=[1.0])
     p["train"].update(train)
     return p
@@ -124,9 +125,11 @@ class Lines:
 
 def assert_same_training_state(a: dict, b: dict) -> None:
     """Model weights and buffers bit-identical, same optimiser moments and schedule position."""
-    assert a["model"].keys() == b["model"].keys()
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), f"model tensor {k} differs"
+    assert a["model"].keys() == b["model"].keys() and ("model_raw" in a) == ("model_raw" in b)
+    for part in ("model", "model_raw"):   # the EMA (validated, saved) and the training weights
+        for k in a.get(part, {}):
+            assert torch.equal(a[part][k], b[part][k]), f"{part} tensor {k} differs"
+    assert a.get("ema_updates") == b.get("ema_updates")
     for pid, sa in a["optimizer"]["state"].items():
         for k, v in sa.items():
             assert torch.equal(v, b["optimizer"]["state"][pid][k]), f"optimizer state {pid}.{k} differs"
@@ -473,6 +476,39 @@ def test_bf16_autocast_on_cpu_trains_two_steps(coco_like, tmp_path):
               **{**kwargs, "resume": True})
 
 
+def test_ema_is_validated_and_saved_without_changing_the_training_trajectory(coco_like, tmp_path):
+    """The EMA run's training weights (model_raw) equal a run without EMA, bit for bit; its saved
+    model is the average (closer to the weights' history than to the last step), and best.pt's
+    validation scored that average."""
+    from pose.train.ema import ModelEMA
+
+    kw = {"train_ann": coco_like / "annotations" / "person_keypoints_train2017.json",
+          "train_images": coco_like / "train2017", "resume": False}
+    runs = {}
+    for name, decay in (("off", 0.0), ("ema", 0.9)):
+        d = tmp_path / name
+        train(tiny_params(ema_decay=decay, val_every=0, checkpoint_every=0), out_dir=d, metrics_path=d / "t.json",
+              steps_path=d / "s.csv", **kw)
+        runs[name] = load_checkpoint(d / "last.pt")
+    off, ema = runs["off"], runs["ema"]
+    assert "model_raw" not in off and ema["ema_updates"] == TOTAL_STEPS
+    for k, v in off["model"].items():
+        assert torch.equal(ema["model_raw"][k], v), f"the EMA changed the training weights ({k})"
+    moved = [k for k, v in ema["model"].items() if v.is_floating_point() and not torch.equal(v, ema["model_raw"][k])]
+    assert moved, "the saved model must be the average, not the last weights"
+    # the update rule: one step of ModelEMA from a known state
+    net = torch.nn.Linear(2, 1)
+    avg = ModelEMA(net, 0.9, 0)
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    before = avg.module.weight.clone()
+    avg.update(net)
+    assert torch.allclose(avg.module.weight, 0.9 * before + 0.1 * net.weight) and avg.updates == 1
+    assert ModelEMA(net, 0.9, 100).current_decay() == pytest.approx(0.9 * (1 - math.exp(-1 / 100)))
+    with pytest.raises(ValueError, match="train.ema_decay"):
+        ModelEMA(net, 1.0, 0)
+
+
 def test_save_checkpoint_is_weights_only_loadable(tmp_path):
     path = tmp_path / "sub" / "c.pt"
     save_checkpoint({"w": torch.arange(3.0), "step": 3, "history": "[]"}, path)
@@ -488,7 +524,7 @@ def _run_scripted_validation(coco: Path, tmp: Path, monkeypatch, aps: list[float
     from pose.train import validation
 
     scripted = iter(aps)
-    monkeypatch.setattr(validation.Validator, "run", lambda self, model, device=None: {
+    monkeypatch.setattr(validation.Validator, "run", lambda self, model, device=None, should_stop=None: {
         "AP": next(scripted), "AP50": 0.9, "AP75": 0.1, "AR": 0.2, "images": len(self), "seconds": 0.01})
     params = tiny_params(max_steps_per_epoch=1, checkpoint_every=0, val_max_images=1,
                          curriculum=[{"sizes": [128], "epochs": 4}], **train_kw)

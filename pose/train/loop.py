@@ -52,6 +52,7 @@ from pose.models import build_training_model
 from pose.train import ddp
 from pose.train.checkpoint import load_checkpoint, remove_stale_temps, save_checkpoint, upgrade_model_params
 from pose.train.data import CurriculumBatchSampler, curriculum_schedule, dataset_from_params, loader_worker_init
+from pose.train.ema import ModelEMA
 from pose.train.resume import resume_decision
 from pose.train.stop import StopRequest, TrainingInterrupted, echo
 from pose.train.validation import VAL_COLUMNS, Validator
@@ -248,6 +249,8 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
     use_amp = bool(tp["amp"])
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
+    # EMA of the weights (params train.ema_decay > 0): validated and saved as the checkpoints' "model"
+    ema = ModelEMA(model, float(tp["ema_decay"]), float(tp["ema_warmup_steps"])) if float(tp["ema_decay"]) else None
 
     # ---- resume
     out_dir = Path(out_dir)
@@ -282,7 +285,19 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
         if "plan" in ck and json.loads(ck["plan"]) != plan and is_main:
             echo(f"warning: {last} was written with another curriculum / batch plan ({ck['plan']}); "
                  f"resuming at its epoch and batch, not an exact continuation")
-        model.load_state_dict(ck["model"])
+        raw = "model_raw" in ck   # written with the EMA on: "model" is the average, "model_raw" the training weights
+        model.load_state_dict(ck["model_raw"] if raw else ck["model"])
+        if ema is not None:
+            if raw:
+                ema.load(ck["model"], int(ck["ema_updates"]))
+            else:
+                ema.load(model.state_dict(), 0)
+                if is_main:
+                    echo(f"warning: {last} was written without an EMA of the weights (train.ema_decay 0): the EMA "
+                         f"starts from its weights now")
+        elif raw and is_main:
+            echo(f"warning: {last} was written with an EMA of the weights; train.ema_decay is 0: continuing "
+                 f"without it")
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
         scaler.load_state_dict(ck["scaler"])
@@ -304,7 +319,9 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
         train_model = model
 
     def checkpoint_state(epoch: int, batch_in_epoch: int) -> dict:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        weights = {"model": model.state_dict()} if ema is None else \
+            {"model": ema.state_dict(), "model_raw": model.state_dict(), "ema_updates": ema.updates}
+        return {**weights, "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                 "rng_cpu": torch.get_rng_state(), "epoch": epoch, "batch_in_epoch": batch_in_epoch,
                 "global_step": global_step, "best_loss": best_loss, "best_val_ap": best_val_ap,
@@ -347,6 +364,8 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
                                          grad_clip=float(tp["grad_clip"]), use_amp=use_amp, amp_dtype=amp_dtype)
                 lr = optimizer.param_groups[0]["lr"]
                 scheduler.step()
+                if ema is not None:
+                    ema.update(model)
                 global_step += 1
                 batch_in_epoch += 1
                 # the stop flag rides along with the logged losses: every rank stops at the same step
@@ -381,7 +400,8 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
             if val_every and ((epoch + 1) % val_every == 0 or epoch + 1 == len(schedule)):
                 row = None
                 if is_main:
-                    result = validator.run(model, device, should_stop=lambda: stop.requested)
+                    result = validator.run(model if ema is None else ema.module, device,
+                                           should_stop=lambda: stop.requested)
                     if result is not None:
                         row = {"epoch": epoch, "step": global_step, **result}
                         echo(f"epoch {epoch} validation: AP {row['AP']:.4f} AP50 {row['AP50']:.4f} "
