@@ -155,7 +155,7 @@ class OnnxPoseModel:
         img = check_image(image_bgr)
         height, width = img.shape[:2]
         geo = input_geometry(width, height, resize=str(cfg["resize"]), input_size=int(cfg["input_size"]),
-                             scale=1.0, min_scale=1.0)
+                             scale=1.0, min_scale=1.0, convention=self.convention)
         check_input_multiple(geo, 1.0)
         heatmaps, tags = self.run(input_batch(img, geo))
         return heatmaps[0], tags[0], geo.affine, self.stride

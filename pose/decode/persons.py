@@ -69,7 +69,7 @@ def decode_persons(heatmaps: np.ndarray, tags: np.ndarray, affine: np.ndarray, s
                                       detection_threshold=float(cfg["detection_threshold"]),
                                       tag_threshold=float(cfg["tag_threshold"]),
                                       max_people=int(cfg["max_people"]), nms_kernel=int(cfg["nms_kernel"]),
-                                      tie_break=bool(cfg["tie_break"]),
+                                      tie_break=bool(cfg["tie_break"]), convention=convention,
                                       adjust=bool(cfg["adjust"]), refine=bool(cfg["refine"]))
     kps = heatmap_to_image(persons, affine, stride, convention=convention)
     num_joints = kps.shape[1]  # (N, K, 3), also for N = 0
