@@ -61,7 +61,7 @@ with ``K`` joints in :data:`pose.datasets.schema.KEYPOINT_NAMES` order.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -152,6 +152,33 @@ CONVENTION_RULES: dict[str, Convention] = {
     "reference": Convention(name="reference", pixel_offset=0.5, keypoint_mapping="raw", input_affine="float32",
                             assignment="munkres", adjust_equal=-0.25, keep_all_groups=True, missing_joint="origin"),
 }
+
+
+#: Fields of :class:`Convention` that params ``evaluate.convention_overrides`` may set at test time
+#: (everything but the name and the pixel offset, which the weights were trained in).
+TEST_TIME_FIELDS: tuple[str, ...] = ("keypoint_mapping", "input_affine", "assignment", "adjust_equal",
+                                     "keep_all_groups", "missing_joint")
+
+
+def with_overrides(convention: str | Convention, overrides: Mapping | None) -> str | Convention:
+    """``convention`` with the test-time fields of ``overrides`` (params
+    ``evaluate.convention_overrides``, e.g. ``{assignment: scipy}``) replaced; ``convention``
+    itself when there are none (the params value stays a string).
+
+    Raises ValueError naming the params key for a field that is not in
+    :data:`TEST_TIME_FIELDS` or a value the field does not allow.
+    """
+    items = {k: v for k, v in dict(overrides or {}).items() if v is not None}
+    if not items:
+        return convention
+    unknown = sorted(set(items) - set(TEST_TIME_FIELDS))
+    if unknown:
+        raise ValueError(f"evaluate.convention_overrides: unknown field(s) {', '.join(unknown)} "
+                         f"(allowed: {', '.join(TEST_TIME_FIELDS)})")
+    try:
+        return replace(convention_rules(convention), **items)
+    except ValueError as exc:
+        raise ValueError(f"evaluate.convention_overrides: {exc}") from exc
 
 
 def convention_rules(convention: str | Convention) -> Convention:
@@ -400,4 +427,5 @@ def codec_from_params(model_params: Any, targets_params: Any | None) -> Codec:
 
 __all__ = ["ASSIGNMENTS", "CONVENTION_RULES", "Codec", "Convention", "INPUT_AFFINES", "INPUT_MULTIPLE", "JOINTS_NAME",
            "KEYPOINT_MAPPINGS", "LOSS_PARTS", "MASK_NAMES", "MISSING_JOINTS", "OUTPUT_NAMES", "OUTPUT_STRIDES",
-           "codec_from_params", "convention_rules", "mask_name", "output_name"]
+           "TEST_TIME_FIELDS", "codec_from_params", "convention_rules", "mask_name", "output_name",
+           "with_overrides"]

@@ -382,3 +382,45 @@ def test_adjust_on_equal_neighbours_shifts_minus_a_quarter_in_reference():
     for convention, expect in (("reference", (20.5, 14.5)), ("project", (20.0, 14.0))):
         persons, _ = group_keypoints(hm, tags, convention=convention, **kw)
         np.testing.assert_allclose(heatmap_to_image(persons, aff, 2.0, convention=convention)[0, 0, :2], expect)
+
+
+def test_convention_overrides_switch_one_test_time_field():
+    """params evaluate.convention_overrides names a switch of the model's convention at test time
+    (the way a recipe keeps a project choice under model.convention: reference): predict_image
+    decodes a symmetric peak at -0.25 heatmap px with the reference rule and at 0 with
+    {adjust_equal: 0.0}; unknown fields and values are refused naming the params key."""
+    from pose.codec import with_overrides
+    from pose.decode.inference import predict_image
+
+    assert with_overrides("reference", {}) == "reference" and with_overrides("project", None) == "project"
+    switched = with_overrides("reference", {"assignment": "scipy", "missing_joint": None})
+    assert (switched.name, switched.assignment, switched.missing_joint) == ("reference", "scipy", "origin")
+    with pytest.raises(ValueError, match="evaluate.convention_overrides: unknown field.*pixel_offset"):
+        with_overrides("reference", {"pixel_offset": 0.0})
+    with pytest.raises(ValueError, match="evaluate.convention_overrides: Convention.assignment"):
+        with_overrides("reference", {"assignment": "greedy"})
+
+    half = torch.zeros(1, K, 32, 32)
+    half[0, 0, 10, 12] = 1.0
+    half[0, 0, 10, 11] = half[0, 0, 10, 13] = half[0, 0, 9, 12] = half[0, 0, 11, 12] = 0.5
+    quarter = torch.zeros(1, 2 * K, 16, 16)
+
+    class Fixed(nn.Module):
+        convention, num_joints, tag_dim = "reference", K, 1
+
+        def __init__(self):
+            super().__init__()
+            self.p = nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return [quarter.expand(x.shape[0], -1, -1, -1), half.expand(x.shape[0], -1, -1, -1)]
+
+    ev = dict(input_size=64, resize="letterbox", flip_test=False, test_scales=[1.0], detection_threshold=0.1,
+              tag_threshold=1.0, max_people=30, nms_kernel=5, tie_break=False, project2image=False, adjust=True,
+              refine=False, nms_oks=1.0)
+    image = np.zeros((64, 64, 3), np.uint8)
+    official = predict_image(Fixed(), image, eval_params=ev)[0]["keypoints"][0]
+    kept = predict_image(Fixed(), image, eval_params=dict(ev, convention_overrides={"adjust_equal": 0.0}))
+    # the 1/4 head (zeros, upsampled) halves the peak: the neighbours stay equal; (12 + 0.5 - 0.25) * 2
+    np.testing.assert_allclose(official[:2], [24.5, 20.5])
+    np.testing.assert_allclose(kept[0]["keypoints"][0][:2], [25.0, 21.0])

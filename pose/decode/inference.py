@@ -68,7 +68,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from pose.codec import OUTPUT_STRIDES, Convention, convention_rules
+from pose.codec import OUTPUT_STRIDES, Convention, convention_rules, with_overrides
 from pose.datasets.schema import FLIP_INDEX
 from pose.decode.persons import EVAL_KEYS, decode_persons, resolve_eval_params, to_coco_results
 from pose.decode.preprocess import (
@@ -88,7 +88,7 @@ from pose.decode.preprocess import (
     short_side_geometry,
     to_input_tensor,
 )
-from pose.io import read_image
+from pose.io import dataset_exif, read_image
 from pose.targets.heatmaps import CONVENTIONS, pixel_offset
 
 log = logging.getLogger(__name__)
@@ -392,12 +392,12 @@ def multi_scale_maps(model: torch.nn.Module, image_bgr: np.ndarray, *, input_siz
     if isinstance(model, InferenceNet):
         net = model
         if (net.flip_test, net.project2image) != (bool(flip_test), bool(project2image)) or (
-                convention is not None and convention != net.convention):
+                convention is not None and convention_rules(convention).name != convention_rules(net.convention).name):
             raise ValueError("the InferenceNet's flip_test / project2image / convention differ from the arguments")
     else:
         net = inference_net(model, flip_test=flip_test, project2image=project2image, convention=convention,
                             flip_index=flip_index)
-    conv = net.convention
+    conv = net.convention if convention is None else convention  # test-time fields may differ (input_affine)
     scales = [float(s) for s in test_scales]
     dev = torch.device(device) if device is not None else _model_device(net)
     height, width = image_bgr.shape[:2]
@@ -479,7 +479,7 @@ def predict_image(model: torch.nn.Module, image_bgr: np.ndarray, *, eval_params:
                               tag_threshold=tag_threshold, max_people=max_people, nms_kernel=nms_kernel,
                               tie_break=tie_break, project2image=project2image, adjust=adjust, refine=refine,
                               nms_oks=nms_oks)
-    conv = model_convention(model, convention)
+    conv = with_overrides(model_convention(model, convention), cfg.get("convention_overrides"))
     img = check_image(image_bgr)
     maps = multi_scale_maps(model, img, input_size=int(cfg["input_size"]), resize=str(cfg["resize"]),
                             test_scales=[float(s) for s in cfg["test_scales"]], flip_test=bool(cfg["flip_test"]),
@@ -511,10 +511,12 @@ def predict_dataset(model: torch.nn.Module, ann_file: Path | str, images_dir: Pa
         raise FileNotFoundError(f"{ann_file}: annotation file not found")
     cfg = resolve_eval_params(eval_params)
     conv = model_convention(model, convention)
-    images = sorted(json.loads(ann_file.read_text()).get("images", []), key=lambda im: im["id"])
+    coco = json.loads(ann_file.read_text())
+    exif = dataset_exif(coco, ann_file)  # the frame the annotations were made in (pose.io)
+    images = sorted(coco.get("images", []), key=lambda im: im["id"])
     results: list[dict] = []
     for n, im in enumerate(images):
-        image = read_image(images_dir / im["file_name"], im["id"])
+        image = read_image(images_dir / im["file_name"], im["id"], exif=exif)
         persons = predict_image(model, image, eval_params=cfg, convention=conv, device=device)
         results.extend(to_coco_results(persons, im["id"]))
         if (n + 1) % 50 == 0:
