@@ -190,9 +190,11 @@ def validate(annotations: Path = typer.Option(..., help="COCO keypoints JSON to 
              on_error: str = typer.Option(None, help="fail | quarantine (default: params validate.on_error)"),
              params_file: Path = PARAMS) -> None:
     """Validate annotations and image files with a great-expectations suite (stage `validate`). Exit 1 on errors."""
+    from pose.datasets.catalogue import exif_orientation
     from pose.quality.validate import validate_dataset
 
-    v = load_params(params_file)["validate"]
+    p = load_params(params_file)
+    v = p["validate"]
     docs = docs or report.with_suffix("").parent / (report.stem + "_docs")
     result = validate_dataset(annotations, images, on_error=on_error or v["on_error"],
                               bbox_tolerance=float(v["bbox_tolerance"]),
@@ -200,7 +202,8 @@ def validate(annotations: Path = typer.Option(..., help="COCO keypoints JSON to 
                               lr_swap_min_shoulder_reversal=float(v["lr_swap_min_shoulder_reversal"]),
                               report_path=report, docs_dir=docs, cleaned_path=cleaned,
                               workers=int(v["workers"]),
-                              cache_path=Path(v["image_cache"]) if v.get("image_cache") else None)
+                              cache_path=Path(v["image_cache"]) if v.get("image_cache") else None,
+                              exif_orientation=exif_orientation(p["catalogue"][p["data"]["dataset"]]))
     s = result.get("summary", {})
     typer.echo(f"{annotations}: {s}")
     if not result["ok"]:

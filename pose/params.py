@@ -301,6 +301,7 @@ class CatalogueEntry(Section):
     native: dict[str, NativeSplit] | None = None
     sources: list[SourceItem] | None = None
     ingest: list[Str] | None = None
+    exif_orientation: Literal["ignore", "apply"] | None = None  # absent: the format's (ignore: COCO-style)
 
 
 class GeneratedSection(Section):
@@ -441,6 +442,17 @@ def _odd_kernel(value: int) -> int:
     return value
 
 
+class ConventionOverrides(Section):
+    """``evaluate.convention_overrides``: test-time fields of the model's coordinate convention
+    replaced by another value (`pose.codec.with_overrides`; absent: the convention's own)."""
+    keypoint_mapping: Literal["centred", "raw"] | None = None
+    input_affine: Literal["float64", "float32"] | None = None
+    assignment: Literal["scipy", "munkres"] | None = None
+    adjust_equal: Literal[0.0, -0.25] | None = None
+    keep_all_groups: bool | None = None
+    missing_joint: Literal["zero", "origin"] | None = None
+
+
 class EvaluateSection(Section):
     input_size: InputSize
     resize: Literal["letterbox", "short_side"]
@@ -455,6 +467,7 @@ class EvaluateSection(Section):
     adjust: bool
     refine: bool
     nms_oks: Prob
+    convention_overrides: ConventionOverrides
     oks_threshold: Prob
     area_bins: Annotated[list[PosFloat], _non_empty("sqrt(area) px bin bounds")]
     overlay_count: PosInt

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from pose.io import read_image
+from pose.io import dataset_exif, read_image
 from pose.train.data import read_coco_json
 
 #: columns of the per-epoch validation CSV (``data/plots/val_epochs.csv``). No wall-clock
@@ -75,6 +75,7 @@ class Validator:
         self.images_dir = Path(images_dir)
         self.eval_params = dict(eval_params)
         self.images = [(im["id"], self.images_dir / im["file_name"]) for im in self.gt["images"]]
+        self.exif = dataset_exif(self.gt, ann_file)  # the frame the annotations were made in (pose.io)
         missing = [str(path) for _, path in self.images if not path.is_file()]
         if missing:
             raise FileNotFoundError(f"{missing[0]}: validation image not found ({len(missing)} missing in "
@@ -104,7 +105,8 @@ class Validator:
         for image_id, path in self.images:
             if should_stop is not None and should_stop():
                 return None
-            persons = predict_image(model, read_image(path, image_id), eval_params=self.eval_params, device=device)
+            image = read_image(path, image_id, exif=self.exif)
+            persons = predict_image(model, image, eval_params=self.eval_params, device=device)
             results.extend(to_coco_results(persons, image_id))
         # a copy: COCOeval writes ``ignore`` flags into the ground-truth annotations
         metrics = evaluate_results(copy.deepcopy(self.gt), results, sigmas=COCO_SIGMAS,
