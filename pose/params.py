@@ -426,6 +426,7 @@ class TrainSection(Section):
     ema_warmup_steps: NonNegInt
     grad_clip: PosFloat
     amp: bool
+    channels_last: bool
     max_steps_per_epoch: NonNegInt
     log_every: PosInt
     checkpoint_every: NonNegInt

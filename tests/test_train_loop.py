@@ -509,6 +509,28 @@ def test_ema_is_validated_and_saved_without_changing_the_training_trajectory(coc
         ModelEMA(net, 1.0, 0)
 
 
+def test_channels_last_trains_deterministically_and_saves_a_loadable_model(coco_like, tmp_path):
+    """train.channels_last: NHWC convolutions give other rounding than NCHW, but the same run twice
+    gives the same weights, and the saved model loads and predicts like any other."""
+    from pose.train.checkpoint import load_trained_model
+
+    kw = {"train_ann": coco_like / "annotations" / "person_keypoints_train2017.json",
+          "train_images": coco_like / "train2017", "resume": False}
+    cks = {}
+    for name, cl in (("nchw", False), ("nhwc", True), ("nhwc_again", True)):
+        d = tmp_path / name
+        train(tiny_params(channels_last=cl, max_steps_per_epoch=2, val_every=0, checkpoint_every=0,
+                          curriculum=[{"sizes": [128], "epochs": 1}]),
+              out_dir=d, metrics_path=d / "t.json", steps_path=d / "s.csv", **kw)
+        cks[name] = load_checkpoint(d / "last.pt")
+    for k, v in cks["nhwc"]["model"].items():
+        assert torch.equal(v, cks["nhwc_again"]["model"][k]), k
+    assert any(not torch.equal(v, cks["nchw"]["model"][k]) for k, v in cks["nhwc"]["model"].items())
+    model = load_trained_model(tmp_path / "nhwc" / "last.pt")
+    out = model(torch.zeros(1, 3, 128, 128))
+    assert [tuple(o.shape[-2:]) for o in out] == [(32, 32), (64, 64)]
+
+
 def test_save_checkpoint_is_weights_only_loadable(tmp_path):
     path = tmp_path / "sub" / "c.pt"
     save_checkpoint({"w": torch.arange(3.0), "step": 3, "history": "[]"}, path)

@@ -244,7 +244,9 @@ def test_other_train_params_start_fresh_and_say_why(repo, tmp_path):
 def test_sigkill_of_the_flow_leaves_no_training_process(tmp_path):
     """`python -m flows.retrain` SIGKILLed while its train stage runs (it cannot forward anything):
     its `dvc repro` and `pose train` end within seconds, last.pt holds the step reached."""
-    params = {**RESUME_PARAMS, "train.curriculum": [{"sizes": [128], "epochs": 40}]}   # 240 steps: minutes
+    # one epoch of 240 steps (480 images): no epoch-end checkpoint before the kill, so a last.pt can only
+    # come from the stop at a step boundary
+    params = {**RESUME_PARAMS, "generated.num_train": 480, "train.curriculum": [{"sizes": [128], "epochs": 1}]}
     repo = make_repo_copy(tmp_path / "repo", tiny_generated_params(params, floor=0.0))
     metrics = repo / "data/metrics/train.json"
     metrics_before = metrics.read_bytes() if metrics.exists() else None
@@ -276,6 +278,6 @@ def test_sigkill_of_the_flow_leaves_no_training_process(tmp_path):
             pass
     assert not left, f"still running 30 s after the flow was SIGKILLed: {left}"
     ck = load_checkpoint(repo / "data/models/last.pt")
-    assert 0 < ck["global_step"] < 240, ck["global_step"]
+    assert 0 < ck["global_step"] < 240 and ck["epoch"] == 0 and ck["batch_in_epoch"] == ck["global_step"]
     assert (metrics.read_bytes() if metrics.exists() else None) == metrics_before
     print(f"\nflow SIGKILLed at training step ~{ck['global_step']}: its dvc and pose train gone after {took:.1f} s")

@@ -240,6 +240,11 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
     # initialise for training from scratch (params model.init), then load published weights if any
     model, _ = build_training_model(mp, verbose=is_main)
     model = model.to(device)
+    # params train.channels_last: NHWC activations and weights (oneDNN's faster convolutions on CPU;
+    # benchmarks/step_cost.py); the same model, other rounding
+    channels_last = bool(tp["channels_last"])
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(tp["optimizer"])
     if opt_cls is None:
         raise ValueError(f"params train.optimizer: unknown optimizer {tp['optimizer']!r} (adam | adamw)")
@@ -360,6 +365,8 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
             t0 = time.perf_counter()
             for batch in loader:
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                if channels_last:
+                    batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
                 loss, parts = train_step(train_model, batch, optimizer, scaler, loss_params=params["loss"],
                                          grad_clip=float(tp["grad_clip"]), use_amp=use_amp, amp_dtype=amp_dtype)
                 lr = optimizer.param_groups[0]["lr"]
