@@ -55,6 +55,7 @@ from prefect import flow, get_run_logger, task
 from prefect.states import Completed, Failed
 
 import pose  # noqa: F401  (telemetry off before prefect is imported)
+from pose.train.stop import STOP_WITH_ENV
 
 
 class _NoEmptyTraceback(logging.Filter):
@@ -98,6 +99,9 @@ def _dvc() -> str:
 def _env(extra: dict | None = None) -> dict:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    # `pose train` (train stage) stops with a checkpoint when this flow process ends, also when it is
+    # SIGKILLed and cannot stop the `dvc repro` it started (pose.train.stop)
+    env[STOP_WITH_ENV] = ",".join(filter(None, [env.get(STOP_WITH_ENV, ""), str(os.getpid())]))
     env.update(extra or {})
     return env
 

@@ -202,9 +202,11 @@ def validate(annotations: Path = typer.Option(..., help="COCO keypoints JSON to 
              on_error: str = typer.Option(None, help="fail | quarantine (default: params validate.on_error)"),
              params_file: Path = PARAMS) -> None:
     """Validate annotations and image files with a great-expectations suite (stage `validate`). Exit 1 on errors."""
+    from pose.datasets.catalogue import exif_orientation
     from pose.quality.validate import validate_dataset
 
-    v = load_params(params_file)["validate"]
+    p = load_params(params_file)
+    v = p["validate"]
     docs = docs or report.with_suffix("").parent / (report.stem + "_docs")
     result = validate_dataset(annotations, images, on_error=on_error or v["on_error"],
                               bbox_tolerance=float(v["bbox_tolerance"]),
@@ -212,7 +214,8 @@ def validate(annotations: Path = typer.Option(..., help="COCO keypoints JSON to 
                               lr_swap_min_shoulder_reversal=float(v["lr_swap_min_shoulder_reversal"]),
                               report_path=report, docs_dir=docs, cleaned_path=cleaned,
                               workers=int(v["workers"]),
-                              cache_path=Path(v["image_cache"]) if v.get("image_cache") else None)
+                              cache_path=Path(v["image_cache"]) if v.get("image_cache") else None,
+                              exif_orientation=exif_orientation(p["catalogue"][p["data"]["dataset"]]))
     s = result.get("summary", {})
     typer.echo(f"{annotations}: {s}")
     if not result["ok"]:
@@ -272,14 +275,34 @@ def train(train_ann: Path = typer.Option(..., help="training COCO keypoints JSON
                                                   "epochs; best.pt = best validation AP"),
           val_images: Path = typer.Option(None, help="folder of the validation images"),
           val_epochs: Path = typer.Option(None, help="per-epoch validation CSV to write (epoch, step, AP, AP50, ...)"),
+          dvc_stage: str = typer.Option(None, help="run as this dvc.yaml stage (the train stage: --dvc-stage train): "
+                                        "resume only from a last.pt written by the same stage inputs (deps' hashes "
+                                        "as DVC computes them, the stage's params), else start fresh and say why; "
+                                        "stop with a checkpoint when the dvc process running it ends"),
           params_file: Path = PARAMS) -> None:
-    """Train HigherHRNet with the multi-scale curriculum (stage `train`). Works under torchrun."""
+    """Train HigherHRNet with the multi-scale curriculum (stage `train`). Works under torchrun.
+
+    SIGTERM / SIGINT write last.pt at the next step boundary and exit 128 + signal (130, 143);
+    the same command resumes there (`pose.train.stop`)."""
     from pose.train.loop import train as run_train
+    from pose.train.stop import TrainingInterrupted
 
     try:
+        inputs = None
+        if dvc_stage:
+            from pose.train.resume import stage_inputs
+
+            inputs = stage_inputs(dvc_stage, os.environ.get("DVC_ROOT") or ".")
         summary = run_train(load_params(params_file), train_ann=train_ann, train_images=train_images,
                             out_dir=out_dir, metrics_path=metrics, steps_path=steps, resume=resume,
-                            val_ann=val_ann, val_images=val_images, val_path=val_epochs)
+                            val_ann=val_ann, val_images=val_images, val_path=val_epochs, stage_inputs=inputs,
+                            watch_parents=bool(dvc_stage))
+    except TrainingInterrupted as exc:
+        try:
+            typer.echo(f"interrupted: {exc}", err=True)
+        except OSError:  # stderr closed with the process that read it
+            pass
+        raise typer.Exit(128 + exc.signum) from None
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     if summary:

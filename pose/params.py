@@ -301,6 +301,7 @@ class CatalogueEntry(Section):
     native: dict[str, NativeSplit] | None = None
     sources: list[SourceItem] | None = None
     ingest: list[Str] | None = None
+    exif_orientation: Literal["ignore", "apply"] | None = None  # absent: the format's (ignore: COCO-style)
 
 
 class GeneratedSection(Section):
@@ -406,6 +407,12 @@ class CurriculumStage(Section):
     epochs: PosInt
 
 
+def _ema_decay(value: float) -> float:
+    if not 0.0 <= value < 1.0:
+        raise PydanticCustomError("out_of_range", "must be in [0, 1) (0: no EMA of the weights; e.g. 0.998)")
+    return value
+
+
 class TrainSection(Section):
     seed: Int
     batch_size: PosInt
@@ -415,8 +422,11 @@ class TrainSection(Section):
     weight_decay: NonNegFloat
     lr_schedule: Literal["cosine", "step"]
     warmup_steps: NonNegInt
+    ema_decay: Annotated[float, BeforeValidator(_reject_bool), AfterValidator(_ema_decay)]
+    ema_warmup_steps: NonNegInt
     grad_clip: PosFloat
     amp: bool
+    channels_last: bool
     max_steps_per_epoch: NonNegInt
     log_every: PosInt
     checkpoint_every: NonNegInt
@@ -433,6 +443,17 @@ def _odd_kernel(value: int) -> int:
     return value
 
 
+class ConventionOverrides(Section):
+    """``evaluate.convention_overrides``: test-time fields of the model's coordinate convention
+    replaced by another value (`pose.codec.with_overrides`; absent: the convention's own)."""
+    keypoint_mapping: Literal["centred", "raw"] | None = None
+    input_affine: Literal["float64", "float32"] | None = None
+    assignment: Literal["scipy", "munkres"] | None = None
+    adjust_equal: Literal[0.0, -0.25] | None = None
+    keep_all_groups: bool | None = None
+    missing_joint: Literal["zero", "origin"] | None = None
+
+
 class EvaluateSection(Section):
     input_size: InputSize
     resize: Literal["letterbox", "short_side"]
@@ -447,6 +468,7 @@ class EvaluateSection(Section):
     adjust: bool
     refine: bool
     nms_oks: Prob
+    convention_overrides: ConventionOverrides
     oks_threshold: Prob
     area_bins: Annotated[list[PosFloat], _non_empty("sqrt(area) px bin bounds")]
     overlay_count: PosInt

@@ -30,8 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pose.codec import with_overrides
 from pose.decode.deadline import checkpoint
-from pose.decode.persons import EVAL_KEYS, decode_persons, resolve_eval_params
+from pose.decode.persons import EVAL_KEYS, OPTIONAL_EVAL_KEYS, decode_persons, resolve_eval_params
 from pose.decode.preprocess import check_convention, check_image, check_input_multiple, input_batch, input_geometry
 
 #: value of metadata ``pose.format`` of files this package writes
@@ -130,7 +131,8 @@ class OnnxPoseModel:
 
         Raises ValueError when ``flip_test`` / ``project2image`` differ from the exported
         graph's, or ``test_scales`` is not ``[1.0]`` (no multi-scale test with onnxruntime)."""
-        cfg = resolve_eval_params({k: v for k, v in (eval_params or self.eval_params).items() if k in EVAL_KEYS})
+        cfg = resolve_eval_params({k: v for k, v in (eval_params or self.eval_params).items()
+                                   if k in EVAL_KEYS + OPTIONAL_EVAL_KEYS})
         for key in ("flip_test", "project2image"):
             if bool(cfg[key]) != getattr(self, key):
                 raise ValueError(f"evaluate.{key} = {bool(cfg[key])}, but {self.path} was exported with "
@@ -156,7 +158,8 @@ class OnnxPoseModel:
         img = check_image(image_bgr)
         height, width = img.shape[:2]
         geo = input_geometry(width, height, resize=str(cfg["resize"]), input_size=int(cfg["input_size"]),
-                             scale=1.0, min_scale=1.0)
+                             scale=1.0, min_scale=1.0,
+                             convention=with_overrides(self.convention, cfg.get("convention_overrides")))
         check_input_multiple(geo, 1.0)
         heatmaps, tags = self.run(input_batch(img, geo))
         return heatmaps[0], tags[0], geo.affine, self.stride
@@ -168,7 +171,8 @@ class OnnxPoseModel:
         checkpoint("network")   # a served request past its deadline stops here
         heatmaps, tags, affine, stride = self.maps(image_bgr, cfg)
         checkpoint("decoding")
-        return decode_persons(heatmaps, tags, affine, stride, cfg=cfg, convention=self.convention)
+        return decode_persons(heatmaps, tags, affine, stride, cfg=cfg,
+                              convention=with_overrides(self.convention, cfg.get("convention_overrides")))
 
 
 __all__ = ["FORMAT", "INPUT_NAME", "METADATA_KEYS", "OUTPUT_NAMES", "OnnxPoseModel", "available_threads",

@@ -19,6 +19,9 @@ from pose.decode.preprocess import RESIZE_MODES, heatmap_to_image
 #: Keys of params.yaml ``evaluate`` that inference reads.
 EVAL_KEYS = ("input_size", "resize", "flip_test", "test_scales", "detection_threshold", "tag_threshold",
              "max_people", "nms_kernel", "tie_break", "project2image", "adjust", "refine", "nms_oks")
+#: Keys inference reads when present: ``convention_overrides`` (`pose.codec.with_overrides`; absent:
+#: none, e.g. the settings stored with a model registered before it existed).
+OPTIONAL_EVAL_KEYS = ("convention_overrides",)
 
 
 def resolve_eval_params(eval_params: dict | None, **explicit) -> dict:
@@ -29,7 +32,7 @@ def resolve_eval_params(eval_params: dict | None, **explicit) -> dict:
     Raises ValueError naming the params key when a setting is missing, ``resize`` is not
     one of :data:`RESIZE_MODES` or ``nms_kernel`` is not an odd positive integer.
     """
-    cfg = {k: v for k, v in (eval_params or {}).items() if k in EVAL_KEYS}
+    cfg = {k: v for k, v in (eval_params or {}).items() if k in EVAL_KEYS + OPTIONAL_EVAL_KEYS}
     cfg.update({k: v for k, v in explicit.items() if v is not None})
     missing = [k for k in EVAL_KEYS if k not in cfg]
     if missing:
@@ -69,7 +72,7 @@ def decode_persons(heatmaps: np.ndarray, tags: np.ndarray, affine: np.ndarray, s
                                       detection_threshold=float(cfg["detection_threshold"]),
                                       tag_threshold=float(cfg["tag_threshold"]),
                                       max_people=int(cfg["max_people"]), nms_kernel=int(cfg["nms_kernel"]),
-                                      tie_break=bool(cfg["tie_break"]),
+                                      tie_break=bool(cfg["tie_break"]), convention=convention,
                                       adjust=bool(cfg["adjust"]), refine=bool(cfg["refine"]))
     kps = heatmap_to_image(persons, affine, stride, convention=convention)
     num_joints = kps.shape[1]  # (N, K, 3), also for N = 0

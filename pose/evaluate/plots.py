@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pose.draw import draw_persons, overlay_grid
-from pose.io import atomic_write_bytes, read_image
+from pose.io import atomic_write_bytes, dataset_exif, read_image
 
 
 def _write_png_bytes(data: bytes, out_png: Path | str) -> Path:
@@ -199,7 +199,7 @@ def overlay_samples(gt_json: Path | str | dict, results: Sequence[dict], images_
             gt_by_image.setdefault(a["image_id"], []).append({"keypoints": a["keypoints"], "score": 1.0})
     tiles = []
     for im in picked:
-        image = read_image(Path(images_dir) / im["file_name"], im["id"])
+        image = read_image(Path(images_dir) / im["file_name"], im["id"], exif=dataset_exif(gt))
         gts = gt_by_image.get(im["id"], [])
         canvas = draw_persons(image, gts, colours=[(255, 255, 255)] * len(gts))
         preds = sorted(by_image.get(im["id"], []), key=lambda r: -float(r["score"]))

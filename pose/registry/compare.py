@@ -42,7 +42,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from pose.io import atomic_write_json, atomic_write_text
+from pose.io import atomic_write_json, atomic_write_text, dataset_exif
 from pose.registry.bootstrap import bootstrap_diff
 from pose.registry.deltas import (
     DATA_TAGS,
@@ -289,7 +289,8 @@ def _overlays(a: Side, b: Side, basis: Basis, ci: dict | None, images_dir: Path,
     paths = []
     for i in order:
         f = images_dir / by_img[i]["file_name"]
-        img = cv2.imread(str(f), cv2.IMREAD_COLOR)
+        ignore = cv2.IMREAD_IGNORE_ORIENTATION if dataset_exif(gt) == "ignore" else 0  # the annotations' frame
+        img = cv2.imread(str(f), cv2.IMREAD_COLOR | ignore)
         if img is None:
             continue
         paths.append(side_by_side(img, [(f"ground truth #{i}", persons.get(i, []), "no ground-truth person"),

@@ -48,6 +48,10 @@ class DatasetFormat:
         native_metric: one line saying what ``native_metrics`` computes and how it relates to the
             dataset's official metric.
         reference: paper / release the format follows.
+        exif_orientation: how the images' EXIF orientation tag is treated when they are read
+            (`pose.io.EXIF_MODES`), the default of the catalogue's ``exif_orientation``:
+            ``ignore`` for every format here, whose COCO-style annotations are made in the stored
+            pixel frame (as the official HigherHRNet reads COCO: ``IMREAD_IGNORE_ORIENTATION``).
     """
 
     kind: str
@@ -60,6 +64,7 @@ class DatasetFormat:
     native_metrics: Callable[[dict, list, np.ndarray], dict] | None
     native_metric: str
     reference: str
+    exif_orientation: str = "ignore"
 
     def __post_init__(self):
         k = len(self.keypoint_names)
