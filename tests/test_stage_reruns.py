@@ -126,3 +126,15 @@ def test_bytecode_never_enters_a_code_hash(up_to_date_repo):
         assert json.loads(_run(DVC + ["status", "--json"], root)) == {}
     finally:
         shutil.rmtree(cache)
+
+
+def test_stages_that_decode_list_every_decoding_key():
+    """train (validation) and register (the champion's re-evaluation) decode as the evaluate stage does:
+    they list every key inference reads (pose.decode.persons.EVAL_KEYS + OPTIONAL_EVAL_KEYS)."""
+    from pose.decode.persons import EVAL_KEYS, OPTIONAL_EVAL_KEYS
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name in ("train", "register"):
+        listed = {str(p) for p in stages[name]["params"] if isinstance(p, str)}
+        missing = {f"evaluate.{k}" for k in EVAL_KEYS + OPTIONAL_EVAL_KEYS} - listed
+        assert not missing, f"dvc.yaml stage {name} misses decoding params: {sorted(missing)}"
