@@ -788,11 +788,16 @@ def restore_hint(path: Path | str = "params.yaml") -> str:
     path = Path(path)
     folder = path.resolve().parent
     try:
+        # outside a repository `git diff` falls back to --no-index and exits 1: ask for the repository first
+        inside = subprocess.run(["git", "-C", str(folder), "rev-parse", "--verify", "--quiet", "HEAD"],
+                                capture_output=True, timeout=10)
+        if inside.returncode != 0:    # no repository, or no commit yet
+            return ""
         proc = subprocess.run(["git", "-C", str(folder), "diff", "--quiet", "HEAD", "--", path.name],
                               capture_output=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return ""
-    if proc.returncode != 1:          # 0: as committed; 128: no repository / no commit
+    if proc.returncode != 1:          # 0: as committed; 128: untracked / not in the repository
         return ""
     return (f" ({path} differs from the last commit, e.g. left by a failed `dvc exp run -S ...`: restore it "
             f"with `git checkout {path}` or `dvc exp apply HEAD`)")
