@@ -60,10 +60,18 @@ def up_to_date_repo(tmp_path_factory):
             "        else:\n"
             "            os.makedirs(rel, exist_ok=True)\n"
             "            open(os.path.join(rel, 'stub'), 'w').write('stub')\n")
+    _check_params(root)                                # its real outputs (what the later stages depend on)
     _run([sys.executable, "-c", stub], root)
     _run(DVC + ["commit", "--force", "--quiet"], root)
     assert json.loads(_run(DVC + ["status", "--json"], root)) == {}, "the stubbed repo is not up to date"
     return root
+
+
+def _check_params(root: Path) -> None:
+    """The check_params stage's command, as `dvc repro` runs it first."""
+    cmd = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["check_params"]["cmd"].split()
+    assert cmd[0] == "pose"
+    _run([sys.executable, "-m", "pose.cli", *cmd[1:]], root)
 
 
 def _set(params: dict, dotted: str, value) -> None:
@@ -80,9 +88,11 @@ def _reruns(root: Path, dotted: str, value) -> set[str]:
         params = yaml.safe_load(original)
         _set(params, dotted, value)
         (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        _check_params(root)
         return set(json.loads(_run(DVC + ["status", "--json"], root))) - {"check_params"}
     finally:
         (root / "params.yaml").write_text(original)
+        _check_params(root)
 
 
 @pytest.mark.parametrize(("key", "value", "expected"), [
@@ -92,10 +102,15 @@ def _reruns(root: Path, dotted: str, value) -> set[str]:
     ("schedule.cron", "0 4 * * 2", set()),                       # when the flow runs is not what it computes
     ("schedule.push", False, set()),
     ("schedule.retry_delays_s.fetch", [1], set()),
-    ("registry.rules", [], {"register"}),
+    ("registry.rules", [{"metric": "AP", "min": 0.3}], {"register"}),
     ("train.lr", 0.001, {"train"}),
     ("predict.joint_threshold", 0.3, {"evaluate"}),              # what the overlays draw
     ("serve.max_images", 4, {"register"}),                       # stored with the served model
+    # a listed ingest batch: fetch reruns; when it adds no image the fetched folder is byte-identical and
+    # nothing after fetch reruns (the catalogue entry's reading keys are unchanged)
+    ("catalogue.generated.ingest", ["batches/week-49"], {"fetch"}),
+    # how images are read: every stage that reads them (fetch reads the whole entry; its folder is unchanged)
+    ("catalogue.generated.exif_orientation", "apply", {"fetch", "validate", "evaluate", "register"}),
 ])
 def test_a_params_change_reruns_exactly_the_stages_that_read_it(up_to_date_repo, key, value, expected):
     assert _reruns(up_to_date_repo, key, value) == expected
