@@ -424,3 +424,35 @@ def test_convention_overrides_switch_one_test_time_field():
     # the 1/4 head (zeros, upsampled) halves the peak: the neighbours stay equal; (12 + 0.5 - 0.25) * 2
     np.testing.assert_allclose(official[:2], [24.5, 20.5])
     np.testing.assert_allclose(kept[0]["keypoints"][0][:2], [25.0, 21.0])
+
+
+def test_readme_protocol_table_shows_the_params_defaults():
+    """Issue 21 item 6: the defaults the README's test-protocol table names are params.yaml's.
+    Every row whose first cell is a params key marks exactly one value ``(default`` and that value
+    is the key's value in params.yaml (YAML-parsed, so `true`, `5`, `[1.0]`, `{}` compare as values)."""
+    from pathlib import Path
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    text = (repo / "README.md").read_text()
+    section = text.split("## Test protocol and coordinate convention", 1)[1].split("\n## ", 1)[0]
+    checked = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("| `") else []
+        if len(cells) < 2 or "." not in cells[0].strip("`"):
+            continue
+        key = cells[0].strip("`")
+        marked = [v for v in cells[1].replace("\\|", "|").split("|") if "(default" in v]
+        if not marked:
+            continue
+        assert len(marked) == 1, f"README row {key}: more than one default"
+        value = yaml.safe_load(marked[0].split("(default")[0].strip().strip("`"))
+        node = params
+        for part in key.split("."):
+            node = node[part]
+        assert value == node, f"README says {key} defaults to {value!r}; params.yaml has {node!r}"
+        checked.append(key)
+    assert {"evaluate.resize", "evaluate.project2image", "model.convention", "targets.subpixel",
+            "evaluate.convention_overrides"} <= set(checked), checked
