@@ -70,6 +70,7 @@ import torch
 
 from pose.codec import OUTPUT_STRIDES, Convention, convention_rules, with_overrides
 from pose.datasets.schema import FLIP_INDEX
+from pose.decode.deadline import checkpoint
 from pose.decode.persons import EVAL_KEYS, decode_persons, resolve_eval_params, to_coco_results
 from pose.decode.preprocess import (
     IMAGENET_MEAN,
@@ -413,6 +414,7 @@ def multi_scale_maps(model: torch.nn.Module, image_bgr: np.ndarray, *, input_siz
     try:
         hm_sum, tag_list = None, []
         for scale in scales:
+            checkpoint(f"test scale {scale:g}")   # a served request past its deadline stops here
             g = base if scale == 1.0 else input_geometry(width, height, scale=scale, **geo)
             check_input_multiple(g, scale)
             x = torch.from_numpy(input_batch(image_bgr, g)).to(dev)
@@ -484,6 +486,7 @@ def predict_image(model: torch.nn.Module, image_bgr: np.ndarray, *, eval_params:
     maps = multi_scale_maps(model, img, input_size=int(cfg["input_size"]), resize=str(cfg["resize"]),
                             test_scales=[float(s) for s in cfg["test_scales"]], flip_test=bool(cfg["flip_test"]),
                             project2image=bool(cfg["project2image"]), convention=conv, device=device)
+    checkpoint("decoding")
     return decode_persons(maps.heatmaps.float().cpu().numpy(), maps.tags.float().cpu().numpy(), maps.affine,
                           maps.stride, cfg=cfg, convention=conv)
 

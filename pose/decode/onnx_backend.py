@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from pose.codec import with_overrides
+from pose.decode.deadline import checkpoint
 from pose.decode.persons import EVAL_KEYS, OPTIONAL_EVAL_KEYS, decode_persons, resolve_eval_params
 from pose.decode.preprocess import check_convention, check_image, check_input_multiple, input_batch, input_geometry
 
@@ -167,7 +168,9 @@ class OnnxPoseModel:
         """Persons of one (H, W, 3) uint8 BGR image, as ``pose.decode.inference.predict_image``
         returns them (image px, sorted by score). ``cfg``: :meth:`settings`.
         Raises ValueError on a bad image."""
+        checkpoint("network")   # a served request past its deadline stops here
         heatmaps, tags, affine, stride = self.maps(image_bgr, cfg)
+        checkpoint("decoding")
         return decode_persons(heatmaps, tags, affine, stride, cfg=cfg,
                               convention=with_overrides(self.convention, cfg.get("convention_overrides")))
 

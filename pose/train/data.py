@@ -28,11 +28,20 @@ def loader_worker_init(worker_id: int) -> None:
     PyTorch already gives each worker one torch thread; OpenCV would otherwise start a pool
     of one thread per core in every worker (decode, warp, colour jitter), so ``train.workers``
     workers plus the training threads would oversubscribe the cores (`pose.train.loop`
-    module docstring). Results do not depend on it (same pixels with 1 or N threads).
+    module docstring). Results do not depend on it (same pixels with 1 or N threads). Workers
+    ignore SIGTERM / SIGINT (the training process handles them, `pose.train.stop`).
     """
+    import signal
+
     import cv2
 
     cv2.setNumThreads(1)
+    # SIGTERM / SIGINT reach the whole process group: the training process stops at a step boundary
+    # and writes its checkpoint (pose.train.stop); a worker killed by the signal would abort that
+    # with "DataLoader worker ... killed". Workers end with the training process's loader.
+    if torch.utils.data.get_worker_info() is not None:  # in a loader worker process only
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def read_coco_json(ann_file: Path) -> dict:
