@@ -185,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--input-sizes", type=int, nargs="+", default=[192, 512])
     ap.add_argument("--site", type=Path, default=None, help="folder holding yacs and json_tricks (pip --target)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/peer_reference"))
+    ap.add_argument("--reuse-official", action="store_true",
+                    help="reuse the official results of an earlier run in --work (same checkpoint and settings)")
     ap.add_argument("--tolerance", type=float, default=0.01, help="image px per joint")
     ap.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)  # child: run valid.py with this cfg
     args = ap.parse_args(argv)
@@ -231,23 +233,30 @@ def main(argv: list[str] | None = None) -> int:
         out = work / f"size{size}"
         cfg_file = out / f"peer_{size}.yaml"
         out.mkdir(parents=True, exist_ok=True)
-        cfg_file.write_text(yaml.safe_dump(official_config(args.official, model_params, input_size=size, root=root,
-                                                           weights=weights, out=out)))
-        env = dict(os.environ, OMP_NUM_THREADS="1")
-        log = subprocess.run([sys.executable, __file__, str(args.official), "--worker", str(cfg_file)]
-                             + (["--site", str(args.site)] if args.site else []),
-                             capture_output=True, text=True, env=env, cwd=str(out))
-        if log.returncode:
-            print(log.stdout[-3000:], log.stderr[-3000:], file=sys.stderr)
-            print(f"official valid.py failed at input {size}", file=sys.stderr)
-            return 1
-        table = [line.split(" - ", 1)[-1] for line in (log.stdout + log.stderr).splitlines() if "| " in line][-3:]
-        res_file = sorted(glob.glob(str(out / "output" / "**" / f"keypoints_{args.split}_results.json"),
-                                    recursive=True))[-1]
+        cfg_text = yaml.safe_dump(official_config(args.official, model_params, input_size=size, root=root,
+                                                  weights=weights, out=out))
+        pattern = str(out / "output" / "**" / f"keypoints_{args.split}_results.json")
+        log_file = out / "official.log"
+        reuse = (args.reuse_official and cfg_file.is_file() and cfg_file.read_text() == cfg_text
+                 and log_file.is_file() and glob.glob(pattern, recursive=True))
+        if not reuse:
+            cfg_file.write_text(cfg_text)
+            env = dict(os.environ, OMP_NUM_THREADS="1")
+            log = subprocess.run([sys.executable, __file__, str(args.official), "--worker", str(cfg_file)]
+                                 + (["--site", str(args.site)] if args.site else []),
+                                 capture_output=True, text=True, env=env, cwd=str(out))
+            if log.returncode:
+                print(log.stdout[-3000:], log.stderr[-3000:], file=sys.stderr)
+                print(f"official valid.py failed at input {size}", file=sys.stderr)
+                return 1
+            log_file.write_text(log.stdout + log.stderr)
+        table = [line.split(" - ", 1)[-1] for line in log_file.read_text().splitlines() if "| " in line][-3:]
+        res_file = sorted(glob.glob(pattern, recursive=True))[-1]
         official = json.loads(Path(res_file).read_text())
         cfg = dict(ev, input_size=size, resize="short_side", flip_test=True, project2image=True, test_scales=[1.0],
                    nms_kernel=5, detection_threshold=0.1, tag_threshold=1.0, max_people=30, adjust=True,
-                   refine=True, nms_oks=1.0, tie_break=False, convention_overrides={})
+                   refine=True, nms_oks=1.0, tie_break=False, convention_overrides={},
+                   project_maps=True)  # the official graph: every map projected before grouping (domain's key)
         ours = predict_dataset(model, ann, args.coco / args.split, cfg)
         m_off = evaluate_results(json.loads(ann.read_text()), official, per_keypoint=False)
         m_our = evaluate_results(json.loads(ann.read_text()), ours, per_keypoint=False)
