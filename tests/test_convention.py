@@ -424,3 +424,98 @@ def test_convention_overrides_switch_one_test_time_field():
     # the 1/4 head (zeros, upsampled) halves the peak: the neighbours stay equal; (12 + 0.5 - 0.25) * 2
     np.testing.assert_allclose(official[:2], [24.5, 20.5])
     np.testing.assert_allclose(kept[0]["keypoints"][0][:2], [25.0, 21.0])
+
+
+def test_readme_protocol_table_shows_the_params_defaults():
+    """Issue 21 item 6: the defaults the README's test-protocol table names are params.yaml's.
+    Every row whose first cell is a params key marks exactly one value ``(default`` and that value
+    is the key's value in params.yaml (YAML-parsed, so `true`, `5`, `[1.0]`, `{}` compare as values)."""
+    from pathlib import Path
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    text = (repo / "README.md").read_text()
+    section = text.split("## Test protocol and coordinate convention", 1)[1].split("\n## ", 1)[0]
+    checked = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("| `") else []
+        if len(cells) < 2 or "." not in cells[0].strip("`"):
+            continue
+        key = cells[0].strip("`")
+        marked = [v for v in cells[1].replace("\\|", "|").split("|") if "(default" in v]
+        if not marked:
+            continue
+        assert len(marked) == 1, f"README row {key}: more than one default"
+        value = yaml.safe_load(marked[0].split("(default")[0].strip().strip("`"))
+        node = params
+        for part in key.split("."):
+            node = node[part]
+        assert value == node, f"README says {key} defaults to {value!r}; params.yaml has {node!r}"
+        checked.append(key)
+    assert {"evaluate.resize", "evaluate.project2image", "model.convention", "targets.subpixel",
+            "evaluate.convention_overrides"} <= set(checked), checked
+
+
+def test_reference_projection_follows_the_official_order():
+    """Row "projection order" (float rounding, not a convention choice): with flip test and
+    project2image the official get_multi_stage_outputs (lib/core/inference.py) averages the two
+    heads per branch, ``(interp(quarter)[:K] + half) / 2`` (the flip branch flipped back and
+    joint-swapped), projects EACH branch to the input with ``interpolate(size=(H, W),
+    align_corners=False)`` and aggregate_results averages them, ``(plain + flip) / 2.0``; tags are
+    the projected 1/4-head tags, plain then flip. InferenceNet in the reference convention gives
+    these numbers to the last bit (averaging first, or another bilinear kernel, moves some
+    pixels by an ulp, enough to turn an adjust on near-equal neighbours by 0.5 px)."""
+    from pose.decode.inference import InferenceNet
+
+    class Elementwise(nn.Module):            # per-sample arithmetic only: batching cannot change its numbers
+        def __init__(self):
+            super().__init__()
+            g = torch.Generator().manual_seed(0)
+            self.a = nn.Parameter(torch.rand(1, 2 * K, 1, 1, generator=g) * 7)
+            self.b = nn.Parameter(torch.rand(1, K, 1, 1, generator=g) * 5)
+
+        def forward(self, x):
+            m = x.mean(dim=1, keepdim=True)
+            return [torch.sin(nn.functional.avg_pool2d(m, 4) * self.a),
+                    torch.cos(nn.functional.avg_pool2d(m, 2) * self.b)]
+
+    model = Elementwise()
+    x = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    net = InferenceNet(model, num_joints=K, tag_dim=1, convention="reference", flip_test=True,
+                       flip_index=FLIP_INDEX, project2image=True)
+    with torch.no_grad():
+        hm, tags = net(x)
+        interp = nn.functional.interpolate
+        branches = []
+        for flip in (False, True):
+            quarter, half = model(torch.flip(x, [3]) if flip else x)
+            q = interp(quarter, size=half.shape[-2:], mode="bilinear", align_corners=False)
+            if flip:
+                q, half = torch.flip(q, [3]), torch.flip(half, [3])
+            idx = list(FLIP_INDEX) if flip else list(range(K))
+            branches.append(((0 + q[:, :K][:, idx] + half[:, idx]) / 2, q[:, K:][:, idx]))
+        proj = [(interp(h, size=(64, 96), mode="bilinear", align_corners=False),
+                 interp(t, size=(64, 96), mode="bilinear", align_corners=False)) for h, t in branches]
+        official_hm = (proj[0][0] + proj[1][0]) / 2.0
+        official_tags = torch.stack([proj[0][1], proj[1][1]], dim=4)
+    assert hm.shape == (1, K, 64, 96) and tags.shape == (1, K, 64, 96, 2)
+    assert torch.equal(hm, official_hm) and torch.equal(tags, official_tags)
+
+
+def test_readme_lists_every_convention_field_once():
+    """Issue 21 item 3: every difference between the two modes is a field of
+    pose.codec.Convention, and the README's row-by-row table names each field exactly once (a
+    new field without a README row fails here)."""
+    import dataclasses
+    from pathlib import Path
+
+    from pose.codec import Convention
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("### The two conventions, row by row", 1)[1].split("\n### ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| row")]
+    first_cells = [line.split("|")[1] for line in rows]
+    for field in (f.name for f in dataclasses.fields(Convention) if f.name != "name"):
+        assert sum(f"(`{field}`" in cell for cell in first_cells) == 1, field

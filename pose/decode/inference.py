@@ -147,6 +147,8 @@ def _upsample2(maps: torch.Tensor, *, convention: str) -> torch.Tensor:
     pixel_offset(convention)``): :func:`resize_maps` for a factor of exactly 2 (``reference``:
     ``interpolate(align_corners=False)``; ``project``: ``j -> j / 2``) written with tensor
     ops only, so an exported graph keeps the height and width dynamic."""
+    if pixel_offset(convention):  # reference: its own interpolate (bit for bit; scale_factor keeps it dynamic)
+        return torch.nn.functional.interpolate(maps, scale_factor=2.0, mode="bilinear", align_corners=False)
     o = pixel_offset(convention)
     for dim in (maps.dim() - 2, maps.dim() - 1):
         n = maps.shape[dim]
@@ -214,12 +216,31 @@ def aggregate_outputs(outputs: Sequence[torch.Tensor], num_joints: int, tag_dim:
     Raises ValueError on unexpected output shapes, a flip_index of the wrong length or an
     unknown convention.
     """
+    return _combine(_branches(outputs, num_joints, tag_dim, flip_outputs, flip_index, convention=convention))
+
+
+def _combine(branches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Heatmaps (B, K, H, W) averaged over the branches of :func:`_branches` (plain, flip),
+    tags (B, K, H, W, T * n) concatenated in branch order; as the official
+    ``aggregate_results`` (``(heatmaps[0] + heatmaps[1]) / 2.0``)."""
+    if len(branches) == 1:
+        return branches[0][0], branches[0][1].contiguous()
+    (hm, tags), (hm_f, tags_f) = branches
+    return (hm + hm_f) / 2.0, torch.cat([tags, tags_f], dim=-1).contiguous()
+
+
+def _branches(outputs: Sequence[torch.Tensor], num_joints: int, tag_dim: int,
+              flip_outputs: Sequence[torch.Tensor] | None, flip_index: Sequence[int], *,
+              convention: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per branch (plain, then the un-flipped, joint-swapped flip branch when given): heatmaps
+    (B, K, H/2, W/2), the mean of both heads, and tags (B, K, H/2, W/2, T); the official
+    ``get_multi_stage_outputs`` lists (:func:`aggregate_outputs` documents the arguments)."""
     check_convention(convention)
     heatmaps, tags = _split(outputs, num_joints, tag_dim, convention)
     b, _, h, w = heatmaps.shape
     tags = tags.reshape(b, tag_dim, num_joints, h, w).permute(0, 2, 3, 4, 1)  # (B, K, H, W, T)
     if flip_outputs is None:
-        return heatmaps, tags.contiguous()
+        return [(heatmaps, tags)]
     if len(flip_index) != num_joints:
         raise ValueError(f"flip_index has {len(flip_index)} entries for {num_joints} joints")
     hm_f, tags_f = _split(flip_outputs, num_joints, tag_dim, convention)
@@ -230,9 +251,7 @@ def aggregate_outputs(outputs: Sequence[torch.Tensor], num_joints: int, tag_dim:
     hm_f = unflip_maps(hm_f, stride, convention=convention).index_select(1, idx)
     tags_f = unflip_maps(tags_f, stride, convention=convention).reshape(b, tag_dim, num_joints, h, w)
     tags_f = tags_f.index_select(2, idx)
-    heatmaps = (heatmaps + hm_f) / 2.0
-    tags = torch.cat([tags, tags_f.permute(0, 2, 3, 4, 1)], dim=-1)
-    return heatmaps, tags.contiguous()
+    return [(heatmaps, tags), (hm_f, tags_f.permute(0, 2, 3, 4, 1))]
 
 
 class InferenceNet(torch.nn.Module):
@@ -288,12 +307,16 @@ class InferenceNet(torch.nn.Module):
                 raise ValueError(f"out_quarter has {outputs[0].shape[1]} channels for {num_joints} joints: no tags")
         plain = [o[:b] for o in outputs]
         flipped = [o[b:] for o in outputs] if self.flip_test else None
-        heatmaps, tags = aggregate_outputs(plain, num_joints, tag_dim, flipped, self.flip_index,
-                                           convention=self.convention)
-        if self.project2image:
-            heatmaps = _upsample2(heatmaps, convention=self.convention)
-            tags = _upsample2(tags.permute(0, 1, 4, 2, 3), convention=self.convention).permute(0, 1, 3, 4, 2)
-        return heatmaps, tags.contiguous()
+        branches = _branches(plain, num_joints, tag_dim, flipped, self.flip_index, convention=self.convention)
+        if self.project2image:  # each branch projected, then averaged: the official order (float rounding)
+            branches = [(_upsample2(hm, convention=self.convention), self._upsample_tags(tg)) for hm, tg in branches]
+        return _combine(branches)
+
+    def _upsample_tags(self, tags: torch.Tensor) -> torch.Tensor:
+        """(B, K, h, w, T) tags -> (B, K, 2h, 2w, T) by :func:`_upsample2` (as 4-D channels)."""
+        b, k, h, w, t = tags.shape
+        x = tags.permute(0, 1, 4, 2, 3).reshape(b, k * t, h, w)
+        return _upsample2(x, convention=self.convention).reshape(b, k, t, 2 * h, 2 * w).permute(0, 1, 3, 4, 2)
 
 
 def inference_net(model: torch.nn.Module, *, flip_test: bool, project2image: bool, convention: str | None,
