@@ -18,8 +18,10 @@
    after a `dvc repro` (``--force``).
 3. ``dvc push`` (data and models to the DVC remote, ``dvc-storage/`` by default; params
    ``schedule.push``) before ``register``, so a registered version's data is always in the
-   remote. Only network-bound tasks retry with backoff: fetch, push, and the new-data
-   check when it lists an S3 prefix.
+   remote. Only network-bound tasks retry with backoff: fetch (only when `pose fetch` failed
+   on the network, exit 75; a bad batch fails at once), push, and the new-data check when it
+   lists an S3 prefix. A failed stage ends the run as ``StageFailed`` with one line; every
+   ``dvc repro`` runs in its own process group, stopped when the flow is interrupted.
 4. ``register`` (stage) logs, registers and gates the model (the data fingerprint reaches
    it through ``POSE_DATA_FINGERPRINT``); a compare report against the previous champion is
    attached to the new run; a promotion is notified.
@@ -38,10 +40,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -49,6 +55,28 @@ from prefect import flow, get_run_logger, task
 from prefect.states import Completed, Failed
 
 import pose  # noqa: F401  (telemetry off before prefect is imported)
+from pose.train.stop import STOP_WITH_ENV
+
+
+class _NoEmptyTraceback(logging.Filter):
+    """Prefect 3.8's task engine logs a task that *returns* a Failed state (``ConfigError``,
+    ``StageFailed``) with ``exc_info=True`` although no exception is being handled, and logging
+    then prints a stray ``NoneType: None`` line; drop such empty exception info."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[0] is None:
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _quiet_empty_tracebacks() -> None:
+    logger = logging.getLogger("prefect.task_runs")
+    if not any(isinstance(f, _NoEmptyTraceback) for f in logger.filters):
+        logger.addFilter(_NoEmptyTraceback())
+
+
+_quiet_empty_tracebacks()
 
 NETWORK_STAGES = {"fetch"}
 #: with ``force=True`` this stage and every later one run as ``dvc repro --force``
@@ -71,23 +99,110 @@ def _dvc() -> str:
 def _env(extra: dict | None = None) -> dict:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    # `pose train` (train stage) stops with a checkpoint when this flow process ends, also when it is
+    # SIGKILLed and cannot stop the `dvc repro` it started (pose.train.stop)
+    env[STOP_WITH_ENV] = ",".join(filter(None, [env.get(STOP_WITH_ENV, ""), str(os.getpid())]))
     env.update(extra or {})
     return env
 
 
-def run_stage(repo: Path, name: str, force: bool = False, env: dict | None = None) -> str:
-    """``dvc repro --single-item [--force] <name>`` in ``repo``; returns DVC's stdout.
+#: seconds a stage's process group (dvc and the `pose` command it runs) gets after SIGTERM to write
+#: what it must (a training checkpoint) and exit, before SIGKILL; Prefect's own cancellation grace is 30 s
+STOP_GRACE_S = 30.0
+_EXITED_WITH = re.compile(r"exited with (-?\d+)")
 
-    Raises RuntimeError on failure: first line ``stage <name> failed (exit N): <the command's
+
+class StageError(RuntimeError):
+    """``dvc repro`` of a stage failed. ``exit_code``: DVC's; ``command_exit_code``: the stage
+    command's (``pose ...``) as DVC reports it (None when DVC failed before running it);
+    ``network``: the command failed on the network only (exit status
+    `pose.datasets.sources.NETWORK_EXIT_CODE`), the one failure a retry may cure."""
+
+    def __init__(self, message: str, *, stage: str, exit_code: int, command_exit_code: int | None):
+        super().__init__(message)
+        self.stage, self.exit_code, self.command_exit_code = stage, exit_code, command_exit_code
+
+    def __reduce__(self):  # keyword-only arguments survive pickling (Prefect may persist task results)
+        return (_stage_error, (str(self), self.stage, self.exit_code, self.command_exit_code))
+
+    @property
+    def network(self) -> bool:
+        from pose.datasets.sources import NETWORK_EXIT_CODE
+
+        return self.command_exit_code == NETWORK_EXIT_CODE
+
+
+def _stage_error(message: str, stage: str, exit_code: int, command_exit_code: int | None) -> StageError:
+    return StageError(message, stage=stage, exit_code=exit_code, command_exit_code=command_exit_code)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - a member we may not signal still exists
+        return True
+    return True
+
+
+def stop_process_group(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM to the process group of ``proc`` (started with ``start_new_session=True``: dvc and
+    the `pose` command under it), SIGKILL to whatever is left after ``grace_s`` seconds; returns
+    when the group is gone, so no stage command outlives the flow task that started it."""
+    pgid = proc.pid
+    if not _group_alive(pgid):
+        proc.poll()
+        return
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        proc.poll()  # reap dvc itself; its children are reaped by init once they exit
+        if not _group_alive(pgid):
+            return
+        time.sleep(0.2)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def run_in_group(cmd: list[str], cwd: Path | str, env: dict) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in its own process group (new session), capturing stdout / stderr as text. If
+    the caller is interrupted while waiting (Ctrl-C, the SIGTERM of a Prefect cancellation, a
+    crash of the flow), the whole group is stopped (:func:`stop_process_group`) before the
+    exception propagates: a killed flow never leaves an orphan ``dvc repro`` / ``pose train``."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate()
+    except BaseException:
+        stop_process_group(proc)
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def run_stage(repo: Path, name: str, force: bool = False, env: dict | None = None) -> str:
+    """``dvc repro --single-item [--force] <name>`` in ``repo`` (in its own process group,
+    :func:`run_in_group`); returns DVC's stdout.
+
+    Raises StageError on failure: first line ``stage <name> failed (exit N): <the command's
     last "error:" line>``, then the tail of DVC's output."""
     cmd = [_dvc(), "repro", "--single-item"] + (["--force"] if force else []) + [name]
-    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=_env(env))
+    proc = run_in_group(cmd, repo, _env(env))
     if proc.returncode != 0:
-        lines = (proc.stdout + "\n" + proc.stderr).splitlines()
+        text = proc.stdout + "\n" + proc.stderr
+        lines = text.splitlines()
         errors = [ln.strip() for ln in lines if ln.strip().startswith("error:")] or \
                  [ln.strip() for ln in lines if ln.strip().startswith("ERROR:")] or ["see the output below"]
-        raise RuntimeError(f"stage {name} failed (exit {proc.returncode}): {errors[-1]}\n"
-                           f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        codes = _EXITED_WITH.findall(text)
+        raise StageError(f"stage {name} failed (exit {proc.returncode}): {errors[-1]}\n"
+                         f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}", stage=name, exit_code=proc.returncode,
+                         command_exit_code=int(codes[-1]) if codes else None)
     return proc.stdout
 
 
@@ -142,7 +257,7 @@ def config_errors(repo: Path | str) -> list[str]:
     (:func:`pose.params.validate_params`: unknown keys, out-of-range values, ``data.dataset``
     not a ``catalogue`` key, ...), and a local ``catalogue.<name>.ingest`` batch folder that
     does not exist. Empty list: no error."""
-    from pose.params import ParamsError, validate_params
+    from pose.params import ParamsError, restore_hint, validate_params
     from pose.registry.data_version import fingerprint_uses_network, ingest_fingerprints
 
     path = Path(repo) / "params.yaml"
@@ -151,7 +266,9 @@ def config_errors(repo: Path | str) -> list[str]:
         validate_params(params, source=str(path))
         if not fingerprint_uses_network(params):
             ingest_fingerprints(params, repo, mode="stat")  # local batches: exist? (cheap, no network)
-    except (OSError, ParamsError, ValueError) as exc:
+    except ParamsError as exc:
+        return [str(exc).strip().splitlines()[0] + restore_hint(path)]
+    except (OSError, ValueError) as exc:
         return [str(exc).strip().splitlines()[0]]
     return []
 
@@ -177,43 +294,102 @@ def detect_new_data(repo: str) -> dict:
     return d
 
 
-@task(name="dvc-stage-network")
-def network_stage(repo: str, name: str, force: bool = False) -> str:
-    """A stage that talks to the network (dataset sources): retried with backoff (:func:`network_tasks`)."""
-    out = run_stage(Path(repo), name, force=force)
-    get_run_logger().info("stage %s:\n%s", name, out.strip()[-2000:])
+#: at most this many characters of a stage's output go to the flow log (head and tail, whole lines)
+LOG_OUTPUT_CHARS = 20_000
+
+
+def stage_log_text(name: str, output: str, limit: int = LOG_OUTPUT_CHARS) -> str:
+    """The flow-log entry of a finished stage: a human line first (``stage <name> done, output of
+    dvc repro:``), then the stage's whole output as DVC printed it ("Running stage 'register':",
+    the command, what it printed), so a JSON document printed by the stage (``pose register``) is
+    complete. Output over ``limit`` characters keeps its first and last lines (half each) around a
+    line saying how many lines were left out; a line is never cut."""
+    lines = output.strip("\n").splitlines()
+    if len(output) > limit:
+        head, tail, size = [], [], 0
+        for ln in lines:
+            if size + len(ln) + 1 > limit // 2:
+                break
+            head.append(ln)
+            size += len(ln) + 1
+        size = 0
+        for ln in reversed(lines[len(head):]):
+            if size + len(ln) + 1 > limit // 2:
+                break
+            tail.insert(0, ln)
+            size += len(ln) + 1
+        lines = head + [f"... ({len(lines) - len(head) - len(tail)} lines left out) ..."] + tail
+    return f"stage {name} done, output of dvc repro:\n" + "\n".join(lines)
+
+
+def _stage_task(repo: str, name: str, force: bool, env: dict | None):
+    """Run a stage; a failed stage ends the task as a ``Failed`` state named ``StageFailed`` whose
+    message is the one line of :class:`StageError` (its data: the exception, which the retry
+    condition reads), with DVC's output logged once, at ERROR, and no Python traceback."""
+    log = get_run_logger()
+    try:
+        out = run_stage(Path(repo), name, force=force, env=env)
+    except StageError as exc:
+        log.error("%s", exc)
+        return Failed(name="StageFailed", message=str(exc).splitlines()[0], data=exc)
+    log.info("%s", stage_log_text(name, out))
     return name
+
+
+@task(name="dvc-stage-network")
+def network_stage(repo: str, name: str, force: bool = False):
+    """A stage that talks to the network (dataset sources): retried with backoff when it failed on
+    the network (:func:`network_tasks`, :func:`retry_network_failures_only`)."""
+    return _stage_task(repo, name, force, None)
 
 
 @task(name="dvc-stage")
-def local_stage(repo: str, name: str, force: bool = False, env: dict | None = None) -> str:
+def local_stage(repo: str, name: str, force: bool = False, env: dict | None = None):
     """A local stage (no retries: a failure here is a bug or bad data, not a flaky network)."""
-    out = run_stage(Path(repo), name, force=force, env=env)
-    get_run_logger().info("stage %s:\n%s", name, out.strip()[-2000:])
-    return name
+    return _stage_task(repo, name, force, env)
 
 
 @task(name="dvc-push")
-def dvc_push(repo: str) -> str:
-    """``dvc push``: every cached output (raw data, validated data, models, eval results) to the default remote."""
-    proc = subprocess.run([_dvc(), "push"], cwd=repo, capture_output=True, text=True, env=_env())
+def dvc_push(repo: str):
+    """``dvc push``: every cached output (raw data, validated data, models, eval results) to the default
+    remote. A failure ends the task ``Failed`` (``PushFailed``, one line; DVC's output logged)."""
+    proc = run_in_group([_dvc(), "push"], repo, _env())
     if proc.returncode != 0:
-        raise RuntimeError(f"dvc push failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        lines = [ln.strip() for ln in (proc.stdout + "\n" + proc.stderr).splitlines() if ln.strip()]
+        errors = [ln for ln in lines if ln.startswith("ERROR")] or lines[-1:] or ["no output"]
+        get_run_logger().error("dvc push failed (exit %s):\n%s\n%s", proc.returncode, proc.stdout[-4000:],
+                               proc.stderr[-4000:])
+        return Failed(name="PushFailed", message=f"dvc push failed (exit {proc.returncode}): {errors[-1]}")
     get_run_logger().info("dvc push: %s", proc.stdout.strip()[-1000:])
     return proc.stdout
 
 
+def retry_network_failures_only(task, task_run, state) -> bool:
+    """Prefect ``retry_condition_fn`` of the fetch task: retry only when the stage failed on the
+    network (:attr:`StageError.network`); a bad batch, a checksum mismatch or a bug fails at once."""
+    exc = state.data if isinstance(state.data, BaseException) else None
+    if exc is None:
+        try:
+            exc = state.result(raise_on_failure=False)
+        except Exception:  # noqa: BLE001 - no result to look at: do not retry blindly
+            return False
+    return isinstance(exc, StageError) and exc.network
+
+
 def network_tasks(params: dict) -> dict:
     """The network-bound tasks with the retries of params ``schedule.retry_delays_s`` (one retry per
-    delay, backoff in seconds): ``fetch`` (:func:`network_stage`), ``push`` (:func:`dvc_push`) and
-    ``listing`` (the new-data check of an ``s3://`` source). Local tasks never retry."""
+    delay, backoff in seconds): ``fetch`` (:func:`network_stage`; retried only when `pose fetch`
+    failed on the network, :func:`retry_network_failures_only`: a bad batch fails at once),
+    ``push`` (:func:`dvc_push`) and ``listing`` (the new-data check of an ``s3://`` source).
+    Local tasks never retry."""
     delays = params["schedule"]["retry_delays_s"]
 
     def retrying(t, key: str, **options):
         d = [float(s) for s in delays[key]]
         return t.with_options(retries=len(d), retry_delay_seconds=d, **options)
 
-    return {"fetch": retrying(network_stage, "fetch"), "push": retrying(dvc_push, "push"),
+    return {"fetch": retrying(network_stage, "fetch", retry_condition_fn=retry_network_failures_only),
+            "push": retrying(dvc_push, "push"),
             "listing": retrying(detect_new_data, "listing", name="detect-new-data-s3")}
 
 
@@ -240,7 +416,7 @@ def compare_with_previous(repo: str, before: int, version: int) -> str | None:
     """``pose compare v<before> v<version>``: review report logged to the new version's run (best effort)."""
     pose_exe = Path(sys.executable).with_name("pose")
     cmd = [str(pose_exe) if pose_exe.exists() else "pose", "compare", f"v{before}", f"v{version}"]
-    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=_env())
+    proc = run_in_group(cmd, repo, _env())
     if proc.returncode != 0:
         get_run_logger().warning("compare report failed (not fatal):\n%s", proc.stderr[-2000:])
         return None
@@ -258,7 +434,8 @@ def summarize(repo: str, forced: bool = False) -> dict:
         summary[key] = json.loads(p.read_text()) if p.exists() else None
     ev, reg = summary["eval"] or {}, summary["registration"] or {}
     get_run_logger().info(
-        "retrain done%s: AP %.4f AP50 %.4f AR %.4f | model %s version %s aliases %s | %s",
+        "%s%s: AP %.4f AP50 %.4f AR %.4f | model %s version %s aliases %s | %s",
+        "retrain done" if reg.get("new_version") is not False else "no new model version (already registered)",
         " (forced)" if forced else "",
         ev.get("AP", float("nan")), ev.get("AP50", float("nan")), ev.get("AR", float("nan")),
         reg.get("model_name"), reg.get("version"), reg.get("aliases"), reg.get("reason"))
@@ -301,6 +478,7 @@ def retrain(repo_dir: str = ".", force: bool = False):
     ``NoNewData``, or a ``Failed`` state named ``ConfigError`` (one line naming the key)."""
     from pose.registry.data_version import fingerprint_uses_network
 
+    _quiet_empty_tracebacks()  # again, should Prefect's logging setup have replaced the logger
     repo = str(Path(repo_dir).resolve())
     config = check_config(repo, return_state=True)
     if config.is_failed():
@@ -323,19 +501,26 @@ def retrain(repo_dir: str = ".", force: bool = False):
     env = {"POSE_DATA_FINGERPRINT": d["fingerprint"]}
     for name in [n for n in names if n not in AFTER_PUSH_STAGES]:
         if name in NETWORK_STAGES:
-            net["fetch"](repo, name, force=d["new"] or name in forced)
+            state = net["fetch"](repo, name, force=d["new"] or name in forced, return_state=True)
         else:
-            local_stage(repo, name, force=name in forced)
+            state = local_stage(repo, name, force=name in forced, return_state=True)
+        if state.is_failed():
+            return Failed(name=state.name, message=state.message)
     if params["schedule"]["push"]:
-        net["push"](repo)
+        state = net["push"](repo, return_state=True)
+        if state.is_failed():
+            return Failed(name=state.name, message=state.message)
     for name in [n for n in names if n in AFTER_PUSH_STAGES]:
-        local_stage(repo, name, force=name in forced, env=env)
+        state = local_stage(repo, name, force=name in forced, env=env, return_state=True)
+        if state.is_failed():
+            return Failed(name=state.name, message=state.message)
     record_data_version(repo, d["fingerprint"])
     summary = summarize(repo, forced=force)
     reg = summary.get("registration") or {}
-    summary["registered"] = bool(reg) and reg.get("run_id") != before
+    summary["registered"] = bool(reg) and reg.get("run_id") != before and reg.get("new_version") is not False
     if not summary["registered"]:
-        log.info("fetched data identical to the registered version's: DVC had nothing to retrain")
+        log.info("no new model version: the checkpoint and evaluation equal registered v%s's (the data added "
+                 "nothing to train on, or training gave the same model)", reg.get("version"))
         return summary
     if reg.get("champion_before") and reg.get("version") and reg["champion_before"] != reg["version"]:
         compare_with_previous(repo, reg["champion_before"], reg["version"])

@@ -305,7 +305,7 @@ class TeamStack:
         ini = self._write_private(self.root / "mlflow" / "basic_auth.ini", "\n".join([
             "[mlflow]",
             "default_permission = READ",
-            f"database_uri = postgresql://mlflow@{HOST}:{pg}/mlflow_auth",
+            f"database_uri = postgresql+psycopg://mlflow@{HOST}:{pg}/mlflow_auth",
             "admin_username = admin",
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
             ""]))
@@ -318,7 +318,7 @@ class TeamStack:
             AWS_DEFAULT_REGION="us-east-1",
             MLFLOW_FLASK_SERVER_SECRET_KEY=self._secret("mlflow_flask"))
         cmd = [str(BIN / "mlflow"), "server",
-               "--backend-store-uri", f"postgresql://mlflow@{HOST}:{pg}/mlflow",
+               "--backend-store-uri", f"postgresql+psycopg://mlflow@{HOST}:{pg}/mlflow",
                "--artifacts-destination", f"s3://{MLFLOW_BUCKET}/artifacts",
                "--host", HOST, "--port", str(port), "--workers", "1", "--app-name", "basic-auth"]
         svc = self._spawn("mlflow", cmd, env)

@@ -7,7 +7,8 @@ anything else; `pose check-params` does only that (the first DVC stage).
 
 Errors a person can act on: a bad value, a missing file or a usage mistake ends in one
 line ``error: ...`` on stderr naming the file / key / option and what is allowed (exit
-status 2 for bad params and usage, 1 for other failures), never a traceback; warnings
+status 2 for bad params and usage, 75 when `fetch` / `ingest` lost the network after their
+retries, 1 for other failures), never a traceback; warnings
 are one plain line ``warning: ...``; no colour codes unless stderr is a terminal.
 """
 
@@ -31,7 +32,7 @@ except ImportError:  # pragma: no cover - older typer on the real click
 
 import pose  # noqa: F401  (turns telemetry off before any tool is imported)
 from pose.datasets.formats import NATIVE_KINDS
-from pose.params import ParamsError, check_input_size, load_checked_params, load_params
+from pose.params import ParamsError, check_input_size, load_checked_params, load_params, restore_hint
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None,
                   pretty_exceptions_enable=False)
@@ -99,7 +100,9 @@ def _params(path: Path) -> dict:
     """params.yaml checked against the schema; a bad file / value ends the command with one line."""
     try:
         return load_checked_params(path)
-    except (ParamsError, FileNotFoundError) as exc:
+    except ParamsError as exc:
+        _fail(str(exc) + restore_hint(path), EXIT_CONFIG)
+    except FileNotFoundError as exc:
         _fail(str(exc), EXIT_CONFIG)
 
 
@@ -135,6 +138,15 @@ def check_params(out: Path = typer.Option(None, help="also write this JSON marke
     typer.echo(f"{params_file}: ok")
 
 
+def _data_exit_code(exc: BaseException) -> int:
+    """Exit status of a failed `fetch` / `ingest`: 75 (`pose.datasets.sources.NETWORK_EXIT_CODE`,
+    EX_TEMPFAIL: try again later) when only the network failed, after the download retries; 1 for
+    everything else, a bad batch included (retrying cannot help)."""
+    from pose.datasets.sources import NETWORK_EXIT_CODE, is_network_error
+
+    return NETWORK_EXIT_CODE if is_network_error(exc) else 1
+
+
 @app.command()
 def fetch(out: Path = typer.Option(None, help="output folder (default: <data.raw_dir>/<data.dataset>)"),
           dataset: str = typer.Option(None, help="catalogue name (default: params data.dataset)"),
@@ -154,7 +166,7 @@ def fetch(out: Path = typer.Option(None, help="output folder (default: <data.raw
                                 generated_params=p["generated"], train_split=d["train_split"], val_split=d["val_split"],
                                 link=False, ingest=list(ingest or []), progress=sys.stderr.isatty())
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
-        _fail(str(exc))
+        _fail(str(exc), _data_exit_code(exc))
     typer.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))
 
 
@@ -176,7 +188,7 @@ def ingest(batch: str = typer.Option(..., help="folder, file:// URL or s3://buck
         summary = ingest_batch(batch, into, split=split or d["train_split"], fmt=fmt, annotations=annotations,
                                progress=sys.stderr.isatty())
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
-        _fail(str(exc))
+        _fail(str(exc), _data_exit_code(exc))
     typer.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))
 
 
@@ -190,9 +202,11 @@ def validate(annotations: Path = typer.Option(..., help="COCO keypoints JSON to 
              on_error: str = typer.Option(None, help="fail | quarantine (default: params validate.on_error)"),
              params_file: Path = PARAMS) -> None:
     """Validate annotations and image files with a great-expectations suite (stage `validate`). Exit 1 on errors."""
+    from pose.datasets.catalogue import exif_orientation
     from pose.quality.validate import validate_dataset
 
-    v = load_params(params_file)["validate"]
+    p = load_params(params_file)
+    v = p["validate"]
     docs = docs or report.with_suffix("").parent / (report.stem + "_docs")
     result = validate_dataset(annotations, images, on_error=on_error or v["on_error"],
                               bbox_tolerance=float(v["bbox_tolerance"]),
@@ -200,7 +214,8 @@ def validate(annotations: Path = typer.Option(..., help="COCO keypoints JSON to 
                               lr_swap_min_shoulder_reversal=float(v["lr_swap_min_shoulder_reversal"]),
                               report_path=report, docs_dir=docs, cleaned_path=cleaned,
                               workers=int(v["workers"]),
-                              cache_path=Path(v["image_cache"]) if v.get("image_cache") else None)
+                              cache_path=Path(v["image_cache"]) if v.get("image_cache") else None,
+                              exif_orientation=exif_orientation(p["catalogue"][p["data"]["dataset"]]))
     s = result.get("summary", {})
     typer.echo(f"{annotations}: {s}")
     if not result["ok"]:
@@ -260,14 +275,34 @@ def train(train_ann: Path = typer.Option(..., help="training COCO keypoints JSON
                                                   "epochs; best.pt = best validation AP"),
           val_images: Path = typer.Option(None, help="folder of the validation images"),
           val_epochs: Path = typer.Option(None, help="per-epoch validation CSV to write (epoch, step, AP, AP50, ...)"),
+          dvc_stage: str = typer.Option(None, help="run as this dvc.yaml stage (the train stage: --dvc-stage train): "
+                                        "resume only from a last.pt written by the same stage inputs (deps' hashes "
+                                        "as DVC computes them, the stage's params), else start fresh and say why; "
+                                        "stop with a checkpoint when the dvc process running it ends"),
           params_file: Path = PARAMS) -> None:
-    """Train HigherHRNet with the multi-scale curriculum (stage `train`). Works under torchrun."""
+    """Train HigherHRNet with the multi-scale curriculum (stage `train`). Works under torchrun.
+
+    SIGTERM / SIGINT write last.pt at the next step boundary and exit 128 + signal (130, 143);
+    the same command resumes there (`pose.train.stop`)."""
     from pose.train.loop import train as run_train
+    from pose.train.stop import TrainingInterrupted
 
     try:
+        inputs = None
+        if dvc_stage:
+            from pose.train.resume import stage_inputs
+
+            inputs = stage_inputs(dvc_stage, os.environ.get("DVC_ROOT") or ".")
         summary = run_train(load_params(params_file), train_ann=train_ann, train_images=train_images,
                             out_dir=out_dir, metrics_path=metrics, steps_path=steps, resume=resume,
-                            val_ann=val_ann, val_images=val_images, val_path=val_epochs)
+                            val_ann=val_ann, val_images=val_images, val_path=val_epochs, stage_inputs=inputs,
+                            watch_parents=bool(dvc_stage))
+    except TrainingInterrupted as exc:
+        try:
+            typer.echo(f"interrupted: {exc}", err=True)
+        except OSError:  # stderr closed with the process that read it
+            pass
+        raise typer.Exit(128 + exc.signum) from None
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     if summary:
@@ -507,6 +542,7 @@ def predict(source: Path = typer.Argument(..., help="an image, a folder of image
     from pose.registry.tracking import tracking_uri
 
     p = load_params(params_file)
+    model = _resolve_model(model, p)
     ev = dict(p["evaluate"])
     if input_size is not None:
         ev["input_size"] = input_size
@@ -572,6 +608,7 @@ def export_cmd(model: str = typer.Option(..., help="checkpoint path, or models:/
     from pose.registry.tracking import tracking_uri
 
     p = load_params(params_file)
+    model = _resolve_model(model, p)
     ev = dict(p["evaluate"])
     if int8:
         d = p["data"]
@@ -625,7 +662,9 @@ def register(checkpoint: Path = typer.Option(..., help="trained checkpoint to re
                               reevaluate=lambda ck, ann=None: _score(p, ck, ann or eval_annotations, eval_images, None))
     except (RegistryError, TimeoutError) as exc:
         _fail(str(exc))
-    typer.echo(json.dumps(record, indent=2, sort_keys=True))
+    from pose.registry.versions import registration_line
+
+    typer.echo(registration_line(record, out))
 
 
 def _val_images(p: dict) -> Path:
@@ -646,6 +685,9 @@ def promote(version: str = typer.Option(None, help="version (3 / v3), alias or m
     from pose.registry.errors import RegistryError
     from pose.registry.promotion import promote as run_promote
 
+    if force and not (reason and reason.strip()):
+        _fail("pose promote: --force needs --reason \"...\": say why the gate is overridden "
+              "(see 'pose promote --help')", EXIT_CONFIG)
     p = load_params(params_file)
     images = eval_images or _val_images(p)
     try:
@@ -653,6 +695,9 @@ def promote(version: str = typer.Option(None, help="version (3 / v3), alias or m
                              reevaluate=lambda ck, ann: _score(p, ck, ann, images, None))
     except (RegistryError, TimeoutError) as exc:
         _fail(str(exc))
+    from pose.registry.verdict import promotion_line
+
+    typer.echo(promotion_line(record))
     typer.echo(json.dumps(record, indent=2, sort_keys=True, default=str))
 
 
@@ -664,17 +709,23 @@ def rollback(reason: str = typer.Option(..., help="why the champion is rolled ba
     from pose.registry.errors import RegistryError
     from pose.registry.promotion import rollback as run_rollback
 
+    if not reason.strip():
+        _fail("pose rollback: --reason must say why the champion is rolled back (see 'pose rollback --help')",
+              EXIT_CONFIG)
     try:
         record = run_rollback(load_params(params_file), reason=reason, to_version=to)
     except (RegistryError, TimeoutError) as exc:
         _fail(str(exc))
+    typer.echo(f"{record['model_name']}: champion rolled back from v{record['rolled_back']} to v{record['champion']} "
+               f"({record['reason']})")
     typer.echo(json.dumps(record, indent=2, sort_keys=True))
 
 
 @app.command()
 def compare(a: str = typer.Argument(..., help="baseline: run id, version (3 / v3), alias or models:/ URI"),
             b: str = typer.Argument(..., help="candidate (same forms); the report is logged to its run"),
-            out_dir: Path = typer.Option(None, help="report folder (default: data/compare/<A>_vs_<B>)"),
+            out_dir: Path = typer.Option(None, help="report folder (default: data/compare/<model>/v<A>_vs_v<B>, "
+                                                    "or data/compare/<modelA>-v<A>_vs_<modelB>-v<B>)"),
             images: Path = typer.Option(None, help="validation images for overlays "
                                          "(default: <raw_dir>/<dataset>/<val_split>)"),
             log: bool = typer.Option(True, "--log/--no-log", help="log the report as an artifact of B's run"),
@@ -688,11 +739,47 @@ def compare(a: str = typer.Argument(..., help="baseline: run id, version (3 / v3
         report = run_compare(load_params(params_file), a, b, out_dir=out_dir, images_dir=images, log_to_run=log)
     except RegistryError as exc:
         _fail(str(exc))
-    for line in report["verdict_lines"]:
+    for line in report["verdict_lines"] + [n for n in report["summary"]["notes"] if n.startswith("No overlays")]:
         typer.echo(line.replace("**", "").replace("`", ""))
     typer.echo(f"report: {report['markdown']} | {report['html']}"
                + (f" | logged to run {report['run_id']} under {report['artifact_path']}"
                   if report["artifact_path"] else ""))
+
+
+@app.command()
+def serve(model: str = typer.Option(..., help="models:/<name>/latest (the newest version, whatever its alias), "
+                                              "models:/<name>@champion, models:/<name>/<version>, runs:/<run>/model "
+                                              "or a model folder"),
+          host: str = typer.Option(None, help="address to bind (default: params serve.host)"),
+          port: int = typer.Option(None, help="TCP port (default: params serve.port)"),
+          workers: int = typer.Option(None, help="worker processes (default: params serve.workers)"),
+          params_file: Path = PARAMS) -> None:
+    """Serve a registered model over HTTP (MLflow's scoring protocol: POST /invocations, GET /ping) with
+    supervised workers, request limits and deadlines (params serve; pose.serve). Runs until Ctrl-C / SIGTERM."""
+    if not Path(model).is_dir():   # a model folder, else a models:/ or runs:/ reference
+        _check_model_ref(model)
+    from pose.serve import ServeError, serve_model
+
+    try:
+        serve_model(load_params(params_file), model_uri=model, host=host, port=port, workers=workers,
+                    echo=typer.echo)
+    except ServeError as exc:
+        _fail(str(exc))
+
+
+def _resolve_model(model: str, p: dict) -> str:
+    """``model`` with ``models:/<name>/latest`` resolved to the newest version; one error line listing
+    the registered versions and why none holds the alias when a ``models:/<name>@<alias>`` reference
+    does not resolve (pose.registry.serving.resolve_model_ref)."""
+    if not model.startswith("models:/"):
+        return model
+    from pose.registry.serving import ModelRefError, resolve_model_ref
+    from pose.registry.tracking import tracking_uri
+
+    try:
+        return resolve_model_ref(model, tracking_uri=tracking_uri(p))
+    except ModelRefError as exc:
+        _fail(str(exc))
 
 
 def _checks_params_first(fn):
@@ -714,9 +801,64 @@ for _info in app.registered_commands:
         _info.callback = _checks_params_first(_info.callback)
 
 
+#: where the crash handler writes full tracebacks: env POSE_LOG_DIR, else data/logs under the
+#: working directory (the repo root for DVC stages), else the system temp folder when that is not writable
+LOG_DIR_ENV = "POSE_LOG_DIR"
+
+
+def _crash_log_dir() -> Path:
+    """The first writable of ``$POSE_LOG_DIR``, ``./data/logs`` and ``<tempdir>/pose-logs``."""
+    import tempfile
+
+    candidates = [Path(os.environ[LOG_DIR_ENV])] if os.environ.get(LOG_DIR_ENV) else []
+    candidates += [Path("data") / "logs", Path(tempfile.gettempdir()) / "pose-logs"]
+    for folder in candidates:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if os.access(folder, os.W_OK):
+                return folder
+        except OSError:
+            continue
+    return Path(tempfile.gettempdir())
+
+
+def _crash_report(exc: BaseException, argv: list[str]) -> str:
+    """Write the full traceback of an exception no handler expected to a log file and return the
+    one line the user sees: the command, the exception (type, message, innermost `pose` frame)
+    and the log path, e.g. ``pose train failed unexpectedly: KeyError: 'x' (pose/train/loop.py:120
+    in train); full traceback: data/logs/pose-train-20260601T030000Z-4242.log``."""
+    import datetime
+    import traceback
+
+    command = next((a for a in argv if not a.startswith("-")), "")
+    marker = f"{os.sep}pose{os.sep}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [f for f in frames if marker in f.filename] or frames
+    where = ""
+    if ours:
+        f = ours[-1]
+        shown = "pose/" + f.filename.rsplit(marker, 1)[1] if marker in f.filename else Path(f.filename).name
+        where = f" ({shown}:{f.lineno} in {f.name})"
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    name = f"pose-{re.sub(r'[^A-Za-z0-9_-]', '_', command) or 'main'}-{stamp}-{os.getpid()}.log"
+    text = (f"pose {' '.join(argv)}\ncwd: {os.getcwd()}\nat: {stamp}\n\n"
+            + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    message = f"{type(exc).__name__}: {_one_line(exc) or '(no message)'}{where}"
+    try:
+        log = _crash_log_dir() / name
+        log.write_text(text)
+        saved = f"full traceback: {log}"
+    except OSError as write_error:  # the disk refuses: the traceback goes to stderr after the line
+        saved = f"full traceback below (could not write a log file: {write_error})"
+        print(text, file=sys.stderr)
+    return f"{' '.join(['pose', command]).strip()} failed unexpectedly: {message}; {saved}"
+
+
 def main() -> None:
     """Console entry point ``pose``: runs the app, printing click's usage errors (unknown
-    option, missing argument, bad value) as one line ``error: ... (see 'pose <cmd> --help')``."""
+    option, missing argument, bad value) as one line ``error: ... (see 'pose <cmd> --help')``,
+    and any exception no command handles as one line ``error: pose <cmd> failed unexpectedly:
+    <type>: <message> (<where>); full traceback: <log file>`` (:func:`_crash_report`), exit 1."""
     _quiet_warnings()
     command = typer.main.get_command(app)
     try:
@@ -731,8 +873,11 @@ def main() -> None:
     except _click_exc.ClickException as exc:
         _error_line(exc.format_message())
         sys.exit(exc.exit_code)
-    except _click_exc.Abort:
+    except typer.Abort:
         _error_line("aborted")
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - the crash handler: no handler above expected this
+        _error_line(_crash_report(exc, sys.argv[1:]))
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 

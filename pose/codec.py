@@ -40,6 +40,11 @@ map pixel ``i`` lies at continuous coordinate ``i + Codec.pixel_offset``. Target
 resampling and the flip test follow it. The flip test swaps joint channels with
 :attr:`Codec.flip_index` (COCO-17, `pose.datasets.schema.FLIP_INDEX`).
 
+Every other difference between the two modes is a named field of :class:`Convention`
+(:data:`CONVENTION_RULES`, :func:`convention_rules`): ``reference`` follows the official
+HigherHRNet code in each of them (training targets and the test protocol), ``project`` keeps
+the choices that measured better (README, *Test protocol and coordinate convention*).
+
 What decoding and serving return
 --------------------------------
 Test-time resize, flip and multi-scale aggregation and the grouping live in `pose.decode`
@@ -56,13 +61,138 @@ with ``K`` joints in :data:`pose.datasets.schema.KEYPOINT_NAMES` order.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from pose.datasets.schema import FLIP_INDEX
 from pose.targets.heatmaps import CONVENTIONS, joint_indices, pixel_offset, render_heatmaps
+
+#: Values of :attr:`Convention.keypoint_mapping`.
+KEYPOINT_MAPPINGS: tuple[str, ...] = ("centred", "raw")
+#: Values of :attr:`Convention.input_affine`.
+INPUT_AFFINES: tuple[str, ...] = ("float64", "float32")
+#: Values of :attr:`Convention.assignment`.
+ASSIGNMENTS: tuple[str, ...] = ("scipy", "munkres")
+#: Values of :attr:`Convention.missing_joint`.
+MISSING_JOINTS: tuple[str, ...] = ("zero", "origin")
+
+
+@dataclass(frozen=True)
+class Convention:
+    """What a coordinate convention (params ``model.convention``) decides, one named field per
+    difference between ``project`` and ``reference`` (README table *Test protocol and
+    coordinate convention*, with the AP effect of each). Build one with
+    :func:`convention_rules`; :func:`dataclasses.replace` makes a variant (ablations).
+
+    Attributes:
+        name: ``project`` | ``reference``: the params value (resampling and un-flipping of the
+            maps follow :attr:`pixel_offset`, `pose.decode.inference`).
+        pixel_offset: continuous coordinate of the centre of map pixel 0 (0.0 | 0.5;
+            `pose.targets.heatmaps`): peak pixel ``rint(x)`` | ``int(x)``, decoded pixel
+            ``i`` at ``i + pixel_offset``.
+        keypoint_mapping: image px ``p`` <-> input px ``c`` for the pixel-index warp ``M``
+            that ``cv2.warpAffine`` applies to the image. ``centred``: ``c = M (p - o) + o``,
+            ``p = M^-1 (c - o) + o`` (``o`` = pixel_offset; keypoints stay on the pixels they
+            label at any scale). ``raw``: ``c = M p``, ``p = M^-1 c``, the official code's
+            (training targets: ``lib/dataset/transforms/transforms.py``; test:
+            ``get_final_preds`` in ``lib/utils/transforms.py``); the two differ by
+            ``o (1 - 1/f)`` image px at input scale ``f``.
+        input_affine: the ``short_side`` test input affine (`pose.decode.preprocess.short_side_geometry`):
+            ``float64`` exact, or ``float32``: three float32 points through
+            ``cv2.getAffineTransform``, as the official ``get_affine_transform`` builds it
+            (about 1e-6 relative, enough to move a pixel by one grey level).
+        assignment: the per-joint assignment solver of the grouping (`pose.decode.group`):
+            ``scipy`` (``linear_sum_assignment`` on the rectangular cost) or ``munkres``:
+            the choice of the ``munkres`` package on the cost padded to square with 1e10
+            columns, as the official ``lib/core/group.py`` calls it (the two differ only
+            where several assignments have exactly the optimal cost).
+        adjust_equal: the quarter-pixel ``adjust`` shift of a peak whose two neighbours on
+            an axis are equal: 0.0 (project) | -0.25 (official ``else`` branch).
+        keep_all_groups: False keeps the ``max_people`` best-scoring persons of an image;
+            True every group, as the official parser (COCOeval scores the top 20).
+        missing_joint: image px of a joint that was not found: ``zero`` ``(0, 0)`` or
+            ``origin`` ``M^-1 (0, 0)``, the official mapping of the heatmap origin.
+    """
+
+    name: str
+    pixel_offset: float
+    keypoint_mapping: str
+    input_affine: str
+    assignment: str
+    adjust_equal: float
+    keep_all_groups: bool
+    missing_joint: str
+
+    def __post_init__(self) -> None:
+        for field, value, allowed in (("name", self.name, CONVENTIONS),
+                                      ("keypoint_mapping", self.keypoint_mapping, KEYPOINT_MAPPINGS),
+                                      ("input_affine", self.input_affine, INPUT_AFFINES),
+                                      ("assignment", self.assignment, ASSIGNMENTS),
+                                      ("missing_joint", self.missing_joint, MISSING_JOINTS)):
+            if value not in allowed:
+                raise ValueError(f"Convention.{field} must be one of {', '.join(allowed)}; got {value!r}")
+        if self.pixel_offset not in (0.0, 0.5):
+            raise ValueError(f"Convention.pixel_offset must be 0.0 or 0.5, got {self.pixel_offset!r}")
+        if self.adjust_equal not in (0.0, -0.25, 0.25):
+            raise ValueError(f"Convention.adjust_equal must be 0.0, -0.25 or 0.25, got {self.adjust_equal!r}")
+
+    @property
+    def map_offset(self) -> float:
+        """``o`` of the image px <-> input px mapping (:attr:`keypoint_mapping`): the pixel
+        offset for ``centred``, 0 for ``raw``."""
+        return self.pixel_offset if self.keypoint_mapping == "centred" else 0.0
+
+
+#: The two conventions of params ``model.convention``, field by field (:class:`Convention`).
+CONVENTION_RULES: dict[str, Convention] = {
+    "project": Convention(name="project", pixel_offset=0.0, keypoint_mapping="centred", input_affine="float64",
+                          assignment="scipy", adjust_equal=0.0, keep_all_groups=False, missing_joint="zero"),
+    "reference": Convention(name="reference", pixel_offset=0.5, keypoint_mapping="raw", input_affine="float32",
+                            assignment="munkres", adjust_equal=-0.25, keep_all_groups=True, missing_joint="origin"),
+}
+
+
+#: Fields of :class:`Convention` that params ``evaluate.convention_overrides`` may set at test time
+#: (everything but the name and the pixel offset, which the weights were trained in).
+TEST_TIME_FIELDS: tuple[str, ...] = ("keypoint_mapping", "input_affine", "assignment", "adjust_equal",
+                                     "keep_all_groups", "missing_joint")
+
+
+def with_overrides(convention: str | Convention, overrides: Mapping | None) -> str | Convention:
+    """``convention`` with the test-time fields of ``overrides`` (params
+    ``evaluate.convention_overrides``, e.g. ``{assignment: scipy}``) replaced; ``convention``
+    itself when there are none (the params value stays a string).
+
+    Raises ValueError naming the params key for a field that is not in
+    :data:`TEST_TIME_FIELDS` or a value the field does not allow.
+    """
+    items = {k: v for k, v in dict(overrides or {}).items() if v is not None}
+    if not items:
+        return convention
+    unknown = sorted(set(items) - set(TEST_TIME_FIELDS))
+    if unknown:
+        raise ValueError(f"evaluate.convention_overrides: unknown field(s) {', '.join(unknown)} "
+                         f"(allowed: {', '.join(TEST_TIME_FIELDS)})")
+    try:
+        return replace(convention_rules(convention), **items)
+    except ValueError as exc:
+        raise ValueError(f"evaluate.convention_overrides: {exc}") from exc
+
+
+def convention_rules(convention: str | Convention) -> Convention:
+    """The :class:`Convention` of a params ``model.convention`` value, or ``convention``
+    itself when it is one already (a variant built with :func:`dataclasses.replace`).
+
+    Raises ValueError naming params ``model.convention`` on an unknown value.
+    """
+    if isinstance(convention, Convention):
+        return convention
+    rules = CONVENTION_RULES.get(convention) if isinstance(convention, str) else None
+    if rules is None:
+        raise ValueError(f"model.convention must be one of {', '.join(CONVENTIONS)}; got {convention!r}")
+    return rules
 
 #: Output strides of the network in output order: the 1/4 head (heatmaps + tags), then the
 #: 1/2 head (heatmaps) after the one deconvolution block of HigherHRNet. The model builds its
@@ -173,6 +303,11 @@ class Codec:
     def pixel_offset(self) -> float:
         """Continuous coordinate of the centre of map pixel 0 (0.0 ``project``, 0.5 ``reference``)."""
         return pixel_offset(self.convention)
+
+    @property
+    def rules(self) -> "Convention":
+        """The :class:`Convention` of :attr:`convention`, field by field."""
+        return convention_rules(self.convention)
 
     def map_size(self, input_size: int, stride: int) -> int:
         """Side in map px of the output at ``stride`` for an input side of ``input_size`` input px."""
@@ -290,5 +425,7 @@ def codec_from_params(model_params: Any, targets_params: Any | None) -> Codec:
                  subpixel=subpixel, max_people=max_people)
 
 
-__all__ = ["Codec", "INPUT_MULTIPLE", "JOINTS_NAME", "LOSS_PARTS", "MASK_NAMES", "OUTPUT_NAMES", "OUTPUT_STRIDES",
-           "codec_from_params", "mask_name", "output_name"]
+__all__ = ["ASSIGNMENTS", "CONVENTION_RULES", "Codec", "Convention", "INPUT_AFFINES", "INPUT_MULTIPLE", "JOINTS_NAME",
+           "KEYPOINT_MAPPINGS", "LOSS_PARTS", "MASK_NAMES", "MISSING_JOINTS", "OUTPUT_NAMES", "OUTPUT_STRIDES",
+           "TEST_TIME_FIELDS", "codec_from_params", "convention_rules", "mask_name", "output_name",
+           "with_overrides"]

@@ -48,6 +48,23 @@ _PAGE = """<!DOCTYPE html>
         table {{
             border-spacing: 15px;
         }}
+        /* image plots (the evaluate stage's PNGs): DVC puts each revision's image in a
+           nowrap row with overflow hidden, which cuts off an image wider than the window (the
+           960 px overlays, or two revisions side by side in `dvc plots diff`): let the
+           revisions wrap and scale each image down to the width it has */
+        div[id$="_png"] {{
+            white-space: normal !important;
+            overflow: visible !important;
+        }}
+        div[id$="_png"] > div {{
+            max-width: calc(100% - 16px);
+            box-sizing: border-box;
+            vertical-align: top;
+        }}
+        div[id$="_png"] img {{
+            max-width: 100%;
+            height: auto;
+        }}
     </style>
 </head>
 <body>

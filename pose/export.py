@@ -39,7 +39,7 @@ import torch
 from pose.datasets.schema import FLIP_INDEX, KEYPOINT_NAMES, SKELETON
 from pose.decode.inference import inference_net
 from pose.decode.onnx_backend import FORMAT, INPUT_NAME, OUTPUT_NAMES
-from pose.decode.persons import EVAL_KEYS, graph_projects, resolve_eval_params
+from pose.decode.persons import EVAL_KEYS, OPTIONAL_EVAL_KEYS, graph_projects, resolve_eval_params
 from pose.io import atomic_write_bytes
 
 #: ONNX opset of exported files (onnxruntime 1.32 runs up to 23; 18 is torch's default)
@@ -103,7 +103,7 @@ def export_onnx(model: torch.nn.Module, out_path: Path | str, *, eval_params: di
         "input_size": str(int(cfg["input_size"])), "resize": str(cfg["resize"]),
         "keypoint_names": json.dumps(list(KEYPOINT_NAMES)), "flip_index": json.dumps(list(FLIP_INDEX)),
         "skeleton": json.dumps([list(limb) for limb in SKELETON]),
-        "eval_params": json.dumps({k: cfg[k] for k in EVAL_KEYS}),
+        "eval_params": json.dumps({k: cfg[k] for k in EVAL_KEYS + OPTIONAL_EVAL_KEYS if k in cfg}),
         **{str(k): str(v) for k, v in (metadata or {}).items()},
     }
     del proto.metadata_props[:]

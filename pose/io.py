@@ -1,6 +1,7 @@
 """Atomic file writes shared by every stage: a temp file in the target's folder, then
 ``os.replace``. Readers (and DVC) never see a half-written file, and a failed write
-leaves the previous file untouched. Also the one file-hash helper (`sha256_file`)."""
+leaves the previous file untouched. Also the one file-hash helper (`sha256_file`) and the one
+image decoder (`read_image`, with the EXIF orientation of a dataset: `dataset_exif`)."""
 
 from __future__ import annotations
 
@@ -70,19 +71,48 @@ def sha256_file(path: Path | str) -> str:
     return h.hexdigest()
 
 
-def read_image(path: Path | str, image_id: Any = None) -> "np.ndarray":
+#: How an image file's EXIF orientation tag is treated when it is decoded (catalogue
+#: ``<dataset>.exif_orientation``): ``ignore`` keeps the stored pixel frame (what COCO-format
+#: annotations are made in, and the official HigherHRNet reads: ``IMREAD_IGNORE_ORIENTATION``);
+#: ``apply`` turns the pixels as a photo viewer shows them (a user's photo).
+EXIF_MODES: tuple[str, ...] = ("ignore", "apply")
+
+
+def read_image(path: Path | str, image_id: Any = None, *, exif: str = "apply") -> "np.ndarray":
     """Decode an image file as (H, W, 3) uint8 BGR (OpenCV order).
 
+    ``exif`` (:data:`EXIF_MODES`): ``apply`` (a user's photo, `pose predict`; the default of
+    ``cv2.imread``) turns the pixels by the file's EXIF orientation tag; ``ignore`` keeps the
+    stored frame, as dataset images must be read (:func:`dataset_exif`: the frame their
+    annotations were made in).
+
     Raises FileNotFoundError when the file is missing and ValueError when it cannot be
-    decoded; both name the file and, when given, the COCO image id.
+    decoded or ``exif`` is unknown; both name the file and, when given, the COCO image id.
     """
     import cv2
 
     path = Path(path)
     what = f"{path}" + (f" (image id {image_id})" if image_id is not None else "")
+    if exif not in EXIF_MODES:
+        raise ValueError(f"{what}: exif orientation mode must be one of {', '.join(EXIF_MODES)}, got {exif!r}")
     if not path.exists():
         raise FileNotFoundError(f"{what}: image file not found")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    flags = cv2.IMREAD_COLOR | (cv2.IMREAD_IGNORE_ORIENTATION if exif == "ignore" else 0)
+    image = cv2.imread(str(path), flags)
     if image is None:
         raise ValueError(f"{what}: cannot decode image")
     return image
+
+
+def dataset_exif(coco: dict, source: Path | str | None = None) -> str:
+    """How the images of a COCO-format annotation dict are read (:data:`EXIF_MODES`): its
+    ``info.exif_orientation``, which ``pose validate`` writes from the catalogue setting
+    (params ``catalogue.<dataset>.exif_orientation``), else ``ignore``: COCO-format
+    annotations are made in the stored pixel frame. Raises ValueError naming ``source``
+    on another value."""
+    info = coco.get("info") if isinstance(coco, dict) else None
+    mode = info.get("exif_orientation", "ignore") if isinstance(info, dict) else "ignore"
+    if mode not in EXIF_MODES:
+        raise ValueError(f"{source or 'annotations'}: info.exif_orientation must be one of {', '.join(EXIF_MODES)}, "
+                         f"got {mode!r}")
+    return mode

@@ -301,6 +301,7 @@ class CatalogueEntry(Section):
     native: dict[str, NativeSplit] | None = None
     sources: list[SourceItem] | None = None
     ingest: list[Str] | None = None
+    exif_orientation: Literal["ignore", "apply"] | None = None  # absent: the format's (ignore: COCO-style)
 
 
 class GeneratedSection(Section):
@@ -406,6 +407,12 @@ class CurriculumStage(Section):
     epochs: PosInt
 
 
+def _ema_decay(value: float) -> float:
+    if not 0.0 <= value < 1.0:
+        raise PydanticCustomError("out_of_range", "must be in [0, 1) (0: no EMA of the weights; e.g. 0.998)")
+    return value
+
+
 class TrainSection(Section):
     seed: Int
     batch_size: PosInt
@@ -415,8 +422,11 @@ class TrainSection(Section):
     weight_decay: NonNegFloat
     lr_schedule: Literal["cosine", "step"]
     warmup_steps: NonNegInt
+    ema_decay: Annotated[float, BeforeValidator(_reject_bool), AfterValidator(_ema_decay)]
+    ema_warmup_steps: NonNegInt
     grad_clip: PosFloat
     amp: bool
+    channels_last: bool
     max_steps_per_epoch: NonNegInt
     log_every: PosInt
     checkpoint_every: NonNegInt
@@ -431,6 +441,17 @@ def _odd_kernel(value: int) -> int:
     if value < 1 or value % 2 == 0:
         raise PydanticCustomError("odd", "must be a positive odd window size in px (reference 5)")
     return value
+
+
+class ConventionOverrides(Section):
+    """``evaluate.convention_overrides``: test-time fields of the model's coordinate convention
+    replaced by another value (`pose.codec.with_overrides`; absent: the convention's own)."""
+    keypoint_mapping: Literal["centred", "raw"] | None = None
+    input_affine: Literal["float64", "float32"] | None = None
+    assignment: Literal["scipy", "munkres"] | None = None
+    adjust_equal: Literal[0.0, -0.25] | None = None
+    keep_all_groups: bool | None = None
+    missing_joint: Literal["zero", "origin"] | None = None
 
 
 class EvaluateSection(Section):
@@ -448,6 +469,7 @@ class EvaluateSection(Section):
     adjust: bool
     refine: bool
     nms_oks: Prob
+    convention_overrides: ConventionOverrides
     oks_threshold: Prob
     area_bins: Annotated[list[PosFloat], _non_empty("sqrt(area) px bin bounds")]
     overlay_count: PosInt
@@ -486,9 +508,21 @@ class PredictSection(Section):
 
 
 class ServeSection(Section):
-    """The served model (`pose.registry.serving`): request limits and the logged input example."""
+    """The served model (`pose.registry.serving`, `pose serve`): request limits, deadline, workers and the logged
+    input example."""
     max_pixels: PosInt
     max_images: PosInt
+    max_input_size: InputSize
+    max_test_scales: PosInt
+    max_input_pixels: PosInt
+    request_timeout_s: PosFloat
+    concurrent_requests: PosInt
+    max_request_bytes: PosInt
+    workers: PosInt
+    worker_healthcheck_s: PosFloat
+    malloc_arenas: PosInt
+    host: Str
+    port: _bounded(int, 1, 65535)
     example_size: InputSize
     predictor_cache: PosInt
     log_onnx: bool
@@ -742,6 +776,30 @@ def check_section_values(section: str, values: dict, source: str) -> dict:
     return values
 
 
+def restore_hint(path: Path | str = "params.yaml") -> str:
+    """How to get back to the committed params file after a bad value, for the end of a params
+    error line: ``" (params.yaml differs from the last commit, e.g. left by a failed `dvc exp run -S
+    ...`: restore it with `git checkout params.yaml` or `dvc exp apply HEAD`)"``. Empty when the file
+    is as committed, untracked, or not in a git repository (git is asked: ``git diff --quiet HEAD``).
+
+    Why: `dvc exp run -S key=value` writes the value into the workspace file before the stages run
+    and leaves it there when the `check_params` stage refuses it, so the next `dvc repro` or
+    scheduled run fails on the same value."""
+    import subprocess
+
+    path = Path(path)
+    folder = path.resolve().parent
+    try:
+        proc = subprocess.run(["git", "-C", str(folder), "diff", "--quiet", "HEAD", "--", path.name],
+                              capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    if proc.returncode != 1:          # 0: as committed; 128: no repository / no commit
+        return ""
+    return (f" ({path} differs from the last commit, e.g. left by a failed `dvc exp run -S ...`: restore it "
+            f"with `git checkout {path}` or `dvc exp apply HEAD`)")
+
+
 __all__ = ["load_params", "load_checked_params", "validate_params", "check_section_values", "ParamsError",
            "Params", "flatten",
-           "input_size_error", "check_input_size", "SIZE_DIVISOR", "RULE_METRICS"]
+           "input_size_error", "check_input_size", "SIZE_DIVISOR", "RULE_METRICS", "restore_hint"]

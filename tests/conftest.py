@@ -41,3 +41,14 @@ def coco_like(generated_coco) -> Path:
     if (COCO_MINI / "annotations" / "person_keypoints_val2017.json").exists():
         return COCO_MINI
     return generated_coco
+
+
+@pytest.fixture()
+def prefect_server(tmp_path_factory):
+    """A real `prefect server` on 127.0.0.1 (free port, temporary PREFECT_HOME, telemetry off), started
+    from the repo root as the README does; yields `tests/prefect_server.PrefectServer` (``api_url``,
+    ``log``, ``error_lines()``, ``client_env()``) and stops it afterwards."""
+    from prefect_server import prefect_server as start
+
+    with start(tmp_path_factory.mktemp("prefect-server")) as server:
+        yield server

@@ -254,3 +254,97 @@ def test_predict_failure_leaves_no_output_folder(tmp_path):
     assert len(lines) == 1 and lines[0].startswith(f"error: {ck}"), proc.stderr
     assert "Traceback" not in proc.stderr
     assert not out.exists(), "a failed predict must not leave an (empty) output folder"
+
+
+# ----------------------------------------------------------------------------- crash handler
+
+#: a sitecustomize (on PYTHONPATH of the `pose` process only) that replaces POSE_TEST_FAULT
+#: ("module:function") with a function raising an exception no command handles
+_FAULT_SITECUSTOMIZE = '''
+import importlib, os
+spec = os.environ.get("POSE_TEST_FAULT")
+if spec:
+    class InjectedFault(Exception):
+        pass
+
+    def _fault(*args, **kwargs):
+        raise InjectedFault("disk on fire")
+
+    module, _, name = spec.partition(":")
+    setattr(importlib.import_module(module), name, _fault)
+'''
+
+#: one injected failure per command: the library function the command calls, and its arguments
+#: (files that only need to exist are created by the test)
+CRASHES = {
+    "fetch": ("pose.datasets.fetch:fetch_dataset", ["--out", "out"]),
+    "ingest": ("pose.datasets.ingest:ingest_batch", ["--batch", "batch", "--into", "raw"]),
+    "validate": ("pose.quality.validate:validate_dataset",
+                 ["--annotations", "a.json", "--images", "img", "--report", "r.json"]),
+    "train": ("pose.train.loop:train", ["--train-ann", "a.json", "--train-images", "img", "--out-dir", "models"]),
+    "evaluate": ("pose.evaluate.coco:evaluate_keypoints",
+                 ["--annotations", "a.json", "--results", "results.json", "--out", "eval.json"]),
+    "register": ("pose.registry.mlflow_registry:register_run",
+                 ["--checkpoint", "model.pt", "--metrics", "eval.json", "--eval-annotations", "a.json",
+                  "--eval-images", "img", "--out", "reg.json"]),
+    "promote": ("pose.registry.promotion:promote", []),
+    "compare": ("pose.registry.compare:compare", ["v1", "v2", "--no-log"]),
+    "predict": ("pose.predict:make_predictor", ["photo.jpg", "--model", "model.pt", "--out-dir", "pred"]),
+    "export": ("pose.predict:load_model", ["--model", "model.pt", "--out", "model.onnx"]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", sorted(CRASHES))
+def test_an_unexpected_failure_is_one_error_line_and_a_traceback_log(tmp_path, command):
+    """The real `pose` console script with a fault injected into the library function the command
+    calls (data, train, evaluate, registry, predict / export families): one `error:` line naming
+    the command, the exception and where it was raised, plus the log file holding the traceback;
+    exit 1; no traceback on the terminal (it was two: the error and an AttributeError of the handler)."""
+    target, args = CRASHES[command]
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_FAULT_SITECUSTOMIZE)
+    work = tmp_path / "work"
+    (work / "img").mkdir(parents=True)
+    for name in ("a.json", "results.json", "eval.json"):
+        (work / name).write_text("[]" if name == "results.json" else "{}")
+    (work / "model.pt").write_bytes(b"not read: the fault comes first")
+    (work / "photo.jpg").write_bytes(b"not read either")
+    env = _env()
+    env.update(PYTHONPATH=str(site), POSE_TEST_FAULT=target)
+    env.pop("POSE_LOG_DIR", None)
+    proc = subprocess.run([str(BIN / "pose"), command, *args, "--params", str(REPO / "params.yaml")], cwd=work,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    lines = _lines(proc.stderr)
+    assert len(lines) == 1, proc.stderr
+    logs = list((work / "data" / "logs").glob(f"pose-{command}-*.log"))
+    assert len(logs) == 1, proc.stderr
+    assert lines[0].startswith(f"error: pose {command} failed unexpectedly: InjectedFault: disk on fire (pose/cli.py:")
+    assert lines[0].endswith(f"; full traceback: {Path('data/logs') / logs[0].name}"), lines[0]
+    assert "Traceback" not in proc.stderr and ANSI not in proc.stderr
+    text = logs[0].read_text()
+    assert text.startswith(f"pose {command} ") and "Traceback (most recent call last)" in text
+    assert "InjectedFault: disk on fire" in text and f"{target.split(':')[1]}" in text
+
+
+def test_the_crash_log_falls_back_to_the_temp_folder(tmp_path, monkeypatch):
+    """A working directory where data/logs cannot be written (here: `data` is a file) still gets a log."""
+    from pose import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("POSE_LOG_DIR", raising=False)
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "data").write_text("a file, not a folder")
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    try:
+        raise KeyError("x")
+    except KeyError as exc:
+        line = cli._crash_report(exc, ["train", "--params", "p.yaml"])
+    assert line.startswith("pose train failed unexpectedly: KeyError: 'x' (")
+    log = Path(line.rsplit("full traceback: ", 1)[1])
+    assert log.parent == tmp_path / "tmp" / "pose-logs" and "KeyError: 'x'" in log.read_text()

@@ -4,12 +4,16 @@ the targets of the input it is given, flipped input included)."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import cv2
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from pose.augment.affine import apply_affine
+from pose.codec import convention_rules
 from pose.datasets.schema import FLIP_INDEX, NUM_JOINTS
 from pose.decode.group import group_keypoints
 from pose.decode.inference import heatmap_to_image, input_geometry, multi_scale_maps, resize_maps, unflip_maps
@@ -27,7 +31,8 @@ class OracleNet(nn.Module):
     each joint's peak pixel of the 1/4 map, 0 elsewhere). The flipped input (second item of
     a batch of two) shows the persons mirrored ``x -> W - 1 + 2 o - x`` in input px, joints
     swapped: the exact mirror in the convention's own frame. Image px ``p`` is input px
-    ``M (p - o) + o``, as ``pose.augment.transforms`` maps keypoints."""
+    ``M (p - m) + m`` with ``m`` the convention's mapping offset (``o`` in ``project``, 0 in
+    ``reference``: the official ``M p``), as ``pose.augment.transforms`` maps keypoints."""
 
     def __init__(self, keypoints: np.ndarray, geometries: dict[tuple[int, int], np.ndarray], *,
                  convention: str, subpixel: bool, sigma: float = 2.0):
@@ -62,8 +67,9 @@ class OracleNet(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         height, width = x.shape[-2:]
         o = pixel_offset(self.target_convention)
-        kp_in = self.kp.copy()   # image px -> input px as the training transform maps them: M (p - o) + o
-        kp_in[..., :2] = apply_affine(self.geometries[(height, width)], self.kp[..., :2] - o) + o
+        mo = convention_rules(self.target_convention).map_offset
+        kp_in = self.kp.copy()   # image px -> input px as the training transform maps them: M (p - m) + m
+        kp_in[..., :2] = apply_affine(self.geometries[(height, width)], self.kp[..., :2] - mo) + mo
         outs = [self._targets(kp_in, height, width)]
         if x.shape[0] == 2:
             mirrored = kp_in.copy()
@@ -110,7 +116,7 @@ def decode_bias(target_convention: str, chain_convention: str, *, subpixel: bool
                             flip_test=flip_test, project2image=project2image, convention=chain_convention)
     persons, _ = group_keypoints(maps.heatmaps.numpy(), maps.tags.numpy(), detection_threshold=0.1,
                                  tag_threshold=1.0, max_people=30, nms_kernel=5, tie_break=False,
-                                 adjust=True, refine=True)
+                                 adjust=True, refine=True, convention=chain_convention)
     found = heatmap_to_image(persons, maps.affine, maps.stride, convention=chain_convention)
     errs = []
     for person, pts in zip(persons, found):
@@ -226,3 +232,195 @@ def test_downscaled_input_decodes_without_bias(resize, input_size):
                                     resize=resize, image_size=(640, 480), input_size=input_size)
     assert n == 6 * K and mean_err < 0.3
     assert np.abs(bias).max() < 0.05, f"bias {bias} input px"
+
+
+# --------------------------------------------------------------------------- reference mode, row by row (issue 21)
+def test_convention_rules_name_every_difference():
+    """One Convention object per params value; every field differs between the two modes and
+    the reference's are the official code's."""
+    import dataclasses
+
+    from pose.codec import CONVENTION_RULES, Convention
+
+    proj, ref = CONVENTION_RULES["project"], CONVENTION_RULES["reference"]
+    fields = [f.name for f in dataclasses.fields(Convention)]
+    assert all(getattr(proj, f) != getattr(ref, f) for f in fields)
+    assert (ref.pixel_offset, ref.keypoint_mapping, ref.input_affine, ref.assignment, ref.adjust_equal,
+            ref.keep_all_groups, ref.missing_joint) == (0.5, "raw", "float32", "munkres", -0.25, True, "origin")
+    assert convention_rules("reference") is ref and convention_rules(ref) is ref
+    with pytest.raises(ValueError, match="model.convention"):
+        convention_rules("official")
+    with pytest.raises(ValueError, match="assignment"):
+        dataclasses.replace(ref, assignment="hungarian")
+
+
+@pytest.mark.parametrize("crop", ["letterbox", "short_side"])
+def test_reference_training_targets_sit_at_M_p(crop):
+    """Row "mapping": the official RandomAffineTransform maps keypoints with the image's matrix,
+    c = M p (lib/dataset/transforms/transforms.py, _affine_joints), then divides by nothing but
+    the output size; the reference convention's targets are at M p / stride. Worked out for a
+    320 x 240 image into 192 input px: letterbox M = [[0.6, 0, 0], [0, 0.6, 24]], short-side
+    centre crop M = [[0.8, 0, -32], [0, 0.8, 0]]; p = (50.3, 70.6). The project convention maps
+    M (p - o) + o (here o = 0: the same M p); the centred variant of the reference convention
+    would be 0.5 (1 - f) px away. A flipped sample mirrors in the continuous frame: x -> 192 - x
+    (the plain array flip; the official flips heatmap coordinates to out - 1 - x instead)."""
+    from pose.augment.transforms import TrainTransform
+
+    kp = np.zeros((1, K, 3))
+    kp[0, 0] = (50.3, 70.6, 2)
+    kp[0, 1] = (150.0, 100.0, 2)                     # left eye: lands in channel 2 (right eye) when flipped
+    image = np.zeros((240, 320, 3), np.uint8)
+    ignore = np.zeros((240, 320), np.uint8)
+    expect = {"letterbox": (0.6 * 50.3, 0.6 * 70.6 + 24), "short_side": (0.8 * 50.3 - 32, 0.8 * 70.6)}[crop]
+    for flip in (False, True):
+        _, kps, _, m = TrainTransform(crop, None, convention="reference")(
+            image, kp, ignore, input_size=192, strides=(4, 2), flip=flip, seed=0)
+        x, y = expect
+        nose_x = 192 - x if flip else x
+        for stride, k in zip((4, 2), kps):
+            np.testing.assert_allclose(k[0, 0, :2], (nose_x / stride, y / stride), atol=1e-9)
+        eye = apply_affine(m if not flip else TrainTransform(crop, None, convention="reference")(
+            image, kp, ignore, input_size=192, strides=(4,), flip=False, seed=0)[3], kp[0, 1, :2])
+        eye_x = 192 - eye[0] if flip else eye[0]
+        np.testing.assert_allclose(kps[0][0, FLIP_INDEX[1] if flip else 1, :2], (eye_x / 4, eye[1] / 4), atol=1e-9)
+    centred = dataclasses.replace(convention_rules("reference"), keypoint_mapping="centred")
+    _, kps, _, _ = TrainTransform(crop, None, convention=centred)(image, kp, ignore, input_size=192, strides=(1,),
+                                                                   flip=False, seed=0)
+    f = 0.6 if crop == "letterbox" else 0.8
+    np.testing.assert_allclose(kps[0][0, 0, :2] - expect, 0.5 * (1 - f), atol=1e-9)
+
+
+def test_reference_input_affine_is_built_from_float32_points():
+    """Row "input affine": the official get_affine_transform puts three float32 points (the
+    centre, the point half a source width above it, the right angle's third point, computed in
+    float32) through cv2.getAffineTransform. Worked out for 640 x 427 at input 192: output
+    320 x 192 (the long side 192 / 427 * 640 = 287.8, rounded as (x + 63) // 64 * 64 = 320),
+    centre (int(320.5), int(214.0)) = (320, 214), source width 320 / 192 * 427 = 711.67 px,
+    destination points (160, 96), (160, -64) and the third points of the right angles. The
+    float32 affine differs from the exact one by ~1e-5 and moves some pixels of an image by one
+    grey level (119 pixels of coco-mini image 397133, 640 x 427, at 192)."""
+    from pose.decode.preprocess import short_side_geometry
+
+    w, h = 640, 427
+    exact = short_side_geometry(w, h, 192)
+    official = short_side_geometry(w, h, 192, input_affine="float32")
+    assert (official.width, official.height) == (exact.width, exact.height) == (320, 192)
+    src_w = 320 / 192 * h / 200.0 * 200.0
+    src = np.zeros((3, 2), np.float32)
+    dst = np.zeros((3, 2), np.float32)
+    src[0], src[1] = (320, 214), (320, 214 - src_w / 2)
+    dst[0], dst[1] = (160, 96), (160, 96 - 160)
+    for pts in (src, dst):
+        d = pts[0] - pts[1]
+        pts[2] = pts[1] + np.array([-d[1], d[0]], np.float32)
+    np.testing.assert_array_equal(official.affine, cv2.getAffineTransform(src, dst))
+    assert 1e-7 < np.abs(official.affine - exact.affine).max() < 1e-4
+    np.testing.assert_allclose(exact.affine, [[192 / h, 0, 160 - 192 / h * 320], [0, 192 / h, 96 - 192 / h * 214]])
+    # the reference convention's test input uses it (input_geometry), the project's the exact one
+    assert np.array_equal(input_geometry(w, h, resize="short_side", input_size=192, convention="reference").affine,
+                          official.affine)
+    assert np.array_equal(input_geometry(w, h, resize="short_side", input_size=192, convention="project").affine,
+                          exact.affine)
+    rng = np.random.default_rng(0)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (0, 0), 3)
+    a = cv2.warpAffine(img, exact.affine, (320, 192))
+    b = cv2.warpAffine(img, official.affine, (320, 192))
+    diff = np.abs(a.astype(int) - b.astype(int))
+    assert diff.max() == 1 and 0 < (diff > 0).sum() < 0.01 * diff.size
+
+
+def test_solver_ties_follow_munkres_on_a_hand_built_cost():
+    """Row "assignment solver": three candidates of a joint against three groups with mean tags
+    0.0, 0.4, 0.8; candidate tags 0.4, 0.6, 0.2, scores 0.9, 0.9, 0.5. Rounded distances
+    [[0, 0, 0], [1, 0, 0], [0, 0, 1]], cost round(d) * 100 - score: two assignments cost -2.3.
+    munkres (by hand: row minima subtracted; step 2 stars (0, 0), (1, 1); step 4 primes (0, 2)
+    and covers row 0, primes (1, 2) and covers row 1, then in row 2 scanning from column 1
+    keeps the last uncovered zero, (2, 0); step 5 swaps the path (2, 0) -> (0, 0) -> (0, 2))
+    returns (0, 2), (1, 1), (2, 0), as the official parser groups them; SciPy another optimum."""
+    from munkres import Munkres
+
+    from pose.decode.group import match_candidates, munkres_assignment
+
+    cost = np.array([[-0.9, -0.9, -0.9], [99.1, -0.9, -0.9], [-0.5, -0.5, 99.5]])
+    rows, cols = munkres_assignment(cost)
+    assert list(zip(rows.tolist(), cols.tolist())) == [(0, 2), (1, 1), (2, 0)] == Munkres().compute(cost.copy())
+    tags = [np.array([[0.0], [0.4], [0.8]], np.float32), np.array([[0.4], [0.6], [0.2]], np.float32)]
+    scores = [np.array([0.9, 0.8, 0.7], np.float32), np.array([0.9, 0.9, 0.5], np.float32)]
+    kw = dict(tag_threshold=1.0, max_people=30, order=(0, 1), tie_break=False)
+    ref, n_ref = match_candidates(tags, scores, assignment="munkres", **kw)
+    proj, n_proj = match_candidates(tags, scores, assignment="scipy", **kw)
+    assert n_ref == n_proj == 3
+    assert ref[1].tolist() == [2, 1, 0]                # candidate 0 -> group 2, 1 -> 1, 2 -> 0
+    assert proj[1].tolist() != ref[1].tolist()         # the same cost, the other optimum
+    # more candidates than groups: the 1e10 padding columns; the weakest candidate opens a group
+    tags2 = [np.array([[0.0], [2.0]], np.float32), np.array([[0.1], [2.1], [0.2]], np.float32)]
+    scores2 = [np.array([0.9, 0.8], np.float32), np.array([0.9, 0.8, 0.3], np.float32)]
+    ref2, n2 = match_candidates(tags2, scores2, assignment="munkres", **kw)
+    assert n2 == 3 and ref2[1].tolist() == [0, 1, 2]
+
+
+def test_adjust_on_equal_neighbours_shifts_minus_a_quarter_in_reference():
+    """Row "adjust on equal neighbours": the official adjust is ``if right > left: +0.25 else:
+    -0.25`` (and the same for rows), then +0.5: a peak at pixel (10, 7) of a 1/2 map with equal
+    left/right and up/down neighbours ends at (10.25, 7.25) heatmap px = (20.5, 14.5) input px;
+    a higher right neighbour moves it +0.25. The project leaves a symmetric peak in place."""
+    from pose.decode.group import quarter_offsets
+
+    hm = np.zeros((K, 16, 16), np.float32)
+    hm[0, 7, 10] = 1.0
+    hm[0, 7, 9] = hm[0, 7, 11] = hm[0, 6, 10] = hm[0, 8, 10] = 0.5
+    hm[1, 7, 10], hm[1, 7, 11], hm[1, 7, 9] = 1.0, 0.6, 0.5
+    joint, x, y = np.array([0, 1]), np.array([10, 10]), np.array([7, 7])
+    dx, dy = quarter_offsets(hm, joint, x, y, equal=-0.25)
+    assert dx.tolist() == [-0.25, 0.25] and dy.tolist() == [-0.25, -0.25]
+    dx, dy = quarter_offsets(hm, joint, x, y, equal=0.0)
+    assert dx.tolist() == [0.0, 0.25] and dy.tolist() == [0.0, 0.0]
+    tags = np.zeros((K, 16, 16, 1), np.float32)
+    kw = dict(detection_threshold=0.1, tag_threshold=1.0, max_people=30, nms_kernel=5, tie_break=False,
+              adjust=True, refine=False)
+    aff = np.array([[1.0, 0, 0], [0, 1.0, 0]])
+    for convention, expect in (("reference", (20.5, 14.5)), ("project", (20.0, 14.0))):
+        persons, _ = group_keypoints(hm, tags, convention=convention, **kw)
+        np.testing.assert_allclose(heatmap_to_image(persons, aff, 2.0, convention=convention)[0, 0, :2], expect)
+
+
+def test_convention_overrides_switch_one_test_time_field():
+    """params evaluate.convention_overrides names a switch of the model's convention at test time
+    (the way a recipe keeps a project choice under model.convention: reference): predict_image
+    decodes a symmetric peak at -0.25 heatmap px with the reference rule and at 0 with
+    {adjust_equal: 0.0}; unknown fields and values are refused naming the params key."""
+    from pose.codec import with_overrides
+    from pose.decode.inference import predict_image
+
+    assert with_overrides("reference", {}) == "reference" and with_overrides("project", None) == "project"
+    switched = with_overrides("reference", {"assignment": "scipy", "missing_joint": None})
+    assert (switched.name, switched.assignment, switched.missing_joint) == ("reference", "scipy", "origin")
+    with pytest.raises(ValueError, match="evaluate.convention_overrides: unknown field.*pixel_offset"):
+        with_overrides("reference", {"pixel_offset": 0.0})
+    with pytest.raises(ValueError, match="evaluate.convention_overrides: Convention.assignment"):
+        with_overrides("reference", {"assignment": "greedy"})
+
+    half = torch.zeros(1, K, 32, 32)
+    half[0, 0, 10, 12] = 1.0
+    half[0, 0, 10, 11] = half[0, 0, 10, 13] = half[0, 0, 9, 12] = half[0, 0, 11, 12] = 0.5
+    quarter = torch.zeros(1, 2 * K, 16, 16)
+
+    class Fixed(nn.Module):
+        convention, num_joints, tag_dim = "reference", K, 1
+
+        def __init__(self):
+            super().__init__()
+            self.p = nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return [quarter.expand(x.shape[0], -1, -1, -1), half.expand(x.shape[0], -1, -1, -1)]
+
+    ev = dict(input_size=64, resize="letterbox", flip_test=False, test_scales=[1.0], detection_threshold=0.1,
+              tag_threshold=1.0, max_people=30, nms_kernel=5, tie_break=False, project2image=False, adjust=True,
+              refine=False, nms_oks=1.0)
+    image = np.zeros((64, 64, 3), np.uint8)
+    official = predict_image(Fixed(), image, eval_params=ev)[0]["keypoints"][0]
+    kept = predict_image(Fixed(), image, eval_params=dict(ev, convention_overrides={"adjust_equal": 0.0}))
+    # the 1/4 head (zeros, upsampled) halves the peak: the neighbours stay equal; (12 + 0.5 - 0.25) * 2
+    np.testing.assert_allclose(official[:2], [24.5, 20.5])
+    np.testing.assert_allclose(kept[0]["keypoints"][0][:2], [25.0, 21.0])

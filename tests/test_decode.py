@@ -3,6 +3,7 @@ multi-scale test), inference on images, and an oracle run on real COCO annotatio
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from pose.augment.affine import apply_affine, letterbox_affine
+from pose.codec import convention_rules
 from pose.datasets.schema import COCO_SIGMAS, FLIP_INDEX, NUM_JOINTS
 from pose.decode.group import default_joint_order, group_keypoints, max_pool_nms, oks_nms, top_k_peaks
 from pose.decode.inference import (
@@ -36,7 +38,8 @@ from pose.evaluate.coco import evaluate_results
 from pose.targets.heatmaps import render_heatmaps
 
 K = NUM_JOINTS
-DECODE = dict(detection_threshold=0.1, tag_threshold=1.0, max_people=30, nms_kernel=5, tie_break=False)
+DECODE = dict(detection_threshold=0.1, tag_threshold=1.0, max_people=30, nms_kernel=5, tie_break=False,
+              convention="project")
 
 
 def _load_benchmark():
@@ -188,21 +191,32 @@ def test_empty_and_invalid_inputs():
     assert default_joint_order(17)[:9] == (0, 1, 2, 3, 4, 5, 6, 11, 12)
 
 
-def test_matches_straightforward_munkres_decoder():
+@pytest.mark.parametrize("convention", ["project", "reference"])
+def test_matches_straightforward_munkres_decoder(convention):
+    """The vectorised decoder gives the persons of a plain per-joint Python decoder that calls
+    the `munkres` package (benchmarks/decode.py reference_decode), in each convention: project
+    (SciPy on the rectangular cost, no shift on equal neighbours, at most max_people persons) on
+    scenes without tied costs; reference (munkres' choice, -0.25 on equal neighbours, every
+    group) also on scenes with occluded joints, many fragments and exactly tied tags."""
     pytest.importorskip("munkres")
     bench = _load_benchmark()
-    # Scenes where no two candidates of a joint read the same tag (with equal tags any
-    # assignment among them has the same cost, and solvers may break the tie differently).
-    for n, size in ((1, 128), (6, 128), (15, 128), (30, 256)):
-        hm, tags, _ = bench.make_scene(n, seed=100 + n, size=size)
+    scenes = [(n, size, 0.0) for n, size in ((1, 128), (6, 128), (15, 128), (30, 256))]
+    if convention == "reference":
+        scenes += [(12, 128, 0.3), (35, 256, 0.3)]
+    for n, size, occluded in scenes:
+        hm, tags, _ = bench.make_scene(n, seed=100 + n, size=size, occluded=occluded)
+        variants = [(hm, tags)]
+        if convention == "reference":   # every candidate of a person reads exactly its tag: ties
+            variants.append((hm, np.round(tags)))
         for kernel, tie_break in ((5, False), (3, True)):
-            kw = dict(detection_threshold=0.1, tag_threshold=1.0, max_people=max(30, n), adjust=True, refine=True,
-                      nms_kernel=kernel, tie_break=tie_break)
-            ours, s_ours = group_keypoints(hm, tags, **kw)
-            ref, s_ref = bench.reference_decode(hm, tags, **kw)
-            assert ours.shape == ref.shape
-            np.testing.assert_allclose(ours, ref, atol=1e-5)
-            np.testing.assert_allclose(s_ours, s_ref, atol=1e-6)
+            for h, t in variants:
+                kw = dict(detection_threshold=0.1, tag_threshold=1.0, max_people=max(30, n), adjust=True,
+                          refine=True, nms_kernel=kernel, tie_break=tie_break, convention=convention)
+                ours, s_ours = group_keypoints(h, t, **kw)
+                ref, s_ref = bench.reference_decode(h, t, **kw)
+                assert ours.shape == ref.shape
+                np.testing.assert_allclose(ours, ref, atol=1e-5)
+                np.testing.assert_allclose(s_ours, s_ref, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -392,7 +406,8 @@ def test_single_scale_pipeline_and_multi_scale_with_one_scale():
         out = model(torch.from_numpy(to_input_tensor(img, aff, 64))[None])
     hm, tg = aggregate_outputs(out, K, 1, convention="project")
     persons, scores = group_keypoints(hm[0].numpy(), tg[0].numpy(), detection_threshold=0.5, tag_threshold=1.0,
-                                      max_people=5, nms_kernel=5, tie_break=False, adjust=True, refine=True)
+                                      max_people=5, nms_kernel=5, tie_break=False, adjust=True, refine=True,
+                                      convention="project")
     manual = heatmap_to_image(persons, aff, 2.0, convention="project")
     got = predict_image(model, img, eval_params=cfg)
     order = np.argsort(-scores, kind="stable")
@@ -416,9 +431,35 @@ def test_heatmap_to_image_inverts_the_letterbox():
     hm = pts.copy()
     hm[..., :2] = apply_affine(aff, pts[..., :2]) / 2
     np.testing.assert_allclose(heatmap_to_image(hm, aff, 2.0, convention="project"), pts, atol=1e-9)
-    ref = pts.copy()                          # reference: pixel i centred at i + 0.5, image px p at M (p - .5) + .5
-    ref[..., :2] = (apply_affine(aff, pts[..., :2] - 0.5) + 0.5) / 2 - 0.5
+    ref = pts.copy()                          # reference: pixel i centred at i + 0.5, image px p at input px M p
+    ref[..., :2] = apply_affine(aff, pts[..., :2]) / 2 - 0.5
     np.testing.assert_allclose(heatmap_to_image(ref, aff, 2.0, convention="reference"), pts, atol=1e-9)
+
+
+def test_mapping_back_and_missing_joints_follow_the_official_formulas():
+    """Issue 21, rows "mapping back to image px" and "missing joints": the official
+    get_final_preds maps heatmap coordinates (pixel + 0.5 from adjust / refine) with the inverse
+    of the image -> heatmap affine, M^-1 c, and maps a missing joint's (0, 0) the same way, to
+    M^-1 (0, 0); the project maps M^-1 (c - o) + o and writes (0, 0). Worked out by hand for a
+    192 x 160 image letterboxed into 192 (M = [[1, 0, 0], [0, 1, 16]]) and a 640 x 427 image at
+    512 (scale 0.8, ty = 85.2), heatmaps at stride 2."""
+    joint = np.array([[[10.0, 20.0, 0.7], [0.0, 0.0, 0.0]]])      # pixel (10, 20) found; joint 1 missing
+    aff = letterbox_affine(192, 160, 192)
+    np.testing.assert_allclose(aff, [[1, 0, 0], [0, 1, 16]])
+    # official: c = ((10, 20) + 0.5) * 2 = (21, 41) input px; M^-1 c = (21, 25); missing: M^-1 (0, 0) = (0, -16)
+    np.testing.assert_allclose(heatmap_to_image(joint, aff, 2.0, convention="reference"),
+                               [[[21.0, 25.0, 0.7], [0.0, -16.0, 0.0]]], atol=1e-12)
+    # project (o = 0): c = (20, 40); p = c - (0, 16) = (20, 24); missing: (0, 0)
+    np.testing.assert_allclose(heatmap_to_image(joint, aff, 2.0, convention="project"),
+                               [[[20.0, 24.0, 0.7], [0.0, 0.0, 0.0]]], atol=1e-12)
+    aff = letterbox_affine(640, 427, 512)                          # s = 0.8, t = (0, 85.2)
+    # official: ((10.5 * 2, 20.5 * 2) - t) / s = (26.25, -55.25); missing: -t / s = (0, -106.5)
+    np.testing.assert_allclose(heatmap_to_image(joint, aff, 2.0, convention="reference"),
+                               [[[26.25, -55.25, 0.7], [0.0, -106.5, 0.0]]], atol=1e-9)
+    # the centred mapping M^-1 (c - .5) + .5 of the same peak is o (1 - 1/f) = -0.125 px off it
+    centred = dataclasses.replace(convention_rules("reference"), keypoint_mapping="centred", missing_joint="zero")
+    np.testing.assert_allclose(heatmap_to_image(joint, aff, 2.0, convention=centred),
+                               [[[26.125, -55.375, 0.7], [0.0, 0.0, 0.0]]], atol=1e-9)
 
 
 # --------------------------------------------------------------------------- the reference test protocol
@@ -469,10 +510,10 @@ def test_short_side_geometry_on_coco_mini_and_its_inverse(coco_like):
                 np.testing.assert_array_equal(same.affine, g.affine)
         g = short_side_geometry(w, h, 512)
         pts = np.concatenate(kps_by_image.get(im["id"], []) + [np.array([[0.0, 0.0, 1.0], [w - 1.0, h - 1.0, 1.0]])])
-        for convention, offset in (("project", 0.0), ("reference", 0.5)):
-            for stride in (1, 2, 4):
+        for convention, offset, mapped in (("project", 0.0, 0.0), ("reference", 0.5, 0.0)):
+            for stride in (1, 2, 4):   # targets at M (p - m) + m in input px, m = 0 for the reference's M p
                 hm = pts.copy()[None]
-                hm[..., :2] = (apply_affine(g.affine, pts[:, :2] - offset)[None] + offset) / stride - offset
+                hm[..., :2] = (apply_affine(g.affine, pts[:, :2] - mapped)[None] + mapped) / stride - offset
                 back = heatmap_to_image(hm, g.affine, stride, convention=convention)[0]
                 assert np.abs(back[:, :2] - pts[:, :2]).max() < 1e-6
         checked += 1
@@ -673,8 +714,10 @@ def test_oks_nms_drops_duplicates_of_a_real_person(coco_like):
 
 
 def test_group_keypoints_keeps_at_most_max_people_best_scoring():
-    """Every peak of joint 0 has its own tag far from the others, so each opens a group: with
-    more peaks than max_people only the best-scoring persons come back (at most max_people)."""
+    """Every peak has its own tag far from the others, so each opens a group: with more peaks
+    than max_people the project convention returns only the best-scoring persons (at most
+    max_people); the reference convention (Convention.keep_all_groups) every group, in creation
+    order, as the official parser (its match_by_tag returns every key of joint_dict)."""
     from pose.decode.group import group_keypoints
 
     k, h, w, n = 17, 32, 32, 12
@@ -688,10 +731,18 @@ def test_group_keypoints_keeps_at_most_max_people_best_scoring():
         tg[i % k, y, x] = 10.0 * i
     for cap in (4, 30):
         persons, scores = group_keypoints(hm, tg, detection_threshold=0.1, tag_threshold=1.0, max_people=cap,
-                                          adjust=False, refine=True, nms_kernel=5, tie_break=False)
+                                          adjust=False, refine=True, nms_kernel=5, tie_break=False,
+                                          convention="project")
         assert len(persons) == min(cap, n)
         expected = np.sort(peak_scores)[::-1][: min(cap, n)] / k
         np.testing.assert_allclose(np.sort(scores)[::-1], expected, rtol=1e-6)
+        persons, scores = group_keypoints(hm, tg, detection_threshold=0.1, tag_threshold=1.0, max_people=cap,
+                                          adjust=False, refine=True, nms_kernel=5, tie_break=False,
+                                          convention="reference")
+        assert len(persons) == n                                  # no cap: all 12 groups
+        # creation order: joints in the reference visiting order, each joint's peak opens a group
+        visit = [j for j in default_joint_order(k) if j < n]
+        np.testing.assert_allclose(scores, peak_scores[visit] / k, rtol=1e-6)
 
 
 # --------------------------------------------------------------------------- one inference path
@@ -749,19 +800,22 @@ def test_inference_net_reproduces_the_previous_maps_exactly(coco_like, conventio
         assert torch.equal(hm, hm_prev) and torch.equal(tags, tags_prev), cfg
 
 
-@pytest.mark.parametrize("candidates", [8, 64, 1024])
+@pytest.mark.parametrize("tile", [4, 16])
 @pytest.mark.parametrize("tag_dims", [1, 2])
-def test_refine_candidates_give_the_full_scan_result(monkeypatch, candidates, tag_dims):
-    """Refinement scores the highest heatmap pixels first (pose.decode.group.REFINE_CANDIDATES) and
-    falls back to the whole map: the persons are those of a full scan, bit for bit, including when
-    few candidates force many fallbacks."""
+def test_refine_gives_the_full_scan_result(monkeypatch, tile, tag_dims):
+    """Refinement scores the pixels above the detection threshold first, then bounds the rest
+    (all of it, then tile by tile: pose.decode.group.REFINE_TILE) and scores only what can win:
+    the persons are those of a full scan of every pixel (REFINE_FULL_SCAN), bit for bit, on
+    dense maps with negative values and wide tags (the tiles decide), sparse maps with exact
+    zeros and occluded joints (the bound of the rest decides), in both conventions."""
     from pose.decode import group
 
-    rng = np.random.default_rng(candidates + tag_dims)
-    kw = dict(detection_threshold=0.1, tag_threshold=1.0, max_people=30, nms_kernel=5, tie_break=False,
-              adjust=True, refine=True)
+    bench = _load_benchmark()
+    rng = np.random.default_rng(tile + tag_dims)
+    monkeypatch.setattr(group, "REFINE_TILE", tile)
     filled = 0
-    for _ in range(5):
+    scenes = []
+    for _ in range(4):
         hm = rng.normal(0.0, 0.05, (17, 64, 48)).astype(np.float32)
         tg = rng.normal(0.0, 2.0, (17, 64, 48, tag_dims)).astype(np.float32)
         for _ in range(5):  # partial persons: a few joints peak, the rest is left to refine
@@ -769,11 +823,19 @@ def test_refine_candidates_give_the_full_scan_result(monkeypatch, candidates, ta
             joints = rng.random(17) < 0.6
             hm[joints, y, x] += rng.uniform(0.2, 1.0, int(joints.sum())).astype(np.float32)
             tg[:, y - 3:y + 4, x - 3:x + 4] = rng.normal(0.0, 2.0, tag_dims).astype(np.float32)
-        monkeypatch.setattr(group, "REFINE_CANDIDATES", hm[0].size)  # every pixel a candidate: a full scan
-        ref_persons, ref_scores = group.group_keypoints(hm, tg, **kw)
-        monkeypatch.setattr(group, "REFINE_CANDIDATES", candidates)
-        persons, scores = group.group_keypoints(hm, tg, **kw)
-        np.testing.assert_array_equal(persons, ref_persons)
-        np.testing.assert_array_equal(scores, ref_scores)
-        filled += int((ref_persons[..., 2] > 0).sum())
+        scenes.append((hm, tg))
+    for n, dense in ((8, False), (20, True), (20, False)):
+        hm, tg, _ = bench.make_scene(n, seed=n, size=96, tag_dim=tag_dims, dense=dense, occluded=0.3)
+        scenes.append((hm, tg))
+    for hm, tg in scenes:
+        for convention in ("project", "reference"):
+            kw = dict(detection_threshold=0.1, tag_threshold=1.0, max_people=30, nms_kernel=5, tie_break=False,
+                      adjust=True, refine=True, convention=convention)
+            monkeypatch.setattr(group, "REFINE_FULL_SCAN", True)
+            ref_persons, ref_scores = group.group_keypoints(hm, tg, **kw)
+            monkeypatch.setattr(group, "REFINE_FULL_SCAN", False)
+            persons, scores = group.group_keypoints(hm, tg, **kw)
+            np.testing.assert_array_equal(persons, ref_persons)
+            np.testing.assert_array_equal(scores, ref_scores)
+            filled += int((ref_persons[..., 2] > 0).sum())
     assert filled > 0

@@ -6,18 +6,20 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import yaml
-from repo_setup import BIN, REPO, make_repo_copy, pipeline_env, tiny_generated_params
+from prefect_server import log_tail, prefect_server, start_process, stop_process, wait_for
+from repo_setup import REPO, make_repo_copy, pipeline_env, tiny_generated_params
 
 
 def tiny_params() -> dict:
@@ -203,6 +205,7 @@ def test_unknown_dataset_fails_the_flow_at_once_with_one_line(tmp_path):
     errors = [line for line in proc.stderr.strip().splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "data.dataset" in errors[0] and "coco-mni" in errors[0], out
     assert "Retry" not in out and "Traceback" not in out and "Running stage" not in out, out
+    assert "NoneType: None" not in out, "a stray empty traceback line"
     assert not (repo / "data").exists() and not (repo / "mlflow.db").exists()
 
 
@@ -219,55 +222,45 @@ def test_deployment_has_the_params_schedule_and_a_concurrency_limit_of_one():
 
 # ----------------------------------------------------------------------------- served deployment
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+_LOG_RECORD = re.compile(r"^\d\d:\d\d:\d\d\.\d+ \| ")
 
 
-def _wait(pred, timeout: float, what: str, procs=()):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        for p in procs:
-            if p.poll() is not None:
-                raise AssertionError(f"{what}: process exited early ({p.returncode}):\n{_tail(p)}")
-        try:
-            if pred():
-                return
-        except Exception:  # noqa: BLE001 - not up yet
-            pass
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
+def _register_json_in_flow_log(log: str) -> dict:
+    """The JSON document `pose register` printed, as the flow logged the register stage: the entry
+    starts with the human line "stage register done, ..." and holds the whole output (it used to be
+    the last 2000 characters, starting in the middle of the JSON)."""
+    lines = log.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.endswith("stage register done, output of dvc repro:"))
+    block = []
+    for ln in lines[start + 1:]:
+        if _LOG_RECORD.match(ln):
+            break
+        block.append(ln)
+    assert block and block[0].startswith("Running stage 'register'"), block[:3]
+    first = block.index("{")
+    last = len(block) - 1 - block[::-1].index("}")
+    return json.loads("\n".join(block[first:last + 1]))
 
 
-def _tail(p, n: int = 4000) -> str:
-    try:
-        return Path(p._log).read_text()[-n:]  # noqa: SLF001
-    except Exception:  # noqa: BLE001
-        return ""
+def test_stage_log_keeps_whole_lines_and_says_what_it_left_out():
+    from flows.retrain import stage_log_text
 
-
-def _start(cmd, cwd, env, log: Path) -> subprocess.Popen:
-    fh = open(log, "w")  # noqa: SIM115 - closed with the process
-    p = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT)
-    p._log = str(log)  # noqa: SLF001
-    return p
-
-
-def _stop(p: subprocess.Popen | None) -> None:
-    if p is None or p.poll() is not None:
-        return
-    p.terminate()
-    try:
-        p.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait(timeout=10)
+    out = "Running stage 'x':\n> pose x\n" + "\n".join(f"line {i:05d}" for i in range(5000)) + "\nUpdating lock file"
+    text = stage_log_text("x", out, limit=2000)
+    lines = text.splitlines()
+    assert lines[0] == "stage x done, output of dvc repro:" and lines[1] == "Running stage 'x':"
+    assert lines[-1] == "Updating lock file" and len(text) < 2200
+    assert any(ln.startswith("... (") and ln.endswith("lines left out) ...") for ln in lines)
+    assert all(ln.startswith(("line ", "stage", "Running", ">", "...", "Updating")) and
+               (not ln.startswith("line ") or len(ln) == 10) for ln in lines), "a line was cut"
+    small = stage_log_text("register", "Running stage 'register':\n{\n  \"version\": 1\n}\n")
+    assert small.splitlines()[1:] == ["Running stage 'register':", "{", '  "version": 1', "}"]
 
 
 @pytest.mark.slow
 def test_served_deployment_retrains_on_new_data_and_skips_unchanged_data(tmp_path_factory, webhook):
-    import httpx
+    import asyncio
+
     from mlflow import MlflowClient
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
@@ -280,52 +273,152 @@ def test_served_deployment_retrains_on_new_data_and_skips_unchanged_data(tmp_pat
     params["schedule"]["notify_webhook"] = url
     repo = make_repo_copy(tmp_path_factory.mktemp("served"), params)
     work = tmp_path_factory.mktemp("prefect")
-    port = _free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    server = served = None
+    with prefect_server(work / "server") as server:
+        served = start_process([sys.executable, "-m", "flows.serve", str(repo)], repo, server.client_env(),
+                               work / "serve.log")
+        try:
+            with temporary_settings({PREFECT_API_URL: server.api_url}):
+                async def deployment():
+                    async with get_client() as client:
+                        return await client.read_deployment_by_name("retrain/retrain")
+
+                wait_for(lambda: asyncio.run(deployment()) is not None, 120, "served deployment", [served])
+                dep = asyncio.run(deployment())
+                assert dep.schedules and dep.schedules[0].schedule.cron == params["schedule"]["cron"]
+                assert dep.parameters == {"repo_dir": str(repo.resolve())}
+                assert (dep.concurrency_limit or getattr(dep.global_concurrency_limit, "limit", None)) == 1
+
+                # 1) first run: no registered model yet -> new data -> full retrain, v1 registered and promoted
+                run1 = run_deployment("retrain/retrain", timeout=900, poll_interval=2)
+                assert run1.state.is_completed() and run1.state.name == "Completed", \
+                    f"{run1.state}\n{log_tail(served, 6000)}"
+                client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+                name = registered_model_name(params)
+                versions = client.search_model_versions(f"name='{name}'")
+                assert len(versions) == 1
+                reg = client.get_registered_model(name)
+                assert reg.tags["data.fingerprint"] == \
+                    client.get_model_version(name, "1").tags["data.source_fingerprint"]
+                assert [m["event"] for m in received] == ["promotion"]
+                assert received[0]["registration"]["version"] == 1
+                assert any((repo / "dvc-storage").rglob("*")), "dvc push sent nothing to the local remote"
+                # the flow log of the register stage: a human line, then the stage's complete output
+                record = _register_json_in_flow_log(log_tail(served, 10_000_000))
+                assert record["version"] == 1 and record["model_name"] == name
+                lock = (repo / "dvc.lock").read_text()
+                best = (repo / "data/models/best.pt").stat().st_mtime_ns
+
+                # 2) same data again -> NoNewData, nothing trained or registered
+                run2 = run_deployment("retrain/retrain", timeout=300, poll_interval=2)
+                assert run2.state.is_completed() and run2.state.name == "NoNewData", run2.state
+                assert "no new data" in run2.state.message
+                assert len(client.search_model_versions(f"name='{name}'")) == 1
+                assert (repo / "dvc.lock").read_text() == lock
+                assert (repo / "data/models/best.pt").stat().st_mtime_ns == best
+                assert len(received) == 1
+        finally:
+            stop_process(served)
+
+
+def _api(server, method: str, path: str, body: dict | None = None):
+    import httpx
+
+    r = httpx.request(method, f"{server.api_url}{path}", json=body, timeout=10)
+    r.raise_for_status()
+    return r.json()
+
+
+@pytest.mark.slow
+def test_the_server_schedules_the_served_deployment_and_the_served_process_runs_it(tmp_path_factory):
+    """README "Serve the schedule", with the cron due within a minute: the server (started from the
+    repo root as the README does, no telemetry variables in its environment) creates the run by
+    itself and the `python -m flows.serve` process starts it. Its data are unchanged since the
+    registered model, so the run ends as NoNewData without training. No ERROR in the server log."""
+    from mlflow import MlflowClient
+
+    import flows.retrain as fr
+    from pose.registry.tracking import registered_model_name
+
+    params = tiny_params()
+    params["schedule"]["cron"] = "* * * * *"          # due within a minute: a params value, nothing else changes
+    repo = make_repo_copy(tmp_path_factory.mktemp("scheduled"), params)
+    # the last registered model was trained on this very data -> the scheduled run ends as NoNewData
+    MlflowClient(f"sqlite:///{repo / 'mlflow.db'}").create_registered_model(
+        registered_model_name(params), tags={"data.fingerprint": fr.detect(repo)["fingerprint"]})
+    work = tmp_path_factory.mktemp("schedule")
+    readme_env = {k: v for k, v in pipeline_env().items()   # what a user's shell has: no telemetry switches
+                  if k not in ("DO_NOT_TRACK", "PREFECT_SERVER_ANALYTICS_ENABLED", "PREFECT_UI_ENABLED")}
+    with prefect_server(work / "server", env=readme_env) as server:
+        assert _api(server, "GET", "/admin/settings")["server"]["analytics_enabled"] is False  # from prefect.toml
+        served = start_process([sys.executable, "-m", "flows.serve", str(repo)], repo, server.client_env(),
+                               work / "serve.log")
+        try:
+            dep = wait_for(lambda: _api(server, "GET", "/deployments/name/retrain/retrain"), 120,
+                           "the served deployment", [served])
+            assert [s["schedule"]["cron"] for s in dep["schedules"]] == ["* * * * *"] and dep["paused"] is False
+
+            def runs() -> list[dict]:
+                errors = server.error_lines()
+                assert not errors, "server log:\n" + "\n".join(errors[:5])
+                return _api(server, "POST", "/flow_runs/filter",
+                            {"flow_runs": {"deployment_id": {"any_": [dep["id"]]}},
+                             "sort": "EXPECTED_START_TIME_ASC", "limit": 20})
+
+            def first_run_done():
+                done = [r for r in runs() if r["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")]
+                return done[0] if done else None
+
+            scheduled = wait_for(runs, 150, "a run created by the server's scheduler", [served, server.proc])
+            assert all(r["auto_scheduled"] and (r["idempotency_key"] or "").startswith("scheduled ")
+                       for r in scheduled), "every run of the deployment comes from its schedule"
+            run = wait_for(first_run_done, 240, "the served process to run the scheduled flow run",
+                           [served, server.proc], interval=2)
+        finally:
+            stop_process(served)
+        assert run["state_type"] == "COMPLETED" and run["state_name"] == "NoNewData", (run["state"], log_tail(served))
+        started, due = (datetime.fromisoformat(run[k]) for k in ("start_time", "expected_start_time"))
+        # the served process fetches runs due within its prefetch window (10 s) and starts them then
+        assert timedelta(seconds=-15) <= started - due <= timedelta(seconds=120), (started, due)
+        assert run["id"] in log_tail(served, 100_000), "the served process did not execute the run"
+        assert not (repo / "data" / "models").exists(), "nothing is trained when the data did not change"
+        log = server.log_text()
+    errors = [ln for ln in log.splitlines() if "ERROR" in ln]
+    assert not errors, "\n".join(errors[:10])
+    assert "telemetry" not in log.lower(), log[-3000:]
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (an exited child nobody reaped yet)."""
     try:
-        server = _start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                        work, pipeline_env(PREFECT_HOME=str(work / "server-home")), work / "server.log")
-        _wait(lambda: httpx.get(f"{api}/health", timeout=2).status_code == 200, 180, "prefect server", [server])
-        served = _start([sys.executable, "-m", "flows.serve", str(repo)], repo,
-                        pipeline_env(PREFECT_HOME=str(work / "serve-home"), PREFECT_API_URL=api), work / "serve.log")
-        with temporary_settings({PREFECT_API_URL: api}):
-            async def deployment():
-                async with get_client() as client:
-                    return await client.read_deployment_by_name("retrain/retrain")
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
-            import asyncio
 
-            _wait(lambda: asyncio.run(deployment()) is not None, 120, "served deployment", [served])
-            dep = asyncio.run(deployment())
-            assert dep.schedules and dep.schedules[0].schedule.cron == params["schedule"]["cron"]
-            assert dep.parameters == {"repo_dir": str(repo.resolve())}
-            assert (dep.concurrency_limit or getattr(dep.global_concurrency_limit, "limit", None)) == 1
+def test_an_interrupted_stage_leaves_no_orphan_process(tmp_path):
+    """A real SIGINT (Ctrl-C) to a process waiting in `run_stage`: the stage's whole process group
+    (dvc and the command under it, here a stand-in whose child sleeps) is stopped before the
+    exception propagates. Before, only the direct child was killed and its child ran on."""
+    import signal
 
-            # 1) first run: no registered model yet -> new data -> full retrain, v1 registered and promoted
-            run1 = run_deployment("retrain/retrain", timeout=900, poll_interval=2)
-            assert run1.state.is_completed() and run1.state.name == "Completed", \
-                f"{run1.state}\n{Path(served._log).read_text()[-6000:]}"  # noqa: SLF001
-            client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
-            name = registered_model_name(params)
-            versions = client.search_model_versions(f"name='{name}'")
-            assert len(versions) == 1
-            reg = client.get_registered_model(name)
-            assert reg.tags["data.fingerprint"] == client.get_model_version(name, "1").tags["data.source_fingerprint"]
-            assert [m["event"] for m in received] == ["promotion"]
-            assert received[0]["registration"]["version"] == 1
-            assert any((repo / "dvc-storage").rglob("*")), "dvc push sent nothing to the local remote"
-            lock = (repo / "dvc.lock").read_text()
-            best = (repo / "data/models/best.pt").stat().st_mtime_ns
-
-            # 2) same data again -> NoNewData, nothing trained or registered
-            run2 = run_deployment("retrain/retrain", timeout=300, poll_interval=2)
-            assert run2.state.is_completed() and run2.state.name == "NoNewData", run2.state
-            assert "no new data" in run2.state.message
-            assert len(client.search_model_versions(f"name='{name}'")) == 1
-            assert (repo / "dvc.lock").read_text() == lock
-            assert (repo / "data/models/best.pt").stat().st_mtime_ns == best
-            assert len(received) == 1
+    fake_dvc = tmp_path / "dvc"
+    fake_dvc.write_text("#!/bin/sh\nsleep 300 &\necho $! > \"$POSE_TEST_PIDFILE\"\nwait\n")
+    fake_dvc.chmod(0o755)
+    pidfile = tmp_path / "grandchild.pid"
+    script = ("import sys\nfrom pathlib import Path\nimport flows.retrain as fr\n"
+              "fr._dvc = lambda: sys.argv[1]\nfr.run_stage(Path(sys.argv[2]), 'train')\n")
+    env = pipeline_env(POSE_TEST_PIDFILE=str(pidfile), PYTHONPATH=str(REPO))
+    parent = subprocess.Popen([sys.executable, "-c", script, str(fake_dvc), str(tmp_path)], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        pid = wait_for(lambda: pidfile.is_file() and pidfile.read_text().strip() and int(pidfile.read_text()), 120,
+                       "the stage's child process", [parent])
+        assert _running(pid)
+        parent.send_signal(signal.SIGINT)
+        _, err = parent.communicate(timeout=60)
+        assert parent.returncode != 0 and "KeyboardInterrupt" in err, err
+        assert wait_for(lambda: not _running(pid), 10, "the orphan to go"), "the stage's child outlived the flow"
     finally:
-        _stop(served)
-        _stop(server)
+        stop_process(parent)
+        if pidfile.is_file() and _running(int(pidfile.read_text())):
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)

@@ -11,6 +11,7 @@ registered model name.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import http.server
 import json
@@ -658,6 +659,284 @@ def test_compare_report_has_metrics_cis_curves_diffs_and_overlays(env, tmp_path)
     assert page.count("data:image/png;base64,") == 5 and "<table>" in page
     logged = {f.path for f in client.list_artifacts(rec2["run_id"], out["artifact_path"])}
     assert f"{out['artifact_path']}/report.html" in logged
+
+
+# ----------------------------------------------------------------------------- registration happens once
+
+def registry_state(env: Env, name: str) -> dict:
+    """Everything a registration writes to the registry: versions (aliases, tags, description, run),
+    the registered model's aliases and tags."""
+    client = env.client()
+    versions = {}
+    for mv in client.search_model_versions(f"name='{name}'"):
+        mv = client.get_model_version(name, mv.version)
+        versions[int(mv.version)] = {"aliases": sorted(mv.aliases), "tags": dict(mv.tags),
+                                     "description": mv.description, "run_id": mv.run_id}
+    try:
+        rm = client.get_registered_model(name)
+        model = {"aliases": dict(rm.aliases), "tags": dict(rm.tags)}
+    except Exception:  # noqa: BLE001 - not registered yet
+        model = None
+    return {"versions": versions, "model": model}
+
+
+@contextlib.contextmanager
+def immutable(path: Path):
+    """``chattr +i path`` (a real read-only file / folder, also for root), always undone."""
+    if os.geteuid() != 0:
+        pytest.skip("chattr +i needs root")
+    proc = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"chattr +i not supported here: {proc.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def pose_register(env: Env, name: str, evidence: tuple, out: Path) -> subprocess.CompletedProcess:
+    """`pose register` in a subprocess, as the register stage runs it."""
+    from repo_setup import BIN, pipeline_env
+
+    metrics, results, ann = evidence
+    cmd = [str(BIN / "pose"), "register", "--checkpoint", str(env.ckpt), "--metrics", str(metrics),
+           "--eval-annotations", str(ann), "--eval-images", str(env.images), "--results", str(results),
+           "--out", str(out), "--params", str(env.params_file(name))]
+    return subprocess.run(cmd, cwd=env.root, capture_output=True, text=True, env=pipeline_env())
+
+
+def _one_error_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 1, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-3000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    noise = [ln for ln in proc.stderr.splitlines() if ln.strip() and " INFO " not in ln and not ln.startswith("error:")]
+    assert len(errors) == 1 and not noise, proc.stderr
+    return errors[0]
+
+
+@pytest.mark.slow
+def test_register_rerun_reuses_the_version_and_says_so_in_one_line(env):
+    """The same checkpoint + evaluation registered twice: one version; the rerun writes nothing to the
+    registry and rewrites the record DVC deleted before the stage ran."""
+    name = "once"
+    ev = env.evidence(noise_medium=3, noise_large=3, seed=0)
+    out = env.root / name / "data" / "registry" / "registration.json"
+    first = pose_register(env, name, ev, out)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.startswith(f"registered {name} v1 ") and len(first.stdout.splitlines()) == 1, first.stdout
+    record = json.loads(out.read_text())
+    before = registry_state(env, name)
+    assert list(before["versions"]) == [1] and before["versions"][1]["aliases"] == ["challenger", "champion"]
+    tags = before["versions"][1]["tags"]
+    assert tags["registration.status"] == "complete"
+    assert tags["checkpoint.sha256"] == record["key"]["checkpoint.sha256"] == __import__("pose.io").io.sha256_file(
+        env.ckpt)
+    out.unlink()                                                      # DVC removes the stage's output first
+    again = pose_register(env, name, ev, out)
+    assert again.returncode == 0, again.stderr[-3000:]
+    lines = again.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"already registered: {name} v1 has this checkpoint and evaluation")
+    assert "nothing new registered" in lines[0]
+    assert registry_state(env, name) == before                       # not one write
+    rerun = json.loads(out.read_text())
+    assert rerun.pop("new_version") is False and record.pop("new_version") is True
+    assert rerun == record
+    # another evaluation of the same checkpoint is another version
+    other = pose_register(env, name, env.evidence(noise_medium=6, noise_large=6, seed=1), out)
+    assert other.returncode == 0 and other.stdout.startswith(f"registered {name} v2 "), other.stdout + other.stderr
+
+
+@pytest.mark.slow
+def test_register_with_a_read_only_record_folder_changes_nothing_and_the_rerun_registers_once(env):
+    name = "ro-folder"
+    env.fake(name, noise_medium=6, noise_large=6, seed=0)                         # v1 champion
+    out = env.root / name / "data" / "registry" / "registration.json"
+    out.parent.mkdir(parents=True)
+    ev = env.evidence(noise_medium=2, noise_large=2, seed=1)                      # better: would be promoted
+    before = registry_state(env, name)
+    with immutable(out.parent):
+        line = _one_error_line(pose_register(env, name, ev, out))
+        assert f"cannot write the registration record in {out.parent}/" in line and "nothing was registered" in line
+        assert registry_state(env, name) == before                   # no version, no alias moved
+    ok = pose_register(env, name, ev, out)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    after = registry_state(env, name)
+    assert sorted(after["versions"]) == [1, 2] and json.loads(out.read_text())["version"] == 2
+    assert after["model"]["aliases"] == {"challenger": 2, "champion": 2}
+    assert json.loads(after["model"]["tags"]["champion.history"]) == [1, 2]
+    assert pose_register(env, name, ev, out).stdout.startswith(f"already registered: {name} v2 ")
+    assert registry_state(env, name) == after
+
+
+@pytest.mark.slow
+def test_register_with_a_read_only_registry_database_changes_nothing_and_the_rerun_registers_once(env):
+    name = "ro-db"
+    env.fake(name, noise_medium=6, noise_large=6, seed=0)                         # v1 champion
+    out = env.root / name / "data" / "registry" / "registration.json"
+    ev = env.evidence(noise_medium=2, noise_large=2, seed=1)
+    before = registry_state(env, name)
+    db = env.root / "mlflow.db"
+    with immutable(db):
+        line = _one_error_line(pose_register(env, name, ev, out))
+        assert f"registry sqlite:///{db} is not writable (attempt to write a readonly database)" in line, line
+        # promote and rollback refuse the same way
+        from pose.cli import app
+
+        res = CliRunner().invoke(app, ["promote", "--version", "1", "--params", str(env.params_file(name))])
+        assert res.exit_code == 1 and "is not writable" in res.output and res.exception.__class__ is SystemExit
+    assert registry_state(env, name) == before and not out.exists()
+    ok = pose_register(env, name, ev, out)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    after = registry_state(env, name)
+    assert sorted(after["versions"]) == [1, 2] and after["model"]["aliases"] == {"challenger": 2, "champion": 2}
+
+
+def test_interrupted_registration_is_completed_by_the_rerun_not_duplicated(env):
+    """The record folder turns read-only right after the version was created: the aliases have not
+    moved, the version is pending; the rerun completes that same version."""
+    import pose.registry.mlflow_registry as R
+    from pose.registry.errors import RegistryError
+
+    name = "interrupted"
+    env.fake(name, noise_medium=6, noise_large=6, seed=0)                         # v1 champion
+    out = env.root / name / "data" / "registry" / "registration.json"
+    out.parent.mkdir(parents=True)
+    ev = env.evidence(noise_medium=2, noise_large=2, seed=1)
+    metrics, results, ann = ev
+    before = registry_state(env, name)
+    frozen = contextlib.ExitStack()
+
+    def hook(step: str) -> None:
+        if step == "version_created":
+            frozen.enter_context(immutable(out.parent))
+
+    def register():
+        return R.register_run(env.params(name), checkpoint=env.ckpt, eval_metrics=metrics, eval_annotations=ann,
+                              results=results, out=out)
+
+    R._step_hook = hook
+    try:
+        with frozen, pytest.raises(RegistryError) as err:
+            register()
+    finally:
+        R._step_hook = None
+    msg = str(err.value)
+    assert "\n" not in msg and "v2 of interrupted exists but its registration is pending" in msg, msg
+    mid = registry_state(env, name)
+    assert sorted(mid["versions"]) == [1, 2] and mid["model"]["aliases"] == before["model"]["aliases"]
+    assert mid["versions"][2]["aliases"] == [] and mid["versions"][2]["tags"]["registration.status"] == "pending"
+    assert mid["model"]["tags"] == before["model"]["tags"]            # history, fingerprint untouched
+    record = register()
+    assert record["version"] == 2 and record["new_version"] is True and record["decision"] == "promoted"
+    after = registry_state(env, name)
+    assert sorted(after["versions"]) == [1, 2] and after["model"]["aliases"] == {"challenger": 2, "champion": 2}
+    assert after["versions"][2]["tags"]["registration.status"] == "complete"
+    assert json.loads(after["model"]["tags"]["champion.history"]) == [1, 2]
+    client = env.client()
+    runs = client.search_runs([client.get_run(record["run_id"]).info.experiment_id],
+                              f"tags.`eval.metrics_sha256` = '{record['key']['eval.metrics_sha256']}'")
+    assert [r.info.run_id for r in runs] == [record["run_id"]]                    # one MLflow run too
+    assert register()["new_version"] is False
+
+
+def test_promote_and_rollback_usage_errors_exit_2_and_promote_prints_a_human_line_first(env):
+    from pose.cli import app
+
+    name = "cli-lines"
+    env.fake(name, noise_medium=3, noise_large=3, seed=0)                         # v1 champion
+    env.fake(name, gate=False, noise_medium=9, noise_large=9, seed=1)             # v2 worse
+    pf = str(env.params_file(name))
+    runner = CliRunner()
+    from repo_setup import BIN, pipeline_env
+
+    for args in (["promote", "--version", "2", "--force"], ["rollback"], ["rollback", "--reason", " "]):
+        proc = subprocess.run([str(BIN / "pose"), *args, "--params", pf], cwd=env.root, capture_output=True,
+                              text=True, env=pipeline_env())
+        lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: pose "), (args, lines)
+        assert "--reason" in lines[0]
+    assert registry_state(env, name)["model"]["aliases"]["champion"] == 1
+    res = runner.invoke(app, ["promote", "--version", "2", "--params", pf])
+    assert res.exit_code == 0, res.output
+    first, rest = res.output.split("\n", 1)
+    assert first.startswith(f"{name} v2 not promoted (kept_champion): champion stays v1; fail: AP >= champion"), first
+    assert json.loads(rest)["decision"] == "kept_champion"
+    res = runner.invoke(app, ["promote", "--version", "2", "--force", "--reason", "ticket 7", "--params", pf])
+    assert res.output.startswith(f"{name} v2 is the new champion (forced; was v1; AP "), res.output
+    assert "ticket 7" in res.output.splitlines()[0]
+    res = runner.invoke(app, ["rollback", "--reason", "too slow", "--params", pf])
+    assert res.output.startswith(f"{name}: champion rolled back from v2 to v1 (too slow)"), res.output
+
+
+def test_compare_names_an_unknown_alias_and_lists_what_exists(env):
+    from pose.cli import app
+
+    name = "aliases"
+    env.fake(name, noise_medium=3, noise_large=3, seed=0)
+    pf = str(env.params_file(name))
+    res = CliRunner().invoke(app, ["compare", "champion", "nosuchalias", "--no-log", "--params", pf])
+    assert res.exit_code == 1, res.output
+    assert res.output.strip() == (f"error: model '{name}' has no alias 'nosuchalias': unknown alias "
+                                  f"(aliases: challenger (v1), champion (v1); versions: v1)")
+    res = CliRunner().invoke(app, ["compare", "v1", "v7", "--no-log", "--params", pf])
+    assert res.output.strip() == (f"error: model '{name}' has no version 7 "
+                                  f"(aliases: challenger (v1), champion (v1); versions: v1)")
+
+
+def test_compare_reports_of_two_models_do_not_overwrite_each_other_and_find_the_images(env):
+    """Two versions of a sweep model, then two of the production model: two reports, named by model and
+    version, titled with the model names; the overlays find the validation images where the data lives
+    (the dataset mirror) without --images, and say where they looked when they are not there."""
+    from pose.cli import app
+    from pose.registry.compare import compare
+
+    reports = {}
+    for name in ("cmp-sweep", "cmp-prod"):
+        env.fake(name, noise_medium=6, noise_large=6, seed=0)
+        env.fake(name, gate=False, noise_medium=2, noise_large=2, seed=1)
+        out = compare(env.params(name), "v1", "v2")                     # default report folder
+        reports[name] = out
+        assert Path(out["out_dir"]) == Path("data/compare") / name / "v1_vs_v2"
+        assert out["artifact_path"] == f"compare/{name}/v1_vs_v2"
+        md = Path(out["markdown"]).read_text()
+        assert md.startswith(f"# Compare A = {name} v1 (champion) vs B = {name} v2 (challenger)\n"), md[:200]
+        assert len(list((Path(out["out_dir"]) / "overlays").glob("*.png"))) == 4   # images found in the mirror
+        assert not any(n.startswith("No overlays") for n in out["summary"]["notes"])
+    assert reports["cmp-sweep"]["markdown"] != reports["cmp-prod"]["markdown"]
+    assert "cmp-sweep v1" in Path(reports["cmp-sweep"]["html"]).read_text()     # the first report is still there
+    # no images anywhere: one line saying where it looked and how to get them
+    p = env.params("cmp-prod")
+    p["data"].update(mirror=str(env.root / "no-mirror"), raw_dir=str(env.root / "no-raw"))
+    f = env.root / "params-missing.yaml"
+    f.write_text(__import__("yaml").safe_dump(p, sort_keys=False))
+    res = CliRunner().invoke(app, ["compare", "v1", "v2", "--no-log", "--out-dir", str(env.root / "cmp-missing"),
+                                   "--params", str(f)])
+    assert res.exit_code == 0, res.output
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("No overlays"))
+    assert f"looked in {env.root / 'no-raw' / 'coco-mini' / 'val2017'}" in line
+    assert f"dvc pull {env.root / 'no-raw'}/coco-mini" in line and "--images DIR" in line
+
+
+def test_overlay_panel_without_a_person_says_so():
+    import tempfile
+
+    import cv2
+
+    from pose.registry.figures import side_by_side
+
+    image = np.full((120, 160, 3), 90, np.uint8)                      # drawn at 320 x 240 under a 24 px title
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bare = cv2.imread(str(side_by_side(image, [("B v2", [])], Path(tmp) / "bare.png")))
+        said = cv2.imread(str(side_by_side(image, [("B v2", [], "no person above min_person_score = 0.4")],
+                                           Path(tmp) / "said.png")))
+    assert bare.shape == said.shape
+    changed = np.argwhere(np.abs(bare.astype(int) - said.astype(int)).sum(axis=2) > 0)
+    assert len(changed) > 500                                          # a text band, not a bare photo
+    rows = changed[:, 0]
+    assert 24 + 90 < rows.min() and rows.max() < 24 + 150             # across the image's middle
+    red = (said[..., 2] > 150) & (said[..., 0] < 80) & (said[..., 1] < 80)
+    assert red.sum() > 50
 
 
 # ----------------------------------------------------------------------------- data versions, notify

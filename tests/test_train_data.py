@@ -266,14 +266,19 @@ def _fit_affine(canvas_ramp, valid):
 def test_crop_keypoints_follow_the_pixels(coco_like, crop, convention):
     """Images and keypoints (real coco-mini where present, else generated) through each training crop
     (random scale, rotation, shift, flip): the keypoints land where the image pixels they sat on went, to < 0.01 px, in
-    either coordinate convention (pixel i centred at i + o; the ramp holds pixel indices)."""
+    either coordinate convention (the ramp holds pixel indices). The reference convention maps as the official code,
+    input px M p (keypoints treated as pixel indices), and mirrors a flipped sample in its continuous frame (pixel i
+    centred at i + 0.5: x -> S - x, one pixel right of the pixel-index mirror S - 1 - x)."""
     from pose.augment.transforms import TrainTransform
     from pose.targets.heatmaps import pixel_offset
 
     ann, images = _val(coco_like)
     aug = REFERENCE_AUGMENT if crop == "short_side" else dict(PARAMS["augment"], crop="letterbox", color_jitter=0.0)
+    from pose.codec import convention_rules
+
     transform = TrainTransform(crop, aug, convention=convention)
-    o = pixel_offset(convention)
+    o = convention_rules(convention).map_offset      # reference: the official M p (o = 0), project: o = 0 too
+    mirror = 2.0 * (pixel_offset(convention) - o)    # a flip mirrors x -> S - 1 + 2 pixel_offset - x
     size, strides, checked = 512, (4, 2), 0
     for file_name, width, height, kp in _coco_persons(ann, 4):
         real = cv2.imread(str(images / file_name))
@@ -294,7 +299,10 @@ def test_crop_keypoints_follow_the_pixels(coco_like, crop, convention):
             src = kp[:, list(FLIP_INDEX)] if flip else kp  # output channel k came from joint FLIP_INDEX[k]
             for stride, k in zip(strides, kps):
                 vis = k[..., 2] > 0
-                back = apply_affine(fitted, k[..., :2][vis] * stride - o) + o
+                # the mirror's extra pixel: in image px before the letterbox (times its scale), in input px after
+                # the short-side crop
+                shift = mirror * flip * (m[0, 0] if crop == "letterbox" else 1.0)
+                back = apply_affine(fitted, k[..., :2][vis] * stride - [shift, 0.0] - o) + o
                 err = np.abs(back - src[..., :2][vis])
                 assert err.max() < 0.01, (file_name, seed, flip, stride, err.max())
                 checked += int(vis.sum())

@@ -43,13 +43,14 @@ NO_AUGMENT = {"max_rotation": 0, "min_scale": 1.0, "max_scale": 1.0, "max_transl
 
 def tiny_params(**train) -> dict:
     """Tiny model and plan; validation every epoch on 2 real validation images at 128 px
-    (the CLI runs pass them, `_train_args`; in-process runs without them set val_every=0)."""
+    (the CLI runs pass them, `_train_args`; in-process runs without them set val_every=0);
+    an EMA of the weights (decay 0.9), so every resume test also resumes the EMA."""
     p = copy.deepcopy(BASE)
     p["model"].update(width=8, stage_blocks=[1, 1, 1], pretrained="")
     p["train"].update(batch_size=2, workers=0, max_steps_per_epoch=STEPS_PER_EPOCH, warmup_steps=2, log_every=1,
                       checkpoint_every=1, amp=False, multi_scale=True, use_curriculum=True,
                       curriculum=[{"sizes": [128], "epochs": 1}, {"sizes": [128, 160], "epochs": 1}],
-                      val_every=1, val_max_images=2)
+                      val_every=1, val_max_images=2, ema_decay=0.9, ema_warmup_steps=2)
     p["evaluate"].update(input_size=128, flip_test=False, test_scales=[1.0])
     p["train"].update(train)
     return p
@@ -124,9 +125,11 @@ class Lines:
 
 def assert_same_training_state(a: dict, b: dict) -> None:
     """Model weights and buffers bit-identical, same optimiser moments and schedule position."""
-    assert a["model"].keys() == b["model"].keys()
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), f"model tensor {k} differs"
+    assert a["model"].keys() == b["model"].keys() and ("model_raw" in a) == ("model_raw" in b)
+    for part in ("model", "model_raw"):   # the EMA (validated, saved) and the training weights
+        for k in a.get(part, {}):
+            assert torch.equal(a[part][k], b[part][k]), f"{part} tensor {k} differs"
+    assert a.get("ema_updates") == b.get("ema_updates")
     for pid, sa in a["optimizer"]["state"].items():
         for k, v in sa.items():
             assert torch.equal(v, b["optimizer"]["state"][pid][k]), f"optimizer state {pid}.{k} differs"
@@ -194,6 +197,74 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(coco_like, tmp_pa
     assert (run / "val.csv").read_bytes() == (reference / "val.csv").read_bytes()    # no wall-clock column
     assert [line.split(",")[0] for line in (run / "val.csv").read_text().splitlines()] == ["epoch", "0", "1"]
     assert summary["best_epoch"] == ref["best_epoch"] and summary["best_val_AP"] == ref["best_val_AP"]
+
+
+def test_sigterm_mid_epoch_writes_last_pt_and_resume_is_identical(coco_like, tmp_path, reference):
+    """No periodic checkpoints (train.checkpoint_every 0): the mid-epoch last.pt comes from the
+    SIGTERM handler, at the step boundary after the signal, and resuming from it is exact."""
+    params = tiny_params(checkpoint_every=0)
+    run = tmp_path / "terminated"
+    job = Lines([sys.executable, "-m", "pose.cli"] + _train_args(coco_like, run, _write_params(run, params)))
+    job.wait_for(lambda line: line.startswith(f"step 4/{TOTAL_STEPS} "))
+    job.proc.send_signal(signal.SIGTERM)
+    job.wait_for(lambda line: line.startswith("interrupted: training interrupted (SIGTERM)"))
+    assert job.proc.wait(timeout=60) == 128 + signal.SIGTERM
+    stopped = next(line for line in job.seen if line.startswith("SIGTERM: stopping after step"))
+    ck = load_checkpoint(run / "models" / "last.pt")
+    assert f"step {ck['global_step']}/{TOTAL_STEPS}," in stopped
+    assert ck["epoch"] == 1 and 0 < ck["batch_in_epoch"] < STEPS_PER_EPOCH, "expected a mid-epoch checkpoint"
+    assert not (run / "train.json").exists()
+
+    resumed = _cli(coco_like, run, params)
+    assert f"resumed from {run / 'models' / 'last.pt'}: epoch 1 batch {ck['batch_in_epoch']} " \
+           f"step {ck['global_step']}" in resumed.stdout
+    for name in ("last.pt", "best.pt"):
+        assert (run / "models" / name).read_bytes() == (reference / "models" / name).read_bytes(), name
+    assert (run / "val.csv").read_bytes() == (reference / "val.csv").read_bytes()
+
+
+# `pose train` whose 2nd validation (end of epoch 1) gets SIGINT (Ctrl-C) at its first image
+SIGINT_IN_VALIDATION = """
+import os, signal, sys
+import pose.decode.inference as inference
+calls = []
+_predict = inference.predict_image
+def predict_image(*a, **k):
+    calls.append(1)
+    if len(calls) == 3:    # 2 validation images per epoch: the first image of epoch 1's validation
+        print("SIGINT_NOW", flush=True)
+        os.kill(os.getpid(), signal.SIGINT)
+    return _predict(*a, **k)
+inference.predict_image = predict_image
+from pose.cli import main
+sys.argv = ["pose"] + sys.argv[1:]
+main()
+"""
+
+
+def test_sigint_during_validation_stops_it_and_resume_repeats_it(coco_like, tmp_path, reference):
+    params = tiny_params(checkpoint_every=0)
+    run = tmp_path / "ctrl_c"
+    driver = tmp_path / "sigint_driver.py"
+    driver.write_text(SIGINT_IN_VALIDATION)
+    proc = subprocess.run([sys.executable, str(driver)] + _train_args(coco_like, run, _write_params(run, params)),
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "SIGINT_NOW" in proc.stdout and "epoch 1 validation" not in proc.stdout
+    assert f"SIGINT: stopping after step {TOTAL_STEPS}/{TOTAL_STEPS}" in proc.stdout
+    assert proc.stderr.strip().splitlines()[-1].startswith("interrupted: training interrupted (SIGINT)")
+    assert "Traceback" not in proc.stderr
+    ck = load_checkpoint(run / "models" / "last.pt")
+    assert (ck["epoch"], ck["batch_in_epoch"], ck["global_step"]) == (1, STEPS_PER_EPOCH, TOTAL_STEPS)
+    assert [line.split(",")[0] for line in (run / "val.csv").read_text().splitlines()] == ["epoch", "0"]
+
+    resumed = _cli(coco_like, run, params)
+    assert f"epoch 1 batch {STEPS_PER_EPOCH} step {TOTAL_STEPS}" in resumed.stdout
+    assert "epoch 1 validation" in resumed.stdout
+    assert not [line for line in resumed.stdout.splitlines() if line.startswith("step ")], "no step left to train"
+    for name in ("last.pt", "best.pt"):
+        assert (run / "models" / name).read_bytes() == (reference / "models" / name).read_bytes(), name
+    assert (run / "val.csv").read_bytes() == (reference / "val.csv").read_bytes()
 
 
 # A driver that runs `pose train` but freezes inside the checkpoint save of global step
@@ -405,6 +476,61 @@ def test_bf16_autocast_on_cpu_trains_two_steps(coco_like, tmp_path):
               **{**kwargs, "resume": True})
 
 
+def test_ema_is_validated_and_saved_without_changing_the_training_trajectory(coco_like, tmp_path):
+    """The EMA run's training weights (model_raw) equal a run without EMA, bit for bit; its saved
+    model is the average (closer to the weights' history than to the last step), and best.pt's
+    validation scored that average."""
+    from pose.train.ema import ModelEMA
+
+    kw = {"train_ann": coco_like / "annotations" / "person_keypoints_train2017.json",
+          "train_images": coco_like / "train2017", "resume": False}
+    runs = {}
+    for name, decay in (("off", 0.0), ("ema", 0.9)):
+        d = tmp_path / name
+        train(tiny_params(ema_decay=decay, val_every=0, checkpoint_every=0), out_dir=d, metrics_path=d / "t.json",
+              steps_path=d / "s.csv", **kw)
+        runs[name] = load_checkpoint(d / "last.pt")
+    off, ema = runs["off"], runs["ema"]
+    assert "model_raw" not in off and ema["ema_updates"] == TOTAL_STEPS
+    for k, v in off["model"].items():
+        assert torch.equal(ema["model_raw"][k], v), f"the EMA changed the training weights ({k})"
+    moved = [k for k, v in ema["model"].items() if v.is_floating_point() and not torch.equal(v, ema["model_raw"][k])]
+    assert moved, "the saved model must be the average, not the last weights"
+    # the update rule: one step of ModelEMA from a known state
+    net = torch.nn.Linear(2, 1)
+    avg = ModelEMA(net, 0.9, 0)
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    before = avg.module.weight.clone()
+    avg.update(net)
+    assert torch.allclose(avg.module.weight, 0.9 * before + 0.1 * net.weight) and avg.updates == 1
+    assert ModelEMA(net, 0.9, 100).current_decay() == pytest.approx(0.9 * (1 - math.exp(-1 / 100)))
+    with pytest.raises(ValueError, match="train.ema_decay"):
+        ModelEMA(net, 1.0, 0)
+
+
+def test_channels_last_trains_deterministically_and_saves_a_loadable_model(coco_like, tmp_path):
+    """train.channels_last: NHWC convolutions give other rounding than NCHW, but the same run twice
+    gives the same weights, and the saved model loads and predicts like any other."""
+    from pose.train.checkpoint import load_trained_model
+
+    kw = {"train_ann": coco_like / "annotations" / "person_keypoints_train2017.json",
+          "train_images": coco_like / "train2017", "resume": False}
+    cks = {}
+    for name, cl in (("nchw", False), ("nhwc", True), ("nhwc_again", True)):
+        d = tmp_path / name
+        train(tiny_params(channels_last=cl, max_steps_per_epoch=2, val_every=0, checkpoint_every=0,
+                          curriculum=[{"sizes": [128], "epochs": 1}]),
+              out_dir=d, metrics_path=d / "t.json", steps_path=d / "s.csv", **kw)
+        cks[name] = load_checkpoint(d / "last.pt")
+    for k, v in cks["nhwc"]["model"].items():
+        assert torch.equal(v, cks["nhwc_again"]["model"][k]), k
+    assert any(not torch.equal(v, cks["nchw"]["model"][k]) for k, v in cks["nhwc"]["model"].items())
+    model = load_trained_model(tmp_path / "nhwc" / "last.pt")
+    out = model(torch.zeros(1, 3, 128, 128))
+    assert [tuple(o.shape[-2:]) for o in out] == [(32, 32), (64, 64)]
+
+
 def test_save_checkpoint_is_weights_only_loadable(tmp_path):
     path = tmp_path / "sub" / "c.pt"
     save_checkpoint({"w": torch.arange(3.0), "step": 3, "history": "[]"}, path)
@@ -420,7 +546,7 @@ def _run_scripted_validation(coco: Path, tmp: Path, monkeypatch, aps: list[float
     from pose.train import validation
 
     scripted = iter(aps)
-    monkeypatch.setattr(validation.Validator, "run", lambda self, model, device=None: {
+    monkeypatch.setattr(validation.Validator, "run", lambda self, model, device=None, should_stop=None: {
         "AP": next(scripted), "AP50": 0.9, "AP75": 0.1, "AR": 0.2, "images": len(self), "seconds": 0.01})
     params = tiny_params(max_steps_per_epoch=1, checkpoint_every=0, val_max_images=1,
                          curriculum=[{"sizes": [128], "epochs": 4}], **train_kw)

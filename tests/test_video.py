@@ -316,7 +316,7 @@ def test_overlay_draws_what_the_thresholds_say_and_names_them(coco_like, tmp_pat
     video = tmp_path / "clip.mp4"
     frames = _write_video(coco_like, video, 2, "mp4v")
     ck = _checkpoint(tmp_path / "ck.pt")
-    params = _params(tmp_path, joint_threshold=0.99)      # params hide every joint ...
+    params = _params(tmp_path, joint_threshold=1.0)       # params hide every joint (scores are clamped to <= 1) ...
     base = ["predict", str(video), "--model", str(ck), "--params", str(params), "--min-score", "0",
             "--min-joints", "0"]
     assert RUNNER.invoke(app, base + ["--out-dir", str(tmp_path / "hidden")]).exit_code == 0

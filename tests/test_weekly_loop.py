@@ -4,10 +4,12 @@ week 1      `python -m flows.retrain`: no model yet -> every stage through DVC, 
             gated; it becomes champion (the test sets the AP floor rules to 0: a 2-step model scores
             AP ~0, and the floor itself is tested in tests/test_registry.py)
 week 2      same data -> the run ends `NoNewData`; nothing trained, dvc.lock untouched
-week 2 (b)  `--force` -> train and later stages run with `dvc repro --force` (the model file is rewritten)
-week 3      a new ingest batch listed under `catalogue.generated.ingest` -> retrain; the gate decides
+week 2 (b)  `--force` -> train and later stages run with `dvc repro --force` (the model file is rewritten,
+            with the same bytes: registration happens once, v1 is reused)
+week 3      a new ingest batch listed under `catalogue.generated.ingest` -> retrain, v2; the gate decides
             against the champion with rule results and a paired bootstrap CI
-review      `pose compare v1 v3`: a verdict with the paired CI and the recorded gate decision
+week 3 (b)  a batch of duplicate images -> nothing new: no version, no "retrain done"
+review      `pose compare v1 v2`: a verdict with the paired CI and the recorded gate decision
 
 Marked slow (3.5-7 minutes on 2 cores, depending on load); CI runs it. Timings per week are
 printed (`pytest -s`).
@@ -28,6 +30,7 @@ from repo_setup import BIN, make_repo_copy, pipeline_env, tiny_generated_params
 
 pytestmark = pytest.mark.slow
 BATCH = "incoming/week3"
+DUPLICATES = "incoming/duplicates"
 
 
 def weekly_params() -> dict:
@@ -58,6 +61,25 @@ def _make_batch(repo: Path, params: dict) -> Path:
     shutil.move(tmp / "annotations" / ann, batch / "annotations" / ann)
     shutil.move(tmp / d["train_split"], batch / d["train_split"])
     shutil.rmtree(tmp)
+    return batch
+
+
+def _duplicate_batch(repo: Path, params: dict) -> Path:
+    """A batch of copies of 3 training images with their annotations (all duplicates)."""
+    d = params["data"]
+    raw = repo / "data/raw/generated"
+    ann = f"person_keypoints_{d['train_split']}.json"
+    train = json.loads((raw / "annotations" / ann).read_text())
+    batch = repo / DUPLICATES
+    (batch / "annotations").mkdir(parents=True)
+    (batch / d["train_split"]).mkdir()
+    images = train["images"][:3]
+    ids = {im["id"] for im in images}
+    for im in images:
+        shutil.copy(raw / d["train_split"] / im["file_name"], batch / d["train_split"] / im["file_name"])
+    doc = {"images": images, "annotations": [a for a in train["annotations"] if a["image_id"] in ids],
+           "categories": train["categories"]}
+    (batch / "annotations" / ann).write_text(json.dumps(doc))
     return batch
 
 
@@ -111,9 +133,12 @@ def test_weekly_loop(tmp_path):
     t0 = time.perf_counter()
     out = _flow(repo, "--force")
     timings["week 2b (--force: retrain same data)"] = time.perf_counter() - t0
-    assert "forced retrain" in out and "retrain done (forced)" in out, out[-4000:]
+    assert "forced retrain" in out, out[-4000:]
     assert model.stat().st_mtime_ns != mtime, "--force did not run the train stage"
-    assert json.loads((repo / "data/registry/registration.json").read_text())["version"] == 2
+    # equal training gives an equal checkpoint and evaluation: registration happens once (v1 reused)
+    record2 = json.loads((repo / "data/registry/registration.json").read_text())
+    assert record2["version"] == 1 and record2["new_version"] is False and list(_versions(repo, name)) == [1]
+    assert "no new model version (already registered) (forced)" in out and "retrain done" not in out, out[-4000:]
     # fetch is not forced on unchanged data: its lock entry stays as week 1's
     assert yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["fetch"] == yaml.safe_load(lock)["stages"]["fetch"]
 
@@ -131,21 +156,32 @@ def test_weekly_loop(tmp_path):
     assert len(train["images"]) == 12 + 4
     record3 = json.loads((repo / "data/registry/registration.json").read_text())
     versions = _versions(repo, name)
-    assert record3["version"] == 3 and sorted(versions) == [1, 2, 3]
-    _assert_gated(record3, versions[3])
-    assert versions[3].tags["data.source_fingerprint"] != versions[1].tags["data.source_fingerprint"]
+    assert record3["version"] == 2 and sorted(versions) == [1, 2] and record3["new_version"] is True
+    _assert_gated(record3, versions[2])
+    assert versions[2].tags["data.source_fingerprint"] != versions[1].tags["data.source_fingerprint"]
     assert record3["champion_before"] == 1 and record3["decision"] in ("promoted", "kept_champion")
     delta_rules = [r for r in record3["rules"] if r["kind"] == "min_delta"]
     assert delta_rules and all(r["applicable"] and r["champion"] is not None for r in delta_rules), record3["rules"]
     assert all(r["ci_low"] is not None and r["ci_high"] is not None for r in delta_rules), "no paired CI in the gate"
 
+    # week 3 (b): a batch whose images are all duplicates adds nothing: no new version, not "retrain done"
+    _duplicate_batch(repo, params)
+    params["catalogue"]["generated"]["ingest"] = [BATCH, DUPLICATES]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     t0 = time.perf_counter()
-    proc = subprocess.run([str(BIN / "pose"), "compare", "v1", "v3", "--no-log"], cwd=repo, env=pipeline_env(),
+    out = _flow(repo)
+    timings["week 3b (duplicate batch: nothing new)"] = time.perf_counter() - t0
+    assert "NEW DATA" in out and "retrain done" not in out and "no new model version" in out, out[-4000:]
+    assert sorted(_versions(repo, name)) == [1, 2]
+    assert json.loads((repo / "data/registry/registration.json").read_text())["version"] == 2
+
+    t0 = time.perf_counter()
+    proc = subprocess.run([str(BIN / "pose"), "compare", "v1", "v2", "--no-log"], cwd=repo, env=pipeline_env(),
                           capture_output=True, text=True)
-    timings["pose compare v1 v3"] = time.perf_counter() - t0
+    timings["pose compare v1 v2"] = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     first = proc.stdout.strip().splitlines()[0]
     assert "paired 95% CI" in first and ("better" in first or "No clear winner" in first), proc.stdout
-    assert f"Recorded gate decision of B = v3: {record3['decision']}" in proc.stdout, proc.stdout
+    assert f"Recorded gate decision of B = v2: {record3['decision']}" in proc.stdout, proc.stdout
 
     print("\nweekly loop timings (s): " + ", ".join(f"{k}: {v:.1f}" for k, v in timings.items()))

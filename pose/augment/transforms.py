@@ -30,14 +30,23 @@ the shift is drawn continuously (reference: ``np.random.randint``, whole image p
 bound excluded), the ignore mask is warped by nearest neighbour (reference: bilinear, then
 ``> 0.5``), and the image is warped bilinearly with a black border as ``to_canvas`` does.
 
-Coordinate convention (params ``model.convention``, `pose.targets.heatmaps.pixel_offset`):
-OpenCV and albumentations map pixel *indices* (pixel ``i`` centred at ``i``, the ``project``
-convention). In a convention whose pixel ``i`` is centred at ``i + o`` (``reference``:
-``o = 0.5``), `TrainTransform` maps keypoints as ``M (p - o) + o``, so they stay on the pixels
-they label whatever the convention, and the flip becomes ``x -> S - x`` there (the plain array
-flip). The reference's own training code maps keypoints with ``M`` unchanged and flips them to
-``out_size - 1 - x`` at each heatmap resolution, mixing both conventions; that 0.5-1 px offset
-is not reproduced.
+Coordinate convention (params ``model.convention``, `pose.codec.Convention`): OpenCV and
+albumentations map pixel *indices* (pixel ``i`` centred at ``i``, the ``project`` convention).
+In a convention whose pixel ``i`` is centred at ``i + o`` (``reference``: ``o = 0.5``) the
+keypoint mapping is a named switch (``Convention.keypoint_mapping``):
+
+* ``centred`` (``project``): keypoints are mapped as ``M (p - o) + o``, so they stay on the
+  pixels they label whatever the scale;
+* ``raw`` (``reference``): keypoints are mapped as ``M p``, as the official
+  ``RandomAffineTransform`` does (``lib/dataset/transforms/transforms.py``: ``_affine_joints``
+  with the same matrix as the image); they sit ``M_lin o - o`` input px (``o (f - 1)`` at
+  scale ``f``) off the pixels they label, which the test-time mapping ``M^-1 c`` undoes.
+
+In both, the horizontal flip mirrors keypoints in the convention's continuous frame, ``x ->
+S - 1 + 2 o - x`` (``x -> S - x`` in ``reference``): the exact mirror of the plain array flip of
+the image, which the flip test undoes with a plain array flip. The official code flips
+heatmap coordinates to ``out_size - 1 - x`` at each heatmap resolution, which puts the peak of
+a flipped sample one heatmap pixel left of the mirrored image content; that is not reproduced.
 
 `pose check-scales` verifies the deterministic part of whichever crop is active on the
 real annotations (`pose.quality.scales`); the random warps map keypoints with the same
@@ -51,8 +60,8 @@ import cv2
 import numpy as np
 
 from pose.augment.affine import apply_affine, compose_affine, hflip_affine, letterbox_affine, short_side_crop_affine
+from pose.codec import Convention, convention_rules
 from pose.datasets.schema import FLIP_INDEX
-from pose.targets.heatmaps import pixel_offset
 
 #: ImageNet statistics in RGB order, applied to [0, 1] pixel values.
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -65,16 +74,17 @@ def normalize_image(image_bgr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(((rgb - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1))
 
 
-def hflip_keypoints(keypoints: np.ndarray, width: int) -> np.ndarray:
+def hflip_keypoints(keypoints: np.ndarray, width: int, *, offset: float = 0.0) -> np.ndarray:
     """Horizontal flip of (P, K, 3) keypoints in an image ``width`` px wide.
 
-    x becomes ``width - 1 - x`` (albumentations' `HorizontalFlip` convention for
-    pixel-index coordinates) and joint k moves to channel ``FLIP_INDEX[k]`` so a left
-    wrist stays a left wrist of the mirrored person. Applying it twice is the
-    identity. Returns a new float64 array.
+    x becomes ``width - 1 + 2 offset - x``: with ``offset`` 0 albumentations' `HorizontalFlip`
+    convention for pixel-index coordinates (``width - 1 - x``), with ``offset`` 0.5 the mirror of
+    coordinates whose pixel ``i`` is centred at ``i + 0.5`` (``width - x``). Joint k moves to
+    channel ``FLIP_INDEX[k]`` so a left wrist stays a left wrist of the mirrored person.
+    Applying it twice is the identity. Returns a new float64 array.
     """
     kp = np.asarray(keypoints, dtype=np.float64).copy()
-    kp[..., 0] = np.where(kp[..., 2] > 0, width - 1 - kp[..., 0], kp[..., 0])
+    kp[..., 0] = np.where(kp[..., 2] > 0, width - 1 + 2.0 * offset - kp[..., 0], kp[..., 0])
     return kp[:, list(FLIP_INDEX)]
 
 
@@ -118,7 +128,7 @@ _FLIP = A.Compose([A.HorizontalFlip(p=1.0)], keypoint_params=A.KeypointParams(fo
 
 
 def augment_sample(image: np.ndarray, keypoints: np.ndarray, ignore: np.ndarray, augmenter: A.Compose | None,
-                   flip: bool, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   flip: bool, seed: int, *, flip_offset: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Steps 1 and 2 of the training transform, in image space.
 
     Args:
@@ -128,6 +138,9 @@ def augment_sample(image: np.ndarray, keypoints: np.ndarray, ignore: np.ndarray,
         augmenter: from `build_augmenter`, or None for no random warp/colour.
         flip: apply the horizontal flip + joint swap.
         seed: seeds the augmenter, so a sample is a pure function of (data, seed).
+        flip_offset: keypoints flip as ``W - 1 + 2 flip_offset - x`` (:func:`hflip_keypoints`;
+            0: pixel indices, as the image; 0.5: the mirror of the ``raw`` mapping's
+            coordinates, module docstring).
 
     Returns:
         (image (H, W, 3) uint8, keypoints (P, K, 3) float64, ignore (H, W) uint8). A
@@ -146,7 +159,7 @@ def augment_sample(image: np.ndarray, keypoints: np.ndarray, ignore: np.ndarray,
     if flip:
         out = _FLIP(image=image, mask=ignore, keypoints=kp[..., :2].reshape(-1, 2))
         image, ignore = out["image"], out["mask"]
-        kp = hflip_keypoints(kp, image.shape[1])
+        kp = hflip_keypoints(kp, image.shape[1], offset=flip_offset)
     h, w = image.shape[:2]
     outside = (kp[..., 0] < 0) | (kp[..., 1] < 0) | (kp[..., 0] > w - 1) | (kp[..., 1] > h - 1)
     kp[..., 2] = np.where(outside, 0, kp[..., 2])
@@ -221,17 +234,24 @@ class TrainTransform:
         augment: params ``augment`` (random warp, flip is decided by the caller, colour
             jitter), or None for no random warp or colour change (the deterministic crop:
             the letterbox, or the centre square of the short side).
-        convention: params ``model.convention`` (``project`` | ``reference``): where pixel
-            centres lie for the keypoint coordinates (module docstring).
+        convention: params ``model.convention`` (``project`` | ``reference``) or a
+            `pose.codec.Convention`: where pixel centres lie and how keypoints are mapped
+            (``keypoint_mapping``; module docstring).
 
     Raises:
         ValueError: unknown ``crop`` or ``convention`` (the message names the params key).
     """
 
-    def __init__(self, crop: str, augment: dict | None, *, convention: str):
+    def __init__(self, crop: str, augment: dict | None, *, convention: str | Convention):
         if crop not in CROPS:
             raise ValueError(f"params augment.crop: unknown crop {crop!r} ({' | '.join(CROPS)})")
-        self.crop, self.augment, self.offset = crop, augment, pixel_offset(convention)
+        rules = convention_rules(convention)
+        self.crop, self.augment = crop, augment
+        #: ``o`` of the keypoint mapping ``M (p - o) + o`` (0 for ``raw``: ``M p``)
+        self.offset = rules.map_offset
+        #: the flip mirrors keypoints as ``S - 1 + 2 o - x`` with the pixel offset ``o``; on top of
+        #: the pixel-index flip of shifted keypoints this is ``2 (pixel_offset - offset)`` more
+        self.flip_offset = rules.pixel_offset - rules.map_offset
         self.augmenter = None
         if augment and crop == "letterbox":
             self.augmenter = build_augmenter(augment)
@@ -264,7 +284,8 @@ class TrainTransform:
             raise ValueError(f"keypoints must be (P, K, 3), got {kp.shape}")
         kp[..., :2] -= self.offset  # to pixel-index coordinates (OpenCV's)
         if self.crop == "letterbox":
-            image, kp, ignore = augment_sample(image, kp, ignore, self.augmenter, flip, seed)
+            image, kp, ignore = augment_sample(image, kp, ignore, self.augmenter, flip, seed,
+                                               flip_offset=self.flip_offset)
             canvas, kps, weights, m = to_canvas(image, kp, ignore, input_size, strides)
             for stride, k in zip(strides, kps):
                 k[..., :2] += self.offset / stride
@@ -290,6 +311,8 @@ class TrainTransform:
             outside = ((kp_in[..., 0] < 0) | (kp_in[..., 1] < 0) | (kp_in[..., 0] > input_size - 1)
                        | (kp_in[..., 1] > input_size - 1))
             kp_in[..., 2] = np.where(outside, 0, kp_in[..., 2])
+            if flip:
+                kp_in[..., 0] += 2.0 * self.flip_offset  # the mirror S - 1 + 2 o - x (module docstring)
             kp_in[..., :2] += self.offset  # back to the convention's coordinates
         kps, weights = [], []
         for stride in strides:

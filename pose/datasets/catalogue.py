@@ -10,7 +10,9 @@ format's constant (`pose.datasets.formats.SIGMA_CONSTANTS`: ``COCO_SIGMAS``,
 format's own sigmas.
 
 `evaluation` turns an entry into what the evaluate stage needs: the COCO-17 sigmas and the
-format's native metric bound to the entry's native sigmas.
+format's native metric bound to the entry's native sigmas. `exif_orientation` says how the
+dataset's images are read (``exif_orientation``: ``ignore`` | ``apply``; absent: the format's,
+``ignore`` for every COCO-style format: the annotations are in the stored pixel frame).
 """
 
 from __future__ import annotations
@@ -68,6 +70,16 @@ def evaluation(entry: dict) -> tuple[np.ndarray, Callable[[dict, list], dict] | 
     return sigmas, native
 
 
+def exif_orientation(entry: dict) -> str:
+    """How the images of a catalogue entry are read (`pose.io.EXIF_MODES`): its
+    ``exif_orientation``, else its format's (``ignore``). Raises ValueError on an unknown value
+    or kind."""
+    mode = entry.get("exif_orientation") or get_format(entry.get("kind")).exif_orientation
+    if mode not in ("ignore", "apply"):
+        raise ValueError(f"exif_orientation must be ignore or apply, got {mode!r}")
+    return mode
+
+
 def check_entry(name: str, entry: dict) -> None:
     """Raise ValueError (naming the entry) when ``entry`` is inconsistent: unknown kind,
     schema other than coco17, sigmas whose length does not match the schema, a native
@@ -100,4 +112,4 @@ def check_catalogue(catalogue: dict) -> None:
         check_entry(name, entry)
 
 
-__all__ = ["resolve_sigmas", "entry_sigmas", "evaluation", "check_entry", "check_catalogue"]
+__all__ = ["resolve_sigmas", "entry_sigmas", "evaluation", "exif_orientation", "check_entry", "check_catalogue"]

@@ -48,7 +48,10 @@ Where the data comes from (params.yaml ``catalogue.<name>``):
 * then each batch of new annotated images named by the entry's ``ingest`` list (and the
   ``ingest`` argument) is merged into the train split by `pose.datasets.ingest`
   (new ids, duplicates by content hash dropped, ``ingest_record.json``), inside the
-  same temporary folder, so the fetch stays atomic and reproducible.
+  same temporary folder, so the fetch stays atomic and reproducible. Every batch is read,
+  its JSON parsed and every image decoded (`pose.datasets.ingest.prepare_batch`) *first*,
+  before anything is downloaded, generated or written: a bad batch fails the fetch at once
+  with one `IngestError` line and leaves ``out_dir`` as it was.
 
 ``MANIFEST.sha256`` is written and verified by `pose.datasets.manifest`.
 Everything is written into a temporary folder beside ``out_dir`` and renamed into
@@ -76,7 +79,12 @@ ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".ta
 
 
 class FetchError(RuntimeError):
-    """No way to obtain a dataset worked; the message lists what was tried."""
+    """No way to obtain a dataset worked; the message lists what was tried. ``transient``: every
+    source failed on the network (`pose.datasets.sources.NetworkError`), so a later retry may work."""
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -377,6 +385,21 @@ def fetch_dataset(name: str, *, catalogue: dict, mirror_root: Path | None, out_d
     work = out_dir.parent / f".{out_dir.name}.work-{tag}"
     downloads = out_dir.parent / ".downloads" / out_dir.name
     dl_kwargs = {"retries": retries, "backoff": backoff, "progress": progress, "endpoint_url": endpoint_url}
+    # S3 batches are staged here (a local batch is read in place); kept apart from `work`, which a
+    # failed source clears
+    batch_work = out_dir.parent / f".{out_dir.name}.batches-{tag}"
+    batches = [str(b) for b in (entry.get("ingest") or [])] + [str(b) for b in (ingest or [])]
+    prepared = []
+    if batches:  # every batch is read, parsed and decoded before anything is written or removed
+        from pose.datasets.ingest import prepare_batch
+
+        try:
+            for i, batch in enumerate(batches):
+                prepared.append(prepare_batch(batch, batch_work / str(i), retries=retries, backoff=backoff,
+                                              progress=progress, endpoint_url=endpoint_url))
+        except BaseException:
+            shutil.rmtree(batch_work, ignore_errors=True)
+            raise
     tmp.mkdir()
     try:
         if kind == "generated":
@@ -402,7 +425,7 @@ def fetch_dataset(name: str, *, catalogue: dict, mirror_root: Path | None, out_d
                     raise FetchError(f"dataset {name!r}: mirror folder "
                                      f"{mdir if mdir is not None else '(none configured)'} does not exist "
                                      f"and the catalogue entry lists no sources")
-                errors = []
+                errors, network = [], []
                 counts = None
                 for s in srcs:
                     try:
@@ -420,22 +443,21 @@ def fetch_dataset(name: str, *, catalogue: dict, mirror_root: Path | None, out_d
                     except Exception as exc:  # try the next source
                         log.warning("source %s of %s failed: %s", _describe(s), name, exc)
                         errors.append(f"{_describe(s)}: {type(exc).__name__}: {exc}")
+                        network.append(src_mod.is_network_error(exc))
                         shutil.rmtree(tmp, ignore_errors=True)
                         shutil.rmtree(work, ignore_errors=True)
                         tmp.mkdir()
                 if counts is None:
-                    raise FetchError(f"dataset {name!r}: every source failed:\n  " + "\n  ".join(errors))
+                    raise FetchError(f"dataset {name!r}: every source failed:\n  " + "\n  ".join(errors),
+                                     transient=bool(network) and all(network))
         else:
             raise ValueError(f"dataset {name!r}: unknown kind {kind!r} ({' | '.join(KINDS)})")
         ingested = []
-        batches = [str(b) for b in (entry.get("ingest") or [])] + [str(b) for b in (ingest or [])]
-        if batches:
-            from pose.datasets.ingest import merge_batch
+        if prepared:
+            from pose.datasets.ingest import apply_batch
 
-            for batch in batches:
-                res = merge_batch(batch, tmp, split=train_split, work=work / "ingest", record_time=False,
-                                  retries=retries, backoff=backoff, progress=progress, endpoint_url=endpoint_url)
-                ingested.append(res)
+            for batch in prepared:
+                ingested.append(apply_batch(batch, tmp, split=train_split, record_time=False))
             for split in splits:
                 _, n_img, n_ann = _referenced_files(tmp / "annotations" / _ann_name(split))
                 counts[split] = {"images": n_img, "annotations": n_ann}
@@ -457,6 +479,7 @@ def fetch_dataset(name: str, *, catalogue: dict, mirror_root: Path | None, out_d
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(batch_work, ignore_errors=True)
     shutil.rmtree(downloads, ignore_errors=True)
     try:
         downloads.parent.rmdir()  # only when empty

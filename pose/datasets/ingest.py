@@ -32,11 +32,15 @@ What `ingest_batch` does to ``<into>`` (a folder written by `pose.datasets.fetch
 A batch whose images are all duplicates changes nothing (no record, no rewrite): ingesting
 the same batch twice is a no-op.
 
-Validation (`IngestError`, message naming the batch and the offending record): exactly one
-annotation file, COCO structure (``images`` / ``annotations`` lists, unique image ids,
-safe relative ``file_name`` s), 17 keypoints per annotation (names, when the category lists
-them, equal to COCO's), ``[x, y, w, h]`` boxes, every annotation on a listed image, every
-image present and readable, and its size equal to the JSON's ``width`` / ``height``.
+Validation (`prepare_batch`; `IngestError`, one line naming the batch, the file and the
+offending record), all of it **before** the dataset is locked, copied or written: exactly one
+annotation file that parses as JSON (else: file, line and column), COCO structure (``images`` /
+``annotations`` lists, unique image ids, safe relative ``file_name`` s), 17 keypoints per
+annotation (names, when the category lists them, equal to COCO's), ``[x, y, w, h]`` boxes,
+every annotation on a listed image, every image present and **fully decoded** by Pillow
+(truncated files refused), and its size equal to the JSON's ``width`` / ``height``. These are
+data errors: the batch is wrong, and no retry can help (only downloads from S3 are retried,
+by `pose.datasets.sources`).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ import logging
 import os
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -87,6 +92,7 @@ def _stage_batch(batch: str, work: Path, *, retries: int, backoff: float, progre
         if not urls:
             raise IngestError(f"batch {batch}: no objects under this S3 prefix")
         local = work / "s3-batch"
+        local.mkdir(parents=True, exist_ok=True)
         for url in urls:
             rel = PurePosixPath(url[len(prefix):])
             if not rel.parts or rel.is_absolute() or ".." in rel.parts:
@@ -140,6 +146,7 @@ def _load_batch(root: Path, batch: str, fmt: str, annotations: str | None, work:
         from pose.datasets.convert import convert
 
         images_dir = next((d for d in dirs if d.is_dir() and any(d.iterdir())), root)
+        work.mkdir(parents=True, exist_ok=True)
         out = work / "converted.json"
         try:
             convert(fmt, ann, images_dir, out)
@@ -148,8 +155,11 @@ def _load_batch(root: Path, batch: str, fmt: str, annotations: str | None, work:
         ann, dirs = out, [images_dir]
     try:
         doc = json.loads(ann.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise IngestError(f"batch {batch}: {ann.name} is not valid JSON ({exc})") from exc
+    except json.JSONDecodeError as exc:
+        raise IngestError(f"batch {batch}: {ann} is not valid JSON: {exc.msg} at line {exc.lineno} column "
+                          f"{exc.colno}") from exc
+    except UnicodeDecodeError as exc:
+        raise IngestError(f"batch {batch}: {ann} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     return doc, dirs
 
 
@@ -207,18 +217,65 @@ def _locate(img: dict, dirs: list[Path], batch: str) -> Path:
 
 
 def _check_image(path: Path, img: dict, batch: str) -> tuple[int, int]:
-    from PIL import Image, UnidentifiedImageError
+    """(width, height) of the batch image ``path`` after decoding every scanline with Pillow
+    (``ImageFile.LOAD_TRUNCATED_IMAGES`` off: a truncated JPEG is an error, as in `pose validate`).
+    Raises IngestError naming the file and the image record."""
+    from PIL import Image, ImageFile
 
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         with Image.open(path) as im:
             w, h = im.size
-            im.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise IngestError(f"batch {batch}: image {img['file_name']!r} is not a readable image ({exc})") from exc
+            im.load()  # decodes the whole image: a truncated or corrupt file raises here
+    except Exception as exc:  # Pillow: OSError, SyntaxError, ValueError, DecompressionBombError, ...
+        raise IngestError(f"batch {batch}: image {img['file_name']!r} (id {img['id']}, {path}) does not decode: "
+                          f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
     if (img.get("width") and img["width"] != w) or (img.get("height") and img["height"] != h):
-        raise IngestError(f"batch {batch}: image {img['file_name']!r} is {w}x{h} but the JSON says "
-                          f"{img.get('width')}x{img.get('height')}")
+        raise IngestError(f"batch {batch}: image {img['file_name']!r} (id {img['id']}) is {w}x{h} but the JSON "
+                          f"says {img.get('width')}x{img.get('height')}")
     return w, h
+
+
+@dataclass
+class PreparedBatch:
+    """A batch read and checked in full (`prepare_batch`), ready to merge into any dataset folder.
+
+    ``located``: per batch image, sorted by batch id: (image record, local path, sha256 hex,
+    decoded width, decoded height)."""
+    batch: str
+    fmt: str
+    doc: dict
+    located: list[tuple[dict, Path, str, int, int]]
+
+
+def prepare_batch(batch: str | Path, work: Path, *, fmt: str = "coco", annotations: str | None = None,
+                  retries: int = 3, backoff: float = 1.0, progress: bool = False,
+                  endpoint_url: str | None = None) -> PreparedBatch:
+    """Read and check a whole batch before anything of a dataset is touched: stage it (an S3
+    prefix is downloaded into ``work``, a native format converted there; a local COCO batch is
+    read in place and ``work`` stays uncreated), parse its JSON, check its structure, locate and
+    fully decode every image (`_check_image`) and hash it.
+
+    Raises:
+        IngestError: malformed JSON (file, line and column), a bad record (batch, image / annotation
+            id, field), a missing or undecodable image (file and image id). Data errors: retrying
+            cannot help.
+        DownloadError (`NetworkError` for network failures after the retries): an S3 batch could
+            not be read."""
+    batch = str(batch)
+    root = _stage_batch(batch, Path(work), retries=retries, backoff=backoff, progress=progress,
+                        endpoint_url=endpoint_url)
+    doc, dirs = _load_batch(root, batch, fmt, annotations, Path(work))
+    _validate(doc, batch)
+    located = []
+    for img in sorted(doc["images"], key=lambda i: i["id"]):
+        path = _locate(img, dirs, batch)
+        w, h = _check_image(path, img, batch)
+        located.append((img, path, sha256_file(path), w, h))
+    return PreparedBatch(batch=batch, fmt=fmt, doc=doc, located=located)
 
 
 # ----------------------------------------------------------------------------- target
@@ -311,99 +368,98 @@ def _copy_tree_linked(src: Path, dst: Path) -> None:
 def merge_batch(batch: str | Path, target: Path, *, split: str, fmt: str = "coco", annotations: str | None = None,
                 work: Path | None = None, record_time: bool = True, retries: int = 3, backoff: float = 1.0,
                 progress: bool = False, endpoint_url: str | None = None) -> dict:
-    """Merge ``batch`` into ``target`` **in place** (no copy, no lock): the building block of
-    `ingest_batch` and of `pose.datasets.fetch.fetch_dataset` (which runs it in its own temporary
-    folder). Same arguments and result as `ingest_batch`; ``work`` is a scratch folder (removed)."""
-    batch = str(batch)
+    """`prepare_batch` then `apply_batch` into ``target`` **in place** (no copy, no lock). Same
+    arguments and result as `ingest_batch`; ``work`` is a scratch folder (removed)."""
+    target = Path(target)
+    work = Path(work) if work is not None else target.parent / f".{target.name}.ingest-work-{uuid.uuid4().hex[:8]}"
+    try:
+        prepared = prepare_batch(batch, work, fmt=fmt, annotations=annotations, retries=retries, backoff=backoff,
+                                 progress=progress, endpoint_url=endpoint_url)
+        return apply_batch(prepared, target, split=split, record_time=record_time)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def apply_batch(prepared: PreparedBatch, target: Path, *, split: str, record_time: bool = True) -> dict:
+    """Merge an already checked batch (`prepare_batch`) into split ``split`` of ``target`` **in
+    place** (no copy, no lock): the building block of `ingest_batch` (which runs it in a
+    temporary copy) and of `pose.datasets.fetch.fetch_dataset` (in its temporary folder).
+    Returns the summary of `ingest_batch`; raises IngestError when ``target`` has no such split."""
+    batch, fmt, doc, located = prepared.batch, prepared.fmt, prepared.doc, prepared.located
     target = Path(target)
     ann_path = target / "annotations" / _ann_name(split)
     if not ann_path.is_file():
         raise IngestError(f"{target}: no annotations/{_ann_name(split)} (is it a dataset written by `pose fetch`, "
                           f"and is {split!r} its split?)")
-    work = Path(work) if work is not None else target.parent / f".{target.name}.ingest-work-{uuid.uuid4().hex[:8]}"
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        root = _stage_batch(batch, work, retries=retries, backoff=backoff, progress=progress,
-                            endpoint_url=endpoint_url)
-        doc, dirs = _load_batch(root, batch, fmt, annotations, work)
-        _validate(doc, batch)
-        # hash + check every batch image first: a bad batch changes nothing
-        located = []
-        for img in sorted(doc["images"], key=lambda i: i["id"]):
-            path = _locate(img, dirs, batch)
-            w, h = _check_image(path, img, batch)
-            located.append((img, path, sha256_file(path), w, h))
-        manifest = read_manifest(target)
-        known = _image_hashes(target, _splits_of(target, split), manifest)
-        max_img, max_ann = _max_ids(target)
-        target_doc = json.loads(ann_path.read_text(encoding="utf-8"))
-        taken = {str(i.get("file_name")) for i in target_doc.get("images", [])}
-        if (target / split).is_dir():
-            taken |= {p.relative_to(target / split).as_posix() for p in (target / split).rglob("*") if p.is_file()}
-        anns_by_image: dict[int, list[dict]] = {}
-        for a in doc["annotations"]:
-            anns_by_image.setdefault(a["image_id"], []).append(a)
-        added_images, added_anns, duplicates, id_map, files, changed = [], [], [], {}, [], []
-        for img, path, digest, w, h in located:
-            if digest in known:  # in this split, in the batch before, or in another split (leakage)
-                duplicates.append({"file_name": img["file_name"], "sha256": digest, "duplicate_of": known[digest]})
-                continue
-            name = str(img["file_name"]).replace("\\", "/")
-            if name in taken:
-                p = PurePosixPath(name)
-                name = str(p.with_name(f"{p.stem}-{digest[:12]}{p.suffix}"))
-            max_img += 1
-            new = {k: v for k, v in img.items()}
-            new.update(id=max_img, file_name=name, width=w, height=h)
-            added_images.append(new)
-            id_map[str(img["id"])] = max_img
-            known[digest] = f"{split}/{name}"
-            taken.add(name)
-            files.append(name)
-            dst = target / split / name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, dst)
-            changed.append(f"{split}/{name}")
-            for a in sorted(anns_by_image.get(img["id"], []), key=lambda a: (str(a.get("id")),)):
-                max_ann += 1
-                na = copy.deepcopy(a)
-                na.update(id=max_ann, image_id=max_img, category_id=1)
-                na.setdefault("iscrowd", 0)
-                if "num_keypoints" not in na:
-                    na["num_keypoints"] = sum(1 for v in na["keypoints"][2::3] if v > 0)
-                if "area" not in na:
-                    na["area"] = float(na["bbox"][2]) * float(na["bbox"][3])
-                added_anns.append(na)
-        summary = {
-            "batch": batch, "split": split, "format": fmt,
-            "batch_sha256": _batch_digest(doc, located),
-            "added_images": len(added_images), "added_annotations": len(added_anns),
-            "skipped_duplicate_images": len(duplicates),
-            "skipped_in_other_splits": sum(1 for d in duplicates if not d["duplicate_of"].startswith(f"{split}/")),
-            "skipped_annotations": sum(len(anns_by_image.get(i["id"], [])) for i, *_ in located) - len(added_anns),
-            "changed": bool(added_images),
-        }
-        if not added_images:
-            log.info("batch %s: nothing new (%d duplicate images)", batch, len(duplicates))
-            return summary
-        target_doc.setdefault("images", []).extend(added_images)
-        target_doc.setdefault("annotations", []).extend(added_anns)
-        atomic_write_json(ann_path, target_doc)
-        changed.append(f"annotations/{_ann_name(split)}")
-        record_path = target / RECORD_NAME
-        record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {"batches": []}
-        entry = {**summary, "image_id_map": id_map, "files": files, "duplicates": duplicates,
-                 "annotation_ids": [added_anns[0]["id"], added_anns[-1]["id"]] if added_anns else []}
-        if record_time:
-            entry["ingested_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        record["batches"].append(entry)
-        atomic_write_json(record_path, record, indent=1, sort_keys=True)
-        changed.append(RECORD_NAME)
-        if manifest is not None:
-            update_manifest(target, manifest, changed)
+    manifest = read_manifest(target)
+    known = _image_hashes(target, _splits_of(target, split), manifest)
+    max_img, max_ann = _max_ids(target)
+    target_doc = json.loads(ann_path.read_text(encoding="utf-8"))
+    taken = {str(i.get("file_name")) for i in target_doc.get("images", [])}
+    if (target / split).is_dir():
+        taken |= {p.relative_to(target / split).as_posix() for p in (target / split).rglob("*") if p.is_file()}
+    anns_by_image: dict[int, list[dict]] = {}
+    for a in doc["annotations"]:
+        anns_by_image.setdefault(a["image_id"], []).append(a)
+    added_images, added_anns, duplicates, id_map, files, changed = [], [], [], {}, [], []
+    for img, path, digest, w, h in located:
+        if digest in known:  # in this split, in the batch before, or in another split (leakage)
+            duplicates.append({"file_name": img["file_name"], "sha256": digest, "duplicate_of": known[digest]})
+            continue
+        name = str(img["file_name"]).replace("\\", "/")
+        if name in taken:
+            p = PurePosixPath(name)
+            name = str(p.with_name(f"{p.stem}-{digest[:12]}{p.suffix}"))
+        max_img += 1
+        new = {k: v for k, v in img.items()}
+        new.update(id=max_img, file_name=name, width=w, height=h)
+        added_images.append(new)
+        id_map[str(img["id"])] = max_img
+        known[digest] = f"{split}/{name}"
+        taken.add(name)
+        files.append(name)
+        dst = target / split / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, dst)
+        changed.append(f"{split}/{name}")
+        for a in sorted(anns_by_image.get(img["id"], []), key=lambda a: (str(a.get("id")),)):
+            max_ann += 1
+            na = copy.deepcopy(a)
+            na.update(id=max_ann, image_id=max_img, category_id=1)
+            na.setdefault("iscrowd", 0)
+            if "num_keypoints" not in na:
+                na["num_keypoints"] = sum(1 for v in na["keypoints"][2::3] if v > 0)
+            if "area" not in na:
+                na["area"] = float(na["bbox"][2]) * float(na["bbox"][3])
+            added_anns.append(na)
+    summary = {
+        "batch": batch, "split": split, "format": fmt,
+        "batch_sha256": _batch_digest(doc, located),
+        "added_images": len(added_images), "added_annotations": len(added_anns),
+        "skipped_duplicate_images": len(duplicates),
+        "skipped_in_other_splits": sum(1 for d in duplicates if not d["duplicate_of"].startswith(f"{split}/")),
+        "skipped_annotations": sum(len(anns_by_image.get(i["id"], [])) for i, *_ in located) - len(added_anns),
+        "changed": bool(added_images),
+    }
+    if not added_images:
+        log.info("batch %s: nothing new (%d duplicate images)", batch, len(duplicates))
         return summary
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    target_doc.setdefault("images", []).extend(added_images)
+    target_doc.setdefault("annotations", []).extend(added_anns)
+    atomic_write_json(ann_path, target_doc)
+    changed.append(f"annotations/{_ann_name(split)}")
+    record_path = target / RECORD_NAME
+    record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {"batches": []}
+    entry = {**summary, "image_id_map": id_map, "files": files, "duplicates": duplicates,
+             "annotation_ids": [added_anns[0]["id"], added_anns[-1]["id"]] if added_anns else []}
+    if record_time:
+        entry["ingested_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    record["batches"].append(entry)
+    atomic_write_json(record_path, record, indent=1, sort_keys=True)
+    changed.append(RECORD_NAME)
+    if manifest is not None:
+        update_manifest(target, manifest, changed)
+    return summary
 
 
 def _batch_digest(doc: dict, located: list) -> str:
@@ -440,14 +496,19 @@ def ingest_batch(batch: str | Path, into: Path, *, split: str, fmt: str = "coco"
     into = Path(into)
     if not into.is_dir():
         raise IngestError(f"{into}: no such dataset folder (run `pose fetch` first)")
+    if not (into / "annotations" / _ann_name(split)).is_file():
+        raise IngestError(f"{into}: no annotations/{_ann_name(split)} (is it a dataset written by `pose fetch`, "
+                          f"and is {split!r} its split?)")
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    with _FolderLock(into):
-        tmp = into.parent / f".{into.name}.ingest-{tag}"
-        work = into.parent / f".{into.name}.ingest-work-{tag}"
-        try:
+    work = into.parent / f".{into.name}.ingest-work-{tag}"
+    tmp = into.parent / f".{into.name}.ingest-{tag}"
+    try:
+        # the whole batch is read, parsed and decoded before the dataset is locked, copied or touched
+        prepared = prepare_batch(batch, work, fmt=fmt, annotations=annotations, retries=retries, backoff=backoff,
+                                 progress=progress, endpoint_url=endpoint_url)
+        with _FolderLock(into):
             _copy_tree_linked(into, tmp)
-            summary = merge_batch(batch, tmp, split=split, fmt=fmt, annotations=annotations, work=work,
-                                  retries=retries, backoff=backoff, progress=progress, endpoint_url=endpoint_url)
+            summary = apply_batch(prepared, tmp, split=split)
             if not summary["changed"]:
                 return summary
             if (tmp / MANIFEST_NAME).is_file():
@@ -457,9 +518,10 @@ def ingest_batch(batch: str | Path, into: Path, *, split: str, fmt: str = "coco"
             os.replace(tmp, into)
             shutil.rmtree(old, ignore_errors=True)
             return summary
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.rmtree(work, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
 
 
-__all__ = ["ingest_batch", "merge_batch", "IngestError", "RECORD_NAME", "FORMATS"]
+__all__ = ["ingest_batch", "merge_batch", "prepare_batch", "apply_batch", "PreparedBatch", "IngestError",
+           "RECORD_NAME", "FORMATS"]

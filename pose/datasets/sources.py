@@ -22,8 +22,9 @@ verified. A download that failed for good otherwise (`DownloadError`) keeps its
 
 Errors, one class each (all `DownloadError`, message naming the URL):
 `ChecksumError` (size / digest differ), `CredentialsError` (S3 without usable
-credentials: what to set), `DownloadError` (HTTP 4xx at once; 5xx, dropped or
-truncated transfers after the retries).
+credentials: what to set), `NetworkError` (5xx, dropped, refused or truncated transfers,
+S3 throttling, after the retries: the one kind a later retry may cure, `is_network_error`),
+`DownloadError` (HTTP 4xx, missing S3 keys: at once).
 
 Throughput: the HTTP body is read with ``readinto`` into one reused buffer of
 `HTTP_CHUNK` bytes (no per-block allocation); `benchmarks/download.py` compares it with
@@ -64,6 +65,29 @@ class ChecksumError(DownloadError):
 
 class CredentialsError(DownloadError):
     """An S3 source could not be read for lack of (valid) credentials; the message says what to set."""
+
+
+#: exit status of a `pose` command whose only failure was the network (EX_TEMPFAIL of sysexits.h:
+#: try again later); the retrain flow retries the fetch stage on this status only
+NETWORK_EXIT_CODE = 75
+
+
+class NetworkError(DownloadError):
+    """The network failed (connection refused / dropped / timed out, HTTP 5xx, S3 throttling or
+    5xx) on every attempt: the only failure a later retry can cure (`is_network_error`)."""
+
+
+def is_network_error(exc: BaseException) -> bool:
+    """True when ``exc`` (or an exception it was raised from, or every source failure a
+    ``FetchError`` lists) is a `NetworkError`: worth retrying later. Data errors (bad JSON,
+    undecodable images, checksum mismatches, HTTP 4xx, missing files) are not."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, NetworkError) or getattr(exc, "transient", False):
+            return True
+        exc = exc.__cause__
+    return False
 
 
 def file_digests(path: Path, algorithms: tuple[str, ...], chunk: int = _CHUNK) -> dict[str, str]:
@@ -144,7 +168,7 @@ def _retrying(url: str, retries: int, backoff: float, attempt_fn: Callable[[], N
             last = exc
             if attempt < retries:
                 time.sleep(backoff * (2 ** attempt))
-    raise DownloadError(f"{url}: giving up after {retries + 1} attempt(s): {last}") from last
+    raise NetworkError(f"{url}: giving up after {retries + 1} attempt(s): {last}") from last
 
 
 class _TransientError(Exception):
@@ -280,6 +304,8 @@ def s3_error(url: str, exc: BaseException) -> DownloadError:
                                     f"{_CREDENTIAL_HELP}")
         if code in {"NoSuchBucket", "NoSuchKey", "404", "NotFound"} or status == 404:
             return DownloadError(f"{url}: not found on S3 ({code or status})")
+    if _is_transient(exc):
+        return NetworkError(f"{url}: {name}: {exc}")
     return DownloadError(f"{url}: {name}: {exc}")
 
 

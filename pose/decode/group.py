@@ -12,13 +12,12 @@ itself from ``princeton-vl/pose-ae-train``):
    first visited joint open one group each; the candidates of every later joint are
    matched to the (first ``max_people``) existing groups by the Hungarian algorithm on
    ``cost = round(||tag - group_mean_tag||) * 100 - score``, optionally plus a tiny
-   tie-breaker (:func:`matching_cost`; SciPy's ``linear_sum_assignment`` instead of the pure-Python
-   ``munkres``). A candidate joins its assigned group when the (unrounded) tag distance is
-   ``< tag_threshold``, otherwise it opens a new group.
+   tie-breaker (:func:`matching_cost`). A candidate joins its assigned group when the
+   (unrounded) tag distance is ``< tag_threshold``, otherwise it opens a new group.
 3. Person score = mean over all K joints of the detection scores (missing joints count 0),
    taken before refinement, as in the reference.
 4. ``adjust``: quarter-pixel shift of each detected joint toward its higher neighbour
-   (:func:`quarter_offsets`; none when both neighbours are equal).
+   (:func:`quarter_offsets`).
 5. ``refine``: each joint a person misses is searched over the whole map of that joint as
    ``argmax(heatmap - round(||tag - person_mean_tag||))``; it is filled in when the
    heatmap value there is > 0 (with the quarter-pixel shift, as the reference does).
@@ -27,17 +26,31 @@ Coordinate units: everything here is in **pixel indices of the maps passed in**:
 ``(row y, column x)`` is reported as ``(x, y)`` (plus the quarter-pixel adjustment). The
 coordinate convention's pixel-centre offset (``pose.targets.heatmaps.pixel_offset``: the
 reference's +0.5) is added when the points leave heatmap px
-(``pose.decode.inference.heatmap_to_image``); the reference adds it inside ``adjust`` and
-``refine``, so there a joint matched with ``adjust`` off lacks it.
+(``pose.decode.preprocess.heatmap_to_image``); the reference adds it inside ``adjust`` and
+``refine``, so there a joint matched with ``adjust`` off lacks it (not reproduced).
 
-Deviations from the reference, all deliberate: the optional tie-breaking term of
-:func:`matching_cost` (params ``evaluate.tie_break``); no shift on equal neighbours in
-``adjust`` (the reference shifts -0.25); the rectangular assignment instead of padding with 1e10 columns (same
-optimum); groups are kept in a list (the reference keys a dict by the first tag value, so
-two groups with exactly equal tags collide);
-refinement reads the person's mean tag from the matched peaks' tags (the reference re-reads
-them at the integer part of the adjusted location, which is the same pixel); the whole
-decode is vectorised (NMS, gathers, adjust, and refinement batched per joint).
+The coordinate convention (``convention``: params ``model.convention`` or a
+`pose.codec.Convention`) decides three things here, each a named field:
+
+* ``assignment``: ``scipy`` solves the rectangular cost with ``linear_sum_assignment``;
+  ``munkres`` (``reference``) gives the assignment the ``munkres`` package returns for the
+  cost padded to square with 1e10 columns, as the official code calls it
+  (:func:`munkres_assignment`: the same algorithm, steps and scan order, so the same choice
+  among exactly tied optima, and the group mean tags in float32 as the reference averages
+  them). The two differ only where several assignments have the optimal cost.
+* ``adjust_equal``: the shift of a peak whose two neighbours are equal: 0 (``project``) or
+  -0.25 (``reference``, the official ``else`` branch; it biases every symmetric peak).
+* ``keep_all_groups``: ``project`` keeps the ``max_people`` best-scoring persons; the
+  reference (``True``) keeps every group.
+
+Other deviations from the reference, deliberate in both modes: the optional tie-breaking
+term of :func:`matching_cost` (params ``evaluate.tie_break``, off by default); groups are kept
+in a list (the reference keys a dict by the first tag value, so two groups with exactly
+equal tags collide); refinement reads the person's mean tag from the matched peaks' tags (the
+reference re-reads them at the integer part of the adjusted location, which is the same
+pixel) and scores a missing joint on the pixels that can win first (:func:`_refine`: the
+result of the full scan, bit for bit); the whole decode is vectorised (NMS, gathers,
+adjust, and refinement batched per joint).
 """
 
 from __future__ import annotations
@@ -46,6 +59,8 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+
+from pose.codec import Convention, convention_rules
 
 #: Joint visiting order of the reference (1-based [1..7, 12, 13, 8..11, 14..17] made
 #: 0-based): nose, eyes, ears, shoulders, hips, then elbows, wrists, knees, ankles.
@@ -105,7 +120,8 @@ def _window_offsets(kernel: int) -> list[tuple[int, int]]:
     return sorted(offs, key=lambda o: (max(abs(o[0]), abs(o[1])), abs(o[0]) + abs(o[1]), o))
 
 
-def _sparse_peaks(hm: np.ndarray, threshold: float, kernel: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def _sparse_peaks(hm: np.ndarray, threshold: float, kernel: int,
+                  above: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Local maxima above ``threshold`` by checking only the pixels above it; None when
     too many pixels are above it for the sparse check to pay off.
 
@@ -115,7 +131,8 @@ def _sparse_peaks(hm: np.ndarray, threshold: float, kernel: int) -> tuple[np.nda
     large window (5 x 5: 16 of its 24 offsets) are read for a few pixels per peak only.
     """
     num_joints, h, w = hm.shape
-    flat_idx = np.flatnonzero(hm > threshold)  # 1-D nonzero: far faster than 3-D np.nonzero
+    # 1-D nonzero: far faster than 3-D np.nonzero
+    flat_idx = np.flatnonzero(hm > threshold) if above is None else above
     if flat_idx.size > hm.size // 8:
         return None
     j, rest = np.divmod(flat_idx, h * w)
@@ -133,8 +150,8 @@ def _sparse_peaks(hm: np.ndarray, threshold: float, kernel: int) -> tuple[np.nda
     return j, y * w + x, v
 
 
-def top_k_peaks(heatmaps: np.ndarray, k: int, nms_kernel: int,
-                threshold: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def top_k_peaks(heatmaps: np.ndarray, k: int, nms_kernel: int, threshold: float | None = None,
+                above: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ``k`` highest NMS peaks of every joint (NumPy only; pass ``tensor.cpu().numpy()``).
 
     Args:
@@ -145,6 +162,8 @@ def top_k_peaks(heatmaps: np.ndarray, k: int, nms_kernel: int,
             slots hold score 0 at x = y = 0). With it, only pixels above the threshold are
             examined, which is much faster on real heatmaps. The peaks above the
             threshold are exactly those of the unthresholded call.
+        above: optional ``np.flatnonzero(heatmaps.reshape(-1) > threshold)``, when the caller
+            has it already (:func:`group_keypoints` shares it with the refinement).
 
     Returns:
         ``(scores, xs, ys)``: (K, k) float32 heatmap values, sorted descending per joint
@@ -163,7 +182,7 @@ def top_k_peaks(heatmaps: np.ndarray, k: int, nms_kernel: int,
         raise ValueError(f"threshold must be >= 0, got {threshold}")
     num_joints, h, w = hm.shape
     k = min(int(k), h * w)
-    sparse = _sparse_peaks(hm, float(threshold), nms_kernel) if threshold is not None else None
+    sparse = _sparse_peaks(hm, float(threshold), nms_kernel, above) if threshold is not None else None
     if sparse is not None:
         j, ind, v = sparse
         order = np.lexsort((ind, -v, j))  # by joint, value descending, flat index
@@ -203,25 +222,29 @@ def _as_tags(tags: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
 
 
 def quarter_offsets(heatmaps: np.ndarray, joint: np.ndarray, x: np.ndarray,
-                    y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                    y: np.ndarray, *, equal: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """The quarter-pixel adjustment of peaks (reference ``HeatmapParser.adjust`` / ``refine``).
 
     Args:
         heatmaps: (K, H, W) float maps; joint, x, y: (N,) int64 peak joint / column / row.
+        equal: the shift when the two neighbours on an axis are equal
+            (``Convention.adjust_equal``): 0.0 (``project``) or -0.25 (``reference``: the
+            official ``if right > left: +0.25 else: -0.25``).
 
     Returns:
         ``(dx, dy)``: (N,) float64 each, +0.25 heatmap px toward the higher of the two
-        neighbours on that axis, 0 when they are equal (borders clamped, so a peak on the
-        border compares with itself). Deliberate deviation: the reference shifts -0.25 on
-        equal neighbours, which biases every symmetric peak (all peaks of targets drawn at
-        a pixel centre) by -0.25 px.
+        neighbours on that axis, ``equal`` when they are equal (borders clamped, so a peak on
+        the border compares with itself). With ``equal`` 0 a symmetric peak (every peak of
+        targets drawn at a pixel centre) is not moved; the reference's -0.25 biases it.
     """
     _, h, w = heatmaps.shape
     right = heatmaps[joint, y, np.minimum(x + 1, w - 1)]
     left = heatmaps[joint, y, np.maximum(x - 1, 0)]
     down = heatmaps[joint, np.minimum(y + 1, h - 1), x]
     up = heatmaps[joint, np.maximum(y - 1, 0), x]
-    return 0.25 * np.sign(right - left).astype(np.float64), 0.25 * np.sign(down - up).astype(np.float64)
+    dx = np.where(right > left, 0.25, np.where(right < left, -0.25, float(equal)))
+    dy = np.where(down > up, 0.25, np.where(down < up, -0.25, float(equal)))
+    return dx.astype(np.float64), dy.astype(np.float64)
 
 
 def matching_cost(dist: np.ndarray, scores: np.ndarray, tag_threshold: float, *, tie_break: bool) -> np.ndarray:
@@ -252,9 +275,143 @@ def matching_cost(dist: np.ndarray, scores: np.ndarray, tag_threshold: float, *,
     return cost + TIE_BREAK * tie
 
 
+#: Cost of the padding columns the reference appends when a joint has more candidates than
+#: there are groups (``lib/core/group.py``: ``np.zeros(...) + 1e10``).
+MUNKRES_PAD = 1e10
+
+
+def munkres_assignment(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The assignment the ``munkres`` package (``Munkres().compute``, version 1.1.4) returns
+    for ``cost``, computed with NumPy: the same Kuhn-Munkres steps in the same order, so the
+    same choice where several assignments have the optimal cost.
+
+    As ``munkres``: the matrix is padded to square with zero rows / columns; step 1 subtracts
+    each row's minimum; step 2 stars, row by row, the first zero whose column has no star; if
+    every column then has one the stars are the result (the common case, no further work).
+    Otherwise steps 3-6 run as the package runs them: a non-covered zero is searched from the
+    last primed position, row by row (wrapping), and within a row the *last* one in the
+    wrapped column order is taken (the package keeps scanning the row after a hit);
+    augmenting paths follow the first star in a column and the first prime in a row; step 6
+    adds the smallest uncovered value to covered rows, then subtracts it from uncovered
+    columns. Element-wise float64 arithmetic is the same as the package's Python floats, so
+    the exact zeros are the same.
+
+    Args:
+        cost: (R, C) float array (the reference pads R > C to square with
+            :data:`MUNKRES_PAD` columns before the call; see :func:`match_candidates`).
+
+    Returns:
+        ``(rows, cols)`` int64 arrays of the assigned pairs with ``row < R`` and ``col < C``,
+        by row (as ``munkres`` lists them).
+
+    Raises ValueError when no uncovered element is left in step 6 (the package's unsolvable matrix).
+    """
+    c = np.asarray(cost, dtype=np.float64)
+    r0, c0 = c.shape
+    n = max(r0, c0)
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    m = np.zeros((n, n), dtype=np.float64)
+    m[:r0, :c0] = c
+    m -= m.min(axis=1, keepdims=True)                                   # step 1
+    star_col = np.full(n, -1, dtype=np.int64)                           # step 2
+    col_starred = np.zeros(n, dtype=bool)
+    zr, zc = np.nonzero(m[:r0] == 0)                                   # real rows, row-major
+    zero_rows, zero_cols = zr.tolist(), zc.tolist()
+    taken = col_starred.tolist()
+    for i, j in zip(zero_rows, zero_cols):
+        if star_col[i] < 0 and not taken[j]:
+            star_col[i] = j
+            taken[j] = True
+    col_starred[:] = taken
+    if n > r0:                                                          # zero rows: first free columns
+        free = np.flatnonzero(~col_starred)[: n - r0]
+        star_col[r0:r0 + free.size] = free
+        col_starred[free] = True
+    if not col_starred.all():
+        star_col = _munkres_steps(m, star_col)
+    rows = np.flatnonzero((star_col >= 0) & (star_col < c0))
+    rows = rows[rows < r0]
+    return rows.astype(np.int64), star_col[rows].astype(np.int64)
+
+
+def _munkres_steps(m: np.ndarray, star_col: np.ndarray) -> np.ndarray:
+    """Steps 3-6 of ``munkres`` (:func:`munkres_assignment`) on the reduced square matrix
+    ``m`` (changed in place) from the stars of step 2 (``star_col[i]``: the starred column of
+    row ``i`` or -1); returns the final ``star_col``. Covers, stars and primes are Python
+    lists (a row holds at most one star and, within one step 4, one prime); the zeros of each
+    row are re-read from ``m`` only after step 6 changes it."""
+    n = m.shape[0]
+    star_c = [int(c) for c in star_col]                 # star column of each row, -1: none
+    star_r = [-1] * n                                   # star row of each column
+    for i, c in enumerate(star_c):
+        if c >= 0:
+            star_r[c] = i
+
+    def zero_rows() -> list[list[int]]:
+        zr, zc = np.nonzero(m == 0)
+        rows: list[list[int]] = [[] for _ in range(n)]
+        for i, j in zip(zr.tolist(), zc.tolist()):
+            rows[i].append(j)
+        return rows
+
+    zeros = zero_rows()
+    while True:
+        col_cov = [r >= 0 for r in star_r]              # step 3
+        if sum(col_cov) >= n:
+            break
+        row_cov = [False] * n
+        prime_c = [-1] * n
+        row = col = 0
+        while True:                                     # step 4 (and 6)
+            found = -1
+            for k in range(n):                          # rows from `row`, wrapping
+                i = (row + k) % n
+                if row_cov[i]:
+                    continue
+                hits = [j for j in zeros[i] if not col_cov[j]]
+                if hits:
+                    # the package scans the row from column `col` (wrapping) and keeps the last hit
+                    found = i
+                    col = max(hits, key=lambda j, c0=col: (j - c0) % n)
+                    break
+            if found < 0:                               # step 6
+                rc = np.array(row_cov)
+                cc = np.array(col_cov)
+                uncovered = m[~rc][:, ~cc]
+                if uncovered.size == 0:
+                    raise ValueError("munkres: the matrix cannot be solved")
+                minval = uncovered.min()
+                m[rc] += minval
+                m[:, ~cc] -= minval
+                zeros = zero_rows()
+                row = col = 0
+                continue
+            row = found
+            prime_c[row] = col
+            if star_c[row] >= 0:
+                col = star_c[row]
+                row_cov[row] = True
+                col_cov[col] = False
+                continue
+            path = [(row, col)]                         # step 5
+            while star_r[path[-1][1]] >= 0:
+                r = star_r[path[-1][1]]
+                path.append((r, path[-1][1]))
+                path.append((r, prime_c[r]))
+            for r, c in path[1::2]:                     # unstar the starred zeros of the path
+                star_c[r] = -1
+                star_r[c] = -1
+            for r, c in path[0::2]:                     # star its primed zeros
+                star_c[r] = c
+                star_r[c] = r
+            break
+    return np.asarray(star_c, dtype=np.int64)
+
+
 def match_candidates(cand_tags: Sequence[np.ndarray], cand_scores: Sequence[np.ndarray], *,
                      tag_threshold: float, max_people: int, order: Sequence[int],
-                     tie_break: bool) -> tuple[np.ndarray, int]:
+                     tie_break: bool, assignment: str = "scipy") -> tuple[np.ndarray, int]:
     """Greedy-by-joint Hungarian grouping (step 2 of the module docstring).
 
     Args:
@@ -265,18 +422,29 @@ def match_candidates(cand_tags: Sequence[np.ndarray], cand_scores: Sequence[np.n
         max_people: only the first ``max_people`` groups take part in matching.
         order: joint visiting order.
         tie_break: use the tie-breaking term of :func:`matching_cost`.
+        assignment: ``scipy`` (the rectangular cost) or ``munkres`` (the reference's: the
+            cost padded to square with :data:`MUNKRES_PAD` columns when there are more
+            candidates than groups, solved as ``munkres`` does, :func:`munkres_assignment`;
+            group mean tags averaged in float32 as the reference's ``np.mean`` of its
+            float32 tags); ``Convention.assignment``.
 
     Returns:
         ``(assign, n)``: ``assign`` is a (K, max_j C_j) int64 array, the group index of each
         candidate (-1 for padding), and ``n`` the number of groups.
+
+    Raises ValueError on an unknown ``assignment``.
     """
+    if assignment not in ("scipy", "munkres"):
+        raise ValueError(f"assignment must be scipy or munkres, got {assignment!r}")
+    reference = assignment == "munkres"
     num_joints = len(cand_tags)
     width = max((len(s) for s in cand_scores), default=0)
     assign = np.full((num_joints, width), -1, dtype=np.int64)
     tdim = cand_tags[0].shape[1] if num_joints else 1
     cap = sum(len(s) for s in cand_scores)
-    tag_sum = np.zeros((max(cap, 1), tdim), dtype=np.float64)
-    tag_cnt = np.zeros(max(cap, 1), dtype=np.float64)
+    # the reference averages its float32 tags in float32 (sequential sums, as np.mean over a list)
+    tag_sum = np.zeros((max(cap, 1), tdim), dtype=np.float32 if reference else np.float64)
+    tag_cnt = np.zeros(max(cap, 1), dtype=tag_sum.dtype)
     n = 0
     for j in order:
         tags_j = np.asarray(cand_tags[j], dtype=np.float64)
@@ -286,31 +454,36 @@ def match_candidates(cand_tags: Sequence[np.ndarray], cand_scores: Sequence[np.n
             continue
         if n == 0:
             assign[j, :c] = np.arange(c)
-            tag_sum[:c] = tags_j
+            tag_sum[:c] = cand_tags[j]
             tag_cnt[:c] = 1.0
             n = c
             continue
         g = min(n, max_people)
-        means = tag_sum[:g] / tag_cnt[:g, None]
+        means = (tag_sum[:g] / tag_cnt[:g, None]).astype(np.float64)
         dist = np.sqrt(((tags_j[:, None, :] - means[None, :, :]) ** 2).sum(axis=2))  # (c, g)
         cost = matching_cost(dist, scores_j, tag_threshold, tie_break=tie_break)
-        # c > g: the reference pads to square with constant columns (a row on a padding
-        # column opens a new group); the rectangular problem has the same optimum.
-        rows, cols = linear_sum_assignment(cost)
+        if reference:
+            if c > g:  # the reference pads to square with constant columns (a row there opens a new group)
+                cost = np.concatenate([cost, np.full((c, c - g), MUNKRES_PAD)], axis=1)
+            rows, cols = munkres_assignment(cost)
+        else:
+            # c > g: the reference pads to square with constant columns; the rectangular
+            # problem has the same optimum (ties aside).
+            rows, cols = linear_sum_assignment(cost)
         joined = np.zeros(c, dtype=bool)
         valid = cols < g
         r_ok, c_ok = rows[valid], cols[valid]
         ok = dist[r_ok, c_ok] < tag_threshold
         r_ok, c_ok = r_ok[ok], c_ok[ok]
         assign[j, r_ok] = c_ok
-        tag_sum[c_ok] += tags_j[r_ok]
+        tag_sum[c_ok] += np.asarray(cand_tags[j], dtype=tag_sum.dtype)[r_ok]  # one tag per group and joint
         tag_cnt[c_ok] += 1.0
         joined[r_ok] = True
         new_rows = np.flatnonzero(~joined)  # in row order, as the reference creates them
         if new_rows.size:
             ids = n + np.arange(new_rows.size)
             assign[j, new_rows] = ids
-            tag_sum[ids] = tags_j[new_rows]
+            tag_sum[ids] = np.asarray(cand_tags[j])[new_rows]
             tag_cnt[ids] = 1.0
             n += new_rows.size
     return assign, n
@@ -318,7 +491,8 @@ def match_candidates(cand_tags: Sequence[np.ndarray], cand_scores: Sequence[np.n
 
 def group_keypoints(heatmaps: np.ndarray, tags: np.ndarray, *, detection_threshold: float,
                     tag_threshold: float, max_people: int, adjust: bool, refine: bool,
-                    nms_kernel: int, tie_break: bool, joint_order: Sequence[int] | None = None,
+                    nms_kernel: int, tie_break: bool, convention: str | Convention,
+                    joint_order: Sequence[int] | None = None,
                     refine_chunk: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """Decode one image's heatmaps and tag maps into persons (see module docstring).
 
@@ -335,6 +509,8 @@ def group_keypoints(heatmaps: np.ndarray, tags: np.ndarray, *, detection_thresho
             reference's ``TEST.NMS_KERNEL`` 5 with padding 2 at input resolution).
         tie_break: the tie-breaking term of :func:`matching_cost` (params
             ``evaluate.tie_break``).
+        convention: params ``model.convention`` or a `pose.codec.Convention`: its
+            ``assignment``, ``adjust_equal`` and ``keep_all_groups`` (module docstring).
         joint_order: visiting order (default :func:`default_joint_order`).
         refine_chunk: persons per batched refinement step (bounds memory to
             ``refine_chunk * H * W * T`` floats; no effect on the result).
@@ -343,12 +519,13 @@ def group_keypoints(heatmaps: np.ndarray, tags: np.ndarray, *, detection_thresho
         ``(persons, scores)``: persons (N, K, 4) float32 ``[x, y, score, tag_mean]``, x and y
         in heatmap px of the given maps (missing joints: all four 0), ``tag_mean`` the
         joint's tag vector averaged over its T channels; scores (N,) float32, the person score (mean of
-        its K joint scores before refinement). Persons are in creation order; at most
-        ``max_people`` of them (the best-scoring; the reference keeps every group).
+        its K joint scores before refinement). Persons are in creation order; every group
+        (``keep_all_groups``, the reference) or at most ``max_people`` of them (the best-scoring).
 
-    Raises ValueError on inconsistent shapes, ``max_people < 1`` or a negative
-    ``detection_threshold``.
+    Raises ValueError on inconsistent shapes, ``max_people < 1``, a negative
+    ``detection_threshold`` or an unknown convention.
     """
+    rules = convention_rules(convention)
     hm = np.asarray(heatmaps, dtype=np.float32)
     if hm.ndim != 3:
         raise ValueError(f"heatmaps must be (K, H, W), got {hm.shape}")
@@ -363,7 +540,8 @@ def group_keypoints(heatmaps: np.ndarray, tags: np.ndarray, *, detection_thresho
         raise ValueError(f"joint order must be a permutation of range({num_joints}), got {order}")
 
     thr = max(float(detection_threshold), 0.0)
-    vals, xs, ys = top_k_peaks(hm, max_people, nms_kernel, threshold=thr)
+    above = np.flatnonzero(hm.reshape(-1) > thr)  # shared by the peak search and the refinement
+    vals, xs, ys = top_k_peaks(hm, max_people, nms_kernel, threshold=thr, above=above)
     jj = np.arange(num_joints)[:, None]
     tag_k = tg[jj, ys, xs]  # (K, k, T)
     keep = vals > detection_threshold
@@ -372,7 +550,8 @@ def group_keypoints(heatmaps: np.ndarray, tags: np.ndarray, *, detection_thresho
     cand_tags = [tag_k[j, :counts[j]] for j in range(num_joints)]
     cand_scores = [vals[j, :counts[j]] for j in range(num_joints)]
     assign, n = match_candidates(cand_tags, cand_scores, tag_threshold=tag_threshold,
-                                 max_people=max_people, order=order, tie_break=tie_break)
+                                 max_people=max_people, order=order, tie_break=tie_break,
+                                 assignment=rules.assignment)
     persons = np.zeros((n, num_joints, 4), dtype=np.float32)
     if n == 0:
         return persons, np.zeros(0, dtype=np.float32)
@@ -384,7 +563,7 @@ def group_keypoints(heatmaps: np.ndarray, tags: np.ndarray, *, detection_thresho
     px = xs[jk, ck].astype(np.float32)
     py = ys[jk, ck].astype(np.float32)
     if adjust:
-        dx, dy = quarter_offsets(hm, jk, xs[jk, ck], ys[jk, ck])
+        dx, dy = quarter_offsets(hm, jk, xs[jk, ck], ys[jk, ck], equal=rules.adjust_equal)
         px += dx
         py += dy
     persons[pk, jk, 0] = px
@@ -395,92 +574,203 @@ def group_keypoints(heatmaps: np.ndarray, tags: np.ndarray, *, detection_thresho
 
     mean_tag = None
     if refine:
-        # Person mean tag from its matched peaks' tags.
-        tsum = np.zeros((n, tg.shape[-1]), dtype=np.float64)
-        np.add.at(tsum, pk, tag_k[jk, ck].astype(np.float64))
-        tcnt = np.bincount(pk, minlength=n).astype(np.float64)
-        mean_tag = (tsum / tcnt[:, None]).astype(np.float32)
-    if n > max_people:
-        # Deviation from the reference (which returns every group): keep the max_people
-        # best-scoring persons, in creation order. Unmatched candidates each open a group, so
-        # a weak model yields up to K * max_people fragments; COCOeval scores only the top 20
-        # per image (maxDets), so AP is unchanged for max_people >= 20, and refinement (the
-        # costly part) runs on max_people persons at most.
+        # Person mean tag from its matched peaks' tags, summed in joint order (np.add.at is
+        # sequential), in float32 as the reference's np.mean of its float32 tags.
+        tsum = np.zeros((n, tg.shape[-1]), dtype=np.float32)
+        np.add.at(tsum, pk, tag_k[jk, ck])
+        tcnt = np.bincount(pk, minlength=n).astype(np.float32)
+        mean_tag = tsum / tcnt[:, None]
+    if n > max_people and not rules.keep_all_groups:
+        # Project: keep the max_people best-scoring persons, in creation order (the reference
+        # returns every group). Unmatched candidates each open a group, so a weak model yields
+        # up to K * max_people fragments; COCOeval scores only the top 20 per image (maxDets),
+        # so AP is unchanged for max_people >= 20, and refinement runs on max_people persons at most.
         top = np.sort(np.argsort(-scores, kind="stable")[:max_people])
         persons, scores = persons[top], scores[top]
         mean_tag = mean_tag[top] if mean_tag is not None else None
     if refine:
-        _refine(hm, tg, persons, mean_tag, refine_chunk)
+        _refine(hm, tg, persons, mean_tag, refine_chunk, above=above, threshold=thr,
+                adjust_equal=rules.adjust_equal)
     return persons, scores
 
 
-#: Refinement first scores each person on the heatmap's REFINE_CANDIDATES highest pixels; only a
-#: person whose best candidate score does not beat every other pixel's heatmap value is scored on
-#: the whole map. Speed only: the result is the full scan's, pixel for pixel (:func:`_refine`).
-REFINE_CANDIDATES = 4096
+#: Refinement scores a missing joint first on the pixels above the detection threshold, then
+#: only on the tiles of the map that can still hold a better (or equal) pixel (:func:`_refine`).
+#: True: score every pixel (the full scan; tests and ``benchmarks/decode.py`` compare the two).
+REFINE_FULL_SCAN = False
+#: Side in map px of the tiles whose heatmap maximum and tag range bound the refinement score.
+REFINE_TILE = 16
 
 
 def _tag_distance(tag_px: np.ndarray, mean_tag: np.ndarray) -> np.ndarray:
-    """L2 distance (P, N) float32 between N tag vectors ``tag_px`` (N, T) and P mean tags (P, T)."""
+    """L2 distance (P, N) float32 between N tag vectors ``tag_px`` (N, T) and P mean tags
+    (P, T), as the reference computes it: ``(((t - m) ** 2).sum(-1)) ** 0.5`` (for T = 1 the
+    same numbers as ``|t - m|``)."""
     if tag_px.shape[-1] == 1:
         return np.abs(np.subtract(tag_px[None, :, 0], mean_tag[:, 0][:, None]))
     diff = tag_px[None] - mean_tag[:, None, :]  # (P, N, T)
-    return np.sqrt(np.einsum("pnt,pnt->pn", diff, diff))
+    np.multiply(diff, diff, out=diff)
+    return np.sqrt(diff.sum(axis=-1))
 
 
-def _refine(hm: np.ndarray, tg: np.ndarray, persons: np.ndarray, mean_tag: np.ndarray, chunk: int) -> None:
+def _best_pixels(flat: np.ndarray, tags_flat: np.ndarray, mean_tag: np.ndarray, idx: np.ndarray | None,
+                 chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per person (rows of ``mean_tag``), the first maximiser of ``flat - round(||tag - m||)``
+    over the pixels ``idx`` (row-major flat indices, ascending; None: every pixel) and its
+    score: ((P,) int64 flat index, (P,) float32 score)."""
+    vals = flat if idx is None else flat[idx]
+    tags = tags_flat if idx is None else tags_flat[idx]
+    best = np.empty(len(mean_tag), dtype=np.int64)
+    best_score = np.empty(len(mean_tag), dtype=np.float32)
+    step = max(1, chunk)
+    for s in range(0, len(mean_tag), step):
+        dist = _tag_distance(tags, mean_tag[s:s + step])
+        np.round(dist, out=dist)
+        score = np.subtract(vals[None], dist, out=dist)
+        arg = score.argmax(axis=1)
+        best_score[s:s + step] = score[np.arange(arg.size), arg]
+        best[s:s + step] = arg if idx is None else idx[arg]
+    return best, best_score
+
+
+def _pairwise(a: np.ndarray, op: np.ufunc, axis: int) -> np.ndarray:
+    """``op``-reduce ``axis`` (a power-of-two length) by halves: far faster than a NumPy
+    reduction over a short middle axis, and exact (max / min)."""
+    while a.shape[axis] > 1:
+        half = a.shape[axis] // 2
+        lo = [slice(None)] * a.ndim
+        hi = list(lo)
+        lo[axis], hi[axis] = slice(0, half), slice(half, 2 * half)
+        a = op(a[tuple(lo)], a[tuple(hi)])
+    return np.squeeze(a, axis)
+
+
+def _tile_reduce(x: np.ndarray, tile: int, op: np.ufunc) -> np.ndarray:
+    """``op`` (np.maximum / np.minimum) over ``tile`` x ``tile`` tiles of x (H, W, ...) with H
+    and W multiples of ``tile``: rows first (contiguous), then columns."""
+    h, w = x.shape[:2]
+    rest = x.shape[2:]
+    a = _pairwise(x.reshape((h // tile, tile, w) + rest), op, 1)
+    return _pairwise(a.reshape((h // tile, w // tile, tile) + rest), op, 2)
+
+
+def _tile_tag_range(tg: np.ndarray, tile: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per ``tile`` x ``tile`` tile (a power of two) of one joint's tags (H, W, T): the tag
+    range, min and max (ht, wt, T) float32 (tiles past the map's edge hold only the pixels
+    inside it)."""
+    h, w, t = tg.shape
+    ht, wt = -(-h // tile), -(-w // tile)
+    if (ht * tile, wt * tile) != (h, w):
+        lo = np.full((ht * tile, wt * tile, t), np.inf, np.float32)
+        hi = np.full((ht * tile, wt * tile, t), -np.inf, np.float32)
+        lo[:h, :w], hi[:h, :w] = tg, tg
+        return _tile_reduce(lo, tile, np.minimum), _tile_reduce(hi, tile, np.maximum)
+    return _tile_reduce(tg, tile, np.minimum), _tile_reduce(tg, tile, np.maximum)
+
+
+def _score_bound(hmax: np.ndarray, tmin: np.ndarray, tmax: np.ndarray, mean_tag: np.ndarray) -> np.ndarray:
+    """Upper bound (P, ...) float32 of ``hm - round(||tag - m||)`` over a set of pixels whose
+    heatmap is ``<= hmax`` and whose tags lie in the box ``[tmin, tmax]`` (arrays (..., T)),
+    for P mean tags (P, T): ``hmax - round(d)``, ``d`` the distance from ``m`` to the box less
+    1e-3 (covers float32 rounding of the pixels' distances; ``round`` is monotone)."""
+    m = mean_tag.reshape((len(mean_tag),) + (1,) * (tmin.ndim - 1) + (mean_tag.shape[-1],)).astype(np.float64)
+    gap = np.maximum(np.maximum(tmin[None] - m, m - tmax[None]), 0.0)
+    dist = np.abs(gap[..., 0]) if gap.shape[-1] == 1 else np.sqrt((gap * gap).sum(axis=-1))
+    dist = np.round(np.maximum(dist - 1e-3, 0.0)).astype(np.float32)
+    return np.subtract(np.float32(hmax) if np.ndim(hmax) == 0 else hmax[None], dist, dtype=np.float32)
+
+
+def _refine(hm: np.ndarray, tg: np.ndarray, persons: np.ndarray, mean_tag: np.ndarray, chunk: int, *,
+            above: np.ndarray, threshold: float, adjust_equal: float) -> None:
     """Fill missing joints in place (reference ``HeatmapParser.refine``), batched per joint.
 
     For joint ``j`` of a person with mean tag ``m`` the reference takes the first (row-major)
     argmax over all pixels of ``hm[j] - round(||tag[j] - m||)`` and keeps it when the heatmap
     there is positive. Since ``round(.) >= 0``, a pixel's score never exceeds its heatmap
-    value: when the best score over the :data:`REFINE_CANDIDATES` highest heatmap pixels
-    beats the heatmap value of every other pixel, it is the global maximum and the first
-    maximiser is among the candidates (exact); other persons (about 1 in 10 on real photos)
-    are scored on the whole map, as the reference does. Not in the reference: a speed-up with
-    the same result (``tests/test_decode.py`` compares it with a full scan).
+    value, and a set of pixels with heatmap ``<= h`` and tags in a box at distance ``d`` from
+    ``m`` scores at most ``h - round(d)`` (:func:`_score_bound`). So:
+
+    1. the persons are scored on the pixels above the detection ``threshold`` (``above``:
+       flat indices into ``hm``, the ones the peak search read); a person whose best score
+       ``s`` there beats ``threshold`` is done (every other pixel is ``<= threshold``);
+    2. the other pixels together (heatmap ``<= threshold``, their tag range) bound the rest:
+       a person whose bound is below ``s`` is done;
+    3. the others are scored again on the pixels above the threshold and those of every
+       :data:`REFINE_TILE` square tile whose own bound (its heatmap maximum, its tag range)
+       is ``>= s`` (ties must be seen: the first maximiser wins);
+    4. a person without a pixel above the threshold is scored on the whole map.
+
+    Each step keeps the first maximiser of the whole map: the full scan's result, pixel for
+    pixel (``tests/test_decode.py``, ``benchmarks/decode.py``). Not in the reference: a
+    speed-up (the reference scans all K joints of every person; ``np.partition`` of the
+    mostly-zero maps, this function's previous speed-up, cost more than it saved).
+    ``adjust_equal``: :func:`quarter_offsets`.
     """
     num_joints, h, w = hm.shape
+    size = h * w
     missing = persons[:, :, 2] == 0  # (N, K)
+    starts = np.searchsorted(above, np.arange(num_joints + 1) * size)
+    tile = int(REFINE_TILE)
+    ht, wt = -(-h // tile), -(-w // tile)
+    thr = np.float32(threshold)
+    found_p: list[np.ndarray] = []
+    found_j: list[np.ndarray] = []
+    found_i: list[np.ndarray] = []
     for j in np.flatnonzero(missing.any(axis=0)):
         people = np.flatnonzero(missing[:, j])
         flat = hm[j].reshape(-1)
         tags_flat = tg[j].reshape(-1, tg.shape[-1])  # (H*W, T)
-        best_idx = np.empty(people.size, dtype=np.int64)
-        full = np.ones(people.size, dtype=bool)
-        if REFINE_CANDIDATES < flat.size:
-            kth = flat.size - REFINE_CANDIDATES
-            threshold = np.partition(flat, kth)[kth]
-            cand = np.flatnonzero(flat >= threshold)  # row-major order
-            others = flat[flat < threshold]
-            rest_max = others.max() if others.size else -np.inf
-            for s in range(0, people.size, max(1, chunk)):
-                sl = slice(s, s + max(1, chunk))
-                dist = _tag_distance(tags_flat[cand], mean_tag[people[sl]])
-                np.round(dist, out=dist)
-                score = np.subtract(flat[cand][None], dist, out=dist)
-                arg = score.argmax(axis=1)
-                exact = score[np.arange(arg.size), arg] > rest_max
-                best_idx[sl] = cand[arg]
-                full[sl] = ~exact
-        for s in range(0, int(full.sum()), max(1, chunk)):
-            sel = np.flatnonzero(full)[s:s + max(1, chunk)]
-            dist = _tag_distance(tags_flat, mean_tag[people[sel]])
-            np.round(dist, out=dist)
-            score = np.subtract(flat[None], dist, out=dist)
-            best_idx[sel] = score.argmax(axis=1)
-        y, x = best_idx // w, best_idx % w
-        val = hm[j, y, x]
-        ok = val > 0
-        if not ok.any():
-            continue
-        p, x, y, val = people[ok], x[ok], y[ok], val[ok]
-        jv = np.full(p.size, j)
-        dx, dy = quarter_offsets(hm, jv, x, y)
-        persons[p, j, 0] = x + dx
-        persons[p, j, 1] = y + dy
-        persons[p, j, 2] = val
-        persons[p, j, 3] = tg[j, y, x].mean(axis=-1)
+        m = mean_tag[people]
+        if REFINE_FULL_SCAN:
+            best_idx, _ = _best_pixels(flat, tags_flat, m, None, chunk)
+        else:
+            cand = above[starts[j]:starts[j + 1]] - j * size
+            best_idx = np.zeros(people.size, dtype=np.int64)
+            best_score = np.full(people.size, -np.inf, dtype=np.float32)
+            if 0 < cand.size < size:
+                best_idx, best_score = _best_pixels(flat, tags_flat, m, cand, chunk)      # step 1
+            todo = ~(best_score > thr) & np.isfinite(best_score)
+            if todo.any():                                                             # step 2
+                # the other pixels' tag range: cand's tags replaced by one of theirs (cand is sorted)
+                gaps = np.flatnonzero(cand != np.arange(cand.size))
+                rest_tags = tags_flat.copy()
+                rest_tags[cand] = tags_flat[gaps[0] if gaps.size else cand.size]
+                lo, hi = rest_tags.min(axis=0), rest_tags.max(axis=0)
+                todo[todo] = _score_bound(thr, lo, hi, m[todo]) >= best_score[todo]
+            if todo.any():                                                             # step 3
+                sel = np.flatnonzero(todo)
+                tmin, tmax = _tile_tag_range(tg[j], tile)
+                hmax = np.full(ht * wt, thr, np.float32)
+                np.maximum.at(hmax, (cand // w) // tile * wt + (cand % w) // tile, flat[cand])
+                bound = _score_bound(hmax.reshape(ht, wt), tmin, tmax, m[sel])        # (P, ht, wt)
+                need = (bound >= best_score[sel][:, None, None]).any(axis=0)
+                ty, tx = np.nonzero(need)
+                wider = None
+                if ty.size * tile * tile < size // 2:
+                    mask = np.zeros((ht * tile, wt * tile), dtype=bool)
+                    mask.reshape(ht, tile, wt, tile)[ty, :, tx, :] = True
+                    mask = mask[:h, :w].reshape(-1)
+                    mask[cand] = True
+                    wider = np.flatnonzero(mask)
+                best_idx[sel], _ = _best_pixels(flat, tags_flat, m[sel], wider, chunk)
+            blind = ~np.isfinite(best_score)                                           # step 4
+            if blind.any():
+                sel = np.flatnonzero(blind)
+                best_idx[sel], _ = _best_pixels(flat, tags_flat, m[sel], None, chunk)
+        ok = flat[best_idx] > 0
+        if ok.any():
+            found_p.append(people[ok])
+            found_j.append(np.full(int(ok.sum()), j))
+            found_i.append(best_idx[ok])
+    if not found_p:
+        return
+    p, jv, idx = np.concatenate(found_p), np.concatenate(found_j), np.concatenate(found_i)
+    y, x = idx // w, idx % w
+    dx, dy = quarter_offsets(hm, jv, x, y, equal=adjust_equal)
+    persons[p, jv, 0] = x + dx
+    persons[p, jv, 1] = y + dy
+    persons[p, jv, 2] = hm[jv, y, x]
+    persons[p, jv, 3] = tg[jv, y, x].mean(axis=-1)
 
 
 def oks_nms(keypoints: np.ndarray, scores: np.ndarray, sigmas: np.ndarray, oks_threshold: float) -> np.ndarray:

@@ -68,8 +68,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from pose.codec import OUTPUT_STRIDES
+from pose.codec import OUTPUT_STRIDES, Convention, convention_rules, with_overrides
 from pose.datasets.schema import FLIP_INDEX
+from pose.decode.deadline import checkpoint
 from pose.decode.persons import EVAL_KEYS, decode_persons, graph_projects, resolve_eval_params, to_coco_results
 from pose.decode.preprocess import (
     IMAGENET_MEAN,
@@ -88,7 +89,7 @@ from pose.decode.preprocess import (
     short_side_geometry,
     to_input_tensor,
 )
-from pose.io import read_image
+from pose.io import dataset_exif, read_image
 from pose.targets.heatmaps import CONVENTIONS, pixel_offset
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ def resize_maps(maps: torch.Tensor, height: int, width: int, *, convention: str)
     h, w = maps.shape[-2:]
     if (h, w) == (height, width):
         return maps
-    if convention == "reference":
+    if pixel_offset(convention):  # reference
         if (height, width) == (2 * h, 2 * w):  # the 1/4 -> 1/2 head: the same values, and an exported graph
             # keeps the size dynamic (a size argument becomes a constant of the example input)
             return torch.nn.functional.interpolate(maps, scale_factor=2.0, mode="bilinear", align_corners=False)
@@ -165,7 +166,7 @@ def unflip_maps(maps: torch.Tensor, stride: float, *, convention: str) -> torch.
 
     Raises ValueError on an unknown convention.
     """
-    if check_convention(convention) == "reference":
+    if pixel_offset(check_convention(convention)):  # reference
         return torch.flip(maps, dims=[maps.dim() - 1])
     w = maps.shape[-1]
     pos = (w * stride - 1.0) / stride - torch.arange(w, device=maps.device, dtype=torch.float32)
@@ -263,7 +264,7 @@ class InferenceNet(torch.nn.Module):
         self.model = model
         self.num_joints = None if num_joints is None else int(num_joints)
         self.tag_dim = None if tag_dim is None else int(tag_dim)
-        self.convention = check_convention(str(convention))
+        self.convention = check_convention(convention if isinstance(convention, Convention) else str(convention))
         self.flip_test = bool(flip_test)
         self.flip_index = tuple(int(i) for i in flip_index)
         self.project2image = bool(project2image)
@@ -320,18 +321,21 @@ def _to_grid(maps: torch.Tensor, src: InputGeometry, base: InputGeometry, stride
     For maps of the same input (scale 1.0) this is the reference's ``interpolate(...,
     align_corners=False)`` in ``reference`` and ``j -> j * w_in / w_out`` in ``project``.
     Across scales the reference interpolates to the base size, i.e. assumes input px scale
-    by ``r`` about 0; with the keypoint mapping above they scale about ``o``, a difference of
-    ``o (1 - r)`` scale px that is not reproduced (a deliberate deviation).
+    by ``r`` about 0; with the ``centred`` keypoint mapping above they scale about ``o``, a
+    difference of ``o (1 - r)`` scale px. The ``raw`` mapping (``reference``, image px ``p`` at
+    input px ``M p``; `pose.codec.Convention.keypoint_mapping`) scales them about 0, as the
+    reference, where the sizes of the scales are in ratio ``r``.
     """
     o = pixel_offset(convention)
+    mo = convention_rules(convention).map_offset                         # o (centred) or 0 (raw)
     dev = maps.device
     ratio = src.affine[0, 0] / base.affine[0, 0]  # both affines are isotropic scale + shift
     pos = []
     for axis, n in ((1, grid_hw[0]), (0, grid_hw[1])):
         j = torch.arange(n, device=dev, dtype=torch.float64)
-        base_idx = (j + o) * stride - o                                   # base input pixel index
+        base_idx = (j + o) * stride - mo                                  # base input px of the mapping
         src_idx = ratio * (base_idx - base.affine[axis, 2]) + src.affine[axis, 2]
-        pos.append(((src_idx + o) / 2.0 - o).to(torch.float32))           # index in the source 1/2 map
+        pos.append(((src_idx + mo) / 2.0 - o).to(torch.float32))          # index in the source 1/2 map
     if tuple(maps.shape[-2:]) == tuple(grid_hw) and all(
             torch.equal(p, torch.arange(n, device=dev, dtype=torch.float32)) for p, n in zip(pos, grid_hw)):
         return maps
@@ -389,16 +393,16 @@ def multi_scale_maps(model: torch.nn.Module, image_bgr: np.ndarray, *, input_siz
     if isinstance(model, InferenceNet):
         net = model
         if (net.flip_test, net.project2image) != (bool(flip_test), bool(project2image)) or (
-                convention is not None and convention != net.convention):
+                convention is not None and convention_rules(convention).name != convention_rules(net.convention).name):
             raise ValueError("the InferenceNet's flip_test / project2image / convention differ from the arguments")
     else:
         net = inference_net(model, flip_test=flip_test, project2image=project2image, convention=convention,
                             flip_index=flip_index)
-    conv = net.convention
+    conv = net.convention if convention is None else convention  # test-time fields may differ (input_affine)
     scales = [float(s) for s in test_scales]
     dev = torch.device(device) if device is not None else _model_device(net)
     height, width = image_bgr.shape[:2]
-    geo = dict(resize=resize, input_size=int(input_size), min_scale=min(scales))
+    geo = dict(resize=resize, input_size=int(input_size), min_scale=min(scales), convention=conv)
     base = input_geometry(width, height, scale=1.0, **geo)
     stride = net.stride
     grid_hw = (base.height // stride, base.width // stride)
@@ -410,6 +414,7 @@ def multi_scale_maps(model: torch.nn.Module, image_bgr: np.ndarray, *, input_siz
     try:
         hm_sum, tag_list = None, []
         for scale in scales:
+            checkpoint(f"test scale {scale:g}")   # a served request past its deadline stops here
             g = base if scale == 1.0 else input_geometry(width, height, scale=scale, **geo)
             check_input_multiple(g, scale)
             x = torch.from_numpy(input_batch(image_bgr, g)).to(dev)
@@ -441,7 +446,7 @@ def model_convention(model: torch.nn.Module, convention: str | None = None) -> s
     if conv is None:
         raise ValueError("the model does not record its coordinate convention: pass convention= "
                          f"(params model.convention: {' | '.join(CONVENTIONS)})")
-    return check_convention(str(conv))
+    return check_convention(conv if isinstance(conv, Convention) else str(conv))
 
 
 def predict_image(model: torch.nn.Module, image_bgr: np.ndarray, *, eval_params: dict | None = None,
@@ -482,11 +487,12 @@ def predict_image(model: torch.nn.Module, image_bgr: np.ndarray, *, eval_params:
                               tag_threshold=tag_threshold, max_people=max_people, nms_kernel=nms_kernel,
                               tie_break=tie_break, project2image=project2image, adjust=adjust, refine=refine,
                               nms_oks=nms_oks)
-    conv = model_convention(model, convention)
+    conv = with_overrides(model_convention(model, convention), cfg.get("convention_overrides"))
     img = check_image(image_bgr)
     maps = multi_scale_maps(model, img, input_size=int(cfg["input_size"]), resize=str(cfg["resize"]),
                             test_scales=[float(s) for s in cfg["test_scales"]], flip_test=bool(cfg["flip_test"]),
                             project2image=graph_projects(cfg), convention=conv, device=device)
+    checkpoint("decoding")
     return decode_persons(maps.heatmaps.float().cpu().numpy(), maps.tags.float().cpu().numpy(), maps.affine,
                           maps.stride, cfg=cfg, convention=conv, image_size=(img.shape[1], img.shape[0]),
                           off_domain=off_domain)
@@ -515,10 +521,12 @@ def predict_dataset(model: torch.nn.Module, ann_file: Path | str, images_dir: Pa
         raise FileNotFoundError(f"{ann_file}: annotation file not found")
     cfg = resolve_eval_params(eval_params)
     conv = model_convention(model, convention)
-    images = sorted(json.loads(ann_file.read_text()).get("images", []), key=lambda im: im["id"])
+    coco = json.loads(ann_file.read_text())
+    exif = dataset_exif(coco, ann_file)  # the frame the annotations were made in (pose.io)
+    images = sorted(coco.get("images", []), key=lambda im: im["id"])
     results: list[dict] = []
     for n, im in enumerate(images):
-        image = read_image(images_dir / im["file_name"], im["id"])
+        image = read_image(images_dir / im["file_name"], im["id"], exif=exif)
         persons = predict_image(model, image, eval_params=cfg, convention=conv, device=device)
         results.extend(to_coco_results(persons, im["id"]))
         if (n + 1) % 50 == 0:

@@ -30,7 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pose.decode.persons import EVAL_KEYS, decode_persons, resolve_eval_params
+from pose.codec import with_overrides
+from pose.decode.deadline import checkpoint
+from pose.decode.persons import EVAL_KEYS, OPTIONAL_EVAL_KEYS, decode_persons, resolve_eval_params
 from pose.decode.preprocess import check_convention, check_image, check_input_multiple, input_batch, input_geometry
 
 #: value of metadata ``pose.format`` of files this package writes
@@ -161,7 +163,8 @@ class OnnxPoseModel:
         graph's, or ``test_scales`` is not ``[1.0]`` (no multi-scale test with onnxruntime)."""
         from pose.decode.persons import graph_projects
 
-        cfg = resolve_eval_params({k: v for k, v in (eval_params or self.eval_params).items() if k in EVAL_KEYS})
+        cfg = resolve_eval_params({k: v for k, v in (eval_params or self.eval_params).items()
+                                   if k in EVAL_KEYS + OPTIONAL_EVAL_KEYS})
         if bool(cfg["flip_test"]) != self.flip_test:
             raise ValueError(f"evaluate.flip_test = {bool(cfg['flip_test'])}, but {self.path} was exported with "
                              f"flip_test = {self.flip_test} (part of the graph): export again with "
@@ -192,7 +195,8 @@ class OnnxPoseModel:
         img = check_image(image_bgr)
         height, width = img.shape[:2]
         geo = input_geometry(width, height, resize=str(cfg["resize"]), input_size=int(cfg["input_size"]),
-                             scale=1.0, min_scale=1.0)
+                             scale=1.0, min_scale=1.0,
+                             convention=with_overrides(self.convention, cfg.get("convention_overrides")))
         check_input_multiple(geo, 1.0)
         heatmaps, tags = self.run(input_batch(img, geo))
         return heatmaps[0], tags[0], geo.affine, self.stride
@@ -201,8 +205,11 @@ class OnnxPoseModel:
         """Persons of one (H, W, 3) uint8 BGR image, as ``pose.decode.inference.predict_image``
         returns them (image px, sorted by score). ``cfg``: :meth:`settings`; ``off_domain``: as
         ``predict_image``. Raises ValueError on a bad image."""
+        checkpoint("network")   # a served request past its deadline stops here
         heatmaps, tags, affine, stride = self.maps(image_bgr, cfg)
-        return decode_persons(heatmaps, tags, affine, stride, cfg=cfg, convention=self.convention,
+        checkpoint("decoding")
+        return decode_persons(heatmaps, tags, affine, stride, cfg=cfg,
+                              convention=with_overrides(self.convention, cfg.get("convention_overrides")),
                               image_size=(image_bgr.shape[1], image_bgr.shape[0]), off_domain=off_domain)
 
 

@@ -19,6 +19,9 @@ from pose.decode.preprocess import RESIZE_MODES, heatmap_to_image
 #: Keys of params.yaml ``evaluate`` that inference reads.
 EVAL_KEYS = ("input_size", "resize", "flip_test", "test_scales", "detection_threshold", "tag_threshold",
              "max_people", "nms_kernel", "tie_break", "project2image", "project_maps", "adjust", "refine", "nms_oks")
+#: Keys inference reads when present: ``convention_overrides`` (`pose.codec.with_overrides`; absent:
+#: none, e.g. the settings stored with a model registered before it existed).
+OPTIONAL_EVAL_KEYS = ("convention_overrides",)
 
 
 def resolve_eval_params(eval_params: dict | None, **explicit) -> dict:
@@ -33,7 +36,7 @@ def resolve_eval_params(eval_params: dict | None, **explicit) -> dict:
     Raises ValueError naming the params key when a setting is missing, ``resize`` is not
     one of :data:`RESIZE_MODES` or ``nms_kernel`` is not an odd positive integer.
     """
-    cfg = {k: v for k, v in (eval_params or {}).items() if k in EVAL_KEYS}
+    cfg = {k: v for k, v in (eval_params or {}).items() if k in EVAL_KEYS + OPTIONAL_EVAL_KEYS}
     cfg.update({k: v for k, v in explicit.items() if v is not None})
     if "project_maps" not in cfg and "project2image" in cfg:
         cfg["project_maps"] = True
@@ -66,7 +69,7 @@ def _upsample_positions(index: np.ndarray, n: int, offset: float) -> tuple[np.nd
     return lo, hi, (pos - lo).astype(np.float32)
 
 
-def project_joints(heatmaps: np.ndarray, persons: np.ndarray, *, convention: str, adjust: bool) -> np.ndarray:
+def project_joints(heatmaps: np.ndarray, persons: np.ndarray, *, convention, adjust: bool) -> np.ndarray:
     """The joints of persons grouped on the 1/2 maps, located on the 2x-upsampled heatmaps (input
     px) without upsampling the maps: for each found joint the 6 x 6 input pixels around its 1/2-map
     pixel ``(x, y)`` (input ``2x - 2 .. 2x + 3``) are resampled as ``project2image`` resamples the
@@ -84,12 +87,14 @@ def project_joints(heatmaps: np.ndarray, persons: np.ndarray, *, convention: str
         heatmaps: (K, h, w) float32 aggregated 1/2-resolution heatmaps.
         persons: (N, K, >=3) ``[x, y, score, ...]`` in 1/2-map px (``group_keypoints``; joints
             with score 0 are not found).
-        convention: params ``model.convention``.
+        convention: params ``model.convention`` or a `pose.codec.Convention` (pixel offset,
+            ``adjust_equal``).
         adjust: apply the quarter-pixel shift (params ``evaluate.adjust``).
 
     Returns a copy of ``persons`` with x, y in input px (map indices at stride 1) and joint scores
     from the upsampled heatmap.
     """
+    from pose.codec import convention_rules
     from pose.targets.heatmaps import pixel_offset
 
     out = np.array(persons, dtype=np.float32, copy=True)
@@ -125,8 +130,9 @@ def project_joints(heatmaps: np.ndarray, persons: np.ndarray, *, convention: str
         left = np.where(inside_x[1], win[m, ay, ax - 1], win[m, ay, ax])
         down = np.where(inside_y[0], win[m, ay + 1, ax], win[m, ay, ax])
         up = np.where(inside_y[1], win[m, ay - 1, ax], win[m, ay, ax])
-        x += 0.25 * np.sign(right - left)
-        y += 0.25 * np.sign(down - up)
+        equal = float(convention_rules(convention).adjust_equal)   # the shift when both neighbours are equal
+        x += np.where(right > left, 0.25, np.where(right < left, -0.25, equal)).astype(np.float32)
+        y += np.where(down > up, 0.25, np.where(down < up, -0.25, equal)).astype(np.float32)
     out[n_i, j_i, 0] = x
     out[n_i, j_i, 1] = y
     out[n_i, j_i, 2] = win[m, ay, ax]
@@ -176,7 +182,7 @@ def decode_persons(heatmaps: np.ndarray, tags: np.ndarray, affine: np.ndarray, s
                                       detection_threshold=float(cfg["detection_threshold"]),
                                       tag_threshold=float(cfg["tag_threshold"]),
                                       max_people=int(cfg["max_people"]), nms_kernel=int(cfg["nms_kernel"]),
-                                      tie_break=bool(cfg["tie_break"]),
+                                      tie_break=bool(cfg["tie_break"]), convention=convention,
                                       adjust=bool(cfg["adjust"]), refine=bool(cfg["refine"]))
     tg = np.asarray(tags, np.float32)
     tg = tg[..., None] if tg.ndim == 3 else tg

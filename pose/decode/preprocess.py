@@ -23,8 +23,8 @@ import cv2
 import numpy as np
 
 from pose.augment.affine import apply_affine, invert_affine, letterbox_affine
-from pose.codec import INPUT_MULTIPLE
-from pose.targets.heatmaps import CONVENTIONS, pixel_offset
+from pose.codec import INPUT_MULTIPLE, Convention, convention_rules
+from pose.targets.heatmaps import CONVENTIONS
 
 #: ImageNet channel statistics in RGB order, for images scaled to [0, 1]. Training and
 #: inference both normalise with these (:func:`to_input_tensor`).
@@ -51,10 +51,11 @@ class InputGeometry(NamedTuple):
     affine: np.ndarray
 
 
-def check_convention(convention: str) -> str:
-    """``convention`` when it is one of ``pose.targets.heatmaps.CONVENTIONS``; raises
-    ValueError naming params ``model.convention`` otherwise."""
-    pixel_offset(convention)  # raises on an unknown value
+def check_convention(convention: str | Convention) -> str | Convention:
+    """``convention`` when it is one of ``pose.targets.heatmaps.CONVENTIONS`` or a
+    `pose.codec.Convention` (a variant of one, e.g. for an ablation); raises ValueError
+    naming params ``model.convention`` otherwise."""
+    convention_rules(convention)  # raises on an unknown value
     return convention
 
 
@@ -67,11 +68,40 @@ def check_image(image_bgr: np.ndarray) -> np.ndarray:
     return img
 
 
+def float32_point_affine(width: int, height: int, out_w: int, out_h: int) -> np.ndarray:
+    """The ``short_side`` affine (2, 3) float64 as the official ``get_affine_transform``
+    (``lib/utils/transforms.py``, rotation 0, no shift) builds it from
+    ``get_multi_scale_size``'s centre and scale: three float32 points (the centre
+    ``(int(w/2 + 0.5), int(h/2 + 0.5))``, the point half a source width above it, and the
+    third point of the right angle, computed in float32) and their images in the
+    ``out_w`` x ``out_h`` input, through ``cv2.getAffineTransform``. The source width is
+    ``w / 200 * 200`` (portrait) or ``out_w / out_h * h / 200 * 200`` (landscape), the
+    reference's ``scale * 200`` in float64. It differs from the exact affine by about 1e-6
+    relative, which moves some input pixels by one grey level (``Convention.input_affine``
+    ``float32``, the ``reference`` convention).
+    """
+    w, h = int(width), int(height)
+    cx, cy = int(w / 2.0 + 0.5), int(h / 2.0 + 0.5)
+    src_w = (w / 200.0 if w < h else out_w / out_h * h / 200.0) * 200.0
+    src = np.zeros((3, 2), np.float32)
+    dst = np.zeros((3, 2), np.float32)
+    src[0] = (cx, cy)
+    src[1] = (cx + 0.0, cy + src_w * -0.5)
+    dst[0] = (out_w * 0.5, out_h * 0.5)
+    dst[1] = (out_w * 0.5 + 0.0, out_h * 0.5 + np.float32(out_w * -0.5))
+    for pts in (src, dst):  # the right angle's third point, in float32 as the reference computes it
+        d = pts[0] - pts[1]
+        pts[2] = pts[1] + np.array([-d[1], d[0]], np.float32)
+    return cv2.getAffineTransform(src, dst)
+
+
 def short_side_geometry(width: int, height: int, input_size: int, scale: float = 1.0,
-                        min_scale: float = 1.0) -> InputGeometry:
+                        min_scale: float = 1.0, *, input_affine: str = "float64") -> InputGeometry:
     """The reference's test-time input of one scale (``lib/utils/transforms.py``:
     ``get_multi_scale_size`` for the size, ``get_affine_transform`` with rotation 0 for the
-    affine), computed in float64 (the reference builds the affine in float32).
+    affine), with the affine computed in float64 (``input_affine="float64"``, exact) or from
+    float32 points as the reference builds it (``"float32"``, :func:`float32_point_affine`;
+    ``Convention.input_affine``).
 
     With ``r64(x) = (x + 63) // 64 * 64`` (the reference's rounding: up to a multiple of 64
     for integer ``x``; a fractional ``x`` may land up to 1 px below it) and ``m =
@@ -81,8 +111,11 @@ def short_side_geometry(width: int, height: int, input_size: int, scale: float =
     ``out_h / h`` (landscape) or ``out_w / w`` (portrait) about the image point
     ``(int(w/2 + 0.5), int(h/2 + 0.5))``, which lands on the input centre.
 
-    Raises ValueError on non-positive sizes or scales, or ``scale < min_scale``.
+    Raises ValueError on non-positive sizes or scales, ``scale < min_scale`` or an unknown
+    ``input_affine``.
     """
+    if input_affine not in ("float64", "float32"):
+        raise ValueError(f"input_affine must be float64 or float32, got {input_affine!r}")
     if width <= 0 or height <= 0 or input_size <= 0:
         raise ValueError(f"sizes must be positive, got width={width} height={height} input_size={input_size}")
     if min_scale <= 0 or scale < min_scale:
@@ -99,6 +132,8 @@ def short_side_geometry(width: int, height: int, input_size: int, scale: float =
         out_h = int(min_input * scale / min_scale)
         out_w = int(int((min_input / h * w + q - 1) // q * q) * scale / min_scale)
         f = out_h / h
+    if input_affine == "float32":
+        return InputGeometry(out_w, out_h, float32_point_affine(w, h, out_w, out_h))
     affine = np.array([[f, 0.0, out_w / 2.0 - f * cx], [0.0, f, out_h / 2.0 - f * cy]], dtype=np.float64)
     return InputGeometry(out_w, out_h, affine)
 
@@ -115,16 +150,22 @@ def scaled_input_size(input_size: int, scale: float) -> int:
 
 
 def input_geometry(width: int, height: int, *, resize: str, input_size: int, scale: float = 1.0,
-                   min_scale: float = 1.0) -> InputGeometry:
+                   min_scale: float = 1.0, convention: str | Convention | None = None) -> InputGeometry:
     """The network input of one test scale for a ``width`` x ``height`` image (module
     docstring): ``short_side`` -> :func:`short_side_geometry`, ``letterbox`` -> a square
     :func:`scaled_input_size` canvas (``min_scale`` unused).
 
-    Raises ValueError on an unknown ``resize``, a letterbox ``input_size`` that is not a
-    multiple of 32, or as the geometry functions.
+    ``convention`` (params ``model.convention`` or a `pose.codec.Convention`) picks the
+    ``short_side`` affine's precision (``Convention.input_affine``: the ``reference``
+    convention builds it from float32 points as the official code); None: float64. The
+    letterbox (not in the official code) is float64 in both.
+
+    Raises ValueError on an unknown ``resize`` or convention, a letterbox ``input_size`` that
+    is not a multiple of 32, or as the geometry functions.
     """
     if resize == "short_side":
-        return short_side_geometry(width, height, input_size, scale, min_scale)
+        precision = convention_rules(convention).input_affine if convention is not None else "float64"
+        return short_side_geometry(width, height, input_size, scale, min_scale, input_affine=precision)
     if resize == "letterbox":
         if int(input_size) % SIZE_DIVISOR:
             raise ValueError(f"evaluate.input_size must be a multiple of {SIZE_DIVISOR} with letterbox, "
@@ -176,33 +217,43 @@ def input_batch(image_bgr: np.ndarray, geometry: InputGeometry) -> np.ndarray:
     return to_input_tensor(image_bgr, geometry.affine, (geometry.width, geometry.height))[None]
 
 
-def heatmap_to_image(keypoints: np.ndarray, affine: np.ndarray, stride: float, *, convention: str) -> np.ndarray:
+def heatmap_to_image(keypoints: np.ndarray, affine: np.ndarray, stride: float, *,
+                     convention: str | Convention) -> np.ndarray:
     """Map (N, K, >=3) decoded keypoints from map pixel indices (maps at 1/``stride`` of the
     input) to image px, the inverse of the training targets' mapping
-    (``pose.augment.transforms``: image px ``p`` -> input px ``M (p - o) + o`` -> heatmap px
-    ``/ stride``, ``o = pixel_offset(convention)``): input px ``c = (index + o) * stride``,
-    image px ``M^-1 (c - o) + o``.
+    (``pose.augment.transforms``; `pose.codec.Convention`): input px ``c = (index + o) *
+    stride`` with the pixel offset ``o``, then image px
+
+    * ``M^-1 (c - o) + o`` with the ``centred`` keypoint mapping (``project``: targets at
+      ``M (p - o) + o``);
+    * ``M^-1 c`` with the ``raw`` one (``reference``: targets at ``M p``), the official
+      ``get_final_preds`` (``lib/utils/transforms.py``). The two differ by ``o (1 - 1 / f)``
+      image px for an input scale ``f`` (0.6-0.75 px at input 192, 0.03 px for a 640 x 480
+      COCO image at 512).
 
     ``affine`` is ``M``, the (2, 3) image px -> input px warp of the input (pixel indices,
-    as ``cv2.warpAffine`` uses it). The reference's ``get_final_preds`` applies ``M^-1`` to
-    ``c`` directly; the two differ by ``o (1 - 1 / f)`` image px for an input scale ``f``
-    (0.03 px for a 640 x 480 COCO image at 512), a deliberate deviation that keeps decoding
-    the exact inverse of the targets.
+    as ``cv2.warpAffine`` uses it).
 
-    Returns (N, K, 3) float64 ``[x, y, score]``; joints with score 0 (not found) get
-    x = y = 0. Raises ValueError on an unknown convention.
+    Returns (N, K, 3) float64 ``[x, y, score]``. Joints with score 0 (not found) get x = y = 0
+    (``Convention.missing_joint`` ``zero``) or ``M^-1 (0, 0)`` (``origin``: the official code
+    maps a missing joint's heatmap coordinates (0, 0) like any other). Raises ValueError on
+    an unknown convention.
     """
-    offset = pixel_offset(convention)
+    rules = convention_rules(convention)
+    offset, mo = rules.pixel_offset, rules.map_offset
     kp = np.asarray(keypoints, dtype=np.float64)
     out = np.zeros(kp.shape[:-1] + (3,), dtype=np.float64)
     if kp.size == 0:
         return out
-    out[..., :2] = apply_affine(invert_affine(affine), (kp[..., :2] + offset) * stride - offset) + offset
+    inverse = invert_affine(affine)
+    out[..., :2] = apply_affine(inverse, (kp[..., :2] + offset) * stride - mo) + mo
     out[..., 2] = kp[..., 2]
-    out[kp[..., 2] <= 0, :2] = 0.0
+    missing = kp[..., 2] <= 0
+    out[missing, :2] = inverse[:, 2] if rules.missing_joint == "origin" else 0.0
     return out
 
 
 __all__ = ["CONVENTIONS", "IMAGENET_MEAN", "IMAGENET_STD", "InputGeometry", "RESIZE_MODES", "SHORT_SIDE_MULTIPLE",
-           "SIZE_DIVISOR", "check_convention", "check_image", "check_input_multiple", "heatmap_to_image",
+           "SIZE_DIVISOR", "check_convention", "check_image", "check_input_multiple", "float32_point_affine",
+           "heatmap_to_image",
            "input_batch", "input_geometry", "scaled_input_size", "short_side_geometry", "to_input_tensor"]

@@ -36,7 +36,7 @@ import torch
 
 from pose.decode.inference import predict_image, scaled_input_size
 from pose.decode.persons import resolve_eval_params
-from pose.io import read_image
+from pose.io import dataset_exif, read_image
 
 
 def _vm_hwm_mb() -> float | None:
@@ -64,12 +64,14 @@ def load_sample_images(ann_file: Path | str, images_dir: Path | str, count: int)
 
     Raises FileNotFoundError / ValueError for a missing or unreadable image, ValueError when
     the file lists no image."""
-    images = sorted(json.loads(Path(ann_file).read_text()).get("images", []), key=lambda im: im["id"])
+    coco = json.loads(Path(ann_file).read_text())
+    exif = dataset_exif(coco, ann_file)
+    images = sorted(coco.get("images", []), key=lambda im: im["id"])
     if not images:
         raise ValueError(f"{ann_file}: no images to time")
     out = []
     for im in images[:max(1, int(count))]:
-        out.append(read_image(Path(images_dir) / im["file_name"], im["id"]))
+        out.append(read_image(Path(images_dir) / im["file_name"], im["id"], exif=exif))
     return out
 
 

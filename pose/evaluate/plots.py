@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pose.draw import draw_persons, overlay_grid
-from pose.io import atomic_write_bytes, read_image
+from pose.io import atomic_write_bytes, dataset_exif, read_image
 
 
 def _write_png_bytes(data: bytes, out_png: Path | str) -> Path:
@@ -37,7 +37,7 @@ def ap_per_keypoint_plot(metrics: dict, out_png: Path | str) -> Path:
     import matplotlib.pyplot as plt
 
     per = metrics["per_keypoint_AP"]
-    names = list(per.keys())
+    names = joint_order(per)
     values = [max(float(per[n]), 0.0) for n in names]
     fig, ax = plt.subplots(figsize=(6, 0.3 * len(names) + 1.2), dpi=100)
     try:
@@ -75,21 +75,48 @@ def _csv(header: Sequence[str], rows: Sequence[Sequence], out_csv: Path | str) -
     return _write_text(buf.getvalue(), out_csv)
 
 
+def joint_order(names) -> list[str]:
+    """Joint names in COCO-17 order (``nose``, eyes, ears, shoulders, ... ankles,
+    :data:`pose.datasets.schema.KEYPOINT_NAMES`), other names after them in their order
+    (eval.json stores ``per_keypoint_AP`` with sorted keys)."""
+    from pose.datasets.schema import KEYPOINT_NAMES
+
+    rank = {n: i for i, n in enumerate(KEYPOINT_NAMES)}
+    names = list(names)
+    return sorted(names, key=lambda n: (rank.get(n, len(rank)), names.index(n)))
+
+
 def per_keypoint_ap_table(metrics: dict, out_csv: Path | str) -> Path:
-    """``keypoint,AP`` rows of ``metrics["per_keypoint_AP"]`` (joint order) as CSV: the
-    DVC plot of the evaluate stage. Raises KeyError when the key is missing."""
-    return _csv(["keypoint", "AP"], [(k, float(v)) for k, v in metrics["per_keypoint_AP"].items()], out_csv)
+    """``keypoint,AP`` rows of ``metrics["per_keypoint_AP"]`` in joint order (:func:`joint_order`)
+    as CSV: the DVC plot of the evaluate stage. Raises KeyError when the key is missing."""
+    per = metrics["per_keypoint_AP"]
+    return _csv(["keypoint", "AP"], [(k, float(per[k])) for k in joint_order(per)], out_csv)
+
+
+def scale_order(ranges) -> list[str]:
+    """Person-scale range names in reading order: COCO's ``medium`` / ``large`` first, then the
+    sqrt(area) bins by their lower bound (``0-32``, ``32-64``, ..., ``192+``), then any other name.
+    (eval.json stores them with sorted keys, where ``128-192`` comes before ``32-64``.)"""
+    def key(name: str):
+        if name in ("medium", "large"):
+            return (0, 0 if name == "medium" else 1, name)
+        head = name.split("-")[0].rstrip("+")
+        return (1, float(head), name) if head.replace(".", "", 1).isdigit() else (2, 0, name)
+
+    return sorted(ranges, key=key)
 
 
 def ap_per_scale_table(metrics: dict, out_csv: Path | str) -> Path:
     """``range,AP,AR,num_gt`` rows of ``metrics["AP_by_area"]`` (``medium`` / ``large``:
-    COCO's APM / APL, then the sqrt(area) bins) as CSV. AP / AR -1: no ground truth in
-    that range. Raises KeyError when ``AP_by_area`` is missing."""
+    COCO's APM / APL, then the sqrt(area) bins in size order, :func:`scale_order`) as CSV.
+    AP / AR -1: no ground truth in that range (the DVC plot template
+    ``.dvc/plots/bar_horizontal_ordered.json`` shows "no ground truth" instead of a bar).
+    Raises KeyError when ``AP_by_area`` is missing."""
     ap = metrics["AP_by_area"]
     ar = metrics.get("AR_by_area", {})
     num = metrics.get("num_gt_by_area", {})
     return _csv(["range", "AP", "AR", "num_gt"],
-                [(k, float(ap[k]), float(ar.get(k, -1.0)), int(num.get(k, 0))) for k in ap], out_csv)
+                [(k, float(ap[k]), float(ar.get(k, -1.0)), int(num.get(k, 0))) for k in scale_order(ap)], out_csv)
 
 
 def _figure_png(fig) -> bytes:
@@ -113,7 +140,7 @@ def ap_per_scale_plot(metrics: dict, out_png: Path | str) -> Path:
 
     ap = metrics["AP_by_area"]
     num = metrics.get("num_gt_by_area", {})
-    labels = list(ap)
+    labels = scale_order(ap)
     coco = {"medium": "APM (32-96)", "large": "APL (96+)"}
     names = [coco.get(k, k) for k in labels]
     values = [max(float(ap[k]), 0.0) for k in labels]
@@ -172,7 +199,7 @@ def overlay_samples(gt_json: Path | str | dict, results: Sequence[dict], images_
             gt_by_image.setdefault(a["image_id"], []).append({"keypoints": a["keypoints"], "score": 1.0})
     tiles = []
     for im in picked:
-        image = read_image(Path(images_dir) / im["file_name"], im["id"])
+        image = read_image(Path(images_dir) / im["file_name"], im["id"], exif=dataset_exif(gt))
         gts = gt_by_image.get(im["id"], [])
         canvas = draw_persons(image, gts, colours=[(255, 255, 255)] * len(gts))
         preds = sorted(by_image.get(im["id"], []), key=lambda r: -float(r["score"]))

@@ -1,9 +1,11 @@
 """Image-file checks of ``pose validate`` (not great-expectations): the file exists, decodes fully
 with Pillow (``ImageFile.LOAD_TRUNCATED_IMAGES = False``: a truncated JPEG is an error), its
-decoded size equals the declared ``width`` / ``height``, and no two images have the same content
-(sha256). Files are inspected in parallel threads (params ``validate.workers``); results are
-cached by content sha256 (and the sha256 by path + size + mtime) in a JSON file
-(``validate.image_cache``) so an unchanged re-run decodes nothing.
+decoded size equals the declared ``width`` / ``height`` (in the frame the dataset's images are read
+in: `pose.io.EXIF_MODES`), no two images have the same content (sha256), and an EXIF orientation
+tag that would turn the pixels (2-8) is flagged with the image id. Files are inspected in parallel
+threads (params ``validate.workers``); results are cached by content sha256 (and the sha256 by
+path + size + mtime) in a JSON file (``validate.image_cache``) so an unchanged re-run decodes
+nothing.
 """
 
 from __future__ import annotations
@@ -25,7 +27,12 @@ try:
 except ImportError:  # pragma: no cover
     _orjson = None
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: decode results carry the EXIF orientation
+
+#: EXIF orientation tag values (TIFF/EXIF 0x0112): what a viewer does to the stored pixels
+EXIF_ORIENTATIONS = {1: "none", 2: "mirror left-right", 3: "rotate 180", 4: "mirror top-bottom",
+                     5: "transpose (mirror, rotate 90 CCW)", 6: "rotate 90 CW", 7: "transverse (mirror, rotate 90 CW)",
+                     8: "rotate 90 CCW"}
 
 
 def _load_cache(cache_path: Path | None) -> dict:
@@ -67,13 +74,16 @@ def _stat_and_hash(path: str, memo: dict | None) -> dict:
 
 
 def _decode(path: str) -> dict:
-    """Fully decode one image with Pillow; {width, height, error} (error None when it decodes)."""
+    """Fully decode one image with Pillow; {width, height, orientation, error} (stored size,
+    EXIF orientation tag or None, error None when it decodes)."""
     from PIL import Image
 
-    out: dict[str, Any] = {"width": None, "height": None, "error": None}
+    out: dict[str, Any] = {"width": None, "height": None, "orientation": None, "error": None}
     try:
         with Image.open(path) as im:
             out["width"], out["height"] = im.size
+            tag = im.getexif().get(0x0112)
+            out["orientation"] = int(tag) if isinstance(tag, int) else None
             im.load()  # decodes every scanline; a truncated file raises OSError
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError...
         out["error"] = f"{type(exc).__name__}: {exc}"
@@ -81,13 +91,18 @@ def _decode(path: str) -> dict:
 
 
 def check_image_files(images: pd.DataFrame, images_dir: Path, *, workers: int,
-                      cache_path: Path | None) -> tuple[list[dict], dict]:
+                      cache_path: Path | None, exif_orientation: str = "ignore") -> tuple[list[dict], dict]:
     """Image-file checks for the rows of an ``images`` table (`pose.quality.tables`).
 
     Checks, each an ``error`` finding: ``image_file_exists``, ``image_decodes``
     (full Pillow decode with truncated images refused), ``image_size_matches``
-    (decoded size == declared width/height), ``image_duplicate`` (same sha256 as an
-    earlier image row; the first is kept, the later ones are flagged).
+    (decoded size == declared width/height, in the frame ``exif_orientation`` reads it: the
+    stored one with ``ignore``, turned by the tag with ``apply``), ``image_duplicate`` (same
+    sha256 as an earlier image row; the first is kept, the later ones are flagged); and a
+    ``warning`` ``image_exif_orientation`` for an image whose EXIF orientation tag (2-8) would
+    turn its pixels (with ``ignore`` the annotations and the pipeline use the stored frame, a
+    viewer and `pose predict` show it turned; with ``apply`` the annotations must be in the
+    turned frame).
 
     Args:
         images: the images table (``image_row, image_id, file_name, width, height``).
@@ -95,6 +110,8 @@ def check_image_files(images: pd.DataFrame, images_dir: Path, *, workers: int,
         workers: threads for hashing/decoding (Pillow releases the GIL while decoding).
         cache_path: JSON cache {path -> (size, mtime_ns, sha256)}, {sha256 -> decode result};
             written atomically; ``None`` disables caching.
+        exif_orientation: how the dataset's images are read (`pose.io.EXIF_MODES`; catalogue
+            ``exif_orientation``).
 
     Returns: (findings, stats) with stats counting files hashed / decoded / from cache.
     """
@@ -162,13 +179,25 @@ def check_image_files(images: pd.DataFrame, images_dir: Path, *, workers: int,
                                      f"image {fmt(iid)}: {p} does not decode completely ({r['error']}); re-download "
                                      f"or re-encode the file", image_id=iid, field="file_name", row=row))
             continue
-        if np.isfinite(dw[i]) and np.isfinite(dh[i]) and (r["width"] != dw[i] or r["height"] != dh[i]):
+        tag = r.get("orientation")
+        turned = tag in (5, 6, 7, 8) and exif_orientation == "apply"
+        width, height = (r["height"], r["width"]) if turned else (r["width"], r["height"])
+        if tag is not None and tag != 1:
+            how = EXIF_ORIENTATIONS.get(tag, f"unknown value {tag}")
+            frame = ("the pipeline reads the stored pixels, the frame the annotations must be in (catalogue "
+                     "exif_orientation: ignore); a viewer and `pose predict` show it turned" if exif_orientation ==
+                     "ignore" else "the pipeline turns the pixels first (catalogue exif_orientation: apply), so "
+                     "the annotations must be in the turned frame")
+            findings.append(finding("warning", "image_exif_orientation", p,
+                                     f"image {fmt(iid)}: EXIF orientation {tag} ({how}) would change the frame; "
+                                     f"{frame}", image_id=iid, field="file_name", row=row, orientation=tag))
+        if np.isfinite(dw[i]) and np.isfinite(dh[i]) and (width != dw[i] or height != dh[i]):
             findings.append(finding("error", "image_size_matches", p,
                                      f"image {fmt(iid)}: declared {fmt(dw[i])}x{fmt(dh[i])} px but the file decodes "
-                                     f"to {r['width']}x{r['height']} px; fix width/height in images[] (keypoints "
-                                     f"and boxes are in the declared frame)",
-                                     image_id=iid, field="width" if r["width"] != dw[i] else "height", row=row,
-                                     decoded_width=r["width"], decoded_height=r["height"]))
+                                     f"to {width}x{height} px{' (EXIF orientation applied)' if turned else ''}; fix "
+                                     f"width/height in images[] (keypoints and boxes are in the declared frame)",
+                                     image_id=iid, field="width" if width != dw[i] else "height", row=row,
+                                     decoded_width=width, decoded_height=height))
     # Duplicates by content: vectorised group-by over the sha column.
     sha = pd.Series(sha_col)
     dup = sha.notna() & sha.duplicated(keep="first")
@@ -185,4 +214,4 @@ def check_image_files(images: pd.DataFrame, images_dir: Path, *, workers: int,
     return findings, stats
 
 
-__all__ = ["check_image_files", "CACHE_VERSION"]
+__all__ = ["check_image_files", "CACHE_VERSION", "EXIF_ORIENTATIONS"]

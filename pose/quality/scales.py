@@ -51,6 +51,7 @@ import numpy as np
 
 from pose.augment.affine import apply_affine, invert_affine
 from pose.augment.transforms import CROPS, crop_affine
+from pose.codec import convention_rules
 from pose.datasets.schema import KEYPOINT_NAMES, NUM_JOINTS
 from pose.io import atomic_write_bytes
 from pose.quality.findings import json_bytes, py_value
@@ -177,7 +178,8 @@ def check_scales(annotations: Path, *, input_sizes: list[int], strides: list[int
             ``augment.crop`` existed).
         convention, subpixel: params ``model.convention`` / ``targets.subpixel``: keypoints are
             mapped, rendered and compared to the peak exactly as training does
-            (`pose.augment.transforms.TrainTransform`: input px ``M (p - o) + o``, pixel
+            (`pose.augment.transforms.TrainTransform`: input px ``M (p - o) + o``, or ``M p``
+            with the ``raw`` keypoint mapping of ``reference`` (`pose.codec.Convention`), pixel
             index ``i`` centred at ``i + o``); `pose check-scales` passes the params values.
 
     Returns:
@@ -236,7 +238,7 @@ def check_scales(annotations: Path, *, input_sizes: list[int], strides: list[int
         mats = (np.stack([crop_affine(crop, int(w), int(h), size) for w, h in uniq_wh]) if len(uniq_wh)
                 else np.zeros((0, 2, 3)))
         invs = np.stack([invert_affine(m) for m in mats]) if len(mats) else np.zeros((0, 2, 3))
-        o = pixel_offset(convention)
+        o = convention_rules(convention).map_offset  # raw mapping (reference): M p; centred: M (p - o) + o
         mapped = _map_grouped(mats, order, bounds, xy - o) + o
         back = _map_grouped(invs, order, bounds, mapped - o) + o
         err = np.hypot(*(back - xy).transpose(2, 0, 1))

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pose.io import atomic_write_bytes
+from pose.io import EXIF_MODES, atomic_write_bytes
 from pose.quality.findings import finding, json_bytes, json_bytes_compact
 from pose.quality.ge_runner import install_docs, run_suite, suite_findings
 from pose.quality.images import check_image_files
@@ -51,7 +51,8 @@ POLICIES = ("fail", "quarantine")
 def validate_dataset(annotations: Path, images_dir: Path, *, on_error: str, bbox_tolerance: float,
                      min_labeled_keypoints: int, lr_swap_min_shoulder_reversal: float, workers: int,
                      report_path: Path, docs_dir: Path | None, cache_path: Path | None,
-                     cleaned_path: Path | None = None, check_images: bool = True) -> dict:
+                     cleaned_path: Path | None = None, check_images: bool = True,
+                     exif_orientation: str = "ignore") -> dict:
     """Validate a COCO person-keypoint annotation file and its images; write a JSON report.
 
     Args:
@@ -74,6 +75,12 @@ def validate_dataset(annotations: Path, images_dir: Path, *, on_error: str, bbox
         cache_path: JSON cache of the image checks (content sha256, params ``validate.image_cache``);
             ``None`` disables it.
         check_images: ``False`` skips the image-file checks (annotation checks only).
+        exif_orientation: how the dataset's images are read (`pose.io.EXIF_MODES`; params
+            ``catalogue.<dataset>.exif_orientation``, the COCO convention ``ignore`` by
+            default): image checks use that frame, an image whose EXIF tag would turn it is
+            flagged (`pose.quality.images`), and ``apply`` is written into the cleaned file's
+            ``info.exif_orientation`` so every stage reads the images that way
+            (`pose.io.dataset_exif`; with ``ignore`` the cleaned file stays byte-identical).
 
     Returns:
         The report dict: ``ok`` bool, ``policy``, ``summary`` (counts of images,
@@ -90,6 +97,8 @@ def validate_dataset(annotations: Path, images_dir: Path, *, on_error: str, bbox
     """
     if on_error not in POLICIES:
         raise ValueError(f"on_error must be one of {POLICIES}, got {on_error!r}")
+    if exif_orientation not in EXIF_MODES:
+        raise ValueError(f"exif_orientation must be one of {EXIF_MODES}, got {exif_orientation!r}")
     annotations, images_dir, report_path = Path(annotations), Path(images_dir), Path(report_path)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -145,7 +154,8 @@ def validate_dataset(annotations: Path, images_dir: Path, *, on_error: str, bbox
     image_stats: dict[str, int] = {}
     if check_images:
         t1 = time.perf_counter()
-        img_findings, image_stats = check_image_files(tables.images, images_dir, workers=workers, cache_path=cache_path)
+        img_findings, image_stats = check_image_files(tables.images, images_dir, workers=workers, cache_path=cache_path,
+                                                      exif_orientation=exif_orientation)
         for f in img_findings:
             f["table"] = "images"
         findings.extend(img_findings)
@@ -162,7 +172,7 @@ def validate_dataset(annotations: Path, images_dir: Path, *, on_error: str, bbox
     if errors and on_error == "quarantine":
         cleaned, removed = quarantine(tables, findings)
         if cleaned_path is not None:
-            atomic_write_bytes(Path(cleaned_path), json_bytes_compact(cleaned))
+            atomic_write_bytes(Path(cleaned_path), json_bytes_compact(_stamp_exif(cleaned, exif_orientation)))
         ok = True
     elif errors:
         ok = False
@@ -171,7 +181,8 @@ def validate_dataset(annotations: Path, images_dir: Path, *, on_error: str, bbox
     else:
         ok = True
         if cleaned_path is not None:
-            atomic_write_bytes(Path(cleaned_path), annotations.read_bytes())
+            atomic_write_bytes(Path(cleaned_path), annotations.read_bytes() if exif_orientation == "ignore" else
+                               json_bytes_compact(_stamp_exif(data, exif_orientation)))
     timings["write"] = time.perf_counter() - t1
     timings["total"] = time.perf_counter() - t0
     report.update(
@@ -186,6 +197,15 @@ def validate_dataset(annotations: Path, images_dir: Path, *, on_error: str, bbox
     )
     atomic_write_bytes(report_path, json_bytes(_without_timings(report)))
     return report
+
+
+def _stamp_exif(coco: dict, mode: str) -> dict:
+    """``coco`` with ``info.exif_orientation = mode`` when ``mode`` is ``apply`` (`pose.io.dataset_exif`
+    reads it; ``ignore`` is the COCO default and is not written)."""
+    if mode == "ignore":
+        return coco
+    info = coco.get("info") if isinstance(coco.get("info"), dict) else {}
+    return {**coco, "info": {**info, "exif_orientation": mode}}
 
 
 def _without_timings(report: dict) -> dict:

@@ -3,7 +3,8 @@
 A and B are MLflow run ids, model version numbers (``3`` / ``v3``), aliases
 (``champion`` / ``challenger``) or ``models:/<name>@<alias>`` / ``models:/<name>/<N>``.
 A is the baseline (the champion), B the candidate (the challenger); the report is logged as
-an artifact of B's run under ``compare/<A>_vs_<B>/`` (``report.md``, ``report.html`` with the
+an artifact of B's run under ``compare/<model>/v<A>_vs_v<B>/`` (:func:`pose.registry.sides.report_path`:
+named by model and version; ``report.md``, ``report.html`` with the
 figures embedded, PNGs, ``summary.json``).
 
 Sections:
@@ -41,7 +42,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from pose.io import atomic_write_json, atomic_write_text
+from pose.io import atomic_write_json, atomic_write_text, dataset_exif
 from pose.registry.bootstrap import bootstrap_diff
 from pose.registry.deltas import (
     DATA_TAGS,
@@ -58,7 +59,7 @@ from pose.registry.evidence import oks_sigmas
 from pose.registry.figures import CURVES, plot_training_curves, side_by_side
 from pose.registry.report import delta, num, to_html, to_markdown
 from pose.registry.rules import Rule, evaluate_rules, metric_value, parse_rules
-from pose.registry.sides import Basis, Side, basis_note, find_basis, resolve_side
+from pose.registry.sides import Basis, Side, basis_note, find_basis, report_path, resolve_side
 from pose.registry.tracking import registered_model_name, tracking_uri
 from pose.registry.verdict import RULE_HEADER, make_verdict, rule_rows, verdict_lines
 
@@ -73,9 +74,10 @@ def compare(params: dict, a_ref: str, b_ref: str, *, out_dir: Path | None = None
         params: params.yaml dict (``registry`` for the tracking URI, model name, rules, bootstrap and
             ``compare_overlays``; ``data`` for the model name and the validation images when
             ``images_dir`` is None; ``catalogue`` for the OKS sigmas of the evaluation data).
-        out_dir: report folder (default ``data/compare/<A>_vs_<B>``).
+        out_dir: report folder (default ``data/compare/`` + :func:`pose.registry.sides.report_path`).
         images_dir: folder with the validation images of the comparison's evaluation data
-            (default ``<raw_dir>/<that side's dataset>/<val_split>``).
+            (default: the first of :func:`val_image_candidates` that holds them; none: the report
+            says where it looked and how to get them, :func:`missing_images_note`).
 
     Returns ``{"markdown", "html", "out_dir", "artifact_path", "run_id", "summary", "verdict_lines"}``
     (``verdict_lines``: the verdict as Markdown lines); ``summary``
@@ -92,7 +94,7 @@ def compare(params: dict, a_ref: str, b_ref: str, *, out_dir: Path | None = None
     with tempfile.TemporaryDirectory(prefix="pose-compare-") as tmp:
         a = resolve_side(client, name, a_ref, Path(tmp))
         b = resolve_side(client, name, b_ref, Path(tmp))
-        out_dir = Path(out_dir) if out_dir is not None else Path("data/compare") / f"{a.slug}_vs_{b.slug}"
+        out_dir = Path(out_dir) if out_dir is not None else Path("data/compare") / report_path(a, b)
         out_dir.mkdir(parents=True, exist_ok=True)
         basis = find_basis(a, b, Path(tmp))
         return _build(params, rules, client, a, b, basis, out_dir, images_dir, log_to_run)
@@ -158,17 +160,20 @@ def _build(params, rules: list[Rule], client, a: Side, b: Side, basis: Basis, ou
 
     # --- overlays on the basis' evaluation data
     overlays: list[Path] = []
-    if images_dir is None:
-        images_dir = Path(d["raw_dir"]) / dataset / str(owner.params.get("data.val_split") or d["val_split"])
-    if basis.annotations and basis.a_results and basis.b_results and Path(images_dir).is_dir():
-        overlays = _overlays(a, b, basis, ci, Path(images_dir), out_dir / "overlays", int(reg["compare_overlays"]))
-    elif not Path(images_dir).is_dir():
-        notes.append(f"No overlays: validation images not found in {images_dir}.")
+    if basis.annotations and basis.a_results and basis.b_results:
+        gt = json.loads(Path(basis.annotations).read_text())
+        found, looked = find_val_images(owner, params, dataset, [im["file_name"] for im in gt.get("images", [])],
+                                        images_dir)
+        if found is not None:
+            overlays = _overlays(a, b, basis, ci, found, out_dir / "overlays", int(reg["compare_overlays"]),
+                                 float(params["predict"]["min_person_score"]))
+        else:
+            notes.append(missing_images_note(owner, params, dataset, looked, images_dir))
     else:
         notes.append("No overlays: a side has no results on the comparison's evaluation data.")
 
     # --- write
-    title = f"Compare A = {a.label} vs B = {b.label}"
+    title = f"Compare A = {a.title} vs B = {b.title}"
     summary = {"verdict": verdict,
                "a": {"ref": a.ref, "run_id": a.run_id, "version": a.version, "aliases": a.aliases},
                "b": {"ref": b.ref, "run_id": b.run_id, "version": b.version, "aliases": b.aliases},
@@ -187,7 +192,7 @@ def _build(params, rules: list[Rule], client, a: Side, b: Side, basis: Basis, ou
                            params_rows=params_rows, data_items=data_items, overlays=overlays)
     atomic_write_text(out_dir / "report.md", to_markdown(blocks, out_dir))
     atomic_write_text(out_dir / "report.html", to_html(blocks, title))
-    artifact_path = f"compare/{a.slug}_vs_{b.slug}"
+    artifact_path = f"compare/{report_path(a, b).as_posix()}"
     if log_to_run:
         client.log_artifacts(b.run_id, str(out_dir), artifact_path=artifact_path)
     return {"markdown": str(out_dir / "report.md"), "html": str(out_dir / "report.html"), "out_dir": str(out_dir),
@@ -195,9 +200,69 @@ def _build(params, rules: list[Rule], client, a: Side, b: Side, basis: Basis, ou
             "verdict_lines": verdict_md}
 
 
-def _overlays(a: Side, b: Side, basis: Basis, ci: dict | None, images_dir: Path, out: Path, k: int) -> list[Path]:
+def _run_value(side: Side, params: dict, key: str):
+    """``key`` (dotted) from the side's logged params, else from ``params`` (None when in neither)."""
+    if side.params.get(key) not in (None, ""):
+        return side.params[key]
+    node = params
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def val_image_candidates(side: Side, params: dict, dataset: str, explicit: Path | None) -> list[Path]:
+    """Folders that may hold the validation images of ``side``'s evaluation data, in order: ``explicit``
+    (``--images``) alone when given; else ``<data.raw_dir>/<dataset>/<data.val_split>`` of the run's
+    logged params and of ``params`` (the fetch stage's output), then the offline mirror
+    ``<data.mirror>/<catalogue.<dataset>.mirror>/<val_split>`` the fetch stage reads."""
+    if explicit is not None:
+        return [Path(explicit)]
+    out: list[Path] = []
+    split = _run_value(side, params, "data.val_split") or params["data"]["val_split"]
+    for raw in (side.params.get("data.raw_dir"), params["data"]["raw_dir"]):
+        if raw:
+            out.append(Path(raw) / dataset / str(split))
+    folder = _run_value(side, params, f"catalogue.{dataset}.mirror")
+    for mirror in (side.params.get("data.mirror"), params["data"].get("mirror")):
+        if mirror and folder:
+            out.append(Path(mirror) / str(folder) / str(split))
+    return list(dict.fromkeys(out))
+
+
+def find_val_images(side: Side, params: dict, dataset: str, file_names: list[str],
+                    explicit: Path | None = None) -> tuple[Path | None, list[Path]]:
+    """The first folder of :func:`val_image_candidates` holding one of ``file_names`` (the evaluation
+    data's images), and the folders looked in."""
+    looked = val_image_candidates(side, params, dataset, explicit)
+    names = file_names[:50]
+    for folder in looked:
+        if folder.is_dir() and any((folder / n).is_file() for n in names):
+            return folder, looked
+    return None, looked
+
+
+def missing_images_note(side: Side, params: dict, dataset: str, looked: list[Path], explicit: Path | None) -> str:
+    """The report note (one sentence) when no folder holds the validation images: where it looked and
+    how to get them."""
+    where = ", ".join(f"`{p}`" for p in looked) or "nowhere"
+    if explicit is not None:
+        return f"No overlays: the validation images of {dataset} are not in `{explicit}` (--images)."
+    raw = _run_value(side, params, "data.raw_dir") or params["data"]["raw_dir"]
+    commit = (side.tags.get("git.commit") or "").replace("unknown", "")[:8]
+    at = f" at the run's commit `{commit}` (`git checkout {commit}` or `dvc exp apply`)" if commit else ""
+    return (f"No overlays: the validation images of {dataset} were not found (looked in {where}). They are the "
+            f"fetch stage's output `{raw}/{dataset}`: get them with `dvc pull {raw}/{dataset}`{at}, or "
+            f"`dvc repro fetch`, or pass `--images DIR`.")
+
+
+def _overlays(a: Side, b: Side, basis: Basis, ci: dict | None, images_dir: Path, out: Path, k: int,
+              min_score: float) -> list[Path]:
     """Ground truth | A | B on the ``k`` images of the basis' data where A and B disagree most
-    (difference of OKS >= 0.5 true positives per image, from the bootstrap's matching)."""
+    (difference of OKS >= 0.5 true positives per image, from the bootstrap's matching). A and B
+    show the persons scoring >= ``min_score`` (params ``predict.min_person_score``, as `pose
+    predict` draws them); a panel without one says so."""
     import cv2
 
     gt = json.loads(Path(basis.annotations).read_text())
@@ -218,16 +283,19 @@ def _overlays(a: Side, b: Side, basis: Basis, ci: dict | None, images_dir: Path,
 
     def dets(res, i):
         return [{"keypoints": r["keypoints"], "score": r["score"]} for r in res
-                if r["image_id"] == i and r["score"] >= 0.1][:10]
+                if r["image_id"] == i and r["score"] >= min_score][:10]
 
+    none = f"no person above min_person_score = {min_score:g}"
     paths = []
     for i in order:
         f = images_dir / by_img[i]["file_name"]
-        img = cv2.imread(str(f), cv2.IMREAD_COLOR)
+        ignore = cv2.IMREAD_IGNORE_ORIENTATION if dataset_exif(gt) == "ignore" else 0  # the annotations' frame
+        img = cv2.imread(str(f), cv2.IMREAD_COLOR | ignore)
         if img is None:
             continue
-        paths.append(side_by_side(img, [(f"ground truth #{i}", persons.get(i, [])), (f"A {a.label}", dets(res_a, i)),
-                                         (f"B {b.label}", dets(res_b, i))], out / f"{i}.png"))
+        paths.append(side_by_side(img, [(f"ground truth #{i}", persons.get(i, []), "no ground-truth person"),
+                                        (f"A {a.label}", dets(res_a, i), none),
+                                        (f"B {b.label}", dets(res_b, i), none)], out / f"{i}.png"))
     return paths
 
 
@@ -239,8 +307,8 @@ def report_blocks(*, title: str, a: Side, b: Side, verdict: list[str], rules: li
     blocks: list[tuple] = [("title", title), ("box", "verdict"), ("heading", "Verdict")]
     blocks += [("para", line) for line in verdict]
     blocks += [("table", RULE_HEADER, rules), ("end_box",),
-               ("bullets", [f"A (baseline): `{a.ref}` → {a.label}, run `{a.run_id}`",
-                            f"B (candidate): `{b.ref}` → {b.label}, run `{b.run_id}`"])]
+               ("bullets", [f"A (baseline): `{a.ref}` → {a.title}, run `{a.run_id}`",
+                            f"B (candidate): `{b.ref}` → {b.title}, run `{b.run_id}`"])]
     blocks += [("note", n) for n in notes]
     blocks += [("heading", "AP family"), ("table", hdr, family), ("heading", "Per scale"), ("table", hdr, scales),
                ("heading", "Per keypoint AP"), ("table", ["keypoint", "A", "B", "Δ (B−A)"], kp_rows),
@@ -254,4 +322,4 @@ def report_blocks(*, title: str, a: Side, b: Side, verdict: list[str], rules: li
     return blocks
 
 
-__all__ = ["compare", "report_blocks"]
+__all__ = ["compare", "report_blocks", "val_image_candidates", "find_val_images", "missing_images_note"]

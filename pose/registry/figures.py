@@ -74,9 +74,10 @@ def steps_csv_series(path: Path) -> dict[str, tuple[list, list]]:
     return out
 
 
-def _panel(image: np.ndarray, persons: list[dict], title: str) -> np.ndarray:
+def _panel(image: np.ndarray, persons: list[dict], title: str, empty: str | None = None) -> np.ndarray:
     """``image`` (H, W, 3) uint8 BGR with ``persons`` drawn, scaled to 320 px on its long side,
-    under a 24 px title bar."""
+    under a 24 px title bar; without persons, ``empty`` (e.g. "no person above min_person_score = 0.4")
+    is written across the image on a white band, so an empty panel is not a bare photo."""
     import cv2
 
     from pose.draw import draw_persons
@@ -84,18 +85,27 @@ def _panel(image: np.ndarray, persons: list[dict], title: str) -> np.ndarray:
     canvas = draw_persons(image, persons)
     scale = 320.0 / max(canvas.shape[:2])
     canvas = cv2.resize(canvas, (max(1, int(canvas.shape[1] * scale)), max(1, int(canvas.shape[0] * scale))))
+    if not persons and empty:
+        font, size = cv2.FONT_HERSHEY_SIMPLEX, 0.42
+        (tw, th), _ = cv2.getTextSize(empty, font, size, 1)
+        size *= min(1.0, (canvas.shape[1] - 12) / max(tw, 1))
+        (tw, th), _ = cv2.getTextSize(empty, font, size, 1)
+        y = canvas.shape[0] // 2
+        cv2.rectangle(canvas, (0, y - th - 8), (canvas.shape[1] - 1, y + 8), (255, 255, 255), -1)
+        cv2.putText(canvas, empty, (max(4, (canvas.shape[1] - tw) // 2), y), font, size, (0, 0, 200), 1, cv2.LINE_AA)
     bar = np.full((24, canvas.shape[1], 3), 255, np.uint8)
     cv2.putText(bar, title[:48], (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     return np.vstack([bar, canvas])
 
 
-def side_by_side(image: np.ndarray, panels: list[tuple[str, list[dict]]], out_png: Path) -> Path:
-    """Write ``image`` ((H, W, 3) uint8 BGR) drawn once per ``(title, persons)`` panel, side by side,
-    as a PNG (atomic write). ``persons``: COCO-style dicts with ``keypoints`` (x, y, v/score triples,
-    image px) and ``score``. Returns ``out_png``; raises ValueError when PNG encoding fails."""
+def side_by_side(image: np.ndarray, panels: list[tuple], out_png: Path) -> Path:
+    """Write ``image`` ((H, W, 3) uint8 BGR) drawn once per ``(title, persons[, empty text])`` panel,
+    side by side, as a PNG (atomic write). ``persons``: COCO-style dicts with ``keypoints`` (x, y,
+    v/score triples, image px) and ``score``; a panel without persons shows its empty text
+    (:func:`_panel`). Returns ``out_png``; raises ValueError when PNG encoding fails."""
     from pose.draw import write_image
 
-    tiles = [_panel(image, persons, title) for title, persons in panels]
+    tiles = [_panel(image, panel[1], panel[0], panel[2] if len(panel) > 2 else None) for panel in panels]
     h = max(t.shape[0] for t in tiles)
     tiles = [np.vstack([t, np.full((h - t.shape[0], t.shape[1], 3), 255, np.uint8)]) for t in tiles]
     sep = np.full((h, 6, 3), 255, np.uint8)

@@ -16,18 +16,24 @@ What one ``pose register`` (stage ``register``) writes:
       data/eval_images.json, data/train_images.json                (image id lists: data diffs)
       plots/train_steps.csv, plots/training_curves.png, plots/per_keypoint_ap.png
       model_card.md               generated after the promotion decision (pose.registry.model_card)
+      registration.json           the registration record (what a rerun of the same registration returns)
       <extra --artifact folders>  e.g. reports/ (validation reports, Data Docs, scale checks)
 
 * a registered model version of :func:`pose.registry.tracking.registered_model_name`
-  (``registry.model_name``, ``{dataset}`` = ``data.dataset``; source: the run's ``model/``) with alias
-  ``challenger`` and
-  tags ``AP``, ``eval_data_hash``, ``dataset``, ``dataset.version``, ``data.source_fingerprint``;
-* the promotion gate (:func:`pose.registry.promotion.promote`, rules ``registry.rules``), whose
+  (``registry.model_name``, ``{dataset}`` = ``data.dataset``; source: the run's ``model/``) with
+  tags ``AP``, ``eval_data_hash``, ``dataset``, ``dataset.version``, ``data.source_fingerprint``,
+  the registration key (``checkpoint.sha256``, ``eval.metrics_sha256``, ``eval.results_sha256``:
+  :mod:`pose.registry.versions`) and ``registration.status`` (``pending`` -> ``complete``);
+* the promotion gate (:func:`pose.registry.promotion.gate_locked`, rules ``registry.rules``), whose
   decision and rule results land in the version's ``promotion.*`` tags (``promotion.rules``:
   JSON) and description;
-* registered-model tag ``data.fingerprint``: the source fingerprint of the last registered
-  data (what the scheduled retrain compares against);
-* ``data/registry/registration.json`` (written atomically).
+* ``data/registry/registration.json`` (written atomically);
+* then, last, alias ``challenger`` (and ``champion`` when the gate promotes), registered-model tag
+  ``data.fingerprint`` (the source fingerprint of the last registered data: what the scheduled
+  retrain compares against) and ``registration.status=complete``.
+
+Registering the same checkpoint and evaluation again writes nothing to the registry: it returns
+the existing version's record (:func:`register_run`).
 """
 
 from __future__ import annotations
@@ -47,17 +53,31 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
-from pose.io import atomic_write_json, sha256_file
+from pose.io import atomic_write_text, sha256_file
 from pose.params import flatten
+from pose.registry.errors import RegistryError
+from pose.registry.lock import registry_lock
 from pose.registry.model_card import model_card
-from pose.registry.promotion import promote
+from pose.registry.preflight import (
+    check_folder_writable,
+    check_registry_writable,
+    quiet_store_logs,
+    sqlite_path,
+    store_error,
+)
+from pose.registry.promotion import gate_locked
 from pose.registry.rules import parse_rules
 from pose.registry.tracking import registered_model_name, tracking_uri
+from pose.registry.versions import COMPLETE, PENDING, STATUS_TAG, find_registered, is_complete, registration_key
 
 log = logging.getLogger(__name__)
 FINGERPRINT_ENV = "POSE_DATA_FINGERPRINT"
 #: artifact folders register_run writes itself (the gate / compare read eval/ and data/)
 RESERVED_ARTIFACT_DIRS = {"eval", "data", "model", "checkpoint", "plots", "compare", "reeval"}
+#: the registration record, also logged to the run (what a rerun of the same registration returns)
+RECORD_ARTIFACT = "registration.json"
+#: test hook: called with "version_created" / "records_written" during a registration (fault injection)
+_step_hook: Callable[[str], None] | None = None
 
 
 def git_info(repo: Path = Path(".")) -> dict[str, str]:
@@ -159,7 +179,24 @@ def register_run(params: dict, *, checkpoint: Path, eval_metrics: Path, eval_ann
                  out: Path, artifacts: list[Path] = (), train_metrics: Path | None = None,
                  train_steps: Path | None = None, reevaluate: Callable | None = None,
                  results: Path | None = None, train_annotations: Path | None = None, gate: bool = True) -> dict:
-    """Log the pipeline run to MLflow, register the model and apply the promotion gate.
+    """Log the pipeline run to MLflow, register the model and apply the promotion gate, once per
+    checkpoint and evaluation.
+
+    Idempotent: the version is keyed by the sha256 of ``checkpoint``, ``eval_metrics``, ``results``
+    and ``eval_annotations`` (:mod:`pose.registry.versions`). When a version of the model has
+    that key and its registration is complete, nothing is written to the registry: the record is
+    rewritten from that version (``new_version: False``) and returned. A version whose
+    registration was interrupted (tag ``registration.status`` = ``pending``) is completed, not
+    duplicated.
+
+    Order of the writes (all under the registry lock, after :mod:`pose.registry.preflight` has
+    checked that the record's folder and a SQLite registry are writable, so a read-only one
+    fails before anything is written): the MLflow run (reused when a finished run has the key
+    but no version), the version (tags: key, ``registration.status=pending``), the gate's decision
+    (tags, description), the model card and the record (run artifact ``registration.json``,
+    then ``out``), and only then the aliases (``challenger``, ``champion`` when promoted, with
+    ``champion.history``), the registered-model tag ``data.fingerprint`` and
+    ``registration.status=complete``.
 
     Args:
         params: whole params.yaml dict (logged flattened; ``registry`` / ``data`` sections used).
@@ -181,33 +218,143 @@ def register_run(params: dict, *, checkpoint: Path, eval_metrics: Path, eval_ann
             ``eval_annotations`` when present): hash tag and image list.
         gate: run the promotion gate (False: register as challenger only).
 
-    Returns the registration record.
+    Returns the registration record (``new_version``: False when an existing version was reused;
+    ``key``: the four hashes). Raises RegistryError with one line (unreadable input, a folder or
+    registry that is not writable, a write that failed: the line says what the registry holds
+    now and that a rerun completes it), RuleError (bad ``registry.rules``), TimeoutError (lock).
     """
-    from pose.registry.data_version import image_list
-    from pose.registry.figures import plot_training_curves, steps_csv_series
-    from pose.registry.serving import save_pyfunc_model
-
     reg = params["registry"]
     parse_rules(params)                      # bad registry.rules fail before anything is logged
     name = registered_model_name(params)
-    mlflow.set_tracking_uri(tracking_uri(params))
-    mlflow.set_experiment(reg["experiment"])
-    client = MlflowClient()
+    uri = tracking_uri(params)
+    checkpoint, out = Path(checkpoint), Path(out)
     eval_metrics, eval_annotations = Path(eval_metrics), Path(eval_annotations)
-    metrics = json.loads(eval_metrics.read_text())
     if results is None:
         cand = eval_metrics.parent.parent / "eval" / "results.json"
         results = cand if cand.is_file() else None
     if train_annotations is None:
         cand = eval_annotations.with_name("train.json")
         train_annotations = cand if cand.is_file() and cand != eval_annotations else None
-    ap = float(metrics["AP"])
-    dtags = data_tags(params, eval_annotations, train_annotations)
-    data_hash = dtags["eval_data_hash"]
-    tags = {**git_info(), **dvc_lock_hashes(), **dtags}
-    eval_imgs = image_list(eval_annotations)
-    train_imgs = image_list(train_annotations) if train_annotations else None
+    try:
+        key = registration_key(checkpoint, eval_metrics, eval_annotations, results)
+        metrics = json.loads(eval_metrics.read_text())
+        ap = float(metrics["AP"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RegistryError(f"cannot read the registration inputs: {exc}; nothing was registered") from None
+    inputs = dict(checkpoint=checkpoint, eval_metrics=eval_metrics, eval_annotations=eval_annotations,
+                  metrics=metrics, ap=ap, artifacts=artifacts, train_metrics=train_metrics, train_steps=train_steps,
+                  results=results, train_annotations=train_annotations)
+    mlflow.set_tracking_uri(uri)
+    db = sqlite_path(uri)
+    with quiet_store_logs():
+        client = MlflowClient(uri)
+        if db is None or db.exists():            # (a new SQLite registry holds nothing to reuse)
+            try:
+                mv = find_registered(client, name, key)
+            except MlflowException as exc:
+                raise store_error(exc, f"reading the registry {uri}", "nothing was registered") from exc
+            if mv is not None and is_complete(mv):
+                return _reused(client, name, mv, key, out)
+        check_folder_writable(out.parent, "registration record")
+        check_registry_writable(uri)
+        with registry_lock(uri, float(reg["lock_timeout_s"])):
+            step, version = "looking up the registration key", None
+            try:
+                mv = find_registered(client, name, key)
+                if mv is not None and is_complete(mv):
+                    return _reused(client, name, mv, key, out)
+                if mv is None:
+                    step = "logging the MLflow run"
+                    dtags = data_tags(params, eval_annotations, train_annotations)
+                    run_id = _finished_run(client, reg["experiment"], key) or \
+                        _log_run(params, client, {**git_info(), **dvc_lock_hashes(), **dtags, **key}, inputs)
+                    step = "creating the model version"
+                    mv = _create_version(client, name, params, run_id, dtags, key, ap)
+                version = int(mv.version)
+                _hook("version_created")
+                step = "recording the gate decision"
+                decision = _decide(params, client, name, mv, gate, reevaluate)
+                step = "writing the model card and the registration record"
+                record = _write_records(params, client, name, mv, key, inputs, decision, out)
+                _hook("records_written")
+                step = "moving the aliases"
+                _finish(client, name, mv, decision)
+            except (MlflowException, OSError) as exc:
+                state = (f"v{version} of {name} exists but its registration is pending (aliases not moved): rerun "
+                         f"`pose register` to complete v{version}" if version is not None else
+                         "the registry is unchanged (no version created): rerun `pose register`")
+                raise store_error(exc, f"registration of {name} ({step})", state) from exc
+    return record
+
+
+def _hook(step: str) -> None:
+    if _step_hook is not None:
+        _step_hook(step)
+
+
+def _reused(client: MlflowClient, name: str, mv, key: dict, out: Path) -> dict:
+    """The record of the complete version ``mv`` (its logged ``registration.json`` with the aliases it
+    holds now, ``new_version: False``), written to ``out`` when the file differs. No registry write."""
+    from pose.registry.evidence import download_artifacts
+
+    with tempfile.TemporaryDirectory(prefix="pose-register-") as tmp:
+        got = download_artifacts(mv.run_id, RECORD_ARTIFACT, Path(tmp))
+        record = json.loads(got.read_text()) if got is not None and got.is_file() else _record_from_tags(name, mv)
+    record.update(aliases=sorted(mv.aliases), new_version=False, key=key)
+    text = json.dumps(record, indent=2, sort_keys=True, default=str)
+    try:
+        if not (out.is_file() and out.read_text() == text):
+            atomic_write_text(out, text)
+    except OSError as exc:
+        raise RegistryError(f"{name} v{mv.version} is already registered with this checkpoint and evaluation, but "
+                            f"the record {out} cannot be written: {exc.strerror or exc}; make {out.parent}/ "
+                            f"writable and rerun") from None
+    return record
+
+
+def _record_from_tags(name: str, mv) -> dict:
+    """A registration record rebuilt from the version's tags (versions registered without a logged record)."""
+    t = mv.tags
+    decision = t.get("promotion.decision", "not_gated")
+    try:
+        rules = json.loads(t.get("promotion.rules") or "[]")
+    except ValueError:
+        rules = []
+    before = t.get("promotion.champion_before")
+    return {"model_name": name, "version": int(mv.version), "run_id": mv.run_id, "AP": float(t.get("AP", "nan")),
+            "champion_AP_before": None, "champion_before": int(before) if before and before.isdigit() else None,
+            "promoted": decision in ("promoted", "forced"), "decision": decision,
+            "reason": t.get("promotion.reason", ""), "eval_data_hash": t.get("eval_data_hash"),
+            "dataset": t.get("dataset"), "dataset_version": t.get("dataset.version"),
+            "data_fingerprint": t.get("data.source_fingerprint"), "rules": rules,
+            "gate_passed": all(r.get("passed") for r in rules if r.get("applicable", True)) if rules else None}
+
+
+def _finished_run(client: MlflowClient, experiment: str, key: dict) -> str | None:
+    """A finished run of ``experiment`` logged with ``key`` whose version creation did not happen
+    (an interrupted registration): reused instead of logging the same run again."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in key.items()) + " and attributes.status = 'FINISHED'"
+    for run in client.search_runs([exp.experiment_id], query, max_results=10):
+        return run.info.run_id
+    return None
+
+
+def _log_run(params: dict, client: MlflowClient, tags: dict, inputs: dict) -> str:
+    """Log the MLflow run of a registration (module docstring: params, metrics, curves, artifacts,
+    the pyfunc model). Returns its id; the run ends FINISHED only when everything was logged."""
+    from pose.registry.data_version import image_list
+    from pose.registry.figures import plot_training_curves, steps_csv_series
+    from pose.registry.serving import save_pyfunc_model
+
+    metrics, train_steps = inputs["metrics"], inputs["train_steps"]
+    train_metrics, results = inputs["train_metrics"], inputs["results"]
+    eval_imgs = image_list(inputs["eval_annotations"])
+    train_ann = inputs["train_annotations"]
     tr_summary = json.loads(Path(train_metrics).read_text()) if train_metrics and Path(train_metrics).exists() else None
+    mlflow.set_experiment(params["registry"]["experiment"])
     with mlflow.start_run() as run, tempfile.TemporaryDirectory(prefix="pose-register-") as tmp:
         tmp = Path(tmp)
         mlflow.log_params(flatten(params))
@@ -224,14 +371,14 @@ def register_run(params: dict, *, checkpoint: Path, eval_metrics: Path, eval_ann
         # evaluation evidence (re-scorable) and data lists
         evdir = tmp / "eval"
         evdir.mkdir()
-        shutil.copyfile(eval_metrics, evdir / "metrics.json")
-        shutil.copyfile(eval_annotations, evdir / "annotations.json")
+        shutil.copyfile(inputs["eval_metrics"], evdir / "metrics.json")
+        shutil.copyfile(inputs["eval_annotations"], evdir / "annotations.json")
         if results is not None:
             shutil.copyfile(results, evdir / "results.json")
         mlflow.log_artifacts(str(evdir), artifact_path="eval")
         _log_json(eval_imgs, "data/eval_images.json")
-        if train_imgs is not None:
-            _log_json(train_imgs, "data/train_images.json")
+        if train_ann:
+            _log_json(image_list(train_ann), "data/train_images.json")
         # plots
         if train_steps and Path(train_steps).exists():
             mlflow.log_artifact(str(train_steps), artifact_path="plots")
@@ -243,52 +390,102 @@ def register_run(params: dict, *, checkpoint: Path, eval_metrics: Path, eval_ann
 
             mlflow.log_artifact(str(ap_per_keypoint_plot(metrics, tmp / "per_keypoint_ap.png")), artifact_path="plots")
         # model: raw checkpoint + servable pyfunc model
-        mlflow.log_artifact(str(checkpoint), artifact_path="checkpoint")
-        save_pyfunc_model(Path(checkpoint), tmp / "model", params=params)
+        mlflow.log_artifact(str(inputs["checkpoint"]), artifact_path="checkpoint")
+        save_pyfunc_model(Path(inputs["checkpoint"]), tmp / "model", params=params)
         mlflow.log_artifacts(str(tmp / "model"), artifact_path="model")
-        for a in artifacts:
+        for a in inputs["artifacts"]:
             a = Path(a)
             if a.is_dir():  # a folder named like one of ours (e.g. data/plots/eval) goes under its parent's name
                 dest = f"{a.parent.name}/{a.name}" if a.name in RESERVED_ARTIFACT_DIRS else a.name
                 mlflow.log_artifacts(str(a), artifact_path=dest)
             elif a.exists():
                 mlflow.log_artifact(str(a))
-        run_id, artifact_uri = run.info.run_id, run.info.artifact_uri
+        return run.info.run_id
 
+
+def _create_version(client: MlflowClient, name: str, params: dict, run_id: str, dtags: dict, key: dict, ap: float):
+    """Create the registered model when missing, then the version of run ``run_id`` (source: its
+    ``model/``) with the data and key tags and ``registration.status=pending``, in one write."""
+    dataset = params["data"]["dataset"]
     try:
-        client.create_registered_model(name, description=f"HigherHRNet bottom-up pose model (COCO-17 keypoints) "
-                                                         f"trained on {params['data']['dataset']}")
+        client.get_registered_model(name)
     except MlflowException:
-        pass  # already registered
+        client.create_registered_model(name, description=f"HigherHRNet bottom-up pose model (COCO-17 keypoints) "
+                                                         f"trained on {dataset}")
     vtags = {"AP": f"{ap:.6f}", **{k: v for k, v in dtags.items()
-                                   if k in ("eval_data_hash", "dataset", "dataset.version", "data.source_fingerprint")}}
-    mv = client.create_model_version(name, source=f"{artifact_uri}/model", run_id=run_id, tags=vtags,
-                                     description=f"run {run_id}; AP {ap:.4f} on eval data {data_hash[:12]} "
-                                                 f"({params['data']['dataset']})")
-    client.set_registered_model_alias(name, "challenger", mv.version)
-    if "data.source_fingerprint" in dtags:
-        client.set_registered_model_tag(name, "data.fingerprint", dtags["data.source_fingerprint"])
+                                   if k in ("eval_data_hash", "dataset", "dataset.version", "data.source_fingerprint")},
+             **key, STATUS_TAG: PENDING}
+    artifact_uri = client.get_run(run_id).info.artifact_uri
+    return client.create_model_version(name, source=f"{artifact_uri}/model", run_id=run_id, tags=vtags,
+                                       description=f"run {run_id}; AP {ap:.4f} on eval data "
+                                                   f"{key['eval_data_hash'][:12]} ({dataset})")
 
-    if gate:
-        decision = promote(params, version=mv.version, reevaluate=reevaluate, client=client)
-    else:
-        decision = {"promoted": False, "decision": "not_gated", "reason": "registered without the gate",
-                    "champion_AP_before": None, "ci": None, "rules": [], "gate_passed": None}
-    aliases = sorted(client.get_model_version(name, mv.version).aliases)
-    record = {"model_name": name, "version": int(mv.version), "run_id": run_id, "aliases": aliases,
-              "AP": ap, "champion_AP_before": decision.get("champion_AP_before"),
+
+def _decide(params: dict, client: MlflowClient, name: str, mv, gate: bool, reevaluate) -> dict:
+    """The gate's decision for version ``mv`` (recorded in its tags; aliases not moved yet). A pending
+    version that already holds ``champion`` (an interrupted registration moved it) keeps its
+    recorded decision instead of being gated against itself."""
+    if not gate:
+        return {"promoted": False, "decision": "not_gated", "reason": "registered without the gate",
+                "champion_AP_before": None, "champion_before": None, "ci": None, "rules": [], "gate_passed": None}
+    mv = client.get_model_version(name, mv.version)
+    if "champion" in mv.aliases and mv.tags.get("promotion.decision") in ("promoted", "forced"):
+        return {**_record_from_tags(name, mv), "ci": None}
+    return gate_locked(params, client, name, mv.version, reevaluate=reevaluate, move_alias=False)
+
+
+def _write_records(params: dict, client: MlflowClient, name: str, mv, key: dict, inputs: dict, decision: dict,
+                   out: Path) -> dict:
+    """Model card and ``registration.json`` (run artifact, then ``out``, atomically); returns the record
+    with the aliases the version holds once :func:`_finish` has moved them."""
+    from pose.registry.data_version import image_list
+
+    run = client.get_run(mv.run_id)
+    tags, version = dict(run.data.tags), int(mv.version)
+    aliases = sorted(set(mv.aliases) | {"challenger"} | ({"champion"} if decision["promoted"] else set()))
+    metrics = inputs["metrics"]
+    tm = inputs["train_metrics"]
+    tr_summary = json.loads(Path(tm).read_text()) if tm and Path(tm).exists() else None
+    record = {"model_name": name, "version": version, "run_id": mv.run_id, "aliases": aliases,
+              "AP": inputs["ap"], "champion_AP_before": decision.get("champion_AP_before"),
               "champion_before": decision.get("champion_before"), "promoted": bool(decision["promoted"]),
-              "decision": decision["decision"], "reason": decision["reason"], "eval_data_hash": data_hash,
-              "dataset": params["data"]["dataset"], "dataset_version": dtags.get("dataset.version"),
-              "data_fingerprint": dtags.get("data.source_fingerprint"), "rules": decision.get("rules", []),
-              "gate_passed": decision.get("gate_passed")}
+              "decision": decision["decision"], "reason": decision["reason"], "eval_data_hash": key["eval_data_hash"],
+              "dataset": params["data"]["dataset"], "dataset_version": tags.get("dataset.version"),
+              "data_fingerprint": tags.get("data.source_fingerprint"), "rules": decision.get("rules", []),
+              "gate_passed": decision.get("gate_passed"), "new_version": True, "key": key}
     if decision.get("ci"):
         record["ci_AP"] = {k: decision["ci"]["metrics"]["AP"][k] for k in ("delta", "ci_low", "ci_high")}
-    card = model_card(name=name, version=str(mv.version), run_id=run_id, params=params, tags=tags, metrics=metrics,
+    train_ann = inputs["train_annotations"]
+    card = model_card(name=name, version=str(version), run_id=mv.run_id, params=params, tags=tags, metrics=metrics,
                       train_summary=tr_summary, record={**decision, "aliases": aliases},
-                      n_eval_images=len(eval_imgs), n_train_images=len(train_imgs) if train_imgs is not None else None)
+                      n_eval_images=len(image_list(inputs["eval_annotations"])),
+                      n_train_images=len(image_list(train_ann)) if train_ann else None)
+    text = json.dumps(record, indent=2, sort_keys=True, default=str)
     with tempfile.TemporaryDirectory(prefix="pose-card-") as tmp:
         (Path(tmp) / "model_card.md").write_text(card)
-        client.log_artifact(run_id, str(Path(tmp) / "model_card.md"))
-    atomic_write_json(Path(out), record, indent=2, sort_keys=True)
+        client.log_artifact(mv.run_id, str(Path(tmp) / "model_card.md"))
+        (Path(tmp) / RECORD_ARTIFACT).write_text(text)
+        client.log_artifact(mv.run_id, str(Path(tmp) / RECORD_ARTIFACT))
+    atomic_write_text(out, text)
     return record
+
+
+def _finish(client: MlflowClient, name: str, mv, decision: dict) -> None:
+    """The last writes of a registration: alias ``challenger``, alias ``champion`` when the gate
+    promoted (:func:`pose.registry.champion.move_champion`), the registered-model tag
+    ``data.fingerprint`` and ``registration.status=complete``."""
+    from pose.registry.champion import champion_version, move_champion
+
+    current = client.get_model_version(name, mv.version)
+    if "challenger" not in current.aliases:
+        client.set_registered_model_alias(name, "challenger", mv.version)
+    if decision["promoted"]:
+        before = decision.get("champion_before")
+        champ = champion_version(client, name)
+        move_champion(client, name, mv.version, decision=decision["decision"], reason=decision["reason"],
+                      champ_before=client.get_model_version(name, str(before)) if before else champ,
+                      at=decision.get("promoted_at"))
+    fp = current.tags.get("data.source_fingerprint")
+    if fp:
+        client.set_registered_model_tag(name, "data.fingerprint", fp)
+    client.set_model_version_tag(name, mv.version, STATUS_TAG, COMPLETE)

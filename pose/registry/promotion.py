@@ -34,6 +34,7 @@ from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from pose.registry.champion import (
     actor,
@@ -48,6 +49,7 @@ from pose.registry.champion import (
 from pose.registry.errors import RegistryConflict, RegistryError, RuleError
 from pose.registry.evidence import champion_on_data, load_evidence, oks_sigmas
 from pose.registry.lock import registry_lock
+from pose.registry.preflight import check_registry_writable, quiet_store_logs, store_error
 from pose.registry.rules import (
     MAX_TAG,
     RuleResult,
@@ -68,7 +70,7 @@ _critical_hook: Callable[[], None] | None = None
 def promote(params: dict, *, version: str | int | None = None, force: bool = False, reason: str | None = None,
             reevaluate: Callable | None = None, client: MlflowClient | None = None) -> dict:
     """Gate ``version`` (default: alias ``challenger``) against the champion with ``registry.rules``
-    and apply the decision.
+    and apply the decision, holding the registry lock (:func:`gate_locked` does the work).
 
     Args:
         params: whole params.yaml dict (``registry`` section; ``data.dataset`` for the model name).
@@ -76,25 +78,52 @@ def promote(params: dict, *, version: str | int | None = None, force: bool = Fal
         reevaluate: ``(checkpoint[, annotations]) -> metrics | (metrics, results)`` scoring the
             champion on the challenger's evaluation data when it was scored on other data.
 
-    Returns the decision record (also written into the version's tags and description):
-    ``decision`` (``promoted``, ``kept_champion``, ``rejected``: no champion and a ``min`` rule
-    failed, ``forced``, ``already_champion``), ``promoted``, ``rules`` (:meth:`RuleResult.to_dict`
-    of each rule, in order; empty when forced or already champion), ``reasons`` (generated text),
-    ``ci`` (bootstrap output or None), ``compared_on`` (how the champion's numbers on the
-    challenger's data were obtained; absent without a champion), AP and champion numbers.
-    Raises RegistryError (unknown version, force without reason), RuleError (bad
-    ``registry.rules`` / ``registry.model_name``), TimeoutError (lock).
+    Returns the decision record of :func:`gate_locked` plus ``lock_wait_s``.
+    Raises RegistryError (unknown version, force without reason, a registry that is not
+    writable: :func:`pose.registry.preflight.check_registry_writable`, a write that failed),
+    RuleError (bad ``registry.rules`` / ``registry.model_name``), TimeoutError (lock).
     """
     reg = params["registry"]
-    rules = parse_rules(params)
+    parse_rules(params)
     name = registered_model_name(params)
     if force and not (reason and reason.strip()):
         raise RegistryError("--force needs --reason: say why the gate is overridden")
     uri = tracking_uri(params)
     mlflow.set_tracking_uri(uri)
     client = client or MlflowClient(uri)
-    with registry_lock(uri, float(reg["lock_timeout_s"])) as lock, \
-            tempfile.TemporaryDirectory(prefix="pose-promote-") as tmp:
+    check_registry_writable(uri)
+    with quiet_store_logs(), registry_lock(uri, float(reg["lock_timeout_s"])) as lock:
+        try:
+            record = gate_locked(params, client, name, version, force=force, reason=reason, reevaluate=reevaluate)
+        except MlflowException as exc:
+            raise store_error(exc, f"promotion of {name} {version or 'challenger'}",
+                              "the champion alias moves only after the decision is recorded: rerun `pose promote`"
+                              ) from exc
+    record["lock_wait_s"] = lock["wait_s"]
+    return record
+
+
+def gate_locked(params: dict, client: MlflowClient, name: str, version: str | int | None, *, force: bool = False,
+                reason: str | None = None, reevaluate: Callable | None = None, move_alias: bool = True) -> dict:
+    """The promotion gate of ``version`` with the registry lock already held by the caller.
+
+    Records the decision (tags ``promotion.*``, description) and then, when it promotes and
+    ``move_alias``, moves alias ``champion`` (:func:`pose.registry.champion.move_champion`).
+    With ``move_alias=False`` (``pose register``: aliases move after every record is written) the
+    caller moves it; ``champion_after``, ``history`` and ``aliases`` of the record are then the
+    values they will have.
+
+    Returns the decision record: ``decision`` (``promoted``, ``kept_champion``, ``rejected``: no
+    champion and a ``min`` rule failed, ``forced``, ``already_champion``), ``promoted``, ``rules``
+    (:meth:`RuleResult.to_dict` of each rule, in order; empty when forced or already champion),
+    ``reasons`` (generated text), ``ci`` (bootstrap output or None), ``compared_on`` (how the
+    champion's numbers on the challenger's data were obtained; absent without a champion), AP and
+    champion numbers, ``champion_after``, ``history``, ``aliases``, ``promoted_at``.
+    Raises RegistryError (unknown version), MlflowException (a failed write).
+    """
+    reg = params["registry"]
+    rules = parse_rules(params)
+    with tempfile.TemporaryDirectory(prefix="pose-promote-") as tmp:
         reconcile(client, name)
         mv = resolve_version(client, name, version)
         champ = champion_version(client, name)
@@ -104,7 +133,7 @@ def promote(params: dict, *, version: str | int | None = None, force: bool = Fal
         record = {"model_name": name, "version": int(mv.version), "run_id": mv.run_id,
                   "AP": float(chal.metrics.get("AP", float("nan"))), "eval_data_hash": chal.data_hash,
                   "champion_before": int(champ.version) if champ is not None else None,
-                  "champion_AP_before": None, "ci": None, "forced": bool(force), "lock_wait_s": lock["wait_s"]}
+                  "champion_AP_before": None, "ci": None, "forced": bool(force)}
         extra: dict = {}
         results: list[RuleResult] = []
         if champ is not None and str(champ.version) == str(mv.version):
@@ -157,14 +186,20 @@ def promote(params: dict, *, version: str | int | None = None, force: bool = Fal
             extra["promotion.rules"] = rules_tag(results)
         summary = (f"{'PROMOTED to champion' if promote_it else 'not promoted'} ({decision}) at {now()}: "
                    + "; ".join(reasons))
-        write_decision(client, name, mv, decision=decision, reasons=reasons, champ_before=champ,
-                        extra_tags=extra, promote=promote_it, summary=summary)
-        after = champion_version(client, name)
+        at = write_decision(client, name, mv, decision=decision, reasons=reasons, champ_before=champ,
+                            extra_tags=extra, promote=promote_it, summary=summary, move_alias=move_alias)
+        if move_alias:
+            after = champion_version(client, name)
+            champion_after = int(after.version) if after is not None else None
+            hist = history(client, name)
+            aliases = sorted(client.get_model_version(name, mv.version).aliases)
+        else:   # as they will be once the caller has moved the aliases
+            champion_after = int(mv.version) if promote_it else record["champion_before"]
+            hist = history(client, name) + ([int(mv.version)] if promote_it else [])
+            aliases = sorted(set(mv.aliases) | ({"champion"} if promote_it else set()))
         record.update(promoted=bool(promote_it), decision=decision, reason="; ".join(reasons), reasons=reasons,
                       rules=[r.to_dict() for r in results], gate_passed=gate_passed(results) if results else None,
-                      champion_after=int(after.version) if after is not None else None,
-                      history=history(client, name),
-                      aliases=sorted(client.get_model_version(name, mv.version).aliases))
+                      champion_after=champion_after, history=hist, aliases=aliases, promoted_at=at)
     return record
 
 
@@ -172,49 +207,59 @@ def rollback(params: dict, *, reason: str, to_version: int | None = None, client
     """Move ``champion`` back to the previous champion in ``champion.history`` (or to ``to_version``,
     which must be an earlier entry). The rolled-back version is tagged ``promotion.decision=rolled_back``.
 
-    Raises RegistryError when there is no previous champion or no reason."""
+    Raises RegistryError when there is no previous champion or no reason, the registry is not
+    writable or a write fails."""
     if not (reason and reason.strip()):
         raise RegistryError("rollback needs --reason")
     reg = params["registry"]
     name = registered_model_name(params)
     uri = tracking_uri(params)
     client = client or MlflowClient(uri)
-    with registry_lock(uri, float(reg["lock_timeout_s"])) as lock:
-        hist = reconcile(client, name)
-        cur = champion_version(client, name)
-        if cur is None or len(hist) < 2:
-            raise RegistryError(f"no previous champion to roll back to (history {hist})")
-        if to_version is None:
-            idx = len(hist) - 2
-        else:
-            earlier = [i for i, v in enumerate(hist[:-1]) if v == int(to_version)]
-            if not earlier:
-                raise RegistryError(f"v{to_version} is not an earlier champion (history {hist})")
-            idx = earlier[-1]
-        target = hist[idx]
-        if _critical_hook is not None:
-            _critical_hook()
-        client.set_registered_model_alias(name, "champion", str(target))
-        set_history(client, name, hist[:idx + 1])
-        at = now()
-        client.set_registered_model_tag(name, "champion.changed_at", at)
-        change = f"v{target}: rollback from v{cur.version}: {reason}"
-        client.set_registered_model_tag(name, "champion.change", change[:MAX_TAG])
-        for k, v in {"promotion.decision": "rolled_back", "promotion.rolled_back_at": at,
-                     "promotion.rollback_reason": reason.strip()[:MAX_TAG], "promotion.rolled_back_by": actor(),
-                     "promotion.rolled_back_to": str(target)}.items():
-            client.set_model_version_tag(name, cur.version, k, v)
-        client.set_model_version_tag(name, str(target), "promotion.restored_at", at)
-        old = client.get_model_version(name, cur.version).description or ""
-        client.update_model_version(
-            name, cur.version, description=f"{old}\n\n[rollback] champion moved back to v{target} at {at}: {reason}")
-        current = champion_version(client, name)
-        if current is None or int(current.version) != int(target):
-            raise RegistryConflict(f"champion is v{getattr(current, 'version', None)} right after rolling back "
-                                   f"to v{target}")
-        return {"model_name": name, "rolled_back": int(cur.version), "champion": int(target),
-                "history": history(client, name), "reason": reason.strip(), "lock_wait_s": lock["wait_s"]}
+    check_registry_writable(uri)
+    with quiet_store_logs(), registry_lock(uri, float(reg["lock_timeout_s"])) as lock:
+        try:
+            return _rollback_locked(client, name, reason=reason, to_version=to_version, lock_wait_s=lock["wait_s"])
+        except MlflowException as exc:
+            raise store_error(exc, f"rollback of {name}", "rerun `pose rollback`") from exc
 
 
+def _rollback_locked(client: MlflowClient, name: str, *, reason: str, to_version: int | None,
+                     lock_wait_s: float) -> dict:
+    """:func:`rollback` with the registry lock held."""
+    hist = reconcile(client, name)
+    cur = champion_version(client, name)
+    if cur is None or len(hist) < 2:
+        raise RegistryError(f"no previous champion to roll back to (history {hist})")
+    if to_version is None:
+        idx = len(hist) - 2
+    else:
+        earlier = [i for i, v in enumerate(hist[:-1]) if v == int(to_version)]
+        if not earlier:
+            raise RegistryError(f"v{to_version} is not an earlier champion (history {hist})")
+        idx = earlier[-1]
+    target = hist[idx]
+    if _critical_hook is not None:
+        _critical_hook()
+    client.set_registered_model_alias(name, "champion", str(target))
+    set_history(client, name, hist[:idx + 1])
+    at = now()
+    client.set_registered_model_tag(name, "champion.changed_at", at)
+    change = f"v{target}: rollback from v{cur.version}: {reason}"
+    client.set_registered_model_tag(name, "champion.change", change[:MAX_TAG])
+    for k, v in {"promotion.decision": "rolled_back", "promotion.rolled_back_at": at,
+                 "promotion.rollback_reason": reason.strip()[:MAX_TAG], "promotion.rolled_back_by": actor(),
+                 "promotion.rolled_back_to": str(target)}.items():
+        client.set_model_version_tag(name, cur.version, k, v)
+    client.set_model_version_tag(name, str(target), "promotion.restored_at", at)
+    old = client.get_model_version(name, cur.version).description or ""
+    client.update_model_version(
+        name, cur.version, description=f"{old}\n\n[rollback] champion moved back to v{target} at {at}: {reason}")
+    current = champion_version(client, name)
+    if current is None or int(current.version) != int(target):
+        raise RegistryConflict(f"champion is v{getattr(current, 'version', None)} right after rolling back "
+                               f"to v{target}")
+    return {"model_name": name, "rolled_back": int(cur.version), "champion": int(target),
+            "history": history(client, name), "reason": reason.strip(), "lock_wait_s": lock_wait_s}
 
-__all__ = ["promote", "rollback", "RegistryError", "RegistryConflict", "RuleError"]
+
+__all__ = ["promote", "gate_locked", "rollback", "RegistryError", "RegistryConflict", "RuleError"]

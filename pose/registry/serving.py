@@ -1,8 +1,8 @@
 """The registered model as an MLflow pyfunc model that answers images with persons, and
 loading it back as a torch module.
 
-Layout of a version's ``model/`` artifact (an MLflow Model directory, so
-``mlflow models serve -m models:/<name>@champion --env-manager local`` serves it)::
+Layout of a version's ``model/`` artifact (an MLflow Model directory, so ``pose serve --model
+models:/<name>/latest`` and ``mlflow models serve -m ... --env-manager local`` serve it)::
 
     model/MLmodel, python_env.yaml, requirements.txt, input_example.json, serving_input_example.json
     model/pyfunc_entry.py          # "models from code" entry: builds PoseModel (nothing pickled)
@@ -28,14 +28,16 @@ Output (``params.output = "persons"``, the default): one list per image (JSON: t
 ``predictions`` list), each person::
 
     {"keypoints": [[x, y, score] x K],   # image px (the model's coordinate convention), score in [0, 1]
-     "score": float,                      # person score, in [0, 1]
+     "score": float,                      # person score (mean joint score, the official one), in [0, 1]
+     "confidence": float,                 # calibrated person confidence, in [0, 1] (pose.decode.persons)
      "bbox": [x, y, w, h]}                # image px, the box around the joints found (score > 0)
 
 These are the persons ``pose predict`` writes to ``results.json`` for the same image, by
 the same code (the predictor of :func:`pose.predict.make_predictor`, backend ``torch``:
 preprocessing, network, flip / scale aggregation and grouping of ``pose.decode``; then
 :func:`pose.predict.limit_persons`: scores clamped to [0, 1], at most
-``evaluate.max_people``), keeping those with score ``>= predict.min_person_score``. The
+``evaluate.max_people``, joints outside the image dropped, duplicates removed), keeping
+those with calibrated ``confidence >= predict.min_person_score``. The
 keypoint names (``keypoint_names``) and the skeleton (``skeleton``, 0-based joint index
 pairs) are in the model's metadata (``mlflow.models.get_model_info(uri).metadata``).
 
@@ -53,11 +55,19 @@ schema (`pose.params`).
 
 Bad requests (not an image, an empty body, more pixels than ``serve.max_pixels`` (checked on
 the image header, before decoding), more rows than ``serve.max_images``, a bad params value)
-raise an ``MlflowException`` with error code ``INVALID_PARAMETER_VALUE``, which MLflow's
-scoring server answers with HTTP 400 and ``{"error_code": ..., "message": ...}``, without a
-stack trace (other exceptions from ``predict`` become a 400 *with* the trace:
-``mlflow.pyfunc.scoring_server.invocations``). Unexpected failures are logged with their
-trace on the server and answered as ``INTERNAL_ERROR`` (HTTP 500) with a one-line message.
+and requests over a cost limit (``serve.max_input_size``, ``serve.max_test_scales``,
+``serve.max_input_pixels``: :func:`check_settings_limits`, :func:`check_input_pixels`, all
+checked before any network pass) raise an ``MlflowException`` with error code
+``INVALID_PARAMETER_VALUE``, which MLflow's scoring server answers with HTTP 400 and
+``{"error_code": ..., "message": ...}``, without a stack trace (other exceptions from
+``predict`` become a 400 *with* the trace: ``mlflow.pyfunc.scoring_server.invocations``). A
+request whose work passes its deadline (:func:`request_deadline`, ``serve.request_timeout_s``)
+stops at the next checkpoint (`pose.decode.deadline`) and is answered ``DEADLINE_EXCEEDED``
+(504), or ``CANCELLED`` (499) when its client disconnected (``pose serve``); one that finds no
+free slot (``serve.concurrent_requests``) before its deadline ``TEMPORARILY_UNAVAILABLE`` (503).
+Unexpected failures are logged with their trace on the server and answered as
+``INTERNAL_ERROR`` (HTTP 500) with a one-line message. MLflow's scoring server puts the parsed
+input in front of these messages; ``pose serve`` (`pose.serve`) sends the message alone.
 
 The serving environment needs the ``pose`` package installed (``pip install -e .`` of this
 repository; the model's ``requirements.txt`` pins mlflow, torch and numpy).
@@ -84,8 +94,19 @@ WEIGHTS_NAME = "weights.pt"
 SETTINGS_NAME = "settings.json"
 #: the input column of the signature
 IMAGE_COLUMN = "image"
+#: request limits of params.yaml ``serve``: stored with the model (``mlflow models serve`` and
+#: ``mlflow.pyfunc.load_model`` apply them); ``pose serve`` applies those of its params.yaml instead
+#: (env :data:`SERVE_SETTINGS_ENV`)
+LIMIT_KEYS = ("max_pixels", "max_images", "max_input_size", "max_test_scales", "max_input_pixels", "request_timeout_s",
+              "concurrent_requests", "predictor_cache")
 #: keys of params.yaml ``serve`` stored with the model
-SERVE_KEYS = ("max_pixels", "max_images", "example_size", "predictor_cache", "log_onnx")
+SERVE_KEYS = (*LIMIT_KEYS, "example_size", "log_onnx")
+#: environment variable through which ``pose serve`` hands its params.yaml ``serve`` section (JSON) to the
+#: workers: its :data:`LIMIT_KEYS` replace the stored ones
+SERVE_SETTINGS_ENV = "POSE_SERVE_SETTINGS"
+#: MLflow's scoring-server timeout (s) and its flag of a serving process (set by ``scoring_server.init``)
+MLFLOW_TIMEOUT_ENV = "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"
+MLFLOW_SERVING_ENV = "_MLFLOW_IS_IN_SERVING_ENVIRONMENT"
 #: the ONNX export in a version's model directory (``serve.log_onnx``)
 ONNX_NAME = "model.onnx"
 #: values of the request param ``output``
@@ -120,16 +141,27 @@ class RequestError(ValueError):
     """A bad request (its message says what is wrong and what is allowed): HTTP 400."""
 
 
+class ServerBusy(RuntimeError):
+    """No worker slot (``serve.concurrent_requests``) became free before the request's deadline: HTTP 503."""
+
+
+class ModelRefError(LookupError):
+    """A ``models:/<name>@<alias>`` reference that does not resolve; the message (one line) lists
+    the versions that exist with their promotion decision, and the URI of the newest one."""
+
+
 # ----------------------------------------------------------------------------- settings
 
 def model_settings(params: dict) -> dict:
-    """The test-time settings stored with a model: ``{"evaluate": {EVAL_KEYS}, "predict":
+    """The test-time settings stored with a model: ``{"evaluate": {EVAL_KEYS, and the
+    OPTIONAL_EVAL_KEYS params sets}, "predict":
     {"min_person_score"}, "serve": params serve}`` taken from the whole params.yaml dict.
     Raises KeyError naming a missing key."""
-    from pose.decode.persons import EVAL_KEYS
+    from pose.decode.persons import EVAL_KEYS, OPTIONAL_EVAL_KEYS
 
     ev, pr, sv = params["evaluate"], params["predict"], params["serve"]
-    return {"evaluate": {k: ev[k] for k in EVAL_KEYS}, "predict": {"min_person_score": pr["min_person_score"]},
+    return {"evaluate": {k: ev[k] for k in EVAL_KEYS + OPTIONAL_EVAL_KEYS if k in ev},
+            "predict": {"min_person_score": pr["min_person_score"]},
             "serve": {k: sv[k] for k in SERVE_KEYS}}
 
 
@@ -169,6 +201,59 @@ def request_settings(settings: dict, overrides: dict | None) -> tuple[dict, floa
     return ev, float(min_score), output
 
 
+def check_settings_limits(eval_params: dict, serve: dict) -> None:
+    """The limits a request's settings must keep before any image is looked at: at most
+    ``serve.max_test_scales`` test scales, and ``input_size`` x every test scale at most
+    ``serve.max_input_size`` (the nominal network input side; the actual one is rounded to the
+    size grid, :func:`pose.decode.preprocess.input_geometry`).
+
+    Raises RequestError (one line naming the ``serve`` key and its value)."""
+    scales = [float(s) for s in eval_params["test_scales"]]
+    limit = int(serve["max_test_scales"])
+    if len(scales) > limit:
+        raise RequestError(f"params test_scales: {len(scales)} scales is more than serve.max_test_scales = {limit}")
+    size, limit = int(eval_params["input_size"]), int(serve["max_input_size"])
+    for scale in scales:
+        if size * scale > limit:
+            what = (f"input_size = {size}" if scale == 1.0
+                    else f"input_size {size} x test scale {scale:g} = {size * scale:g}")
+            raise RequestError(f"params {what}: more than serve.max_input_size = {limit}; ask for a smaller input "
+                               "size or test scale")
+
+
+def network_input_pixels(size: tuple[int, int], eval_params: dict) -> int:
+    """Network input pixels one ``(width, height)`` image costs with these ``evaluate`` settings:
+    the sum over the test scales of the input's width x height
+    (:func:`pose.decode.preprocess.input_geometry`), x2 with ``flip_test`` (the flipped copy is a
+    second network input). Raises RequestError for settings the geometry rejects."""
+    from pose.decode.preprocess import input_geometry
+
+    scales = [float(s) for s in eval_params["test_scales"]]
+    total = 0
+    try:
+        for scale in scales:
+            g = input_geometry(int(size[0]), int(size[1]), resize=str(eval_params["resize"]),
+                               input_size=int(eval_params["input_size"]), scale=scale, min_scale=min(scales))
+            total += g.width * g.height
+    except ValueError as exc:
+        raise RequestError(str(exc)) from None
+    return total * (2 if eval_params["flip_test"] else 1)
+
+
+def check_input_pixels(sizes: list[tuple[int, int]], eval_params: dict, serve: dict) -> int:
+    """Total network input pixels of a request's images (:func:`network_input_pixels` of each
+    ``(width, height)``); raises RequestError when it is more than ``serve.max_input_pixels``.
+    Returns the total."""
+    total = sum(network_input_pixels(sz, eval_params) for sz in sizes)
+    limit = int(serve["max_input_pixels"])
+    if total > limit:
+        flip = " x 2 (flip_test)" if eval_params["flip_test"] else ""
+        raise RequestError(f"{len(sizes)} image(s) x {len(eval_params['test_scales'])} test scale(s){flip} at "
+                           f"input_size {int(eval_params['input_size'])} = {total} network input pixels: more than "
+                           f"serve.max_input_pixels = {limit}; send fewer images or ask for a smaller input_size")
+    return total
+
+
 # ----------------------------------------------------------------------------- images
 
 def _encoded_size(data: bytes) -> tuple[int, int] | None:
@@ -193,27 +278,18 @@ def _check_pixels(width: int, height: int, max_pixels: int, what: str) -> None:
                            f"{max_pixels}; send a smaller image")
 
 
-def decode_image(value, *, max_pixels: int, what: str = "image") -> np.ndarray:
-    """One request image as the (H, W, 3) uint8 BGR array ``pose predict`` reads from a file.
+def read_image_value(value, *, max_pixels: int, what: str = "image") -> tuple[bytes | np.ndarray, tuple | None]:
+    """A request image before decoding: ``(payload, size)`` with ``payload`` the encoded bytes
+    (base64 text decoded) or the uint8 (H, W, 3) RGB array, and ``size`` its ``(width, height)``
+    (an encoded image's from its header; None when Pillow cannot read the header).
 
-    Args:
-        value: encoded image bytes (JPEG, PNG, ... decoded with ``cv2.imdecode``, as
-            ``cv2.imread`` decodes the file), a base64 string of them, or a uint8 (H, W, 3)
-            RGB array (flipped to BGR).
-        max_pixels: params ``serve.max_pixels``; an encoded image's size is read from its
-            header before decoding.
-        what: how errors name the image (e.g. ``"image 2"``).
-
-    Raises RequestError for an empty value, bytes that are not an image, a wrong array shape
-    or dtype, or more than ``max_pixels`` pixels.
-    """
-    import cv2
-
+    Raises RequestError as :func:`decode_image` does (except for undecodable bytes with an
+    unreadable header, which only decoding finds)."""
     if isinstance(value, np.ndarray) and value.dtype != object:
         if value.ndim != 3 or value.shape[2] != 3 or value.dtype != np.uint8 or 0 in value.shape:
             raise RequestError(f"{what}: an array must be uint8 (H, W, 3) RGB, got {value.dtype} {value.shape}")
         _check_pixels(value.shape[1], value.shape[0], max_pixels, what)
-        return np.ascontiguousarray(value[:, :, ::-1])
+        return value, (int(value.shape[1]), int(value.shape[0]))
     if isinstance(value, (bytearray, memoryview)):
         value = bytes(value)
     if isinstance(value, bytes) and _BASE64_TEXT.fullmatch(value) and value.strip():
@@ -235,6 +311,34 @@ def decode_image(value, *, max_pixels: int, what: str = "image") -> np.ndarray:
     size = _encoded_size(value)
     if size is not None:
         _check_pixels(*size, max_pixels, what)
+    return value, size
+
+
+def decode_image(value, *, max_pixels: int, what: str = "image") -> np.ndarray:
+    """One request image as the (H, W, 3) uint8 BGR array ``pose predict`` reads from a file.
+
+    Args:
+        value: encoded image bytes (JPEG, PNG, ... decoded with ``cv2.imdecode``, as
+            ``cv2.imread`` decodes the file), a base64 string of them, or a uint8 (H, W, 3)
+            RGB array (flipped to BGR).
+        max_pixels: params ``serve.max_pixels``; an encoded image's size is read from its
+            header before decoding.
+        what: how errors name the image (e.g. ``"image 2"``).
+
+    Raises RequestError for an empty value, bytes that are not an image, a wrong array shape
+    or dtype, or more than ``max_pixels`` pixels.
+    """
+    payload, _ = read_image_value(value, max_pixels=max_pixels, what=what)
+    return decode_payload(payload, max_pixels=max_pixels, what=what)
+
+
+def decode_payload(value: bytes | np.ndarray, *, max_pixels: int, what: str = "image") -> np.ndarray:
+    """The (H, W, 3) uint8 BGR image of a :func:`read_image_value` payload (RGB array flipped,
+    encoded bytes decoded with ``cv2.imdecode``). Raises RequestError as :func:`decode_image`."""
+    import cv2
+
+    if isinstance(value, np.ndarray):
+        return np.ascontiguousarray(value[:, :, ::-1])
     image = cv2.imdecode(np.frombuffer(value, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise RequestError(f"{what}: not a decodable image ({len(value)} bytes); send a JPEG or PNG file")
@@ -274,10 +378,10 @@ def serve_persons(predictor, image_bgr: np.ndarray, *, min_person_score: float) 
     with its ``evaluate.max_people``) with score ``>= min_person_score``, as JSON-able dicts
     ``{"keypoints": [[x, y, score] x K] image px, "score", "bbox": [x, y, w, h] image px}``."""
     from pose.decode.persons import person_json
-    from pose.predict import limit_persons
+    from pose.predict import limit_persons, person_confidence_of
 
     persons = limit_persons(predictor(image_bgr), int(predictor.eval_params["max_people"]))
-    return [person_json(p) for p in persons if p["score"] >= min_person_score]
+    return [person_json(p) for p in persons if person_confidence_of(p) >= min_person_score]
 
 
 def serve_maps(predictor, image_bgr: np.ndarray) -> dict:
@@ -295,6 +399,43 @@ def serve_maps(predictor, image_bgr: np.ndarray) -> dict:
             "affine": np.asarray(m.affine, np.float64), "stride": int(m.stride)}
 
 
+def serve_settings(settings: dict, host: dict | None = None) -> dict:
+    """The ``serve`` settings a served model applies: those stored with it (:func:`model_settings`),
+    with the :data:`LIMIT_KEYS` of ``host`` (the serving host's params.yaml ``serve``, handed over
+    by ``pose serve`` in env :data:`SERVE_SETTINGS_ENV`) in their place.
+
+    Raises KeyError naming a limit that neither holds (a model registered before the limit existed,
+    served without ``pose serve``)."""
+    out = dict(settings["serve"])
+    out.update({k: v for k, v in (host or {}).items() if k in LIMIT_KEYS})
+    missing = [k for k in LIMIT_KEYS if k not in out]
+    if missing:
+        raise KeyError(f"the model's settings lack serve.{', serve.'.join(missing)} (registered before these "
+                       "limits existed): serve it with `pose serve`, which applies params.yaml serve")
+    return out
+
+
+def request_deadline(serve: dict):
+    """The deadline of a request in this process: the current one (`pose.decode.deadline`, set
+    by ``pose serve`` from the request's arrival), else, inside MLflow's scoring server
+    (``mlflow models serve``), ``serve.request_timeout_s`` (or MLflow's own
+    ``MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT`` when shorter) from now; None in a plain Python
+    process (``mlflow.pyfunc.load_model(...).predict``)."""
+    import os
+
+    from pose.decode.deadline import Deadline, current
+
+    d = current()
+    if d is not None or os.environ.get(MLFLOW_SERVING_ENV, "").lower() != "true":
+        return d
+    timeout = float(serve["request_timeout_s"])
+    try:
+        timeout = min(timeout, float(os.environ.get(MLFLOW_TIMEOUT_ENV, "") or timeout))
+    except ValueError:
+        pass
+    return Deadline.after(timeout, f"serve.request_timeout_s = {timeout:g}")
+
+
 class PoseService:
     """The served model without MLflow: weights + stored settings -> answers to requests.
 
@@ -303,19 +444,32 @@ class PoseService:
     ``serve.predictor_cache`` most recently used are kept; the stored settings' one is built
     at once, so a broken model fails at load, not at the first request.
 
+    Every request has a bounded cost: its settings and images are checked against the limits of
+    :func:`serve_settings` before any network runs (:func:`check_settings_limits`,
+    ``serve.max_images``, ``serve.max_pixels``, :func:`check_input_pixels`); at most
+    ``serve.concurrent_requests`` requests compute at once (the others wait for a slot until
+    their deadline, then :class:`ServerBusy`); and the work stops at the first checkpoint after
+    the request's deadline (:func:`request_deadline`; between images, test scales, network and
+    decoding: `pose.decode.deadline`).
+
     Args:
         weights: the slim checkpoint (``weights.pt``).
         settings: :func:`model_settings` of the params the model was evaluated with.
         device: ``cpu`` / ``cuda`` / ``cuda:N``.
+        host_serve: the serving host's params.yaml ``serve`` (:func:`serve_settings`), or None.
     """
 
-    def __init__(self, weights: Path, settings: dict, *, device: str) -> None:
+    def __init__(self, weights: Path, settings: dict, *, device: str, host_serve: dict | None = None) -> None:
+        import threading
         from collections import OrderedDict
 
         self.weights = Path(weights)
         self.settings = settings
+        self.serve = serve_settings(settings, host_serve)
         self.device = str(device)
         self._predictors: OrderedDict[str, object] = OrderedDict()
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(int(self.serve["concurrent_requests"]))
         self.predictor(settings["evaluate"])
 
     def predictor(self, eval_params: dict):
@@ -323,34 +477,69 @@ class PoseService:
         from pose.predict import make_predictor
 
         key = json.dumps(eval_params, sort_keys=True, default=str)
-        if key in self._predictors:
-            self._predictors.move_to_end(key)
-            return self._predictors[key]
-        pred = make_predictor(str(self.weights), backend="torch", eval_params=eval_params, tracking_uri=None,
-                              device=self.device)
-        self._predictors[key] = pred
-        while len(self._predictors) > int(self.settings["serve"]["predictor_cache"]):
-            self._predictors.popitem(last=False)
-        return pred
+        with self._lock:
+            if key in self._predictors:
+                self._predictors.move_to_end(key)
+                return self._predictors[key]
+            pred = make_predictor(str(self.weights), backend="torch", eval_params=eval_params, tracking_uri=None,
+                                  device=self.device)
+            self._predictors[key] = pred
+            while len(self._predictors) > int(self.serve["predictor_cache"]):
+                self._predictors.popitem(last=False)
+            return pred
+
+    def _acquire_slot(self, deadline) -> None:
+        """Wait for one of the ``serve.concurrent_requests`` slots until ``deadline`` (None:
+        as long as it takes). Raises ServerBusy when none frees in time, DeadlineExceeded
+        when the request is cancelled while it waits."""
+        if deadline is None:
+            self._slots.acquire()
+            return
+        while not self._slots.acquire(timeout=max(0.0, min(0.25, deadline.remaining()))):
+            if deadline.reason is not None:
+                deadline.check("waiting for a free slot")
+            if deadline.remaining() <= 0:
+                raise ServerBusy(f"server busy: no free slot (serve.concurrent_requests = "
+                                 f"{self.serve['concurrent_requests']} per worker) within {deadline.limit} s; "
+                                 "retry later")
 
     def predict(self, model_input, params: dict | None) -> list:
         """Answer one request (module docstring): per image a list of persons, or a maps dict.
-        Raises RequestError for a bad request."""
+        Raises RequestError for a bad request or one over a limit (before any network runs),
+        ServerBusy when no slot frees before its deadline, DeadlineExceeded when its work
+        passes the deadline or is cancelled."""
+        from pose.decode.deadline import checkpoint, deadline_scope
+
+        serve = self.serve
         eval_params, min_score, output = request_settings(self.settings, params)
-        serve = self.settings["serve"]
+        check_settings_limits(eval_params, serve)
         values = input_images(model_input)
         if len(values) > int(serve["max_images"]):
             raise RequestError(f"{len(values)} images in one request: more than serve.max_images = "
                                f"{serve['max_images']}")
-        images = [decode_image(v, max_pixels=int(serve["max_pixels"]), what=f"image {i}")
-                  for i, v in enumerate(values)]
-        try:   # settings the inference rejects (e.g. test scales off the size grid) are the request's fault
-            predictor = self.predictor(eval_params)
-            if output == "maps":
-                return [serve_maps(predictor, image) for image in images]
-            return [serve_persons(predictor, image, min_person_score=min_score) for image in images]
-        except ValueError as exc:
-            raise RequestError(str(exc)) from None
+        max_pixels = int(serve["max_pixels"])
+        payloads = [read_image_value(v, max_pixels=max_pixels, what=f"image {i}") for i, v in enumerate(values)]
+        if all(size is not None for _, size in payloads):   # the header sizes: before anything is decoded
+            check_input_pixels([size for _, size in payloads], eval_params, serve)
+        deadline = request_deadline(serve)
+        with deadline_scope(deadline):
+            checkpoint("the start")
+            self._acquire_slot(deadline)
+            try:   # settings the inference rejects (e.g. test scales off the size grid) are the request's fault
+                images = [decode_payload(p, max_pixels=max_pixels, what=f"image {i}")   # in the slot: bounded memory
+                          for i, (p, _) in enumerate(payloads)]
+                check_input_pixels([(im.shape[1], im.shape[0]) for im in images], eval_params, serve)
+                predictor = self.predictor(eval_params)
+                out = []
+                for i, image in enumerate(images):
+                    checkpoint(f"image {i}")
+                    out.append(serve_maps(predictor, image) if output == "maps"
+                               else serve_persons(predictor, image, min_person_score=min_score))
+                return out
+            except ValueError as exc:
+                raise RequestError(str(exc)) from None
+            finally:
+                self._slots.release()
 
 
 try:
@@ -360,19 +549,38 @@ try:
         """pyfunc model: images in, persons out (module docstring)."""
 
         def load_context(self, context) -> None:
+            import os
+
             from pose.device import pick_device
 
             settings = json.loads(Path(context.artifacts["settings"]).read_text())
-            self.service = PoseService(Path(context.artifacts["weights"]), settings, device=str(pick_device()))
+            host = os.environ.get(SERVE_SETTINGS_ENV, "").strip()
+            self.service = PoseService(Path(context.artifacts["weights"]), settings, device=str(pick_device()),
+                                       host_serve=json.loads(host) if host else None)
 
         def predict(self, context, model_input, params=None):
             from mlflow.exceptions import MlflowException
-            from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
+            from mlflow.protos.databricks_pb2 import (
+                CANCELLED,
+                DEADLINE_EXCEEDED,
+                INTERNAL_ERROR,
+                INVALID_PARAMETER_VALUE,
+                TEMPORARILY_UNAVAILABLE,
+            )
+
+            from pose.decode.deadline import DeadlineExceeded
 
             try:
                 return self.service.predict(model_input, params)
             except RequestError as exc:
                 raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
+            except ServerBusy as exc:
+                log.warning("pose model: %s", exc)
+                raise MlflowException(str(exc), error_code=TEMPORARILY_UNAVAILABLE) from None
+            except DeadlineExceeded as exc:
+                log.warning("pose model: request %s", exc)
+                raise MlflowException(f"request {exc}", error_code=CANCELLED if exc.cancelled
+                                      else DEADLINE_EXCEEDED) from None
             except Exception as exc:   # noqa: BLE001 - a one-line 500 for the client, the trace in the server log
                 log.exception("pose model: prediction failed")
                 raise MlflowException(f"internal error: {type(exc).__name__}: {exc}",
@@ -456,15 +664,19 @@ def save_pyfunc_model(checkpoint: Path, path: Path, *, params: dict) -> Path:
                                  signature=signature(settings), input_example=example, pip_requirements=reqs,
                                  metadata={"task": "bottom-up multi-person pose estimation",
                                            "output": "per image: [{keypoints: [[x, y, score] x K] image px, score, "
-                                                     "bbox: [x, y, w, h] image px}] (params output=maps: raw maps)",
+                                                     "confidence, bbox: [x, y, w, h] image px}] (params "
+                                                     "output=maps: raw maps)",
                                            "keypoint_names": list(KEYPOINT_NAMES)[:int(model_params["num_joints"])],
                                            "skeleton": [list(pair) for pair in SKELETON],
                                            "model_params": model_params, "settings": settings})
         if settings["serve"]["log_onnx"]:
-            from pose.export import export_onnx
-            from pose.train.checkpoint import load_trained_model
+            from pose.export import export_checkpoint
+            from pose.train.checkpoint import load_checkpoint, load_trained_model
 
-            export_onnx(load_trained_model(weights, "cpu"), path / ONNX_NAME, eval_params=params["evaluate"])
+            # the version's ONNX carries its training data and domain (pose predict's notice)
+            export_checkpoint(str(checkpoint), path / ONNX_NAME, eval_params=params["evaluate"],
+                              model=load_trained_model(weights, "cpu"),
+                              train_data=load_checkpoint(weights).get("train_data"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
@@ -513,6 +725,122 @@ def load_registered_model(model_uri: str, *, tracking_uri: str | None = None, de
     return load_trained_model(checkpoint_from_uri(model_uri, tracking_uri=tracking_uri), device)
 
 
-__all__ = ["PoseModel", "PoseService", "RequestError", "save_pyfunc_model", "checkpoint_from_uri",
-           "load_registered_model", "decode_image", "serve_persons", "serve_maps", "model_settings",
+#: ``models:/<name>@<alias>``
+_ALIAS_URI = re.compile(r"models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)")
+#: MLflow error codes of a registered model or alias that does not exist
+_NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND", "ENDPOINT_NOT_FOUND")
+#: versions listed by :func:`version_decisions`, newest first
+LISTED_VERSIONS = 5
+
+
+def version_line(mv) -> str:
+    """``v3 rejected: <promotion.reason> [aliases: challenger]`` of an MLflow ``ModelVersion``,
+    from the tags ``promotion.decision`` / ``promotion.reason`` the gate writes (``not gated``
+    without them); at most about 300 characters."""
+    tags = mv.tags or {}
+    decision = tags.get("promotion.decision", "not gated")
+    reason = " ".join(str(tags.get("promotion.reason", "")).split())
+    line = f"v{mv.version} {decision}" + (f": {reason}" if reason else "")
+    if len(line) > 240:
+        line = line[:237] + "..."
+    aliases = sorted(getattr(mv, "aliases", []) or [])
+    return line + (f" [aliases: {', '.join(aliases)}]" if aliases else "")
+
+
+def version_decisions(client, name: str) -> list[str]:
+    """One short line per registered version of ``name``, newest first (at most
+    :data:`LISTED_VERSIONS`, then ``+N older``): ``v3 rejected: <promotion.reason>
+    [aliases: challenger]``, from the version tags ``promotion.decision`` / ``promotion.reason``
+    that the gate writes (``pose register`` / ``pose promote``; ``not gated`` without them)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return []
+    versions = sorted(versions, key=lambda v: int(v.version), reverse=True)
+    out = []
+    for v in versions[:LISTED_VERSIONS]:
+        try:   # the search results of some stores lack the aliases
+            v = client.get_model_version(name, v.version)
+        except MlflowException:
+            pass
+        out.append(version_line(v))
+    if len(versions) > LISTED_VERSIONS:
+        out.append(f"+{len(versions) - LISTED_VERSIONS} older")
+    return out
+
+
+def check_model_ref(model_uri: str, *, tracking_uri: str | None) -> None:
+    """Check that a ``models:/<name>@<alias>`` reference resolves in the registry at
+    ``tracking_uri`` (other references: nothing is checked).
+
+    Raises ModelRefError, one line: the registry cannot be read, no registered model of that
+    name (with the names that exist), or no version holding the alias, listing the versions with
+    their promotion decision
+    (:func:`version_decisions`, e.g. ``v1 rejected: no champion yet; AP 0.000 < 0.1``) and the
+    URI of the newest version whatever its alias (``models:/<name>/latest``)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    m = _ALIAS_URI.fullmatch(model_uri)
+    if not m:
+        return
+    name, alias = m["name"], m["alias"]
+    client = MlflowClient(tracking_uri)
+    try:
+        client.get_model_version_by_alias(name, alias)
+        return
+    except MlflowException as exc:
+        if exc.error_code not in _NOT_FOUND:   # an unreachable server, a broken store: not "no such alias"
+            raise ModelRefError(f"{model_uri}: cannot read the registry at {tracking_uri}: "
+                                f"{' '.join(str(exc.message).split())[:300]}") from None
+    versions = version_decisions(client, name)
+    if not versions:
+        try:
+            names = sorted(rm.name for rm in client.search_registered_models(max_results=20))
+        except MlflowException:
+            names = []
+        known = f"registered models: {', '.join(names)}" if names else "no registered model"
+        raise ModelRefError(f"{model_uri}: no version of a registered model {name!r} in {tracking_uri} ({known}); "
+                            "`pose register` (the last stage of `dvc repro` / `make run`) registers one")
+    why = f"no version has alias {alias!r}"
+    if alias == "champion":
+        why += " (a version becomes champion when it passes every rule of registry.rules)"
+    raise ModelRefError(f"{model_uri}: {why}; versions: {' | '.join(versions)}; the newest, whatever its alias: "
+                        f"models:/{name}/latest")
+
+
+#: ``models:/<name>/latest``
+_LATEST_URI = re.compile(r"models:/(?P<name>[^/@]+)/latest")
+
+
+def resolve_model_ref(model_uri: str, *, tracking_uri: str | None) -> str:
+    """``model_uri`` with ``models:/<name>/latest`` replaced by the newest version,
+    ``models:/<name>/<n>`` (the highest version number, whatever its alias or promotion
+    decision); other references are returned unchanged after :func:`check_model_ref`.
+
+    Raises ModelRefError (one line) when an alias does not resolve or ``name`` has no version."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    check_model_ref(model_uri, tracking_uri=tracking_uri)
+    m = _LATEST_URI.fullmatch(model_uri)
+    if not m:
+        return model_uri
+    try:
+        versions = MlflowClient(tracking_uri).search_model_versions(f"name='{m['name']}'")
+    except MlflowException:
+        versions = []
+    if not versions:
+        check_model_ref(f"models:/{m['name']}@latest", tracking_uri=tracking_uri)   # raises: lists the models
+    return f"models:/{m['name']}/{max(int(v.version) for v in versions)}"
+
+
+__all__ = ["PoseModel", "PoseService", "RequestError", "ServerBusy", "ModelRefError", "check_model_ref",
+           "resolve_model_ref",
+           "version_decisions", "version_line", "check_settings_limits", "check_input_pixels", "network_input_pixels",
+           "serve_settings", "request_deadline", "read_image_value", "decode_payload", "save_pyfunc_model",
+           "checkpoint_from_uri", "load_registered_model", "decode_image", "serve_persons", "serve_maps",
+           "model_settings", "SERVE_SETTINGS_ENV", "LIMIT_KEYS",
            "request_settings", "signature", "REQUEST_PARAMS", "OUTPUTS", "IMAGE_COLUMN"]

@@ -35,6 +35,12 @@ class Side:
     eval_images: list | None = None
     train_images: list | None = None
     version_tags: dict = field(default_factory=dict)
+    model: str | None = None            # registered model name of ``version`` (None for a bare run)
+
+    @property
+    def title(self) -> str:
+        """``higherhrnet-generated-sweep v3 (champion)``: the model name and :attr:`label`."""
+        return f"{self.model} {self.label}" if self.model else self.label
 
     @property
     def label(self) -> str:
@@ -69,7 +75,7 @@ def resolve_side(client: MlflowClient, name: str, ref: str, workdir: Path) -> Si
     side = Side(ref=ref, run_id=run_id, version=int(mv.version) if mv is not None else None,
                 aliases=sorted(mv.aliases) if mv is not None else [], params=dict(run.data.params),
                 tags=dict(run.data.tags), run_metrics=dict(run.data.metrics),
-                version_tags=dict(mv.tags) if mv is not None else {})
+                version_tags=dict(mv.tags) if mv is not None else {}, model=mv.name if mv is not None else None)
     d = workdir / (side.slug + "-" + run_id[:8])
     metrics, side.results, side.annotations = eval_files(run_id, d)
     side.metrics = metrics or {}
@@ -154,4 +160,18 @@ def basis_note(basis: Basis, a: Side, b: Side) -> str:
     }[basis.kind]
 
 
-__all__ = ["Side", "resolve_side", "Basis", "find_basis", "basis_note"]
+def report_path(a: Side, b: Side) -> Path:
+    """Where the report of A vs B goes, below ``data/compare/`` and ``compare/`` of B's run: by model
+    and version, so comparisons of different models never overwrite each other:
+    ``<model>/v1_vs_v2`` for two versions of one model, ``<modelA>-v1_vs_<modelB>-v2`` otherwise
+    (``run-<id8>`` for a run that is no registered version)."""
+    if a.model and a.model == b.model:
+        return Path(a.model) / f"{a.slug}_vs_{b.slug}"
+
+    def full(side: Side) -> str:
+        return f"{side.model}-{side.slug}" if side.model else f"run-{side.run_id[:8]}"
+
+    return Path(f"{full(a)}_vs_{full(b)}")
+
+
+__all__ = ["report_path", "Side", "resolve_side", "Basis", "find_basis", "basis_note"]

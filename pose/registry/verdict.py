@@ -96,4 +96,24 @@ def rule_rows(rules: list[RuleResult]) -> list[list[str]]:
     return rows
 
 
-__all__ = ["make_verdict", "verdict_lines", "RULE_HEADER", "rule_rows"]
+def promotion_line(record: dict) -> str:
+    """The one human line ``pose promote`` prints before its JSON record
+    (:func:`pose.registry.promotion.promote`): what happened to the champion and why, e.g.
+    ``higherhrnet-generated v3 not promoted (kept_champion): champion stays v1; fail: AP >= champion + 0.005 ...``."""
+    name, v, decision = record["model_name"], record["version"], record["decision"]
+    before = record.get("champion_before")
+    was = f"was v{before}" if before is not None else "no champion before"
+    if decision == "already_champion":
+        return f"{name} v{v} already is the champion: nothing changed"
+    if record.get("promoted"):
+        why = (record.get("reasons") or [record.get("reason", "")])[0] if decision == "forced" else \
+            "every rule of registry.rules passed"
+        return f"{name} v{v} is the new champion ({decision}; {was}; AP {float(record['AP']):.4f}): {why}"
+    failed = [RuleResult.from_dict(r).text() for r in record.get("rules") or []
+              if r.get("applicable") and not r.get("passed")]
+    why = "; ".join(failed) if failed else (record.get("reason") or "")
+    stays = f"champion stays v{before}" if before is not None else "no champion"
+    return f"{name} v{v} not promoted ({decision}): {stays}; {why}"
+
+
+__all__ = ["make_verdict", "verdict_lines", "promotion_line", "RULE_HEADER", "rule_rows"]

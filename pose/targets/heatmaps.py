@@ -37,11 +37,14 @@ import numpy as np
 CONVENTIONS: tuple[str, ...] = ("project", "reference")
 
 
-def pixel_offset(convention: str) -> float:
+def pixel_offset(convention) -> float:
     """Continuous coordinate of the centre of pixel 0: 0.0 (``project``) or 0.5 (``reference``).
+    ``convention`` is the params value or a `pose.codec.Convention` (its ``pixel_offset``).
 
     Raises ValueError naming the allowed values for anything else.
     """
+    if not isinstance(convention, str) and isinstance(getattr(convention, "pixel_offset", None), float):
+        return convention.pixel_offset
     if convention == "project":
         return 0.0
     if convention == "reference":

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from pose.augment.transforms import TrainTransform, normalize_image
 from pose.codec import INPUT_MULTIPLE, Codec, codec_from_params
-from pose.io import read_image
+from pose.io import dataset_exif, read_image
 from pose.targets.masks import ignore_mask
 
 
@@ -28,11 +28,20 @@ def loader_worker_init(worker_id: int) -> None:
     PyTorch already gives each worker one torch thread; OpenCV would otherwise start a pool
     of one thread per core in every worker (decode, warp, colour jitter), so ``train.workers``
     workers plus the training threads would oversubscribe the cores (`pose.train.loop`
-    module docstring). Results do not depend on it (same pixels with 1 or N threads).
+    module docstring). Results do not depend on it (same pixels with 1 or N threads). Workers
+    ignore SIGTERM / SIGINT (the training process handles them, `pose.train.stop`).
     """
+    import signal
+
     import cv2
 
     cv2.setNumThreads(1)
+    # SIGTERM / SIGINT reach the whole process group: the training process stops at a step boundary
+    # and writes its checkpoint (pose.train.stop); a worker killed by the signal would abort that
+    # with "DataLoader worker ... killed". Workers end with the training process's loader.
+    if torch.utils.data.get_worker_info() is not None:  # in a loader worker process only
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def read_coco_json(ann_file: Path) -> dict:
@@ -52,10 +61,10 @@ def read_coco_json(ann_file: Path) -> dict:
     return data
 
 
-def load_coco(ann_file: Path) -> tuple[list[dict], dict[int, list[dict]]]:
-    """Read a COCO keypoints file: (images, annotations grouped by image id).
+def load_coco(ann_file: Path | dict) -> tuple[list[dict], dict[int, list[dict]]]:
+    """Read a COCO keypoints file (or its parsed dict): (images, annotations grouped by image id).
     Raises as :func:`read_coco_json`."""
-    data = read_coco_json(ann_file)
+    data = ann_file if isinstance(ann_file, dict) else read_coco_json(ann_file)
     by_image: dict[int, list[dict]] = {}
     for ann in data["annotations"]:
         by_image.setdefault(ann["image_id"], []).append(ann)
@@ -93,7 +102,9 @@ class CocoKeypoints(Dataset):
     def __init__(self, ann_file: Path, images_dir: Path, *, codec: Codec, augment: dict | None, seed: int, crop: str):
         if codec.sigma is None:
             raise ValueError("CocoKeypoints needs a codec built with the params 'targets' section")
-        images, by_image = load_coco(ann_file)
+        data = read_coco_json(ann_file)
+        images, by_image = load_coco(data)
+        self.exif = dataset_exif(data, ann_file)  # the frame the annotations were made in (pose.io)
         self.images_dir = Path(images_dir)
         self.codec, self.num_joints, self.seed = codec, codec.num_joints, int(seed)
         def labelled(anns: list[dict]) -> bool:
@@ -117,7 +128,7 @@ class CocoKeypoints(Dataset):
         index, input_size = key
         img, anns = self.records[index]
         path = self.images_dir / img["file_name"]
-        image = read_image(path, img["id"])
+        image = read_image(path, img["id"], exif=self.exif)
         h, w = image.shape[:2]
         kp = person_keypoints(anns, self.num_joints)
         ignore = ignore_mask(anns, h, w)

@@ -14,6 +14,9 @@ epoch, per-step history) or a pure function of ``(seed, epoch, index)`` (batch
 order, input size, augmentation). The DataLoader gets its own generator, so
 starting an epoch's loader does not consume the global torch RNG. Validation
 (`pose.train.validation`) uses no random numbers, so it does not disturb this.
+SIGTERM / SIGINT (and the end of the parent process under ``--dvc-stage``) write ``last.pt``
+at the next step boundary and stop (`pose.train.stop`); under DVC only a ``last.pt`` of the same
+stage inputs is resumed (`pose.train.resume`).
 
 Checkpoint selection: with ``train.val_every > 0`` and a validation split, the model is
 decoded and scored (COCO AP) every ``val_every`` epochs and after the last one, and
@@ -50,6 +53,9 @@ from pose.models import build_training_model
 from pose.train import ddp
 from pose.train.checkpoint import load_checkpoint, remove_stale_temps, save_checkpoint, upgrade_model_params
 from pose.train.data import CurriculumBatchSampler, curriculum_schedule, dataset_from_params, loader_worker_init
+from pose.train.ema import ModelEMA
+from pose.train.resume import resume_decision
+from pose.train.stop import StopRequest, TrainingInterrupted, echo
 from pose.train.validation import VAL_COLUMNS, Validator
 
 #: per-step columns of the steps CSV: the loss parts are `pose.codec.LOSS_PARTS` (``heatmap_4``,
@@ -141,7 +147,8 @@ def _write_steps_csv(path: Path, history: list[dict]) -> None:
 
 def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, metrics_path: Path,
           steps_path: Path, resume: bool = True, stop_after_steps: int = 0, val_ann: Path | None = None,
-          val_images: Path | None = None, val_path: Path | None = None) -> dict:
+          val_images: Path | None = None, val_path: Path | None = None, stage_inputs: dict | None = None,
+          watch_parents: bool = False) -> dict:
     """Train from ``params`` (the whole params.yaml dict) and write, on rank 0:
 
     * ``out_dir/last.pt`` (every ``train.checkpoint_every`` steps and each epoch end)
@@ -167,12 +174,23 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
 
     ``resume`` continues from ``out_dir/last.pt`` when present (model, optimiser,
     scheduler position, AMP scaler, torch RNG, epoch, batch within the epoch,
-    history). ``stop_after_steps`` > 0 returns ``{"stopped_at_step": n}`` after that
+    history). With ``stage_inputs`` (`pose.train.resume.stage_inputs` of the DVC stage
+    running this, ``pose train --dvc-stage``) it does so only when ``last.pt`` records the
+    same inputs and is not a finished run; otherwise it prints one line saying why, deletes
+    the stale ``last.pt`` / ``best.pt`` and trains from scratch
+    (`pose.train.resume.resume_decision`). Every checkpoint records ``stage_inputs``.
+    ``stop_after_steps`` > 0 returns ``{"stopped_at_step": n}`` after that
     many global steps without writing the metrics / steps files (tests, benchmarks).
     Returns the summary dict on rank 0, ``{}`` on other ranks.
 
+    SIGTERM / SIGINT (and, with ``watch_parents``, the end of the process that started this
+    one: `pose.train.stop`) stop the run at the next step boundary (or between two validation
+    images): ``last.pt`` is written with the exact state there and :class:`TrainingInterrupted`
+    is raised; resuming from it ends with the same weights, bit for bit, as a run never stopped.
+
     Raises ValueError when ``last.pt`` was trained with other ``model`` params, or on a
-    bad ``train.val_every`` / ``train.val_max_images`` or validation file.
+    bad ``train.val_every`` / ``train.val_max_images`` or validation file;
+    `pose.train.stop.TrainingInterrupted` as above.
     """
     tp, mp = params["train"], params["model"]
     device = pick_device()
@@ -184,8 +202,8 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
     threads_before = torch.get_num_threads()
     threads = configure_threads(workers, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if is_main:
-        print(f"device {device.type}: {threads} torch thread(s) + {workers} loader worker(s) "
-              f"on {available_cores()} available core(s)", flush=True)
+        echo(f"device {device.type}: {threads} torch thread(s) + {workers} loader worker(s) "
+             f"on {available_cores()} available core(s)")
     torch.manual_seed(int(tp["seed"]))
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
 
@@ -213,8 +231,8 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
     validator = None
     if val_every and (val_ann is None or val_images is None):
         if is_main:
-            print("warning: train.val_every > 0 but no validation split given (--val-ann / --val-images): "
-                  "validation off, best.pt by training loss", flush=True)
+            echo("warning: train.val_every > 0 but no validation split given (--val-ann / --val-images): "
+                 "validation off, best.pt by training loss")
         val_every = 0
     if val_every and is_main:
         validator = Validator(val_ann, val_images, max_images=int(tp["val_max_images"]),
@@ -224,6 +242,11 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
     # initialise for training from scratch (params model.init), then load published weights if any
     model, _ = build_training_model(mp, verbose=is_main)
     model = model.to(device)
+    # params train.channels_last: NHWC activations and weights (oneDNN's faster convolutions on CPU;
+    # benchmarks/step_cost.py); the same model, other rounding
+    channels_last = bool(tp["channels_last"])
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(tp["optimizer"])
     if opt_cls is None:
         raise ValueError(f"params train.optimizer: unknown optimizer {tp['optimizer']!r} (adam | adamw)")
@@ -233,6 +256,8 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
     use_amp = bool(tp["amp"])
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
+    # EMA of the weights (params train.ema_decay > 0): validated and saved as the checkpoints' "model"
+    ema = ModelEMA(model, float(tp["ema_decay"]), float(tp["ema_warmup_steps"])) if float(tp["ema_decay"]) else None
 
     # ---- resume
     out_dir = Path(out_dir)
@@ -243,17 +268,43 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
     last = out_dir / "last.pt"
     if is_main:
         remove_stale_temps(out_dir)  # temp files of a save that was killed; never read
+    resuming = bool(resume and last.exists())
+    if is_main and resume and stage_inputs is not None:
+        if resuming:
+            head = load_checkpoint(last)
+            recorded = json.loads(head["stage_inputs"]) if head.get("stage_inputs") else None
+            finished = int(head["epoch"]) >= len(schedule) and int(head["batch_in_epoch"]) == 0
+            resuming, why = resume_decision(recorded, stage_inputs, finished=finished)
+            del head
+            if not resuming:
+                echo(f"starting fresh, not resuming {last}: {why}")
+                for stale in (last, out_dir / "best.pt"):
+                    stale.unlink(missing_ok=True)
+        else:
+            echo(f"starting fresh: no {last} to resume")
     # rank 0 decides, so no rank resumes while another starts afresh (shared out_dir assumed)
-    resuming = ddp.broadcast_object(bool(resume and last.exists()), dist_info)
+    resuming = ddp.broadcast_object(resuming, dist_info)
     if resuming:
         ck = load_checkpoint(last, map_location=device)
         if upgrade_model_params(json.loads(ck["model_params"])) != json.loads(json.dumps(mp)):
             raise ValueError(f"{last}: trained with model params {ck['model_params']}, params.yaml has "
                              f"{json.dumps(mp, sort_keys=True)}; use --no-resume or another --out-dir")
         if "plan" in ck and json.loads(ck["plan"]) != plan and is_main:
-            print(f"warning: {last} was written with another curriculum / batch plan ({ck['plan']}); "
-                  f"resuming at its epoch and batch, not an exact continuation", flush=True)
-        model.load_state_dict(ck["model"])
+            echo(f"warning: {last} was written with another curriculum / batch plan ({ck['plan']}); "
+                 f"resuming at its epoch and batch, not an exact continuation")
+        raw = "model_raw" in ck   # written with the EMA on: "model" is the average, "model_raw" the training weights
+        model.load_state_dict(ck["model_raw"] if raw else ck["model"])
+        if ema is not None:
+            if raw:
+                ema.load(ck["model"], int(ck["ema_updates"]))
+            else:
+                ema.load(model.state_dict(), 0)
+                if is_main:
+                    echo(f"warning: {last} was written without an EMA of the weights (train.ema_decay 0): the EMA "
+                         f"starts from its weights now")
+        elif raw and is_main:
+            echo(f"warning: {last} was written with an EMA of the weights; train.ema_decay is 0: continuing "
+                 f"without it")
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
         scaler.load_state_dict(ck["scaler"])
@@ -267,7 +318,7 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
         val_history = json.loads(ck.get("val_history", "[]"))
         del ck
         if is_main:
-            print(f"resumed from {last}: epoch {start_epoch} batch {start_batch} step {global_step}", flush=True)
+            echo(f"resumed from {last}: epoch {start_epoch} batch {start_batch} step {global_step}")
     if dist_info.distributed:
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -275,7 +326,9 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
         train_model = model
 
     def checkpoint_state(epoch: int, batch_in_epoch: int) -> dict:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        weights = {"model": model.state_dict()} if ema is None else \
+            {"model": ema.state_dict(), "model_raw": model.state_dict(), "ema_updates": ema.updates}
+        return {**weights, "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                 "rng_cpu": torch.get_rng_state(), "epoch": epoch, "batch_in_epoch": batch_in_epoch,
                 "global_step": global_step, "best_loss": best_loss, "best_val_ap": best_val_ap,
@@ -283,76 +336,104 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
                 # wall-clock columns stay out of checkpoints so equal training gives equal files
                 "history": json.dumps([{k: v for k, v in h.items() if k != "images_per_s"} for h in history]),
                 "val_history": json.dumps([{k: v for k, v in h.items() if k != "seconds"} for h in val_history]),
-                "train_data": train_data,
+                "train_data": train_data, "stage_inputs": json.dumps(stage_inputs) if stage_inputs else "",
                 "model_params": json.dumps(mp, sort_keys=True), "plan": json.dumps(plan),
                 "active_sizes": json.dumps(schedule[min(epoch, len(schedule) - 1)])}
 
     every = int(tp["checkpoint_every"])
+
+    def interrupted(epoch: int, batch_in_epoch: int) -> TrainingInterrupted:
+        """Write last.pt at this step boundary (rank 0) and build the exception to raise."""
+        if is_main:
+            save_checkpoint(checkpoint_state(epoch, batch_in_epoch), last)
+            echo(f"{stop.reason}: stopping after step {global_step}/{total_steps}, checkpoint {last} written "
+                 f"(epoch {epoch} batch {batch_in_epoch})")
+        return TrainingInterrupted(stop.reason or "stop requested on another rank", stop.signum or 15, global_step,
+                                   total_steps, last if is_main else None)
+
     model.train()
     stopped = False
-    for epoch in range(start_epoch, len(schedule)):
-        dataset.set_epoch(epoch)
-        sampler.set_epoch(epoch, start_batch if epoch == start_epoch else 0)
-        # own generator: worker seeds come from it, not from the global RNG the checkpoint restores
-        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
-                            persistent_workers=False, worker_init_fn=loader_worker_init,
-                            generator=torch.Generator().manual_seed(seed * 100003 + epoch))
-        epoch_losses = [h["loss"] for h in history if h["epoch"] == epoch]
-        batch_in_epoch = sampler.start_batch
-        t0 = time.perf_counter()
-        for batch in loader:
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            loss, parts = train_step(train_model, batch, optimizer, scaler, loss_params=params["loss"],
-                                     grad_clip=float(tp["grad_clip"]), use_amp=use_amp, amp_dtype=amp_dtype)
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            global_step += 1
-            batch_in_epoch += 1
-            logged = ddp.mean_across_ranks(torch.stack([loss.detach(), *(parts[name] for name in LOSS_PARTS)]).float(),
-                                           dist_info).tolist()
-            dt = time.perf_counter() - t0
+    with StopRequest(watch_parents=watch_parents) as stop:
+        for epoch in range(start_epoch, len(schedule)):
+            dataset.set_epoch(epoch)
+            sampler.set_epoch(epoch, start_batch if epoch == start_epoch else 0)
+            # own generator: worker seeds come from it, not from the global RNG the checkpoint restores
+            loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
+                                pin_memory=device.type == "cuda", persistent_workers=False,
+                                worker_init_fn=loader_worker_init,
+                                generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+            epoch_losses = [h["loss"] for h in history if h["epoch"] == epoch]
+            batch_in_epoch = sampler.start_batch
             t0 = time.perf_counter()
-            row = {"step": global_step, "epoch": epoch, "input_size": int(batch["image"].shape[-1]),
-                   "loss": logged[0], **dict(zip(LOSS_PARTS, logged[1:])), "lr": lr,
-                   "images_per_s": batch["image"].shape[0] * world / max(dt, 1e-9)}
-            history.append(row)
-            epoch_losses.append(row["loss"])
-            if is_main and (global_step % int(tp["log_every"]) == 0 or global_step == 1):
-                print(f"step {global_step}/{total_steps} epoch {epoch} size {row['input_size']} "
-                      f"loss {row['loss']:.5f} lr {lr:.2e} {row['images_per_s']:.1f} img/s", flush=True)
-            if is_main and every and global_step % every == 0:
-                save_checkpoint(checkpoint_state(epoch, batch_in_epoch), last)
-            if stop_after_steps and global_step >= stop_after_steps:
-                stopped = True
+            for batch in loader:
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                if channels_last:
+                    batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+                loss, parts = train_step(train_model, batch, optimizer, scaler, loss_params=params["loss"],
+                                         grad_clip=float(tp["grad_clip"]), use_amp=use_amp, amp_dtype=amp_dtype)
+                lr = optimizer.param_groups[0]["lr"]
+                scheduler.step()
+                if ema is not None:
+                    ema.update(model)
+                global_step += 1
+                batch_in_epoch += 1
+                # the stop flag rides along with the logged losses: every rank stops at the same step
+                flag = torch.tensor(float(stop.requested), device=loss.device)
+                logged = ddp.mean_across_ranks(
+                    torch.stack([loss.detach(), *(parts[name] for name in LOSS_PARTS), flag]).float(),
+                    dist_info).tolist()
+                stop_now = logged.pop() > 0
+                dt = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                row = {"step": global_step, "epoch": epoch, "input_size": int(batch["image"].shape[-1]),
+                       "loss": logged[0], **dict(zip(LOSS_PARTS, logged[1:])), "lr": lr,
+                       "images_per_s": batch["image"].shape[0] * world / max(dt, 1e-9)}
+                history.append(row)
+                epoch_losses.append(row["loss"])
+                if is_main and (global_step % int(tp["log_every"]) == 0 or global_step == 1):
+                    echo(f"step {global_step}/{total_steps} epoch {epoch} size {row['input_size']} "
+                         f"loss {row['loss']:.5f} lr {lr:.2e} {row['images_per_s']:.1f} img/s", stop)
+                if stop_now:
+                    del loader
+                    raise interrupted(epoch, batch_in_epoch)
+                if is_main and every and global_step % every == 0:
+                    save_checkpoint(checkpoint_state(epoch, batch_in_epoch), last)
+                if stop_after_steps and global_step >= stop_after_steps:
+                    stopped = True
+                    break
+            del loader
+            if stopped:
                 break
-        del loader
-        if stopped:
-            break
-        mean_loss = sum(epoch_losses) / max(1, len(epoch_losses))
-        improved = False
-        if mean_loss < best_loss:  # same value on every rank (losses are rank means)
-            best_loss = mean_loss
-            improved = not val_every
-        if val_every and ((epoch + 1) % val_every == 0 or epoch + 1 == len(schedule)):
-            row = None
+            mean_loss = sum(epoch_losses) / max(1, len(epoch_losses))
+            improved = False
+            if val_every and ((epoch + 1) % val_every == 0 or epoch + 1 == len(schedule)):
+                row = None
+                if is_main:
+                    result = validator.run(model if ema is None else ema.module, device,
+                                           should_stop=lambda: stop.requested)
+                    if result is not None:
+                        row = {"epoch": epoch, "step": global_step, **result}
+                        echo(f"epoch {epoch} validation: AP {row['AP']:.4f} AP50 {row['AP50']:.4f} "
+                             f"AR {row['AR']:.4f} on {row['images']} images ({row['seconds']:.1f} s)", stop)
+                row = ddp.broadcast_object(row, dist_info)
+                if row is None:  # stopped during the validation: resume re-runs it (epoch done, batch = all)
+                    raise interrupted(epoch, batch_in_epoch)
+                val_history.append(row)
+                if row["AP"] > best_val_ap:
+                    best_val_ap = row["AP"]
+                    improved = True
+                if is_main and val_path is not None:
+                    _write_csv(Path(val_path), VAL_COLUMNS, val_history)
+            if mean_loss < best_loss:  # same value on every rank (losses are rank means)
+                best_loss = mean_loss
+                improved = improved or not val_every
+            if improved:
+                best_epoch = epoch
+                if is_main:
+                    save_checkpoint(checkpoint_state(epoch + 1, 0), out_dir / "best.pt")
             if is_main:
-                row = {"epoch": epoch, "step": global_step, **validator.run(model, device)}
-                print(f"epoch {epoch} validation: AP {row['AP']:.4f} AP50 {row['AP50']:.4f} AR {row['AR']:.4f} "
-                      f"on {row['images']} images ({row['seconds']:.1f} s)", flush=True)
-            row = ddp.broadcast_object(row, dist_info)
-            val_history.append(row)
-            if row["AP"] > best_val_ap:
-                best_val_ap = row["AP"]
-                improved = True
-            if is_main and val_path is not None:
-                _write_csv(Path(val_path), VAL_COLUMNS, val_history)
-        if improved:
-            best_epoch = epoch
-            if is_main:
-                save_checkpoint(checkpoint_state(epoch + 1, 0), out_dir / "best.pt")
-        if is_main:
-            save_checkpoint(checkpoint_state(epoch + 1, 0), last)
-        start_batch = 0
+                save_checkpoint(checkpoint_state(epoch + 1, 0), last)
+            start_batch = 0
 
     summary: dict = {}
     if stopped:
@@ -382,7 +463,7 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
             if val_path is not None:
                 _write_csv(Path(val_path), VAL_COLUMNS, val_history)
             if dist_info.distributed:
-                print(f"{world} replicas in sync, model sha256 {digest[:16]}", flush=True)
+                echo(f"{world} replicas in sync, model sha256 {digest[:16]}")
     ddp.teardown(dist_info)
     torch.set_num_threads(threads_before)  # the caller's setting again (tests, benchmarks)
     return summary

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from pose.io import read_image
+from pose.io import dataset_exif, read_image
 from pose.train.data import read_coco_json
 
 #: columns of the per-epoch validation CSV (``data/plots/val_epochs.csv``). No wall-clock
@@ -74,6 +75,7 @@ class Validator:
         self.images_dir = Path(images_dir)
         self.eval_params = dict(eval_params)
         self.images = [(im["id"], self.images_dir / im["file_name"]) for im in self.gt["images"]]
+        self.exif = dataset_exif(self.gt, ann_file)  # the frame the annotations were made in (pose.io)
         missing = [str(path) for _, path in self.images if not path.is_file()]
         if missing:
             raise FileNotFoundError(f"{missing[0]}: validation image not found ({len(missing)} missing in "
@@ -83,13 +85,16 @@ class Validator:
         return len(self.images)
 
     @torch.no_grad()
-    def run(self, model: torch.nn.Module, device: torch.device | str | None = None) -> dict:
+    def run(self, model: torch.nn.Module, device: torch.device | str | None = None,
+            should_stop: Callable[[], bool] | None = None) -> dict | None:
         """Decode every image with ``model`` (run in eval mode; its mode is restored) and score.
 
         Returns ``{"AP", "AP50", "AP75", "AR", "images", "seconds"}``: COCO keypoint AP / AR
         (OKS 0.50:0.95, pycocotools, maxDets 20) as floats, the number of images and the
         wall-clock time of reading, decoding and scoring in s. Uses no random numbers (a
-        resumed training run stays bit-identical). Raises ValueError for an unreadable image.
+        resumed training run stays bit-identical). ``should_stop`` is asked before each image;
+        when it says true the run ends early and returns None (a stopping training run,
+        `pose.train.stop`). Raises ValueError for an unreadable image.
         """
         from pose.datasets.schema import COCO_SIGMAS
         from pose.decode.inference import predict_image, to_coco_results
@@ -98,7 +103,10 @@ class Validator:
         t0 = time.perf_counter()
         results: list[dict] = []
         for image_id, path in self.images:
-            persons = predict_image(model, read_image(path, image_id), eval_params=self.eval_params, device=device)
+            if should_stop is not None and should_stop():
+                return None
+            image = read_image(path, image_id, exif=self.exif)
+            persons = predict_image(model, image, eval_params=self.eval_params, device=device)
             results.extend(to_coco_results(persons, image_id))
         # a copy: COCOeval writes ``ignore`` flags into the ground-truth annotations
         metrics = evaluate_results(copy.deepcopy(self.gt), results, sigmas=COCO_SIGMAS,

@@ -56,6 +56,10 @@ class DatasetFormat:
             dataset) or ``generated`` (figures drawn by a program). A model records the domain of
             its training data (``train_data`` of the checkpoint, ONNX metadata), and ``pose
             predict`` / serving warn when a model trained on generated figures meets photos.
+        exif_orientation: how the images' EXIF orientation tag is treated when they are read
+            (`pose.io.EXIF_MODES`), the default of the catalogue's ``exif_orientation``:
+            ``ignore`` for every format here, whose COCO-style annotations are made in the stored
+            pixel frame (as the official HigherHRNet reads COCO: ``IMREAD_IGNORE_ORIENTATION``).
     """
 
     kind: str
@@ -69,6 +73,7 @@ class DatasetFormat:
     native_metric: str
     reference: str
     domain: str = "photos"
+    exif_orientation: str = "ignore"
 
     def __post_init__(self):
         if self.domain not in DOMAINS:
