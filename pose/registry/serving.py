@@ -125,6 +125,7 @@ REQUEST_PARAMS: dict[str, tuple[str, str, tuple | None]] = {
     "nms_kernel": ("evaluate", "long", None),
     "tie_break": ("evaluate", "boolean", None),
     "project2image": ("evaluate", "boolean", None),
+    "project_maps": ("evaluate", "boolean", None),
     "adjust": ("evaluate", "boolean", None),
     "refine": ("evaluate", "boolean", None),
     "nms_oks": ("evaluate", "double", None),
@@ -390,11 +391,12 @@ def serve_maps(predictor, image_bgr: np.ndarray) -> dict:
     settings, as NumPy ``{"heatmaps": (K, Hg, Wg) float32, "tags": (K, Hg, Wg, T*n) float32,
     "affine": (2, 3) float64 image px -> base input px, "stride": int input px per map px}``."""
     from pose.decode.inference import multi_scale_maps
+    from pose.decode.persons import graph_projects
 
     ev = predictor.eval_params
     m = multi_scale_maps(predictor.model, image_bgr, input_size=int(ev["input_size"]), resize=str(ev["resize"]),
                          test_scales=[float(s) for s in ev["test_scales"]], flip_test=bool(ev["flip_test"]),
-                         project2image=bool(ev["project2image"]), convention=None)
+                         project2image=graph_projects(ev), convention=None)
     return {"heatmaps": m.heatmaps.float().cpu().numpy(), "tags": m.tags.float().cpu().numpy(),
             "affine": np.asarray(m.affine, np.float64), "stride": int(m.stride)}
 
