@@ -109,6 +109,7 @@ def test_served_outputs_equal_the_pipeline(served):
     import mlflow
 
     from pose.decode.inference import multi_scale_maps
+    from pose.decode.persons import graph_projects
     from pose.io import read_image
     from pose.train.checkpoint import load_trained_model
 
@@ -123,7 +124,7 @@ def test_served_outputs_equal_the_pipeline(served):
         maps = pm.predict(pd.DataFrame({"image": [jpeg]}), params={"output": "maps"})[0]
         ref = multi_scale_maps(net, image, input_size=ev["input_size"], resize=ev["resize"],
                                test_scales=ev["test_scales"], flip_test=ev["flip_test"],
-                               project2image=ev["project2image"], convention=None)
+                               project2image=graph_projects(ev), convention=None)   # the maps persons come from
         assert maps["heatmaps"].shape == tuple(ref.heatmaps.shape) and maps["tags"].shape == tuple(ref.tags.shape)
         assert np.abs(maps["heatmaps"] - ref.heatmaps.numpy()).max() <= 1e-5
         assert np.abs(maps["tags"] - ref.tags.numpy()).max() <= 1e-5
@@ -143,7 +144,7 @@ def test_served_outputs_equal_the_pipeline(served):
         # default: the stored predict.min_person_score filters
         cut = params["predict"]["min_person_score"]
         default = pm.predict(pd.DataFrame({"image": [jpeg]}))[0]
-        _assert_same_persons(default, [p for p in expected if p["score"] >= cut], 1e-4)
+        _assert_same_persons(default, [p for p in expected if p["confidence"] >= cut], 1e-4)   # calibrated
         # a request's params override the stored settings, as the same keys of params.yaml do
         over = {"input_size": 96, "flip_test": False, "detection_threshold": 0.05}
         got = pm.predict(pd.DataFrame({"image": [jpeg]}), params={**over, "min_person_score": 0.0})[0]
