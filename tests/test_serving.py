@@ -567,7 +567,7 @@ def test_pose_serve_answers_like_pose_predict_with_short_errors(pose_server, ser
     resp = _post(f"{url}/invocations", {"inputs": {"image": [b64]}})   # the other JSON format, stored min score
     assert resp.status_code == 200, resp.text[-2000:]
     cut = params["predict"]["min_person_score"]
-    assert resp.json()["predictions"][0] == [p for p in first if p["score"] >= cut]
+    assert resp.json()["predictions"][0] == [p for p in first if p["confidence"] >= cut]   # the calibrated confidence
 
     sv = params["serve"]
     big = base64.b64encode(cv2.imencode(".png", np.zeros((700, 700, 3), np.uint8))[1].tobytes()).decode()
