@@ -127,14 +127,20 @@ def _root(version: bool = typer.Option(False, "--version", is_eager=True, callba
 @app.command("check-params")
 def check_params(out: Path = typer.Option(None, help="also write this JSON marker ({\"ok\": true}; the same bytes for "
                                                      "every valid params.yaml) for DVC stages to depend on"),
+                 dataset_entry: Path = typer.Option(None, help="also write what the stages after fetch read of "
+                                                    "catalogue.<data.dataset> (pose.params.dataset_reading_entry)"),
                  params_file: Path = PARAMS) -> None:
     """Check params.yaml against the schema and exit (the first DVC stage, `check_params`): unknown keys,
     types, ranges, input sizes (positive multiples of 32), enumerations, data.dataset in the catalogue."""
-    _params(params_file)
-    if out is not None:
-        from pose.io import atomic_write_json
+    p = _params(params_file)
+    from pose.io import atomic_write_json
 
+    if out is not None:
         atomic_write_json(out, {"ok": True})
+    if dataset_entry is not None:
+        from pose.params import dataset_reading_entry
+
+        atomic_write_json(dataset_entry, dataset_reading_entry(p))
     typer.echo(f"{params_file}: ok")
 
 

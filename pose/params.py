@@ -776,6 +776,24 @@ def check_section_values(section: str, values: dict, source: str) -> dict:
     return values
 
 
+#: keys of ``catalogue.<name>`` that the stages after ``fetch`` read: how the images are read and how the
+#: results are scored. The others (mirror, native, sources, ingest) say where the data comes from: only
+#: ``fetch`` reads them, and its output folder carries their effect.
+READING_KEYS = ("kind", "schema", "native_schema", "sigmas", "native_sigmas", "exif_orientation")
+
+
+def dataset_reading_entry(params: dict) -> dict:
+    """``{"dataset": data.dataset, <READING_KEYS>: value or None}``: what validate, evaluate and register read of
+    the catalogue entry of ``data.dataset``. The ``check_params`` stage writes it (``pose check-params
+    --dataset-entry``) for those stages to depend on instead of the whole ``catalogue`` section, so listing an
+    ingest batch or a source reruns ``fetch`` and, when the fetched folder is unchanged, nothing after it
+    (issue 22). ``params``: a checked params dict. Raises KeyError when ``data.dataset`` is not in the catalogue
+    (the check reports that first)."""
+    name = params["data"]["dataset"]
+    entry = params["catalogue"][name] or {}
+    return {"dataset": name, **{k: entry.get(k) for k in READING_KEYS}}
+
+
 def restore_hint(path: Path | str = "params.yaml") -> str:
     """How to get back to the committed params file after a bad value, for the end of a params
     error line: ``" (params.yaml differs from the last commit, e.g. left by a failed `dvc exp run -S
@@ -790,11 +808,16 @@ def restore_hint(path: Path | str = "params.yaml") -> str:
     path = Path(path)
     folder = path.resolve().parent
     try:
+        # outside a repository `git diff` falls back to --no-index and exits 1: ask for the repository first
+        inside = subprocess.run(["git", "-C", str(folder), "rev-parse", "--verify", "--quiet", "HEAD"],
+                                capture_output=True, timeout=10)
+        if inside.returncode != 0:    # no repository, or no commit yet
+            return ""
         proc = subprocess.run(["git", "-C", str(folder), "diff", "--quiet", "HEAD", "--", path.name],
                               capture_output=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return ""
-    if proc.returncode != 1:          # 0: as committed; 128: no repository / no commit
+    if proc.returncode != 1:          # 0: as committed; 128: untracked / not in the repository
         return ""
     return (f" ({path} differs from the last commit, e.g. left by a failed `dvc exp run -S ...`: restore it "
             f"with `git checkout {path}` or `dvc exp apply HEAD`)")
@@ -802,4 +825,5 @@ def restore_hint(path: Path | str = "params.yaml") -> str:
 
 __all__ = ["load_params", "load_checked_params", "validate_params", "check_section_values", "ParamsError",
            "Params", "flatten",
-           "input_size_error", "check_input_size", "SIZE_DIVISOR", "RULE_METRICS", "restore_hint"]
+           "input_size_error", "check_input_size", "SIZE_DIVISOR", "RULE_METRICS", "restore_hint",
+           "READING_KEYS", "dataset_reading_entry"]

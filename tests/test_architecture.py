@@ -64,6 +64,25 @@ def _is_package(name: str) -> bool:
     return MODULES[name].name == "__init__.py"
 
 
+def _lazy_exports() -> dict[str, dict[str, str]]:
+    """``{package: {name: module}}`` of the packages that import their submodules lazily through a
+    module-level ``_EXPORTS = {"name": "pose.pkg.module", ...}`` (pose.models, pose.datasets):
+    ``from pose.models import build_model`` runs pose.models.factory."""
+    out = {}
+    for name, f in MODULES.items():
+        if f.name != "__init__.py":
+            continue
+        for node in ast.parse(f.read_text()).body:
+            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "_EXPORTS"
+                                                    for t in node.targets) and isinstance(node.value, ast.Dict):
+                out[name] = {k.value: v.value for k, v in zip(node.value.keys, node.value.values)
+                             if isinstance(k, ast.Constant) and isinstance(v, ast.Constant) and v.value in MODULES}
+    return out
+
+
+LAZY = _lazy_exports()
+
+
 class _Imports(ast.NodeVisitor):
     """Import statements of one module (anywhere in it, except under ``if TYPE_CHECKING:``)."""
 
@@ -115,6 +134,8 @@ class _Imports(ast.NodeVisitor):
                 self.aliases[a.asname or a.name] = sub
                 continue
             self.edges.append((source, node.lineno))
+            if a.name in LAZY.get(source, {}):                 # a lazily exported name runs its module
+                self.edges.append((LAZY[source][a.name], node.lineno))
             if a.name.startswith("_") and not a.name.startswith("__") and source != self.module:
                 self.private.append((f"{source}.{a.name}", node.lineno))
 
@@ -361,3 +382,56 @@ def test_stage_deps_cover_the_modules_its_command_imports(stage):
             missing.append(f)
     assert not missing, (f"dvc.yaml stage {stage} ({', '.join('pose ' + c for c in commands)}) imports modules "
                          f"its deps do not cover (add the file or its package folder):\n" + "\n".join(missing))
+
+
+def _stage_closure(stage: str) -> tuple[list[str], set[str]]:
+    """``(code deps, files)`` of a stage: its pose/... deps and the files of the modules its command imports."""
+    body = _stages()[stage]
+    tree = ast.parse(MODULES[DISPATCHER].read_text())
+    helpers = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    cli = _cli_commands()
+    start = set()
+    for c in _stage_commands(body["cmd"]):
+        start |= _command_imports(cli[c], helpers)
+    deps = [str(d).rstrip("/") for d in body.get("deps", []) if str(d).startswith(PACKAGES)]
+    checked = PARAMS_OK in [str(d) for d in body.get("deps", [])] and stage != "check_params"
+    closure = _closure(start, frozenset({PARAMS_MODULE} if checked else set()))
+    return deps, {MODULES[m].relative_to(REPO).as_posix() for m in closure}
+
+
+@pytest.mark.parametrize("stage", sorted(_stages()))
+def test_stage_deps_list_no_code_its_command_does_not_import(stage):
+    """A code dep (a file, or a folder: every .py under it) is code the stage's command imports, so an edit
+    of unrelated code (a command no stage runs, another stage's module) reruns nothing (issue 22)."""
+    deps, files = _stage_closure(stage)
+    extra = []
+    for d in deps:
+        path = REPO / d
+        listed = [path] if path.is_file() else sorted(path.rglob("*.py"))
+        extra += [f.relative_to(REPO).as_posix() for f in listed if f.relative_to(REPO).as_posix() not in files]
+    assert not extra, (f"dvc.yaml stage {stage} lists code its command does not import (list the files it imports "
+                       f"instead of their folder, or drop the dep):\n" + "\n".join(extra))
+
+
+def test_the_committed_dvc_lock_records_the_code_and_params_of_this_tree():
+    """`dvc status` finds no stage whose code or params differ from what dvc.lock recorded, so a fresh clone's
+    `dvc repro` reruns nothing for code reasons (data outputs are absent on a clone: not checked here).
+    Refresh it with `make run` (dvc repro) and commit dvc.lock with the code (README, "Contributing")."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=REPO, capture_output=True, text=True,
+                         env={**os.environ, "DVC_NO_ANALYTICS": "1"}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    stale = []
+    for stage, entries in json.loads(out.stdout or "{}").items():
+        for entry in entries:
+            if not isinstance(entry, dict):
+                continue
+            for dep, state in (entry.get("changed deps") or {}).items():
+                if dep.startswith(PACKAGES) or dep == "params.yaml":
+                    stale.append(f"{stage}: {dep} {state}")
+    assert not stale, ("dvc.lock does not record this tree's code / params (run `make run` and commit dvc.lock "
+                       "with the code):\n" + "\n".join(stale))

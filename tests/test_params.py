@@ -247,3 +247,22 @@ def test_dvc_repro_stops_at_check_params_with_outputs_intact(tmp_path, mutate, k
     assert {k: v for k, v in before.items() if k != "data/params_ok.json"} == after
     print(f"dvc repro with {key} bad: failed in {elapsed:.1f} s")
     assert elapsed < 60, elapsed
+
+
+def test_restore_hint_only_for_a_committed_params_file_that_changed(tmp_path):
+    """Outside a git repository (where `git diff` would fall back to --no-index and exit 1) no hint;
+    in a repository, a hint only when the committed file was changed."""
+    import subprocess
+
+    from pose.params import restore_hint
+
+    f = tmp_path / "params.yaml"
+    f.write_text("a: 1\n")
+    assert restore_hint(f) == ""
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git[:3] + ["init", "-q"], check=True)
+    subprocess.run(git + ["add", "params.yaml"], check=True)
+    subprocess.run(git + ["commit", "-qm", "p"], check=True)
+    assert restore_hint(f) == ""
+    f.write_text("a: 2\n")
+    assert "git checkout" in restore_hint(f) and "dvc exp apply HEAD" in restore_hint(f)
