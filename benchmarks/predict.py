@@ -60,9 +60,9 @@ import yaml
 
 from pose.decode.inference import inference_net, predict_image
 from pose.decode.onnx_backend import OnnxPoseModel
-from pose.decode.persons import decode_persons, resolve_eval_params
+from pose.decode.persons import decode_persons, graph_projects, resolve_eval_params
 from pose.decode.preprocess import input_batch, input_geometry
-from pose.export import export_onnx
+from pose.export import calibration_inputs, export_onnx, quantize_int8
 from pose.models import build_model, count_flops, count_params
 from pose.predict import limit_persons
 from pose.video import predict_video
@@ -148,7 +148,24 @@ def _profiled_split(onnx_path: Path, batches: list[np.ndarray], threads: int, wo
     return [(t1 - t0 - a) / 1e3 for (t0, t1), a in zip(runs, agg_us)], [a / 1e3 for a in agg_us]
 
 
-def _time_torch(net, images: list[np.ndarray], warm: list[np.ndarray], cfg: dict) -> tuple[dict, int]:
+class Progress:
+    """Progress lines on stderr: the variant, the image, the time per image and an estimate of the
+    time left over all variants (images left x the mean time per image so far), so a run on a busy
+    machine shows that it advances and for how long it will."""
+
+    def __init__(self, total_images: int) -> None:
+        self.total, self.done, self.t0 = total_images, 0, time.perf_counter()
+
+    def step(self, label: str, i: int, n: int) -> None:
+        self.done += 1
+        spent = time.perf_counter() - self.t0
+        left = spent / self.done * (self.total - self.done)
+        print(f"  [{label}] image {i}/{n}, {spent / self.done:.2f} s per image, about {left / 60:.1f} min left "
+              f"(load {os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
+
+
+def _time_torch(net, images: list[np.ndarray], warm: list[np.ndarray], cfg: dict, progress: Progress,
+                label: str) -> tuple[dict, int]:
     conv = net.convention
     marks: list[float] = []
     hooks = [net.model.register_forward_pre_hook(lambda *_: marks.append(time.perf_counter())),
@@ -167,10 +184,12 @@ def _time_torch(net, images: list[np.ndarray], warm: list[np.ndarray], cfg: dict
                 hm, tg = net(x)
                 hm, tg = hm[0].numpy(), tg[0].numpy()
                 t2 = time.perf_counter()
-                found = decode_persons(hm, tg, geo.affine, net.stride, cfg=cfg, convention=conv)
+                found = decode_persons(hm, tg, geo.affine, net.stride, cfg=cfg, convention=conv,
+                                       image_size=(img.shape[1], img.shape[0]))
                 t3 = time.perf_counter()
                 predict_image(net, img, eval_params=cfg)
                 t4 = time.perf_counter()
+                progress.step(label, i + 1, len(warm) + len(images))
                 if i < len(warm):
                     continue
                 network = marks[1] - marks[0]
@@ -184,7 +203,7 @@ def _time_torch(net, images: list[np.ndarray], warm: list[np.ndarray], cfg: dict
 
 
 def _time_onnx(full: OnnxPoseModel, images: list[np.ndarray], warm: list[np.ndarray], cfg: dict, threads: int,
-               workdir: Path) -> tuple[dict, int]:
+               workdir: Path, progress: Progress, label: str, agg_fallback: list[float] | None) -> tuple[dict, int]:
     times = {k: [] for k in STAGES}
     batches, persons = [], 0
     for i, img in enumerate(warm + images):
@@ -195,19 +214,47 @@ def _time_onnx(full: OnnxPoseModel, images: list[np.ndarray], warm: list[np.ndar
         t1 = time.perf_counter()
         hm, tg = full.run(x)
         t2 = time.perf_counter()
-        found = decode_persons(hm[0], tg[0], geo.affine, full.stride, cfg=cfg, convention=full.convention)
+        found = decode_persons(hm[0], tg[0], geo.affine, full.stride, cfg=cfg, convention=full.convention,
+                               image_size=(img.shape[1], img.shape[0]))
         t3 = time.perf_counter()
         full.predict(img, cfg)
         t4 = time.perf_counter()
+        progress.step(label, i + 1, len(warm) + len(images))
         if i < len(warm):
             continue
         batches.append(x)
         times["pre"].append((t1 - t0) * 1e3)
         times["group"].append((t3 - t2) * 1e3)
         times["e2e"].append((t4 - t3) * 1e3)
+        times["run"] = times.get("run", []) + [(t2 - t1) * 1e3]
         persons += len(found)
-    times["net"], times["agg"] = _profiled_split(full.path, batches, threads, workdir)
+    try:
+        times["net"], times["agg"] = _profiled_split(full.path, batches, threads, workdir)
+    except RuntimeError:   # the int8 graph: its float aggregation nodes are the fp32 graph's (same shapes)
+        agg = list(agg_fallback or [0.0] * len(batches))
+        times["agg"] = agg
+        times["net"] = [max(0.0, r - a) for r, a in zip(times["run"], agg)]
+    times.pop("run", None)
     return times, persons
+
+
+def _coco_ap(predict_fn, ann: Path, images_dir: Path, max_people: int, label: str) -> float:
+    """COCO keypoint AP of a predictor (official scores and coordinates, as the evaluate stage)."""
+    from pose.datasets.schema import COCO_SIGMAS
+    from pose.decode.persons import to_coco_results
+    from pose.evaluate.coco import evaluate_results
+
+    records = sorted(json.loads(ann.read_text())["images"], key=lambda im: im["id"])
+    results = []
+    t0 = time.perf_counter()
+    for n, im in enumerate(records):
+        img = cv2.imread(str(images_dir / im["file_name"]), cv2.IMREAD_COLOR)
+        results += to_coco_results(predict_fn(img)[:max_people], im["id"])
+        if (n + 1) % 25 == 0:
+            rate = (time.perf_counter() - t0) / (n + 1)
+            print(f"  [AP {label}] {n + 1}/{len(records)} images, about {rate * (len(records) - n - 1):.0f} s left",
+                  file=sys.stderr, flush=True)
+    return float(evaluate_results(ann, results, sigmas=COCO_SIGMAS, per_keypoint=False)["AP"])
 
 
 def _video(files: list[Path], path: Path, frames: int) -> None:
@@ -225,6 +272,26 @@ def _fps(predict_fn, video: Path, out: Path, predict_params: dict, max_people: i
     return summary["frames"] / (time.perf_counter() - t0), summary["frames"]
 
 
+def _predict_fn(runner, cfg: dict):
+    """image -> persons of an InferenceNet (torch) or an OnnxPoseModel at settings ``cfg``."""
+    if isinstance(runner, OnnxPoseModel):
+        settings = runner.settings(cfg)
+
+        def run(img):
+            return runner.predict(img, settings)
+        return run
+
+    def run_torch(img):
+        return predict_image(runner, img, eval_params=cfg)
+    return run_torch
+
+
+#: rows of the table: (backend, precision, evaluate.project_maps)
+VARIANTS = {"torch-maps": ("torch", "fp32", True), "torch": ("torch", "fp32", False),
+            "onnx-maps": ("onnxruntime", "fp32", True), "onnx": ("onnxruntime", "fp32", False),
+            "int8": ("onnxruntime", "int8", False)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", type=Path, default=REPO / "params.yaml")
@@ -232,13 +299,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=10, help="validation images timed (sorted by id)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--widths", type=int, nargs="+", default=[16, 32])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                    help="torch / onnx: backend, decoding the joints from the 1/2 maps (evaluate.project_maps "
+                         "false); *-maps: every map projected (project_maps true); int8: `pose export --int8`")
     ap.add_argument("--video-frames", type=int, default=10, help="frames of the video timed per model and backend")
     ap.add_argument("--coco", type=Path, default=DEFAULT_IMAGES, help="COCO folder with val2017/ and annotations/")
+    ap.add_argument("--timing-images", type=Path, default=None,
+                    help="COCO-layout folder whose val2017 images are timed (default: --coco)")
     ap.add_argument("--checkpoint", type=Path, default=None,
                     help="trained checkpoint, used for its width (default: random init for every width)")
-    ap.add_argument("--threads", type=int, default=0, help="threads of torch / onnxruntime / OpenCV (0: all cores)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="threads of torch / onnxruntime / OpenCV (0: as pose predict chooses them, "
+                         "pose.decode.onnx_backend.available_threads)")
+    ap.add_argument("--ap", action="store_true",
+                    help="also score each variant's COCO AP: the generated validation split at "
+                         "evaluate.input_size and coco-mini val at --size (trained checkpoints only)")
+    ap.add_argument("--generated", type=Path, default=REPO / "data" / "raw" / "generated",
+                    help="--ap: the generated set (val2017) and --int8 calibration (train2017)")
     args = ap.parse_args(argv)
-    threads = args.threads or _cores()
+    from pose.decode.onnx_backend import available_threads
+
+    threads = args.threads or available_threads()
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
 
@@ -249,21 +330,23 @@ def main(argv: list[str] | None = None) -> int:
         print("benchmarks/predict.py: times the single test scale; params evaluate.test_scales is "
               f"{cfg['test_scales']}", file=sys.stderr)
         return 2
-    ann = args.coco / "annotations" / "person_keypoints_val2017.json"
+    timing = args.timing_images or args.coco
+    ann = timing / "annotations" / "person_keypoints_val2017.json"
     if not ann.exists():
-        print(f"benchmarks/predict.py: no COCO sample at {args.coco}", file=sys.stderr)
+        print(f"benchmarks/predict.py: no COCO-layout set at {timing}", file=sys.stderr)
         return 2
     records = sorted(json.loads(ann.read_text())["images"], key=lambda im: im["id"])
-    files = [args.coco / "val2017" / im["file_name"] for im in records[:args.images + args.warmup]]
+    files = [timing / "val2017" / im["file_name"] for im in records[:args.images + args.warmup]]
     loaded = [cv2.imread(str(f), cv2.IMREAD_COLOR) for f in files]
     warm, images = loaded[:args.warmup], loaded[args.warmup:]
     print(f"torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}; {threads} threads "
           f"(torch / onnxruntime / OpenCV), {_cores()} usable cores, load average {os.getloadavg()[0]:.1f}")
-    print(f"{len(images)} timed images (+{len(warm)} warm-up) from {args.coco}/val2017; input {args.size} "
+    print(f"{len(images)} timed images (+{len(warm)} warm-up) from {timing}/val2017; input {args.size} "
           f"({cfg['resize']}), flip test {bool(cfg['flip_test'])}, project2image {bool(cfg['project2image'])}; "
-          f"video: {args.video_frames} frames 640 x 480")
+          f"video: {args.video_frames} frames 640 x 480", flush=True)
+    progress = Progress(len(args.widths) * len(args.variants) * (len(warm) + len(images)))
 
-    rows, notes = [], []
+    rows, notes, aps = [], [], {}
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:
         tmp = Path(tmp)
         video = tmp / "coco.mp4"
@@ -272,39 +355,72 @@ def main(argv: list[str] | None = None) -> int:
             model, source = _model(p, width, args.checkpoint)
             notes.append(f"W{width}: {source}; {count_params(model) / 1e6:.2f} M params, "
                          f"{count_flops(model, args.size):.1f} GFLOPs per forward of one {args.size} image")
-            onnx_path = tmp / f"w{width}.onnx"
-            export_onnx(model, onnx_path, eval_params=ev)
-            net = inference_net(model, flip_test=bool(cfg["flip_test"]), project2image=bool(cfg["project2image"]),
-                                convention=None).eval()
-            times, persons = _time_torch(net, images, warm, cfg)
-            with torch.no_grad():
-                fps, _ = _fps(lambda img, n=net: predict_image(n, img, eval_params=cfg), video, tmp / f"torch{width}",
-                              p["predict"], int(cfg["max_people"]))
-            rows.append((f"W{width}", "torch", times, persons / len(images), fps))
-
-            full = OnnxPoseModel(onnx_path, device="cpu", threads=threads)
-            times, persons = _time_onnx(full, images, warm, full.settings(ev), threads, tmp)
-            fps, _ = _fps(lambda img, m=full: m.predict(img, m.settings(ev)), video, tmp / f"onnx{width}",
-                          p["predict"], int(cfg["max_people"]))
-            rows.append((f"W{width}", "onnxruntime", times, persons / len(images), fps))
-            del full
+            agg_fp32: dict[bool, list[float]] = {}
+            for name in args.variants:
+                backend, precision, project_maps = VARIANTS[name]
+                vcfg = resolve_eval_params(dict(ev, project_maps=project_maps))
+                label = f"W{width} {name}"
+                print(f"{label}: backend {backend} {precision}, project_maps {project_maps}", file=sys.stderr,
+                      flush=True)
+                if backend == "torch":
+                    net = inference_net(model, flip_test=bool(vcfg["flip_test"]),
+                                        project2image=graph_projects(vcfg), convention=None).eval()
+                    times, persons = _time_torch(net, images, warm, vcfg, progress, label)
+                    runner = net
+                else:
+                    onnx_path = tmp / f"w{width}_{name}.onnx"
+                    export_onnx(model, onnx_path, eval_params=vcfg)
+                    if precision == "int8":
+                        calib = args.generated / "annotations" / "person_keypoints_train2017.json"
+                        inputs = calibration_inputs(calib, args.generated / "train2017",
+                                                    count=int(p["predict"]["int8_calibration_images"]),
+                                                    eval_params=p["evaluate"])
+                        onnx_path = quantize_int8(onnx_path, tmp / f"w{width}_{name}_int8.onnx", inputs)
+                    full = OnnxPoseModel(onnx_path, device="cpu", threads=threads)
+                    times, persons = _time_onnx(full, images, warm, full.settings(vcfg), threads, tmp, progress,
+                                                label, agg_fp32.get(project_maps))
+                    if precision == "fp32":
+                        agg_fp32[project_maps] = times["agg"]
+                    runner = full
+                fn = _predict_fn(runner, vcfg)
+                with torch.no_grad():
+                    fps, _ = _fps(fn, video, tmp / f"v{width}{name}", p["predict"], int(cfg["max_people"]))
+                rows.append((f"W{width}", name, times, persons / len(images), fps))
+                if args.ap and args.checkpoint is not None and "trained" in source:
+                    gen = args.generated
+                    size0 = int(p["evaluate"]["input_size"])
+                    gen_fn = _predict_fn(runner, dict(vcfg, input_size=size0))
+                    with torch.no_grad():
+                        aps[(f"W{width}", name)] = (
+                            _coco_ap(gen_fn, gen / "annotations" / "person_keypoints_val2017.json",
+                                     gen / "val2017", int(cfg["max_people"]), f"{label} generated"),
+                            _coco_ap(fn, args.coco / "annotations" / "person_keypoints_val2017.json",
+                                     args.coco / "val2017", int(cfg["max_people"]), f"{label} coco-mini"))
 
     for n in notes:
         print(n)
     head = "".join(f" {s + ' p50':>10} {s + ' p90':>10}" for s in STAGES)
-    print(f"\n{'model':<6} {'backend':<12}{head} {'persons':>8} {'video fps':>10} {'(agg+grp)/net':>14}")
-    net = {}
-    for width, backend, times, persons, fps in rows:
+    print(f"\n{'model':<6} {'variant':<10}{head} {'persons':>8} {'video fps':>10} {'(agg+grp)/net':>14}"
+          + (f" {'AP gen':>7} {'AP coco':>8}" if aps else ""))
+    net_ms = {}
+    for width, name, times, persons, fps in rows:
         cells = "".join(f" {_pct(times[s], 50):>10.1f} {_pct(times[s], 90):>10.1f}" for s in STAGES)
         ratio = (statistics.median(times["agg"]) + statistics.median(times["group"])) / statistics.median(times["net"])
-        net[(width, backend)] = statistics.median(times["net"])
-        print(f"{width:<6} {backend:<12}{cells} {persons:>8.1f} {fps:>10.2f} {ratio:>13.1%}")
-    print("(ms per image; persons: mean per image after grouping; video fps: pose.video.predict_video end to end)")
-    print("\ngoals (issue 15): decoding (agg + group) < 10% of the network; onnxruntime network <= torch's")
+        net_ms[(width, name)] = statistics.median(times["net"])
+        ap_cells = ""
+        if (width, name) in aps:
+            ap_cells = f" {aps[(width, name)][0]:>7.4f} {aps[(width, name)][1]:>8.4f}"
+        print(f"{width:<6} {name:<10}{cells} {persons:>8.1f} {fps:>10.2f} {ratio:>13.1%}{ap_cells}")
+    print("(ms per image; persons: mean per image after grouping; video fps: pose.video.predict_video end to end; "
+          f"AP gen: generated val at input {p['evaluate']['input_size']}, AP coco: coco-mini val at input {args.size})")
+    print("\ngoals (issue 20): decoding (agg + group) <= 10% of the network; onnxruntime network <= torch's")
     for width in args.widths:
-        t, o = net.get((f"W{width}", "torch")), net.get((f"W{width}", "onnxruntime"))
-        if t and o:
-            print(f"W{width}: onnxruntime / torch network time (p50) = {o / t:.2f}")
+        t = net_ms.get((f"W{width}", "torch"))
+        for name in ("onnx", "int8"):
+            o = net_ms.get((f"W{width}", name))
+            if t and o:
+                print(f"W{width}: {name} / torch network time (p50) = {o / t:.2f}")
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
     return 0
 
 

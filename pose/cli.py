@@ -428,7 +428,7 @@ def evaluate(annotations: Path = typer.Option(..., help="ground-truth COCO keypo
 
 
 #: values of `pose predict --backend` (pose.predict.BACKENDS; repeated here so a bad value fails before any import)
-_BACKENDS = ("torch", "onnxruntime")
+_BACKENDS = ("auto", "torch", "onnxruntime")
 #: model references `pose predict --model` accepts besides a checkpoint file (pose.predict.load_model)
 _MODEL_URI = re.compile(r"models:/[^/@]+(@[^/@]+|/[^/@]+)|runs:/[^/]+/.+|mlflow-artifacts:/.+")
 
@@ -446,7 +446,7 @@ def _check_model_ref(model: str) -> None:
 
 
 def _check_predict_inputs(source: Path, model: str, *, input_size: int | None, min_score: float | None,
-                          min_joints: int | None, backend: str = "torch") -> None:
+                          min_joints: int | None, backend: str = "torch", joint_threshold: float | None = None) -> None:
     """Cheap checks of `pose predict`'s inputs before torch / MLflow are imported and a model is
     loaded; each failure is one line naming the argument and what is allowed (exit 1 for a missing
     input, 2 for an option value out of range, as click's usage errors)."""
@@ -468,10 +468,17 @@ def _check_predict_inputs(source: Path, model: str, *, input_size: int | None, m
         _fail(f"--min-score {min_score:g}: must be in [0, 1]", EXIT_CONFIG)
     if min_joints is not None and not 0 <= min_joints <= 17:
         _fail(f"--min-joints {min_joints}: must be in [0, 17] (COCO-17 joints)", EXIT_CONFIG)
+    if joint_threshold is not None and not 0.0 <= joint_threshold <= 1.0:
+        _fail(f"--joint-threshold {joint_threshold:g}: must be in [0, 1]", EXIT_CONFIG)
+
+
+def _notice(text: str) -> None:
+    """The one-line domain notice of `pose.predict.Predictor` on stderr."""
+    typer.echo(f"warning: {text}", err=True)
 
 
 def _predict_video(source: Path, model: str, out_dir: Path, *, p: dict, ev: dict, show: dict, backend: str,
-                   device: str, max_frames: int | None) -> None:
+                   device: str, max_frames: int | None, allow_partial: bool = False) -> None:
     """`pose predict VIDEO`: out_dir/<stem>.jsonl (persons per frame) and out_dir/<stem>_overlay.mp4
     (.avi for an .avi input) through `pose.video.predict_video`, each frame predicted as an image is
     (`pose.predict.make_predictor`, then at most evaluate.max_people persons)."""
@@ -486,20 +493,26 @@ def _predict_video(source: Path, model: str, out_dir: Path, *, p: dict, ev: dict
     done = False
     try:
         predictor = make_predictor(model, backend=backend, eval_params=ev, tracking_uri=tracking_uri(p),
-                                   device=device)
-        typer.echo(f"model {model}: trained on {training_data(model, tracking_uri=tracking_uri(p))}")
+                                   device=device, notice=_notice)
+        typer.echo(f"model {model}: trained on {training_data(model, tracking_uri=tracking_uri(p))}; "
+                   f"backend {predictor.backend}, {predictor.threads} thread(s)")
         max_people = int(ev["max_people"])
         summary = predict_video(lambda frame: limit_persons(predictor(frame), max_people), source,
                                 out_jsonl=out_jsonl, out_video=out_video, predict_params=show,
-                                max_frames=max_frames, progress=True)
+                                max_frames=max_frames, progress=True, allow_partial=allow_partial)
         done = True
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         _fail(str(exc))
     finally:
         if not done and created and out_dir.exists():  # no empty output folder is left behind
             shutil.rmtree(out_dir, ignore_errors=True)
-    typer.echo(f"{summary['frames']} frame(s), {summary['persons']} person(s) ({summary['drawn']} drawn) -> "
-               f"{summary['jsonl']}, {summary['video']}")
+    declared = summary["frames_declared"]
+    decoded = (f"{summary['frames_decoded']} of {declared} declared frames decoded" if declared is not None
+               else f"{summary['frames_decoded']} frames decoded (the video declares no count)")
+    if summary["partial"]:
+        typer.echo(f"warning: {source}: partial video, {decoded} (--allow-partial)", err=True)
+    typer.echo(f"{summary['frames']} frame(s) predicted ({decoded}), {summary['persons']} person(s) "
+               f"({summary['drawn']} drawn) -> {summary['jsonl']}, {summary['video']}")
 
 
 @app.command()
@@ -516,15 +529,21 @@ def predict(source: Path = typer.Argument(..., help="an image, a folder of image
                                                        "(default: params predict.min_person_score)"),
             min_joints: int = typer.Option(None, help="... with at least this many joints above the joint "
                                                       "threshold (default: params predict.min_joints)"),
+            joint_threshold: float = typer.Option(None, help="draw joints scoring above this (and count them for "
+                                                             "--min-joints; default: params predict.joint_threshold)"),
             max_frames: int = typer.Option(None, help="video only: predict at most this many frames "
                                                       "(default: the whole video)"),
-            backend: str = typer.Option("torch", help="torch | onnxruntime (--model is then a .onnx file from "
-                                                      "`pose export`; NumPy decoding, torch is not imported)"),
+            allow_partial: bool = typer.Option(False, "--allow-partial",
+                                               help="video only: predict the frames that decode when fewer decode "
+                                                    "than the video declares (default: stop with an error)"),
+            backend: str = typer.Option("auto", help="auto (onnxruntime for a .onnx file or a registered version "
+                                                     "holding model.onnx, else torch) | torch | onnxruntime "
+                                                     "(NumPy decoding, torch is not imported)"),
             params_file: Path = PARAMS) -> None:
     """Draw the confident skeletons (one colour per person) on images and write COCO results JSON,
     or on a video's frames with per-frame JSON Lines; prints what data the model was trained on."""
     _check_predict_inputs(source, model, input_size=input_size, min_score=min_score, min_joints=min_joints,
-                          backend=backend)
+                          backend=backend, joint_threshold=joint_threshold)
     from pose.predict import list_images, make_predictor, predict_files, training_data
     from pose.registry.tracking import tracking_uri
 
@@ -538,7 +557,9 @@ def predict(source: Path = typer.Argument(..., help="an image, a folder of image
         show["min_person_score"] = min_score
     if min_joints is not None:
         show["min_joints"] = min_joints
-    if backend == "torch":
+    if joint_threshold is not None:
+        show["joint_threshold"] = joint_threshold
+    if backend != "onnxruntime" and not model.lower().endswith(".onnx"):
         from pose.device import pick_device
 
         device = str(pick_device())
@@ -546,14 +567,15 @@ def predict(source: Path = typer.Argument(..., help="an image, a folder of image
         device = "cpu"
     if source.suffix.lower() in (".mp4", ".avi", ".mov", ".mkv"):  # pose.video.VIDEO_SUFFIXES
         return _predict_video(source, model, out_dir, p=p, ev=ev, show=show, backend=backend, device=device,
-                              max_frames=max_frames)
+                              max_frames=max_frames, allow_partial=allow_partial)
     created = not out_dir.exists()
     done = False
     try:
         files = list_images(source)
         predictor = make_predictor(model, backend=backend, eval_params=ev, tracking_uri=tracking_uri(p),
-                                   device=device)
-        typer.echo(f"model {model}: trained on {training_data(model, tracking_uri=tracking_uri(p))}")
+                                   device=device, notice=_notice)
+        typer.echo(f"model {model}: trained on {training_data(model, tracking_uri=tracking_uri(p))}; "
+                   f"backend {predictor.backend}, {predictor.threads} thread(s)")
         summary = predict_files(predictor, files, out_dir, eval_params=ev, predict_params=show,
                                 num_joints=predictor.num_joints)
         done = True
@@ -571,29 +593,52 @@ def export_cmd(model: str = typer.Option(..., help="checkpoint path, or models:/
                                                    "models:/<name>/<version>, runs:/<run>/<path>)"),
                format: str = typer.Option("onnx", "--format", help="onnx (the only format)"),
                out: Path = typer.Option(..., help="file to write, e.g. model.onnx"),
+               int8: bool = typer.Option(False, "--int8", help="write the int8 model (onnxruntime static "
+                                                               "quantization, calibrated on training images)"),
+               calibration_annotations: Path = typer.Option(Path("data/validated/train.json"),
+                                                            help="--int8: COCO JSON of the calibration images "
+                                                                 "(the training split)"),
+               calibration_images: Path = typer.Option(None, help="--int8: their folder (default: "
+                                                                  "<data.raw_dir>/<data.dataset>/<data.train_split>)"),
                params_file: Path = PARAMS) -> None:
     """Export a model for `pose predict --backend onnxruntime`: the test-time network (flip test, head
-    aggregation, params evaluate) with dynamic batch, height and width, and the decoding settings in
-    the file's metadata."""
+    aggregation, params evaluate) with dynamic batch, height and width, and the decoding settings and
+    the training data's record in the file's metadata; --int8: quantized (predict.int8_calibration_images)."""
     if format not in ("onnx",):  # pose.export.FORMATS
         _fail(f"--format {format!r}: must be onnx", EXIT_CONFIG)
     _check_model_ref(model)
-    from pose.export import export_onnx
-    from pose.predict import load_model, training_data_record
+    import tempfile
+
+    from pose.export import calibration_inputs, export_checkpoint, quantize_int8
+    from pose.predict import domain_notice, load_model, training_data_record
     from pose.registry.tracking import tracking_uri
 
     p = load_params(params_file)
     model = _resolve_model(model, p)
+    ev = dict(p["evaluate"])
+    if int8:
+        d = p["data"]
+        calibration_images = calibration_images or Path(d["raw_dir"]) / d["dataset"] / d["train_split"]
+        if not calibration_annotations.is_file() or not calibration_images.is_dir():
+            _fail(f"--int8: calibration images {calibration_annotations} / {calibration_images} not found "
+                  "(run `dvc repro validate` first, or give --calibration-annotations and --calibration-images)")
     try:
         net = load_model(model, tracking_uri=tracking_uri(p), device="cpu")
-        extra = {"source": model}
         record = training_data_record(model, tracking_uri=tracking_uri(p))
-        if record:
-            extra["train_data"] = record
-        path = export_onnx(net, out, eval_params=dict(p["evaluate"]), metadata=extra)
+        line = domain_notice(model, json.loads(record) if record else None)
+        if line:
+            typer.echo(f"warning: {line}", err=True)
+        if not int8:
+            path = export_checkpoint(model, out, eval_params=ev, model=net, train_data=record)
+        else:
+            with tempfile.TemporaryDirectory(prefix="pose-export-") as tmp:
+                fp32 = export_checkpoint(model, Path(tmp) / "fp32.onnx", eval_params=ev, model=net, train_data=record)
+                inputs = calibration_inputs(calibration_annotations, calibration_images,
+                                            count=int(p["predict"]["int8_calibration_images"]), eval_params=ev)
+                path = quantize_int8(fp32, out, inputs)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         _fail(str(exc))
-    typer.echo(f"exported {model} -> {path} ({path.stat().st_size / 1e6:.1f} MB, onnx)")
+    typer.echo(f"exported {model} -> {path} ({path.stat().st_size / 1e6:.1f} MB, onnx{', int8' if int8 else ''})")
 
 
 @app.command()

@@ -72,10 +72,48 @@ def draw_persons(image_bgr: np.ndarray, persons: Sequence[dict], *, min_score: f
     return canvas
 
 
-def overlay(image_bgr: np.ndarray, persons: Sequence[dict], out_png: Path | str, *, min_score: float) -> Path:
-    """Draw persons (:func:`draw_persons`, joints scoring <= ``min_score`` hidden) and write
-    the PNG. Returns its path."""
-    return write_image(draw_persons(image_bgr, persons, min_score=min_score), out_png)
+def draw_legend(image_bgr: np.ndarray, lines: Sequence[str]) -> np.ndarray:
+    """Copy of the image with ``lines`` of text in its top-left corner, white on a dark box,
+    scaled to the image (about 1/40 of the longer side per line, at least 10 px). Used to say
+    on an overlay which thresholds decided what is drawn (:func:`thresholds_legend`).
+    Returns the (H, W, 3) uint8 image."""
+    canvas = np.ascontiguousarray(np.asarray(image_bgr, dtype=np.uint8).copy())
+    lines = [str(t) for t in lines if str(t)]
+    if not lines:
+        return canvas
+    h, w = canvas.shape[:2]
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    line_px = max(10, int(round(max(h, w) / 40)))
+    scale = cv2.getFontScaleFromHeight(font, int(line_px * 0.7), 1)
+    sizes = [cv2.getTextSize(t, font, scale, 1)[0] for t in lines]
+    while sizes and max(s[0] for s in sizes) + 8 > w and scale > 0.2:   # fit the image width
+        scale *= 0.85
+        sizes = [cv2.getTextSize(t, font, scale, 1)[0] for t in lines]
+    box_w = min(w, max(s[0] for s in sizes) + 8)
+    box_h = min(h, line_px * len(lines) + 6)
+    region = canvas[:box_h, :box_w]
+    region[:] = (region.astype(np.uint16) * 2 // 5).astype(np.uint8)   # darkened, still see-through
+    for i, text in enumerate(lines):
+        y = 3 + line_px * (i + 1) - max(1, line_px // 5)
+        cv2.putText(canvas, text, (4, y), font, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return canvas
+
+
+def thresholds_legend(*, min_person_score: float, min_joints: int, joint_threshold: float, drawn: int,
+                      total: int) -> list[str]:
+    """The legend lines of a ``pose predict`` overlay: which persons and joints are drawn, by
+    which thresholds (params ``predict`` / the command's flags), and how many of the output's
+    persons that is, e.g. ``["drawn 3 of 30 persons: confidence >= 0.40,", ">= 5 joints >
+    0.20; joints <= 0.20 hidden"]``."""
+    return [f"drawn {drawn} of {total} persons: confidence >= {min_person_score:.2f},",
+            f">= {min_joints} joints > {joint_threshold:.2f}; joints <= {joint_threshold:.2f} hidden"]
+
+
+def overlay(image_bgr: np.ndarray, persons: Sequence[dict], out_png: Path | str, *, min_score: float,
+            legend: Sequence[str] = ()) -> Path:
+    """Draw persons (:func:`draw_persons`, joints scoring <= ``min_score`` hidden), the
+    ``legend`` lines (:func:`draw_legend`) and write the PNG. Returns its path."""
+    return write_image(draw_legend(draw_persons(image_bgr, persons, min_score=min_score), legend), out_png)
 
 
 def overlay_grid(images: Sequence[np.ndarray], out_png: Path | str, *, columns: int | None = None,
@@ -106,4 +144,5 @@ def overlay_grid(images: Sequence[np.ndarray], out_png: Path | str, *, columns: 
     return write_image(grid, out_png)
 
 
-__all__ = ["draw_persons", "overlay", "overlay_grid", "person_colours", "write_image"]
+__all__ = ["draw_legend", "draw_persons", "overlay", "overlay_grid", "person_colours", "thresholds_legend",
+           "write_image"]

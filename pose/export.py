@@ -8,6 +8,17 @@ params ``evaluate`` says at export; the coordinate convention of the model). Bat
 height and width are dynamic (height and width multiples of 32). The ONNX
 ``metadata_props`` carry what decoding needs (``pose.decode.onnx_backend`` lists them).
 
+Every file records what the model was trained on (``train_data``: dataset, ``domain`` (photos |
+generated), annotation file, sha256, image count; and ``domain`` on its own) when the checkpoint
+has the record (:func:`export_checkpoint`).
+
+int8 (:func:`quantize_int8`, ``pose export --int8``): onnxruntime's static quantization of the
+exported fp32 file, QDQ format, the convolutions' weights int8 per output channel and their
+activations uint8, with activation ranges calibrated (MinMax) on the network inputs of
+``predict.int8_calibration_images`` training images (:func:`calibration_inputs`); the
+aggregation after the network (flip merge, resampling) stays float. The metadata of the fp32
+file is kept, plus ``quantization``.
+
 Exporter: torch's ``torch.export``-based ONNX exporter (``torch.onnx.export(...,
 dynamo=True)``, which needs ``onnxscript``); the TorchScript-tracing one
 (``dynamo=False``) bakes the example's map sizes into the resampling and gives wrong
@@ -22,12 +33,13 @@ import logging
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pose.datasets.schema import FLIP_INDEX, KEYPOINT_NAMES, SKELETON
 from pose.decode.inference import inference_net
 from pose.decode.onnx_backend import FORMAT, INPUT_NAME, OUTPUT_NAMES
-from pose.decode.persons import EVAL_KEYS, resolve_eval_params
+from pose.decode.persons import EVAL_KEYS, OPTIONAL_EVAL_KEYS, graph_projects, resolve_eval_params
 from pose.io import atomic_write_bytes
 
 #: ONNX opset of exported files (onnxruntime 1.32 runs up to 23; 18 is torch's default)
@@ -60,7 +72,7 @@ def export_onnx(model: torch.nn.Module, out_path: Path | str, *, eval_params: di
     """
     cfg = resolve_eval_params(eval_params)
     cpu_model = copy.deepcopy(model).cpu().eval()
-    net = inference_net(cpu_model, flip_test=bool(cfg["flip_test"]), project2image=bool(cfg["project2image"]),
+    net = inference_net(cpu_model, flip_test=bool(cfg["flip_test"]), project2image=graph_projects(cfg),
                         convention=None).eval()
     if net.num_joints is None or net.tag_dim is None:
         raise ValueError("the model does not record num_joints / tag_dim (a pose.models model does)")
@@ -86,11 +98,12 @@ def export_onnx(model: torch.nn.Module, out_path: Path | str, *, eval_params: di
     props = {
         "pose.format": FORMAT, "num_joints": str(net.num_joints), "tag_dim": str(net.tag_dim),
         "convention": net.convention, "flip_test": str(net.flip_test).lower(),
-        "project2image": str(net.project2image).lower(), "stride": str(net.stride),
+        "project2image": str(bool(cfg["project2image"])).lower(),
+        "project_maps": str(bool(cfg["project_maps"])).lower(), "stride": str(net.stride),
         "input_size": str(int(cfg["input_size"])), "resize": str(cfg["resize"]),
         "keypoint_names": json.dumps(list(KEYPOINT_NAMES)), "flip_index": json.dumps(list(FLIP_INDEX)),
         "skeleton": json.dumps([list(limb) for limb in SKELETON]),
-        "eval_params": json.dumps({k: cfg[k] for k in EVAL_KEYS}),
+        "eval_params": json.dumps({k: cfg[k] for k in EVAL_KEYS + OPTIONAL_EVAL_KEYS if k in cfg}),
         **{str(k): str(v) for k, v in (metadata or {}).items()},
     }
     del proto.metadata_props[:]
@@ -104,4 +117,98 @@ def export_onnx(model: torch.nn.Module, out_path: Path | str, *, eval_params: di
     return atomic_write_bytes(Path(out_path), proto.SerializeToString())
 
 
-__all__ = ["FORMATS", "ONNX_OPSET", "export_onnx"]
+def export_checkpoint(model_ref: str, out_path: Path | str, *, eval_params: dict, model: torch.nn.Module,
+                      train_data: str | None, opset: int = ONNX_OPSET) -> Path:
+    """:func:`export_onnx` of ``model`` (loaded from ``model_ref``) with the metadata that says where it
+    came from: ``source`` (``model_ref``), ``train_data`` (the checkpoint's JSON record, when it has
+    one) and ``domain`` (the record's ``domain``: ``photos`` | ``generated``; ``unknown`` without a
+    record). Returns the written path. Raises as :func:`export_onnx`."""
+    extra = {"source": str(model_ref), "domain": "unknown"}
+    if train_data:
+        extra["train_data"] = str(train_data)
+        record = json.loads(train_data)
+        extra["domain"] = str(record.get("domain") or ("generated" if record.get("dataset") == "generated"
+                                                          else "unknown"))
+    return export_onnx(model, out_path, eval_params=eval_params, opset=opset, metadata=extra)
+
+
+def calibration_inputs(annotations: Path | str, images_dir: Path | str, *, count: int, eval_params: dict):
+    """Network inputs of ``count`` images of a COCO annotation file (evenly spaced in image-id order;
+    the training split for :func:`quantize_int8`), each ``(1, 3, H, W)`` float32 as the model sees
+    it at ``eval_params`` (``input_size``, ``resize``; ``pose.decode.preprocess.input_batch``).
+    A generator. Raises FileNotFoundError for a missing file, ValueError when ``count < 1`` or the
+    file lists no image."""
+    from pose.decode.preprocess import input_batch, input_geometry
+    from pose.io import read_image
+
+    annotations, images_dir = Path(annotations), Path(images_dir)
+    if int(count) < 1:
+        raise ValueError(f"params predict.int8_calibration_images: must be >= 1, got {count}")
+    if not annotations.is_file():
+        raise FileNotFoundError(f"{annotations}: no annotation file for the int8 calibration images")
+    images = sorted(json.loads(annotations.read_text()).get("images", []), key=lambda im: im["id"])
+    if not images:
+        raise ValueError(f"{annotations}: lists no image for the int8 calibration")
+    picks = sorted({int(i) for i in np.linspace(0, len(images) - 1, min(int(count), len(images)))})
+    for i in picks:
+        image = read_image(images_dir / images[i]["file_name"], images[i]["id"])
+        geo = input_geometry(image.shape[1], image.shape[0], resize=str(eval_params["resize"]),
+                             input_size=int(eval_params["input_size"]), scale=1.0, min_scale=1.0)
+        yield input_batch(image, geo)
+
+
+def quantize_int8(fp32_path: Path | str, out_path: Path | str, inputs) -> Path:
+    """Write the int8 version of an exported fp32 file (module docstring): onnxruntime
+    ``quantize_static`` (QDQ, per-channel int8 weights, uint8 activations, MinMax calibration)
+    over the convolutions, calibrated on ``inputs`` (an iterable of ``(1, 3, H, W)`` float32
+    network inputs, :func:`calibration_inputs`). The fp32 file's metadata is copied, plus
+    ``quantization``. Written atomically. Returns the path.
+
+    Raises ValueError when ``inputs`` is empty or the file is not an exported pose model."""
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from pose.decode.onnx_backend import read_metadata
+
+    fp32_path = Path(fp32_path)
+    meta = read_metadata(fp32_path)
+    if meta.get("pose.format") != FORMAT:
+        raise ValueError(f"{fp32_path}: not a model exported by `pose export`")
+    batches = [np.ascontiguousarray(b, dtype=np.float32) for b in inputs]
+    if not batches:
+        raise ValueError("int8 calibration: no input images")
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(batches)
+
+        def get_next(self):
+            batch = next(self._it, None)
+            return None if batch is None else {INPUT_NAME: batch}
+
+    with tempfile.TemporaryDirectory(prefix="pose-int8-") as tmp:
+        pre, q = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(q), _Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+        proto = onnx.load(str(q))
+    props = {**meta, "quantization": f"int8 static QDQ (onnxruntime quantize_static, Conv only, per-channel int8 "
+                                     f"weights, uint8 activations, MinMax on {len(batches)} training images)"}
+    del proto.metadata_props[:]
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    return atomic_write_bytes(Path(out_path), proto.SerializeToString())
+
+
+__all__ = ["FORMATS", "ONNX_OPSET", "calibration_inputs", "export_checkpoint", "export_onnx", "quantize_int8"]

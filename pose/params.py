@@ -465,6 +465,7 @@ class EvaluateSection(Section):
     flip_test: bool
     test_scales: Annotated[list[PosFloat], _non_empty("at least one scale; [1.0]: single scale")]
     project2image: bool
+    project_maps: bool
     adjust: bool
     refine: bool
     nms_oks: Prob
@@ -503,6 +504,7 @@ class PredictSection(Section):
     joint_threshold: Prob
     video_frame_stride: PosInt
     video_fourcc: VideoFourcc
+    int8_calibration_images: PosInt
 
 
 class ServeSection(Section):

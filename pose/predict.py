@@ -8,7 +8,12 @@ logged / registered model with :func:`pose.decode.inference.predict_image`;
 ``onnxruntime`` runs a ``.onnx`` file written by ``pose export`` (``pose.export``) with
 :class:`pose.decode.onnx_backend.OnnxPoseModel`, NumPy decoding, no torch import. Both
 return the same persons for the same params (the same :class:`~pose.decode.inference.InferenceNet`
-graph, the same NumPy grouping).
+graph, the same NumPy grouping). ``auto`` (the default of ``pose predict``) picks onnxruntime
+wherever an exported graph of the requested settings exists (:func:`pick_backend`). Threads:
+the free cores (``pose.decode.onnx_backend.available_threads``).
+
+Domain: a model trained on generated figures (its ``train_data`` record, :func:`model_domain`)
+that is given a photo (:func:`looks_like_photo`) says so once (:func:`domain_notice`).
 
 Persons of an image (what the predictor of :func:`make_predictor` returns) are cleaned before use
 (:func:`limit_persons`):
@@ -21,7 +26,9 @@ Persons of an image (what the predictor of :func:`make_predictor` returns) are c
   image's maximum or a sigmoid would make scores relative or compress them, while a
   clamped score keeps its meaning ("the predicted Gaussian value") and the order of every
   person below 1;
-* **at most ``evaluate.max_people`` persons, the highest-scoring.** The grouping opens a new
+* **joints outside the image dropped, identical duplicates removed, sorted by the calibrated
+  ``confidence``** (:func:`limit_persons`);
+* **at most ``evaluate.max_people`` persons, the most confident.** The grouping opens a new
   person for every candidate joint whose tag matches no existing group, so its output is
   bounded by K * ``max_people`` (85 with max_people 5), not by ``max_people``: ``max_people``
   bounds the peaks per joint and the groups taking part in matching, as in the reference
@@ -33,14 +40,15 @@ Persons of an image (what the predictor of :func:`make_predictor` returns) are c
 
 Outputs in ``out_dir``:
 
-* ``<stem>_pose.png`` per image: the confident persons (:func:`confident_persons`: score
-  >= ``predict.min_person_score`` and at least ``predict.min_joints`` joints scoring >
+* ``<stem>_pose.png`` per image: the confident persons (:func:`confident_persons`: calibrated
+  confidence >= ``predict.min_person_score`` and at least ``predict.min_joints`` joints scoring >
   ``predict.joint_threshold``), each in its own colour, joints <= ``joint_threshold``
-  hidden (:func:`pose.draw.draw_persons`); ``<name>_pose.png`` (suffix kept) when
+  hidden (:func:`pose.draw.draw_persons`), and a legend naming these thresholds
+  (:func:`pose.draw.thresholds_legend`); ``<name>_pose.png`` (suffix kept) when
   two inputs share a stem;
 * ``results.json``: COCO keypoint results, one entry per person after cleaning (not only
   the drawn ones; AP needs the low-score ones too) ``{"image_id", "category_id": 1,
-  "keypoints": [x, y, score] * K (image px), "score", "file_name"}``. ``image_id`` is
+  "keypoints": [x, y, score] * K (image px), "score", "confidence", "file_name"}``. ``image_id`` is
   the number in the file name when every input's stem is a distinct integer (COCO's
   ``000000123456.jpg`` -> 123456, so the file scores against COCO ground truth directly),
   else the 1-based position in the sorted input list.
@@ -57,7 +65,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pose.decode.persons import to_coco_results
-from pose.draw import overlay
+from pose.draw import overlay, thresholds_legend
 from pose.io import atomic_write_text, read_image
 
 if TYPE_CHECKING:  # torch is imported only by the torch backend
@@ -67,10 +75,21 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 REMOTE_PREFIXES = ("models:/", "runs:/", "mlflow-artifacts:/")
-#: values of ``pose predict --backend`` / :func:`make_predictor` ``backend``
-BACKENDS: tuple[str, ...] = ("torch", "onnxruntime")
+#: values of ``pose predict --backend`` / :func:`make_predictor` ``backend`` (``auto``: :func:`pick_backend`)
+BACKENDS: tuple[str, ...] = ("auto", "torch", "onnxruntime")
+#: :func:`looks_like_photo`: an image is taken for a photo when its share of pure, bright pixels (HSV
+#: saturation and value both > 240: the generated figures' joint markers and clothes) is below this
+#: fraction of its share of grey pixels (saturation < 40: walls, skin, sky, road; the generated
+#: backgrounds are colourful), the grey share counted as at least PHOTO_MIN_GREY_SHARE. Measured
+#: (benchmarks/calibrate_confidence.py prints it per set): 4 of the 1124 generated images of the
+#: default set are taken for photos, 155 of coco-mini's 159 photos and all 10 CrowdPose / AIC / MPII
+#: fixtures are (the 4 missed: bananas, flowers, a rendered game scene, all vividly coloured).
+PHOTO_PURE_PER_GREY = 0.02
+PHOTO_MIN_GREY_SHARE = 0.003
 #: an image (H, W, 3) uint8 BGR -> its persons (as ``pose.decode.inference.predict_image`` returns them)
 PredictFn = Callable[[np.ndarray], list[dict]]
+#: (image, off_domain) -> persons: the backend function inside a :class:`Predictor`
+BackendFn = Callable[[np.ndarray, bool], list[dict]]
 
 
 def list_images(source: Path | str) -> list[Path]:
@@ -169,38 +188,148 @@ def load_model(ref: str, *, tracking_uri: str | None, device: torch.device | str
         raise RuntimeError(f"cannot load {ref}: {exc}") from exc
 
 
+def looks_like_photo(image_bgr: np.ndarray) -> bool:
+    """True when an (H, W, 3) uint8 BGR image looks like a photo rather than a generated figure
+    image (`pose.datasets.generated`): its share of pure, bright pixels (HSV saturation and
+    value > 240) is below :data:`PHOTO_PURE_PER_GREY` times its share of grey pixels (saturation
+    < 40, at least :data:`PHOTO_MIN_GREY_SHARE`). A heuristic with measured error rates (the
+    constants' comment); it decides whether a model trained on generated figures is off its
+    domain (:class:`Predictor`: the notice, the confidence's off-domain term)."""
+    import cv2
+
+    small = np.asarray(image_bgr, dtype=np.uint8)
+    step = max(1, int(max(small.shape[:2]) // 512))   # large photos: every n-th pixel is enough
+    hsv = cv2.cvtColor(np.ascontiguousarray(small[::step, ::step]), cv2.COLOR_BGR2HSV)
+    pure = float(((hsv[..., 1] > 240) & (hsv[..., 2] > 240)).mean())
+    grey = float((hsv[..., 1] < 40).mean())
+    return pure < PHOTO_PURE_PER_GREY * max(grey, PHOTO_MIN_GREY_SHARE)
+
+
+def model_domain(train_data: dict | None) -> str:
+    """The image domain a model was trained on, from its ``train_data`` record (written by
+    ``pose.train.loop``): its ``domain`` (``photos`` | ``generated``,
+    ``pose.datasets.formats.DOMAINS``); records written before the domain was recorded:
+    ``generated`` when the dataset is ``generated``, else ``unknown``."""
+    if not train_data:
+        return "unknown"
+    if train_data.get("domain"):
+        return str(train_data["domain"])
+    return "generated" if train_data.get("dataset") == "generated" else "unknown"
+
+
+def domain_notice(model_ref: str, train_data: dict | None) -> str | None:
+    """The one line ``pose predict``, serving and ``pose export`` print for a model trained on
+    generated figures (None for other models): what it was trained on and what that means on
+    photos (``predict.min_person_score`` applies to the calibrated confidence,
+    ``pose.decode.persons.person_confidence``)."""
+    if model_domain(train_data) != "generated":
+        return None
+    name = (train_data or {}).get("dataset") or "generated"
+    return (f"model {model_ref} was trained on generated figures (dataset {name}), not photos: on photos its "
+            "persons are mostly wrong (joints of several people joined); the calibrated confidence rejects "
+            "most of them, and a model trained on photos (e.g. data.dataset coco2017) is needed for real use")
+
+
 class Predictor:
     """An image -> persons function (:func:`make_predictor`): ``predictor(image_bgr)`` with
     an (H, W, 3) uint8 BGR image returns its persons as
-    :func:`pose.decode.inference.predict_image` does (image px, sorted by score, not yet
-    capped or clamped: :func:`limit_persons`).
+    :func:`pose.decode.inference.predict_image` does (image px, official coordinates and
+    score, plus ``confidence`` and ``inside``; not yet cleaned for users: :func:`limit_persons`).
 
-    Attributes: ``backend`` (one of :data:`BACKENDS`), ``num_joints`` (K),
+    A photo (:func:`looks_like_photo`) given to a model trained on generated figures (``domain ==
+    "generated"``) is decoded with ``off_domain`` (its persons' calibrated confidence then accounts
+    for it, ``pose.decode.persons.person_confidence``); the first one makes it call ``notice`` once
+    with :func:`domain_notice`'s line (``pose predict`` prints it, serving logs it). ``fn`` is
+    called as ``fn(image_bgr, off_domain)``.
+
+    Attributes: ``backend`` (``torch`` | ``onnxruntime``), ``num_joints`` (K),
     ``eval_params`` (the ``evaluate`` settings used), ``model`` (the torch model or the
-    :class:`pose.decode.onnx_backend.OnnxPoseModel`).
+    :class:`pose.decode.onnx_backend.OnnxPoseModel`), ``threads`` (intra-op threads),
+    ``train_data`` (the model's training-data record, a dict, or None), ``domain``
+    (:func:`model_domain`).
     """
 
-    def __init__(self, fn: PredictFn, *, backend: str, num_joints: int | None, eval_params: dict,
-                 model: object) -> None:
+    def __init__(self, fn: BackendFn, *, backend: str, num_joints: int | None, eval_params: dict,
+                 model: object, threads: int | None = None, train_data: dict | None = None,
+                 model_ref: str = "", notice: Callable[[str], None] | None = None) -> None:
         self._fn = fn
         self.backend = backend
         self.num_joints = None if num_joints is None else int(num_joints)
         self.eval_params = dict(eval_params)
         self.model = model
+        self.threads = threads
+        self.train_data = train_data
+        self.domain = model_domain(train_data)
+        self._notice_text = domain_notice(model_ref, train_data)
+        self._notice = notice if notice is not None else log.warning
 
     def __call__(self, image_bgr: np.ndarray) -> list[dict]:
-        return self._fn(image_bgr)
+        off_domain = self.domain == "generated" and looks_like_photo(image_bgr)
+        if off_domain and self._notice_text is not None:
+            text, self._notice_text = self._notice_text, None
+            self._notice(text)
+        return self._fn(image_bgr, off_domain)
+
+
+def read_train_data(path: Path | str) -> dict | None:
+    """The training-data record (``pose.train.loop``: dataset, domain, annotation file, its sha256,
+    image count) of a local checkpoint or ONNX file (metadata ``train_data``), or None when it
+    has none or cannot be read."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".onnx":
+            from pose.decode.onnx_backend import read_metadata
+
+            record = read_metadata(path).get("train_data")
+        else:
+            from pose.train.checkpoint import load_checkpoint
+
+            record = load_checkpoint(path).get("train_data")
+        return dict(json.loads(record)) if record else None
+    except Exception as exc:  # noqa: BLE001 - the record is informative only
+        log.debug("no training data record in %s: %s", path, exc)
+        return None
+
+
+def pick_backend(model_ref: str, eval_params: dict | None, *, tracking_uri: str | None) -> tuple[str, Path | None]:
+    """The backend ``auto`` runs (``pose predict`` and :func:`make_predictor` by default):
+    ``onnxruntime`` for a ``.onnx`` file, and for an MLflow model whose artifacts hold
+    ``model.onnx`` (what ``pose register`` logs with ``serve.log_onnx``) when that graph was
+    exported with the requested settings (``flip_test``, ``project2image``; the single test scale
+    ``[1.0]``): it computes the same persons (``tests/test_export.py``: keypoints within 1e-3 px)
+    in about a quarter of torch's time on a CPU (README *Prediction speed*). Otherwise
+    ``torch`` (a checkpoint file, multi-scale test, a graph of other settings).
+
+    Returns ``(backend, onnx file or None)``."""
+    if model_ref.lower().endswith(".onnx") and not model_ref.startswith(REMOTE_PREFIXES):
+        return "onnxruntime", Path(model_ref)
+    if not model_ref.startswith(REMOTE_PREFIXES):
+        return "torch", None
+    try:
+        path = download_model_file(model_ref, ".onnx", ("model.onnx",), tracking_uri=tracking_uri)
+        from pose.decode.onnx_backend import read_metadata
+
+        meta = read_metadata(path)
+    except Exception as exc:  # noqa: BLE001 - no usable ONNX file: torch
+        log.debug("%s: no ONNX export to run (%s); backend torch", model_ref, exc)
+        return "torch", None
+    if eval_params is not None:
+        from pose.decode.onnx_backend import graph_settings_match
+
+        if not graph_settings_match(meta, eval_params):
+            return "torch", None
+    return "onnxruntime", path
 
 
 def make_predictor(model_ref: str, *, backend: str, eval_params: dict | None, tracking_uri: str | None,
-                   device: str) -> Predictor:
+                   device: str, threads: int | None = None, notice: Callable[[str], None] | None = None) -> Predictor:
     """Load a model once and return a function image -> persons (:class:`Predictor`), the one
     entry point of ``pose predict`` (images and videos), serving and the benchmarks.
 
     Args:
         model_ref: ``torch``: a checkpoint path or an MLflow model URI (:func:`load_model`);
             ``onnxruntime``: a ``.onnx`` file written by ``pose export`` or an MLflow URI
-            whose artifacts hold one.
+            whose artifacts hold one; ``auto``: either (:func:`pick_backend`).
         backend: one of :data:`BACKENDS`.
         eval_params: params.yaml ``evaluate`` (all of ``pose.decode.persons.EVAL_KEYS``).
             ``onnxruntime``: None uses the settings stored in the file at export; the
@@ -209,35 +338,66 @@ def make_predictor(model_ref: str, *, backend: str, eval_params: dict | None, tr
         tracking_uri: MLflow tracking URI for model URIs (None: MLflow's default).
         device: ``cpu`` / ``cuda`` / ``cuda:N`` (``onnxruntime``: CUDA when its provider is
             installed, else the CPU).
+        threads: intra-op threads of torch / onnxruntime (None:
+            :func:`pose.decode.onnx_backend.available_threads`, from the free cores;
+            torch's setting is process-wide).
+        notice: called once with the domain line (:func:`domain_notice`) at the first photo
+            given to a model trained on generated figures (None: this module's logger, WARNING).
 
     Returns a :class:`Predictor`. With ``onnxruntime`` torch is never imported.
 
     Raises ValueError for an unknown backend, a file of the wrong kind or bad settings,
     FileNotFoundError for a missing file, RuntimeError when a URI cannot be loaded.
     """
+    from pose.decode.onnx_backend import available_threads
+
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r}: must be one of {', '.join(BACKENDS)}")
+    onnx_path = None
+    if backend == "auto":
+        backend, onnx_path = pick_backend(model_ref, eval_params, tracking_uri=tracking_uri)
+    n_threads = int(threads) if threads else available_threads()
     if backend == "onnxruntime":
         from pose.decode.onnx_backend import OnnxPoseModel
 
-        path = Path(model_ref)
-        if model_ref.startswith(REMOTE_PREFIXES):
+        path = onnx_path or Path(model_ref)
+        if onnx_path is None and model_ref.startswith(REMOTE_PREFIXES):
             path = download_model_file(model_ref, ".onnx", ("model.onnx",), tracking_uri=tracking_uri)
-        onnx_model = OnnxPoseModel(path, device=device)
+        onnx_model = OnnxPoseModel(path, device=device, threads=n_threads)
         cfg = onnx_model.settings(eval_params)
-        return Predictor(lambda image: onnx_model.predict(image, cfg), backend=backend,
-                         num_joints=onnx_model.num_joints, eval_params=cfg, model=onnx_model)
+        record = read_train_data(path)
+        if record is None and model_ref.startswith(REMOTE_PREFIXES):   # a version's ONNX without the record
+            record = _remote_train_data(model_ref, tracking_uri)
+        return Predictor(lambda image, off: onnx_model.predict(image, cfg, off), backend=backend,
+                         num_joints=onnx_model.num_joints, eval_params=cfg, model=onnx_model, threads=n_threads,
+                         train_data=record, model_ref=model_ref, notice=notice)
+    import torch
+
     from pose.decode.inference import inference_net, predict_image
-    from pose.decode.persons import resolve_eval_params
+    from pose.decode.persons import graph_projects, resolve_eval_params
 
     if eval_params is None:
         raise ValueError("backend torch needs the evaluate settings (params.yaml `evaluate`)")
     cfg = resolve_eval_params(eval_params)
+    if not str(device).startswith("cuda"):
+        torch.set_num_threads(n_threads)
     model = load_model(model_ref, tracking_uri=tracking_uri, device=device)
-    net = inference_net(model, flip_test=bool(cfg["flip_test"]), project2image=bool(cfg["project2image"]),
-                        convention=None)
-    return Predictor(lambda image: predict_image(net, image, eval_params=cfg, device=device), backend=backend,
-                     num_joints=net.num_joints, eval_params=cfg, model=model)
+    net = inference_net(model, flip_test=bool(cfg["flip_test"]), project2image=graph_projects(cfg), convention=None)
+    record = (_remote_train_data(model_ref, tracking_uri) if model_ref.startswith(REMOTE_PREFIXES)
+              else read_train_data(model_ref))
+    return Predictor(lambda image, off: predict_image(net, image, eval_params=cfg, device=device, off_domain=off),
+                     backend=backend,
+                     num_joints=net.num_joints, eval_params=cfg, model=model, threads=n_threads, train_data=record,
+                     model_ref=model_ref, notice=notice)
+
+
+def _remote_train_data(model_ref: str, tracking_uri: str | None) -> dict | None:
+    """The training-data record of the checkpoint in a logged / registered model's artifacts."""
+    try:
+        return read_train_data(_download_checkpoint(model_ref, tracking_uri))
+    except Exception as exc:  # noqa: BLE001 - informative only
+        log.debug("no training data record for %s: %s", model_ref, exc)
+        return None
 
 
 def _keypoints(person: dict) -> np.ndarray:
@@ -247,25 +407,68 @@ def _keypoints(person: dict) -> np.ndarray:
 
 def clamp_scores(persons: Sequence[dict]) -> list[dict]:
     """Copies of ``persons`` (``{"keypoints": (K, 3) [x, y, score], "score": float, ...}``)
-    with every joint score and the person score clamped to [0, 1] (module docstring).
-    Keypoints come back as (K, 3) float64 arrays; other keys are kept."""
+    with every joint score and the person score (and ``confidence``, when present) clamped to
+    [0, 1] (module docstring). Keypoints come back as (K, 3) float64 arrays; other keys are kept."""
     out = []
     for p in persons:
         kp = _keypoints(p).copy()
         kp[:, 2] = np.clip(kp[:, 2], 0.0, 1.0)
-        out.append({**p, "keypoints": kp, "score": float(np.clip(float(p["score"]), 0.0, 1.0))})
+        q = {**p, "keypoints": kp, "score": float(np.clip(float(p["score"]), 0.0, 1.0))}
+        if "confidence" in p:
+            q["confidence"] = float(np.clip(float(p["confidence"]), 0.0, 1.0))
+        out.append(q)
     return out
 
 
+def _dedupe_key(kp: np.ndarray) -> tuple:
+    found = kp[:, 2] > 0
+    return (tuple(np.flatnonzero(found)), tuple(np.round(kp[found, :2], 3).reshape(-1)))
+
+
 def limit_persons(persons: Sequence[dict], max_people: int) -> list[dict]:
-    """:func:`clamp_scores`, then the ``max_people`` highest-scoring persons, by descending
-    score (ties: input order). Raises ValueError when ``max_people < 1`` (params
-    ``evaluate.max_people``)."""
+    """The persons users get (``pose predict``'s overlays and results.json, the video JSON Lines,
+    serving) from the decoder's (:class:`Predictor`, ``pose.decode.inference.predict_image``):
+
+    1. :func:`clamp_scores` (joint and person scores in [0, 1]);
+    2. joints outside the image (the decoder's per-joint ``inside`` flag is False: in the letterbox
+       padding or beyond the image border, ``pose.decode.persons.decode_persons``) are dropped:
+       ``[0, 0, 0]``, the convention of a joint not found, which is also how COCO and the generated
+       set label joints outside the image; the ``bbox`` is recomputed from the joints kept, so
+       keypoints and boxes lie inside the image (``[0, W] x [0, H]``);
+    3. identical duplicates (the same found joints at the same place to 1e-3 px: two fragments of
+       one person that the grouping's refine step filled with the same peaks) are dropped, the
+       first by confidence kept;
+    4. sorted by ``confidence`` (the calibrated person confidence; the ``score`` when a person has
+       none, e.g. a COCO results entry), descending (ties: input order), at most ``max_people``.
+
+    ``pose evaluate``'s results.json is not cleaned this way: it keeps the official coordinates.
+    Raises ValueError when ``max_people < 1`` (params ``evaluate.max_people``)."""
+    from pose.decode.persons import keypoint_bbox
+
     if int(max_people) < 1:
         raise ValueError(f"params evaluate.max_people: must be >= 1, got {max_people}")
-    clamped = clamp_scores(persons)
-    order = sorted(range(len(clamped)), key=lambda i: -clamped[i]["score"])
-    return [clamped[i] for i in order[:int(max_people)]]
+    cleaned = []
+    for p in clamp_scores(persons):
+        inside = p.pop("inside", None)
+        if inside is not None:
+            kp = p["keypoints"]
+            out = ~np.asarray(inside, dtype=bool).reshape(-1) & (kp[:, 2] > 0)
+            if out.any():
+                kp[out] = 0.0
+                p["bbox"] = keypoint_bbox(kp)
+        cleaned.append(p)
+    order = sorted(range(len(cleaned)), key=lambda i: (-float(cleaned[i].get("confidence", cleaned[i]["score"])),
+                                                        -cleaned[i]["score"]))
+    kept, seen = [], set()
+    for i in order:
+        key = _dedupe_key(cleaned[i]["keypoints"])
+        if key[0] and key in seen:
+            continue
+        seen.add(key)
+        kept.append(cleaned[i])
+        if len(kept) == int(max_people):
+            break
+    return kept
 
 
 def check_predict_params(predict_params: dict, num_joints: int | None = None) -> dict:
@@ -289,13 +492,19 @@ def check_predict_params(predict_params: dict, num_joints: int | None = None) ->
     return out
 
 
+def person_confidence_of(person: dict) -> float:
+    """The value ``predict.min_person_score`` applies to: the person's calibrated ``confidence``
+    (``pose.decode.persons.person_confidence``), or its ``score`` when it has none."""
+    return float(person.get("confidence", person["score"]))
+
+
 def confident_persons(persons: Sequence[dict], *, min_person_score: float, min_joints: int,
                       joint_threshold: float) -> list[dict]:
-    """The persons worth drawing: score ``>= min_person_score`` and at least ``min_joints``
-    joints with score ``> joint_threshold`` (params ``predict``). Accepts
-    ``predict_image`` persons and COCO results entries (flat ``keypoints``); returns the
-    kept entries unchanged, in input order."""
-    return [p for p in persons if float(p["score"]) >= min_person_score
+    """The persons worth drawing: calibrated confidence ``>= min_person_score``
+    (:func:`person_confidence_of`) and at least ``min_joints`` joints with score ``>
+    joint_threshold`` (params ``predict``). Accepts ``predict_image`` persons and COCO results
+    entries (flat ``keypoints``); returns the kept entries unchanged, in input order."""
+    return [p for p in persons if person_confidence_of(p) >= min_person_score
             and int((_keypoints(p)[:, 2] > joint_threshold).sum()) >= min_joints]
 
 
@@ -404,7 +613,9 @@ def predict_files(predictor: PredictFn, files: Sequence[Path], out_dir: Path | s
         shown = confident_persons(persons, **show)
         drawn += len(shown)
         name = f.stem if stems.count(f.stem) == 1 else f.name
-        overlays.append(overlay(image, shown, out_dir / f"{name}_pose.png", min_score=show["joint_threshold"]))
+        legend = thresholds_legend(**show, drawn=len(shown), total=len(persons))
+        overlays.append(overlay(image, shown, out_dir / f"{name}_pose.png", min_score=show["joint_threshold"],
+                                legend=legend))
         records += [{**r, "file_name": f.name} for r in to_coco_results(persons, image_id)]
     results = out_dir / "results.json"
     atomic_write_text(results, json.dumps(records))

@@ -20,6 +20,17 @@ renamed only once every frame is done, so an interrupted or failed run leaves ne
   size as the input, frame rate ``fps / video_frame_stride``, FourCC from
   ``predict.video_fourcc`` (``mp4v`` in MP4, ``MJPG`` in AVI: both ship with OpenCV's FFmpeg).
 
+Each overlay frame carries a legend (top left) naming the thresholds that decided what is drawn
+and how many of the frame's persons that is (:func:`pose.draw.thresholds_legend`), so a frame
+whose JSON line holds 30 persons and whose overlay shows none says why.
+
+Partial videos: before predicting, the frames are counted by decoding them (``grab``, no
+prediction; :func:`count_decodable_frames`). When fewer decode than the container declares
+(``CAP_PROP_FRAME_COUNT``; a truncated or partly corrupt file), :func:`predict_video` raises
+:class:`PartialVideoError` naming both counts, before any prediction, unless
+``allow_partial`` (``pose predict --allow-partial``): then the decodable frames are predicted
+and the summary reports ``frames_decoded`` / ``frames_declared``.
+
 Like OpenPifPaf's ``video`` command and mmpose's inferencer, frames are predicted one at a
 time, in order (no batching across frames, no temporal smoothing or tracking).
 """
@@ -38,7 +49,7 @@ import cv2
 import numpy as np
 
 from pose.decode.persons import person_json
-from pose.draw import draw_persons
+from pose.draw import draw_legend, draw_persons, thresholds_legend
 from pose.io import atomic_write_text, default_file_mode
 from pose.predict import check_predict_params, confident_persons
 
@@ -47,6 +58,16 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
 
 #: persons of one BGR uint8 (H, W, 3) frame: ``[{"keypoints": (K, 3) [x, y, score] image px, "score", ...}]``
 PredictFn = Callable[[np.ndarray], Sequence[dict]]
+
+
+class PartialVideoError(ValueError):
+    """Fewer frames decode than the container declares (a truncated or partly corrupt video)
+    and partial input was not allowed. ``decoded`` / ``declared``: the two counts."""
+
+    def __init__(self, message: str, *, decoded: int, declared: int) -> None:
+        super().__init__(message)
+        self.decoded = int(decoded)
+        self.declared = int(declared)
 
 
 class VideoInfo(NamedTuple):
@@ -102,6 +123,21 @@ def open_video(video_path: Path | str) -> tuple[cv2.VideoCapture, VideoInfo]:
     return cap, VideoInfo(frames if frames > 0 else None, fps, width, height)
 
 
+def count_decodable_frames(video_path: Path | str, limit: int | None = None) -> int:
+    """How many frames of ``video_path`` decode, in order from the first, until the first that
+    does not (``cv2.VideoCapture.grab``: demux and decode, no colour conversion; a few ms per
+    frame, against the hundreds a prediction takes). Stops after ``limit`` frames when given.
+    Raises FileNotFoundError / ValueError as :func:`open_video`."""
+    cap, _ = open_video(video_path)
+    n = 0
+    try:
+        while (limit is None or n < limit) and cap.grab():
+            n += 1
+    finally:
+        cap.release()
+    return n
+
+
 def read_frames(cap: cv2.VideoCapture, info: VideoInfo, video_path: Path | str, *, frame_stride: int,
                 max_frames: int | None) -> Iterator[tuple[int, float, np.ndarray]]:
     """Yield ``(frame index, t_s, frame)`` for every ``frame_stride``-th frame of an open capture
@@ -133,7 +169,7 @@ def read_frames(cap: cv2.VideoCapture, info: VideoInfo, video_path: Path | str, 
 
 
 def predict_video(predict_fn: PredictFn, video_path: Path | str, *, out_jsonl: Path | str, out_video: Path | str,
-                  predict_params: dict, max_frames: int | None, progress: bool) -> dict:
+                  predict_params: dict, max_frames: int | None, progress: bool, allow_partial: bool = False) -> dict:
     """Predict every ``predict.video_frame_stride``-th frame of a video; write the JSON Lines and
     the overlay video (module docstring).
 
@@ -147,14 +183,20 @@ def predict_video(predict_fn: PredictFn, video_path: Path | str, *, out_jsonl: P
             0, n, 2n, ...) and ``video_fourcc`` (``{"mp4": ..., "avi": ...}``: the FourCC of
             the overlay, chosen by ``out_video``'s suffix).
         max_frames: predict at most this many frames (None: the whole video).
-        progress: show a tqdm progress bar on stderr (its total from CAP_PROP_FRAME_COUNT).
+        progress: show a tqdm progress bar on stderr (its total: the decodable frames).
+        allow_partial: predict the frames that decode when fewer decode than the container
+            declares (module docstring); False: raise :class:`PartialVideoError` first.
 
-    Returns ``{"frames": predicted frames, "persons": persons over all frames, "drawn": drawn
-    persons, "fps": input fps, "size": (width, height), "jsonl": Path, "video": Path}``.
+    Returns ``{"frames": predicted frames, "frames_decoded": frames that decode,
+    "frames_declared": frames the container declares (None when it does not say), "partial":
+    bool, "persons": persons over all frames, "drawn": drawn persons, "fps": input fps,
+    "size": (width, height), "jsonl": Path, "video": Path}``.
 
-    Raises FileNotFoundError for a missing video; ValueError naming the file for a corrupt or
-    unreadable video, an overlay the writer cannot open, or a bad ``predict`` value. Nothing
-    is left at ``out_jsonl`` / ``out_video`` (nor temporary files) when it raises.
+    Raises FileNotFoundError for a missing video; :class:`PartialVideoError` (a ValueError)
+    for a partly decodable video without ``allow_partial``; ValueError naming the file for a
+    corrupt or unreadable video, an overlay the writer cannot open, or a bad ``predict``
+    value. Nothing is left at ``out_jsonl`` / ``out_video`` (nor temporary files) when it
+    raises.
     """
     from tqdm import tqdm
 
@@ -170,6 +212,21 @@ def predict_video(predict_fn: PredictFn, video_path: Path | str, *, out_jsonl: P
     if not isinstance(fourcc, str) or len(fourcc) != 4:
         raise ValueError(f"params predict.video_fourcc.{container}: need a 4-character FourCC for a "
                          f".{container} overlay, got {fourcc!r}")
+    probe, info = open_video(video_path)
+    probe.release()
+    needed = None
+    if max_frames is not None:   # frames that must decode for max_frames predictions at this stride
+        needed = (int(max_frames) - 1) * stride + 1
+    decoded = count_decodable_frames(video_path, limit=needed)
+    if decoded == 0:
+        raise ValueError(f"{video_path}: no frame could be decoded (corrupt or truncated video)")
+    expected = info.frames if needed is None or info.frames is None else min(info.frames, needed)
+    partial = expected is not None and decoded < expected
+    if partial and not allow_partial:
+        raise PartialVideoError(
+            f"{video_path}: only {decoded} of the {info.frames} frames the video declares decode (truncated or "
+            f"partly corrupt); pass --allow-partial to predict the {decoded} decodable frame(s)",
+            decoded=decoded, declared=info.frames)
     cap, info = open_video(video_path)
     out_video.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=out_video.parent, prefix=f".{out_video.stem}.",
@@ -183,16 +240,15 @@ def predict_video(predict_fn: PredictFn, video_path: Path | str, *, out_jsonl: P
         if not writer.isOpened():
             raise ValueError(f"{out_video}: OpenCV cannot write a {fourcc!r} video in a .{container} file "
                              f"(params predict.video_fourcc.{container})")
-        total = None
-        if info.frames is not None:
-            total = math.ceil(info.frames / stride)
-            total = min(total, max_frames) if max_frames is not None else total
+        total = math.ceil(decoded / stride)
+        total = min(total, max_frames) if max_frames is not None else total
         lines, persons_total, drawn = [], 0, 0
         frames = read_frames(cap, info, video_path, frame_stride=stride, max_frames=max_frames)
         for index, t_s, frame in tqdm(frames, total=total, unit="frame", desc=video_path.name, disable=not progress):
             persons = list(predict_fn(frame))
             shown = confident_persons(persons, **show)
-            writer.write(draw_persons(frame, shown, min_score=show["joint_threshold"]))
+            legend = thresholds_legend(**show, drawn=len(shown), total=len(persons))
+            writer.write(draw_legend(draw_persons(frame, shown, min_score=show["joint_threshold"]), legend))
             lines.append(json.dumps({"frame": index, "t_s": t_s, "persons": [person_json(p) for p in persons]}))
             persons_total += len(persons)
             drawn += len(shown)
@@ -210,5 +266,6 @@ def predict_video(predict_fn: PredictFn, video_path: Path | str, *, out_jsonl: P
         if writer is not None:
             writer.release()
         tmp_video.unlink(missing_ok=True)
-    return {"frames": len(lines), "persons": persons_total, "drawn": drawn, "fps": info.fps,
+    return {"frames": len(lines), "frames_decoded": decoded, "frames_declared": info.frames, "partial": partial,
+            "persons": persons_total, "drawn": drawn, "fps": info.fps,
             "size": (info.width, info.height), "jsonl": out_jsonl, "video": out_video}

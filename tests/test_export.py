@@ -43,8 +43,11 @@ def _tiny_checkpoint(path: Path, convention: str) -> Path:
 
 
 def _params(tmp: Path, **evaluate) -> Path:
+    """params.yaml with a small input, flip test and every map projected to the input (the official
+    graph, stride 1: the graph-equality tests compare full-resolution maps)."""
     p = yaml.safe_load((REPO / "params.yaml").read_text())
-    p["evaluate"].update(input_size=128, flip_test=True, project2image=True, test_scales=[1.0], **evaluate)
+    p["evaluate"].update(input_size=128, flip_test=True, project2image=True, project_maps=True, test_scales=[1.0],
+                         **evaluate)
     p["predict"].update(min_person_score=0.0, min_joints=0, joint_threshold=0.0)
     p["registry"]["tracking_uri"] = f"sqlite:///{tmp / 'unused.db'}"
     out = tmp / "params.yaml"
@@ -251,3 +254,42 @@ def test_onnxruntime_backend_loads_the_onnx_file_of_a_registered_model(exported,
     assert remote.model.path.name == "model.onnx"
     a, b = local(image), remote(image)
     assert len(a) == len(b) > 0 and all(np.array_equal(p["keypoints"], q["keypoints"]) for p, q in zip(a, b))
+
+
+@pytest.mark.slow
+def test_int8_export_is_calibrated_on_training_images_and_runs(exported, generated_coco, coco_like, tmp_path):
+    """Item 7: `pose export --int8` quantizes the convolutions (onnxruntime static quantization, QDQ) with
+    activation ranges from training images; the file runs on the onnxruntime backend, keeps the decoding
+    metadata, and its maps follow the fp32 file's."""
+    import onnx
+
+    from pose.decode.onnx_backend import OnnxPoseModel, read_metadata
+    from pose.decode.preprocess import input_batch, input_geometry
+
+    p = yaml.safe_load(exported["params"].read_text())
+    p["predict"]["int8_calibration_images"] = 4
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(p, sort_keys=False))
+    out = tmp_path / "int8.onnx"
+    res = RUNNER.invoke(app, ["export", "--model", str(exported["checkpoint"]), "--out", str(out), "--int8",
+                              "--calibration-annotations",
+                              str(generated_coco / "annotations" / "person_keypoints_train2017.json"),
+                              "--calibration-images", str(generated_coco / "train2017"), "--params", str(params)])
+    assert res.exit_code == 0, res.output
+    assert "int8" in res.output
+    meta = read_metadata(out)
+    assert "4 training images" in meta["quantization"] and meta["num_joints"] == "17"
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    fp32, int8 = OnnxPoseModel(exported["onnx"], device="cpu"), OnnxPoseModel(out, device="cpu")
+    image = cv2.imread(str(_images(coco_like, 1)[0]))
+    geo = input_geometry(image.shape[1], image.shape[0], resize=p["evaluate"]["resize"], input_size=128)
+    a, b = fp32.run(input_batch(image, geo))[0], int8.run(input_batch(image, geo))[0]
+    assert a.shape == b.shape
+    assert np.abs(a - b).max() <= 0.05 * max(1.0, float(np.abs(a).max()))
+    assert int8.predict(image, int8.settings(None)) is not None
+    # missing calibration data: one error line
+    res = RUNNER.invoke(app, ["export", "--model", str(exported["checkpoint"]), "--out", str(tmp_path / "x.onnx"),
+                              "--int8", "--calibration-annotations", str(tmp_path / "none.json"),
+                              "--params", str(params)])
+    assert res.exit_code == 1 and res.output.startswith("error: ") and len(res.output.strip().splitlines()) == 1

@@ -109,6 +109,7 @@ def test_served_outputs_equal_the_pipeline(served):
     import mlflow
 
     from pose.decode.inference import multi_scale_maps
+    from pose.decode.persons import graph_projects
     from pose.io import read_image
     from pose.train.checkpoint import load_trained_model
 
@@ -123,7 +124,7 @@ def test_served_outputs_equal_the_pipeline(served):
         maps = pm.predict(pd.DataFrame({"image": [jpeg]}), params={"output": "maps"})[0]
         ref = multi_scale_maps(net, image, input_size=ev["input_size"], resize=ev["resize"],
                                test_scales=ev["test_scales"], flip_test=ev["flip_test"],
-                               project2image=ev["project2image"], convention=None)
+                               project2image=graph_projects(ev), convention=None)   # the maps persons come from
         assert maps["heatmaps"].shape == tuple(ref.heatmaps.shape) and maps["tags"].shape == tuple(ref.tags.shape)
         assert np.abs(maps["heatmaps"] - ref.heatmaps.numpy()).max() <= 1e-5
         assert np.abs(maps["tags"] - ref.tags.numpy()).max() <= 1e-5
@@ -143,7 +144,7 @@ def test_served_outputs_equal_the_pipeline(served):
         # default: the stored predict.min_person_score filters
         cut = params["predict"]["min_person_score"]
         default = pm.predict(pd.DataFrame({"image": [jpeg]}))[0]
-        _assert_same_persons(default, [p for p in expected if p["score"] >= cut], 1e-4)
+        _assert_same_persons(default, [p for p in expected if p["confidence"] >= cut], 1e-4)   # calibrated
         # a request's params override the stored settings, as the same keys of params.yaml do
         over = {"input_size": 96, "flip_test": False, "detection_threshold": 0.05}
         got = pm.predict(pd.DataFrame({"image": [jpeg]}), params={**over, "min_person_score": 0.0})[0]
@@ -376,7 +377,7 @@ def test_registered_model_answers_jpeg_bytes_and_rgb_arrays(registered, served):
     png = cv2.imencode(".png", rgb[:, :, ::-1])[1].tobytes()
     out = pm.predict(pd.DataFrame({"image": [jpeg, rgb, png]}), params={"min_person_score": 0.0})
     assert len(out) == 3 and len(out[0]) >= 1
-    assert set(out[0][0]) == {"keypoints", "score", "bbox"}
+    assert set(out[0][0]) == {"keypoints", "score", "confidence", "bbox"}
     _assert_same_persons(out[1], out[0], 0.0)            # the same pixels as array or as JPEG / PNG file
     _assert_same_persons(out[2], out[0], 0.0)
     assert pm.predict({"image": [rgb]}, params={"min_person_score": 0.0})[0] == out[1]
@@ -566,7 +567,7 @@ def test_pose_serve_answers_like_pose_predict_with_short_errors(pose_server, ser
     resp = _post(f"{url}/invocations", {"inputs": {"image": [b64]}})   # the other JSON format, stored min score
     assert resp.status_code == 200, resp.text[-2000:]
     cut = params["predict"]["min_person_score"]
-    assert resp.json()["predictions"][0] == [p for p in first if p["score"] >= cut]
+    assert resp.json()["predictions"][0] == [p for p in first if p["confidence"] >= cut]   # the calibrated confidence
 
     sv = params["serve"]
     big = base64.b64encode(cv2.imencode(".png", np.zeros((700, 700, 3), np.uint8))[1].tobytes()).decode()

@@ -118,7 +118,7 @@ def test_predict_video_cli_matches_frames_predicted_directly(coco_like, tmp_path
     assert found > 0, "the model found no person: the comparison above checked nothing"
     firsts = {json.dumps(r["persons"][0]["keypoints"]) for r in records if r["persons"]}
     assert len(firsts) > 1, "every frame gave the same persons: the comparison does not depend on the frames"
-    assert f"6 frame(s), {found} person(s)" in res.output
+    assert f"6 frame(s) predicted (6 of 6 declared frames decoded), {found} person(s)" in res.output
 
     overlay = _decoded_frames(out / "clip_overlay.mp4")
     cap = cv2.VideoCapture(str(out / "clip_overlay.mp4"))
@@ -258,3 +258,81 @@ def test_video_params_are_checked_by_the_schema():
         bad = {**p, "predict": {**p["predict"], key: value}}
         with pytest.raises(ParamsError, match=f"predict.{what}"):
             validate_params(bad, source="params.yaml")
+
+
+def _truncated_avi(coco: Path, path: Path, frames: int, keep: int) -> None:
+    """A real MJPG AVI of ``frames`` frames cut after the bytes of about ``keep`` of them: its header
+    still declares ``frames`` frames, but only the first ones decode (a partly downloaded file)."""
+    full = path.with_name("full.avi")
+    _write_video(coco, full, frames, "MJPG")
+    data = full.read_bytes()
+    cap = cv2.VideoCapture(str(full))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == frames
+    cap.release()
+    # cut inside frame `keep`: the (keep + 1)-th '00dc' chunk of the movi list (before the idx1 index)
+    movi, idx1 = data.index(b"movi"), data.rindex(b"idx1")
+    starts = [i for i in range(movi, idx1) if data[i:i + 4] == b"00dc"]
+    assert len(starts) == frames
+    path.write_bytes(data[:starts[keep] + 20])
+    full.unlink()
+
+
+def test_truncated_video_fails_with_frame_counts_unless_partial_is_allowed(coco_like, tmp_path):
+    """Item 5: a partly decodable video (14 declared frames, 3 decodable) is not a silent success."""
+    from pose.video import count_decodable_frames, open_video
+
+    video = tmp_path / "cut.avi"
+    _truncated_avi(coco_like, video, 14, 3)
+    cap, info = open_video(video)
+    cap.release()
+    assert info.frames == 14 and count_decodable_frames(video) == 3
+    ck = _checkpoint(tmp_path / "ck.pt")
+    out = tmp_path / "out"
+    res = RUNNER.invoke(app, ["predict", str(video), "--model", str(ck), "--out-dir", str(out),
+                              "--params", str(_params(tmp_path))])
+    assert res.exit_code == 1, res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "only 3 of the 14 frames" in errors[0] and "--allow-partial" in errors[0], res.output
+    assert "Traceback" not in res.output and not out.exists()
+    res = RUNNER.invoke(app, ["predict", str(video), "--model", str(ck), "--out-dir", str(out),
+                              "--params", str(_params(tmp_path)), "--allow-partial"])
+    assert res.exit_code == 0, res.output
+    assert "3 of 14 declared frames decoded" in res.output
+    assert [r["frame"] for r in _read_jsonl(out / "cut.jsonl")] == [0, 1, 2]
+    assert len(_decoded_frames(out / "cut_overlay.avi")) == 3
+    # a whole video is not partial
+    whole = tmp_path / "whole.avi"
+    _write_video(coco_like, whole, 4, "MJPG")
+    res = RUNNER.invoke(app, ["predict", str(whole), "--model", str(ck), "--out-dir", str(tmp_path / "o2"),
+                              "--params", str(_params(tmp_path))])
+    assert res.exit_code == 0 and "4 of 4 declared frames decoded" in res.output, res.output
+
+
+def test_overlay_draws_what_the_thresholds_say_and_names_them(coco_like, tmp_path):
+    """Item 5: --min-score 0 --min-joints 0 --joint-threshold 0 draws every joint of every person the
+    JSON Lines hold; the legend box in the top-left corner names the thresholds."""
+    from pose.draw import thresholds_legend
+
+    video = tmp_path / "clip.mp4"
+    frames = _write_video(coco_like, video, 2, "mp4v")
+    ck = _checkpoint(tmp_path / "ck.pt")
+    params = _params(tmp_path, joint_threshold=1.0)       # params hide every joint (scores are clamped to <= 1) ...
+    base = ["predict", str(video), "--model", str(ck), "--params", str(params), "--min-score", "0",
+            "--min-joints", "0"]
+    assert RUNNER.invoke(app, base + ["--out-dir", str(tmp_path / "hidden")]).exit_code == 0
+    # ... the flag shows them
+    res = RUNNER.invoke(app, base + ["--joint-threshold", "0", "--out-dir", str(tmp_path / "shown")])
+    assert res.exit_code == 0, res.output
+    records = _read_jsonl(tmp_path / "shown" / "clip.jsonl")
+    assert sum(len(r["persons"]) for r in records) > 0
+    hidden = _decoded_frames(tmp_path / "hidden" / "clip_overlay.mp4")
+    shown = _decoded_frames(tmp_path / "shown" / "clip_overlay.mp4")
+    h, w = frames[0].shape[:2]
+    below = slice(h // 5, h)                               # below the legend box
+    drawn = np.abs(shown[0][below].astype(int) - hidden[0][below].astype(int)).max(axis=2)
+    assert (drawn > 80).sum() > 200, "the flag did not show the joints the params hide"
+    # the legend: a darkened box top left with text in it
+    box = hidden[0][:h // 10, : w // 3].astype(int)
+    assert box.mean() < frames[0][:h // 10, : w // 3].astype(int).mean() and box.max() > 200
+    lines = thresholds_legend(min_person_score=0.0, min_joints=0, joint_threshold=0.99, drawn=3, total=30)
+    assert "drawn 3 of 30" in lines[0] and "0.99" in lines[1] and "confidence >= 0.00" in lines[0]

@@ -71,7 +71,7 @@ import torch
 from pose.codec import OUTPUT_STRIDES, Convention, convention_rules, with_overrides
 from pose.datasets.schema import FLIP_INDEX
 from pose.decode.deadline import checkpoint
-from pose.decode.persons import EVAL_KEYS, decode_persons, resolve_eval_params, to_coco_results
+from pose.decode.persons import EVAL_KEYS, decode_persons, graph_projects, resolve_eval_params, to_coco_results
 from pose.decode.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -478,24 +478,30 @@ def predict_image(model: torch.nn.Module, image_bgr: np.ndarray, *, eval_params:
                   detection_threshold: float | None = None, tag_threshold: float | None = None,
                   max_people: int | None = None, nms_kernel: int | None = None, tie_break: bool | None = None,
                   project2image: bool | None = None, adjust: bool | None = None, refine: bool | None = None,
-                  nms_oks: float | None = None, device: torch.device | str | None = None) -> list[dict]:
+                  nms_oks: float | None = None, device: torch.device | str | None = None,
+                  off_domain: bool = False) -> list[dict]:
     """Detect the persons of one image.
 
     Settings come from ``eval_params`` (params.yaml ``evaluate``), each overridable by its
     keyword; all of :data:`EVAL_KEYS` must be given one way or the other. The coordinate
-    convention comes from ``convention`` or the model (:func:`model_convention`).
+    convention comes from ``convention`` or the model (:func:`model_convention`). With
+    ``project2image`` and ``project_maps`` every map is resampled to the input (the reference);
+    with ``project2image`` alone the network stops at the 1/2 maps and only the joints are
+    projected (``pose.decode.persons.project_joints``).
 
     Args:
         model: a ``pose.models`` model (``[out_quarter, out_half]`` for a (B, 3, H, W)
             input, module docstring), or an :class:`InferenceNet` built with the same
-            flip / project2image settings.
+            flip setting and ``project2image = pose.decode.persons.graph_projects(settings)``.
         image_bgr: (H, W, 3) uint8 BGR image (``cv2.imread``).
         device: where to run (default: the model's device).
+        off_domain: the model was trained on generated figures and the image is a photo (the
+            calibrated ``confidence``, :func:`pose.decode.persons.person_confidence`).
 
     Returns:
         Persons sorted by score (descending), each ``{"keypoints": (K, 3) float64 [x, y,
-        score] in IMAGE px (x = y = 0 where the joint was not found), "score": float}``
-        (:func:`pose.decode.persons.decode_persons`).
+        score] in IMAGE px (x = y = 0 where the joint was not found), "score": float, "bbox",
+        "confidence", "inside"}`` (:func:`pose.decode.persons.decode_persons`).
 
     Raises ValueError on missing or invalid settings, a bad image or unexpected model outputs.
     """
@@ -508,10 +514,11 @@ def predict_image(model: torch.nn.Module, image_bgr: np.ndarray, *, eval_params:
     img = check_image(image_bgr)
     maps = multi_scale_maps(model, img, input_size=int(cfg["input_size"]), resize=str(cfg["resize"]),
                             test_scales=[float(s) for s in cfg["test_scales"]], flip_test=bool(cfg["flip_test"]),
-                            project2image=bool(cfg["project2image"]), convention=conv, device=device)
+                            project2image=graph_projects(cfg), convention=conv, device=device)
     checkpoint("decoding")
     return decode_persons(maps.heatmaps.float().cpu().numpy(), maps.tags.float().cpu().numpy(), maps.affine,
-                          maps.stride, cfg=cfg, convention=conv)
+                          maps.stride, cfg=cfg, convention=conv, image_size=(img.shape[1], img.shape[0]),
+                          off_domain=off_domain)
 
 
 def predict_dataset(model: torch.nn.Module, ann_file: Path | str, images_dir: Path | str,

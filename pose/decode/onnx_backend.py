@@ -63,19 +63,49 @@ def read_metadata(path: Path | str) -> dict[str, str]:
 
 
 def available_threads() -> int:
-    """Threads for onnxruntime's intra-op pool: ``OMP_NUM_THREADS`` when set (the same
-    budget torch gets), else the cores this process may run on."""
+    """Intra-op threads for inference (onnxruntime's pool; ``pose.predict.make_predictor`` gives
+    torch the same): ``OMP_NUM_THREADS`` when set, else the cores this process may run on
+    (``sched_getaffinity``) that are free now: ``round(cores - 1-minute load average)``, at
+    least 1. On a busy machine more threads than free cores make every thread wait for the
+    others at each operator's barrier (2 torch threads on 2 busy cores: 0.5-5.5 s per photo
+    against 0.13-0.25 s with 1; README *Prediction speed*)."""
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
     if env.isdigit() and int(env) > 0:
         return int(env)
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # pragma: no cover - no load average
+        load = 0.0
+    return max(1, min(cores, int(round(cores - load))))
 
 
 def _as_bool(value: str) -> bool:
     return str(value).strip().lower() in ("1", "true")
+
+
+def graph_projects_of(meta: dict[str, str]) -> bool:
+    """Whether an exported graph resamples its maps to the input (``stride`` 1): files written
+    before ``project_maps`` existed project exactly when ``project2image`` is true."""
+    return int(meta.get("stride", 2)) == 1
+
+
+def graph_settings_match(meta: dict[str, str], eval_params: dict) -> bool:
+    """True when a file exported with metadata ``meta`` computes the maps the settings
+    ``eval_params`` (params.yaml ``evaluate``) decode: the same flip test and map projection
+    (``pose.decode.persons.graph_projects``), and the single test scale ``[1.0]``."""
+    from pose.decode.persons import graph_projects
+
+    try:
+        cfg = resolve_eval_params({k: v for k, v in eval_params.items() if k in EVAL_KEYS})
+    except ValueError:
+        return False
+    return (bool(cfg["flip_test"]) == _as_bool(meta.get("flip_test", "")) and
+            graph_projects(cfg) == graph_projects_of(meta) and
+            [float(v) for v in cfg["test_scales"]] == [1.0])
 
 
 class OnnxPoseModel:
@@ -131,13 +161,20 @@ class OnnxPoseModel:
 
         Raises ValueError when ``flip_test`` / ``project2image`` differ from the exported
         graph's, or ``test_scales`` is not ``[1.0]`` (no multi-scale test with onnxruntime)."""
+        from pose.decode.persons import graph_projects
+
         cfg = resolve_eval_params({k: v for k, v in (eval_params or self.eval_params).items()
                                    if k in EVAL_KEYS + OPTIONAL_EVAL_KEYS})
-        for key in ("flip_test", "project2image"):
-            if bool(cfg[key]) != getattr(self, key):
-                raise ValueError(f"evaluate.{key} = {bool(cfg[key])}, but {self.path} was exported with "
-                                 f"{key} = {getattr(self, key)} (part of the graph): export again with "
-                                 f"evaluate.{key}: {str(bool(cfg[key])).lower()}, or use --backend torch")
+        if bool(cfg["flip_test"]) != self.flip_test:
+            raise ValueError(f"evaluate.flip_test = {bool(cfg['flip_test'])}, but {self.path} was exported with "
+                             f"flip_test = {self.flip_test} (part of the graph): export again with "
+                             f"evaluate.flip_test: {str(bool(cfg['flip_test'])).lower()}, or use --backend torch")
+        if graph_projects(cfg) != (self.stride == 1):
+            raise ValueError(f"evaluate.project2image = {bool(cfg['project2image'])}, project_maps = "
+                             f"{bool(cfg['project_maps'])}: the graph must {'' if graph_projects(cfg) else 'not '}"
+                             f"resample every map to the input, but {self.path} was exported "
+                             f"{'with' if self.stride == 1 else 'without'} it (stride {self.stride}): export again "
+                             "with these settings, or use --backend torch")
         scales = [float(s) for s in cfg["test_scales"]]
         if scales != [1.0]:
             raise ValueError(f"evaluate.test_scales = {scales}: the onnxruntime backend runs the single scale [1.0]; "
@@ -164,16 +201,17 @@ class OnnxPoseModel:
         heatmaps, tags = self.run(input_batch(img, geo))
         return heatmaps[0], tags[0], geo.affine, self.stride
 
-    def predict(self, image_bgr: np.ndarray, cfg: dict) -> list[dict]:
+    def predict(self, image_bgr: np.ndarray, cfg: dict, off_domain: bool = False) -> list[dict]:
         """Persons of one (H, W, 3) uint8 BGR image, as ``pose.decode.inference.predict_image``
-        returns them (image px, sorted by score). ``cfg``: :meth:`settings`.
-        Raises ValueError on a bad image."""
+        returns them (image px, sorted by score). ``cfg``: :meth:`settings`; ``off_domain``: as
+        ``predict_image``. Raises ValueError on a bad image."""
         checkpoint("network")   # a served request past its deadline stops here
         heatmaps, tags, affine, stride = self.maps(image_bgr, cfg)
         checkpoint("decoding")
         return decode_persons(heatmaps, tags, affine, stride, cfg=cfg,
-                              convention=with_overrides(self.convention, cfg.get("convention_overrides")))
+                              convention=with_overrides(self.convention, cfg.get("convention_overrides")),
+                              image_size=(image_bgr.shape[1], image_bgr.shape[0]), off_domain=off_domain)
 
 
 __all__ = ["FORMAT", "INPUT_NAME", "METADATA_KEYS", "OUTPUT_NAMES", "OnnxPoseModel", "available_threads",
-           "read_metadata"]
+           "graph_projects_of", "graph_settings_match", "read_metadata"]

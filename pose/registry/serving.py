@@ -28,14 +28,16 @@ Output (``params.output = "persons"``, the default): one list per image (JSON: t
 ``predictions`` list), each person::
 
     {"keypoints": [[x, y, score] x K],   # image px (the model's coordinate convention), score in [0, 1]
-     "score": float,                      # person score, in [0, 1]
+     "score": float,                      # person score (mean joint score, the official one), in [0, 1]
+     "confidence": float,                 # calibrated person confidence, in [0, 1] (pose.decode.persons)
      "bbox": [x, y, w, h]}                # image px, the box around the joints found (score > 0)
 
 These are the persons ``pose predict`` writes to ``results.json`` for the same image, by
 the same code (the predictor of :func:`pose.predict.make_predictor`, backend ``torch``:
 preprocessing, network, flip / scale aggregation and grouping of ``pose.decode``; then
 :func:`pose.predict.limit_persons`: scores clamped to [0, 1], at most
-``evaluate.max_people``), keeping those with score ``>= predict.min_person_score``. The
+``evaluate.max_people``, joints outside the image dropped, duplicates removed), keeping
+those with calibrated ``confidence >= predict.min_person_score``. The
 keypoint names (``keypoint_names``) and the skeleton (``skeleton``, 0-based joint index
 pairs) are in the model's metadata (``mlflow.models.get_model_info(uri).metadata``).
 
@@ -123,6 +125,7 @@ REQUEST_PARAMS: dict[str, tuple[str, str, tuple | None]] = {
     "nms_kernel": ("evaluate", "long", None),
     "tie_break": ("evaluate", "boolean", None),
     "project2image": ("evaluate", "boolean", None),
+    "project_maps": ("evaluate", "boolean", None),
     "adjust": ("evaluate", "boolean", None),
     "refine": ("evaluate", "boolean", None),
     "nms_oks": ("evaluate", "double", None),
@@ -151,13 +154,15 @@ class ModelRefError(LookupError):
 # ----------------------------------------------------------------------------- settings
 
 def model_settings(params: dict) -> dict:
-    """The test-time settings stored with a model: ``{"evaluate": {EVAL_KEYS}, "predict":
+    """The test-time settings stored with a model: ``{"evaluate": {EVAL_KEYS, and the
+    OPTIONAL_EVAL_KEYS params sets}, "predict":
     {"min_person_score"}, "serve": params serve}`` taken from the whole params.yaml dict.
     Raises KeyError naming a missing key."""
-    from pose.decode.persons import EVAL_KEYS
+    from pose.decode.persons import EVAL_KEYS, OPTIONAL_EVAL_KEYS
 
     ev, pr, sv = params["evaluate"], params["predict"], params["serve"]
-    return {"evaluate": {k: ev[k] for k in EVAL_KEYS}, "predict": {"min_person_score": pr["min_person_score"]},
+    return {"evaluate": {k: ev[k] for k in EVAL_KEYS + OPTIONAL_EVAL_KEYS if k in ev},
+            "predict": {"min_person_score": pr["min_person_score"]},
             "serve": {k: sv[k] for k in SERVE_KEYS}}
 
 
@@ -374,10 +379,10 @@ def serve_persons(predictor, image_bgr: np.ndarray, *, min_person_score: float) 
     with its ``evaluate.max_people``) with score ``>= min_person_score``, as JSON-able dicts
     ``{"keypoints": [[x, y, score] x K] image px, "score", "bbox": [x, y, w, h] image px}``."""
     from pose.decode.persons import person_json
-    from pose.predict import limit_persons
+    from pose.predict import limit_persons, person_confidence_of
 
     persons = limit_persons(predictor(image_bgr), int(predictor.eval_params["max_people"]))
-    return [person_json(p) for p in persons if p["score"] >= min_person_score]
+    return [person_json(p) for p in persons if person_confidence_of(p) >= min_person_score]
 
 
 def serve_maps(predictor, image_bgr: np.ndarray) -> dict:
@@ -386,11 +391,12 @@ def serve_maps(predictor, image_bgr: np.ndarray) -> dict:
     settings, as NumPy ``{"heatmaps": (K, Hg, Wg) float32, "tags": (K, Hg, Wg, T*n) float32,
     "affine": (2, 3) float64 image px -> base input px, "stride": int input px per map px}``."""
     from pose.decode.inference import multi_scale_maps
+    from pose.decode.persons import graph_projects
 
     ev = predictor.eval_params
     m = multi_scale_maps(predictor.model, image_bgr, input_size=int(ev["input_size"]), resize=str(ev["resize"]),
                          test_scales=[float(s) for s in ev["test_scales"]], flip_test=bool(ev["flip_test"]),
-                         project2image=bool(ev["project2image"]), convention=None)
+                         project2image=graph_projects(ev), convention=None)
     return {"heatmaps": m.heatmaps.float().cpu().numpy(), "tags": m.tags.float().cpu().numpy(),
             "affine": np.asarray(m.affine, np.float64), "stride": int(m.stride)}
 
@@ -660,15 +666,19 @@ def save_pyfunc_model(checkpoint: Path, path: Path, *, params: dict) -> Path:
                                  signature=signature(settings), input_example=example, pip_requirements=reqs,
                                  metadata={"task": "bottom-up multi-person pose estimation",
                                            "output": "per image: [{keypoints: [[x, y, score] x K] image px, score, "
-                                                     "bbox: [x, y, w, h] image px}] (params output=maps: raw maps)",
+                                                     "confidence, bbox: [x, y, w, h] image px}] (params "
+                                                     "output=maps: raw maps)",
                                            "keypoint_names": list(KEYPOINT_NAMES)[:int(model_params["num_joints"])],
                                            "skeleton": [list(pair) for pair in SKELETON],
                                            "model_params": model_params, "settings": settings})
         if settings["serve"]["log_onnx"]:
-            from pose.export import export_onnx
-            from pose.train.checkpoint import load_trained_model
+            from pose.export import export_checkpoint
+            from pose.train.checkpoint import load_checkpoint, load_trained_model
 
-            export_onnx(load_trained_model(weights, "cpu"), path / ONNX_NAME, eval_params=params["evaluate"])
+            # the version's ONNX carries its training data and domain (pose predict's notice)
+            export_checkpoint(str(checkpoint), path / ONNX_NAME, eval_params=params["evaluate"],
+                              model=load_trained_model(weights, "cpu"),
+                              train_data=load_checkpoint(weights).get("train_data"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path

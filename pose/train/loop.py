@@ -45,6 +45,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pose.codec import LOSS_PARTS
+from pose.datasets.formats import dataset_domain
 from pose.device import pick_device
 from pose.io import atomic_write_json, sha256_file
 from pose.losses import total_loss
@@ -219,7 +220,8 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
     plan = {"schedule": schedule, "steps_per_epoch": steps_per_epoch, "batch_size": int(tp["batch_size"]),
             "world_size": world, "seed": seed}
     train_data = json.dumps({"dataset": params["data"]["dataset"], "annotations": str(train_ann),
-                             "annotations_sha256": sha256_file(Path(train_ann)), "images": len(dataset)},
+                             "annotations_sha256": sha256_file(Path(train_ann)), "images": len(dataset),
+                             "domain": dataset_domain(params, params["data"]["dataset"])},
                             sort_keys=True)
 
     # ---- validation (rank 0 decodes and scores; the result is broadcast so every rank agrees on best.pt)

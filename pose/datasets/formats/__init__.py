@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from pose.datasets.formats import aic, coco, crowdpose, generated, mpii, posetrack
-from pose.datasets.formats.base import ConversionError, DatasetFormat
+from pose.datasets.formats.base import DOMAINS, ConversionError, DatasetFormat
 
 #: kind -> format (catalogue ``kind``), in this order
 FORMATS: dict[str, DatasetFormat] = {f.kind: f for f in (
@@ -50,5 +50,15 @@ def get_format(kind: str) -> DatasetFormat:
     return FORMATS[kind]
 
 
-__all__ = ["FORMATS", "KINDS", "NATIVE_KINDS", "NATIVE_SCHEMAS", "SIGMA_CONSTANTS", "SCHEMA_JOINTS",
-           "DatasetFormat", "ConversionError", "get_format"]
+def dataset_domain(params: dict, dataset: str) -> str:
+    """The image domain (`base.DOMAINS`: ``photos`` | ``generated``) of catalogue entry ``dataset``
+    of a params.yaml dict: its format's `DatasetFormat.domain`. Raises ValueError for a name that
+    is not a catalogue key or an unknown kind."""
+    entry = (params.get("catalogue") or {}).get(dataset)
+    if not isinstance(entry, dict):
+        raise ValueError(f"data.dataset {dataset!r}: not a catalogue key")
+    return get_format(str(entry.get("kind"))).domain
+
+
+__all__ = ["DOMAINS", "FORMATS", "KINDS", "NATIVE_KINDS", "NATIVE_SCHEMAS", "SIGMA_CONSTANTS", "SCHEMA_JOINTS",
+           "DatasetFormat", "ConversionError", "dataset_domain", "get_format"]

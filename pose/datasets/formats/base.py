@@ -28,6 +28,10 @@ class ConversionError(ValueError):
     """The native file does not have the expected structure (message names file and record)."""
 
 
+#: values of `DatasetFormat.domain`
+DOMAINS: tuple[str, ...] = ("photos", "generated")
+
+
 @dataclass(frozen=True)
 class DatasetFormat:
     """One dataset format: its keypoints, OKS sigmas, mapping to COCO-17, parser and native metric.
@@ -48,6 +52,10 @@ class DatasetFormat:
         native_metric: one line saying what ``native_metrics`` computes and how it relates to the
             dataset's official metric.
         reference: paper / release the format follows.
+        domain: what its images are (:data:`DOMAINS`): ``photos`` (camera images, every real
+            dataset) or ``generated`` (figures drawn by a program). A model records the domain of
+            its training data (``train_data`` of the checkpoint, ONNX metadata), and ``pose
+            predict`` / serving warn when a model trained on generated figures meets photos.
         exif_orientation: how the images' EXIF orientation tag is treated when they are read
             (`pose.io.EXIF_MODES`), the default of the catalogue's ``exif_orientation``:
             ``ignore`` for every format here, whose COCO-style annotations are made in the stored
@@ -64,9 +72,12 @@ class DatasetFormat:
     native_metrics: Callable[[dict, list, np.ndarray], dict] | None
     native_metric: str
     reference: str
+    domain: str = "photos"
     exif_orientation: str = "ignore"
 
     def __post_init__(self):
+        if self.domain not in DOMAINS:
+            raise ValueError(f"format {self.kind}: domain {self.domain!r} is not one of {', '.join(DOMAINS)}")
         k = len(self.keypoint_names)
         if len(self.sigmas) != k or len(self.to_coco) != k:
             raise ValueError(f"format {self.kind}: {k} joints but {len(self.sigmas)} sigmas / "

@@ -10,5 +10,5 @@ from pose.datasets.schema import COCO_SIGMAS, KEYPOINT_NAMES, NUM_JOINTS
 FORMAT = DatasetFormat(
     kind="generated", schema="coco17", keypoint_names=KEYPOINT_NAMES, sigmas=COCO_SIGMAS,
     sigmas_name="COCO_SIGMAS", to_coco=tuple(range(NUM_JOINTS)), parse=None, native_metrics=None,
-    native_metric="COCO OKS AP (the set is COCO-17)", reference="pose.datasets.generated",
+    native_metric="COCO OKS AP (the set is COCO-17)", reference="pose.datasets.generated", domain="generated",
 )
