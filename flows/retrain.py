@@ -424,8 +424,12 @@ def compare_with_previous(repo: str, before: int, version: int) -> str | None:
 
 
 @task(name="summary")
-def summarize(repo: str, forced: bool = False) -> dict:
-    """Metrics, registered version and aliases of the run, from the stage outputs (``forced``: --force run)."""
+def summarize(repo: str, forced: bool = False, before: str | None = None) -> dict:
+    """Metrics, registered version and aliases of the run, from the stage outputs (``forced``: --force run).
+
+    ``before``: the MLflow run id of ``data/registry/registration.json`` before this flow run's stages;
+    ``summary["registered"]`` is True only when this run wrote a new version (a record left from an
+    earlier run, when the register stage was up to date, is not "retrain done")."""
     root = Path(repo)
     summary: dict = {"forced": forced}
     for key, rel in (("eval", "data/metrics/eval.json"), ("train", "data/metrics/train.json"),
@@ -433,9 +437,10 @@ def summarize(repo: str, forced: bool = False) -> dict:
         p = root / rel
         summary[key] = json.loads(p.read_text()) if p.exists() else None
     ev, reg = summary["eval"] or {}, summary["registration"] or {}
+    summary["registered"] = bool(reg) and reg.get("run_id") != before and reg.get("new_version") is not False
     get_run_logger().info(
         "%s%s: AP %.4f AP50 %.4f AR %.4f | model %s version %s aliases %s | %s",
-        "retrain done" if reg.get("new_version") is not False else "no new model version (already registered)",
+        "retrain done" if summary["registered"] else "no new model version (already registered)",
         " (forced)" if forced else "",
         ev.get("AP", float("nan")), ev.get("AP50", float("nan")), ev.get("AR", float("nan")),
         reg.get("model_name"), reg.get("version"), reg.get("aliases"), reg.get("reason"))
@@ -515,9 +520,8 @@ def retrain(repo_dir: str = ".", force: bool = False):
         if state.is_failed():
             return Failed(name=state.name, message=state.message)
     record_data_version(repo, d["fingerprint"])
-    summary = summarize(repo, forced=force)
+    summary = summarize(repo, forced=force, before=before)
     reg = summary.get("registration") or {}
-    summary["registered"] = bool(reg) and reg.get("run_id") != before and reg.get("new_version") is not False
     if not summary["registered"]:
         log.info("no new model version: the checkpoint and evaluation equal registered v%s's (the data added "
                  "nothing to train on, or training gave the same model)", reg.get("version"))

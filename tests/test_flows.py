@@ -226,7 +226,7 @@ _LOG_RECORD = re.compile(r"^\d\d:\d\d:\d\d\.\d+ \| ")
 
 
 def _register_json_in_flow_log(log: str) -> dict:
-    """The JSON document `pose register` printed, as the flow logged the register stage: the entry
+    """Model name and version of the line `pose register` printed, as the flow logged the register stage: the entry
     starts with the human line "stage register done, ..." and holds the whole output (it used to be
     the last 2000 characters, starting in the middle of the JSON)."""
     lines = log.splitlines()
@@ -237,9 +237,10 @@ def _register_json_in_flow_log(log: str) -> dict:
             break
         block.append(ln)
     assert block and block[0].startswith("Running stage 'register'"), block[:3]
-    first = block.index("{")
-    last = len(block) - 1 - block[::-1].index("}")
-    return json.loads("\n".join(block[first:last + 1]))
+    # `pose register` prints one line (the record itself is in --out): "registered <name> vN (AP ...): ..."
+    line = next(ln for ln in block if re.match(r"^registered \S+ v\d+ ", ln))
+    m = re.match(r"^registered (\S+) v(\d+) ", line)
+    return {"model_name": m[1], "version": int(m[2])}
 
 
 def test_stage_log_keeps_whole_lines_and_says_what_it_left_out():
