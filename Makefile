@@ -1,5 +1,7 @@
 # `make run`  : create .venv, install pinned deps, run the whole pipeline (dvc repro) on params.yaml
-# `make test` : create .venv, install pinned deps, run the test suite
+# `make test` : create .venv, install pinned deps, run the test suite in 3 workers (pytest-xdist; torch gets one
+#               thread per worker, tests/conftest.py; end-to-end tests wait for servers and schedules much of the
+#               time, which the third worker fills on 2 cores); a file's tests stay in one worker (module fixtures start once)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
@@ -27,7 +29,7 @@ flow: install
 
 test: install
 	ruff check .
-	python -m pytest -q -ra
+	python -m pytest -q -ra -n 3 --dist loadfile
 
 clean:
 	rm -rf data/raw data/validated data/reports data/models data/metrics data/plots data/eval data/registry mlruns mlflow.db

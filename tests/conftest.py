@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-import pose  # noqa: F401  (telemetry off for every tool the tests import)
+# `make test` runs the suite in parallel workers (pytest-xdist, `-n 3` on 2 cores): each worker gets its share of the
+# cores as torch/OpenMP threads, set before torch is imported. Two workers with 2 threads each would
+# oversubscribe 2 cores, and OpenMP threads waiting for each other make steps over 10x slower
+# (pose/train/loop.py). Subprocesses the tests start inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _share = max(1, len(os.sched_getaffinity(0)) // max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(_share)
+
+import pose  # noqa: E402,F401  (telemetry off for every tool the tests import)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("POSE_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))
@@ -52,3 +60,28 @@ def prefect_server(tmp_path_factory):
 
     with start(tmp_path_factory.mktemp("prefect-server")) as server:
         yield server
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with end-to-end (``slow``) tests first, in collection order otherwise: with `-n 2 --dist
+    loadfile` the long files start at once and the short ones fill in around them, instead of one long
+    file starting last while the other worker idles."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("slow") else 1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_keeps_the_tracking_uri():
+    """Each test file leaves MLflow's tracking URI as it found it. ``mlflow.set_tracking_uri`` (MLflow 3)
+    also sets ``MLFLOW_TRACKING_URI`` in ``os.environ``, which pose reads as the team's server (it wins
+    over params.yaml) and every later subprocess inherits: in a parallel worker the next file would
+    register into the previous file's database."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    import sys
+
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(before)   # None: unsets the variable too
+    elif before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before

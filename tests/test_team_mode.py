@@ -209,15 +209,14 @@ def test_artifacts_land_in_s3(stack, flow_run, as_pipeline, tmp_path):
     record = json.loads((repo / "data/registry/registration.json").read_text())
     run_id = record["run_id"]
 
-    def listed(path=None):
-        for info in as_pipeline.list_artifacts(run_id, path):
-            yield from (listed(info.path) if info.is_dir else [info.path])
-
-    logged = set(listed())
+    # the run's top-level artifacts (files and folders) as the tracking server lists them. One listing,
+    # not a walk of every folder: each listing through the server's S3 proxy costs ~1 s and a run has
+    # ~80 folders (overlays, eval); the files that matter are compared byte for byte below.
+    top = {info.path for info in as_pipeline.list_artifacts(run_id)}
     keys = [k for k in stack.s3_keys(lts.MLFLOW_BUCKET, "artifacts/") if f"/{run_id}/artifacts/" in k]
     assert keys, "no object of the run in the bucket"
     run_prefix = keys[0].split(f"/{run_id}/artifacts/")[0] + f"/{run_id}/artifacts/"
-    assert logged == {k[len(run_prefix):] for k in keys}, (sorted(logged)[:10], sorted(keys)[:10])
+    assert top == {k[len(run_prefix):].split("/")[0] for k in keys}, (sorted(top), sorted(keys)[:10])
     s3 = stack.s3_client()
 
     def sha(key: str) -> str:
