@@ -63,9 +63,9 @@ def prefect_server(tmp_path_factory):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Files with end-to-end (``slow``) tests first, in collection order otherwise: with `-n 2 --dist
-    loadfile` the long files start at once and the short ones fill in around them, instead of one long
-    file starting last while the other worker idles."""
+    """Files with end-to-end (``slow``) tests first, in collection order otherwise: with `-n 3 --dist
+    loadfile` (Makefile) the long files start at once and the short ones fill in around them, instead
+    of one long file starting last while the other workers idle."""
     items.sort(key=lambda item: 0 if item.get_closest_marker("slow") else 1)
 
 

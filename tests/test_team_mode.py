@@ -209,14 +209,16 @@ def test_artifacts_land_in_s3(stack, flow_run, as_pipeline, tmp_path):
     record = json.loads((repo / "data/registry/registration.json").read_text())
     run_id = record["run_id"]
 
-    # the run's top-level artifacts (files and folders) as the tracking server lists them. One listing,
-    # not a walk of every folder: each listing through the server's S3 proxy costs ~1 s and a run has
-    # ~80 folders (overlays, eval); the files that matter are compared byte for byte below.
-    top = {info.path for info in as_pipeline.list_artifacts(run_id)}
+    # every file the tracking server holds for the run, fetched the way a user gets them back (the run's
+    # artifact repository: one proxy listing per folder). MlflowClient.list_artifacts walked the same
+    # ~80 folders through the tracking API at ~1 s a listing (88 s); this download takes a few seconds.
+    got_run = Path(mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=str(tmp_path / "run"),
+                                                       tracking_uri=stack.mlflow_url))
+    logged = {str(f.relative_to(got_run)) for f in got_run.rglob("*") if f.is_file()}
     keys = [k for k in stack.s3_keys(lts.MLFLOW_BUCKET, "artifacts/") if f"/{run_id}/artifacts/" in k]
     assert keys, "no object of the run in the bucket"
     run_prefix = keys[0].split(f"/{run_id}/artifacts/")[0] + f"/{run_id}/artifacts/"
-    assert top == {k[len(run_prefix):].split("/")[0] for k in keys}, (sorted(top), sorted(keys)[:10])
+    assert logged == {k[len(run_prefix):] for k in keys}, (sorted(logged)[:10], sorted(keys)[:10])
     s3 = stack.s3_client()
 
     def sha(key: str) -> str:
@@ -231,7 +233,8 @@ def test_artifacts_land_in_s3(stack, flow_run, as_pipeline, tmp_path):
     name = registered_model_name(tiny_params())
     mlflow.set_tracking_uri(stack.mlflow_url)
     try:
-        path = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@champion", dst_path=str(tmp_path)))
+        path = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@champion",
+                                                        dst_path=str(tmp_path / "champion")))
     finally:
         mlflow.set_tracking_uri(None)
     got = {str(f.relative_to(path)): hashlib.sha256(f.read_bytes()).hexdigest() for f in path.rglob("*") if f.is_file()}
