@@ -1224,8 +1224,11 @@ def test_fetch_applies_catalogue_ingest_batches_reproducibly(tmp_path, params):
 
 
 def test_ingest_concurrent_runs_are_serialised(tmp_path):
-    """Two ingests of the same batch at once: the folder lock serialises them, so the batch is added
-    exactly once and both see a consistent folder."""
+    """Three ingests of the same batch at once: the folder lock serialises them, so the batch is added
+    exactly once, and the folder is exchanged atomically, so no ingest or reader ever finds it missing
+    (CI once failed here: a second ingest's first check ran between two renames)."""
+    import threading
+    import time
     from concurrent.futures import ThreadPoolExecutor
 
     from pose.datasets.fetch import verify_manifest
@@ -1236,9 +1239,24 @@ def test_ingest_concurrent_runs_are_serialised(tmp_path):
     src = tmp_path / "src"
     _small_generated(src, seed=12, n_train=3, n_val=1)
     (src / "annotations" / "person_keypoints_val2017.json").unlink()
-    with ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(lambda _: ingest_batch(src, target, split="train2017"), range(2)))
-    assert sorted(r["added_images"] for r in results) == [0, 3]
+    ann = target / "annotations" / "person_keypoints_train2017.json"
+    done, missing = threading.Event(), []
+
+    def reader():  # a concurrent reader (or a third ingest's first check) never finds the folder gone
+        while not done.is_set():
+            if not ann.is_file():
+                missing.append(time.monotonic())
+
+    watcher = threading.Thread(target=reader)
+    watcher.start()
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            results = list(pool.map(lambda _: ingest_batch(src, target, split="train2017"), range(3)))
+    finally:
+        done.set()
+        watcher.join()
+    assert missing == []
+    assert sorted(r["added_images"] for r in results) == [0, 0, 3]
     verify_manifest(target)
     assert len(_load(target / "ingest_record.json")["batches"]) == 1
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["ds"]

@@ -25,8 +25,9 @@ What `ingest_batch` does to ``<into>`` (a folder written by `pose.datasets.fetch
   duplicates), and ``MANIFEST.sha256`` is rewritten (`pose.datasets.manifest`; only new /
   changed files re-hashed);
 * all of it in a temporary copy of ``<into>`` (files hard-linked, the rewritten ones
-  copied) that replaces ``<into>`` only when complete and verified; concurrent ingests of
-  one folder are serialised by an ``flock`` on the folder. A failure leaves ``<into>``
+  copied) that is exchanged with ``<into>`` in one atomic rename (``renameat2``
+  ``RENAME_EXCHANGE``) only when complete and verified; concurrent ingests of one folder are
+  serialised by an ``flock`` on the folder. A failure leaves ``<into>``
   untouched and no temporary folder behind.
 
 A batch whose images are all duplicates changes nothing (no record, no rewrite): ingesting
@@ -46,6 +47,7 @@ by `pose.datasets.sources`).
 from __future__ import annotations
 
 import copy
+import ctypes
 import datetime as _dt
 import errno
 import fcntl
@@ -54,6 +56,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -326,7 +329,11 @@ class _FolderLock:
 
     def __enter__(self):
         for _ in range(1000):
-            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+            except FileNotFoundError:  # only between the two renames of `_swap_dirs`' fallback
+                time.sleep(0.01)
+                continue
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
@@ -343,6 +350,29 @@ class _FolderLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+
+
+def _swap_dirs(a: Path, b: Path) -> None:
+    """Exchange the folders ``a`` and ``b`` atomically (Linux ``renameat2(RENAME_EXCHANGE)``), so
+    ``b`` never stops existing for a concurrent reader or ingest. Where the call is missing (not
+    Linux, old glibc, a file system without it) two renames are used: ``b`` is then absent for the
+    instant between them."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        renameat2 = None
+    if renameat2 is not None:
+        at_fdcwd, rename_exchange = -100, 2
+        if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise OSError(err, os.strerror(err), str(a), None, str(b))
+    side = a.with_name(a.name + ".swap")
+    os.replace(b, side)
+    os.replace(a, b)
+    os.replace(side, a)
 
 
 def _copy_tree_linked(src: Path, dst: Path) -> None:
@@ -513,10 +543,7 @@ def ingest_batch(batch: str | Path, into: Path, *, split: str, fmt: str = "coco"
                 return summary
             if (tmp / MANIFEST_NAME).is_file():
                 check_listing(tmp)  # hashes of unchanged files were taken over, the changed ones computed
-            old = into.parent / f".{into.name}.old-{tag}"
-            os.replace(into, old)
-            os.replace(tmp, into)
-            shutil.rmtree(old, ignore_errors=True)
+            _swap_dirs(tmp, into)  # `into` is the new folder, `tmp` the old one (removed below)
             return summary
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
