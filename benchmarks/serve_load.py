@@ -77,7 +77,7 @@ def register(params: dict, checkpoint: Path | None, tmp: Path) -> str:
     from mlflow import MlflowClient
 
     from pose.models import build_model
-    from pose.registry.serving import save_pyfunc_model
+    from pose.serving.model import save_pyfunc_model
     from pose.train.checkpoint import save_checkpoint
 
     if checkpoint is None:

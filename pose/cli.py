@@ -43,7 +43,7 @@ EXIT_CONFIG = 2
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 #: third-party warnings that say nothing a `pose` user can act on
 _IGNORED_WARNINGS = (
-    # MLflow: PythonModel.predict without type hints (pose.registry.serving declares a signature instead)
+    # MLflow: PythonModel.predict without type hints (pose.serving.model declares a signature instead)
     (r".*Add type hints to the .predict. method", UserWarning),
 )
 
@@ -776,10 +776,10 @@ def serve(model: str = typer.Option(..., help="models:/<name>/latest (the newest
 def _resolve_model(model: str, p: dict) -> str:
     """``model`` with ``models:/<name>/latest`` resolved to the newest version; one error line listing
     the registered versions and why none holds the alias when a ``models:/<name>@<alias>`` reference
-    does not resolve (pose.registry.serving.resolve_model_ref)."""
+    does not resolve (pose.registry.model_refs.resolve_model_ref)."""
     if not model.startswith("models:/"):
         return model
-    from pose.registry.serving import ModelRefError, resolve_model_ref
+    from pose.registry.model_refs import ModelRefError, resolve_model_ref
     from pose.registry.tracking import tracking_uri
 
     try:

@@ -508,7 +508,7 @@ class PredictSection(Section):
 
 
 class ServeSection(Section):
-    """The served model (`pose.registry.serving`, `pose serve`): request limits, deadline, workers and the logged
+    """The served model (`pose.serving`, `pose serve`): request limits, deadline, workers and the logged
     input example."""
     max_pixels: PosInt
     max_images: PosInt

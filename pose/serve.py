@@ -20,7 +20,7 @@ The server is MLflow's own scoring app (``mlflow.pyfunc.scoring_server.init``: `
   client disconnects (:class:`RequestGuard`). MLflow's own timeout
   (``MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT``, which answers 504 but lets the work run on) is set
   to the same value. The request limits of params.yaml ``serve`` (this host's) replace those
-  stored with the model (`pose.registry.serving.serve_settings`).
+  stored with the model (`pose.serving.requests.serve_settings`).
 * **Short error bodies.** Every error answer is ``{"error_code", "message"}`` of at most
   :data:`ERROR_BODY_MAX` bytes: MLflow's scoring server puts the whole parsed input in front of
   a model's message (``Failed to predict data '<input>'. Error: <message>``, megabytes with
@@ -31,7 +31,7 @@ The server is MLflow's own scoring app (``mlflow.pyfunc.scoring_server.init``: `
 The model is downloaded once, by the supervisor, into a temporary folder that the workers load
 (and that is removed when the server stops). A ``models:/<name>@<alias>`` reference that does
 not resolve (no ``champion`` until a version passes the gate) ends in one line listing the
-versions with their promotion decision (`pose.registry.serving.check_model_ref`);
+versions with their promotion decision (`pose.registry.model_refs.check_model_ref`);
 ``models:/<name>/latest`` serves the newest version whatever its alias.
 """
 
@@ -48,13 +48,8 @@ import warnings
 from pathlib import Path
 
 from pose.decode.deadline import Deadline, deadline_scope
-from pose.registry.serving import (
-    MLFLOW_TIMEOUT_ENV,
-    SERVE_SETTINGS_ENV,
-    ModelRefError,
-    resolve_model_ref,
-    version_line,
-)
+from pose.registry.model_refs import ModelRefError, resolve_model_ref, version_line
+from pose.serving.requests import MLFLOW_TIMEOUT_ENV, SERVE_SETTINGS_ENV
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "core": ("pose.datasets.schema", "pose.datasets.formats", "pose.augment", "pose.targets", "pose.models",
              "pose.losses", "pose.decode", "pose.evaluate", "pose.io", "pose.codec", "pose.draw", "pose.device"),
     "services": ("pose.params", "pose.datasets", "pose.quality", "pose.train", "pose.registry", "pose.predict",
-                 "pose.video",
+                 "pose.video", "pose.serving", "pose.crash", "pose.evaluate.scoring", "pose.evaluate.outputs",
                  "pose.export", "pose.presets", "pose.dvc_plots", "pose.serve"),
     "stages": ("pose.cli", "flows"),
 }

@@ -173,7 +173,7 @@ def test_warnings_are_one_plain_line_and_mlflow_type_hint_warning_is_dropped():
             "pose.cli._quiet_warnings()\n"
             "warnings.warn('\\x1b[33mAdd type hints to the `predict` method to enable ...\\x1b[0m', UserWarning)\n"
             "warnings.warn('first line\\n  second line', FutureWarning)\n"
-            "import pose.registry.serving  # defines the MLflow PythonModel: emits the type-hint warning\n")
+            "import pose.serving.model  # defines the MLflow PythonModel: emits the type-hint warning\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert _lines(proc.stderr) == ["warning: first line; second line (FutureWarning)"], proc.stderr

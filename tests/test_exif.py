@@ -82,7 +82,7 @@ def test_read_image_ignores_or_applies_each_orientation(exif_set):
 
 
 def test_serving_applies_the_orientation_of_a_users_photo(exif_set):
-    from pose.registry.serving import decode_image
+    from pose.serving.requests import decode_image
 
     for k in (1, 3, 6, 8):
         data = (exif_set / "images" / f"{k:012d}.jpg").read_bytes()

@@ -339,7 +339,7 @@ def test_registered_model_name_includes_the_training_dataset():
 def test_register_logs_run_content_and_a_servable_model(env):
     import mlflow
 
-    from pose.registry.serving import load_registered_model
+    from pose.serving.model import load_registered_model
 
     extra = env.root / "content-extra" / "plots" / "eval"          # like dvc.yaml's --artifact data/plots/eval
     extra.mkdir(parents=True)

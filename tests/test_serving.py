@@ -1,4 +1,4 @@
-"""The served pose model (pose.registry.serving): images in, persons out, equal to the pipeline's.
+"""The served pose model (pose.serving): images in, persons out, equal to the pipeline's.
 
 A tiny random-weight HigherHRNet (width 8) whose batch-norm statistics are set on the test
 images and whose output layers are scaled up, so that its maps have peaks and it finds
@@ -76,7 +76,7 @@ def _tiny_checkpoint(params: dict, images: list[Path], out: Path) -> Path:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, coco_like):
     """(params, checkpoint, saved pyfunc model dir, image files)."""
-    from pose.registry.serving import save_pyfunc_model
+    from pose.serving.model import save_pyfunc_model
 
     tmp = tmp_path_factory.mktemp("serving")
     params = _tiny_params(tmp)
@@ -157,7 +157,7 @@ def test_settings_signature_and_bad_inputs(served):
     from mlflow.exceptions import MlflowException
 
     from pose.decode.persons import EVAL_KEYS
-    from pose.registry.serving import REQUEST_PARAMS, RequestError, decode_image
+    from pose.serving.requests import REQUEST_PARAMS, RequestError, decode_image
 
     params, _, model_dir, files = served
     info = mlflow.models.Model.load(str(model_dir))
@@ -240,7 +240,7 @@ def test_request_limits_are_checked_before_any_compute(served, network_passes):
         assert err.value.get_http_status_code() == 400
     assert calls == [], "a request over a limit ran the network"
     # the budget counts what the network sees: 2 x 512 x 512 x 2 (flip) fits, without flip 8 images do
-    from pose.registry.serving import check_input_pixels, network_input_pixels
+    from pose.serving.requests import check_input_pixels, network_input_pixels
     ev = {**params["evaluate"], "input_size": 512}
     assert network_input_pixels((640, 480), ev) == 512 * 512 * 2
     no_flip = {**ev, "flip_test": False, "test_scales": [1.0, 0.5]}
@@ -258,7 +258,7 @@ def test_the_work_stops_at_the_first_checkpoint_after_the_deadline(served, monke
     from mlflow.exceptions import MlflowException
 
     from pose.decode.deadline import Deadline, DeadlineExceeded, deadline_scope
-    from pose.registry.serving import request_deadline
+    from pose.serving.requests import request_deadline
 
     params, _, model_dir, files = served
     pm = mlflow.pyfunc.load_model(str(model_dir))
@@ -367,7 +367,7 @@ def test_registered_model_answers_jpeg_bytes_and_rgb_arrays(registered, served):
     import mlflow
     import torch
 
-    from pose.registry.serving import checkpoint_from_uri, load_registered_model
+    from pose.serving.model import checkpoint_from_uri, load_registered_model
 
     params, uri, tracking = registered
     files = served[3]

@@ -8,7 +8,9 @@
   ``errors``;
 * review reports: ``compare`` (``pose compare``) built from ``sides``, ``verdict``, ``deltas``,
   ``figures`` and ``report`` (one structure rendered as Markdown and HTML);
-* the servable model (``serving``, ``pyfunc_entry``) and notifications (``notify``).
+* model references (``model_refs``: ``models:/`` resolution with each version's promotion decision),
+  notifications (``notify``) and ``serving``, the stable import path of the served model's MLflow class
+  for versions registered before it moved to `pose.serving`.
 """
 
 import os

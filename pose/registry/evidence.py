@@ -123,7 +123,7 @@ def champion_on_data(client: MlflowClient, name: str, champ, challenger: Evidenc
         why = "no re-evaluation callback" if reevaluate is None else "the challenger's annotations are not logged"
         return None, (f"champion v{champ.version} was evaluated on other data ({(ev.data_hash or '?')[:16]}) "
                       f"and cannot be re-evaluated here ({why})")
-    from pose.registry.serving import checkpoint_from_uri
+    from pose.serving.model import checkpoint_from_uri
 
     ckpt = checkpoint_from_uri(f"models:/{name}/{champ.version}")
     metrics, results = call_reevaluate(reevaluate, ckpt, challenger.annotations)

@@ -10,7 +10,7 @@ What one ``pose register`` (stage ``register``) writes:
   (:mod:`pose.registry.data_version`); artifacts::
 
       model/                      MLflow pyfunc model: images in, persons out (signature, input example,
-                                  test-time settings; pose.registry.serving)
+                                  test-time settings; pose.serving.model)
       checkpoint/best.pt          the raw training checkpoint
       eval/metrics.json, eval/results.json, eval/annotations.json   (re-scorable: bootstrap, compare)
       data/eval_images.json, data/train_images.json                (image id lists: data diffs)
@@ -347,7 +347,7 @@ def _log_run(params: dict, client: MlflowClient, tags: dict, inputs: dict) -> st
     the pyfunc model). Returns its id; the run ends FINISHED only when everything was logged."""
     from pose.registry.data_version import image_list
     from pose.registry.figures import plot_training_curves, steps_csv_series
-    from pose.registry.serving import save_pyfunc_model
+    from pose.serving.model import save_pyfunc_model
 
     metrics, train_steps = inputs["metrics"], inputs["train_steps"]
     train_metrics, results = inputs["train_metrics"], inputs["results"]

@@ -68,7 +68,7 @@ HigherHRNet ({m.get("backbone")} backbone, width {m.get("width")}, stage modules
 strides {", ".join(str(s) for s in OUTPUT_STRIDES)}) with associative embedding (tag dim {m.get("tag_dim")}) for
 bottom-up multi-person pose estimation of {m.get("num_joints")} COCO keypoints. Input: normalised RGB, sides multiples
 of 32; served as an MLflow pyfunc model: encoded images in, persons (keypoints in image px, score, box) out,
-with the evaluation's test-time settings (`pose.registry.serving`).
+with the evaluation's test-time settings (`pose.serving.model`).
 
 ## Training
 
