@@ -18,7 +18,6 @@ import functools
 import json
 import os
 import re
-import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -315,44 +314,6 @@ def train(train_ann: Path = typer.Option(..., help="training COCO keypoints JSON
         typer.echo(json.dumps(summary, indent=2, sort_keys=True))
 
 
-def _dataset_evaluation(params: dict, dataset: str | None):
-    """(COCO-17 sigmas, native metric or None) of catalogue entry ``dataset`` (default params
-    ``data.dataset``), from its format (`pose.datasets.catalogue.evaluation`). Raises ValueError
-    for a name that is not a catalogue key."""
-    from pose.datasets.catalogue import evaluation
-
-    name = dataset or params["data"]["dataset"]
-    if name not in params["catalogue"]:
-        raise ValueError(f"--dataset {name!r}: not a catalogue key ({' | '.join(params['catalogue'])})")
-    return evaluation(params["catalogue"][name])
-
-
-def _score(params: dict, checkpoint: Path, annotations: Path, images: Path, results_out: Path | None, *,
-           dataset: str | None = None, model=None, device=None) -> tuple[dict, list]:
-    """Predict every image of ``annotations`` with the checkpoint (or an already loaded
-    ``model`` on ``device``) and score the results with the sigmas and native metric of the
-    catalogue entry ``dataset`` (default params ``data.dataset``): eval.json's metrics and the results."""
-    from pose.decode.inference import predict_dataset
-    from pose.evaluate.coco import evaluate_keypoints
-
-    if model is None:
-        from pose.device import pick_device
-        from pose.train.checkpoint import load_trained_model
-
-        device = pick_device()
-        model = load_trained_model(checkpoint, device)
-    ev = params["evaluate"]
-    results = predict_dataset(model, annotations, images, ev, device)
-    if results_out:
-        results_out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = results_out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results))
-        tmp.replace(results_out)
-    sigmas, native = _dataset_evaluation(params, dataset)
-    return evaluate_keypoints(annotations, results, sigmas=sigmas, oks_threshold=float(ev["oks_threshold"]),
-                              area_bins=ev["area_bins"], native=native), results
-
-
 @app.command()
 def evaluate(annotations: Path = typer.Option(..., help="ground-truth COCO keypoints JSON"),
              out: Path = typer.Option(..., help="metrics.json to write"),
@@ -371,105 +332,25 @@ def evaluate(annotations: Path = typer.Option(..., help="ground-truth COCO keypo
              params_file: Path = PARAMS) -> None:
     """COCO keypoint AP/AR with pycocotools (the dataset's catalogue sigmas), per-scale AP, the dataset
     format's native metric (CrowdPose easy/medium/hard, AIC / MPII OKS AP), plots and efficiency (stage `evaluate`)."""
-    from pose.evaluate.coco import evaluate_keypoints, write_metrics
+    from pose.evaluate.outputs import write_evaluation
+    from pose.evaluate.scoring import score_evaluation
 
     p = load_params(params_file)
-    ev = p["evaluate"]
     if efficiency is not None and (checkpoint is None or images is None):
         _fail("--efficiency needs --checkpoint and --images")
-    model = device = None
     try:
-        if results is not None:
-            res = json.loads(results.read_text())
-            sigmas, native = _dataset_evaluation(p, dataset)
-            metrics = evaluate_keypoints(annotations, res, sigmas=sigmas, oks_threshold=float(ev["oks_threshold"]),
-                                         area_bins=ev["area_bins"], native=native)
-        elif checkpoint is not None and images is not None:
-            from pose.device import pick_device
-            from pose.train.checkpoint import load_trained_model
-
-            device = pick_device()
-            model = load_trained_model(checkpoint, device)
-            metrics, res = _score(p, checkpoint, annotations, images, results_out, dataset=dataset,
-                                  model=model, device=device)
-        else:
-            _fail("give --results, or --checkpoint with --images")
+        scored = score_evaluation(p, annotations, results=results, checkpoint=checkpoint, images=images,
+                                  results_out=results_out, dataset=dataset)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
-    write_metrics(metrics, out)
-    if plots_dir is not None:
-        from pose.evaluate.plots import write_eval_plots
-        from pose.predict import confident_persons, limit_persons
-
-        # the overlays draw what `pose predict` draws: at most evaluate.max_people persons per
-        # image, only those passing the params `predict` thresholds (results.json keeps them all)
-        by_image: dict = {}
-        for r in res:
-            by_image.setdefault(r["image_id"], []).append(r)
-        pr = p["predict"]
-        shown = [r for rs in by_image.values()
-                 for r in confident_persons(limit_persons(rs, int(ev["max_people"])),
-                                            min_person_score=float(pr["min_person_score"]),
-                                            min_joints=int(pr["min_joints"]),
-                                            joint_threshold=float(pr["joint_threshold"]))]
-        write_eval_plots(metrics, plots_dir, gt_json=annotations, results=shown, images_dir=images,
-                         overlay_count=int(ev["overlay_count"]), overlay_min_score=float(pr["joint_threshold"]))
-    if efficiency is not None:
-        from pose.evaluate.efficiency import load_sample_images, measure_efficiency
-
-        eff = measure_efficiency(model, load_sample_images(annotations, images, int(ev["latency_samples"])),
-                                 eval_params=ev, samples=int(ev["latency_samples"]),
-                                 warmup=int(ev["latency_warmup"]), device=device)
-        write_metrics(eff, efficiency)
+    eff = write_evaluation(p, scored, out=out, annotations=annotations, images=images, plots_dir=plots_dir,
+                           efficiency=efficiency)
+    if eff is not None:
         typer.echo(json.dumps({k: eff[k] for k in ("params", "gflops", "latency_ms_p50", "latency_ms_p90",
                                                    "peak_memory_mb")}))
+    metrics = scored.metrics
     keys = ("AP", "AP50", "AP75", "APM", "APL", "AR", "AP_easy", "AP_medium", "AP_hard")
     typer.echo(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
-
-
-#: values of `pose predict --backend` (pose.predict.BACKENDS; repeated here so a bad value fails before any import)
-_BACKENDS = ("auto", "torch", "onnxruntime")
-#: model references `pose predict --model` accepts besides a checkpoint file (pose.predict.load_model)
-_MODEL_URI = re.compile(r"models:/[^/@]+(@[^/@]+|/[^/@]+)|runs:/[^/]+/.+|mlflow-artifacts:/.+")
-
-
-def _check_model_ref(model: str) -> None:
-    """One error line unless ``model`` is an existing checkpoint file or a well-formed MLflow model
-    reference (``models:/<name>@<alias>``, ``models:/<name>/<version>``, ``runs:/<run_id>/<path>``)."""
-    if "://" in model or model.startswith(("models:", "runs:", "mlflow-artifacts:")):
-        if not _MODEL_URI.fullmatch(model):
-            _fail(f"--model {model!r}: not a model reference; allowed: a checkpoint file, models:/<name>@<alias>, "
-                  "models:/<name>/<version>, runs:/<run_id>/<path>")
-    elif not Path(model).is_file():
-        _fail(f"--model {model}: no such checkpoint file (or give models:/<name>@<alias>, models:/<name>/<version>, "
-              "runs:/<run_id>/<path>)")
-
-
-def _check_predict_inputs(source: Path, model: str, *, input_size: int | None, min_score: float | None,
-                          min_joints: int | None, backend: str = "torch", joint_threshold: float | None = None) -> None:
-    """Cheap checks of `pose predict`'s inputs before torch / MLflow are imported and a model is
-    loaded; each failure is one line naming the argument and what is allowed (exit 1 for a missing
-    input, 2 for an option value out of range, as click's usage errors)."""
-    if backend not in _BACKENDS:
-        _fail(f"--backend {backend!r}: must be one of {', '.join(_BACKENDS)}", EXIT_CONFIG)
-    if not source.exists():
-        _fail(f"source {source}: no such image or folder")
-    if backend == "onnxruntime" and not model.startswith(("models:", "runs:", "mlflow-artifacts:")):
-        if not Path(model).is_file() or Path(model).suffix.lower() != ".onnx":
-            _fail(f"--model {model}: no such .onnx file (--backend onnxruntime runs a file written by "
-                  "`pose export --format onnx`, or a models:/ / runs:/ URI whose artifacts hold one)")
-    _check_model_ref(model)
-    if input_size is not None:
-        try:
-            check_input_size(input_size, "--input-size", "pose predict")
-        except ParamsError as exc:
-            _fail(str(exc), EXIT_CONFIG)
-    if min_score is not None and not 0.0 <= min_score <= 1.0:
-        _fail(f"--min-score {min_score:g}: must be in [0, 1]", EXIT_CONFIG)
-    if min_joints is not None and not 0 <= min_joints <= 17:
-        _fail(f"--min-joints {min_joints}: must be in [0, 17] (COCO-17 joints)", EXIT_CONFIG)
-    if joint_threshold is not None and not 0.0 <= joint_threshold <= 1.0:
-        _fail(f"--joint-threshold {joint_threshold:g}: must be in [0, 1]", EXIT_CONFIG)
 
 
 def _notice(text: str) -> None:
@@ -477,42 +358,16 @@ def _notice(text: str) -> None:
     typer.echo(f"warning: {text}", err=True)
 
 
-def _predict_video(source: Path, model: str, out_dir: Path, *, p: dict, ev: dict, show: dict, backend: str,
-                   device: str, max_frames: int | None, allow_partial: bool = False) -> None:
-    """`pose predict VIDEO`: out_dir/<stem>.jsonl (persons per frame) and out_dir/<stem>_overlay.mp4
-    (.avi for an .avi input) through `pose.video.predict_video`, each frame predicted as an image is
-    (`pose.predict.make_predictor`, then at most evaluate.max_people persons)."""
-    from pose.predict import limit_persons, make_predictor, training_data
+def _resolve_model(model: str, p: dict) -> str:
+    """`pose.registry.model_refs.resolve_model` with params.yaml's tracking URI; an unresolvable reference
+    ends the command with its one line."""
+    from pose.registry.model_refs import ModelRefError, resolve_model
     from pose.registry.tracking import tracking_uri
-    from pose.video import predict_video, video_outputs
 
-    if max_frames is not None and max_frames < 1:
-        _fail(f"--max-frames {max_frames}: must be >= 1 (leave it out for the whole video)", EXIT_CONFIG)
-    out_jsonl, out_video = video_outputs(source, out_dir)
-    created = not out_dir.exists()
-    done = False
     try:
-        predictor = make_predictor(model, backend=backend, eval_params=ev, tracking_uri=tracking_uri(p),
-                                   device=device, notice=_notice)
-        typer.echo(f"model {model}: trained on {training_data(model, tracking_uri=tracking_uri(p))}; "
-                   f"backend {predictor.backend}, {predictor.threads} thread(s)")
-        max_people = int(ev["max_people"])
-        summary = predict_video(lambda frame: limit_persons(predictor(frame), max_people), source,
-                                out_jsonl=out_jsonl, out_video=out_video, predict_params=show,
-                                max_frames=max_frames, progress=True, allow_partial=allow_partial)
-        done = True
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        return resolve_model(model, tracking_uri=tracking_uri(p))
+    except ModelRefError as exc:
         _fail(str(exc))
-    finally:
-        if not done and created and out_dir.exists():  # no empty output folder is left behind
-            shutil.rmtree(out_dir, ignore_errors=True)
-    declared = summary["frames_declared"]
-    decoded = (f"{summary['frames_decoded']} of {declared} declared frames decoded" if declared is not None
-               else f"{summary['frames_decoded']} frames decoded (the video declares no count)")
-    if summary["partial"]:
-        typer.echo(f"warning: {source}: partial video, {decoded} (--allow-partial)", err=True)
-    typer.echo(f"{summary['frames']} frame(s) predicted ({decoded}), {summary['persons']} person(s) "
-               f"({summary['drawn']} drawn) -> {summary['jsonl']}, {summary['video']}")
 
 
 @app.command()
@@ -542,50 +397,47 @@ def predict(source: Path = typer.Argument(..., help="an image, a folder of image
             params_file: Path = PARAMS) -> None:
     """Draw the confident skeletons (one colour per person) on images and write COCO results JSON,
     or on a video's frames with per-frame JSON Lines; prints what data the model was trained on."""
-    _check_predict_inputs(source, model, input_size=input_size, min_score=min_score, min_joints=min_joints,
-                          backend=backend, joint_threshold=joint_threshold)
-    from pose.predict import list_images, make_predictor, predict_files, training_data
+    from pose.predict import OptionError, check_predict_inputs
+
+    try:
+        check_predict_inputs(source, model, input_size=input_size, min_score=min_score, min_joints=min_joints,
+                             backend=backend, joint_threshold=joint_threshold)
+    except OptionError as exc:
+        _fail(str(exc), EXIT_CONFIG)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    from pose.predict import predict_images, prediction_settings
     from pose.registry.tracking import tracking_uri
+    from pose.video import is_video, predict_video_file
 
     p = load_params(params_file)
     model = _resolve_model(model, p)
-    ev = dict(p["evaluate"])
-    if input_size is not None:
-        ev["input_size"] = input_size
-    show = dict(p["predict"])
-    if min_score is not None:
-        show["min_person_score"] = min_score
-    if min_joints is not None:
-        show["min_joints"] = min_joints
-    if joint_threshold is not None:
-        show["joint_threshold"] = joint_threshold
-    if backend != "onnxruntime" and not model.lower().endswith(".onnx"):
-        from pose.device import pick_device
-
-        device = str(pick_device())
-    else:
-        device = "cpu"
-    if source.suffix.lower() in (".mp4", ".avi", ".mov", ".mkv"):  # pose.video.VIDEO_SUFFIXES
-        return _predict_video(source, model, out_dir, p=p, ev=ev, show=show, backend=backend, device=device,
-                              max_frames=max_frames, allow_partial=allow_partial)
-    created = not out_dir.exists()
-    done = False
+    ev, show, device = prediction_settings(p, model, backend=backend, input_size=input_size, min_score=min_score,
+                                           min_joints=min_joints, joint_threshold=joint_threshold)
+    run = dict(eval_params=ev, predict_params=show, backend=backend, device=device, tracking_uri=tracking_uri(p),
+               notice=_notice, echo=typer.echo)
+    if not is_video(source):
+        try:
+            summary = predict_images(source, model, out_dir, **run)
+        except (FileNotFoundError, ValueError, RuntimeError) as exc:
+            _fail(str(exc))
+        typer.echo(f"{summary['images']} image(s), {summary['persons']} person(s) ({summary['drawn']} drawn) -> "
+                   f"{out_dir} (results: {summary['results']})")
+        return
     try:
-        files = list_images(source)
-        predictor = make_predictor(model, backend=backend, eval_params=ev, tracking_uri=tracking_uri(p),
-                                   device=device, notice=_notice)
-        typer.echo(f"model {model}: trained on {training_data(model, tracking_uri=tracking_uri(p))}; "
-                   f"backend {predictor.backend}, {predictor.threads} thread(s)")
-        summary = predict_files(predictor, files, out_dir, eval_params=ev, predict_params=show,
-                                num_joints=predictor.num_joints)
-        done = True
+        summary = predict_video_file(source, model, out_dir, max_frames=max_frames, allow_partial=allow_partial,
+                                     **run)
+    except OptionError as exc:
+        _fail(str(exc), EXIT_CONFIG)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         _fail(str(exc))
-    finally:
-        if not done and created and out_dir.exists():  # no empty / partial output folder is left behind
-            shutil.rmtree(out_dir, ignore_errors=True)
-    typer.echo(f"{summary['images']} image(s), {summary['persons']} person(s) ({summary['drawn']} drawn) -> "
-               f"{out_dir} (results: {summary['results']})")
+    declared = summary["frames_declared"]
+    decoded = (f"{summary['frames_decoded']} of {declared} declared frames decoded" if declared is not None
+               else f"{summary['frames_decoded']} frames decoded (the video declares no count)")
+    if summary["partial"]:
+        typer.echo(f"warning: {source}: partial video, {decoded} (--allow-partial)", err=True)
+    typer.echo(f"{summary['frames']} frame(s) predicted ({decoded}), {summary['persons']} person(s) "
+               f"({summary['drawn']} drawn) -> {summary['jsonl']}, {summary['video']}")
 
 
 @app.command("export")
@@ -606,36 +458,20 @@ def export_cmd(model: str = typer.Option(..., help="checkpoint path, or models:/
     the training data's record in the file's metadata; --int8: quantized (predict.int8_calibration_images)."""
     if format not in ("onnx",):  # pose.export.FORMATS
         _fail(f"--format {format!r}: must be onnx", EXIT_CONFIG)
-    _check_model_ref(model)
-    import tempfile
+    from pose.predict import check_model_argument
 
-    from pose.export import calibration_inputs, export_checkpoint, quantize_int8
-    from pose.predict import domain_notice, load_model, training_data_record
+    try:
+        check_model_argument(model)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    from pose.export import export_model
     from pose.registry.tracking import tracking_uri
 
     p = load_params(params_file)
     model = _resolve_model(model, p)
-    ev = dict(p["evaluate"])
-    if int8:
-        d = p["data"]
-        calibration_images = calibration_images or Path(d["raw_dir"]) / d["dataset"] / d["train_split"]
-        if not calibration_annotations.is_file() or not calibration_images.is_dir():
-            _fail(f"--int8: calibration images {calibration_annotations} / {calibration_images} not found "
-                  "(run `dvc repro validate` first, or give --calibration-annotations and --calibration-images)")
     try:
-        net = load_model(model, tracking_uri=tracking_uri(p), device="cpu")
-        record = training_data_record(model, tracking_uri=tracking_uri(p))
-        line = domain_notice(model, json.loads(record) if record else None)
-        if line:
-            typer.echo(f"warning: {line}", err=True)
-        if not int8:
-            path = export_checkpoint(model, out, eval_params=ev, model=net, train_data=record)
-        else:
-            with tempfile.TemporaryDirectory(prefix="pose-export-") as tmp:
-                fp32 = export_checkpoint(model, Path(tmp) / "fp32.onnx", eval_params=ev, model=net, train_data=record)
-                inputs = calibration_inputs(calibration_annotations, calibration_images,
-                                            count=int(p["predict"]["int8_calibration_images"]), eval_params=ev)
-                path = quantize_int8(fp32, out, inputs)
+        path = export_model(p, model, out, int8=int8, calibration_annotations=calibration_annotations,
+                            calibration_images=calibration_images, tracking_uri=tracking_uri(p), notice=_notice)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         _fail(str(exc))
     typer.echo(f"exported {model} -> {path} ({path.stat().st_size / 1e6:.1f} MB, onnx{', int8' if int8 else ''})")
@@ -657,6 +493,7 @@ def register(checkpoint: Path = typer.Option(..., help="trained checkpoint to re
              artifact: list[Path] = typer.Option([], help="extra files/folders to log"),
              params_file: Path = PARAMS) -> None:
     """Log the run to MLflow, register the model, set challenger/champion aliases (stage `register`)."""
+    from pose.evaluate.scoring import score_checkpoint
     from pose.registry.errors import RegistryError
     from pose.registry.mlflow_registry import register_run
 
@@ -665,7 +502,8 @@ def register(checkpoint: Path = typer.Option(..., help="trained checkpoint to re
         record = register_run(p, checkpoint=checkpoint, eval_metrics=metrics, eval_annotations=eval_annotations,
                               out=out, artifacts=artifact, train_metrics=train_metrics, train_steps=train_steps,
                               results=results, train_annotations=train_annotations,
-                              reevaluate=lambda ck, ann=None: _score(p, ck, ann or eval_annotations, eval_images, None))
+                              reevaluate=lambda ck, ann=None: score_checkpoint(p, ck, ann or eval_annotations,
+                                                                                eval_images, None))
     except (RegistryError, TimeoutError) as exc:
         _fail(str(exc))
     from pose.registry.versions import registration_line
@@ -688,6 +526,7 @@ def promote(version: str = typer.Option(None, help="version (3 / v3), alias or m
             params_file: Path = PARAMS) -> None:
     """Gate a registered version against the champion with the rules of params `registry.rules` (on the
     same eval data, with bootstrap CIs) and move alias `champion` when every rule passes, under the registry lock."""
+    from pose.evaluate.scoring import score_checkpoint
     from pose.registry.errors import RegistryError
     from pose.registry.promotion import promote as run_promote
 
@@ -698,7 +537,7 @@ def promote(version: str = typer.Option(None, help="version (3 / v3), alias or m
     images = eval_images or _val_images(p)
     try:
         record = run_promote(p, version=version, force=force, reason=reason,
-                             reevaluate=lambda ck, ann: _score(p, ck, ann, images, None))
+                             reevaluate=lambda ck, ann: score_checkpoint(p, ck, ann, images, None))
     except (RegistryError, TimeoutError) as exc:
         _fail(str(exc))
     from pose.registry.verdict import promotion_line
@@ -762,29 +601,19 @@ def serve(model: str = typer.Option(..., help="models:/<name>/latest (the newest
           params_file: Path = PARAMS) -> None:
     """Serve a registered model over HTTP (MLflow's scoring protocol: POST /invocations, GET /ping) with
     supervised workers, request limits and deadlines (params serve; pose.serve). Runs until Ctrl-C / SIGTERM."""
-    if not Path(model).is_dir():   # a model folder, else a models:/ or runs:/ reference
-        _check_model_ref(model)
+    from pose.predict import check_model_argument
+
+    try:
+        if not Path(model).is_dir():   # a model folder, else a models:/ or runs:/ reference
+            check_model_argument(model)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
     from pose.serve import ServeError, serve_model
 
     try:
         serve_model(load_params(params_file), model_uri=model, host=host, port=port, workers=workers,
                     echo=typer.echo)
     except ServeError as exc:
-        _fail(str(exc))
-
-
-def _resolve_model(model: str, p: dict) -> str:
-    """``model`` with ``models:/<name>/latest`` resolved to the newest version; one error line listing
-    the registered versions and why none holds the alias when a ``models:/<name>@<alias>`` reference
-    does not resolve (pose.registry.model_refs.resolve_model_ref)."""
-    if not model.startswith("models:/"):
-        return model
-    from pose.registry.model_refs import ModelRefError, resolve_model_ref
-    from pose.registry.tracking import tracking_uri
-
-    try:
-        return resolve_model_ref(model, tracking_uri=tracking_uri(p))
-    except ModelRefError as exc:
         _fail(str(exc))
 
 
@@ -807,64 +636,11 @@ for _info in app.registered_commands:
         _info.callback = _checks_params_first(_info.callback)
 
 
-#: where the crash handler writes full tracebacks: env POSE_LOG_DIR, else data/logs under the
-#: working directory (the repo root for DVC stages), else the system temp folder when that is not writable
-LOG_DIR_ENV = "POSE_LOG_DIR"
-
-
-def _crash_log_dir() -> Path:
-    """The first writable of ``$POSE_LOG_DIR``, ``./data/logs`` and ``<tempdir>/pose-logs``."""
-    import tempfile
-
-    candidates = [Path(os.environ[LOG_DIR_ENV])] if os.environ.get(LOG_DIR_ENV) else []
-    candidates += [Path("data") / "logs", Path(tempfile.gettempdir()) / "pose-logs"]
-    for folder in candidates:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            if os.access(folder, os.W_OK):
-                return folder
-        except OSError:
-            continue
-    return Path(tempfile.gettempdir())
-
-
-def _crash_report(exc: BaseException, argv: list[str]) -> str:
-    """Write the full traceback of an exception no handler expected to a log file and return the
-    one line the user sees: the command, the exception (type, message, innermost `pose` frame)
-    and the log path, e.g. ``pose train failed unexpectedly: KeyError: 'x' (pose/train/loop.py:120
-    in train); full traceback: data/logs/pose-train-20260601T030000Z-4242.log``."""
-    import datetime
-    import traceback
-
-    command = next((a for a in argv if not a.startswith("-")), "")
-    marker = f"{os.sep}pose{os.sep}"
-    frames = traceback.extract_tb(exc.__traceback__)
-    ours = [f for f in frames if marker in f.filename] or frames
-    where = ""
-    if ours:
-        f = ours[-1]
-        shown = "pose/" + f.filename.rsplit(marker, 1)[1] if marker in f.filename else Path(f.filename).name
-        where = f" ({shown}:{f.lineno} in {f.name})"
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    name = f"pose-{re.sub(r'[^A-Za-z0-9_-]', '_', command) or 'main'}-{stamp}-{os.getpid()}.log"
-    text = (f"pose {' '.join(argv)}\ncwd: {os.getcwd()}\nat: {stamp}\n\n"
-            + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
-    message = f"{type(exc).__name__}: {_one_line(exc) or '(no message)'}{where}"
-    try:
-        log = _crash_log_dir() / name
-        log.write_text(text)
-        saved = f"full traceback: {log}"
-    except OSError as write_error:  # the disk refuses: the traceback goes to stderr after the line
-        saved = f"full traceback below (could not write a log file: {write_error})"
-        print(text, file=sys.stderr)
-    return f"{' '.join(['pose', command]).strip()} failed unexpectedly: {message}; {saved}"
-
-
 def main() -> None:
     """Console entry point ``pose``: runs the app, printing click's usage errors (unknown
     option, missing argument, bad value) as one line ``error: ... (see 'pose <cmd> --help')``,
     and any exception no command handles as one line ``error: pose <cmd> failed unexpectedly:
-    <type>: <message> (<where>); full traceback: <log file>`` (:func:`_crash_report`), exit 1."""
+    <type>: <message> (<where>); full traceback: <log file>`` (:func:`pose.crash.crash_report`), exit 1."""
     _quiet_warnings()
     command = typer.main.get_command(app)
     try:
@@ -883,7 +659,9 @@ def main() -> None:
         _error_line("aborted")
         sys.exit(1)
     except Exception as exc:  # noqa: BLE001 - the crash handler: no handler above expected this
-        _error_line(_crash_report(exc, sys.argv[1:]))
+        from pose.crash import crash_report
+
+        _error_line(crash_report(exc, sys.argv[1:], one_line=_one_line))
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 

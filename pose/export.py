@@ -211,4 +211,43 @@ def quantize_int8(fp32_path: Path | str, out_path: Path | str, inputs) -> Path:
     return atomic_write_bytes(Path(out_path), proto.SerializeToString())
 
 
-__all__ = ["FORMATS", "ONNX_OPSET", "calibration_inputs", "export_checkpoint", "export_onnx", "quantize_int8"]
+def export_model(params: dict, model: str, out: Path, *, int8: bool = False,
+                 calibration_annotations: Path | None = None, calibration_images: Path | None = None,
+                 tracking_uri: str | None, notice=None) -> Path:
+    """``pose export``: the model behind ``model`` (a checkpoint or an MLflow reference,
+    :func:`pose.predict.load_model`) as ONNX at ``out`` (:func:`export_checkpoint` with params
+    ``evaluate``); with ``int8`` quantized (:func:`quantize_int8`) on
+    ``predict.int8_calibration_images`` images of ``calibration_annotations`` /
+    ``calibration_images`` (default ``<data.raw_dir>/<data.dataset>/<data.train_split>``).
+    ``notice`` gets the one-line domain notice (:func:`pose.predict.domain_notice`) when there is one.
+
+    Returns the written path. Raises FileNotFoundError (the calibration images, a checkpoint),
+    ValueError, RuntimeError (a model that cannot be loaded or exported)."""
+    import tempfile
+
+    from pose.predict import domain_notice, load_model, training_data_record
+
+    ev = dict(params["evaluate"])
+    if int8:
+        d = params["data"]
+        calibration_images = calibration_images or Path(d["raw_dir"]) / d["dataset"] / d["train_split"]
+        if not calibration_annotations.is_file() or not calibration_images.is_dir():
+            raise FileNotFoundError(f"--int8: calibration images {calibration_annotations} / {calibration_images} "
+                                    "not found (run `dvc repro validate` first, or give --calibration-annotations "
+                                    "and --calibration-images)")
+    net = load_model(model, tracking_uri=tracking_uri, device="cpu")
+    record = training_data_record(model, tracking_uri=tracking_uri)
+    line = domain_notice(model, json.loads(record) if record else None)
+    if line and notice is not None:
+        notice(line)
+    if not int8:
+        return export_checkpoint(model, out, eval_params=ev, model=net, train_data=record)
+    with tempfile.TemporaryDirectory(prefix="pose-export-") as tmp:
+        fp32 = export_checkpoint(model, Path(tmp) / "fp32.onnx", eval_params=ev, model=net, train_data=record)
+        inputs = calibration_inputs(calibration_annotations, calibration_images,
+                                    count=int(params["predict"]["int8_calibration_images"]), eval_params=ev)
+        return quantize_int8(fp32, out, inputs)
+
+
+__all__ = ["FORMATS", "ONNX_OPSET", "calibration_inputs", "export_checkpoint", "export_model", "export_onnx",
+           "quantize_int8"]

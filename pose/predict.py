@@ -12,6 +12,10 @@ graph, the same NumPy grouping). ``auto`` (the default of ``pose predict``) pick
 wherever an exported graph of the requested settings exists (:func:`pick_backend`). Threads:
 the free cores (``pose.decode.onnx_backend.available_threads``).
 
+The command's steps (``pose.cli`` calls them): :func:`check_predict_inputs` (before anything heavy is
+imported), :func:`prediction_settings`, then :func:`predict_images` (videos:
+`pose.video.predict_video_file`).
+
 Domain: a model trained on generated figures (its ``train_data`` record, :func:`model_domain`)
 that is given a photo (:func:`looks_like_photo`) says so once (:func:`domain_notice`).
 
@@ -58,6 +62,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -621,3 +626,116 @@ def predict_files(predictor: PredictFn, files: Sequence[Path], out_dir: Path | s
     atomic_write_text(results, json.dumps(records))
     return {"images": len(files), "persons": len(records), "drawn": drawn, "results": results,
             "overlays": overlays}
+
+
+# ----------------------------------------------------------------------------- the `pose predict` command
+
+#: model references ``--model`` accepts besides a checkpoint file (:func:`load_model`)
+MODEL_URI = re.compile(r"models:/[^/@]+(@[^/@]+|/[^/@]+)|runs:/[^/]+/.+|mlflow-artifacts:/.+")
+#: what a ``--model`` argument that is an MLflow reference starts with
+URI_PREFIXES = ("models:", "runs:", "mlflow-artifacts:")
+
+
+def check_model_argument(model: str) -> None:
+    """Check a ``--model`` argument before anything is imported or loaded: an existing checkpoint file
+    or a well-formed MLflow model reference (``models:/<name>@<alias>``, ``models:/<name>/<version>``,
+    ``runs:/<run_id>/<path>``).
+
+    Raises ValueError (a malformed reference) or FileNotFoundError (no such file), one line naming
+    the argument and what is allowed."""
+    if "://" in model or model.startswith(URI_PREFIXES):
+        if not MODEL_URI.fullmatch(model):
+            raise ValueError(f"--model {model!r}: not a model reference; allowed: a checkpoint file, "
+                             "models:/<name>@<alias>, models:/<name>/<version>, runs:/<run_id>/<path>")
+    elif not Path(model).is_file():
+        raise FileNotFoundError(f"--model {model}: no such checkpoint file (or give models:/<name>@<alias>, "
+                                "models:/<name>/<version>, runs:/<run_id>/<path>)")
+
+
+class OptionError(ValueError):
+    """A command-line option value outside what is allowed (``pose predict``): the command line
+    exits 2 for it, as for its usage errors."""
+
+
+def check_predict_inputs(source: Path, model: str, *, input_size: int | None, min_score: float | None,
+                         min_joints: int | None, backend: str = "torch", joint_threshold: float | None = None) -> None:
+    """Cheap checks of ``pose predict``'s inputs before torch / MLflow are imported and a model is
+    loaded; each failure is one line naming the argument and what is allowed.
+
+    Raises OptionError for an option value out of range (``--backend``, ``--input-size``,
+    ``--min-score``, ``--min-joints``, ``--joint-threshold``), FileNotFoundError / ValueError for a
+    missing input or a malformed model reference
+    (:func:`check_model_argument`)."""
+    from pose.params import ParamsError, check_input_size
+
+    if backend not in BACKENDS:
+        raise OptionError(f"--backend {backend!r}: must be one of {', '.join(BACKENDS)}")
+    if not source.exists():
+        raise FileNotFoundError(f"source {source}: no such image or folder")
+    if backend == "onnxruntime" and not model.startswith(URI_PREFIXES):
+        if not Path(model).is_file() or Path(model).suffix.lower() != ".onnx":
+            raise FileNotFoundError(f"--model {model}: no such .onnx file (--backend onnxruntime runs a file written "
+                                    "by `pose export --format onnx`, or a models:/ / runs:/ URI whose artifacts "
+                                    "hold one)")
+    check_model_argument(model)
+    if input_size is not None:
+        try:
+            check_input_size(input_size, "--input-size", "pose predict")
+        except ParamsError as exc:
+            raise OptionError(str(exc)) from None
+    if min_score is not None and not 0.0 <= min_score <= 1.0:
+        raise OptionError(f"--min-score {min_score:g}: must be in [0, 1]")
+    if min_joints is not None and not 0 <= min_joints <= 17:
+        raise OptionError(f"--min-joints {min_joints}: must be in [0, 17] (COCO-17 joints)")
+    if joint_threshold is not None and not 0.0 <= joint_threshold <= 1.0:
+        raise OptionError(f"--joint-threshold {joint_threshold:g}: must be in [0, 1]")
+
+
+def prediction_settings(params: dict, model: str, *, backend: str, input_size: int | None = None,
+                        min_score: float | None = None, min_joints: int | None = None,
+                        joint_threshold: float | None = None) -> tuple[dict, dict, str]:
+    """``(evaluate settings, predict settings, device)`` of a ``pose predict`` run: params.yaml's
+    ``evaluate`` / ``predict`` with the command-line overrides given (not None), and the device
+    (:func:`pose.device.pick_device`; ``cpu`` for the onnxruntime backend or a ``.onnx`` model)."""
+    ev = dict(params["evaluate"])
+    if input_size is not None:
+        ev["input_size"] = input_size
+    show = dict(params["predict"])
+    for key, value in (("min_person_score", min_score), ("min_joints", min_joints),
+                       ("joint_threshold", joint_threshold)):
+        if value is not None:
+            show[key] = value
+    if backend != "onnxruntime" and not model.lower().endswith(".onnx"):
+        from pose.device import pick_device
+
+        return ev, show, str(pick_device())
+    return ev, show, "cpu"
+
+
+def predict_images(source: Path, model: str, out_dir: Path, *, eval_params: dict, predict_params: dict,
+                   backend: str, device: str, tracking_uri: str | None, notice: Callable[[str], None] | None = None,
+                   echo: Callable[[str], None] = print) -> dict:
+    """``pose predict`` on an image or a folder of images: the predictor of ``model``
+    (:func:`make_predictor`), then :func:`predict_files` into ``out_dir``. ``echo`` gets the line
+    saying what the model was trained on and its backend, before any image is predicted.
+
+    Returns :func:`predict_files`' summary. An ``out_dir`` this call created is removed again when it
+    fails (no empty or partial output folder is left behind). Raises FileNotFoundError, ValueError,
+    RuntimeError as :func:`make_predictor` and :func:`predict_files` do."""
+    import shutil
+
+    created = not out_dir.exists()
+    done = False
+    try:
+        files = list_images(source)
+        predictor = make_predictor(model, backend=backend, eval_params=eval_params, tracking_uri=tracking_uri,
+                                   device=device, notice=notice)
+        echo(f"model {model}: trained on {training_data(model, tracking_uri=tracking_uri)}; "
+             f"backend {predictor.backend}, {predictor.threads} thread(s)")
+        summary = predict_files(predictor, files, out_dir, eval_params=eval_params, predict_params=predict_params,
+                                num_joints=predictor.num_joints)
+        done = True
+    finally:
+        if not done and created and out_dir.exists():  # no empty / partial output folder is left behind
+            shutil.rmtree(out_dir, ignore_errors=True)
+    return summary

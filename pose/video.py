@@ -51,7 +51,7 @@ import numpy as np
 from pose.decode.persons import person_json
 from pose.draw import draw_legend, draw_persons, thresholds_legend
 from pose.io import atomic_write_text, default_file_mode
-from pose.predict import check_predict_params, confident_persons
+from pose.predict import OptionError, check_predict_params, confident_persons
 
 #: file suffixes `pose predict` treats as videos (lower case)
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
@@ -269,3 +269,41 @@ def predict_video(predict_fn: PredictFn, video_path: Path | str, *, out_jsonl: P
     return {"frames": len(lines), "frames_decoded": decoded, "frames_declared": info.frames, "partial": partial,
             "persons": persons_total, "drawn": drawn, "fps": info.fps,
             "size": (info.width, info.height), "jsonl": out_jsonl, "video": out_video}
+
+
+def predict_video_file(source: Path, model: str, out_dir: Path, *, eval_params: dict, predict_params: dict,
+                       backend: str, device: str, tracking_uri: str | None, max_frames: int | None = None,
+                       allow_partial: bool = False, notice: Callable[[str], None] | None = None,
+                       echo: Callable[[str], None] = print) -> dict:
+    """``pose predict VIDEO``: ``out_dir/<stem>.jsonl`` (persons per frame) and
+    ``out_dir/<stem>_overlay.mp4`` (.avi for an .avi input) through :func:`predict_video`, each frame
+    predicted as an image is (:func:`pose.predict.make_predictor`, then at most
+    ``evaluate.max_people`` persons: :func:`pose.predict.limit_persons`). ``echo`` gets the line saying
+    what the model was trained on and its backend, before any frame is predicted.
+
+    Returns :func:`predict_video`'s summary. An ``out_dir`` this call created is removed again when it
+    fails. Raises OptionError for ``max_frames`` < 1; FileNotFoundError, ValueError, RuntimeError as
+    loading the model and :func:`predict_video` do."""
+    import shutil
+
+    from pose.predict import limit_persons, make_predictor, training_data
+
+    if max_frames is not None and max_frames < 1:
+        raise OptionError(f"--max-frames {max_frames}: must be >= 1 (leave it out for the whole video)")
+    out_jsonl, out_video = video_outputs(source, out_dir)
+    created = not out_dir.exists()
+    done = False
+    try:
+        predictor = make_predictor(model, backend=backend, eval_params=eval_params, tracking_uri=tracking_uri,
+                                   device=device, notice=notice)
+        echo(f"model {model}: trained on {training_data(model, tracking_uri=tracking_uri)}; "
+             f"backend {predictor.backend}, {predictor.threads} thread(s)")
+        max_people = int(eval_params["max_people"])
+        summary = predict_video(lambda frame: limit_persons(predictor(frame), max_people), source,
+                                out_jsonl=out_jsonl, out_video=out_video, predict_params=predict_params,
+                                max_frames=max_frames, progress=True, allow_partial=allow_partial)
+        done = True
+    finally:
+        if not done and created and out_dir.exists():  # no empty output folder is left behind
+            shutil.rmtree(out_dir, ignore_errors=True)
+    return summary

@@ -1,6 +1,6 @@
 """Registry lookups behind a model reference: whether ``models:/<name>@<alias>`` resolves (and,
 when it does not, which versions exist with their promotion decision), ``models:/<name>/latest``
-resolved to the newest version, and the well-formedness of a ``--model`` argument.
+resolved to the newest version.
 
 Used by ``pose predict`` / ``pose export`` / ``pose serve`` before a model is loaded, so a
 reference that names nothing ends in one line saying what does exist.
@@ -9,7 +9,6 @@ reference that names nothing ends in one line saying what does exist.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 
 class ModelRefError(LookupError):
@@ -144,27 +143,5 @@ def resolve_model(model: str, *, tracking_uri: str | None) -> str:
     return resolve_model_ref(model, tracking_uri=tracking_uri)
 
 
-#: model references ``--model`` accepts besides a checkpoint file (`pose.predict.load_model`)
-MODEL_URI = re.compile(r"models:/[^/@]+(@[^/@]+|/[^/@]+)|runs:/[^/]+/.+|mlflow-artifacts:/.+")
-#: what a ``--model`` argument that is an MLflow reference starts with
-URI_PREFIXES = ("models:", "runs:", "mlflow-artifacts:")
-
-
-def check_model_argument(model: str) -> None:
-    """Check a ``--model`` argument before anything is imported or loaded: an existing checkpoint file
-    or a well-formed MLflow model reference (``models:/<name>@<alias>``, ``models:/<name>/<version>``,
-    ``runs:/<run_id>/<path>``).
-
-    Raises ValueError (a malformed reference) or FileNotFoundError (no such file), one line naming
-    the argument and what is allowed."""
-    if "://" in model or model.startswith(URI_PREFIXES):
-        if not MODEL_URI.fullmatch(model):
-            raise ValueError(f"--model {model!r}: not a model reference; allowed: a checkpoint file, "
-                             "models:/<name>@<alias>, models:/<name>/<version>, runs:/<run_id>/<path>")
-    elif not Path(model).is_file():
-        raise FileNotFoundError(f"--model {model}: no such checkpoint file (or give models:/<name>@<alias>, "
-                                "models:/<name>/<version>, runs:/<run_id>/<path>)")
-
-
-__all__ = ["ModelRefError", "check_model_ref", "resolve_model_ref", "resolve_model", "check_model_argument",
-           "version_decisions", "version_line", "MODEL_URI", "LISTED_VERSIONS"]
+__all__ = ["ModelRefError", "check_model_ref", "resolve_model_ref", "resolve_model", "version_decisions",
+           "version_line", "LISTED_VERSIONS"]
