@@ -139,10 +139,26 @@ def _sparse_peaks(hm: np.ndarray, threshold: float, kernel: int,
     flat_idx = np.flatnonzero(hm > threshold) if above is None else above
     if flat_idx.size > hm.size // 8:
         return None
-    j, rest = np.divmod(flat_idx, h * w)
+    flat = hm.reshape(-1)
+    offsets = _window_offsets(kernel)
+    r = kernel // 2
+    rest = flat_idx % (h * w)
     y, x = np.divmod(rest, w)
-    v = hm.reshape(-1)[flat_idx]
-    for dy, dx in _window_offsets(kernel):
+    edge = (y < r) | (y >= h - r) | (x < r) | (x >= w - r)
+    # pixels whose whole window lies inside the map: neighbours by flat offset, no bounds checks
+    fi = flat_idx[~edge]
+    vi = flat[fi]
+    for dy, dx in offsets:
+        if not fi.size:
+            break
+        keep = vi >= flat[fi + (dy * w + dx)]
+        if not keep.all():
+            fi, vi = fi[keep], vi[keep]
+    # pixels near the border: neighbours outside the map do not count (-inf padding)
+    fe = flat_idx[edge]
+    j, y, x = fe // (h * w), y[edge], x[edge]
+    v = flat[fe]
+    for dy, dx in offsets:
         if not v.size:
             break
         yy, xx = y + dy, x + dx
@@ -151,7 +167,8 @@ def _sparse_peaks(hm: np.ndarray, threshold: float, kernel: int,
         keep = ~inside | (v >= nb)
         if not keep.all():
             j, y, x, v = j[keep], y[keep], x[keep], v[keep]
-    return j, y * w + x, v
+    jj = np.concatenate([fi // (h * w), j])
+    return jj, np.concatenate([fi % (h * w), y * w + x]), np.concatenate([vi, v])
 
 
 def _adjust_heap(heap: list, hole: int, length: int, value: tuple) -> None:
@@ -742,6 +759,23 @@ def _best_pixels(flat: np.ndarray, tags_flat: np.ndarray, mean_tag: np.ndarray, 
     return best, best_score
 
 
+def _rest_range(tags_flat: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Min and max (T,) of the rows of ``tags_flat`` (N, T) that are not in ``cand`` (sorted
+    unique row indices, fewer than N): one ``reduceat`` over the runs between them, no copy."""
+    n = tags_flat.shape[0]
+    starts = np.concatenate([[0], cand + 1])
+    ends = np.concatenate([cand, [n]])
+    run = starts < ends
+    starts, ends = starts[run], ends[run]
+    idx = np.empty(2 * starts.size, dtype=np.int64)
+    idx[0::2], idx[1::2] = starts, ends
+    if idx[-1] == n:      # reduceat's last index reduces to the end
+        idx = idx[:-1]
+    lo = np.minimum.reduceat(tags_flat, idx, axis=0)[0::2].min(axis=0)
+    hi = np.maximum.reduceat(tags_flat, idx, axis=0)[0::2].max(axis=0)
+    return lo, hi
+
+
 def _pairwise(a: np.ndarray, op: np.ufunc, axis: int) -> np.ndarray:
     """``op``-reduce ``axis`` (a power-of-two length) by halves: far faster than a NumPy
     reduction over a short middle axis, and exact (max / min)."""
@@ -840,11 +874,7 @@ def _refine(hm: np.ndarray, tg: np.ndarray, persons: np.ndarray, mean_tag: np.nd
                 best_idx, best_score = _best_pixels(flat, tags_flat, m, cand, chunk)      # step 1
             todo = ~(best_score > thr) & np.isfinite(best_score)
             if todo.any():                                                             # step 2
-                # the other pixels' tag range: cand's tags replaced by one of theirs (cand is sorted)
-                gaps = np.flatnonzero(cand != np.arange(cand.size))
-                rest_tags = tags_flat.copy()
-                rest_tags[cand] = tags_flat[gaps[0] if gaps.size else cand.size]
-                lo, hi = rest_tags.min(axis=0), rest_tags.max(axis=0)
+                lo, hi = _rest_range(tags_flat, cand)  # the other pixels' tag range
                 todo[todo] = _score_bound(thr, lo, hi, m[todo]) >= best_score[todo]
             if todo.any():                                                             # step 3
                 sel = np.flatnonzero(todo)
