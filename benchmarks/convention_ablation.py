@@ -36,6 +36,7 @@ ROWS: tuple[tuple[str, str], ...] = (
     ("adjust_equal", "no shift on equal neighbours instead of -0.25"),
     ("keep_all_groups", "top max_people persons instead of every group"),
     ("missing_joint", "missing joints at (0, 0) instead of M^-1 (0, 0)"),
+    ("peak_ties", "equal peaks in index order instead of torch.topk's"),
 )
 
 

@@ -77,6 +77,8 @@ INPUT_AFFINES: tuple[str, ...] = ("float64", "float32")
 ASSIGNMENTS: tuple[str, ...] = ("scipy", "munkres")
 #: Values of :attr:`Convention.missing_joint`.
 MISSING_JOINTS: tuple[str, ...] = ("zero", "origin")
+#: Values of :attr:`Convention.peak_ties`.
+PEAK_TIES: tuple[str, ...] = ("index", "torch")
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,11 @@ class Convention:
             True every group, as the official parser (COCOeval scores the top 20).
         missing_joint: image px of a joint that was not found: ``zero`` ``(0, 0)`` or
             ``origin`` ``M^-1 (0, 0)``, the official mapping of the heatmap origin.
+        peak_ties: order of NMS peaks with exactly equal values in the top-``k`` search
+            (`pose.decode.group.top_k_peaks`): ``index`` (lower flat index first) or ``torch``,
+            the order of the official ``torch.topk`` on CPU (`pose.decode.group.torch_topk_order`;
+            maps with fewer than ``64 k`` pixels keep ``index``: torch's other path is not
+            reproduced). Tied candidates meet the assignment solver in this order.
     """
 
     name: str
@@ -124,13 +131,15 @@ class Convention:
     adjust_equal: float
     keep_all_groups: bool
     missing_joint: str
+    peak_ties: str
 
     def __post_init__(self) -> None:
         for field, value, allowed in (("name", self.name, CONVENTIONS),
                                       ("keypoint_mapping", self.keypoint_mapping, KEYPOINT_MAPPINGS),
                                       ("input_affine", self.input_affine, INPUT_AFFINES),
                                       ("assignment", self.assignment, ASSIGNMENTS),
-                                      ("missing_joint", self.missing_joint, MISSING_JOINTS)):
+                                      ("missing_joint", self.missing_joint, MISSING_JOINTS),
+                                      ("peak_ties", self.peak_ties, PEAK_TIES)):
             if value not in allowed:
                 raise ValueError(f"Convention.{field} must be one of {', '.join(allowed)}; got {value!r}")
         if self.pixel_offset not in (0.0, 0.5):
@@ -148,16 +157,18 @@ class Convention:
 #: The two conventions of params ``model.convention``, field by field (:class:`Convention`).
 CONVENTION_RULES: dict[str, Convention] = {
     "project": Convention(name="project", pixel_offset=0.0, keypoint_mapping="centred", input_affine="float64",
-                          assignment="scipy", adjust_equal=0.0, keep_all_groups=False, missing_joint="zero"),
+                          assignment="scipy", adjust_equal=0.0, keep_all_groups=False, missing_joint="zero",
+                          peak_ties="index"),
     "reference": Convention(name="reference", pixel_offset=0.5, keypoint_mapping="raw", input_affine="float32",
-                            assignment="munkres", adjust_equal=-0.25, keep_all_groups=True, missing_joint="origin"),
+                            assignment="munkres", adjust_equal=-0.25, keep_all_groups=True, missing_joint="origin",
+                            peak_ties="torch"),
 }
 
 
 #: Fields of :class:`Convention` that params ``evaluate.convention_overrides`` may set at test time
 #: (everything but the name and the pixel offset, which the weights were trained in).
 TEST_TIME_FIELDS: tuple[str, ...] = ("keypoint_mapping", "input_affine", "assignment", "adjust_equal",
-                                     "keep_all_groups", "missing_joint")
+                                     "keep_all_groups", "missing_joint", "peak_ties")
 
 
 def with_overrides(convention: str | Convention, overrides: Mapping | None) -> str | Convention:

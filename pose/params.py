@@ -452,6 +452,7 @@ class ConventionOverrides(Section):
     adjust_equal: Literal[0.0, -0.25] | None = None
     keep_all_groups: bool | None = None
     missing_joint: Literal["zero", "origin"] | None = None
+    peak_ties: Literal["index", "torch"] | None = None
 
 
 class EvaluateSection(Section):

@@ -246,7 +246,8 @@ def test_convention_rules_name_every_difference():
     fields = [f.name for f in dataclasses.fields(Convention)]
     assert all(getattr(proj, f) != getattr(ref, f) for f in fields)
     assert (ref.pixel_offset, ref.keypoint_mapping, ref.input_affine, ref.assignment, ref.adjust_equal,
-            ref.keep_all_groups, ref.missing_joint) == (0.5, "raw", "float32", "munkres", -0.25, True, "origin")
+            ref.keep_all_groups, ref.missing_joint, ref.peak_ties) == (0.5, "raw", "float32", "munkres", -0.25, True,
+                                                                       "origin", "torch")
     assert convention_rules("reference") is ref and convention_rules(ref) is ref
     with pytest.raises(ValueError, match="model.convention"):
         convention_rules("official")

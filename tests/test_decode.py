@@ -101,6 +101,59 @@ def test_top_k_peaks_orders_and_suppresses():
             np.testing.assert_array_equal(np.where(keep, a, 0), b)
 
 
+def _official_top_k(hm: np.ndarray, k: int, kernel: int) -> tuple[np.ndarray, np.ndarray]:
+    """The official ``HeatmapParser.nms`` + ``top_k`` (lib/core/group.py) in torch: values and
+    flat indices (K, k)."""
+    det = torch.from_numpy(hm)[None]
+    maxm = torch.eq(nn.functional.max_pool2d(det, kernel, 1, (kernel - 1) // 2), det).float()
+    val, ind = (det * maxm).view(1, hm.shape[0], -1).topk(k, dim=2)
+    return val[0].numpy(), ind[0].numpy()
+
+
+def test_torch_topk_order_is_torch_topk_on_ties():
+    """`torch_topk_order` reproduces the CPU ``torch.topk`` order of equal values (libstdc++
+    partial sort, k * 64 <= n) on rows full of ties, zeros and negative values; index order
+    (None) where torch takes its other path."""
+    from pose.decode.group import torch_topk_order
+
+    rng = np.random.default_rng(7)
+    for trial in range(200):
+        n, k = int(rng.integers(1920, 6000)), int(rng.choice([1, 2, 5, 30]))
+        row = np.zeros(n, np.float32)
+        pos = rng.choice(n, int(rng.integers(5, 300)), replace=False)
+        row[pos] = rng.integers(-3, 12, pos.size).astype(np.float32) / 10  # many exact ties
+        want = torch.from_numpy(row).topk(k)[1].numpy()
+        got = torch_topk_order(row, k)
+        assert got is not None and got.tolist() == want.tolist(), trial
+    assert torch_topk_order(np.zeros(64 * 30 - 1, np.float32), 30) is None
+
+
+@pytest.mark.parametrize("threshold", [0.1, None])
+def test_top_k_peaks_torch_ties_follow_the_official_top_k(threshold):
+    """``ties="torch"`` (the reference convention) returns the official NMS + ``torch.topk``
+    peaks in the official order, ties included, on both the sparse and the dense path;
+    ``ties="index"`` puts lower flat indices first, which differs from torch here."""
+    rng = np.random.default_rng(3)
+    hm = np.zeros((3, 64, 64), np.float32)
+    for j in range(3):
+        for _ in range(60):   # separated plateau-free peaks with values from a small set: exact ties
+            y, x = rng.integers(0, 64, 2)
+            hm[j, y, x] = max(hm[j, y, x], rng.integers(2, 9) / 10)
+    differs = False
+    for h in (hm, hm + np.float32(0.01) * (hm == 0)):   # sparse (mostly zeros) and dense (all positive)
+        want_v, want_i = _official_top_k(h, 30, 5)
+        vals, xs, ys = top_k_peaks(h, 30, 5, threshold=threshold, ties="torch")
+        keep = want_v > (threshold or -1)
+        np.testing.assert_array_equal(vals, np.where(keep, want_v, 0))
+        np.testing.assert_array_equal((ys * 64 + xs)[keep], want_i[keep])
+        iv, ix, iy = top_k_peaks(h, 30, 5, threshold=threshold, ties="index")
+        np.testing.assert_array_equal(iv, vals)   # same values, maybe another order of equal ones
+        differs |= not np.array_equal(iy * 64 + ix, ys * 64 + xs)
+    assert differs
+    with pytest.raises(ValueError, match="ties"):
+        top_k_peaks(hm, 30, 5, ties="stable")
+
+
 # --------------------------------------------------------------------------- grouping
 def test_group_recovers_people_with_exact_locations():
     rng = np.random.default_rng(2)

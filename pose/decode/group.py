@@ -30,7 +30,7 @@ reference's +0.5) is added when the points leave heatmap px
 ``refine``, so there a joint matched with ``adjust`` off lacks it (not reproduced).
 
 The coordinate convention (``convention``: params ``model.convention`` or a
-`pose.codec.Convention`) decides three things here, each a named field:
+`pose.codec.Convention`) decides four things here, each a named field:
 
 * ``assignment``: ``scipy`` solves the rectangular cost with ``linear_sum_assignment``;
   ``munkres`` (``reference``) gives the assignment the ``munkres`` package returns for the
@@ -42,6 +42,10 @@ The coordinate convention (``convention``: params ``model.convention`` or a
   -0.25 (``reference``, the official ``else`` branch; it biases every symmetric peak).
 * ``keep_all_groups``: ``project`` keeps the ``max_people`` best-scoring persons; the
   reference (``True``) keeps every group.
+* ``peak_ties``: the order of NMS peaks with exactly equal values (they meet the assignment
+  solver in that order, and the ``k``-th slot may have to choose between them): ``index``
+  (``project``: lower flat index first) or ``torch`` (``reference``: the order the official
+  ``HeatmapParser.top_k``'s ``torch.topk`` returns on CPU, :func:`torch_topk_order`).
 
 Other deviations from the reference, deliberate in both modes: the optional tie-breaking
 term of :func:`matching_cost` (params ``evaluate.tie_break``, off by default); groups are kept
@@ -60,7 +64,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from pose.codec import Convention, convention_rules
+from pose.codec import PEAK_TIES, Convention, convention_rules
 
 #: Joint visiting order of the reference (1-based [1..7, 12, 13, 8..11, 14..17] made
 #: 0-based): nose, eyes, ears, shoulders, hips, then elbows, wrists, knees, ankles.
@@ -135,10 +139,26 @@ def _sparse_peaks(hm: np.ndarray, threshold: float, kernel: int,
     flat_idx = np.flatnonzero(hm > threshold) if above is None else above
     if flat_idx.size > hm.size // 8:
         return None
-    j, rest = np.divmod(flat_idx, h * w)
+    flat = hm.reshape(-1)
+    offsets = _window_offsets(kernel)
+    r = kernel // 2
+    rest = flat_idx % (h * w)
     y, x = np.divmod(rest, w)
-    v = hm.reshape(-1)[flat_idx]
-    for dy, dx in _window_offsets(kernel):
+    edge = (y < r) | (y >= h - r) | (x < r) | (x >= w - r)
+    # pixels whose whole window lies inside the map: neighbours by flat offset, no bounds checks
+    fi = flat_idx[~edge]
+    vi = flat[fi]
+    for dy, dx in offsets:
+        if not fi.size:
+            break
+        keep = vi >= flat[fi + (dy * w + dx)]
+        if not keep.all():
+            fi, vi = fi[keep], vi[keep]
+    # pixels near the border: neighbours outside the map do not count (-inf padding)
+    fe = flat_idx[edge]
+    j, y, x = fe // (h * w), y[edge], x[edge]
+    v = flat[fe]
+    for dy, dx in offsets:
         if not v.size:
             break
         yy, xx = y + dy, x + dx
@@ -147,11 +167,97 @@ def _sparse_peaks(hm: np.ndarray, threshold: float, kernel: int,
         keep = ~inside | (v >= nb)
         if not keep.all():
             j, y, x, v = j[keep], y[keep], x[keep], v[keep]
-    return j, y * w + x, v
+    jj = np.concatenate([fi // (h * w), j])
+    return jj, np.concatenate([fi % (h * w), y * w + x]), np.concatenate([vi, v])
+
+
+def _adjust_heap(heap: list, hole: int, length: int, value: tuple) -> None:
+    """libstdc++ ``std::__adjust_heap`` on ``heap[:length]`` with torch's ``largest``
+    comparator ``a > b`` on the values (``heap``: ``(value, index)`` tuples): sift the hole
+    down to a leaf along the child that is not "greater", then push ``value`` up."""
+    top = child = hole
+    while child < (length - 1) // 2:
+        child = 2 * (child + 1)
+        if heap[child][0] > heap[child - 1][0]:
+            child -= 1
+        heap[hole] = heap[child]
+        hole = child
+    if length % 2 == 0 and child == (length - 2) // 2:
+        child = 2 * (child + 1)
+        heap[hole] = heap[child - 1]
+        hole = child - 1
+    parent = (hole - 1) // 2
+    while hole > top and heap[parent][0] > value[0]:
+        heap[hole] = heap[parent]
+        hole = parent
+        parent = (hole - 1) // 2
+    heap[hole] = value
+
+
+#: ``torch.topk`` on CPU takes the partial-sort path (:func:`torch_topk_order`) when ``k * 64 <= n``.
+TORCH_PARTIAL_SORT_FACTOR = 64
+
+
+def torch_topk_order(row: np.ndarray, k: int) -> np.ndarray | None:
+    """The ``k`` flat indices, in order, that ``torch.from_numpy(row).topk(k)`` returns on CPU
+    (``sorted=True``, ``largest=True``), ties included, computed without torch: the official
+    ``HeatmapParser.top_k`` (``lib/core/group.py``) calls ``det.topk(max_num_people, dim=2)`` on
+    the NMS'd maps, and the order it gives equal values decides the row order in which tied
+    candidates meet ``munkres``.
+
+    For ``k * 64 <= n`` torch runs ``std::partial_sort`` with the comparator ``a > b``
+    (ATen ``TopKImpl.h``; libstdc++: ``make_heap`` of the first ``k``, each later element
+    greater than the heap's top replaces it, then ``sort_heap``), reproduced here step for
+    step; only elements greater than the heap's top at some point are visited in Python.
+    Checked against ``torch.topk`` of the pinned torch on rows with many ties
+    (``tests/test_decode.py``). For ``k * 64 > n`` torch uses ``std::nth_element`` and
+    ``std::sort`` (introselect, not reproduced): returns None, and the caller keeps its own order.
+
+    Args:
+        row: (n,) float array (one joint's NMS'd map, flattened row-major), no NaN.
+        k: 1 <= k <= n.
+
+    Returns (k,) int64 indices into ``row``, or None (see above).
+    """
+    v = np.asarray(row).reshape(-1)
+    n = v.size
+    if k * TORCH_PARTIAL_SORT_FACTOR > n:
+        return None
+    vals = v.astype(np.float64)
+    heap = [(float(vals[i]), i) for i in range(k)]
+    for parent in range((k - 2) // 2, -1, -1):              # make_heap
+        _adjust_heap(heap, parent, k, heap[parent])
+    top = heap[0][0]
+    rest = np.flatnonzero(vals[k:] > top) + k               # the only elements that can enter
+    for i, x in zip(rest.tolist(), vals[rest].tolist()):
+        if x > heap[0][0]:                                  # comp(*i, *first): pop_heap(first, middle, i)
+            _adjust_heap(heap, 0, k, (x, i))
+    for end in range(k - 1, 0, -1):                         # sort_heap
+        last = heap[end]
+        heap[end] = heap[0]
+        _adjust_heap(heap, 0, end, last)
+    return np.fromiter((i for _, i in heap), dtype=np.int64, count=k)
+
+
+def _torch_tie_order(hm: np.ndarray, j: int, k: int, nms_kernel: int, vals: np.ndarray,
+                     inds: np.ndarray, threshold: float) -> None:
+    """Rewrite row ``j`` of ``vals`` / ``inds`` (index order on ties) in place with the peaks
+    and order of :func:`torch_topk_order` when equal values above ``threshold`` meet in the
+    top ``k`` or at its edge; nothing changes otherwise (or where torch's order is not
+    reproduced)."""
+    row = max_pool_nms(hm[j:j + 1], nms_kernel).reshape(-1)
+    order = torch_topk_order(row, k)
+    if order is None:
+        return
+    v = row[order]
+    keep = v > threshold
+    vals[j] = np.where(keep, v, 0.0)
+    inds[j] = np.where(keep, order, 0)
 
 
 def top_k_peaks(heatmaps: np.ndarray, k: int, nms_kernel: int, threshold: float | None = None,
-                above: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                above: np.ndarray | None = None,
+                ties: str = "index") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ``k`` highest NMS peaks of every joint (NumPy only; pass ``tensor.cpu().numpy()``).
 
     Args:
@@ -164,20 +270,26 @@ def top_k_peaks(heatmaps: np.ndarray, k: int, nms_kernel: int, threshold: float 
             threshold are exactly those of the unthresholded call.
         above: optional ``np.flatnonzero(heatmaps.reshape(-1) > threshold)``, when the caller
             has it already (:func:`group_keypoints` shares it with the refinement).
+        ties: order of equal peak values (``Convention.peak_ties``): ``index`` (lower flat
+            index first) or ``torch`` (``torch.topk``'s, :func:`torch_topk_order`; only the
+            joints where equal values above the threshold meet in the top ``k`` or at its edge
+            are re-ordered, so the common case costs nothing).
 
     Returns:
         ``(scores, xs, ys)``: (K, k) float32 heatmap values, sorted descending per joint
-        (ties: lower flat index first), and (K, k) int64 column / row of each peak in
+        (ties: ``ties``), and (K, k) int64 column / row of each peak in
         heatmap px. After NMS non-peaks are 0, so when a joint has fewer than ``k`` peaks
         the remaining entries have score 0 (drop them with a positive threshold).
 
-    Raises ValueError on a wrong shape, ``k < 1`` or a negative threshold.
+    Raises ValueError on a wrong shape, ``k < 1``, a negative threshold or unknown ``ties``.
     """
     hm = np.asarray(heatmaps, dtype=np.float32)
     if hm.ndim != 3:
         raise ValueError(f"heatmaps must be (K, H, W), got {hm.shape}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    if ties not in PEAK_TIES:
+        raise ValueError(f"ties must be one of {', '.join(PEAK_TIES)}, got {ties!r}")
     if threshold is not None and threshold < 0:
         raise ValueError(f"threshold must be >= 0, got {threshold}")
     num_joints, h, w = hm.shape
@@ -194,6 +306,11 @@ def top_k_peaks(heatmaps: np.ndarray, k: int, nms_kernel: int, threshold: float 
         inds = np.zeros((num_joints, k), dtype=np.int64)
         vals[j[sel], rank[sel]] = v[sel]
         inds[j[sel], rank[sel]] = ind[sel]
+        if ties == "torch":
+            # equal neighbours in the sorted peaks (up to rank k, the first one left out)
+            tied = (v[1:] == v[:-1]) & (j[1:] == j[:-1]) & (rank[1:] <= k)
+            for jt in np.unique(j[1:][tied]).tolist():
+                _torch_tie_order(hm, jt, k, nms_kernel, vals, inds, float(threshold))
         return vals, inds % w, inds // w
     flat = max_pool_nms(hm, nms_kernel).reshape(num_joints, -1)
     if k < flat.shape[1]:
@@ -205,6 +322,15 @@ def top_k_peaks(heatmaps: np.ndarray, k: int, nms_kernel: int, threshold: float 
     order = np.lexsort((part, -vals), axis=1)
     ind = np.take_along_axis(part, order, axis=1)
     vals = np.take_along_axis(vals, order, axis=1)
+    if ties == "torch":
+        thr = -np.inf if threshold is None else float(threshold)
+        for jt in range(num_joints):
+            row = flat[jt]
+            vk = np.sort(row[row > thr])[::-1][:k + 1]
+            if vk.size > 1 and (vk[1:] == vk[:-1]).any():
+                order = torch_topk_order(row, k)
+                if order is not None:
+                    ind[jt], vals[jt] = order, row[order]
     if threshold is not None:
         drop = vals <= threshold
         vals = np.where(drop, 0.0, vals)
@@ -541,7 +667,7 @@ def group_keypoints(heatmaps: np.ndarray, tags: np.ndarray, *, detection_thresho
 
     thr = max(float(detection_threshold), 0.0)
     above = np.flatnonzero(hm.reshape(-1) > thr)  # shared by the peak search and the refinement
-    vals, xs, ys = top_k_peaks(hm, max_people, nms_kernel, threshold=thr, above=above)
+    vals, xs, ys = top_k_peaks(hm, max_people, nms_kernel, threshold=thr, above=above, ties=rules.peak_ties)
     jj = np.arange(num_joints)[:, None]
     tag_k = tg[jj, ys, xs]  # (K, k, T)
     keep = vals > detection_threshold
@@ -631,6 +757,23 @@ def _best_pixels(flat: np.ndarray, tags_flat: np.ndarray, mean_tag: np.ndarray, 
         best_score[s:s + step] = score[np.arange(arg.size), arg]
         best[s:s + step] = arg if idx is None else idx[arg]
     return best, best_score
+
+
+def _rest_range(tags_flat: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Min and max (T,) of the rows of ``tags_flat`` (N, T) that are not in ``cand`` (sorted
+    unique row indices, fewer than N): one ``reduceat`` over the runs between them, no copy."""
+    n = tags_flat.shape[0]
+    starts = np.concatenate([[0], cand + 1])
+    ends = np.concatenate([cand, [n]])
+    run = starts < ends
+    starts, ends = starts[run], ends[run]
+    idx = np.empty(2 * starts.size, dtype=np.int64)
+    idx[0::2], idx[1::2] = starts, ends
+    if idx[-1] == n:      # reduceat's last index reduces to the end
+        idx = idx[:-1]
+    lo = np.minimum.reduceat(tags_flat, idx, axis=0)[0::2].min(axis=0)
+    hi = np.maximum.reduceat(tags_flat, idx, axis=0)[0::2].max(axis=0)
+    return lo, hi
 
 
 def _pairwise(a: np.ndarray, op: np.ufunc, axis: int) -> np.ndarray:
@@ -731,11 +874,7 @@ def _refine(hm: np.ndarray, tg: np.ndarray, persons: np.ndarray, mean_tag: np.nd
                 best_idx, best_score = _best_pixels(flat, tags_flat, m, cand, chunk)      # step 1
             todo = ~(best_score > thr) & np.isfinite(best_score)
             if todo.any():                                                             # step 2
-                # the other pixels' tag range: cand's tags replaced by one of theirs (cand is sorted)
-                gaps = np.flatnonzero(cand != np.arange(cand.size))
-                rest_tags = tags_flat.copy()
-                rest_tags[cand] = tags_flat[gaps[0] if gaps.size else cand.size]
-                lo, hi = rest_tags.min(axis=0), rest_tags.max(axis=0)
+                lo, hi = _rest_range(tags_flat, cand)  # the other pixels' tag range
                 todo[todo] = _score_bound(thr, lo, hi, m[todo]) >= best_score[todo]
             if todo.any():                                                             # step 3
                 sel = np.flatnonzero(todo)
