@@ -5,7 +5,7 @@ Python cannot interrupt a thread that runs the network, so the inference code ca
 :func:`checkpoint` where stopping is cheap and leaves nothing half-done: before each test
 scale's network pass, and between the network and the decoding
 (`pose.decode.inference.multi_scale_maps` / `predict_image`, `pose.decode.onnx_backend`), and
-the server between the images of a request (`pose.registry.serving.PoseService`). Work stops
+the server between the images of a request (`pose.serving.model.PoseService`). Work stops
 at most one such step after the deadline; the largest step is bounded by the request limits
 (params ``serve.max_input_size``).
 
