@@ -9,7 +9,7 @@ AP difference to the official variant with its 95% paired image-bootstrap CI
 
 Run:  PYTHONPATH=. python benchmarks/convention_ablation.py --checkpoint data/models/best.pt \\
           --annotations data/validated/val.json --images data/raw/generated/val2017 [--params params.yaml] \\
-          [--set evaluate.resize=short_side evaluate.input_size=512]
+          [--set evaluate.resize=short_side evaluate.input_size=512] [--rows peak_ties ...]
 """
 
 from __future__ import annotations
@@ -40,14 +40,17 @@ ROWS: tuple[tuple[str, str], ...] = (
 )
 
 
-def variants() -> list[tuple[str, Convention]]:
-    """(label, convention) of every variant: official, one row switched back each, all switched."""
+def variants(fields: list[str] | None = None) -> list[tuple[str, Convention]]:
+    """(label, convention) of every variant: official, one row switched back each, all switched;
+    with ``fields``, official and those rows only."""
     ref, proj = CONVENTION_RULES["reference"], CONVENTION_RULES["project"]
     out = [("reference (official, every row)", ref)]
     for field, label in ROWS:
-        out.append((label, dataclasses.replace(ref, **{field: getattr(proj, field)})))
-    out.append(("all rows switched (reference before issue 21)",
-                dataclasses.replace(ref, **{f: getattr(proj, f) for f, _ in ROWS})))
+        if fields is None or field in fields:
+            out.append((label, dataclasses.replace(ref, **{field: getattr(proj, field)})))
+    if fields is None:
+        out.append(("all rows switched (reference before issue 21)",
+                    dataclasses.replace(ref, **{f: getattr(proj, f) for f, _ in ROWS})))
     return out
 
 
@@ -94,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", nargs="*", default=[], help="evaluate overrides, e.g. evaluate.resize=short_side")
     ap.add_argument("--bootstrap", type=int, default=200)
     ap.add_argument("--out", type=Path, default=None, help="write the per-variant results JSON here")
+    ap.add_argument("--rows", nargs="+", default=None, choices=[f for f, _ in ROWS],
+                    help="only these rows (Convention fields) beside the official one (default: every row)")
     args = ap.parse_args(argv)
     from pose.predict import load_model
 
@@ -108,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(gt['images'])} images, resize {ev['resize']} {ev['input_size']}, flip {ev['flip_test']}, "
           f"project2image {ev['project2image']}")
     rows, official = [], None
-    for label, conv in variants():
+    for label, conv in variants(args.rows):
         results = predict_dataset(model, args.annotations, args.images, ev, convention=conv)
         m = evaluate_results(gt, results, per_keypoint=False) if results else {"AP": 0.0, "AP50": 0.0, "AP75": 0.0,
                                                                                "AR": 0.0}

@@ -21,10 +21,12 @@ maps. Times are CPU ms per image of this process (one thread), best of the repea
 disturbed figure on a shared machine, where the wall clock also counts other processes.
 
 Prints a table and one line per map kind: ``ratio vs official at N people: ...``; the target is
->= 20x at every crowd size.
+>= 20x at every crowd size. With ``--official`` it then decodes ``--tie-scenes`` scenes whose
+grouping depends on the order of equal peak values (:func:`make_tie_scene`) with both
+``peak_ties`` orders and counts the scenes equal to the official parser's persons.
 
 Run:  PYTHONPATH=. python benchmarks/decode.py --official /path/to/HigherHRNet-Human-Pose-Estimation
-      [--people 1 5 10 20 40] [--repeats 5] [--official-repeats 2] [--size 256] [--tag-dim 1]
+      [--people 1 5 10 20 40] [--repeats 5] [--official-repeats 2] [--size 256] [--tag-dim 1] [--tie-scenes 50]
 
 The official checkout is not part of this repository: get it with
 ``git clone https://github.com/HRNet/HigherHRNet-Human-Pose-Estimation /work/peer/HigherHRNet``
@@ -95,6 +97,49 @@ def make_scene(num_people: int, seed: int, size: int = SIZE, tag_dim: int = 1, n
             patch_tags = tags[k, max(cy - 2, 0):cy + 3, max(cx - 2, 0):cx + 3, :]
             patch_tags[...] = person_tags[p] + rng.normal(0.0, 0.02, patch_tags.shape)
     return hm, tags, kps
+
+
+def make_tie_scene(seed: int, size: int = 64, num_joints: int = 17,
+                   person_tags: tuple[float, ...] = (0.0, 0.3, 5.0, 5.3, 10.0, 10.3, 15.0, 15.3)):
+    """A scene where the order of equal peaks decides the grouping: every joint of every person is
+    one peak of height 0.5 (exact value ties in each joint's top-k) and the persons come in pairs
+    whose tags are 0.3 apart (their rounded tag distances, so their matching costs, tie), so the
+    row order in which the tied candidates meet ``munkres`` picks who gets which joint. Tags:
+    the person's plus N(0, 0.02) per pixel of a 5 x 5 patch (no two candidates read exactly the
+    same tag). Returns heatmaps (K, S, S) float32 and tags (K, S, S, 1) float32."""
+    rng = np.random.default_rng(seed)
+    hm = np.zeros((num_joints, size, size), np.float32)
+    tags = np.zeros((num_joints, size, size, 1), np.float32)
+    for t in person_tags:
+        for j in range(num_joints):
+            while True:  # a free spot, 3 px from every other peak of the joint
+                y, x = rng.integers(3, size - 3, 2)
+                if hm[j, y - 3:y + 4, x - 3:x + 4].max() == 0:
+                    break
+            hm[j, y, x] = 0.5
+            patch = tags[j, y - 2:y + 3, x - 2:x + 3, 0]
+            patch[...] = t + rng.normal(0.0, 0.02, patch.shape)
+    return hm, tags
+
+
+def tie_scenes(parser, count: int) -> tuple[int, int]:
+    """How many of ``count`` tie scenes (:func:`make_tie_scene`) decode to the official parser's
+    persons with ``peak_ties`` ``torch`` (the reference convention) and with ``index``."""
+    import dataclasses
+
+    from pose.codec import CONVENTION_RULES
+
+    ref = CONVENTION_RULES["reference"]
+    by_index = dataclasses.replace(ref, peak_ties="index")
+    kw = dict(detection_threshold=0.1, tag_threshold=1.0, max_people=30, adjust=True, refine=True, nms_kernel=5,
+              tie_break=False)
+    same_torch = same_index = 0
+    for seed in range(count):
+        hm, tags = make_tie_scene(seed)
+        base, s_base = official_decode(parser, hm, tags)
+        same_torch += same_as_official(*group_keypoints(hm, tags, convention=ref, **kw), base, s_base)
+        same_index += same_as_official(*group_keypoints(hm, tags, convention=by_index, **kw), base, s_base)
+    return same_torch, same_index
 
 
 # ----------------------------------------------------------------------------- straightforward baseline
@@ -290,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=SIZE,
                     help="map side in px (256: the 1/2 maps of a 512 input; 512: decoding at input resolution, "
                          "evaluate.project2image; poses and Gaussians scale with it)")
+    ap.add_argument("--tie-scenes", type=int, default=50,
+                    help="with --official: scenes whose grouping depends on the order of equal peaks (0: none)")
     args = ap.parse_args(argv)
     try:
         import torch
@@ -339,6 +386,14 @@ def main(argv: list[str] | None = None) -> int:
               + ", ".join(f"{n} people {r:.1f}x" for n, r in per.items())
               + f"; lowest {min(per.values()):.1f}x (target >= 20x)")
     print("every scene bit-identical to the full-map refine and the same persons as the baseline:", ok)
+    if args.official and args.tie_scenes:
+        parser = load_official_parser(args.official, max_people=30, nms_kernel=5, detection_threshold=0.1,
+                                      tag_threshold=1.0)
+        same_torch, same_index = tie_scenes(parser, args.tie_scenes)
+        print(f"tie scenes (equal peaks whose order decides the grouping, make_tie_scene): the official parser's "
+              f"persons in {same_torch}/{args.tie_scenes} with peak_ties torch (reference), "
+              f"{same_index}/{args.tie_scenes} with index order")
+        ok &= same_torch == args.tie_scenes
     return 0 if ok else 1
 
 

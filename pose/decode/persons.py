@@ -308,10 +308,10 @@ def person_features(persons: np.ndarray, scores: np.ndarray, keypoints: np.ndarr
 #: Calibration of :func:`person_confidence`: logistic-regression intercept, weights of the
 #: :data:`FEATURES` and of the off-domain indicator (a model trained on generated figures given a
 #: photo), fitted by ``benchmarks/calibrate_confidence.py`` on held-out data (README *Person confidence*).
-CONFIDENCE_INTERCEPT = -2.2547
-CONFIDENCE_WEIGHTS: tuple[float, ...] = (8.1053, 3.6507, -4.9835, -1.8961, 4.2886, 6.1959, -0.7344, -0.4422,
-                                         0.0903)
-CONFIDENCE_OFF_DOMAIN = -3.7233
+CONFIDENCE_INTERCEPT = -6.0084
+CONFIDENCE_WEIGHTS: tuple[float, ...] = (9.2213, 3.3114, -3.1841, -0.3260, 4.8923, 6.4709, -0.4298, -0.0975,
+                                         0.5827)
+CONFIDENCE_OFF_DOMAIN = -3.4907
 
 
 def person_confidence(features: np.ndarray, off_domain: bool = False) -> np.ndarray:
