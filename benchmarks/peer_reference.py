@@ -14,7 +14,7 @@ then, with weights trained by ``pose train`` in ``model.convention: reference`` 
 layout, `pose.models.official_keys`)::
 
     PYTHONPATH=. python benchmarks/peer_reference.py /work/peer/HigherHRNet --site /work/peer/site \\
-        --checkpoint /tmp/peer/models/last.pt --coco ../shared/datasets/coco-mini --input-sizes 192 512
+        --checkpoint data/models/best.pt --coco ../shared/datasets/coco-mini --input-sizes 192 512
 
 For each input size the official ``valid.py`` runs in a child process on the CPU with these
 run-time stand-ins and nothing else changed (all listed in :func:`install_stand_ins`):
