@@ -760,20 +760,15 @@ def _best_pixels(flat: np.ndarray, tags_flat: np.ndarray, mean_tag: np.ndarray, 
 
 
 def _rest_range(tags_flat: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Min and max (T,) of the rows of ``tags_flat`` (N, T) that are not in ``cand`` (sorted
-    unique row indices, fewer than N): one ``reduceat`` over the runs between them, no copy."""
-    n = tags_flat.shape[0]
-    starts = np.concatenate([[0], cand + 1])
-    ends = np.concatenate([cand, [n]])
-    run = starts < ends
-    starts, ends = starts[run], ends[run]
-    idx = np.empty(2 * starts.size, dtype=np.int64)
-    idx[0::2], idx[1::2] = starts, ends
-    if idx[-1] == n:      # reduceat's last index reduces to the end
-        idx = idx[:-1]
-    lo = np.minimum.reduceat(tags_flat, idx, axis=0)[0::2].min(axis=0)
-    hi = np.maximum.reduceat(tags_flat, idx, axis=0)[0::2].max(axis=0)
-    return lo, hi
+    """Min and max (T,) of the rows of ``tags_flat`` (N, T) that are not in ``cand`` (row
+    indices, fewer than N): one contiguous (T, N) copy whose ``cand`` columns are set to +inf for
+    the min and -inf for the max, reduced along its contiguous axis (SIMD; a reduction over the
+    first axis of (N, T), or ``reduceat`` over the runs between candidates, took 4-25x longer)."""
+    v = np.array(tags_flat.T, dtype=np.float32, order="C")  # always a copy (for T = 1 the transpose is contiguous)
+    v[:, cand] = np.inf
+    lo = v.min(axis=1)
+    v[:, cand] = -np.inf
+    return lo, v.max(axis=1)
 
 
 def _pairwise(a: np.ndarray, op: np.ufunc, axis: int) -> np.ndarray:
