@@ -272,6 +272,41 @@ def test_matches_straightforward_munkres_decoder(convention):
                 np.testing.assert_allclose(s_ours, s_ref, atol=1e-6)
 
 
+def test_munkres_assignment_is_the_munkres_package_on_random_costs():
+    """`munkres_assignment` returns the pairs `munkres.Munkres().compute` returns, on 600 random
+    costs shaped as the reference builds them (round(d) * 100 - score, padded with 1e10 columns
+    when there are more candidates than groups): unique row minima in distinct columns, tied
+    minima that step 2 still stars in every row (both returned early), and costs that need
+    steps 3-6."""
+    munkres = pytest.importorskip("munkres")
+    from pose.decode.group import MUNKRES_PAD, munkres_assignment
+
+    rng = np.random.default_rng(7)
+    paths = [0, 0, 0]
+    seen: set[int] = set()
+    for case in range(600):
+        r, g = rng.integers(1, 9, 2)
+        dist = rng.uniform(0, 4, (r, g))
+        if case % 3 == 1:  # exact ties: few distinct rounded distances and scores
+            dist = rng.integers(0, 3, (r, g)).astype(float)
+        scores = np.round(rng.uniform(0.2, 1.0, r), 1 if case % 3 == 1 else 6)
+        cost = np.round(dist) * 100.0 - scores[:, None]
+        if r > g:
+            cost = np.concatenate([cost, np.full((r, r - g), MUNKRES_PAD)], axis=1)
+        rows, cols = munkres_assignment(cost)
+        expect = [(i, j) for i, j in munkres.Munkres().compute(cost.copy()) if j < cost.shape[1]]
+        assert list(zip(rows.tolist(), cols.tolist())) == expect, (case, cost)
+        zr, zc = np.nonzero(cost == cost.min(axis=1, keepdims=True))
+        taken: set[int] = set()
+        for i, j in zip(zr.tolist(), zc.tolist()):  # munkres' step 2
+            if i not in seen and j not in taken:
+                seen.add(i)
+                taken.add(j)
+        paths[0 if zr.size == r and len(taken) == r else 1 if len(seen) == r else 2] += 1
+        seen.clear()
+    assert min(paths) > 40, paths  # unique minima; step 2 stars every row; steps 3-6 needed
+
+
 # --------------------------------------------------------------------------- aggregation
 def _render(kps: np.ndarray, person_tags, width: int, stride: int, sigma: float):
     """Continuous Gaussians of input-px keypoints (P, K, 2) on a map of stride ``stride``
@@ -859,19 +894,23 @@ def test_inference_net_reproduces_the_previous_maps_exactly(coco_like, conventio
             assert torch.equal(hm, hm_prev) and torch.equal(tags, tags_prev), cfg
 
 
+@pytest.mark.parametrize("batch", [0, 2048])
 @pytest.mark.parametrize("tile", [4, 16])
 @pytest.mark.parametrize("tag_dims", [1, 2])
-def test_refine_gives_the_full_scan_result(monkeypatch, tile, tag_dims):
-    """Refinement scores the pixels above the detection threshold first, then bounds the rest
-    (all of it, then tile by tile: pose.decode.group.REFINE_TILE) and scores only what can win:
-    the persons are those of a full scan of every pixel (REFINE_FULL_SCAN), bit for bit, on
-    dense maps with negative values and wide tags (the tiles decide), sparse maps with exact
-    zeros and occluded joints (the bound of the rest decides), in both conventions."""
+def test_refine_gives_the_full_scan_result(monkeypatch, tile, tag_dims, batch):
+    """Refinement scores the pixels above the detection threshold first (every missing pair in
+    one pass, or joint by joint: pose.decode.group.REFINE_BATCH_PIXELS), then bounds the rest
+    (all of it, then tile by tile: REFINE_TILE) and scores only what can win: the persons are
+    those of a full scan of every pixel (REFINE_FULL_SCAN), bit for bit, on dense maps with
+    negative values and wide tags (the tiles decide), sparse maps with exact zeros and occluded
+    joints (the bound of the rest decides), tag maps that are views in another memory order (as
+    inference hands them over), in both conventions."""
     from pose.decode import group
 
     bench = _load_benchmark()
     rng = np.random.default_rng(tile + tag_dims)
     monkeypatch.setattr(group, "REFINE_TILE", tile)
+    monkeypatch.setattr(group, "REFINE_BATCH_PIXELS", batch)
     filled = 0
     scenes = []
     for _ in range(4):
@@ -886,6 +925,8 @@ def test_refine_gives_the_full_scan_result(monkeypatch, tile, tag_dims):
     for n, dense in ((8, False), (20, True), (20, False)):
         hm, tg, _ = bench.make_scene(n, seed=n, size=96, tag_dim=tag_dims, dense=dense, occluded=0.3)
         scenes.append((hm, tg))
+    for hm, tg in (scenes[0], scenes[4]):  # (K, H, W, T) views of (T, K, H, W) maps
+        scenes.append((hm, np.moveaxis(np.ascontiguousarray(np.moveaxis(tg, -1, 0)), 0, -1)))
     for hm, tg in scenes:
         for convention in ("project", "reference"):
             kw = dict(detection_threshold=0.1, tag_threshold=1.0, max_people=30, nms_kernel=5, tie_break=False,

@@ -54,11 +54,12 @@ equal tags collide); refinement reads the person's mean tag from the matched pea
 reference re-reads them at the integer part of the adjusted location, which is the same
 pixel) and scores a missing joint on the pixels that can win first (:func:`_refine`: the
 result of the full scan, bit for bit); the whole decode is vectorised (NMS, gathers,
-adjust, and refinement batched per joint).
+adjust, and refinement batched over the missing (person, joint) pairs).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -116,12 +117,13 @@ def max_pool_nms(heatmaps: np.ndarray, kernel: int) -> np.ndarray:
     return np.where(hm == pooled, hm, np.zeros((), hm.dtype))
 
 
-def _window_offsets(kernel: int) -> list[tuple[int, int]]:
+@functools.lru_cache(maxsize=8)
+def _window_offsets(kernel: int) -> tuple[tuple[int, int], ...]:
     """The (dy, dx) offsets of a ``kernel x kernel`` window without (0, 0), nearest first
     (the 4-neighbours, then the diagonals, then the outer rings)."""
     r = kernel // 2
     offs = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1) if (dy, dx) != (0, 0)]
-    return sorted(offs, key=lambda o: (max(abs(o[0]), abs(o[1])), abs(o[0]) + abs(o[1]), o))
+    return tuple(sorted(offs, key=lambda o: (max(abs(o[0]), abs(o[1])), abs(o[0]) + abs(o[1]), o)))
 
 
 def _sparse_peaks(hm: np.ndarray, threshold: float, kernel: int,
@@ -323,14 +325,16 @@ def top_k_peaks(heatmaps: np.ndarray, k: int, nms_kernel: int, threshold: float 
     ind = np.take_along_axis(part, order, axis=1)
     vals = np.take_along_axis(vals, order, axis=1)
     if ties == "torch":
+        # equal values above the threshold in the top k, or the k-th value also left out (one O(n) count)
         thr = -np.inf if threshold is None else float(threshold)
-        for jt in range(num_joints):
-            row = flat[jt]
-            vk = np.sort(row[row > thr])[::-1][:k + 1]
-            if vk.size > 1 and (vk[1:] == vk[:-1]).any():
-                order = torch_topk_order(row, k)
-                if order is not None:
-                    ind[jt], vals[jt] = order, row[order]
+        tied = ((vals[:, 1:] == vals[:, :-1]) & (vals[:, 1:] > thr)).any(axis=1)
+        if k < flat.shape[1]:
+            kth = vals[:, k - 1:k]
+            tied |= (kth[:, 0] > thr) & ((flat == kth).sum(axis=1) > (vals == kth).sum(axis=1))
+        for jt in np.flatnonzero(tied).tolist():
+            by_torch = torch_topk_order(flat[jt], k)
+            if by_torch is not None:
+                ind[jt], vals[jt] = by_torch, flat[jt][by_torch]
     if threshold is not None:
         drop = vals <= threshold
         vals = np.where(drop, 0.0, vals)
@@ -437,6 +441,21 @@ def munkres_assignment(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n = max(r0, c0)
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if r0 <= c0:  # the common case: step 2 stars a zero in every row
+        zr, zc = np.nonzero(c == c.min(axis=1, keepdims=True))  # the zeros of step 1 (x - min == 0 iff x == min)
+        if zr.size == r0 and np.bincount(zc, minlength=c0).max() <= 1:
+            # each row's minimum is its only zero, in distinct columns: step 2 stars them all
+            return zr.astype(np.int64), zc.astype(np.int64)
+        star = [-1] * r0
+        taken = [False] * c0
+        for i, j in zip(zr.tolist(), zc.tolist()):
+            if star[i] < 0 and not taken[j]:
+                star[i] = j
+                taken[j] = True
+        if min(star) >= 0:
+            # every row has a star; the zero rows of the padding star the free columns, so every
+            # column is starred and munkres returns these pairs
+            return np.arange(r0, dtype=np.int64), np.array(star, dtype=np.int64)
     m = np.zeros((n, n), dtype=np.float64)
     m[:r0, :c0] = c
     m -= m.min(axis=1, keepdims=True)                                   # step 1
@@ -724,6 +743,11 @@ def group_keypoints(heatmaps: np.ndarray, tags: np.ndarray, *, detection_thresho
 #: only on the tiles of the map that can still hold a better (or equal) pixel (:func:`_refine`).
 #: True: score every pixel (the full scan; tests and ``benchmarks/decode.py`` compare the two).
 REFINE_FULL_SCAN = False
+#: Refinement scores every missing (person, joint) pair in one pass (:func:`_first_max_per_pair`)
+#: while (pairs x the most pixels above the threshold of a joint) is at most this many per joint;
+#: above it, joint by joint (:func:`_best_pixels`: the per-joint calls then cost less than the one
+#: pass's gathers and padding).
+REFINE_BATCH_PIXELS = 2048
 #: Side in map px of the tiles whose heatmap maximum and tag range bound the refinement score.
 REFINE_TILE = 16
 
@@ -806,13 +830,19 @@ def _tile_tag_range(tg: np.ndarray, tile: int) -> tuple[np.ndarray, np.ndarray]:
     return _tile_reduce(tg, tile, np.minimum), _tile_reduce(tg, tile, np.maximum)
 
 
-def _score_bound(hmax: np.ndarray, tmin: np.ndarray, tmax: np.ndarray, mean_tag: np.ndarray) -> np.ndarray:
+def _score_bound(hmax: np.ndarray, tmin: np.ndarray, tmax: np.ndarray, mean_tag: np.ndarray, *,
+                 paired: bool = False) -> np.ndarray:
     """Upper bound (P, ...) float32 of ``hm - round(||tag - m||)`` over a set of pixels whose
     heatmap is ``<= hmax`` and whose tags lie in the box ``[tmin, tmax]`` (arrays (..., T)),
     for P mean tags (P, T): ``hmax - round(d)``, ``d`` the distance from ``m`` to the box less
-    1e-3 (covers float32 rounding of the pixels' distances; ``round`` is monotone)."""
-    m = mean_tag.reshape((len(mean_tag),) + (1,) * (tmin.ndim - 1) + (mean_tag.shape[-1],)).astype(np.float64)
-    gap = np.maximum(np.maximum(tmin[None] - m, m - tmax[None]), 0.0)
+    1e-3 (covers float32 rounding of the pixels' distances; ``round`` is monotone).
+    ``paired``: ``tmin`` and ``tmax`` are (P, T), one box per mean tag, and the result is (P,)."""
+    if paired:
+        m = mean_tag.astype(np.float64)
+        gap = np.maximum(np.maximum(tmin - m, m - tmax), 0.0)
+    else:
+        m = mean_tag.reshape((len(mean_tag),) + (1,) * (tmin.ndim - 1) + (mean_tag.shape[-1],)).astype(np.float64)
+        gap = np.maximum(np.maximum(tmin[None] - m, m - tmax[None]), 0.0)
     dist = np.abs(gap[..., 0]) if gap.shape[-1] == 1 else np.sqrt((gap * gap).sum(axis=-1))
     dist = np.round(np.maximum(dist - 1e-3, 0.0)).astype(np.float32)
     return np.subtract(np.float32(hmax) if np.ndim(hmax) == 0 else hmax[None], dist, dtype=np.float32)
@@ -820,7 +850,8 @@ def _score_bound(hmax: np.ndarray, tmin: np.ndarray, tmax: np.ndarray, mean_tag:
 
 def _refine(hm: np.ndarray, tg: np.ndarray, persons: np.ndarray, mean_tag: np.ndarray, chunk: int, *,
             above: np.ndarray, threshold: float, adjust_equal: float) -> None:
-    """Fill missing joints in place (reference ``HeatmapParser.refine``), batched per joint.
+    """Fill missing joints in place (reference ``HeatmapParser.refine``), batched over the
+    (person, joint) pairs.
 
     For joint ``j`` of a person with mean tag ``m`` the reference takes the first (row-major)
     argmax over all pixels of ``hm[j] - round(||tag[j] - m||)`` and keeps it when the heatmap
@@ -828,83 +859,158 @@ def _refine(hm: np.ndarray, tg: np.ndarray, persons: np.ndarray, mean_tag: np.nd
     value, and a set of pixels with heatmap ``<= h`` and tags in a box at distance ``d`` from
     ``m`` scores at most ``h - round(d)`` (:func:`_score_bound`). So:
 
-    1. the persons are scored on the pixels above the detection ``threshold`` (``above``:
-       flat indices into ``hm``, the ones the peak search read); a person whose best score
-       ``s`` there beats ``threshold`` is done (every other pixel is ``<= threshold``);
-    2. the other pixels together (heatmap ``<= threshold``, their tag range) bound the rest:
-       a person whose bound is below ``s`` is done;
-    3. the others are scored again on the pixels above the threshold and those of every
-       :data:`REFINE_TILE` square tile whose own bound (its heatmap maximum, its tag range)
-       is ``>= s`` (ties must be seen: the first maximiser wins);
-    4. a person without a pixel above the threshold is scored on the whole map.
+    1. every missing pair is scored on its joint's pixels above the detection ``threshold``
+       (``above``: flat indices into ``hm``, the ones the peak search read), all pairs in one
+       pass (:func:`_first_max_per_pair`); a pair whose best score ``s`` there beats
+       ``threshold`` is done (every other pixel is ``<= threshold``);
+    2. the other pixels of the joint together (heatmap ``<= threshold``, their tag range,
+       :func:`_rest_range`) bound the rest: a pair whose bound is below ``s`` is done;
+    3. the others are scored again, joint by joint, on the pixels above the threshold and those
+       of every :data:`REFINE_TILE` square tile whose own bound (its heatmap maximum, its tag
+       range) is ``>= s`` (ties must be seen: the first maximiser wins);
+    4. a pair without a pixel above the threshold is scored on the whole map.
 
     Each step keeps the first maximiser of the whole map: the full scan's result, pixel for
     pixel (``tests/test_decode.py``, ``benchmarks/decode.py``). Not in the reference: a
     speed-up (the reference scans all K joints of every person; ``np.partition`` of the
-    mostly-zero maps, this function's previous speed-up, cost more than it saved).
+    mostly-zero maps, an earlier speed-up, cost more than it saved).
     ``adjust_equal``: :func:`quarter_offsets`.
     """
-    num_joints, h, w = hm.shape
-    size = h * w
-    missing = persons[:, :, 2] == 0  # (N, K)
-    starts = np.searchsorted(above, np.arange(num_joints + 1) * size)
-    tile = int(REFINE_TILE)
-    ht, wt = -(-h // tile), -(-w // tile)
-    thr = np.float32(threshold)
-    found_p: list[np.ndarray] = []
-    found_j: list[np.ndarray] = []
-    found_i: list[np.ndarray] = []
-    for j in np.flatnonzero(missing.any(axis=0)):
-        people = np.flatnonzero(missing[:, j])
-        flat = hm[j].reshape(-1)
-        tags_flat = tg[j].reshape(-1, tg.shape[-1])  # (H*W, T)
-        m = mean_tag[people]
-        if REFINE_FULL_SCAN:
-            best_idx, _ = _best_pixels(flat, tags_flat, m, None, chunk)
-        else:
-            cand = above[starts[j]:starts[j + 1]] - j * size
-            best_idx = np.zeros(people.size, dtype=np.int64)
-            best_score = np.full(people.size, -np.inf, dtype=np.float32)
-            if 0 < cand.size < size:
-                best_idx, best_score = _best_pixels(flat, tags_flat, m, cand, chunk)      # step 1
-            todo = ~(best_score > thr) & np.isfinite(best_score)
-            if todo.any():                                                             # step 2
-                lo, hi = _rest_range(tags_flat, cand)  # the other pixels' tag range
-                todo[todo] = _score_bound(thr, lo, hi, m[todo]) >= best_score[todo]
-            if todo.any():                                                             # step 3
-                sel = np.flatnonzero(todo)
-                tmin, tmax = _tile_tag_range(tg[j], tile)
-                hmax = np.full(ht * wt, thr, np.float32)
-                np.maximum.at(hmax, (cand // w) // tile * wt + (cand % w) // tile, flat[cand])
-                bound = _score_bound(hmax.reshape(ht, wt), tmin, tmax, m[sel])        # (P, ht, wt)
-                need = (bound >= best_score[sel][:, None, None]).any(axis=0)
-                ty, tx = np.nonzero(need)
-                wider = None
-                if ty.size * tile * tile < size // 2:
-                    mask = np.zeros((ht * tile, wt * tile), dtype=bool)
-                    mask.reshape(ht, tile, wt, tile)[ty, :, tx, :] = True
-                    mask = mask[:h, :w].reshape(-1)
-                    mask[cand] = True
-                    wider = np.flatnonzero(mask)
-                best_idx[sel], _ = _best_pixels(flat, tags_flat, m[sel], wider, chunk)
-            blind = ~np.isfinite(best_score)                                           # step 4
-            if blind.any():
-                sel = np.flatnonzero(blind)
-                best_idx[sel], _ = _best_pixels(flat, tags_flat, m[sel], None, chunk)
-        ok = flat[best_idx] > 0
-        if ok.any():
-            found_p.append(people[ok])
-            found_j.append(np.full(int(ok.sum()), j))
-            found_i.append(best_idx[ok])
-    if not found_p:
+    _, _, w = hm.shape
+    tdim = tg.shape[-1]
+    pj, pp = np.nonzero((persons[:, :, 2] == 0).T)  # missing (joint, person) pairs, by joint
+    if pp.size == 0:
         return
-    p, jv, idx = np.concatenate(found_p), np.concatenate(found_j), np.concatenate(found_i)
-    y, x = idx // w, idx % w
+    m = mean_tag[pp]
+    joints, first = np.unique(pj, return_index=True)
+    bounds = np.append(first, pp.size)  # pairs of joints[i]: bounds[i]:bounds[i + 1]
+    if REFINE_FULL_SCAN:
+        best_idx = np.zeros(pp.size, dtype=np.int64)
+        for i, j in enumerate(joints):
+            s = slice(bounds[i], bounds[i + 1])
+            best_idx[s], _ = _best_pixels(hm[j].reshape(-1), tg[j].reshape(-1, tdim), m[s], None, chunk)
+    else:
+        best_idx = _refine_search(hm, tg, pj, m, joints, bounds, above, threshold, chunk)
+    y, x = best_idx // w, best_idx % w
+    ok = hm[pj, y, x] > 0
+    if not ok.any():
+        return
+    p, jv, y, x = pp[ok], pj[ok], y[ok], x[ok]
     dx, dy = quarter_offsets(hm, jv, x, y, equal=adjust_equal)
     persons[p, jv, 0] = x + dx
     persons[p, jv, 1] = y + dy
     persons[p, jv, 2] = hm[jv, y, x]
     persons[p, jv, 3] = tg[jv, y, x].mean(axis=-1)
+
+
+def _refine_search(hm: np.ndarray, tg: np.ndarray, pj: np.ndarray, m: np.ndarray, joints: np.ndarray,
+                   bounds: np.ndarray, above: np.ndarray, threshold: float, chunk: int) -> np.ndarray:
+    """Steps 1-4 of :func:`_refine` for the missing pairs (joint ``pj`` (P,) int64, sorted; mean tag
+    ``m`` (P, T) float32; ``joints`` the distinct ``pj``, whose pairs are ``bounds[i]:bounds[i + 1]``).
+    Returns (P,) int64: each pair's first maximiser, a flat index into its joint's (H, W) map."""
+    num_joints, h, w = hm.shape
+    size = h * w
+    tdim = tg.shape[-1]
+    thr = np.float32(threshold)
+    tile = int(REFINE_TILE)
+    ht, wt = -(-h // tile), -(-w // tile)
+    starts = np.searchsorted(above, np.arange(num_joints + 1) * size)
+    count = starts[pj + 1] - starts[pj]  # (P,) pixels above the threshold in the pair's joint
+    best_idx = np.zeros(pj.size, dtype=np.int64)
+    best_score = np.full(pj.size, -np.inf, dtype=np.float32)
+    some = (count > 0) & (count < size)
+    if some.any():                                                                     # step 1
+        jsel, row = np.unique(pj[some], return_inverse=True)
+        width = int(count[some].max())
+        if row.size * width <= REFINE_BATCH_PIXELS * jsel.size:
+            # few pixels per joint: every pair in one pass (per-joint calls would cost more than the work)
+            best_idx[some], best_score[some] = _first_max_per_pair(hm, tg, above, starts, jsel, row, m[some], width)
+            best_idx[some] -= pj[some] * size
+        else:  # joint by joint: broadcasting beats the one pass's gathers
+            for i, j in enumerate(joints):
+                s = slice(bounds[i], bounds[i + 1])
+                if some[s].any():  # the same count for every pair of the joint
+                    cand = above[starts[j]:starts[j + 1]] - j * size
+                    best_idx[s], best_score[s] = _best_pixels(hm[j].reshape(-1), tg[j].reshape(-1, tdim), m[s],
+                                                              cand, chunk)
+    todo = ~(best_score > thr) & np.isfinite(best_score)
+    if todo.any():                                                                     # step 2
+        lo = np.empty((pj.size, tdim), np.float32)
+        hi = np.empty((pj.size, tdim), np.float32)
+        for i in np.flatnonzero(np.logical_or.reduceat(todo, bounds[:-1])):
+            j = joints[i]
+            cand = above[starts[j]:starts[j + 1]] - j * size
+            lo[bounds[i]:bounds[i + 1]], hi[bounds[i]:bounds[i + 1]] = _rest_range(tg[j].reshape(-1, tdim), cand)
+        todo[todo] = _score_bound(thr, lo[todo], hi[todo], m[todo], paired=True) >= best_score[todo]
+    blind_all = ~np.isfinite(best_score)
+    for i in np.flatnonzero(np.logical_or.reduceat(todo | blind_all, bounds[:-1])):
+        j = joints[i]
+        s = slice(bounds[i], bounds[i + 1])
+        t, blind = todo[s], blind_all[s]
+        flat = hm[j].reshape(-1)
+        tags_flat = tg[j].reshape(-1, tdim)  # (H*W, T)
+        cand = above[starts[j]:starts[j + 1]] - j * size
+        m_j, bs = m[s], best_score[s]
+        idx = best_idx[s]  # a view: written in place
+        if t.any():                                                                    # step 3
+            sel = np.flatnonzero(t)
+            tmin, tmax = _tile_tag_range(tg[j], tile)
+            hmax = np.full(ht * wt, thr, np.float32)
+            np.maximum.at(hmax, (cand // w) // tile * wt + (cand % w) // tile, flat[cand])
+            bound = _score_bound(hmax.reshape(ht, wt), tmin, tmax, m_j[sel])        # (P, ht, wt)
+            need = (bound >= bs[sel][:, None, None]).any(axis=0)
+            ty, tx = np.nonzero(need)
+            wider = None
+            if ty.size * tile * tile < size // 2:
+                mask = np.zeros((ht * tile, wt * tile), dtype=bool)
+                mask.reshape(ht, tile, wt, tile)[ty, :, tx, :] = True
+                mask = mask[:h, :w].reshape(-1)
+                mask[cand] = True
+                wider = np.flatnonzero(mask)
+            idx[sel], _ = _best_pixels(flat, tags_flat, m_j[sel], wider, chunk)
+        if blind.any():                                                                # step 4
+            sel = np.flatnonzero(blind)
+            idx[sel], _ = _best_pixels(flat, tags_flat, m_j[sel], None, chunk)
+    return best_idx
+
+
+def _first_max_per_pair(hm: np.ndarray, tg: np.ndarray, above: np.ndarray, starts: np.ndarray, joints: np.ndarray,
+                        row: np.ndarray, mean_tag: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_best_pixels` for many (person, joint) pairs in one pass. Pair ``i`` has the mean tag
+    ``mean_tag[i]`` (T,) and the joint ``joints[row[i]]``, scored on that joint's pixels above the
+    threshold, ``above[starts[j]:starts[j + 1]]`` (flat indices into ``hm`` (K, H, W), ascending;
+    at most ``width`` of them; ``tg`` (K, H, W, T)). The pixels of each joint are laid out in one
+    row of a (J, width) table, padded with -inf heatmap values, and each pair's row is scored with
+    the float32 arithmetic of :func:`_best_pixels` (same numbers; the first maximiser, the first NaN
+    as ``argmax``). Returns ((P,) int64 flat index into ``hm``, (P,) float32 score)."""
+    n = starts[joints + 1] - starts[joints]
+    pos = starts[joints][:, None] + np.arange(width)[None]                              # (J, width)
+    pad = pos >= (starts[joints] + n)[:, None]
+    pix = above[np.minimum(pos, above.size - 1)]
+    vals = _gather(hm, pix)
+    tags = _gather(tg, pix)                                                           # (J, width, T)
+    vals[pad] = -np.inf
+    tags[pad] = 0.0
+    tags = tags[row]                                                                  # (P, width, T)
+    if tags.shape[-1] == 1:
+        dist = np.abs(np.subtract(tags[..., 0], mean_tag[:, 0][:, None]))
+    else:  # as _tag_distance
+        diff = np.subtract(tags, mean_tag[:, None, :], out=tags)
+        np.multiply(diff, diff, out=diff)
+        dist = np.sqrt(diff.sum(axis=-1))
+    np.round(dist, out=dist)
+    score = np.subtract(vals[row], dist, out=dist)
+    arg = score.argmax(axis=1)
+    pick = np.arange(arg.size)
+    return pix[row, arg], score[pick, arg]
+
+
+def _gather(a: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    """``a`` (K, H, W, ...) at the flat (K*H*W) pixel indices ``flat`` (any shape): a take from
+    the flat view when ``a`` is C-contiguous, else through (k, y, x) (no copy of ``a``)."""
+    if a.flags.c_contiguous:
+        return a.reshape((-1,) + a.shape[3:])[flat]
+    return a[np.unravel_index(flat, a.shape[:3])]
 
 
 def oks_nms(keypoints: np.ndarray, scores: np.ndarray, sigmas: np.ndarray, oks_threshold: float) -> np.ndarray:
