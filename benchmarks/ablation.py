@@ -256,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         print(str(exc), file=sys.stderr)
         return 2
 
+    from pose.datasets.formats import dataset_domain
     from pose.device import pick_device
     from pose.train.loop import train
 
@@ -272,7 +273,10 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.variants:
             p, out = variant_p[name], work / name
             t0 = time.perf_counter()
-            summary = train(p, train_ann=args.data / "annotations" / f"person_keypoints_{d['train_split']}.json",
+            s = validate_params(p, source=f"variant {name}")
+            summary = train(s.train, s.model, s.targets, s.augment, s.loss, s.evaluate, dataset=s.data.dataset,
+                            domain=dataset_domain(s.catalogue, s.data.dataset),
+                            train_ann=args.data / "annotations" / f"person_keypoints_{d['train_split']}.json",
                             train_images=args.data / d["train_split"], out_dir=out,
                             metrics_path=out / "train.json", steps_path=out / "steps.csv", resume=False,
                             val_ann=gt, val_images=args.data / d["val_split"], val_path=out / "val.csv")

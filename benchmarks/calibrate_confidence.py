@@ -72,8 +72,8 @@ def decode_set(model, ann: Path, images: Path, cfg: dict, sigmas: np.ndarray, la
     for n, im in enumerate(records):
         img = read_image(images / im["file_name"], im["id"])
         photo.append(looks_like_photo(img))
-        m = multi_scale_maps(model, img, input_size=int(cfg["input_size"]), resize=str(cfg["resize"]),
-                             test_scales=[float(s) for s in cfg["test_scales"]], flip_test=bool(cfg["flip_test"]),
+        m = multi_scale_maps(model, img, input_size=int(cfg.input_size), resize=str(cfg.resize),
+                             test_scales=[float(s) for s in cfg.test_scales], flip_test=bool(cfg.flip_test),
                              project2image=graph_projects(cfg), convention=None)
         persons = decode_persons(m.heatmaps.numpy(), m.tags.numpy(), m.affine, m.stride, cfg=cfg,
                                  convention=model.convention, image_size=(img.shape[1], img.shape[0]),
@@ -164,10 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         generate_dataset(held, seed=int(g["seed"]) + 1, num_train=0, num_val=args.fit_generated, width=g["width"],
                          height=g["height"], max_people=g["max_people"], min_person_height=g["min_person_height"],
                          max_person_height=g["max_person_height"])
-    size = int(cfg["input_size"])
+    size = int(cfg.input_size)
     coco_cfg = dict(cfg, input_size=args.coco_size)
     print(f"load average {os.getloadavg()[0]:.1f}, {args.threads} torch thread(s); checkpoint {args.checkpoint}; "
-          f"decode: input {size}, project2image {cfg['project2image']}, project_maps {cfg['project_maps']}",
+          f"decode: input {size}, project2image {cfg.project2image}, project_maps {cfg.project_maps}",
           flush=True)
     sets = {
         "fit: generated held-out": (held / "annotations" / "person_keypoints_val2017.json", held / "val2017", cfg),

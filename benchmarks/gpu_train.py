@@ -136,11 +136,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{torch.__version__}); this benchmark needs a GPU, nothing to do.")
         return 0
 
+    from pose.datasets.formats import dataset_domain
     from pose.datasets.schema import COCO_SIGMAS
     from pose.decode.inference import predict_dataset
     from pose.device import pick_device
     from pose.evaluate.coco import evaluate_results
     from pose.models import build_model, count_params
+    from pose.params import validate_params
     from pose.presets import compose
     from pose.train import loop
     from pose.train.checkpoint import load_trained_model
@@ -181,7 +183,10 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()
-        loop.train(p, train_ann=train_ann, train_images=coco / "train2017", out_dir=out / "models",
+        s = validate_params(p, source="gpu_train params")
+        loop.train(s.train, s.model, s.targets, s.augment, s.loss, s.evaluate, dataset=s.data.dataset,
+                   domain=dataset_domain(s.catalogue, s.data.dataset), train_ann=train_ann,
+                   train_images=coco / "train2017", out_dir=out / "models",
                    metrics_path=out / "train.json", steps_path=out / "steps.csv", resume=False,
                    stop_after_steps=args.steps)
         train_s = time.perf_counter() - t0

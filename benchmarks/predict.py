@@ -64,6 +64,7 @@ from pose.decode.persons import decode_persons, graph_projects, resolve_eval_par
 from pose.decode.preprocess import input_batch, input_geometry
 from pose.export import calibration_inputs, export_onnx, quantize_int8
 from pose.models import build_model, count_flops, count_params
+from pose.params import PredictSection
 from pose.predict import limit_persons
 from pose.video import predict_video
 
@@ -176,8 +177,8 @@ def _time_torch(net, images: list[np.ndarray], warm: list[np.ndarray], cfg: dict
         with torch.no_grad():
             for i, img in enumerate(warm + images):
                 t0 = time.perf_counter()
-                geo = input_geometry(img.shape[1], img.shape[0], resize=str(cfg["resize"]),
-                                     input_size=int(cfg["input_size"]), scale=1.0, min_scale=1.0)
+                geo = input_geometry(img.shape[1], img.shape[0], resize=str(cfg.resize),
+                                     input_size=int(cfg.input_size), scale=1.0, min_scale=1.0)
                 x = torch.from_numpy(input_batch(img, geo))
                 t1 = time.perf_counter()
                 marks.clear()
@@ -208,8 +209,8 @@ def _time_onnx(full: OnnxPoseModel, images: list[np.ndarray], warm: list[np.ndar
     batches, persons = [], 0
     for i, img in enumerate(warm + images):
         t0 = time.perf_counter()
-        geo = input_geometry(img.shape[1], img.shape[0], resize=str(cfg["resize"]),
-                             input_size=int(cfg["input_size"]), scale=1.0, min_scale=1.0)
+        geo = input_geometry(img.shape[1], img.shape[0], resize=str(cfg.resize),
+                             input_size=int(cfg.input_size), scale=1.0, min_scale=1.0)
         x = input_batch(img, geo)
         t1 = time.perf_counter()
         hm, tg = full.run(x)
@@ -326,9 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     p = yaml.safe_load(args.params.read_text())
     ev = dict(p["evaluate"], input_size=args.size)
     cfg = resolve_eval_params(ev)
-    if [float(s) for s in cfg["test_scales"]] != [1.0]:
+    if [float(s) for s in cfg.test_scales] != [1.0]:
         print("benchmarks/predict.py: times the single test scale; params evaluate.test_scales is "
-              f"{cfg['test_scales']}", file=sys.stderr)
+              f"{cfg.test_scales}", file=sys.stderr)
         return 2
     timing = args.timing_images or args.coco
     ann = timing / "annotations" / "person_keypoints_val2017.json"
@@ -342,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}; {threads} threads "
           f"(torch / onnxruntime / OpenCV), {_cores()} usable cores, load average {os.getloadavg()[0]:.1f}")
     print(f"{len(images)} timed images (+{len(warm)} warm-up) from {timing}/val2017; input {args.size} "
-          f"({cfg['resize']}), flip test {bool(cfg['flip_test'])}, project2image {bool(cfg['project2image'])}; "
+          f"({cfg.resize}), flip test {bool(cfg.flip_test)}, project2image {bool(cfg.project2image)}; "
           f"video: {args.video_frames} frames 640 x 480", flush=True)
     progress = Progress(len(args.widths) * len(args.variants) * (len(warm) + len(images)))
 
@@ -363,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{label}: backend {backend} {precision}, project_maps {project_maps}", file=sys.stderr,
                       flush=True)
                 if backend == "torch":
-                    net = inference_net(model, flip_test=bool(vcfg["flip_test"]),
+                    net = inference_net(model, flip_test=bool(vcfg.flip_test),
                                         project2image=graph_projects(vcfg), convention=None).eval()
                     times, persons = _time_torch(net, images, warm, vcfg, progress, label)
                     runner = net
@@ -384,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
                     runner = full
                 fn = _predict_fn(runner, vcfg)
                 with torch.no_grad():
-                    fps, _ = _fps(fn, video, tmp / f"v{width}{name}", p["predict"], int(cfg["max_people"]))
+                    fps, _ = _fps(fn, video, tmp / f"v{width}{name}", PredictSection.model_validate(p["predict"]),
+                                  int(cfg.max_people))
                 rows.append((f"W{width}", name, times, persons / len(images), fps))
                 if args.ap and args.checkpoint is not None and "trained" in source:
                     gen = args.generated
@@ -393,9 +395,9 @@ def main(argv: list[str] | None = None) -> int:
                     with torch.no_grad():
                         aps[(f"W{width}", name)] = (
                             _coco_ap(gen_fn, gen / "annotations" / "person_keypoints_val2017.json",
-                                     gen / "val2017", int(cfg["max_people"]), f"{label} generated"),
+                                     gen / "val2017", int(cfg.max_people), f"{label} generated"),
                             _coco_ap(fn, args.coco / "annotations" / "person_keypoints_val2017.json",
-                                     args.coco / "val2017", int(cfg["max_people"]), f"{label} coco-mini"))
+                                     args.coco / "val2017", int(cfg.max_people), f"{label} coco-mini"))
 
     for n in notes:
         print(n)

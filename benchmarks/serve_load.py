@@ -90,7 +90,11 @@ def register(params: dict, checkpoint: Path | None, tmp: Path) -> str:
         what = str(checkpoint)
     params = json.loads(json.dumps(params))
     params["serve"]["log_onnx"] = False
-    model_dir = save_pyfunc_model(checkpoint, tmp / "model", params=params)
+    from pose.params import validate_params
+
+    sections = validate_params(params, source="serve_load params")
+    model_dir = save_pyfunc_model(checkpoint, tmp / "model", evaluate=sections.evaluate, predict=sections.predict,
+                                  serve=sections.serve, generated=sections.generated)
     client = MlflowClient(params["registry"]["tracking_uri"])
     exp = client.create_experiment("bench", artifact_location=(tmp / "artifacts").as_uri())
     run = client.create_run(exp)

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ablation import ensure_data  # noqa: E402
 
-from pose.params import load_checked_params  # noqa: E402
+from pose.params import load_checked_params, validate_params  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     params = load_checked_params(args.params)
     tp, d = params["train"], params["data"]
     ensure_data(params, args.data, int(params["generated"]["num_val"]))
-    ds = dataset_from_params(params["model"], params["targets"], params["augment"], seed=0,
+    sections = validate_params(params, source=str(args.params))
+    ds = dataset_from_params(sections.model, sections.targets, sections.augment, seed=0,
                              ann_file=args.data / "annotations" / f"person_keypoints_{d['train_split']}.json",
                              images_dir=args.data / d["train_split"])
     sizes = sorted({int(s) for st in tp["curriculum"] for s in st["sizes"]})

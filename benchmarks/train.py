@@ -66,7 +66,11 @@ def configs(params: dict, names: list[str]) -> list[tuple[str, dict]]:
 
 
 def dataset(params: dict, coco: Path, split: str) -> CocoKeypoints:
-    return dataset_from_params(params["model"], params["targets"], params["augment"], seed=int(params["train"]["seed"]),
+    from pose.params import AugmentSection, ModelSection, TargetsSection
+
+    return dataset_from_params(ModelSection.model_validate(params["model"]),
+                               TargetsSection.model_validate(params["targets"]),
+                               AugmentSection.model_validate(params["augment"]), seed=int(params["train"]["seed"]),
                                ann_file=coco / "annotations" / f"person_keypoints_{split}.json",
                                images_dir=coco / split)
 
@@ -180,7 +184,13 @@ def learning(args, params: dict) -> int:
           f"{epochs} epochs x {per_epoch} steps")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        train(p, train_ann=args.coco / "annotations" / "person_keypoints_train2017.json",
+        from pose.datasets.formats import dataset_domain
+        from pose.params import validate_params
+
+        s = validate_params(p, source="benchmarks/train.py params")
+        train(s.train, s.model, s.targets, s.augment, s.loss, s.evaluate, dataset=s.data.dataset,
+              domain=dataset_domain(s.catalogue, s.data.dataset),
+              train_ann=args.coco / "annotations" / "person_keypoints_train2017.json",
               train_images=args.coco / "train2017", out_dir=Path(tmp) / "models", metrics_path=Path(tmp) / "m.json",
               steps_path=Path(tmp) / "s.csv", resume=False)
         seconds = time.perf_counter() - t0

@@ -34,6 +34,10 @@ Run it once with::
     python -m flows.retrain [REPO] [--force]      # ephemeral Prefect API, no server needed; --help
 
 and on a schedule with ``python -m flows.serve`` (flows/serve.py).
+
+Params: each task loads ``<repo>/params.yaml`` once and checks it (:func:`repo_params`, the typed
+`pose.params.Params`) and hands the library the sections it reads: ``data``, ``catalogue``, ``generated``,
+``schedule`` (fingerprints, retries, push) and ``registry`` (the registered model's tag).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 from prefect import flow, get_run_logger, task
@@ -56,6 +61,9 @@ from prefect.states import Completed, Failed
 
 import pose  # noqa: F401  (telemetry off before prefect is imported)
 from pose.train.stop import STOP_WITH_ENV
+
+if TYPE_CHECKING:
+    from pose.params import Params
 
 
 class _NoEmptyTraceback(logging.Filter):
@@ -206,10 +214,12 @@ def run_stage(repo: Path, name: str, force: bool = False, env: dict | None = Non
     return proc.stdout
 
 
-def repo_params(repo: Path | str) -> dict:
-    from pose.params import load_params
+def repo_params(repo: Path | str) -> Params:
+    """``<repo>/params.yaml`` loaded and checked once (`pose.params.load_sections`): the typed sections
+    the flow hands to the library. Raises FileNotFoundError / `pose.params.ParamsError`."""
+    from pose.params import load_sections
 
-    return load_params(Path(repo) / "params.yaml")
+    return load_sections(Path(repo) / "params.yaml")
 
 
 def tracking_uri_for(repo: Path | str, uri: str) -> str:
@@ -223,7 +233,7 @@ def tracking_uri_for(repo: Path | str, uri: str) -> str:
     return uri
 
 
-def last_trained_fingerprint(params: dict, repo: Path | str) -> str | None:
+def last_trained_fingerprint(params: Params, repo: Path | str) -> str | None:
     """The registered model's ``data.fingerprint`` tag, None when nothing is registered yet
     (model name: :func:`pose.registry.tracking.registered_model_name`)."""
     from mlflow import MlflowClient
@@ -231,11 +241,12 @@ def last_trained_fingerprint(params: dict, repo: Path | str) -> str | None:
 
     from pose.registry.tracking import registered_model_name, tracking_uri
 
-    uri = tracking_uri_for(repo, tracking_uri(params))
+    uri = tracking_uri_for(repo, tracking_uri(params.registry))
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         return None  # no registry database yet (and do not create one here)
     try:
-        return MlflowClient(uri).get_registered_model(registered_model_name(params)).tags.get("data.fingerprint")
+        return MlflowClient(uri).get_registered_model(
+            registered_model_name(params.registry, params.data.dataset)).tags.get("data.fingerprint")
     except MlflowException:
         return None
 
@@ -245,7 +256,7 @@ def detect(repo: Path | str) -> dict:
     from pose.registry.data_version import source_fingerprint
 
     params = repo_params(repo)
-    fp = source_fingerprint(params, Path(repo))
+    fp = source_fingerprint(params.data, params.catalogue, params.generated, params.schedule, Path(repo))
     prev = last_trained_fingerprint(params, repo)
     return {**fp, "previous": prev, "new": prev != fp["fingerprint"]}
 
@@ -257,15 +268,15 @@ def config_errors(repo: Path | str) -> list[str]:
     (:func:`pose.params.validate_params`: unknown keys, out-of-range values, ``data.dataset``
     not a ``catalogue`` key, ...), and a local ``catalogue.<name>.ingest`` batch folder that
     does not exist. Empty list: no error."""
-    from pose.params import ParamsError, restore_hint, validate_params
+    from pose.params import ParamsError, restore_hint
     from pose.registry.data_version import fingerprint_uses_network, ingest_fingerprints
 
     path = Path(repo) / "params.yaml"
     try:
-        params = repo_params(repo)
-        validate_params(params, source=str(path))
-        if not fingerprint_uses_network(params):
-            ingest_fingerprints(params, repo, mode="stat")  # local batches: exist? (cheap, no network)
+        params = repo_params(repo)        # read and checked against the schema
+        if not fingerprint_uses_network(params.data, params.catalogue):
+            # local batches: exist? (cheap, no network)
+            ingest_fingerprints(params.data, params.catalogue, params.schedule, repo, mode="stat")
     except ParamsError as exc:
         return [str(exc).strip().splitlines()[0] + restore_hint(path)]
     except (OSError, ValueError) as exc:
@@ -376,16 +387,16 @@ def retry_network_failures_only(task, task_run, state) -> bool:
     return isinstance(exc, StageError) and exc.network
 
 
-def network_tasks(params: dict) -> dict:
+def network_tasks(params: Params) -> dict:
     """The network-bound tasks with the retries of params ``schedule.retry_delays_s`` (one retry per
     delay, backoff in seconds): ``fetch`` (:func:`network_stage`; retried only when `pose fetch`
     failed on the network, :func:`retry_network_failures_only`: a bad batch fails at once),
     ``push`` (:func:`dvc_push`) and ``listing`` (the new-data check of an ``s3://`` source).
     Local tasks never retry."""
-    delays = params["schedule"]["retry_delays_s"]
+    delays = params.schedule.retry_delays_s
 
     def retrying(t, key: str, **options):
-        d = [float(s) for s in delays[key]]
+        d = [float(s) for s in getattr(delays, key)]
         return t.with_options(retries=len(d), retry_delay_seconds=d, **options)
 
     return {"fetch": retrying(network_stage, "fetch", retry_condition_fn=retry_network_failures_only),
@@ -403,8 +414,8 @@ def record_data_version(repo: str, fingerprint: str) -> bool:
 
     params = repo_params(repo)
     try:
-        MlflowClient(tracking_uri_for(repo, tracking_uri(params))).set_registered_model_tag(
-            registered_model_name(params), "data.fingerprint", fingerprint)
+        MlflowClient(tracking_uri_for(repo, tracking_uri(params.registry))).set_registered_model_tag(
+            registered_model_name(params.registry, params.data.dataset), "data.fingerprint", fingerprint)
         return True
     except MlflowException as exc:
         get_run_logger().warning("could not record the data fingerprint: %s", exc)
@@ -456,13 +467,14 @@ def _registration_run(repo: str) -> str | None:
 
 
 def _notify(repo: str | Path, event: str, text: str, payload: dict) -> bool:
+    from pose.params import load_params
     from pose.registry.notify import notify, webhook_url
 
-    try:
-        params = repo_params(repo)
-    except (OSError, ValueError):
-        params = None
-    return notify(event, text, payload, url=webhook_url(params))
+    try:   # as written, unchecked: a params.yaml with a bad value still names its webhook
+        configured = (load_params(Path(repo) / "params.yaml").get("schedule") or {}).get("notify_webhook")
+    except (OSError, ValueError, AttributeError):
+        configured = None
+    return notify(event, text, payload, url=webhook_url(configured))
 
 
 def notify_failure(flow_obj, flow_run, state) -> None:
@@ -490,7 +502,7 @@ def retrain(repo_dir: str = ".", force: bool = False):
         return Failed(name="ConfigError", message=config.message)
     params = repo_params(repo)
     net = network_tasks(params)
-    d = (net["listing"] if fingerprint_uses_network(params) else detect_new_data)(repo)
+    d = (net["listing"] if fingerprint_uses_network(params.data, params.catalogue) else detect_new_data)(repo)
     log = get_run_logger()
     if not d["new"] and not force:
         msg = (f"no new data: {d['dataset']} source {d['source']} unchanged since the last registered model "
@@ -511,7 +523,7 @@ def retrain(repo_dir: str = ".", force: bool = False):
             state = local_stage(repo, name, force=name in forced, return_state=True)
         if state.is_failed():
             return Failed(name=state.name, message=state.message)
-    if params["schedule"]["push"]:
+    if params.schedule.push:
         state = net["push"](repo, return_state=True)
         if state.is_failed():
             return Failed(name=state.name, message=state.message)

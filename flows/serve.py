@@ -14,6 +14,8 @@ and then keeps running, executing scheduled and manually triggered runs
 (``prefect deployment run retrain/retrain``, or ``run_deployment`` from Python). Each run
 first checks the data source for new data (flows/retrain.py) and ends as ``NoNewData``
 without training when nothing changed. Stop with Ctrl-C (the schedule is paused on exit).
+
+Params sections read: ``schedule`` (:func:`flows.retrain.repo_params`).
 """
 
 from __future__ import annotations
@@ -34,10 +36,10 @@ from flows.retrain import repo_params, retrain
 def build_deployment(repo_dir: str | Path = "."):
     """The `retrain` RunnerDeployment of ``repo_dir`` (schedule and name from its params.yaml ``schedule``)."""
     repo = Path(repo_dir).resolve()
-    s = repo_params(repo)["schedule"]
+    s = repo_params(repo).schedule
     return retrain.to_deployment(
-        name=s["deployment"],
-        schedules=[Cron(s["cron"], timezone=s["timezone"])],
+        name=s.deployment,
+        schedules=[Cron(s.cron, timezone=s.timezone)],
         concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
         parameters={"repo_dir": str(repo)},
         description=f"Weekly retrain of {repo}: new-data check, DVC stages, dvc push, register + promotion gate.",

@@ -3,7 +3,9 @@
 Every command reads its tunables from ``--params`` (params.yaml) and is exactly what
 `dvc.yaml` runs; the Prefect flows run `dvc repro`, so nothing is implemented twice.
 Every command checks params.yaml against the schema (`pose.params`) before it does
-anything else; `pose check-params` does only that (the first DVC stage).
+anything else, once, and hands each library function the typed sections it reads
+(`pose.params.Params`: ``p.train``, ``p.evaluate``, ...); `pose check-params` does only that (the
+first DVC stage).
 
 Errors a person can act on: a bad value, a missing file or a usage mistake ends in one
 line ``error: ...`` on stderr naming the file / key / option and what is allowed (exit
@@ -31,7 +33,7 @@ except ImportError:  # pragma: no cover - older typer on the real click
 
 import pose  # noqa: F401  (turns telemetry off before any tool is imported)
 from pose.datasets.formats import NATIVE_KINDS
-from pose.params import ParamsError, check_input_size, load_checked_params, load_params, restore_hint
+from pose.params import Params, ParamsError, check_input_size, load_sections, restore_hint
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None,
                   pretty_exceptions_enable=False)
@@ -95,10 +97,17 @@ for _pattern, _category in _IGNORED_WARNINGS:
     warnings.filterwarnings("ignore", message=_pattern, category=_category)
 
 
-def _params(path: Path) -> dict:
-    """params.yaml checked against the schema; a bad file / value ends the command with one line."""
+#: the params of the running command, checked once before its body (`_checks_params_first`)
+_CHECKED: dict[Path, Params] = {}
+
+
+def _params(path: Path) -> Params:
+    """params.yaml checked against the schema (the typed `pose.params.Params`, loaded once per
+    command); a bad file / value ends the command with one line."""
+    if path in _CHECKED:
+        return _CHECKED[path]
     try:
-        return load_checked_params(path)
+        return load_sections(path)
     except ParamsError as exc:
         _fail(str(exc) + restore_hint(path), EXIT_CONFIG)
     except FileNotFoundError as exc:
@@ -161,14 +170,15 @@ def fetch(out: Path = typer.Option(None, help="output folder (default: <data.raw
     """Fetch a dataset into COCO-17 layout with a sha256 manifest (stage `fetch`); native datasets are converted."""
     from pose.datasets.fetch import fetch_dataset
 
-    p = load_params(params_file)
-    d = p["data"]
-    name = dataset or d["dataset"]
-    out = out or Path(d["raw_dir"]) / name
-    mirror = Path(d["mirror"]) if d.get("mirror") else None
+    p = _params(params_file)
+    d = p.data
+    name = dataset or d.dataset
+    out = out or Path(d.raw_dir) / name
+    mirror = Path(d.mirror) if d.mirror else None
     try:
-        summary = fetch_dataset(name, catalogue=p["catalogue"], mirror_root=mirror, out_dir=out,
-                                generated_params=p["generated"], train_split=d["train_split"], val_split=d["val_split"],
+        summary = fetch_dataset(name, catalogue=p.as_dict()["catalogue"], mirror_root=mirror, out_dir=out,
+                                generated_params=p.generated.as_dict(), train_split=d.train_split,
+                                val_split=d.val_split,
                                 link=False, ingest=list(ingest or []), progress=sys.stderr.isatty())
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
         _fail(str(exc), _data_exit_code(exc))
@@ -188,9 +198,9 @@ def ingest(batch: str = typer.Option(..., help="folder, file:// URL or s3://buck
     content hash) dropped, ingest_record.json appended, manifest rewritten, all atomically."""
     from pose.datasets.ingest import ingest_batch
 
-    d = load_params(params_file)["data"]
+    d = _params(params_file).data
     try:
-        summary = ingest_batch(batch, into, split=split or d["train_split"], fmt=fmt, annotations=annotations,
+        summary = ingest_batch(batch, into, split=split or d.train_split, fmt=fmt, annotations=annotations,
                                progress=sys.stderr.isatty())
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
         _fail(str(exc), _data_exit_code(exc))
@@ -210,17 +220,17 @@ def validate(annotations: Path = typer.Option(..., help="COCO keypoints JSON to 
     from pose.datasets.catalogue import exif_orientation
     from pose.quality.validate import validate_dataset
 
-    p = load_params(params_file)
-    v = p["validate"]
+    p = _params(params_file)
+    v = p.validate_
     docs = docs or report.with_suffix("").parent / (report.stem + "_docs")
-    result = validate_dataset(annotations, images, on_error=on_error or v["on_error"],
-                              bbox_tolerance=float(v["bbox_tolerance"]),
-                              min_labeled_keypoints=int(v["min_labeled_keypoints"]),
-                              lr_swap_min_shoulder_reversal=float(v["lr_swap_min_shoulder_reversal"]),
+    result = validate_dataset(annotations, images, on_error=on_error or v.on_error,
+                              bbox_tolerance=float(v.bbox_tolerance),
+                              min_labeled_keypoints=int(v.min_labeled_keypoints),
+                              lr_swap_min_shoulder_reversal=float(v.lr_swap_min_shoulder_reversal),
                               report_path=report, docs_dir=docs, cleaned_path=cleaned,
-                              workers=int(v["workers"]),
-                              cache_path=Path(v["image_cache"]) if v.get("image_cache") else None,
-                              exif_orientation=exif_orientation(p["catalogue"][p["data"]["dataset"]]))
+                              workers=int(v.workers),
+                              cache_path=Path(v.image_cache) if v.image_cache else None,
+                              exif_orientation=exif_orientation(p.catalogue[p.data.dataset].as_dict()))
     s = result.get("summary", {})
     typer.echo(f"{annotations}: {s}")
     if not result["ok"]:
@@ -240,22 +250,22 @@ def check_scales_cmd(annotations: Path = typer.Option(..., help="COCO keypoints 
     from pose.codec import OUTPUT_STRIDES
     from pose.quality.scales import check_scales
 
-    p = load_params(params_file)
-    c = p["check_scales"]
+    p = _params(params_file)
+    c = p.check_scales
     # the shared size rule (pose.params), also applied by the schema and by `pose train`
     sizes = sorted({check_input_size(s, f"train.curriculum[{i}].sizes", str(params_file))
-                    for i, st in enumerate(p["train"]["curriculum"]) for s in st["sizes"]}
-                   | {check_input_size(p["evaluate"]["input_size"], "evaluate.input_size", str(params_file))})
+                    for i, st in enumerate(p.train.curriculum) for s in st.sizes}
+                   | {check_input_size(p.evaluate.input_size, "evaluate.input_size", str(params_file))})
     from pose.quality.tables import AnnotationFileError
 
     try:
         result = check_scales(annotations, input_sizes=sizes, strides=list(OUTPUT_STRIDES),
-                              sigma=float(p["targets"]["sigma"]),
-                              max_roundtrip_error=float(c["max_roundtrip_error"]),
-                              max_peak_error=float(c["max_peak_error"]),
-                              min_torso_heatmap_px=float(c["min_torso_heatmap_px"]), report_path=report,
-                              crop=str(p["augment"]["crop"]), convention=str(p["model"]["convention"]),
-                              subpixel=bool(p["targets"]["subpixel"]))
+                              sigma=float(p.targets.sigma),
+                              max_roundtrip_error=float(c.max_roundtrip_error),
+                              max_peak_error=float(c.max_peak_error),
+                              min_torso_heatmap_px=float(c.min_torso_heatmap_px), report_path=report,
+                              crop=str(p.augment.crop), convention=str(p.model.convention),
+                              subpixel=bool(p.targets.subpixel))
     except (AnnotationFileError, ValueError) as exc:
         _fail(str(exc))
     if not result["ok"]:
@@ -289,6 +299,7 @@ def train(train_ann: Path = typer.Option(..., help="training COCO keypoints JSON
 
     SIGTERM / SIGINT write last.pt at the next step boundary and exit 128 + signal (130, 143);
     the same command resumes there (`pose.train.stop`)."""
+    from pose.datasets.formats import dataset_domain
     from pose.train.loop import train as run_train
     from pose.train.stop import TrainingInterrupted
 
@@ -298,7 +309,10 @@ def train(train_ann: Path = typer.Option(..., help="training COCO keypoints JSON
             from pose.train.resume import stage_inputs
 
             inputs = stage_inputs(dvc_stage, os.environ.get("DVC_ROOT") or ".")
-        summary = run_train(load_params(params_file), train_ann=train_ann, train_images=train_images,
+        p = _params(params_file)
+        summary = run_train(p.train, p.model, p.targets, p.augment, p.loss, p.evaluate, dataset=p.data.dataset,
+                            domain=dataset_domain(p.catalogue, p.data.dataset), train_ann=train_ann,
+                            train_images=train_images,
                             out_dir=out_dir, metrics_path=metrics, steps_path=steps, resume=resume,
                             val_ann=val_ann, val_images=val_images, val_path=val_epochs, stage_inputs=inputs,
                             watch_parents=bool(dvc_stage))
@@ -335,16 +349,16 @@ def evaluate(annotations: Path = typer.Option(..., help="ground-truth COCO keypo
     from pose.evaluate.outputs import write_evaluation
     from pose.evaluate.scoring import score_evaluation
 
-    p = load_params(params_file)
+    p = _params(params_file)
     if efficiency is not None and (checkpoint is None or images is None):
         _fail("--efficiency needs --checkpoint and --images")
     try:
-        scored = score_evaluation(p, annotations, results=results, checkpoint=checkpoint, images=images,
-                                  results_out=results_out, dataset=dataset)
+        scored = score_evaluation(p.evaluate, p.catalogue, annotations, results=results, checkpoint=checkpoint,
+                                  images=images, results_out=results_out, dataset=dataset or p.data.dataset)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
-    eff = write_evaluation(p, scored, out=out, annotations=annotations, images=images, plots_dir=plots_dir,
-                           efficiency=efficiency)
+    eff = write_evaluation(p.evaluate, p.predict, scored, out=out, annotations=annotations, images=images,
+                           plots_dir=plots_dir, efficiency=efficiency)
     if eff is not None:
         typer.echo(json.dumps({k: eff[k] for k in ("params", "gflops", "latency_ms_p50", "latency_ms_p90",
                                                    "peak_memory_mb")}))
@@ -358,14 +372,14 @@ def _notice(text: str) -> None:
     typer.echo(f"warning: {text}", err=True)
 
 
-def _resolve_model(model: str, p: dict) -> str:
+def _resolve_model(model: str, p: Params) -> str:
     """`pose.registry.model_refs.resolve_model` with params.yaml's tracking URI; an unresolvable reference
     ends the command with its one line."""
     from pose.registry.model_refs import ModelRefError, resolve_model
     from pose.registry.tracking import tracking_uri
 
     try:
-        return resolve_model(model, tracking_uri=tracking_uri(p))
+        return resolve_model(model, tracking_uri=tracking_uri(p.registry))
     except ModelRefError as exc:
         _fail(str(exc))
 
@@ -410,12 +424,13 @@ def predict(source: Path = typer.Argument(..., help="an image, a folder of image
     from pose.registry.tracking import tracking_uri
     from pose.video import is_video, predict_video_file
 
-    p = load_params(params_file)
+    p = _params(params_file)
     model = _resolve_model(model, p)
-    ev, show, device = prediction_settings(p, model, backend=backend, input_size=input_size, min_score=min_score,
-                                           min_joints=min_joints, joint_threshold=joint_threshold)
-    run = dict(eval_params=ev, predict_params=show, backend=backend, device=device, tracking_uri=tracking_uri(p),
-               notice=_notice, echo=typer.echo)
+    ev, show, device = prediction_settings(p.evaluate, p.predict, model, backend=backend, input_size=input_size,
+                                           min_score=min_score, min_joints=min_joints,
+                                           joint_threshold=joint_threshold)
+    run = dict(eval_params=ev, predict_params=show, backend=backend, device=device,
+               tracking_uri=tracking_uri(p.registry), notice=_notice, echo=typer.echo)
     if not is_video(source):
         try:
             summary = predict_images(source, model, out_dir, **run)
@@ -467,11 +482,12 @@ def export_cmd(model: str = typer.Option(..., help="checkpoint path, or models:/
     from pose.export import export_model
     from pose.registry.tracking import tracking_uri
 
-    p = load_params(params_file)
+    p = _params(params_file)
     model = _resolve_model(model, p)
     try:
-        path = export_model(p, model, out, int8=int8, calibration_annotations=calibration_annotations,
-                            calibration_images=calibration_images, tracking_uri=tracking_uri(p), notice=_notice)
+        path = export_model(p.evaluate, p.predict, p.data, model, out, int8=int8,
+                            calibration_annotations=calibration_annotations, calibration_images=calibration_images,
+                            tracking_uri=tracking_uri(p.registry), notice=_notice)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         _fail(str(exc))
     typer.echo(f"exported {model} -> {path} ({path.stat().st_size / 1e6:.1f} MB, onnx{', int8' if int8 else ''})")
@@ -494,16 +510,20 @@ def register(checkpoint: Path = typer.Option(..., help="trained checkpoint to re
              params_file: Path = PARAMS) -> None:
     """Log the run to MLflow, register the model, set challenger/champion aliases (stage `register`)."""
     from pose.evaluate.scoring import score_checkpoint
+    from pose.params import flatten
     from pose.registry.errors import RegistryError
     from pose.registry.mlflow_registry import register_run
 
-    p = load_params(params_file)
+    p = _params(params_file)
     try:
-        record = register_run(p, checkpoint=checkpoint, eval_metrics=metrics, eval_annotations=eval_annotations,
+        record = register_run(p.registry, p.data, p.catalogue, p.generated, p.schedule, p.model, p.train, p.evaluate,
+                              p.predict, p.serve, logged_params=flatten(p.as_dict()), checkpoint=checkpoint,
+                              eval_metrics=metrics, eval_annotations=eval_annotations,
                               out=out, artifacts=artifact, train_metrics=train_metrics, train_steps=train_steps,
                               results=results, train_annotations=train_annotations,
-                              reevaluate=lambda ck, ann=None: score_checkpoint(p, ck, ann or eval_annotations,
-                                                                                eval_images, None))
+                              reevaluate=lambda ck, ann=None: score_checkpoint(
+                                  p.evaluate, p.catalogue, ck, ann or eval_annotations, eval_images, None,
+                                  dataset=p.data.dataset))
     except (RegistryError, TimeoutError) as exc:
         _fail(str(exc))
     from pose.registry.versions import registration_line
@@ -511,9 +531,9 @@ def register(checkpoint: Path = typer.Option(..., help="trained checkpoint to re
     typer.echo(registration_line(record, out))
 
 
-def _val_images(p: dict) -> Path:
-    d = p["data"]
-    return Path(d["raw_dir"]) / d["dataset"] / d["val_split"]
+def _val_images(p: Params) -> Path:
+    d = p.data
+    return Path(d.raw_dir) / d.dataset / d.val_split
 
 
 @app.command()
@@ -533,11 +553,12 @@ def promote(version: str = typer.Option(None, help="version (3 / v3), alias or m
     if force and not (reason and reason.strip()):
         _fail("pose promote: --force needs --reason \"...\": say why the gate is overridden "
               "(see 'pose promote --help')", EXIT_CONFIG)
-    p = load_params(params_file)
+    p = _params(params_file)
     images = eval_images or _val_images(p)
     try:
-        record = run_promote(p, version=version, force=force, reason=reason,
-                             reevaluate=lambda ck, ann: score_checkpoint(p, ck, ann, images, None))
+        record = run_promote(p.registry, p.data, p.catalogue, version=version, force=force, reason=reason,
+                             reevaluate=lambda ck, ann: score_checkpoint(p.evaluate, p.catalogue, ck, ann, images,
+                                                                         None, dataset=p.data.dataset))
     except (RegistryError, TimeoutError) as exc:
         _fail(str(exc))
     from pose.registry.verdict import promotion_line
@@ -558,7 +579,8 @@ def rollback(reason: str = typer.Option(..., help="why the champion is rolled ba
         _fail("pose rollback: --reason must say why the champion is rolled back (see 'pose rollback --help')",
               EXIT_CONFIG)
     try:
-        record = run_rollback(load_params(params_file), reason=reason, to_version=to)
+        p = _params(params_file)
+        record = run_rollback(p.registry, p.data, reason=reason, to_version=to)
     except (RegistryError, TimeoutError) as exc:
         _fail(str(exc))
     typer.echo(f"{record['model_name']}: champion rolled back from v{record['rolled_back']} to v{record['champion']} "
@@ -581,7 +603,9 @@ def compare(a: str = typer.Argument(..., help="baseline: run id, version (3 / v3
     from pose.registry.errors import RegistryError
 
     try:
-        report = run_compare(load_params(params_file), a, b, out_dir=out_dir, images_dir=images, log_to_run=log)
+        p = _params(params_file)
+        report = run_compare(p.registry, p.data, p.catalogue, p.predict, a, b, out_dir=out_dir, images_dir=images,
+                             log_to_run=log)
     except RegistryError as exc:
         _fail(str(exc))
     for line in report["verdict_lines"] + [n for n in report["summary"]["notes"] if n.startswith("No overlays")]:
@@ -611,8 +635,8 @@ def serve(model: str = typer.Option(..., help="models:/<name>/latest (the newest
     from pose.serve import ServeError, serve_model
 
     try:
-        serve_model(load_params(params_file), model_uri=model, host=host, port=port, workers=workers,
-                    echo=typer.echo)
+        p = _params(params_file)
+        serve_model(p.serve, p.registry, model_uri=model, host=host, port=port, workers=workers, echo=typer.echo)
     except ServeError as exc:
         _fail(str(exc))
 
@@ -622,9 +646,14 @@ def _checks_params_first(fn):
     runs (before any heavy import, any output is touched or any compute starts)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        if kwargs.get("params_file") is not None:
-            _params(kwargs["params_file"])
-        return fn(*args, **kwargs)
+        path = kwargs.get("params_file")
+        if path is None:
+            return fn(*args, **kwargs)
+        _CHECKED[path] = _params(path)     # the command body reads this one (`_params`): loaded once
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _CHECKED.pop(path, None)
 
     wrapper.checks_params_first = True
     return wrapper

@@ -232,14 +232,16 @@ def mask_name(stride: int) -> str:
     return f"mask_{int(stride)}"
 
 
-def _as_mapping(section: Any) -> Mapping:
-    """A params section as a mapping: a dict, or a typed section of `pose.params` (pydantic)."""
+def section_mapping(section: Any) -> Mapping:
+    """A params section as a mapping: a dict (e.g. the ``model`` params a checkpoint stores), or a
+    typed section of `pose.params` as params.yaml writes it (its ``as_dict``)."""
     if isinstance(section, Mapping):
         return section
-    dump = getattr(section, "model_dump", None)
-    if dump is None:
-        raise TypeError(f"expected a params section (mapping or pose.params section), got {type(section).__name__}")
-    return dump(by_alias=True)
+    if hasattr(section, "as_dict"):
+        return section.as_dict()
+    if hasattr(section, "model_dump"):
+        return section.model_dump(by_alias=True)
+    raise TypeError(f"expected a params section (mapping or pose.params section), got {type(section).__name__}")
 
 
 @dataclass(frozen=True)
@@ -417,26 +419,28 @@ def codec_from_params(model_params: Any, targets_params: Any | None) -> Codec:
         KeyError: a required key is missing (the message names the section and key).
         ValueError: a value is invalid (see :class:`Codec`).
     """
-    mp = _as_mapping(model_params)
-    missing = [key for key in ("num_joints", "tag_dim", "convention") if key not in mp]
+    model_spec = section_mapping(model_params)   # a section as written, or a checkpoint's stored dict
+    missing = [key for key in ("num_joints", "tag_dim", "convention") if key not in model_spec]
     if missing:
         raise KeyError(f"params 'model' section lacks {missing}")
-    num_joints = int(mp["num_joints"])
+    num_joints = int(model_spec["num_joints"])
     sigma = subpixel = max_people = None
     if targets_params is not None:
-        tp = _as_mapping(targets_params)
-        missing = [key for key in ("sigma", "subpixel", "max_people") if key not in tp]
+        target_spec = section_mapping(targets_params)
+        missing = [key for key in ("sigma", "subpixel", "max_people") if key not in target_spec]
         if missing:
             raise KeyError(f"params 'targets' section lacks {missing}")
-        sigma, subpixel, max_people = float(tp["sigma"]), bool(tp["subpixel"]), int(tp["max_people"])
+        sigma, subpixel, max_people = (float(target_spec["sigma"]), bool(target_spec["subpixel"]),
+                                         int(target_spec["max_people"]))
     if num_joints != len(FLIP_INDEX):
         raise ValueError(f"model.num_joints = {num_joints}: must be {len(FLIP_INDEX)} (COCO-17, the flip index)")
-    return Codec(num_joints=num_joints, tag_dim=int(mp["tag_dim"]), convention=str(mp["convention"]),
+    return Codec(num_joints=num_joints, tag_dim=int(model_spec["tag_dim"]),
+                 convention=str(model_spec["convention"]),
                  strides=OUTPUT_STRIDES, flip_index=tuple(int(i) for i in FLIP_INDEX), sigma=sigma,
                  subpixel=subpixel, max_people=max_people)
 
 
 __all__ = ["ASSIGNMENTS", "CONVENTION_RULES", "Codec", "Convention", "INPUT_AFFINES", "INPUT_MULTIPLE", "JOINTS_NAME",
            "KEYPOINT_MAPPINGS", "LOSS_PARTS", "MASK_NAMES", "MISSING_JOINTS", "OUTPUT_NAMES", "OUTPUT_STRIDES",
-           "TEST_TIME_FIELDS", "codec_from_params", "convention_rules", "mask_name", "output_name",
+           "TEST_TIME_FIELDS", "codec_from_params", "convention_rules", "mask_name", "output_name", "section_mapping",
            "with_overrides"]

@@ -23,6 +23,9 @@ Exporter: torch's ``torch.export``-based ONNX exporter (``torch.onnx.export(...,
 dynamo=True)``, which needs ``onnxscript``); the TorchScript-tracing one
 (``dynamo=False``) bakes the example's map sizes into the resampling and gives wrong
 shapes at other input sizes.
+
+Params sections read (handed in by ``pose.cli``, `pose.params`): ``evaluate``, ``predict``
+(``int8_calibration_images``) and ``data`` (the default calibration images).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import json
 import logging
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -39,8 +43,11 @@ import torch
 from pose.datasets.schema import FLIP_INDEX, KEYPOINT_NAMES, SKELETON
 from pose.decode.inference import inference_net
 from pose.decode.onnx_backend import FORMAT, INPUT_NAME, OUTPUT_NAMES
-from pose.decode.persons import EVAL_KEYS, OPTIONAL_EVAL_KEYS, graph_projects, resolve_eval_params
+from pose.decode.persons import InferenceSettings, graph_projects, resolve_eval_params
 from pose.io import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from pose.params import DataSection, EvaluateSection, PredictSection
 
 #: ONNX opset of exported files (onnxruntime 1.32 runs up to 23; 18 is torch's default)
 ONNX_OPSET = 18
@@ -52,14 +59,16 @@ _EXAMPLE_SHAPE = (2, 3, 128, 96)
 _MAX_SIDE_32 = 128
 
 
-def export_onnx(model: torch.nn.Module, out_path: Path | str, *, eval_params: dict, opset: int = ONNX_OPSET,
+def export_onnx(model: torch.nn.Module, out_path: Path | str, *,
+                eval_params: EvaluateSection | InferenceSettings | dict, opset: int = ONNX_OPSET,
                 metadata: dict[str, str] | None = None) -> Path:
     """Export ``model`` (a ``pose.models`` model) as an ONNX file (module docstring).
 
     Args:
         model: the trained model; not modified (a CPU copy is exported).
         out_path: ``.onnx`` file to write (atomically; parent folders are created).
-        eval_params: params.yaml ``evaluate`` (all of ``pose.decode.persons.EVAL_KEYS``):
+        eval_params: the params ``evaluate`` section (`pose.params.EvaluateSection`), or
+            `pose.decode.persons.InferenceSettings` (all of ``pose.decode.persons.EVAL_KEYS``):
             ``flip_test`` and ``project2image`` shape the graph, all of them are stored as
             the file's default settings.
         opset: ONNX opset version.
@@ -72,7 +81,7 @@ def export_onnx(model: torch.nn.Module, out_path: Path | str, *, eval_params: di
     """
     cfg = resolve_eval_params(eval_params)
     cpu_model = copy.deepcopy(model).cpu().eval()
-    net = inference_net(cpu_model, flip_test=bool(cfg["flip_test"]), project2image=graph_projects(cfg),
+    net = inference_net(cpu_model, flip_test=bool(cfg.flip_test), project2image=graph_projects(cfg),
                         convention=None).eval()
     if net.num_joints is None or net.tag_dim is None:
         raise ValueError("the model does not record num_joints / tag_dim (a pose.models model does)")
@@ -98,12 +107,12 @@ def export_onnx(model: torch.nn.Module, out_path: Path | str, *, eval_params: di
     props = {
         "pose.format": FORMAT, "num_joints": str(net.num_joints), "tag_dim": str(net.tag_dim),
         "convention": net.convention, "flip_test": str(net.flip_test).lower(),
-        "project2image": str(bool(cfg["project2image"])).lower(),
-        "project_maps": str(bool(cfg["project_maps"])).lower(), "stride": str(net.stride),
-        "input_size": str(int(cfg["input_size"])), "resize": str(cfg["resize"]),
+        "project2image": str(bool(cfg.project2image)).lower(),
+        "project_maps": str(bool(cfg.project_maps)).lower(), "stride": str(net.stride),
+        "input_size": str(int(cfg.input_size)), "resize": str(cfg.resize),
         "keypoint_names": json.dumps(list(KEYPOINT_NAMES)), "flip_index": json.dumps(list(FLIP_INDEX)),
         "skeleton": json.dumps([list(limb) for limb in SKELETON]),
-        "eval_params": json.dumps({k: cfg[k] for k in EVAL_KEYS + OPTIONAL_EVAL_KEYS if k in cfg}),
+        "eval_params": json.dumps(cfg.as_dict()),
         **{str(k): str(v) for k, v in (metadata or {}).items()},
     }
     del proto.metadata_props[:]
@@ -117,7 +126,8 @@ def export_onnx(model: torch.nn.Module, out_path: Path | str, *, eval_params: di
     return atomic_write_bytes(Path(out_path), proto.SerializeToString())
 
 
-def export_checkpoint(model_ref: str, out_path: Path | str, *, eval_params: dict, model: torch.nn.Module,
+def export_checkpoint(model_ref: str, out_path: Path | str, *, eval_params: EvaluateSection | InferenceSettings | dict,
+                      model: torch.nn.Module,
                       train_data: str | None, opset: int = ONNX_OPSET) -> Path:
     """:func:`export_onnx` of ``model`` (loaded from ``model_ref``) with the metadata that says where it
     came from: ``source`` (``model_ref``), ``train_data`` (the checkpoint's JSON record, when it has
@@ -132,7 +142,8 @@ def export_checkpoint(model_ref: str, out_path: Path | str, *, eval_params: dict
     return export_onnx(model, out_path, eval_params=eval_params, opset=opset, metadata=extra)
 
 
-def calibration_inputs(annotations: Path | str, images_dir: Path | str, *, count: int, eval_params: dict):
+def calibration_inputs(annotations: Path | str, images_dir: Path | str, *, count: int,
+                       eval_params: EvaluateSection | InferenceSettings):
     """Network inputs of ``count`` images of a COCO annotation file (evenly spaced in image-id order;
     the training split for :func:`quantize_int8`), each ``(1, 3, H, W)`` float32 as the model sees
     it at ``eval_params`` (``input_size``, ``resize``; ``pose.decode.preprocess.input_batch``).
@@ -152,8 +163,8 @@ def calibration_inputs(annotations: Path | str, images_dir: Path | str, *, count
     picks = sorted({int(i) for i in np.linspace(0, len(images) - 1, min(int(count), len(images)))})
     for i in picks:
         image = read_image(images_dir / images[i]["file_name"], images[i]["id"])
-        geo = input_geometry(image.shape[1], image.shape[0], resize=str(eval_params["resize"]),
-                             input_size=int(eval_params["input_size"]), scale=1.0, min_scale=1.0)
+        geo = input_geometry(image.shape[1], image.shape[0], resize=str(eval_params.resize),
+                             input_size=int(eval_params.input_size), scale=1.0, min_scale=1.0)
         yield input_batch(image, geo)
 
 
@@ -211,7 +222,8 @@ def quantize_int8(fp32_path: Path | str, out_path: Path | str, inputs) -> Path:
     return atomic_write_bytes(Path(out_path), proto.SerializeToString())
 
 
-def export_model(params: dict, model: str, out: Path, *, int8: bool = False,
+def export_model(ev: EvaluateSection, predict: PredictSection, data: DataSection, model: str, out: Path, *,
+                 int8: bool = False,
                  calibration_annotations: Path | None = None, calibration_images: Path | None = None,
                  tracking_uri: str | None, notice=None) -> Path:
     """``pose export``: the model behind ``model`` (a checkpoint or an MLflow reference,
@@ -220,6 +232,8 @@ def export_model(params: dict, model: str, out: Path, *, int8: bool = False,
     ``predict.int8_calibration_images`` images of ``calibration_annotations`` /
     ``calibration_images`` (default ``<data.raw_dir>/<data.dataset>/<data.train_split>``).
     ``notice`` gets the one-line domain notice (:func:`pose.predict.domain_notice`) when there is one.
+    ``ev``, ``predict``, ``data``: the params ``evaluate``, ``predict`` and ``data`` sections
+    (`pose.params.EvaluateSection`, `pose.params.PredictSection`, `pose.params.DataSection`).
 
     Returns the written path. Raises FileNotFoundError (the calibration images, a checkpoint),
     ValueError, RuntimeError (a model that cannot be loaded or exported)."""
@@ -227,10 +241,8 @@ def export_model(params: dict, model: str, out: Path, *, int8: bool = False,
 
     from pose.predict import domain_notice, load_model, training_data_record
 
-    ev = dict(params["evaluate"])
     if int8:
-        d = params["data"]
-        calibration_images = calibration_images or Path(d["raw_dir"]) / d["dataset"] / d["train_split"]
+        calibration_images = calibration_images or Path(data.raw_dir) / data.dataset / data.train_split
         if not calibration_annotations.is_file() or not calibration_images.is_dir():
             raise FileNotFoundError(f"--int8: calibration images {calibration_annotations} / {calibration_images} "
                                     "not found (run `dvc repro validate` first, or give --calibration-annotations "
@@ -245,7 +257,7 @@ def export_model(params: dict, model: str, out: Path, *, int8: bool = False,
     with tempfile.TemporaryDirectory(prefix="pose-export-") as tmp:
         fp32 = export_checkpoint(model, Path(tmp) / "fp32.onnx", eval_params=ev, model=net, train_data=record)
         inputs = calibration_inputs(calibration_annotations, calibration_images,
-                                    count=int(params["predict"]["int8_calibration_images"]), eval_params=ev)
+                                    count=int(predict.int8_calibration_images), eval_params=ev)
         return quantize_int8(fp32, out, inputs)
 
 

@@ -9,12 +9,18 @@ the value and what is allowed, e.g.::
     params.yaml: train.lr = -0.1: must be > 0
     params.yaml: train.curriculum[0].sizes[1] = 136: must be a positive multiple of 32 ... (nearest: 128 or 160)
 
-`load_checked_params` does both and is what every ``pose`` command and the first DVC stage
-(``check_params``) call before any compute, so a bad value fails in about a second, before
-DVC removes any stage's previous outputs.
+`load_sections` does both and is what every ``pose`` command, the first DVC stage (``check_params``)
+and the flows call once before any compute, so a bad value fails in about a second, before DVC
+removes any stage's previous outputs. It returns the typed `Params`: the command line and the flows
+hand each library function the frozen sections it reads (``p.train``, ``p.evaluate``, ...), which the
+code reads by attribute (``tp.lr``, ``ev.nms_kernel``); a changed copy is ``section.model_copy(update=
+{...})`` (a user's values checked first with `check_section_values`). `load_checked_params` returns the
+file's dict once it passes the schema.
 
-The schema only checks; it adds no defaults: a key missing from params.yaml is an error,
-and the validated dict handed to the code is the file's own dict, unchanged.
+The schema only checks; it adds no defaults: a key missing from params.yaml is an error. A section's
+`Section.as_dict` is the section as the file writes it (values keep their written type, ``48`` not
+``48.0``): what is stored or logged (checkpoints, a registered model's settings, MLflow params via
+`flatten`, data fingerprints) is that dict, so stored bytes and hashes do not depend on the schema's types.
 
 The input-size rule of HRNet (input sides are positive multiples of 32, the stride of the
 lowest-resolution branch: Sun et al., CVPR 2019; HigherHRNet lib/dataset/transforms,
@@ -26,6 +32,7 @@ they run.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import re
 import zoneinfo
@@ -33,7 +40,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from pose.codec import OUTPUT_STRIDES
@@ -95,6 +111,16 @@ def load_checked_params(path: Path | str = "params.yaml") -> dict:
     params = load_params(path)
     validate_params(params, source=str(path))
     return params
+
+
+def load_sections(path: Path | str = "params.yaml") -> Params:
+    """params.yaml loaded and checked once: the typed `Params` (one frozen section per params.yaml
+    section: ``p.train``, ``p.model``, ``p.evaluate``, ``p.validate_`` ...). What the ``pose`` commands
+    and the flows call; they hand each library function the sections it reads.
+
+    Raises FileNotFoundError when the file is missing and `ParamsError` (one line naming the key, the
+    value and what is allowed) for invalid YAML or values."""
+    return validate_params(load_params(path), source=str(path))
 
 
 def flatten(params: dict, prefix: str = "") -> dict[str, str]:
@@ -194,10 +220,49 @@ InputSize = Annotated[int, BeforeValidator(_reject_bool), AfterValidator(_input_
 
 class Section(BaseModel):
     """Base of every section: unknown keys are errors (with a "did you mean"), no inf / NaN,
-    no defaults (every field is required unless typed ``| None``)."""
+    no defaults (every field is required unless typed ``| None``).
+
+    Sections are frozen: the code reads them by attribute (``tp.lr``, ``ev.nms_kernel``) and
+    makes a changed copy with ``section.model_copy(update={...})``. `as_dict` gives the section
+    as params.yaml wrote it (the values as written: ``48``, not ``48.0``), for what is stored or
+    logged (checkpoints, registered models, MLflow params, fingerprints)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True, protected_namespaces=(),
                               populate_by_name=False)
+    #: the mapping this section was validated from (a deep copy), or None when built otherwise
+    _raw: dict | None = PrivateAttr(default=None)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_raw(cls, data: Any, handler: Any) -> Any:
+        model = handler(data)
+        if isinstance(data, dict) and isinstance(model, Section) and model._raw is None:
+            model._raw = copy.deepcopy(data)
+        return model
+
+    def as_dict(self) -> dict:
+        """The section as a plain dict keyed as in params.yaml (aliases: ``validate``, ``schema``):
+        the mapping it was validated from, with the updates of `model_copy` applied, so values keep
+        the type they were written with; ``model_dump(by_alias=True)`` for a section built otherwise."""
+        if self._raw is None:
+            return self.model_dump(by_alias=True)
+        return copy.deepcopy(self._raw)
+
+    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> Any:
+        """A copy with ``update`` (field names or params.yaml keys) applied, as pydantic's
+        ``model_copy`` (the values are not validated: check a user's values with
+        `check_section_values` first); `as_dict` of the copy has the updated values."""
+        fields = type(self).model_fields
+        by_alias = {(f.alias or name): name for name, f in fields.items()}
+        named = {by_alias.get(k, k): v for k, v in (update or {}).items()}
+        out = super().model_copy(update=named, deep=deep)
+        if self._raw is not None:
+            raw = copy.deepcopy(self._raw)
+            for name, value in named.items():
+                key = fields[name].alias or name if name in fields else name
+                raw[key] = value.as_dict() if isinstance(value, Section) else copy.deepcopy(value)
+            out._raw = raw
+        return out
 
     @model_validator(mode="before")
     @classmethod
@@ -783,15 +848,15 @@ def check_section_values(section: str, values: dict, source: str) -> dict:
 READING_KEYS = ("kind", "schema", "native_schema", "sigmas", "native_sigmas", "exif_orientation")
 
 
-def dataset_reading_entry(params: dict) -> dict:
+def dataset_reading_entry(params: Params) -> dict:
     """``{"dataset": data.dataset, <READING_KEYS>: value or None}``: what validate, evaluate and register read of
     the catalogue entry of ``data.dataset``. The ``check_params`` stage writes it (``pose check-params
     --dataset-entry``) for those stages to depend on instead of the whole ``catalogue`` section, so listing an
     ingest batch or a source reruns ``fetch`` and, when the fetched folder is unchanged, nothing after it
-    (issue 22). ``params``: a checked params dict. Raises KeyError when ``data.dataset`` is not in the catalogue
-    (the check reports that first)."""
-    name = params["data"]["dataset"]
-    entry = params["catalogue"][name] or {}
+    (issue 22). ``params``: the checked `Params` (``data`` and ``catalogue`` are read). Raises KeyError when
+    ``data.dataset`` is not in the catalogue (the check reports that first)."""
+    name = params.data.dataset
+    entry = params.catalogue[name].as_dict()
     return {"dataset": name, **{k: entry.get(k) for k in READING_KEYS}}
 
 
@@ -824,7 +889,10 @@ def restore_hint(path: Path | str = "params.yaml") -> str:
             f"with `git checkout {path}` or `dvc exp apply HEAD`)")
 
 
-__all__ = ["load_params", "load_checked_params", "validate_params", "check_section_values", "ParamsError",
-           "Params", "flatten",
+__all__ = ["load_params", "load_checked_params", "load_sections", "validate_params", "check_section_values",
+           "ParamsError",
+           "Params", "Section", "DataSection", "CatalogueEntry", "GeneratedSection", "ValidateSection",
+           "CheckScalesSection", "ModelSection", "TargetsSection", "AugmentSection", "LossSection", "TrainSection",
+           "EvaluateSection", "PredictSection", "ServeSection", "RegistrySection", "ScheduleSection", "flatten",
            "input_size_error", "check_input_size", "SIZE_DIVISOR", "RULE_METRICS", "restore_hint",
            "READING_KEYS", "dataset_reading_entry"]

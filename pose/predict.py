@@ -14,7 +14,8 @@ the free cores (``pose.decode.onnx_backend.available_threads``).
 
 The command's steps (``pose.cli`` calls them): :func:`check_predict_inputs` (before anything heavy is
 imported), :func:`prediction_settings`, then :func:`predict_images` (videos:
-`pose.video.predict_video_file`).
+`pose.video.predict_video_file`). Params sections read (handed in by the caller, `pose.params`):
+``evaluate`` (the inference settings) and ``predict`` (which persons and joints are drawn).
 
 Domain: a model trained on generated figures (its ``train_data`` record, :func:`model_domain`)
 that is given a photo (:func:`looks_like_photo`) says so once (:func:`domain_notice`).
@@ -63,7 +64,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -75,6 +76,9 @@ from pose.io import atomic_write_text, read_image
 
 if TYPE_CHECKING:  # torch is imported only by the torch backend
     import torch
+
+    from pose.decode.persons import InferenceSettings
+    from pose.params import EvaluateSection, PredictSection
 
 log = logging.getLogger(__name__)
 
@@ -248,19 +252,20 @@ class Predictor:
     called as ``fn(image_bgr, off_domain)``.
 
     Attributes: ``backend`` (``torch`` | ``onnxruntime``), ``num_joints`` (K),
-    ``eval_params`` (the ``evaluate`` settings used), ``model`` (the torch model or the
+    ``eval_params`` (the ``evaluate`` settings used, `pose.decode.persons.InferenceSettings`), ``model`` (the
+    torch model or the
     :class:`pose.decode.onnx_backend.OnnxPoseModel`), ``threads`` (intra-op threads),
     ``train_data`` (the model's training-data record, a dict, or None), ``domain``
     (:func:`model_domain`).
     """
 
-    def __init__(self, fn: BackendFn, *, backend: str, num_joints: int | None, eval_params: dict,
+    def __init__(self, fn: BackendFn, *, backend: str, num_joints: int | None, eval_params: InferenceSettings,
                  model: object, threads: int | None = None, train_data: dict | None = None,
                  model_ref: str = "", notice: Callable[[str], None] | None = None) -> None:
         self._fn = fn
         self.backend = backend
         self.num_joints = None if num_joints is None else int(num_joints)
-        self.eval_params = dict(eval_params)
+        self.eval_params = eval_params
         self.model = model
         self.threads = threads
         self.train_data = train_data
@@ -296,7 +301,8 @@ def read_train_data(path: Path | str) -> dict | None:
         return None
 
 
-def pick_backend(model_ref: str, eval_params: dict | None, *, tracking_uri: str | None) -> tuple[str, Path | None]:
+def pick_backend(model_ref: str, eval_params: EvaluateSection | InferenceSettings | None, *,
+                 tracking_uri: str | None) -> tuple[str, Path | None]:
     """The backend ``auto`` runs (``pose predict`` and :func:`make_predictor` by default):
     ``onnxruntime`` for a ``.onnx`` file, and for an MLflow model whose artifacts hold
     ``model.onnx`` (what ``pose register`` logs with ``serve.log_onnx``) when that graph was
@@ -305,7 +311,8 @@ def pick_backend(model_ref: str, eval_params: dict | None, *, tracking_uri: str 
     in about a quarter of torch's time on a CPU (README *Prediction speed*). Otherwise
     ``torch`` (a checkpoint file, multi-scale test, a graph of other settings).
 
-    Returns ``(backend, onnx file or None)``."""
+    ``eval_params``: the params ``evaluate`` section (`pose.params.EvaluateSection`) or
+    `pose.decode.persons.InferenceSettings`, None for the file's. Returns ``(backend, onnx file or None)``."""
     if model_ref.lower().endswith(".onnx") and not model_ref.startswith(REMOTE_PREFIXES):
         return "onnxruntime", Path(model_ref)
     if not model_ref.startswith(REMOTE_PREFIXES):
@@ -326,7 +333,8 @@ def pick_backend(model_ref: str, eval_params: dict | None, *, tracking_uri: str 
     return "onnxruntime", path
 
 
-def make_predictor(model_ref: str, *, backend: str, eval_params: dict | None, tracking_uri: str | None,
+def make_predictor(model_ref: str, *, backend: str, eval_params: EvaluateSection | InferenceSettings | dict | None,
+                   tracking_uri: str | None,
                    device: str, threads: int | None = None, notice: Callable[[str], None] | None = None) -> Predictor:
     """Load a model once and return a function image -> persons (:class:`Predictor`), the one
     entry point of ``pose predict`` (images and videos), serving and the benchmarks.
@@ -336,7 +344,9 @@ def make_predictor(model_ref: str, *, backend: str, eval_params: dict | None, tr
             ``onnxruntime``: a ``.onnx`` file written by ``pose export`` or an MLflow URI
             whose artifacts hold one; ``auto``: either (:func:`pick_backend`).
         backend: one of :data:`BACKENDS`.
-        eval_params: params.yaml ``evaluate`` (all of ``pose.decode.persons.EVAL_KEYS``).
+        eval_params: the params ``evaluate`` section (`pose.params.EvaluateSection`), or
+            `pose.decode.persons.InferenceSettings`, or settings stored with a model (a mapping; all of
+            ``pose.decode.persons.EVAL_KEYS``).
             ``onnxruntime``: None uses the settings stored in the file at export; the
             flip test and ``project2image`` are part of the exported graph, so they must
             match it.
@@ -387,7 +397,7 @@ def make_predictor(model_ref: str, *, backend: str, eval_params: dict | None, tr
     if not str(device).startswith("cuda"):
         torch.set_num_threads(n_threads)
     model = load_model(model_ref, tracking_uri=tracking_uri, device=device)
-    net = inference_net(model, flip_test=bool(cfg["flip_test"]), project2image=graph_projects(cfg), convention=None)
+    net = inference_net(model, flip_test=bool(cfg.flip_test), project2image=graph_projects(cfg), convention=None)
     record = (_remote_train_data(model_ref, tracking_uri) if model_ref.startswith(REMOTE_PREFIXES)
               else read_train_data(model_ref))
     return Predictor(lambda image, off: predict_image(net, image, eval_params=cfg, device=device, off_domain=off),
@@ -476,19 +486,21 @@ def limit_persons(persons: Sequence[dict], max_people: int) -> list[dict]:
     return kept
 
 
-def check_predict_params(predict_params: dict, num_joints: int | None = None) -> dict:
-    """params.yaml ``predict`` as typed values: ``min_person_score`` and ``joint_threshold``
-    in [0, 1], ``min_joints`` an integer in [0, K]. Raises ValueError naming the key."""
+def check_predict_params(predict_params: PredictSection | Mapping, num_joints: int | None = None) -> dict:
+    """The person / joint filters of the params ``predict`` section (`pose.params.PredictSection`, or a
+    mapping of its keys) as the keyword arguments of :func:`confident_persons`: ``min_person_score``
+    and ``joint_threshold`` in [0, 1], ``min_joints`` an integer in [0, K]. Raises ValueError naming the key."""
+    values = predict_params if isinstance(predict_params, Mapping) else predict_params.as_dict()  # with overrides
     out = {}
     for key in ("min_person_score", "min_joints", "joint_threshold"):
-        if key not in predict_params:
+        if key not in values:
             raise ValueError(f"params predict.{key}: missing")
     for key in ("min_person_score", "joint_threshold"):
-        v = predict_params[key]
+        v = values[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
             raise ValueError(f"params predict.{key}: must be a number in [0, 1] (scores are clamped to it), got {v!r}")
         out[key] = float(v)
-    joints = predict_params["min_joints"]
+    joints = values["min_joints"]
     if isinstance(joints, bool) or not isinstance(joints, int) or joints < 0 or (
             num_joints is not None and joints > num_joints):
         allowed = f"0..{num_joints}" if num_joints is not None else ">= 0"
@@ -590,15 +602,17 @@ def training_data_record(ref: str, *, tracking_uri: str | None) -> str | None:
     return str(record) if record else None
 
 
-def predict_files(predictor: PredictFn, files: Sequence[Path], out_dir: Path | str, *, eval_params: dict,
-                  predict_params: dict, num_joints: int | None) -> dict:
+def predict_files(predictor: PredictFn, files: Sequence[Path], out_dir: Path | str, *,
+                  eval_params: EvaluateSection | InferenceSettings, predict_params: PredictSection,
+                  num_joints: int | None) -> dict:
     """Predict each image, write its overlay and ``results.json`` (module docstring).
 
     Args:
         predictor: image -> persons (:func:`make_predictor`).
-        eval_params: params.yaml ``evaluate`` (``max_people`` caps the persons).
-        predict_params: params.yaml ``predict`` (:func:`check_predict_params`): which persons
-            and joints are drawn.
+        eval_params: the params ``evaluate`` section (`pose.params.EvaluateSection`; ``max_people`` caps
+            the persons).
+        predict_params: the params ``predict`` section (`pose.params.PredictSection`,
+            :func:`check_predict_params`): which persons and joints are drawn.
         num_joints: K of the model (bounds ``predict.min_joints``), or None.
 
     Returns ``{"images", "persons", "drawn", "results", "overlays": [paths]}``: persons in
@@ -606,7 +620,7 @@ def predict_files(predictor: PredictFn, files: Sequence[Path], out_dir: Path | s
     Raises ValueError for an unreadable image, missing settings or a bad ``predict`` value.
     """
     show = check_predict_params(predict_params, num_joints)
-    max_people = int(eval_params["max_people"])
+    max_people = int(eval_params.max_people)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stems = [f.stem for f in files]
@@ -691,20 +705,18 @@ def check_predict_inputs(source: Path, model: str, *, input_size: int | None, mi
         raise OptionError(f"--joint-threshold {joint_threshold:g}: must be in [0, 1]")
 
 
-def prediction_settings(params: dict, model: str, *, backend: str, input_size: int | None = None,
-                        min_score: float | None = None, min_joints: int | None = None,
-                        joint_threshold: float | None = None) -> tuple[dict, dict, str]:
-    """``(evaluate settings, predict settings, device)`` of a ``pose predict`` run: params.yaml's
-    ``evaluate`` / ``predict`` with the command-line overrides given (not None), and the device
-    (:func:`pose.device.pick_device`; ``cpu`` for the onnxruntime backend or a ``.onnx`` model)."""
-    ev = dict(params["evaluate"])
+def prediction_settings(ev: EvaluateSection, pr: PredictSection, model: str, *, backend: str,
+                        input_size: int | None = None, min_score: float | None = None, min_joints: int | None = None,
+                        joint_threshold: float | None = None) -> tuple[EvaluateSection, PredictSection, str]:
+    """``(evaluate settings, predict settings, device)`` of a ``pose predict`` run: the params ``evaluate``
+    / ``predict`` sections (``ev``: `pose.params.EvaluateSection`, ``pr``: `pose.params.PredictSection`)
+    with the command-line overrides given (not None; checked by :func:`check_predict_inputs`), and the
+    device (:func:`pose.device.pick_device`; ``cpu`` for the onnxruntime backend or a ``.onnx`` model)."""
     if input_size is not None:
-        ev["input_size"] = input_size
-    show = dict(params["predict"])
-    for key, value in (("min_person_score", min_score), ("min_joints", min_joints),
-                       ("joint_threshold", joint_threshold)):
-        if value is not None:
-            show[key] = value
+        ev = ev.model_copy(update={"input_size": input_size})
+    overrides = {key: value for key, value in (("min_person_score", min_score), ("min_joints", min_joints),
+                                               ("joint_threshold", joint_threshold)) if value is not None}
+    show = pr.model_copy(update=overrides) if overrides else pr
     if backend != "onnxruntime" and not model.lower().endswith(".onnx"):
         from pose.device import pick_device
 
@@ -712,12 +724,15 @@ def prediction_settings(params: dict, model: str, *, backend: str, input_size: i
     return ev, show, "cpu"
 
 
-def predict_images(source: Path, model: str, out_dir: Path, *, eval_params: dict, predict_params: dict,
+def predict_images(source: Path, model: str, out_dir: Path, *, eval_params: EvaluateSection,
+                   predict_params: PredictSection,
                    backend: str, device: str, tracking_uri: str | None, notice: Callable[[str], None] | None = None,
                    echo: Callable[[str], None] = print) -> dict:
     """``pose predict`` on an image or a folder of images: the predictor of ``model``
     (:func:`make_predictor`), then :func:`predict_files` into ``out_dir``. ``echo`` gets the line
-    saying what the model was trained on and its backend, before any image is predicted.
+    saying what the model was trained on and its backend, before any image is predicted. ``eval_params``,
+    ``predict_params``: the params ``evaluate`` / ``predict`` sections (`pose.params.EvaluateSection`,
+    `pose.params.PredictSection`; :func:`prediction_settings`).
 
     Returns :func:`predict_files`' summary. An ``out_dir`` this call created is removed again when it
     fails (no empty or partial output folder is left behind). Raises FileNotFoundError, ValueError,

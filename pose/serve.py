@@ -33,6 +33,9 @@ The model is downloaded once, by the supervisor, into a temporary folder that th
 not resolve (no ``champion`` until a version passes the gate) ends in one line listing the
 versions with their promotion decision (`pose.registry.model_refs.check_model_ref`);
 ``models:/<name>/latest`` serves the newest version whatever its alias.
+
+Params sections read (handed in by ``pose.cli``, `pose.params`): ``serve`` and ``registry`` (the
+tracking URI).
 """
 
 from __future__ import annotations
@@ -46,10 +49,14 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pose.decode.deadline import Deadline, deadline_scope
 from pose.registry.model_refs import ModelRefError, resolve_model_ref, version_line
 from pose.serving.requests import MLFLOW_TIMEOUT_ENV, SERVE_SETTINGS_ENV
+
+if TYPE_CHECKING:
+    from pose.params import RegistrySection, ServeSection
 
 log = logging.getLogger(__name__)
 
@@ -317,12 +324,13 @@ def fetch_model(model_uri: str, dst: Path, *, tracking_uri: str | None) -> Path:
     return local
 
 
-def serve_model(params: dict, *, model_uri: str, host: str | None = None, port: int | None = None,
-                workers: int | None = None, echo=print) -> None:
+def serve_model(sv: ServeSection, reg: RegistrySection, *, model_uri: str, host: str | None = None,
+                port: int | None = None, workers: int | None = None, echo=print) -> None:
     """Serve ``model_uri`` until SIGINT / SIGTERM (module docstring).
 
     Args:
-        params: the whole params.yaml dict (``serve``, and ``registry`` for the tracking URI).
+        sv: the params ``serve`` section (`pose.params.ServeSection`).
+        reg: the params ``registry`` section (`pose.params.RegistrySection`; the tracking URI).
         model_uri: ``models:/<name>/latest``, ``models:/<name>@<alias>``, ``models:/<name>/<n>``,
             ``runs:/<id>/model`` or a local model folder.
         host, port, workers: override params ``serve.host`` / ``serve.port`` / ``serve.workers``.
@@ -337,13 +345,12 @@ def serve_model(params: dict, *, model_uri: str, host: str | None = None, port: 
 
     from pose.registry.tracking import tracking_uri
 
-    sv = dict(params["serve"])
-    host = str(host or sv["host"])
-    port = int(sv["port"] if port is None else port)
-    workers = int(workers or sv["workers"])
+    host = str(host or sv.host)
+    port = int(sv.port if port is None else port)
+    workers = int(workers or sv.workers)
     if workers < 1:
         raise ServeError(f"--workers {workers}: must be >= 1")
-    uri = tracking_uri(params)
+    uri = tracking_uri(reg)
     with tempfile.TemporaryDirectory(prefix="pose-serve-") as tmp:
         try:   # models:/<name>/latest -> the newest version; an alias that does not resolve: why
             resolved = resolve_model_ref(model_uri, tracking_uri=uri) if model_uri.startswith("models:/") \
@@ -361,16 +368,16 @@ def serve_model(params: dict, *, model_uri: str, host: str | None = None, port: 
                              "(params serve.port)") from None
         sock.set_inheritable(True)
         threads = max(1, usable_cores() // workers)
-        os.environ.update({MODEL_DIR_ENV: str(model_dir), SERVE_SETTINGS_ENV: json.dumps(sv),
-                           MLFLOW_TIMEOUT_ENV: str(int(float(sv["request_timeout_s"]) + 0.999)),
+        os.environ.update({MODEL_DIR_ENV: str(model_dir), SERVE_SETTINGS_ENV: json.dumps(sv.as_dict()),
+                           MLFLOW_TIMEOUT_ENV: str(int(float(sv.request_timeout_s) + 0.999)),
                            "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-                           "MALLOC_ARENA_MAX": str(int(sv["malloc_arenas"]))})
+                           "MALLOC_ARENA_MAX": str(int(sv.malloc_arenas))})
         config = Config("pose.serve:worker_app", factory=True, host=host, port=port, workers=workers,
-                        timeout_worker_healthcheck=max(1, int(round(float(sv["worker_healthcheck_s"])))),
+                        timeout_worker_healthcheck=max(1, int(round(float(sv.worker_healthcheck_s)))),
                         log_level="info")
         echo(f"serving {what} on http://{host}:{port} (POST /invocations, GET /ping): {workers} worker(s) "
              f"x {threads} torch thread(s), supervised (a dead worker is replaced); request limits and deadline "
-             f"{float(sv['request_timeout_s']):g} s from params serve; Ctrl-C stops")
+             f"{float(sv.request_timeout_s):g} s from params serve; Ctrl-C stops")
         supervisor = Multiprocess(config, sockets=[sock])
         try:
             supervisor.run()

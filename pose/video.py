@@ -1,4 +1,5 @@
 """``pose predict VIDEO``: the persons of every frame of a video as JSON Lines, and an overlay video.
+Params sections read (handed in by ``pose.cli``): ``evaluate`` and ``predict`` (`pose.params`).
 
 A video (``.mp4``, ``.avi``, ``.mov``, ``.mkv``: :data:`VIDEO_SUFFIXES`) is decoded with OpenCV
 (``cv2.VideoCapture``, its FFmpeg backend); each frame (BGR uint8, as ``cv2.imread`` gives an
@@ -43,7 +44,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import cv2
 import numpy as np
@@ -52,6 +53,9 @@ from pose.decode.persons import person_json
 from pose.draw import draw_legend, draw_persons, thresholds_legend
 from pose.io import atomic_write_text, default_file_mode
 from pose.predict import OptionError, check_predict_params, confident_persons
+
+if TYPE_CHECKING:
+    from pose.params import EvaluateSection, PredictSection
 
 #: file suffixes `pose predict` treats as videos (lower case)
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
@@ -169,7 +173,8 @@ def read_frames(cap: cv2.VideoCapture, info: VideoInfo, video_path: Path | str, 
 
 
 def predict_video(predict_fn: PredictFn, video_path: Path | str, *, out_jsonl: Path | str, out_video: Path | str,
-                  predict_params: dict, max_frames: int | None, progress: bool, allow_partial: bool = False) -> dict:
+                  predict_params: PredictSection, max_frames: int | None, progress: bool,
+                  allow_partial: bool = False) -> dict:
     """Predict every ``predict.video_frame_stride``-th frame of a video; write the JSON Lines and
     the overlay video (module docstring).
 
@@ -178,7 +183,8 @@ def predict_video(predict_fn: PredictFn, video_path: Path | str, *, out_jsonl: P
             an image: ``{"keypoints": (K, 3) [x, y, score] image px, "score": float, ...}``).
         video_path: the input video.
         out_jsonl / out_video: the outputs (:func:`video_outputs`); their folder is created.
-        predict_params: params.yaml ``predict``: the drawing filters ``min_person_score``,
+        predict_params: the params ``predict`` section (`pose.params.PredictSection`): the drawing
+            filters ``min_person_score``,
             ``min_joints``, ``joint_threshold``, and ``video_frame_stride`` (predict frames
             0, n, 2n, ...) and ``video_fourcc`` (``{"mp4": ..., "avi": ...}``: the FourCC of
             the overlay, chosen by ``out_video``'s suffix).
@@ -202,13 +208,13 @@ def predict_video(predict_fn: PredictFn, video_path: Path | str, *, out_jsonl: P
 
     video_path, out_jsonl, out_video = Path(video_path), Path(out_jsonl), Path(out_video)
     show = check_predict_params(predict_params)
-    stride = predict_params["video_frame_stride"]
+    stride = predict_params.video_frame_stride
     if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
         raise ValueError(f"params predict.video_frame_stride: must be an integer >= 1, got {stride!r}")
     if max_frames is not None and int(max_frames) < 1:
         raise ValueError(f"max_frames: must be >= 1 (or None for the whole video), got {max_frames!r}")
     container = out_video.suffix.lower().lstrip(".")
-    fourcc = dict(predict_params["video_fourcc"]).get(container)
+    fourcc = predict_params.video_fourcc.as_dict().get(container)
     if not isinstance(fourcc, str) or len(fourcc) != 4:
         raise ValueError(f"params predict.video_fourcc.{container}: need a 4-character FourCC for a "
                          f".{container} overlay, got {fourcc!r}")
@@ -271,7 +277,8 @@ def predict_video(predict_fn: PredictFn, video_path: Path | str, *, out_jsonl: P
             "size": (info.width, info.height), "jsonl": out_jsonl, "video": out_video}
 
 
-def predict_video_file(source: Path, model: str, out_dir: Path, *, eval_params: dict, predict_params: dict,
+def predict_video_file(source: Path, model: str, out_dir: Path, *, eval_params: EvaluateSection,
+                       predict_params: PredictSection,
                        backend: str, device: str, tracking_uri: str | None, max_frames: int | None = None,
                        allow_partial: bool = False, notice: Callable[[str], None] | None = None,
                        echo: Callable[[str], None] = print) -> dict:
@@ -279,7 +286,9 @@ def predict_video_file(source: Path, model: str, out_dir: Path, *, eval_params: 
     ``out_dir/<stem>_overlay.mp4`` (.avi for an .avi input) through :func:`predict_video`, each frame
     predicted as an image is (:func:`pose.predict.make_predictor`, then at most
     ``evaluate.max_people`` persons: :func:`pose.predict.limit_persons`). ``echo`` gets the line saying
-    what the model was trained on and its backend, before any frame is predicted.
+    what the model was trained on and its backend, before any frame is predicted. ``eval_params``,
+    ``predict_params``: the params ``evaluate`` / ``predict`` sections (`pose.params.EvaluateSection`,
+    `pose.params.PredictSection`; `pose.predict.prediction_settings`).
 
     Returns :func:`predict_video`'s summary. An ``out_dir`` this call created is removed again when it
     fails. Raises OptionError for ``max_frames`` < 1; FileNotFoundError, ValueError, RuntimeError as
@@ -298,7 +307,7 @@ def predict_video_file(source: Path, model: str, out_dir: Path, *, eval_params: 
                                    device=device, notice=notice)
         echo(f"model {model}: trained on {training_data(model, tracking_uri=tracking_uri)}; "
              f"backend {predictor.backend}, {predictor.threads} thread(s)")
-        max_people = int(eval_params["max_people"])
+        max_people = int(eval_params.max_people)
         summary = predict_video(lambda frame: limit_persons(predictor(frame), max_people), source,
                                 out_jsonl=out_jsonl, out_video=out_video, predict_params=predict_params,
                                 max_frames=max_frames, progress=True, allow_partial=allow_partial)

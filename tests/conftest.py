@@ -85,3 +85,31 @@ def _module_keeps_the_tracking_uri():
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+def sections(params: dict):
+    """A params.yaml dict (the file's, or a test's tiny config) checked against the schema: the typed
+    `pose.params.Params` whose sections (``p.train``, ``p.evaluate``, ...) the library functions take.
+    Tweak a checked section with ``section.model_copy(update={...})``."""
+    from pose.params import validate_params
+
+    return validate_params(params, source="test params")
+
+
+def train_sections(params: dict, **train) -> dict:
+    """The sections ``pose train`` hands to `pose.train.loop.train`, as keyword arguments, from a params dict
+    (checked: :func:`sections`); ``train`` replaces keys of the checked ``train`` section unchecked
+    (``model_copy``), for values the schema refuses but the loop must refuse too."""
+    from pose.datasets.formats import dataset_domain
+
+    p = sections(params)
+    return dict(tp=p.train.model_copy(update=train) if train else p.train, mp=p.model, targets=p.targets,
+                augment=p.augment, lp=p.loss, ev=p.evaluate, dataset=p.data.dataset,
+                domain=dataset_domain(p.catalogue, p.data.dataset))
+
+
+def register_sections(p) -> tuple:
+    """The sections `pose.registry.mlflow_registry.register_run` takes, in order, as ``pose register`` passes them
+    (with ``logged_params=pose.params.flatten(p.as_dict())``); ``p``: a checked `pose.params.Params`."""
+    return (p.registry, p.data, p.catalogue, p.generated, p.schedule, p.model, p.train, p.evaluate, p.predict,
+            p.serve)

@@ -282,6 +282,38 @@ def test_no_imports_of_another_modules_private_names():
     assert not bad, "private names used outside their module:\n" + "\n".join(sorted(bad))
 
 
+#: where params.yaml may be read as a dict (issue 22): the schema module and the command line (the flows
+#: are outside ``pose/``); everywhere else the library takes typed sections (`pose.params.Params`)
+PARAMS_DICT_MODULES = ("pose/params.py", "pose/cli.py")
+#: ``params["`` / ``params['`` as in ``params["registry"]["rules"]`` (also ``model_params["``, ``eval_params["``)
+_PARAMS_INDEX = re.compile(r"""params\[\s*["']""")
+
+
+def test_the_library_reads_params_by_attribute_not_by_string_index():
+    """Issue 22 item 1: below the CLI the code gets typed sections (``tp.lr``, ``ev.nms_kernel``), never the
+    params dict indexed by strings (``params["train"]["lr"]``): a typo is an AttributeError at once, and
+    pose.params' schema is the one list of keys. What is stored is written with `pose.params.Section.as_dict`
+    and read back at its boundary (a registered model's settings: `pose.decode.persons.resolve_eval_params`)."""
+    bad = []
+    for f in MODULES.values():
+        rel = f.relative_to(REPO).as_posix()
+        if not rel.startswith("pose/") or rel in PARAMS_DICT_MODULES:
+            continue
+        for i, line in enumerate(f.read_text().splitlines(), 1):
+            if _PARAMS_INDEX.search(line):
+                bad.append(f"{rel}:{i}: {line.strip()}")
+    assert not bad, ("params indexed by string below the CLI (take the section and read its attributes):\n"
+                     + "\n".join(bad))
+
+
+def test_the_params_index_check_sees_what_it_must():
+    for line in ('x = params["train"]["lr"]', "params['registry']", 'int(eval_params["max_people"])',
+                 'model_params [ "width"]'):
+        assert _PARAMS_INDEX.search(line.replace(" [ ", "[ ")), line
+    for line in ("tp.lr", "params.train.lr", 'side.params.get("data.raw_dir")', "run.data.params"):
+        assert not _PARAMS_INDEX.search(line), line
+
+
 # ----------------------------------------------------------------------------- dvc.yaml stage deps
 
 def _cli_commands() -> dict[str, ast.FunctionDef]:

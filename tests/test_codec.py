@@ -41,9 +41,12 @@ BEFORE = {
 def test_losses_unchanged_on_a_fixed_seed_batch(generated_coco):
     from pose.losses import total_loss
     from pose.models import build_training_model
+    from pose.params import AugmentSection, LossSection, ModelSection, TargetsSection
     from pose.train.data import dataset_from_params
 
-    ds = dataset_from_params(MODEL, TARGETS, AUGMENT, seed=42,
+    model_section = ModelSection.model_validate(MODEL)
+    ds = dataset_from_params(model_section, TargetsSection.model_validate(TARGETS),
+                             AugmentSection.model_validate(AUGMENT), seed=42,
                              ann_file=generated_coco / "annotations" / "person_keypoints_train2017.json",
                              images_dir=generated_coco / "train2017")
     ds.set_epoch(1)
@@ -52,15 +55,16 @@ def test_losses_unchanged_on_a_fixed_seed_batch(generated_coco):
     for key, value in BEFORE["sums"].items():
         assert float(batch[key].double().sum()) == pytest.approx(value, rel=1e-6), key
     torch.manual_seed(0)
-    model, _ = build_training_model(MODEL, verbose=False)
+    model, _ = build_training_model(model_section, verbose=False)
     outputs = model(batch["image"])
     assert [float(o.detach().double().sum()) for o in outputs] == pytest.approx(BEFORE["outs"], rel=1e-5)
-    for loss_params in (LOSS, dict(LOSS, push_type="exp", foreground_weight=0.0)):
+    loss = LossSection.model_validate(LOSS)
+    for loss_params in (loss, loss.model_copy(update={"push_type": "exp", "foreground_weight": 0.0})):
         _, parts = total_loss(outputs, batch, loss_params)
-        expected = BEFORE[loss_params["push_type"]]
+        expected = BEFORE[loss_params.push_type]
         assert set(parts) == set(expected)
         for name, value in expected.items():
-            assert float(parts[name]) == pytest.approx(value, rel=1e-5), (loss_params["push_type"], name)
+            assert float(parts[name]) == pytest.approx(value, rel=1e-5), (loss_params.push_type, name)
 
 
 def test_one_name_per_output_across_the_repo():

@@ -155,9 +155,14 @@ def test_training_and_evaluation_read_the_stored_frame(exif_set, tmp_path):
             b, _, h, w = x.shape
             return [torch.zeros(b, 2 * NUM_JOINTS, h // 4, w // 4), torch.zeros(b, NUM_JOINTS, h // 2, w // 2)]
 
-    ev = {"input_size": 96, "resize": "short_side", "flip_test": False, "test_scales": [1.0],
-          "detection_threshold": 0.1, "tag_threshold": 1.0, "max_people": 30, "nms_kernel": 5, "tie_break": False,
-          "project2image": False, "adjust": True, "refine": True, "nms_oks": 1.0, "oks_threshold": 0.5}
+    from conftest import sections
+
+    from pose.params import load_params
+
+    ev = sections(load_params(Path(__file__).resolve().parents[1] / "params.yaml")).evaluate.model_copy(update={
+        "input_size": 96, "resize": "short_side", "flip_test": False, "test_scales": [1.0],
+        "detection_threshold": 0.1, "tag_threshold": 1.0, "max_people": 30, "nms_kernel": 5, "tie_break": False,
+        "project2image": False, "adjust": True, "refine": True, "nms_oks": 1.0, "oks_threshold": 0.5})
     shapes = []
     orig = cv2.warpAffine
 

@@ -152,7 +152,7 @@ def test_onnxruntime_settings_that_the_graph_fixes_are_checked(exported):
         model.settings({**ev, "flip_test": False})
     with pytest.raises(ValueError, match="evaluate.test_scales"):
         model.settings({**ev, "test_scales": [0.5, 1.0]})
-    assert model.settings({**ev, "detection_threshold": 0.3})["detection_threshold"] == 0.3
+    assert model.settings({**ev, "detection_threshold": 0.3}).detection_threshold == 0.3
 
 
 def test_pose_predict_backends_agree_and_onnxruntime_never_imports_torch(exported, coco_like, tmp_path):

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from conftest import sections
 from prefect_server import log_tail, prefect_server, start_process, stop_process, wait_for
 from repo_setup import REPO, make_repo_copy, pipeline_env, tiny_generated_params
 
@@ -127,12 +128,17 @@ def test_stat_fingerprint_of_a_batch_follows_size_and_mtime(tmp_path):
     repo, params = _generated_repo(tmp_path, fingerprint="stat")
     img = _batch(repo / "b1") / "images" / "0.jpg"
     params["catalogue"]["generated"]["ingest"] = [f"file://{repo / 'b1'}"]
-    first = source_fingerprint(params, repo)["fingerprint"]
-    assert source_fingerprint(params, repo)["fingerprint"] == first
+    p = sections(params)
+
+    def fingerprint(**kw):
+        return source_fingerprint(p.data, p.catalogue, p.generated, p.schedule, repo, **kw)["fingerprint"]
+
+    first = fingerprint()
+    assert fingerprint() == first
     os.utime(img, ns=(img.stat().st_atime_ns, img.stat().st_mtime_ns + 10**9))
-    assert source_fingerprint(params, repo)["fingerprint"] != first
-    stat = source_fingerprint(params, repo)["fingerprint"]
-    assert source_fingerprint(params, repo, mode="content")["fingerprint"] != stat
+    assert fingerprint() != first
+    stat = fingerprint()
+    assert fingerprint(mode="content") != stat
 
 
 def test_config_errors_name_the_key(tmp_path):
@@ -155,9 +161,11 @@ def test_config_errors_name_the_key(tmp_path):
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     (err,) = config_errors(repo)
     assert "catalogue.generated.ingest[0]" in err and "not found" in err
-    assert not fingerprint_uses_network(params)
+    p = sections(params)
+    assert not fingerprint_uses_network(p.data, p.catalogue)
     params["catalogue"]["generated"]["ingest"] = ["s3://labels/2026-06/"]
-    assert fingerprint_uses_network(params)
+    p = sections(params)
+    assert fingerprint_uses_network(p.data, p.catalogue)
     (repo / "params.yaml").write_text("data: [unclosed")
     (err,) = config_errors(repo)
     assert "params.yaml" in err and "invalid YAML" in err
@@ -170,7 +178,7 @@ def test_only_network_bound_tasks_retry_as_params_say():
     assert fr.network_stage.retries == 0 and fr.dvc_push.retries == 0          # retries come from params only
     params = tiny_params()
     params["schedule"]["retry_delays_s"] = {"fetch": [1, 2], "push": [3], "listing": [4, 5, 6]}
-    tasks = fr.network_tasks(params)
+    tasks = fr.network_tasks(sections(params))
     assert {k: (t.retries, list(t.retry_delay_seconds)) for k, t in tasks.items()} == {
         "fetch": (2, [1, 2]), "push": (1, [3]), "listing": (3, [4, 5, 6])}
     assert tasks["listing"].name == "detect-new-data-s3" and tasks["fetch"].fn is fr.network_stage.fn
@@ -294,7 +302,7 @@ def test_served_deployment_retrains_on_new_data_and_skips_unchanged_data(tmp_pat
                 assert run1.state.is_completed() and run1.state.name == "Completed", \
                     f"{run1.state}\n{log_tail(served, 6000)}"
                 client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
-                name = registered_model_name(params)
+                name = registered_model_name(sections(params).registry, params["data"]["dataset"])
                 versions = client.search_model_versions(f"name='{name}'")
                 assert len(versions) == 1
                 reg = client.get_registered_model(name)
@@ -345,7 +353,8 @@ def test_the_server_schedules_the_served_deployment_and_the_served_process_runs_
     repo = make_repo_copy(tmp_path_factory.mktemp("scheduled"), params)
     # the last registered model was trained on this very data -> the scheduled run ends as NoNewData
     MlflowClient(f"sqlite:///{repo / 'mlflow.db'}").create_registered_model(
-        registered_model_name(params), tags={"data.fingerprint": fr.detect(repo)["fingerprint"]})
+        registered_model_name(sections(params).registry, params["data"]["dataset"]),
+        tags={"data.fingerprint": fr.detect(repo)["fingerprint"]})
     work = tmp_path_factory.mktemp("schedule")
     readme_env = {k: v for k, v in pipeline_env().items()   # what a user's shell has: no telemetry switches
                   if k not in ("DO_NOT_TRACK", "PREFECT_SERVER_ANALYTICS_ENABLED", "PREFECT_UI_ENABLED")}

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import sections
 from prefect_server import log_tail, start_process, stop_process, wait_for
 from repo_setup import BIN, make_repo_copy, tiny_generated_params
 from test_flows import _api
@@ -94,7 +95,7 @@ def test_scheduled_run_killed_in_training_resumes_registers_once(prefect_server,
     params["schedule"]["cron"] = "* * * * *"
     repo = make_repo_copy(tmp_path / "repo", params)
     last = repo / "data/models/last.pt"
-    name = registered_model_name(params)
+    name = registered_model_name(sections(params).registry, params["data"]["dataset"])
     registry = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
 
     def versions() -> list[int]:

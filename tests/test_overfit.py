@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import train_sections
 
 from pose.datasets.schema import COCO_SIGMAS
 
@@ -66,7 +67,7 @@ def test_training_chain_memorises_a_few_generated_images(tmp_path, monkeypatch):
                       checkpoint_every=0, max_steps_per_epoch=0, multi_scale=True, use_curriculum=True,
                       curriculum=[{"sizes": [SIZE], "epochs": STEPS}])
     p["evaluate"].update(flip_test=False, input_size=SIZE)  # trained without flips
-    summary = train(p, train_ann=ann, train_images=data / "train2017", out_dir=tmp_path / "models",
+    summary = train(**train_sections(p), train_ann=ann, train_images=data / "train2017", out_dir=tmp_path / "models",
                     metrics_path=tmp_path / "train.json", steps_path=tmp_path / "steps.csv", resume=False)
     assert summary["steps"] == STEPS
     device = pick_device()

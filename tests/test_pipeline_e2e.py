@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, SHARED
+from conftest import REPO, SHARED, sections
 from repo_setup import make_repo_copy
 
 pytestmark = pytest.mark.slow
@@ -96,7 +96,8 @@ def test_registry_has_challenger_and_champion(repro_repo):
     client = MlflowClient(tracking_uri=f"sqlite:///{repro_repo / 'mlflow.db'}")
     from pose.registry.promotion import registered_model_name
 
-    name = registered_model_name(tiny_params())
+    p = sections(tiny_params())
+    name = registered_model_name(p.registry, p.data.dataset)
     assert name == "higherhrnet-coco-mini"
     versions = client.search_model_versions(f"name='{name}'")
     assert len(versions) == 1

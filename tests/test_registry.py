@@ -24,17 +24,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import COCO_MINI
+from conftest import COCO_MINI, register_sections
 from test_pipeline_e2e import tiny_params
 from typer.testing import CliRunner
 
 from pose.datasets.schema import COCO_SIGMAS, NUM_JOINTS
 from pose.evaluate.coco import evaluate_results, write_metrics
+from pose.params import CatalogueEntry, flatten
 from pose.registry import bootstrap as boot
 from pose.registry.rules import Rule, RuleError, evaluate_rules, gate_passed, parse_rules, rules_from_tags
 from pose.registry.tracking import registered_model_name
 
 K = NUM_JOINTS
+
+
+def _base_sections():
+    """params.yaml as typed sections (tests tweak a section with ``model_copy``)."""
+    from conftest import REPO, sections
+
+    from pose.params import load_params
+
+    return sections(load_params(REPO / "params.yaml"))
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +117,12 @@ class Env:
         p["registry"].update(model_name=name, **registry)
         return p
 
+    def sections(self, name: str, **registry):
+        """:meth:`params` checked: the typed `pose.params.Params` the library functions take sections of."""
+        from conftest import sections
+
+        return sections(self.params(name, **registry))
+
     def params_file(self, name: str, **registry) -> Path:
         import yaml
 
@@ -132,8 +148,9 @@ class Env:
         from pose.registry.mlflow_registry import register_run
 
         metrics, results, ann = self.evidence(gt=gt, **noise)
-        return register_run(self.params(name, **(registry or {})), checkpoint=self.ckpt, eval_metrics=metrics,
-                            eval_annotations=ann,
+        p = self.sections(name, **(registry or {}))
+        return register_run(*register_sections(p), logged_params=flatten(p.as_dict()), checkpoint=self.ckpt,
+                            eval_metrics=metrics, eval_annotations=ann,
                             out=metrics.parent / "registration.json", results=results, gate=gate,
                             reevaluate=reevaluate, artifacts=artifacts)
 
@@ -170,7 +187,8 @@ class Env:
         rec = {"version": int(mv.version), "run_id": run.info.run_id, "eval_data_hash": h,
                "AP": json.loads(metrics.read_text())["AP"], "metrics": metrics}
         if gate:
-            rec.update(promote(self.params(name, **(registry or {})), version=mv.version, reevaluate=reevaluate,
+            p = self.sections(name, **(registry or {}))
+            rec.update(promote(p.registry, p.data, p.catalogue, version=mv.version, reevaluate=reevaluate,
                                client=client))
         return rec
 
@@ -260,7 +278,7 @@ def _by(results, metric, kind):
 
 
 def test_rules_from_params_decide_the_gate():
-    rules = parse_rules({"registry": {"rules": RULES}})
+    rules = parse_rules({"rules": RULES})
     assert rules[0] == Rule("AP", "min", 0.1)
     assert [r.kind for r in rules] == ["min", "min_delta", "max_drop", "max_drop"]
     champ = {"AP": 0.50, "APM": 0.40, "APL": 0.60}
@@ -307,30 +325,31 @@ def test_rules_from_params_decide_the_gate():
 ])
 def test_bad_rules_name_the_key(rules, key):
     with pytest.raises(RuleError) as exc:
-        parse_rules({"registry": {"rules": rules}})
+        parse_rules({"rules": rules})
     assert key in str(exc.value)
     with pytest.raises(RuleError, match="registry.promotion_margin was replaced by registry.rules"):
-        parse_rules({"registry": {"rules": RULES, "promotion_margin": 0.005}})
+        parse_rules({"rules": RULES, "promotion_margin": 0.005})
 
 
 def test_registered_model_name_includes_the_training_dataset():
-    from conftest import REPO
+    from conftest import REPO, sections
 
     from pose.params import load_params
 
-    p = load_params(REPO / "params.yaml")
-    assert "{dataset}" in p["registry"]["model_name"]
-    assert registered_model_name(p) == f"higherhrnet-{p['data']['dataset']}"
+    p = sections(load_params(REPO / "params.yaml"))
+    reg = p.registry
+    assert "{dataset}" in reg.model_name
+    assert registered_model_name(reg, p.data.dataset) == f"higherhrnet-{p.data.dataset}"
     for ds in ("generated", "coco2017"):
-        assert registered_model_name({"registry": {"model_name": "higherhrnet-{dataset}"},
-                                      "data": {"dataset": ds}}) == f"higherhrnet-{ds}"
-    assert registered_model_name({"registry": {"model_name": "sweep"}, "data": {"dataset": "x"}}) == "sweep"
+        assert registered_model_name(reg.model_copy(update={"model_name": "higherhrnet-{dataset}"}),
+                                     ds) == f"higherhrnet-{ds}"
+    assert registered_model_name(reg.model_copy(update={"model_name": "sweep"}), "x") == "sweep"
     with pytest.raises(RuleError, match="registry.model_name"):
-        registered_model_name({"registry": {"model_name": "m-{data}"}, "data": {"dataset": "x"}})
+        registered_model_name(reg.model_copy(update={"model_name": "m-{data}"}), "x")
     with pytest.raises(RuleError, match="registry.model_name"):
-        registered_model_name({"registry": {"model_name": "m/{dataset}"}, "data": {"dataset": "x"}})
+        registered_model_name(reg.model_copy(update={"model_name": "m/{dataset}"}), "x")
     # every rule of params.yaml parses, and it keeps an absolute AP floor for the first model
-    assert any(r.metric == "AP" and r.kind == "min" and r.threshold > 0 for r in parse_rules(p))
+    assert any(r.metric == "AP" and r.kind == "min" and r.threshold > 0 for r in parse_rules(reg))
 
 
 # ----------------------------------------------------------------------------- registry
@@ -526,8 +545,9 @@ def test_champion_is_reevaluated_on_the_challengers_data_once(env):
     # gating v1-era champion again on the same data uses the cached re-evaluation
     from pose.registry.promotion import promote, rollback
 
-    rollback(env.params(name), reason="test")
-    rec3 = promote(env.params(name), version=2, reevaluate=reevaluate)
+    p = env.sections(name)
+    rollback(p.registry, p.data, reason="test")
+    rec3 = promote(p.registry, p.data, p.catalogue, version=2, reevaluate=reevaluate)
     assert len(calls) == 1 and "cached re-evaluation" in rec3["reason"] and rec3["promoted"]
 
     # `pose compare v1 v2` reuses that cached re-evaluation: a like-for-like verdict on all of v2's images
@@ -632,8 +652,9 @@ def test_compare_report_has_metrics_cis_curves_diffs_and_overlays(env, tmp_path)
                      metrics=[__import__("mlflow").entities.Metric("train/loss", 1.0 / s, 0, s) for s in range(1, 6)])
     client.log_batch(rec2["run_id"],
                      metrics=[__import__("mlflow").entities.Metric("train/loss", 0.8 / s, 0, s) for s in range(1, 6)])
-    params = env.params(name)
-    out = compare(params, "champion", "challenger", out_dir=tmp_path / "cmp", images_dir=env.images)
+    p = env.sections(name)
+    out = compare(p.registry, p.data, p.catalogue, p.predict, "champion", "challenger", out_dir=tmp_path / "cmp",
+                  images_dir=env.images)
     md = Path(out["markdown"]).read_text()
     for section in ("## AP family", "## Per scale", "## Per keypoint AP", "## Training curves", "## Params diff",
                     "## Data diff", "## Overlays"):
@@ -811,8 +832,9 @@ def test_interrupted_registration_is_completed_by_the_rerun_not_duplicated(env):
             frozen.enter_context(immutable(out.parent))
 
     def register():
-        return R.register_run(env.params(name), checkpoint=env.ckpt, eval_metrics=metrics, eval_annotations=ann,
-                              results=results, out=out)
+        p = env.sections(name)
+        return R.register_run(*register_sections(p), logged_params=flatten(p.as_dict()), checkpoint=env.ckpt,
+                              eval_metrics=metrics, eval_annotations=ann, results=results, out=out)
 
     R._step_hook = hook
     try:
@@ -894,7 +916,8 @@ def test_compare_reports_of_two_models_do_not_overwrite_each_other_and_find_the_
     for name in ("cmp-sweep", "cmp-prod"):
         env.fake(name, noise_medium=6, noise_large=6, seed=0)
         env.fake(name, gate=False, noise_medium=2, noise_large=2, seed=1)
-        out = compare(env.params(name), "v1", "v2")                     # default report folder
+        p = env.sections(name)
+        out = compare(p.registry, p.data, p.catalogue, p.predict, "v1", "v2")    # default report folder
         reports[name] = out
         assert Path(out["out_dir"]) == Path("data/compare") / name / "v1_vs_v2"
         assert out["artifact_path"] == f"compare/{name}/v1_vs_v2"
@@ -947,23 +970,31 @@ def test_source_fingerprint_tracks_folder_content(tmp_path):
     mirror = tmp_path / "mirror" / "ds"
     (mirror / "annotations").mkdir(parents=True)
     (mirror / "annotations" / "a.json").write_text("{}")
-    params = {"data": {"dataset": "ds", "mirror": str(tmp_path / "mirror"), "train_split": "t", "val_split": "v"},
-              "catalogue": {"ds": {"kind": "coco", "mirror": "ds"}, "gen": {"kind": "generated"}},
-              "generated": {"seed": 0}, "schedule": {"fingerprint": "content"}}
-    a = source_fingerprint(params)
+    base = _base_sections()
+    secs = {"data": base.data.model_copy(update={"dataset": "ds", "mirror": str(tmp_path / "mirror"),
+                                                 "train_split": "t", "val_split": "v"}),
+            "catalogue": {"ds": CatalogueEntry.model_validate({"kind": "coco", "mirror": "ds"}),
+                          "gen": CatalogueEntry.model_validate({"kind": "generated"})},
+            "generated": base.generated.model_copy(update={"seed": 0}),
+            "schedule": base.schedule.model_copy(update={"fingerprint": "content"})}
+
+    def fingerprint(**kw):
+        return source_fingerprint(secs["data"], secs["catalogue"], secs["generated"], secs["schedule"], **kw)
+
+    a = fingerprint()
     assert a["files"] == 1 and a["source"].startswith("mirror:")
-    assert source_fingerprint(params)["fingerprint"] == a["fingerprint"]
+    assert fingerprint()["fingerprint"] == a["fingerprint"]
     (mirror / "v").mkdir()
     (mirror / "v" / "1.jpg").write_bytes(b"x")
-    b = source_fingerprint(params)
+    b = fingerprint()
     assert b["fingerprint"] != a["fingerprint"] and b["files"] == 2
     (mirror / "v" / "1.jpg").write_bytes(b"y")
-    assert source_fingerprint(params)["fingerprint"] != b["fingerprint"]
-    assert source_fingerprint(params, mode="stat")["fingerprint"] != source_fingerprint(params)["fingerprint"]
-    params["data"]["dataset"] = "gen"
-    g = source_fingerprint(params)
-    params["generated"]["seed"] = 1
-    assert source_fingerprint(params)["fingerprint"] != g["fingerprint"]
+    assert fingerprint()["fingerprint"] != b["fingerprint"]
+    assert fingerprint(mode="stat")["fingerprint"] != fingerprint()["fingerprint"]
+    secs["data"] = secs["data"].model_copy(update={"dataset": "gen"})
+    g = fingerprint()
+    secs["generated"] = secs["generated"].model_copy(update={"seed": 1})
+    assert fingerprint()["fingerprint"] != g["fingerprint"]
 
 
 def test_source_fingerprint_of_an_s3_prefix(monkeypatch):
@@ -975,21 +1006,26 @@ def test_source_fingerprint_of_an_s3_prefix(monkeypatch):
     for k, v in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    params = {"data": {"dataset": "s3ds", "mirror": "", "train_split": "t", "val_split": "v"},
-              "catalogue": {"s3ds": {"kind": "coco", "sources": ["s3://bucket/coco"]}},
-              "schedule": {"fingerprint": "content"}}
+    base = _base_sections()
+    data = base.data.model_copy(update={"dataset": "s3ds", "mirror": "", "train_split": "t", "val_split": "v"})
+    catalogue = {"s3ds": CatalogueEntry.model_validate({"kind": "coco", "sources": ["s3://bucket/coco"]})}
+    schedule = base.schedule.model_copy(update={"fingerprint": "content"})
+
+    def fingerprint():
+        return source_fingerprint(data, catalogue, base.generated, schedule)
+
     with mock_aws():
         s3 = boto3.client("s3")
         s3.create_bucket(Bucket="bucket")
         s3.put_object(Bucket="bucket", Key="coco/annotations/a.json", Body=b"{}")
         s3.put_object(Bucket="bucket", Key="other/x", Body=b"ignored")
-        a = source_fingerprint(params)
+        a = fingerprint()
         assert a["files"] == 1 and a["source"] == "s3://bucket/coco"
         s3.put_object(Bucket="bucket", Key="coco/v/1.jpg", Body=b"new image")
-        b = source_fingerprint(params)
+        b = fingerprint()
         assert b["files"] == 2 and b["fingerprint"] != a["fingerprint"]
         s3.put_object(Bucket="bucket", Key="coco/v/1.jpg", Body=b"changed image")
-        assert source_fingerprint(params)["fingerprint"] != b["fingerprint"]
+        assert fingerprint()["fingerprint"] != b["fingerprint"]
 
 
 class _Hook(http.server.BaseHTTPRequestHandler):
@@ -1028,9 +1064,9 @@ def test_notify_posts_with_retries_and_env_override(webhook, monkeypatch):
     assert hook.received == [{"event": "promotion", "text": "v2 is champion", "version": 2}]
     assert not notify("x", "no url", url="")
     monkeypatch.setenv("POSE_NOTIFY_WEBHOOK", url)
-    assert webhook_url({"schedule": {"notify_webhook": "http://other"}}) == url
+    assert webhook_url("http://other") == url
     monkeypatch.delenv("POSE_NOTIFY_WEBHOOK")
-    assert webhook_url({"schedule": {"notify_webhook": "http://other"}}) == "http://other"
+    assert webhook_url("http://other") == "http://other"
     assert not notify("x", "down", url="http://127.0.0.1:9/none", retries=1, backoff=0.01)
 
 
@@ -1038,11 +1074,11 @@ def test_tracking_uri_env_override_and_lock_file_paths(monkeypatch):
     from pose.registry.lock import lock_path_for
     from pose.registry.tracking import tracking_uri
 
-    params = {"registry": {"tracking_uri": "sqlite:///mlflow.db"}}
+    reg = _base_sections().registry.model_copy(update={"tracking_uri": "sqlite:///mlflow.db"})
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert tracking_uri(params) == "sqlite:///mlflow.db"
+    assert tracking_uri(reg) == "sqlite:///mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://mlflow.example")     # team mode: the shared server wins
-    assert tracking_uri(params) == "https://mlflow.example"
+    assert tracking_uri(reg) == "https://mlflow.example"
     assert lock_path_for("sqlite:///mlflow.db") == Path("mlflow.db.lock")
     assert lock_path_for("sqlite:////abs/x.db") == Path("/abs/x.db.lock")
     assert lock_path_for("file:///srv/mlruns") == Path("/srv/mlruns/.promotion.lock")

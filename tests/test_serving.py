@@ -22,7 +22,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, register_sections, sections
+
+from pose.params import flatten
 
 SERVE_TIMEOUT_S = 90
 
@@ -82,7 +84,9 @@ def served(tmp_path_factory, coco_like):
     params = _tiny_params(tmp)
     files = _val_images(coco_like, 3)
     ckpt = _tiny_checkpoint(params, files, tmp / "best.pt")
-    model_dir = save_pyfunc_model(ckpt, tmp / "model", params=params)
+    p = sections(params)
+    model_dir = save_pyfunc_model(ckpt, tmp / "model", evaluate=p.evaluate, predict=p.predict, serve=p.serve,
+                                  generated=p.generated)
     return params, ckpt, model_dir, files
 
 
@@ -109,7 +113,7 @@ def test_served_outputs_equal_the_pipeline(served):
     import mlflow
 
     from pose.decode.inference import multi_scale_maps
-    from pose.decode.persons import graph_projects
+    from pose.decode.persons import graph_projects, resolve_eval_params
     from pose.io import read_image
     from pose.train.checkpoint import load_trained_model
 
@@ -124,7 +128,8 @@ def test_served_outputs_equal_the_pipeline(served):
         maps = pm.predict(pd.DataFrame({"image": [jpeg]}), params={"output": "maps"})[0]
         ref = multi_scale_maps(net, image, input_size=ev["input_size"], resize=ev["resize"],
                                test_scales=ev["test_scales"], flip_test=ev["flip_test"],
-                               project2image=graph_projects(ev), convention=None)   # the maps persons come from
+                               project2image=graph_projects(resolve_eval_params(ev)),
+                               convention=None)   # the maps persons come from
         assert maps["heatmaps"].shape == tuple(ref.heatmaps.shape) and maps["tags"].shape == tuple(ref.tags.shape)
         assert np.abs(maps["heatmaps"] - ref.heatmaps.numpy()).max() <= 1e-5
         assert np.abs(maps["tags"] - ref.tags.numpy()).max() <= 1e-5
@@ -241,11 +246,11 @@ def test_request_limits_are_checked_before_any_compute(served, network_passes):
     assert calls == [], "a request over a limit ran the network"
     # the budget counts what the network sees: 2 x 512 x 512 x 2 (flip) fits, without flip 8 images do
     from pose.serving.requests import check_input_pixels, network_input_pixels
-    ev = {**params["evaluate"], "input_size": 512}
+    ev = sections(params).evaluate.model_copy(update={"input_size": 512})
     assert network_input_pixels((640, 480), ev) == 512 * 512 * 2
-    no_flip = {**ev, "flip_test": False, "test_scales": [1.0, 0.5]}
+    no_flip = ev.model_copy(update={"flip_test": False, "test_scales": [1.0, 0.5]})
     assert network_input_pixels((640, 480), no_flip) == 512 ** 2 + 256 ** 2
-    assert check_input_pixels([(640, 480)] * 8, {**ev, "flip_test": False}, sv) == 8 * 512 * 512
+    assert check_input_pixels([(640, 480)] * 8, ev.model_copy(update={"flip_test": False}), sv) == 8 * 512 * 512
 
 
 def test_the_work_stops_at_the_first_checkpoint_after_the_deadline(served, monkeypatch, network_passes):
@@ -435,7 +440,9 @@ def gated(served, generated_coco, tmp_path_factory):
     os.environ["POSE_DATA_FINGERPRINT"] = "test"
     os.environ.pop("MLFLOW_TRACKING_URI", None)     # else it would win over params registry.tracking_uri
     try:
-        rec = register_run(params, checkpoint=ckpt, eval_metrics=metrics,
+        p = sections(params)
+        rec = register_run(*register_sections(p), logged_params=flatten(p.as_dict()), checkpoint=ckpt,
+                           eval_metrics=metrics,
                            eval_annotations=generated_coco / "annotations" / "person_keypoints_val2017.json",
                            out=tmp / "registration.json", gate=True)
     finally:
@@ -725,7 +732,9 @@ def test_register_logs_the_pose_model_and_its_onnx_export(served, generated_coco
     ann = generated_coco / "annotations" / "person_keypoints_val2017.json"
     old = mlflow.get_tracking_uri()
     try:
-        rec = register_run(params, checkpoint=ckpt, eval_metrics=metrics, eval_annotations=ann,
+        p = sections(params)
+        rec = register_run(*register_sections(p), logged_params=flatten(p.as_dict()), checkpoint=ckpt,
+                           eval_metrics=metrics, eval_annotations=ann,
                            out=tmp_path / "registration.json", gate=False)
         uri = f"models:/pose-onnx-test/{rec['version']}"
         client = MlflowClient(params["registry"]["tracking_uri"])
@@ -738,7 +747,7 @@ def test_register_logs_the_pose_model_and_its_onnx_export(served, generated_coco
                                                                 params={"min_person_score": 0.0})[0]
         onnx = make_predictor(uri, backend="onnxruntime", eval_params=None,
                               tracking_uri=params["registry"]["tracking_uri"], device="cpu")
-        assert onnx.eval_params == info.metadata["settings"]["evaluate"]
+        assert onnx.eval_params.as_dict() == info.metadata["settings"]["evaluate"]
         onnx_persons = limit_persons(onnx(image), int(params["evaluate"]["max_people"]))
         _assert_same_persons(served_persons, onnx_persons, 1e-3)
     finally:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import sections
 from repo_setup import REPO, make_repo_copy, tiny_generated_params
 
 from pose.registry.tracking import registered_model_name
@@ -184,7 +185,8 @@ def test_flow_run_visible_through_prefect_api(stack, flow_run):
 def test_model_version_in_postgres_registry(stack, flow_run, as_pipeline):
     repo, _ = flow_run
     record = json.loads((repo / "data/registry/registration.json").read_text())
-    name = registered_model_name(tiny_params())
+    p = sections(tiny_params())
+    name = registered_model_name(p.registry, p.data.dataset)
     mv = as_pipeline.get_model_version(name, str(record["version"]))
     assert {"challenger", "champion"} <= set(mv.aliases)
     assert mv.run_id == record["run_id"]
@@ -230,7 +232,8 @@ def test_artifacts_land_in_s3(stack, flow_run, as_pipeline, tmp_path):
     assert sha(ckpt[0]) == hashlib.sha256((repo / "data/models/best.pt").read_bytes()).hexdigest()
     # back through the registry alias (as `pose predict --model models:/...@champion` does):
     # the version's files are the run's `model/` artifacts in the bucket
-    name = registered_model_name(tiny_params())
+    p = sections(tiny_params())
+    name = registered_model_name(p.registry, p.data.dataset)
     mlflow.set_tracking_uri(stack.mlflow_url)
     try:
         path = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@champion",

@@ -15,10 +15,13 @@ from pose.augment.affine import apply_affine, invert_affine, letterbox_affine
 from pose.augment.transforms import augment_sample, build_augmenter, hflip_keypoints, to_canvas
 from pose.codec import JOINTS_NAME, MASK_NAMES, OUTPUT_NAMES, Codec, codec_from_params
 from pose.datasets.schema import FLIP_INDEX, KEYPOINT_NAMES
+from pose.params import AugmentSection
 from pose.targets.heatmaps import joint_indices, render_heatmaps
 from pose.train.data import CocoKeypoints, CurriculumBatchSampler, curriculum_schedule
 
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+#: params.yaml's ``augment`` section, checked (`pose.params.AugmentSection`)
+AUGMENT = AugmentSection.model_validate(PARAMS["augment"])
 
 #: the codec of the hand-computed tests: COCO-17, tag_dim 1, sigma 2, project convention, quantised Gaussians
 HAND_CODEC = codec_from_params({"num_joints": 17, "tag_dim": 1, "convention": "project"},
@@ -164,7 +167,7 @@ def test_augmented_keypoints_follow_the_image():
     img = np.zeros((200, 300, 3), np.uint8)
     kp = np.array([[[120.0, 80.0, 2.0]] + [[0, 0, 0]] * 16])
     cv2.circle(img, (120, 80), 3, (255, 255, 255), -1)
-    aug = build_augmenter({**PARAMS["augment"], "color_jitter": 0.0})
+    aug = build_augmenter(AUGMENT.model_copy(update={"color_jitter": 0.0}))
     for seed in range(5):
         out_img, out_kp, _ = augment_sample(img, kp, np.zeros((200, 300), np.uint8), aug, False, seed)
         if out_kp[0, 0, 2] == 0:
@@ -186,13 +189,18 @@ def test_letterbox_roundtrip_and_canvas():
 
 
 def test_curriculum_schedule_variants():
-    cur = [{"sizes": [256], "epochs": 2}, {"sizes": [256, 384], "epochs": 1}, {"sizes": [256, 384, 512], "epochs": 1}]
+    from pose.params import CurriculumStage
+
+    cur = [CurriculumStage.model_validate(st) for st in
+           ({"sizes": [256], "epochs": 2}, {"sizes": [256, 384], "epochs": 1}, {"sizes": [256, 384, 512], "epochs": 1})]
     plan = curriculum_schedule(cur, multi_scale=True, use_curriculum=True)
     assert plan == [[256], [256], [256, 384], [256, 384, 512]]
     assert curriculum_schedule(cur, multi_scale=True, use_curriculum=False) == [[256, 384, 512]] * 4
     assert curriculum_schedule(cur, multi_scale=False, use_curriculum=True) == [[512]] * 4
     with pytest.raises(ValueError, match="multiples of 32"):
-        curriculum_schedule([{"sizes": [250], "epochs": 1}], multi_scale=True, use_curriculum=True)
+        # a stage the schema would refuse (pose.params.input_size_error), built unchecked: the schedule refuses it too
+        curriculum_schedule([CurriculumStage.model_construct(sizes=[250], epochs=1)], multi_scale=True,
+                            use_curriculum=True)
 
 
 def test_sampler_one_size_per_batch_deterministic_and_sharded():
@@ -231,8 +239,9 @@ def test_render_heatmaps_skips_invisible_and_outside():
 
 # ----------------------------------------------------------------------------- the reference crop (augment.crop)
 
-REFERENCE_AUGMENT = {"crop": "short_side", "max_rotation": 30, "min_scale": 0.75, "max_scale": 1.5, "max_translate": 40,
-                     "flip_prob": 0.5, "color_jitter": 0.0}  # experiments/coco/higher_hrnet/w32_512_adam_lr1e-3.yaml
+REFERENCE_AUGMENT = AugmentSection.model_validate(
+    {"crop": "short_side", "max_rotation": 30, "min_scale": 0.75, "max_scale": 1.5, "max_translate": 40,
+     "flip_prob": 0.5, "color_jitter": 0.0})  # experiments/coco/higher_hrnet/w32_512_adam_lr1e-3.yaml
 
 
 def _coco_persons(ann_file, count):
@@ -273,7 +282,8 @@ def test_crop_keypoints_follow_the_pixels(coco_like, crop, convention):
     from pose.targets.heatmaps import pixel_offset
 
     ann, images = _val(coco_like)
-    aug = REFERENCE_AUGMENT if crop == "short_side" else dict(PARAMS["augment"], crop="letterbox", color_jitter=0.0)
+    aug = REFERENCE_AUGMENT if crop == "short_side" else AUGMENT.model_copy(update={"crop": "letterbox",
+                                                                                     "color_jitter": 0.0})
     from pose.codec import convention_rules
 
     transform = TrainTransform(crop, aug, convention=convention)
@@ -348,7 +358,7 @@ def test_train_transform_letterbox_is_the_previous_pipeline(coco_like):
     img = cv2.imread(str(images / file_name))
     ignore = np.zeros((height, width), np.uint8)
     ignore[:20] = 1
-    aug = dict(PARAMS["augment"], crop="letterbox")
+    aug = AUGMENT.model_copy(update={"crop": "letterbox"})
     new = TrainTransform("letterbox", aug, convention="project")(img, kp, ignore, input_size=256, strides=(4, 2),
                                                                  flip=True, seed=11)
     a, k, i = augment_sample(img, kp, ignore, build_augmenter(aug), True, 11)
@@ -369,7 +379,7 @@ def test_crop_param_errors():
     with pytest.raises(ValueError, match="TrainTransform"):
         build_augmenter(REFERENCE_AUGMENT)  # the letterbox warp must not run silently for short_side
     with pytest.raises(ValueError, match="min_scale"):
-        TrainTransform("short_side", dict(REFERENCE_AUGMENT, min_scale=2.0), convention="project")(
+        TrainTransform("short_side", REFERENCE_AUGMENT.model_copy(update={"min_scale": 2.0}), convention="project")(
             np.zeros((64, 64, 3), np.uint8), np.zeros((0, 17, 3)), np.zeros((64, 64), np.uint8),
             input_size=64, strides=(4,), flip=False, seed=0)
 

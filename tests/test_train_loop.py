@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from conftest import REPO, sections, train_sections
 
 from pose.train.checkpoint import load_checkpoint, remove_stale_temps, save_checkpoint
 from pose.train.ddp import state_dict_digest
@@ -438,8 +438,9 @@ def test_loss_decreases_over_30_steps_on_a_fixed_real_batch(coco_like, tmp_path)
     params = tiny_params(max_steps_per_epoch=0, checkpoint_every=0, warmup_steps=3, val_every=0,
                          curriculum=[{"sizes": [128], "epochs": 1}])
     params["augment"] = dict(NO_AUGMENT)
-    summary = train(params, train_ann=ann, train_images=coco_like / "train2017", out_dir=tmp_path / "models",
-                    metrics_path=tmp_path / "train.json", steps_path=tmp_path / "steps.csv", resume=False)
+    summary = train(**train_sections(params), train_ann=ann, train_images=coco_like / "train2017",
+                    out_dir=tmp_path / "models", metrics_path=tmp_path / "train.json",
+                    steps_path=tmp_path / "steps.csv", resume=False)
     assert summary["steps"] == 30
     rows = [line.split(",") for line in (tmp_path / "steps.csv").read_text().splitlines()[1:]]
     losses = [float(r[3]) for r in rows]
@@ -456,8 +457,8 @@ def test_bf16_autocast_on_cpu_trains_two_steps(coco_like, tmp_path):
         params = tiny_params(amp=amp, max_steps_per_epoch=2, checkpoint_every=0, val_every=0,
                              curriculum=[{"sizes": [128], "epochs": 1}])
         d = tmp_path / f"amp_{amp}"
-        summary = train(params, out_dir=d / "models", metrics_path=d / "train.json", steps_path=d / "steps.csv",
-                        **kwargs)
+        summary = train(**train_sections(params), out_dir=d / "models", metrics_path=d / "train.json",
+                        steps_path=d / "steps.csv", **kwargs)
         assert summary["steps"] == 2 and math.isfinite(summary["final_loss"])
         results[amp] = summary["final_loss"]
         ck = load_checkpoint(d / "models" / "last.pt")
@@ -473,7 +474,7 @@ def test_bf16_autocast_on_cpu_trains_two_steps(coco_like, tmp_path):
     params["model"]["width"] = 16
     d = tmp_path / "amp_True"
     with pytest.raises(ValueError, match="trained with model params"):
-        train(params, out_dir=d / "models", metrics_path=d / "x.json", steps_path=d / "x.csv",
+        train(**train_sections(params), out_dir=d / "models", metrics_path=d / "x.json", steps_path=d / "x.csv",
               **{**kwargs, "resume": True})
 
 
@@ -488,8 +489,8 @@ def test_ema_is_validated_and_saved_without_changing_the_training_trajectory(coc
     runs = {}
     for name, decay in (("off", 0.0), ("ema", 0.9)):
         d = tmp_path / name
-        train(tiny_params(ema_decay=decay, val_every=0, checkpoint_every=0), out_dir=d, metrics_path=d / "t.json",
-              steps_path=d / "s.csv", **kw)
+        train(**train_sections(tiny_params(ema_decay=decay, val_every=0, checkpoint_every=0)), out_dir=d,
+              metrics_path=d / "t.json", steps_path=d / "s.csv", **kw)
         runs[name] = load_checkpoint(d / "last.pt")
     off, ema = runs["off"], runs["ema"]
     assert "model_raw" not in off and ema["ema_updates"] == TOTAL_STEPS
@@ -520,8 +521,8 @@ def test_channels_last_trains_deterministically_and_saves_a_loadable_model(coco_
     cks = {}
     for name, cl in (("nchw", False), ("nhwc", True), ("nhwc_again", True)):
         d = tmp_path / name
-        train(tiny_params(channels_last=cl, max_steps_per_epoch=2, val_every=0, checkpoint_every=0,
-                          curriculum=[{"sizes": [128], "epochs": 1}]),
+        train(**train_sections(tiny_params(channels_last=cl, max_steps_per_epoch=2, val_every=0, checkpoint_every=0,
+                                           curriculum=[{"sizes": [128], "epochs": 1}])),
               out_dir=d, metrics_path=d / "t.json", steps_path=d / "s.csv", **kw)
         cks[name] = load_checkpoint(d / "last.pt")
     for k, v in cks["nhwc"]["model"].items():
@@ -551,7 +552,7 @@ def _run_scripted_validation(coco: Path, tmp: Path, monkeypatch, aps: list[float
         "AP": next(scripted), "AP50": 0.9, "AP75": 0.1, "AR": 0.2, "images": len(self), "seconds": 0.01})
     params = tiny_params(max_steps_per_epoch=1, checkpoint_every=0, val_max_images=1,
                          curriculum=[{"sizes": [128], "epochs": 4}], **train_kw)
-    summary = train(params, train_ann=coco / "annotations" / "person_keypoints_train2017.json",
+    summary = train(**train_sections(params), train_ann=coco / "annotations" / "person_keypoints_train2017.json",
                     train_images=coco / "train2017", out_dir=tmp / "models", metrics_path=tmp / "train.json",
                     steps_path=tmp / "steps.csv", resume=False,
                     val_ann=coco / "annotations" / "person_keypoints_val2017.json", val_images=coco / "val2017",
@@ -593,13 +594,15 @@ def test_validation_off_keeps_best_pt_by_training_loss(coco_like, tmp_path, monk
     assert summary["best_epoch"] == losses.index(min(losses))
     assert load_checkpoint(run / "models" / "best.pt")["epoch"] == summary["best_epoch"] + 1
     # without a validation split, val_every > 0 falls back to the training loss, and says so
-    summary = train(tiny_params(max_steps_per_epoch=1, checkpoint_every=0, curriculum=[{"sizes": [128], "epochs": 1}]),
+    summary = train(**train_sections(tiny_params(max_steps_per_epoch=1, checkpoint_every=0,
+                                                 curriculum=[{"sizes": [128], "epochs": 1}])),
                     train_ann=coco_like / "annotations" / "person_keypoints_train2017.json",
                     train_images=coco_like / "train2017", out_dir=tmp_path / "m2", metrics_path=tmp_path / "t2.json",
                     steps_path=tmp_path / "s2.csv", resume=False)
     assert summary["best_by"] == "train_loss"
     with pytest.raises(ValueError, match="train.val_every"):
-        train(tiny_params(val_every=-1), train_ann=coco_like / "annotations" / "person_keypoints_train2017.json",
+        train(**train_sections(tiny_params(), val_every=-1),
+              train_ann=coco_like / "annotations" / "person_keypoints_train2017.json",
               train_images=coco_like / "train2017", out_dir=tmp_path / "m3", metrics_path=tmp_path / "t3.json",
               steps_path=tmp_path / "s3.csv", resume=False)
 
@@ -626,13 +629,13 @@ def test_validation_scores_like_the_evaluate_stage(coco_like, tmp_path):
     params = tiny_params()
     torch.manual_seed(0)
     model = init_weights(build_model(params["model"]), "kaiming").eval()
-    ev = params["evaluate"]
+    ev = sections(params).evaluate
     got = Validator(ann, coco_like / "val2017", max_images=3, eval_params=ev).run(model)
     (tmp_path / "sub.json").write_text(json.dumps(sub))
     results = predict_dataset(model, tmp_path / "sub.json", coco_like / "val2017", ev)
     assert results, "the random model must detect something for this comparison to mean anything"
     want = evaluate_results(tmp_path / "sub.json", results, sigmas=COCO_SIGMAS,
-                            oks_threshold=float(ev["oks_threshold"]))
+                            oks_threshold=float(ev.oks_threshold))
     assert got["images"] == 3 and all(got[k] == want[k] for k in ("AP", "AP50", "AP75", "AR"))
     assert not model.training
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from conftest import REPO, sections
 from typer.testing import CliRunner
 
 from pose.cli import app
@@ -192,8 +192,8 @@ def test_predict_video_stride_max_frames_filters_and_avi(coco_like, tmp_path):
         seen.append(frame)
         return [_fake_person(frame, 0.9), _fake_person(frame[::-1], 0.1)]   # a confident and a weak person
 
-    pp = yaml.safe_load((REPO / "params.yaml").read_text())["predict"]
-    pp.update(min_person_score=0.5, min_joints=5, joint_threshold=0.2, video_frame_stride=2)
+    pp = sections(yaml.safe_load((REPO / "params.yaml").read_text())).predict.model_copy(
+        update={"min_person_score": 0.5, "min_joints": 5, "joint_threshold": 0.2, "video_frame_stride": 2})
     jsonl, overlay = video_outputs(video, tmp_path / "out")
     assert (jsonl.name, overlay.name) == ("walk.jsonl", "walk_overlay.avi")
     summary = predict_video(predict_fn, video, out_jsonl=jsonl, out_video=overlay, predict_params=pp,
@@ -221,7 +221,8 @@ def test_predict_video_stride_max_frames_filters_and_avi(coco_like, tmp_path):
 
     with pytest.raises(ValueError, match="video_fourcc.avi"):
         predict_video(predict_fn, video, out_jsonl=tmp_path / "x.jsonl", out_video=tmp_path / "x.avi",
-                      predict_params={**pp, "video_fourcc": {"mp4": "mp4v", "avi": "MJP"}}, max_frames=None,
+                      predict_params=pp.model_copy(update={"video_fourcc": pp.video_fourcc.model_copy(
+                          update={"mp4": "mp4v", "avi": "MJP"})}), max_frames=None,
                       progress=False)
     assert not (tmp_path / "x.jsonl").exists() and not (tmp_path / "x.avi").exists()
 
@@ -239,7 +240,7 @@ def test_failure_mid_video_leaves_nothing(coco_like, tmp_path):
             raise RuntimeError("model failed")
         return []
 
-    pp = yaml.safe_load((REPO / "params.yaml").read_text())["predict"]
+    pp = sections(yaml.safe_load((REPO / "params.yaml").read_text())).predict
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="model failed"):
         predict_video(predict_fn, video, out_jsonl=out / "clip.jsonl", out_video=out / "clip_overlay.mp4",

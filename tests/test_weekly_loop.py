@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import sections
 from repo_setup import BIN, make_repo_copy, pipeline_env, tiny_generated_params
 
 pytestmark = pytest.mark.slow
@@ -107,7 +108,7 @@ def test_weekly_loop(tmp_path):
     timings: dict[str, float] = {}
     params = weekly_params()
     repo = make_repo_copy(tmp_path / "repo", params)
-    name = registered_model_name(params)
+    name = registered_model_name(sections(params).registry, params["data"]["dataset"])
 
     t0 = time.perf_counter()
     out = _flow(repo)

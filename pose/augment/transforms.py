@@ -51,9 +51,13 @@ a flipped sample one heatmap pixel left of the mirrored image content; that is n
 `pose check-scales` verifies the deterministic part of whichever crop is active on the
 real annotations (`pose.quality.scales`); the random warps map keypoints with the same
 matrix as the image.
+
+Params sections read: ``augment`` (`pose.params.AugmentSection`, handed in by `pose.train.data`).
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import albumentations as A
 import cv2
@@ -62,6 +66,9 @@ import numpy as np
 from pose.augment.affine import apply_affine, compose_affine, hflip_affine, letterbox_affine, short_side_crop_affine
 from pose.codec import Convention, convention_rules
 from pose.datasets.schema import FLIP_INDEX
+
+if TYPE_CHECKING:
+    from pose.params import AugmentSection
 
 #: ImageNet statistics in RGB order, applied to [0, 1] pixel values.
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -97,9 +104,9 @@ def _color_jitter(strength: float) -> A.ColorJitter:
     return A.ColorJitter(brightness=c, contrast=c, saturation=c, hue=c / 4, p=1.0 if c > 0 else 0.0)
 
 
-def build_augmenter(aug: dict) -> A.Compose:
+def build_augmenter(aug: AugmentSection) -> A.Compose:
     """Random geometric + photometric albumentations pipeline of the ``letterbox`` crop, from
-    params ``augment``.
+    the params ``augment`` section (`pose.params.AugmentSection`).
 
     Keys read: crop, max_rotation (deg), min_scale, max_scale, max_translate (fraction of
     the image size), color_jitter (strength in [0, 1]); KeyError when one is missing. Keypoints are passed in
@@ -107,18 +114,18 @@ def build_augmenter(aug: dict) -> A.Compose:
     The ``short_side`` crop has no image-space augmenter (`TrainTransform` draws its one
     affine); calling this with ``crop: short_side`` raises ValueError.
     """
-    if aug["crop"] != "letterbox":
-        raise ValueError(f"params augment.crop {aug['crop']!r}: build_augmenter is the letterbox crop's "
+    if aug.crop != "letterbox":
+        raise ValueError(f"params augment.crop {aug.crop!r}: build_augmenter is the letterbox crop's "
                          "image-space warp; use pose.augment.transforms.TrainTransform")
     return A.Compose(
         [
             A.Affine(
-                scale=(float(aug["min_scale"]), float(aug["max_scale"])),
-                translate_percent=(-float(aug["max_translate"]), float(aug["max_translate"])),
-                rotate=(-float(aug["max_rotation"]), float(aug["max_rotation"])),
+                scale=(float(aug.min_scale), float(aug.max_scale)),
+                translate_percent=(-float(aug.max_translate), float(aug.max_translate)),
+                rotate=(-float(aug.max_rotation), float(aug.max_rotation)),
                 border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=1.0,
             ),
-            _color_jitter(aug["color_jitter"]),
+            _color_jitter(aug.color_jitter),
         ],
         keypoint_params=A.KeypointParams(format="xy", remove_invisible=False),
     )
@@ -200,21 +207,22 @@ def to_canvas(image: np.ndarray, keypoints: np.ndarray, ignore: np.ndarray, inpu
     return canvas, kps, weights, m
 
 
-def draw_short_side_crop(rng: np.random.Generator, aug: dict, width: int, height: int,
+def draw_short_side_crop(rng: np.random.Generator, aug: AugmentSection, width: int, height: int,
                          input_size: int) -> np.ndarray:
     """Random ``short_side`` crop affine (2, 3) float64, image px -> input px.
 
     Draws, in the reference's order, ``scale ~ U(min_scale, max_scale)``, ``rotation ~
     U(-max_rotation, max_rotation)`` degrees and a centre shift ``~ U(-t, t)`` per axis with
-    ``t = max_translate * scale * min(width, height) / 200`` image px (params ``augment``;
+    ``t = max_translate * scale * min(width, height) / 200`` image px (the params ``augment`` section,
+    `pose.params.AugmentSection`;
     HigherHRNet ``RandomAffineTransform.__call__``), then builds
     `pose.augment.affine.short_side_crop_affine`. Raises ValueError when
     ``min_scale > max_scale`` or a value is negative (message names the key).
     """
-    lo, hi = float(aug["min_scale"]), float(aug["max_scale"])
+    lo, hi = float(aug.min_scale), float(aug.max_scale)
     if not 0 < lo <= hi:
         raise ValueError(f"params augment.min_scale / max_scale: need 0 < min_scale <= max_scale, got {lo}, {hi}")
-    max_rot, max_tr = float(aug["max_rotation"]), float(aug["max_translate"])
+    max_rot, max_tr = float(aug.max_rotation), float(aug.max_translate)
     if max_rot < 0 or max_tr < 0:
         raise ValueError(f"params augment.max_rotation / max_translate must be >= 0, got {max_rot}, {max_tr}")
     scale = rng.uniform(lo, hi)
@@ -231,7 +239,8 @@ class TrainTransform:
 
     Args:
         crop: ``letterbox`` | ``short_side``.
-        augment: params ``augment`` (random warp, flip is decided by the caller, colour
+        augment: the params ``augment`` section (`pose.params.AugmentSection`: random warp, flip is
+            decided by the caller, colour
             jitter), or None for no random warp or colour change (the deterministic crop:
             the letterbox, or the centre square of the short side).
         convention: params ``model.convention`` (``project`` | ``reference``) or a
@@ -242,7 +251,7 @@ class TrainTransform:
         ValueError: unknown ``crop`` or ``convention`` (the message names the params key).
     """
 
-    def __init__(self, crop: str, augment: dict | None, *, convention: str | Convention):
+    def __init__(self, crop: str, augment: AugmentSection | None, *, convention: str | Convention):
         if crop not in CROPS:
             raise ValueError(f"params augment.crop: unknown crop {crop!r} ({' | '.join(CROPS)})")
         rules = convention_rules(convention)
@@ -253,10 +262,10 @@ class TrainTransform:
         #: the pixel-index flip of shifted keypoints this is ``2 (pixel_offset - offset)`` more
         self.flip_offset = rules.pixel_offset - rules.map_offset
         self.augmenter = None
-        if augment and crop == "letterbox":
+        if augment is not None and crop == "letterbox":
             self.augmenter = build_augmenter(augment)
-        elif augment and float(augment["color_jitter"]) > 0:
-            self.augmenter = A.Compose([_color_jitter(augment["color_jitter"])])
+        elif augment is not None and float(augment.color_jitter) > 0:
+            self.augmenter = A.Compose([_color_jitter(augment.color_jitter)])
 
     def __call__(self, image: np.ndarray, keypoints: np.ndarray, ignore: np.ndarray, *, input_size: int,
                  strides: tuple[int, ...], flip: bool,
@@ -292,7 +301,7 @@ class TrainTransform:
             return canvas, kps, weights, m
         h, w = image.shape[:2]
         rng = np.random.default_rng(int(seed) % (2 ** 63))
-        if self.augment:
+        if self.augment is not None:
             m = draw_short_side_crop(rng, self.augment, w, h, input_size)
         else:
             m = short_side_crop_affine(w, h, input_size)

@@ -63,7 +63,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -71,7 +71,14 @@ import torch
 from pose.codec import OUTPUT_STRIDES, Convention, convention_rules, with_overrides
 from pose.datasets.schema import FLIP_INDEX
 from pose.decode.deadline import checkpoint
-from pose.decode.persons import EVAL_KEYS, decode_persons, graph_projects, resolve_eval_params, to_coco_results
+from pose.decode.persons import (
+    EVAL_KEYS,
+    InferenceSettings,
+    decode_persons,
+    graph_projects,
+    resolve_eval_params,
+    to_coco_results,
+)
 from pose.decode.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -91,6 +98,9 @@ from pose.decode.preprocess import (
 )
 from pose.io import dataset_exif, read_image
 from pose.targets.heatmaps import CONVENTIONS, pixel_offset
+
+if TYPE_CHECKING:
+    from pose.params import EvaluateSection
 
 log = logging.getLogger(__name__)
 
@@ -472,7 +482,8 @@ def model_convention(model: torch.nn.Module, convention: str | None = None) -> s
     return check_convention(conv if isinstance(conv, Convention) else str(conv))
 
 
-def predict_image(model: torch.nn.Module, image_bgr: np.ndarray, *, eval_params: dict | None = None,
+def predict_image(model: torch.nn.Module, image_bgr: np.ndarray, *,
+                  eval_params: EvaluateSection | InferenceSettings | dict | None = None,
                   convention: str | None = None, input_size: int | None = None, resize: str | None = None,
                   flip_test: bool | None = None, test_scales: Sequence[float] | None = None,
                   detection_threshold: float | None = None, tag_threshold: float | None = None,
@@ -482,7 +493,8 @@ def predict_image(model: torch.nn.Module, image_bgr: np.ndarray, *, eval_params:
                   off_domain: bool = False) -> list[dict]:
     """Detect the persons of one image.
 
-    Settings come from ``eval_params`` (params.yaml ``evaluate``), each overridable by its
+    Settings come from ``eval_params`` (the params ``evaluate`` section, `pose.params.EvaluateSection`,
+    or `pose.decode.persons.InferenceSettings`, or settings stored with a model), each overridable by its
     keyword; all of :data:`EVAL_KEYS` must be given one way or the other. The coordinate
     convention comes from ``convention`` or the model (:func:`model_convention`). With
     ``project2image`` and ``project_maps`` every map is resampled to the input (the reference);
@@ -510,10 +522,10 @@ def predict_image(model: torch.nn.Module, image_bgr: np.ndarray, *, eval_params:
                               tag_threshold=tag_threshold, max_people=max_people, nms_kernel=nms_kernel,
                               tie_break=tie_break, project2image=project2image, adjust=adjust, refine=refine,
                               nms_oks=nms_oks)
-    conv = with_overrides(model_convention(model, convention), cfg.get("convention_overrides"))
+    conv = with_overrides(model_convention(model, convention), cfg.convention_overrides)
     img = check_image(image_bgr)
-    maps = multi_scale_maps(model, img, input_size=int(cfg["input_size"]), resize=str(cfg["resize"]),
-                            test_scales=[float(s) for s in cfg["test_scales"]], flip_test=bool(cfg["flip_test"]),
+    maps = multi_scale_maps(model, img, input_size=int(cfg.input_size), resize=str(cfg.resize),
+                            test_scales=[float(s) for s in cfg.test_scales], flip_test=bool(cfg.flip_test),
                             project2image=graph_projects(cfg), convention=conv, device=device)
     checkpoint("decoding")
     return decode_persons(maps.heatmaps.float().cpu().numpy(), maps.tags.float().cpu().numpy(), maps.affine,
@@ -522,7 +534,8 @@ def predict_image(model: torch.nn.Module, image_bgr: np.ndarray, *, eval_params:
 
 
 def predict_dataset(model: torch.nn.Module, ann_file: Path | str, images_dir: Path | str,
-                    eval_params: dict, device: torch.device | str | None = None, *,
+                    eval_params: EvaluateSection | InferenceSettings | dict, device: torch.device | str | None = None,
+                    *,
                     convention: str | None = None) -> list[dict]:
     """Predict every image listed in a COCO annotation file.
 
@@ -530,7 +543,8 @@ def predict_dataset(model: torch.nn.Module, ann_file: Path | str, images_dir: Pa
         ann_file: COCO JSON whose ``images`` (``id``, ``file_name``) are predicted, all of
             them, with or without persons (false positives count in COCO AP).
         images_dir: folder holding the ``file_name`` files.
-        eval_params: params.yaml ``evaluate`` (all of :data:`EVAL_KEYS`).
+        eval_params: the params ``evaluate`` section (`pose.params.EvaluateSection`), or
+            `pose.decode.persons.InferenceSettings` (all of :data:`EVAL_KEYS`).
         convention: coordinate convention, or None for the model's (:func:`model_convention`).
 
     Returns:

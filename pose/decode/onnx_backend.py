@@ -20,6 +20,8 @@ Graph: input ``input`` (B, 3, H, W) float32 (H, W multiples of 32, dynamic), out
 (``Hg = H / stride``). The flip test and ``project2image`` are part of the graph.
 
 Multi-scale test: not supported here (one clear error); the torch backend runs it.
+
+Params sections read: ``evaluate`` (as `pose.decode.persons.InferenceSettings`).
 """
 
 from __future__ import annotations
@@ -27,13 +29,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pose.codec import with_overrides
 from pose.decode.deadline import checkpoint
-from pose.decode.persons import EVAL_KEYS, OPTIONAL_EVAL_KEYS, decode_persons, resolve_eval_params
+from pose.decode.persons import InferenceSettings, decode_persons, resolve_eval_params
 from pose.decode.preprocess import check_convention, check_image, check_input_multiple, input_batch, input_geometry
+
+if TYPE_CHECKING:
+    from pose.params import EvaluateSection
 
 #: value of metadata ``pose.format`` of files this package writes
 FORMAT = "pose-onnx/1"
@@ -93,19 +99,20 @@ def graph_projects_of(meta: dict[str, str]) -> bool:
     return int(meta.get("stride", 2)) == 1
 
 
-def graph_settings_match(meta: dict[str, str], eval_params: dict) -> bool:
+def graph_settings_match(meta: dict[str, str], eval_params: EvaluateSection | InferenceSettings | dict) -> bool:
     """True when a file exported with metadata ``meta`` computes the maps the settings
-    ``eval_params`` (params.yaml ``evaluate``) decode: the same flip test and map projection
+    ``eval_params`` (the params ``evaluate`` section, `pose.params.EvaluateSection`, or
+    `pose.decode.persons.InferenceSettings`) decode: the same flip test and map projection
     (``pose.decode.persons.graph_projects``), and the single test scale ``[1.0]``."""
     from pose.decode.persons import graph_projects
 
     try:
-        cfg = resolve_eval_params({k: v for k, v in eval_params.items() if k in EVAL_KEYS})
+        cfg = resolve_eval_params(eval_params)
     except ValueError:
         return False
-    return (bool(cfg["flip_test"]) == _as_bool(meta.get("flip_test", "")) and
+    return (bool(cfg.flip_test) == _as_bool(meta.get("flip_test", "")) and
             graph_projects(cfg) == graph_projects_of(meta) and
-            [float(v) for v in cfg["test_scales"]] == [1.0])
+            [float(v) for v in cfg.test_scales] == [1.0])
 
 
 class OnnxPoseModel:
@@ -155,27 +162,27 @@ class OnnxPoseModel:
             providers.insert(0, "CUDAExecutionProvider")
         self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
 
-    def settings(self, eval_params: dict | None) -> dict:
-        """The inference settings for this model: ``eval_params`` (params.yaml ``evaluate``)
+    def settings(self, eval_params: EvaluateSection | InferenceSettings | dict | None) -> InferenceSettings:
+        """The inference settings for this model: ``eval_params`` (the params ``evaluate`` section,
+        `pose.params.EvaluateSection`, or `pose.decode.persons.InferenceSettings`, or a stored mapping)
         or, when None, those stored at export; checked (:func:`resolve_eval_params`).
 
         Raises ValueError when ``flip_test`` / ``project2image`` differ from the exported
         graph's, or ``test_scales`` is not ``[1.0]`` (no multi-scale test with onnxruntime)."""
         from pose.decode.persons import graph_projects
 
-        cfg = resolve_eval_params({k: v for k, v in (eval_params or self.eval_params).items()
-                                   if k in EVAL_KEYS + OPTIONAL_EVAL_KEYS})
-        if bool(cfg["flip_test"]) != self.flip_test:
-            raise ValueError(f"evaluate.flip_test = {bool(cfg['flip_test'])}, but {self.path} was exported with "
+        cfg = resolve_eval_params(eval_params if eval_params is not None else self.eval_params)
+        if bool(cfg.flip_test) != self.flip_test:
+            raise ValueError(f"evaluate.flip_test = {bool(cfg.flip_test)}, but {self.path} was exported with "
                              f"flip_test = {self.flip_test} (part of the graph): export again with "
-                             f"evaluate.flip_test: {str(bool(cfg['flip_test'])).lower()}, or use --backend torch")
+                             f"evaluate.flip_test: {str(bool(cfg.flip_test)).lower()}, or use --backend torch")
         if graph_projects(cfg) != (self.stride == 1):
-            raise ValueError(f"evaluate.project2image = {bool(cfg['project2image'])}, project_maps = "
-                             f"{bool(cfg['project_maps'])}: the graph must {'' if graph_projects(cfg) else 'not '}"
+            raise ValueError(f"evaluate.project2image = {bool(cfg.project2image)}, project_maps = "
+                             f"{bool(cfg.project_maps)}: the graph must {'' if graph_projects(cfg) else 'not '}"
                              f"resample every map to the input, but {self.path} was exported "
                              f"{'with' if self.stride == 1 else 'without'} it (stride {self.stride}): export again "
                              "with these settings, or use --backend torch")
-        scales = [float(s) for s in cfg["test_scales"]]
+        scales = [float(s) for s in cfg.test_scales]
         if scales != [1.0]:
             raise ValueError(f"evaluate.test_scales = {scales}: the onnxruntime backend runs the single scale [1.0]; "
                              "use --backend torch for the multi-scale test")
@@ -187,21 +194,21 @@ class OnnxPoseModel:
         heatmaps, tags = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(batch, np.float32)})
         return heatmaps, tags
 
-    def maps(self, image_bgr: np.ndarray, cfg: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    def maps(self, image_bgr: np.ndarray, cfg: InferenceSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """Aggregated maps of one (H, W, 3) uint8 BGR image: ``(heatmaps (K, Hg, Wg), tags
         (K, Hg, Wg, T * n), affine (2, 3) image px -> input px, stride)``, as
         ``pose.decode.inference.multi_scale_maps`` for the single scale 1.0.
         ``cfg``: :meth:`settings`. Raises ValueError on a bad image."""
         img = check_image(image_bgr)
         height, width = img.shape[:2]
-        geo = input_geometry(width, height, resize=str(cfg["resize"]), input_size=int(cfg["input_size"]),
+        geo = input_geometry(width, height, resize=str(cfg.resize), input_size=int(cfg.input_size),
                              scale=1.0, min_scale=1.0,
-                             convention=with_overrides(self.convention, cfg.get("convention_overrides")))
+                             convention=with_overrides(self.convention, cfg.convention_overrides))
         check_input_multiple(geo, 1.0)
         heatmaps, tags = self.run(input_batch(img, geo))
         return heatmaps[0], tags[0], geo.affine, self.stride
 
-    def predict(self, image_bgr: np.ndarray, cfg: dict, off_domain: bool = False) -> list[dict]:
+    def predict(self, image_bgr: np.ndarray, cfg: InferenceSettings, off_domain: bool = False) -> list[dict]:
         """Persons of one (H, W, 3) uint8 BGR image, as ``pose.decode.inference.predict_image``
         returns them (image px, sorted by score). ``cfg``: :meth:`settings`; ``off_domain``: as
         ``predict_image``. Raises ValueError on a bad image."""
@@ -209,7 +216,7 @@ class OnnxPoseModel:
         heatmaps, tags, affine, stride = self.maps(image_bgr, cfg)
         checkpoint("decoding")
         return decode_persons(heatmaps, tags, affine, stride, cfg=cfg,
-                              convention=with_overrides(self.convention, cfg.get("convention_overrides")),
+                              convention=with_overrides(self.convention, cfg.convention_overrides),
                               image_size=(image_bgr.shape[1], image_bgr.shape[0]), off_domain=off_domain)
 
 

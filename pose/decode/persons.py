@@ -4,17 +4,26 @@ mapping back to image px (``pose.decode.preprocess.heatmap_to_image``), pose NMS
 results entries. Shared by the torch path (``pose.decode.inference.predict_image``) and
 the onnxruntime path (``pose.decode.onnx_backend``), so both return the same persons for
 the same maps.
+
+Params sections read: ``evaluate`` (`pose.params.EvaluateSection`), turned into
+`InferenceSettings` by :func:`resolve_eval_params`, which also reads the same keys stored with a model
+(ONNX metadata, a registered version's settings).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pose.datasets.schema import COCO_SIGMAS
 from pose.decode.group import group_keypoints, oks_nms
 from pose.decode.preprocess import RESIZE_MODES, heatmap_to_image
+
+if TYPE_CHECKING:
+    from pose.params import EvaluateSection
 
 #: Keys of params.yaml ``evaluate`` that inference reads.
 EVAL_KEYS = ("input_size", "resize", "flip_test", "test_scales", "detection_threshold", "tag_threshold",
@@ -24,39 +33,86 @@ EVAL_KEYS = ("input_size", "resize", "flip_test", "test_scales", "detection_thre
 OPTIONAL_EVAL_KEYS = ("convention_overrides",)
 
 
-def resolve_eval_params(eval_params: dict | None, **explicit) -> dict:
-    """The inference settings: the :data:`EVAL_KEYS` of ``eval_params`` (params.yaml
-    ``evaluate``; other keys ignored), each overridden by an ``explicit`` keyword that is
+@dataclasses.dataclass(frozen=True)
+class InferenceSettings:
+    """The inference settings (:func:`resolve_eval_params`): the :data:`EVAL_KEYS` of the params
+    ``evaluate`` section, or of settings stored with a model, read by attribute (``cfg.nms_kernel``).
+    Values are kept as given (what `as_dict` stores again). Frozen: `replace` makes a changed copy."""
+
+    input_size: Any
+    resize: Any
+    flip_test: Any
+    test_scales: Any
+    detection_threshold: Any
+    tag_threshold: Any
+    max_people: Any
+    nms_kernel: Any
+    tie_break: Any
+    project2image: Any
+    project_maps: Any
+    adjust: Any
+    refine: Any
+    nms_oks: Any
+    #: ``evaluate.convention_overrides`` (`pose.codec.with_overrides`), None when the settings have none
+    convention_overrides: Any = None
+
+    def as_dict(self) -> dict:
+        """The settings as stored (ONNX metadata, a registered version's settings, a predictor's cache
+        key): the :data:`EVAL_KEYS`, and ``convention_overrides`` when set."""
+        out = {k: getattr(self, k) for k in EVAL_KEYS}
+        if self.convention_overrides is not None:
+            out["convention_overrides"] = self.convention_overrides
+        return out
+
+    def replace(self, **changes) -> InferenceSettings:
+        """A copy with ``changes`` (setting name -> value) applied; not checked (see :func:`resolve_eval_params`)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _settings_dict(eval_params: EvaluateSection | InferenceSettings | dict | None) -> dict:
+    """The settings of the params ``evaluate`` section, an `InferenceSettings` or a stored mapping, as a dict."""
+    if eval_params is None:
+        return {}
+    if isinstance(eval_params, dict):
+        return eval_params
+    return eval_params.as_dict()   # pose.params.EvaluateSection (as written) or InferenceSettings
+
+
+def resolve_eval_params(eval_params: EvaluateSection | InferenceSettings | dict | None,
+                        **explicit) -> InferenceSettings:
+    """The inference settings: the :data:`EVAL_KEYS` of ``eval_params`` (the params ``evaluate``
+    section, `pose.params.EvaluateSection`; or `InferenceSettings`; or the settings stored with a
+    model, a mapping: other keys ignored), each overridden by an ``explicit`` keyword that is
     not None.
 
     Settings stored before ``project_maps`` existed (a registered version's settings.json, an
     ONNX file's ``eval_params``) lack it; they were decoded with every map projected, so it is
     read as True there.
 
-    Raises ValueError naming the params key when a setting is missing, ``resize`` is not
+    Returns `InferenceSettings`. Raises ValueError naming the params key when a setting is missing, ``resize`` is not
     one of :data:`RESIZE_MODES` or ``nms_kernel`` is not an odd positive integer.
     """
-    cfg = {k: v for k, v in (eval_params or {}).items() if k in EVAL_KEYS + OPTIONAL_EVAL_KEYS}
-    cfg.update({k: v for k, v in explicit.items() if v is not None})
-    if "project_maps" not in cfg and "project2image" in cfg:
-        cfg["project_maps"] = True
-    missing = [k for k in EVAL_KEYS if k not in cfg]
+    merged = {k: v for k, v in _settings_dict(eval_params).items() if k in EVAL_KEYS + OPTIONAL_EVAL_KEYS}
+    merged.update({k: v for k, v in explicit.items() if v is not None})
+    if "project_maps" not in merged and "project2image" in merged:
+        merged["project_maps"] = True
+    missing = [k for k in EVAL_KEYS if k not in merged]
     if missing:
         raise ValueError(f"inference settings missing (params.yaml `evaluate`): {', '.join(missing)}")
-    if cfg["resize"] not in RESIZE_MODES:
-        raise ValueError(f"evaluate.resize must be one of {', '.join(RESIZE_MODES)}; got {cfg['resize']!r}")
-    kernel = cfg["nms_kernel"]
+    if merged["resize"] not in RESIZE_MODES:
+        raise ValueError(f"evaluate.resize must be one of {', '.join(RESIZE_MODES)}; got {merged['resize']!r}")
+    kernel = merged["nms_kernel"]
     if isinstance(kernel, bool) or not isinstance(kernel, (int, np.integer)) or kernel < 1 or kernel % 2 == 0:
         raise ValueError(f"evaluate.nms_kernel must be an odd positive integer (reference 5); got {kernel!r}")
-    return cfg
+    return InferenceSettings(**merged)
 
 
-def graph_projects(cfg: dict) -> bool:
+def graph_projects(cfg: InferenceSettings) -> bool:
     """Whether the network graph resamples every aggregated map to the input (stride 1):
     ``project2image`` with ``project_maps`` (the reference's ``TEST.PROJECT2IMAGE``). With
     ``project2image`` and not ``project_maps`` the graph stops at the 1/2 maps and
     :func:`decode_persons` projects only the joints (:func:`project_joints`)."""
-    return bool(cfg["project2image"]) and bool(cfg.get("project_maps", True))
+    return bool(cfg.project2image) and bool(cfg.project_maps)
 
 
 def _upsample_positions(index: np.ndarray, n: int, offset: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -139,7 +195,7 @@ def project_joints(heatmaps: np.ndarray, persons: np.ndarray, *, convention, adj
     return out
 
 
-def decode_persons(heatmaps: np.ndarray, tags: np.ndarray, affine: np.ndarray, stride: float, *, cfg: dict,
+def decode_persons(heatmaps: np.ndarray, tags: np.ndarray, affine: np.ndarray, stride: float, *, cfg: InferenceSettings,
                    convention: str, image_size: tuple[int, int] | None = None,
                    with_features: bool = False, off_domain: bool = False) -> list[dict]:
     """Group one image's aggregated maps into persons in image px.
@@ -179,27 +235,27 @@ def decode_persons(heatmaps: np.ndarray, tags: np.ndarray, affine: np.ndarray, s
     """
     hm = np.asarray(heatmaps, np.float32)
     persons, scores = group_keypoints(hm, np.asarray(tags, np.float32),
-                                      detection_threshold=float(cfg["detection_threshold"]),
-                                      tag_threshold=float(cfg["tag_threshold"]),
-                                      max_people=int(cfg["max_people"]), nms_kernel=int(cfg["nms_kernel"]),
-                                      tie_break=bool(cfg["tie_break"]), convention=convention,
-                                      adjust=bool(cfg["adjust"]), refine=bool(cfg["refine"]))
+                                      detection_threshold=float(cfg.detection_threshold),
+                                      tag_threshold=float(cfg.tag_threshold),
+                                      max_people=int(cfg.max_people), nms_kernel=int(cfg.nms_kernel),
+                                      tie_break=bool(cfg.tie_break), convention=convention,
+                                      adjust=bool(cfg.adjust), refine=bool(cfg.refine))
     tg = np.asarray(tags, np.float32)
     tg = tg[..., None] if tg.ndim == 3 else tg
     _, gh, gw = hm.shape
     xi = np.clip(np.rint(persons[:, :, 0]).astype(np.int64), 0, gw - 1)
     yi = np.clip(np.rint(persons[:, :, 1]).astype(np.int64), 0, gh - 1)
     joint_tags = tg[np.arange(hm.shape[0])[None, :], yi, xi]          # (N, K, C) tag channels at each joint
-    if bool(cfg["project2image"]) and float(stride) == 2.0 and not graph_projects(cfg):
-        persons = project_joints(hm, persons, convention=convention, adjust=bool(cfg["adjust"]))
+    if bool(cfg.project2image) and float(stride) == 2.0 and not graph_projects(cfg):
+        persons = project_joints(hm, persons, convention=convention, adjust=bool(cfg.adjust))
         stride = 1
     kps = heatmap_to_image(persons, affine, stride, convention=convention)
     num_joints = kps.shape[1]  # (N, K, 3), also for N = 0
     inside = joints_inside(kps, image_size)
-    features = person_features(persons, scores, kps, inside, float(cfg["tag_threshold"]), joint_tags)
+    features = person_features(persons, scores, kps, inside, float(cfg.tag_threshold), joint_tags)
     confidence = person_confidence(features, off_domain)
     sigmas = COCO_SIGMAS if num_joints == len(COCO_SIGMAS) else np.full(num_joints, float(np.mean(COCO_SIGMAS)))
-    order = oks_nms(kps, scores, sigmas, float(cfg["nms_oks"]))
+    order = oks_nms(kps, scores, sigmas, float(cfg.nms_oks))
     out = [{"keypoints": kps[i], "score": float(scores[i]), "bbox": keypoint_bbox(kps[i]),
             "confidence": float(confidence[i]), "inside": inside[i]} for i in order]
     if with_features:

@@ -21,6 +21,8 @@ from run to run while eval.json must not):
   which (``"rss"``, ``"rss_lifetime"``, ``"cuda_allocated"``);
 * the settings: ``device``, ``torch_threads``, ``input_size``, ``flip_test``,
   ``test_scales``, ``latency_samples``, ``latency_warmup``.
+
+Params sections read: ``evaluate`` (handed in by `pose.evaluate.outputs`).
 """
 
 from __future__ import annotations
@@ -30,13 +32,17 @@ import resource
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from pose.decode.inference import predict_image, scaled_input_size
-from pose.decode.persons import resolve_eval_params
+from pose.decode.persons import InferenceSettings, resolve_eval_params
 from pose.io import dataset_exif, read_image
+
+if TYPE_CHECKING:
+    from pose.params import EvaluateSection
 
 
 def _vm_hwm_mb() -> float | None:
@@ -75,14 +81,15 @@ def load_sample_images(ann_file: Path | str, images_dir: Path | str, count: int)
     return out
 
 
-def measure_efficiency(model: torch.nn.Module, images: Sequence[np.ndarray], *, eval_params: dict,
+def measure_efficiency(model: torch.nn.Module, images: Sequence[np.ndarray], *,
+                       eval_params: EvaluateSection | InferenceSettings | dict,
                        samples: int, warmup: int, device: torch.device | str | None = None) -> dict:
     """Size, compute, latency and peak memory of ``predict_image`` (module docstring).
 
     Args:
         model: the network (its device is used unless ``device`` is given).
         images: BGR uint8 images, timed in turn (cycled when fewer than ``samples``).
-        eval_params: params.yaml ``evaluate`` (inference settings).
+        eval_params: the params ``evaluate`` section (`pose.params.EvaluateSection`: inference settings).
         samples: number of timed calls (>= 1). warmup: untimed calls before them.
 
     Raises ValueError on no images or ``samples < 1``.
@@ -94,9 +101,9 @@ def measure_efficiency(model: torch.nn.Module, images: Sequence[np.ndarray], *, 
     if int(samples) < 1 or int(warmup) < 0:
         raise ValueError(f"need samples >= 1 and warmup >= 0, got {samples}, {warmup}")
     cfg = resolve_eval_params(eval_params)
-    size = int(cfg["input_size"])
-    scales = [float(s) for s in cfg["test_scales"]]
-    flip = bool(cfg["flip_test"])
+    size = int(cfg.input_size)
+    scales = [float(s) for s in cfg.test_scales]
+    flip = bool(cfg.flip_test)
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     gflops = count_flops(model, size)
     per_image = sum(count_flops(model, scaled_input_size(size, s)) if s != 1.0 else gflops for s in scales)

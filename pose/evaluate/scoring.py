@@ -3,14 +3,19 @@ re-evaluation of ``pose register`` / ``pose promote``): predict every image of t
 (`pose.decode.inference.predict_dataset`) and score the results with the sigmas and native metric
 of the dataset's catalogue entry (`pose.evaluate.coco.evaluate_keypoints`).
 
-A service on top of the core evaluation (it loads checkpoints and reads the catalogue).
+A service on top of the core evaluation (it loads checkpoints and reads the catalogue). Params sections
+read (handed in by ``pose.cli``): ``evaluate``, ``data`` (the default dataset) and ``catalogue``.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from pose.params import CatalogueEntry, EvaluateSection
 
 
 class Scored(NamedTuple):
@@ -23,23 +28,24 @@ class Scored(NamedTuple):
     device: Any
 
 
-def dataset_evaluation(params: dict, dataset: str | None):
-    """(COCO-17 sigmas, native metric or None) of catalogue entry ``dataset`` (default params
-    ``data.dataset``), from its format (`pose.datasets.catalogue.evaluation`). Raises ValueError
-    for a name that is not a catalogue key."""
+def dataset_evaluation(catalogue: Mapping[str, CatalogueEntry], dataset: str):
+    """(COCO-17 sigmas, native metric or None) of catalogue entry ``dataset`` (params ``data.dataset``
+    by default) of the params ``catalogue`` section (name -> `pose.params.CatalogueEntry`), from its
+    format (`pose.datasets.catalogue.evaluation`). Raises ValueError for a name that is not a catalogue key."""
     from pose.datasets.catalogue import evaluation
 
-    name = dataset or params["data"]["dataset"]
-    if name not in params["catalogue"]:
-        raise ValueError(f"--dataset {name!r}: not a catalogue key ({' | '.join(params['catalogue'])})")
-    return evaluation(params["catalogue"][name])
+    if dataset not in catalogue:
+        raise ValueError(f"--dataset {dataset!r}: not a catalogue key ({' | '.join(catalogue)})")
+    return evaluation(catalogue[dataset].as_dict())
 
 
-def score_checkpoint(params: dict, checkpoint: Path, annotations: Path, images: Path, results_out: Path | None, *,
-                     dataset: str | None = None, model=None, device=None) -> tuple[dict, list]:
+def score_checkpoint(ev: EvaluateSection, catalogue: Mapping[str, CatalogueEntry], checkpoint: Path,
+                     annotations: Path, images: Path, results_out: Path | None, *, dataset: str, model=None,
+                     device=None) -> tuple[dict, list]:
     """Predict every image of ``annotations`` with the checkpoint (or an already loaded
-    ``model`` on ``device``) and score the results with the sigmas and native metric of the
-    catalogue entry ``dataset`` (default params ``data.dataset``): eval.json's metrics and the results
+    ``model`` on ``device``) with the params ``evaluate`` section ``ev`` (`pose.params.EvaluateSection`)
+    and score the results with the sigmas and native metric of the entry ``dataset`` (params
+    ``data.dataset`` by default) of the params ``catalogue`` section: eval.json's metrics and the results
     (also written to ``results_out`` when given)."""
     from pose.decode.inference import predict_dataset
     from pose.evaluate.coco import evaluate_keypoints
@@ -50,33 +56,32 @@ def score_checkpoint(params: dict, checkpoint: Path, annotations: Path, images: 
 
         device = pick_device()
         model = load_trained_model(checkpoint, device)
-    ev = params["evaluate"]
     results = predict_dataset(model, annotations, images, ev, device)
     if results_out:
         results_out.parent.mkdir(parents=True, exist_ok=True)
         tmp = results_out.with_suffix(".tmp")
         tmp.write_text(json.dumps(results))
         tmp.replace(results_out)
-    sigmas, native = dataset_evaluation(params, dataset)
-    return evaluate_keypoints(annotations, results, sigmas=sigmas, oks_threshold=float(ev["oks_threshold"]),
-                              area_bins=ev["area_bins"], native=native), results
+    sigmas, native = dataset_evaluation(catalogue, dataset)
+    return evaluate_keypoints(annotations, results, sigmas=sigmas, oks_threshold=float(ev.oks_threshold),
+                              area_bins=ev.area_bins, native=native), results
 
 
-def score_evaluation(params: dict, annotations: Path, *, results: Path | None = None, checkpoint: Path | None = None,
-                     images: Path | None = None, results_out: Path | None = None,
-                     dataset: str | None = None) -> Scored:
+def score_evaluation(ev: EvaluateSection, catalogue: Mapping[str, CatalogueEntry], annotations: Path, *,
+                     dataset: str, results: Path | None = None, checkpoint: Path | None = None,
+                     images: Path | None = None, results_out: Path | None = None) -> Scored:
     """``pose evaluate``'s scores: of the COCO results file ``results`` when given, else of
     ``checkpoint`` decoded on ``images`` (:func:`score_checkpoint`, the model loaded once so that
-    the efficiency measurement reuses it). Raises ValueError (neither given, a bad ``dataset``) or
+    the efficiency measurement reuses it). ``ev``, ``catalogue``, ``dataset``: as :func:`score_checkpoint`.
+    Raises ValueError (neither given, a bad ``dataset``) or
     FileNotFoundError."""
     from pose.evaluate.coco import evaluate_keypoints
 
-    ev = params["evaluate"]
     if results is not None:
         res = json.loads(results.read_text())
-        sigmas, native = dataset_evaluation(params, dataset)
-        metrics = evaluate_keypoints(annotations, res, sigmas=sigmas, oks_threshold=float(ev["oks_threshold"]),
-                                     area_bins=ev["area_bins"], native=native)
+        sigmas, native = dataset_evaluation(catalogue, dataset)
+        metrics = evaluate_keypoints(annotations, res, sigmas=sigmas, oks_threshold=float(ev.oks_threshold),
+                                     area_bins=ev.area_bins, native=native)
         return Scored(metrics, res, None, None)
     if checkpoint is None or images is None:
         raise ValueError("give --results, or --checkpoint with --images")
@@ -85,7 +90,7 @@ def score_evaluation(params: dict, annotations: Path, *, results: Path | None = 
 
     device = pick_device()
     model = load_trained_model(checkpoint, device)
-    metrics, res = score_checkpoint(params, checkpoint, annotations, images, results_out, dataset=dataset,
+    metrics, res = score_checkpoint(ev, catalogue, checkpoint, annotations, images, results_out, dataset=dataset,
                                     model=model, device=device)
     return Scored(metrics, res, model, device)
 

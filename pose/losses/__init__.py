@@ -3,17 +3,23 @@
 Reference: github.com/HRNet/HigherHRNet-Human-Pose-Estimation, ``lib/core/loss.py``
 (``MultiLossFactory`` with ``WITH_HEATMAPS_LOSS: [true, true]``, ``WITH_AE_LOSS:
 [true, false]``) and ``lib/core/trainer.py`` (loss = sum of batch means).
+
+Params sections read: ``loss`` (`pose.params.LossSection`, or a mapping of its keys).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
-from pose.codec import JOINTS_NAME, MASK_NAMES, OUTPUT_NAMES, OUTPUT_STRIDES
+from pose.codec import JOINTS_NAME, MASK_NAMES, OUTPUT_NAMES, OUTPUT_STRIDES, section_mapping
 from pose.losses.associative import ae_loss
 from pose.losses.heatmap import heatmap_loss
+
+if TYPE_CHECKING:
+    from pose.params import LossSection
 
 __all__ = ["ae_loss", "heatmap_loss", "total_loss"]
 
@@ -21,7 +27,7 @@ _LOSS_KEYS = ("heatmap_weights", "foreground_weight", "push_weight", "pull_weigh
 
 
 def total_loss(outputs: Sequence[torch.Tensor], targets: Mapping[str, torch.Tensor],
-               params_loss: Mapping) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+               params_loss: LossSection | Mapping) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted training loss over all output strides (names and layout: `pose.codec`).
 
     ``loss = sum_s heatmap_weights[i] * mean_b heatmap_loss_s + push_weight * mean_b push
@@ -36,7 +42,8 @@ def total_loss(outputs: Sequence[torch.Tensor], targets: Mapping[str, torch.Tens
             float / bool loss masks (0 = ignore), and ``joints`` (B, M, K, 2) int64 tag-loss
             indices at stride 4 (see :func:`pose.losses.associative.ae_loss`). Other keys
             (``image``) are ignored.
-        params_loss: params.yaml ``loss`` section: ``heatmap_weights`` (one per output, in
+        params_loss: the params ``loss`` section (`pose.params.LossSection`, or a mapping of its keys):
+            ``heatmap_weights`` (one per output, in
             output order), ``foreground_weight`` (see :func:`heatmap_loss`), ``push_weight``,
             ``pull_weight``, ``push_type`` and ``push_margin`` (see :func:`ae_loss`).
 
@@ -50,13 +57,14 @@ def total_loss(outputs: Sequence[torch.Tensor], targets: Mapping[str, torch.Tens
         ValueError: if the numbers of outputs and heatmap weights differ from the number of
             strides, or the first output carries no tag channels.
     """
-    missing = [key for key in _LOSS_KEYS if key not in params_loss]
+    spec = section_mapping(params_loss)   # the section as written, or a mapping of its keys
+    missing = [key for key in _LOSS_KEYS if key not in spec]
     if missing:
         raise KeyError(f"params 'loss' section lacks {missing}")
     missing = [key for key in (*OUTPUT_NAMES, *MASK_NAMES, JOINTS_NAME) if key not in targets]
     if missing:
         raise KeyError(f"training targets lack {missing} (pose.codec names)")
-    weights = [float(wt) for wt in params_loss["heatmap_weights"]]
+    weights = [float(wt) for wt in spec["heatmap_weights"]]
     n = len(OUTPUT_STRIDES)
     if len(outputs) != n or len(weights) != n:
         raise ValueError(f"need one output and heatmap weight per stride {OUTPUT_STRIDES}: outputs {len(outputs)}, "
@@ -67,15 +75,15 @@ def total_loss(outputs: Sequence[torch.Tensor], targets: Mapping[str, torch.Tens
 
     components: dict[str, torch.Tensor] = {}
     loss = outputs[0].new_zeros((), dtype=torch.float32)
-    fg = float(params_loss["foreground_weight"])
+    fg = float(spec["foreground_weight"])
     for name, mask_name, out, weight in zip(OUTPUT_NAMES, MASK_NAMES, outputs, weights):
         term = weight * heatmap_loss(out[:, :k], targets[name], targets[mask_name], foreground_weight=fg).mean()
         components[name] = term.detach()
         loss = loss + term
-    push, pull = ae_loss(outputs[0][:, k:], targets[JOINTS_NAME], push_type=str(params_loss["push_type"]),
-                         push_margin=float(params_loss["push_margin"]))
-    push = float(params_loss["push_weight"]) * push.mean()
-    pull = float(params_loss["pull_weight"]) * pull.mean()
+    push, pull = ae_loss(outputs[0][:, k:], targets[JOINTS_NAME], push_type=str(spec["push_type"]),
+                         push_margin=float(spec["push_margin"]))
+    push = float(spec["push_weight"]) * push.mean()
+    pull = float(spec["pull_weight"]) * pull.mean()
     components["push"] = push.detach()
     components["pull"] = pull.detach()
     loss = loss + push + pull

@@ -6,6 +6,9 @@ Adding a backbone: a module with a `pose.models.head.PoseNet` subclass (its ``fe
 returns 1/4-resolution features, the head is shared) and a ``from_params(model_params)``
 classmethod, and one entry in :data:`BACKBONES`. This module imports torch only when a
 model is built.
+
+Params sections read: ``model`` (`pose.params.ModelSection`, or the mapping of its keys a checkpoint
+stores: `pose.codec.section_mapping`).
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ import importlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from pose.codec import section_mapping
+
 if TYPE_CHECKING:  # torch is imported when a model is built: the params check reads BACKBONES only
     from pose.models.backbone import BackboneReport
     from pose.models.head import PoseNet
+    from pose.params import ModelSection
 
 #: params ``model.backbone`` -> ``"module:Class"`` of its `pose.models.head.PoseNet` subclass
 #: (imported when built, so an unused backbone costs nothing).
@@ -38,8 +44,9 @@ def network_class(backbone: str) -> type[PoseNet]:
     return getattr(importlib.import_module(module), name)
 
 
-def build_model(model_params: Mapping) -> PoseNet:
-    """Build the network of params.yaml's ``model`` section (``backbone`` and its architecture keys,
+def build_model(model_params: ModelSection | Mapping) -> PoseNet:
+    """Build the network of the params ``model`` section (`pose.params.ModelSection`, or the mapping of
+    its keys a checkpoint stores: ``backbone`` and its architecture keys,
     see e.g. :meth:`pose.models.hrnet.HigherHRNet.from_params`), initialised as the reference.
 
     ``convention`` (params ``model.convention``), when present, is recorded as
@@ -53,18 +60,20 @@ def build_model(model_params: Mapping) -> PoseNet:
     """
     from pose.models.hrnet import load_pretrained
 
-    if "backbone" not in model_params:
+    spec = section_mapping(model_params)   # the section as written, or a checkpoint's stored dict
+    if "backbone" not in spec:
         raise KeyError("params 'model' section lacks ['backbone']")
-    model = network_class(str(model_params["backbone"])).from_params(model_params)
-    if "convention" in model_params:  # decoding reads it (pose.decode.inference.model_convention)
-        model.convention = str(model_params["convention"])
-    pretrained = model_params.get("pretrained") or ""
+    model = network_class(str(spec["backbone"])).from_params(spec)
+    if "convention" in spec:  # decoding reads it (pose.decode.inference.model_convention)
+        model.convention = str(spec["convention"])
+    pretrained = spec.get("pretrained") or ""
     if pretrained:
         load_pretrained(model, pretrained)
     return model
 
 
-def build_training_model(model_params: Mapping, *, verbose: bool) -> tuple[PoseNet, BackboneReport | None]:
+def build_training_model(model_params: ModelSection | Mapping, *,
+                         verbose: bool) -> tuple[PoseNet, BackboneReport | None]:
     """The model a training run starts from, in the reference order (HigherHRNet
     ``tools/dist_train.py`` + ``pose_higher_hrnet.init_weights``): build, initialise
     (``model.init``), load the ImageNet backbone (``model.pretrained_backbone``, matching keys
@@ -72,7 +81,8 @@ def build_training_model(model_params: Mapping, *, verbose: bool) -> tuple[PoseN
     (``model.pretrained``, strict) when given.
 
     Args:
-        model_params: params.yaml ``model`` section (keys of :func:`build_model` plus ``init``,
+        model_params: the params ``model`` section (`pose.params.ModelSection`, or a mapping: keys of
+            :func:`build_model` plus ``init``,
             ``pretrained``, ``pretrained_backbone``).
         verbose: print the backbone load report (loaded / skipped / missing) to stdout.
 
@@ -87,17 +97,18 @@ def build_training_model(model_params: Mapping, *, verbose: bool) -> tuple[PoseN
     from pose.models.backbone import load_backbone
     from pose.models.hrnet import load_pretrained
 
+    spec = section_mapping(model_params)
     for key in ("init", "pretrained", "pretrained_backbone"):
-        if key not in model_params:
+        if key not in spec:
             raise KeyError(f"params 'model' section lacks {key!r}")
-    model = init_weights(build_model(dict(model_params, pretrained="")), str(model_params["init"]))
+    model = init_weights(build_model(dict(spec, pretrained="")), str(spec["init"]))
     report = None
-    if model_params["pretrained_backbone"]:
-        report = load_backbone(model, model_params["pretrained_backbone"])
+    if spec["pretrained_backbone"]:
+        report = load_backbone(model, spec["pretrained_backbone"])
         if verbose:
             print(report.summary(), flush=True)
-    if model_params["pretrained"]:
-        load_pretrained(model, model_params["pretrained"])
+    if spec["pretrained"]:
+        load_pretrained(model, spec["pretrained"])
     return model.train(), report
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from pose.codec import section_mapping
 from pose.models.head import BasicBlock, PoseNet, bn, conv3x3
 
 #: Block counts of the published HigherHRNet (experiments/coco/higher_hrnet/w32_512_adam_lr1e-3.yaml:
@@ -298,14 +299,14 @@ class HigherHRNet(PoseNet):
             KeyError: a required key is missing (no fallback values).
             ValueError: on invalid sizes.
         """
-        missing = [key for key in ARCHITECTURE_KEYS if key not in model_params]
+        spec = section_mapping(model_params)   # the section as written, or a checkpoint's stored dict
+        missing = [key for key in ARCHITECTURE_KEYS if key not in spec]
         if missing:
             raise KeyError(f"params 'model' section lacks {missing}")
-        return cls(width=int(model_params["width"]), num_joints=int(model_params["num_joints"]),
-                   tag_dim=int(model_params["tag_dim"]),
-                   stage_blocks=[int(b) for b in model_params["stage_blocks"]],
-                   stem_blocks=int(model_params["stem_blocks"]), branch_blocks=PUBLISHED_BRANCH_BLOCKS,
-                   deconv_blocks=int(model_params["deconv_blocks"]))
+        return cls(width=int(spec["width"]), num_joints=int(spec["num_joints"]), tag_dim=int(spec["tag_dim"]),
+                   stage_blocks=[int(b) for b in spec["stage_blocks"]],
+                   stem_blocks=int(spec["stem_blocks"]), branch_blocks=PUBLISHED_BRANCH_BLOCKS,
+                   deconv_blocks=int(spec["deconv_blocks"]))
 
 
 #: Keys of params ``model`` that define the HigherHRNet architecture (all required by

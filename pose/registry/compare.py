@@ -30,6 +30,9 @@ The pieces: :mod:`pose.registry.sides` (the two sides and the :class:`~pose.regi
 :mod:`pose.registry.verdict`, :mod:`pose.registry.deltas` (metric / data / params rows),
 :mod:`pose.registry.figures` and :mod:`pose.registry.report` (one block structure rendered as
 Markdown and HTML).
+
+Params sections read (handed in by ``pose.cli``, `pose.params`): ``registry``, ``data``, ``catalogue``
+and ``predict`` (the overlays' person filter).
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -63,17 +68,25 @@ from pose.registry.sides import Basis, Side, basis_note, find_basis, report_path
 from pose.registry.tracking import registered_model_name, tracking_uri
 from pose.registry.verdict import RULE_HEADER, make_verdict, rule_rows, verdict_lines
 
+if TYPE_CHECKING:
+    from pose.params import CatalogueEntry, DataSection, PredictSection, RegistrySection
+
 log = logging.getLogger(__name__)
 
 
-def compare(params: dict, a_ref: str, b_ref: str, *, out_dir: Path | None = None, images_dir: Path | None = None,
+def compare(reg: RegistrySection, data: DataSection, catalogue: Mapping[str, CatalogueEntry], predict: PredictSection,
+            a_ref: str, b_ref: str, *, out_dir: Path | None = None, images_dir: Path | None = None,
             log_to_run: bool = True, client: MlflowClient | None = None) -> dict:
     """Build the report of ``a_ref`` vs ``b_ref`` in ``out_dir`` and (``log_to_run``) log it to B's run.
 
     Args:
-        params: params.yaml dict (``registry`` for the tracking URI, model name, rules, bootstrap and
-            ``compare_overlays``; ``data`` for the model name and the validation images when
-            ``images_dir`` is None; ``catalogue`` for the OKS sigmas of the evaluation data).
+        reg: the params ``registry`` section (`pose.params.RegistrySection`: tracking URI, model name,
+            rules, bootstrap and ``compare_overlays``).
+        data: the params ``data`` section (`pose.params.DataSection`: the model name and the validation
+            images when ``images_dir`` is None).
+        catalogue: the params ``catalogue`` section (the OKS sigmas of the evaluation data, the mirror).
+        predict: the params ``predict`` section (`pose.params.PredictSection`; ``min_person_score`` of
+            the overlays).
         out_dir: report folder (default ``data/compare/`` + :func:`pose.registry.sides.report_path`).
         images_dir: folder with the validation images of the comparison's evaluation data
             (default: the first of :func:`val_image_candidates` that holds them; none: the report
@@ -86,9 +99,9 @@ def compare(params: dict, a_ref: str, b_ref: str, *, out_dir: Path | None = None
     """
     import mlflow
 
-    rules = parse_rules(params)
-    name = registered_model_name(params)
-    uri = tracking_uri(params)
+    rules = parse_rules(reg)
+    name = registered_model_name(reg, data.dataset)
+    uri = tracking_uri(reg)
     mlflow.set_tracking_uri(uri)
     client = client or MlflowClient(uri)
     with tempfile.TemporaryDirectory(prefix="pose-compare-") as tmp:
@@ -97,22 +110,22 @@ def compare(params: dict, a_ref: str, b_ref: str, *, out_dir: Path | None = None
         out_dir = Path(out_dir) if out_dir is not None else Path("data/compare") / report_path(a, b)
         out_dir.mkdir(parents=True, exist_ok=True)
         basis = find_basis(a, b, Path(tmp))
-        return _build(params, rules, client, a, b, basis, out_dir, images_dir, log_to_run)
+        return _build(reg, data, catalogue, predict, rules, client, a, b, basis, out_dir, images_dir, log_to_run)
 
 
-def _build(params, rules: list[Rule], client, a: Side, b: Side, basis: Basis, out_dir: Path, images_dir,
+def _build(reg: RegistrySection, data: DataSection, catalogue: Mapping[str, CatalogueEntry], predict: PredictSection,
+           rules: list[Rule], client, a: Side, b: Side, basis: Basis, out_dir: Path, images_dir,
            log_to_run: bool) -> dict:
     """Everything of :func:`compare` once both sides and the basis are known."""
-    reg, d = params["registry"], params["data"]
     owner = a if basis.side == "A" else b                       # whose evaluation data the basis is
-    dataset = str(owner.params.get("data.dataset") or d["dataset"])
+    dataset = str(owner.params.get("data.dataset") or data.dataset)
     notes: list[str] = [basis_note(basis, a, b)]
     # --- paired bootstrap on the basis
     ci = None
     if basis.kind != "none" and basis.a_results and basis.b_results and basis.annotations:
         ci = bootstrap_diff(basis.annotations, basis.a_results, basis.b_results,
-                            n_resamples=int(reg["bootstrap_samples"]), seed=int(reg["bootstrap_seed"]),
-                            sigmas=oks_sigmas(params, dataset), img_ids=basis.img_ids)
+                            n_resamples=int(reg.bootstrap_samples), seed=int(reg.bootstrap_seed),
+                            sigmas=oks_sigmas(catalogue, dataset), img_ids=basis.img_ids)
         notes.append(f"Paired Δ and {int(ci['level'] * 100)}% CI: image bootstrap, {ci['n_resamples']} "
                      f"resamples of {ci['n_images']} images"
                      + (" common to both evaluation sets, scored against B's annotations"
@@ -162,13 +175,13 @@ def _build(params, rules: list[Rule], client, a: Side, b: Side, basis: Basis, ou
     overlays: list[Path] = []
     if basis.annotations and basis.a_results and basis.b_results:
         gt = json.loads(Path(basis.annotations).read_text())
-        found, looked = find_val_images(owner, params, dataset, [im["file_name"] for im in gt.get("images", [])],
-                                        images_dir)
+        found, looked = find_val_images(owner, data, catalogue, dataset,
+                                        [im["file_name"] for im in gt.get("images", [])], images_dir)
         if found is not None:
-            overlays = _overlays(a, b, basis, ci, found, out_dir / "overlays", int(reg["compare_overlays"]),
-                                 float(params["predict"]["min_person_score"]))
+            overlays = _overlays(a, b, basis, ci, found, out_dir / "overlays", int(reg.compare_overlays),
+                                 float(predict.min_person_score))
         else:
-            notes.append(missing_images_note(owner, params, dataset, looked, images_dir))
+            notes.append(missing_images_note(owner, data, dataset, looked, images_dir))
     else:
         notes.append("No overlays: a side has no results on the comparison's evaluation data.")
 
@@ -200,42 +213,40 @@ def _build(params, rules: list[Rule], client, a: Side, b: Side, basis: Basis, ou
             "verdict_lines": verdict_md}
 
 
-def _run_value(side: Side, params: dict, key: str):
-    """``key`` (dotted) from the side's logged params, else from ``params`` (None when in neither)."""
+def _run_value(side: Side, key: str, default):
+    """``key`` (dotted) from the side's logged params, else ``default`` (this params.yaml's value)."""
     if side.params.get(key) not in (None, ""):
         return side.params[key]
-    node = params
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
+    return default
 
 
-def val_image_candidates(side: Side, params: dict, dataset: str, explicit: Path | None) -> list[Path]:
+def val_image_candidates(side: Side, data: DataSection, catalogue: Mapping[str, CatalogueEntry], dataset: str,
+                         explicit: Path | None) -> list[Path]:
     """Folders that may hold the validation images of ``side``'s evaluation data, in order: ``explicit``
     (``--images``) alone when given; else ``<data.raw_dir>/<dataset>/<data.val_split>`` of the run's
-    logged params and of ``params`` (the fetch stage's output), then the offline mirror
-    ``<data.mirror>/<catalogue.<dataset>.mirror>/<val_split>`` the fetch stage reads."""
+    logged params and of ``data`` (the params ``data`` section, `pose.params.DataSection`: the fetch
+    stage's output), then the offline mirror ``<data.mirror>/<catalogue.<dataset>.mirror>/<val_split>``
+    the fetch stage reads (``catalogue``: the params ``catalogue`` section)."""
     if explicit is not None:
         return [Path(explicit)]
     out: list[Path] = []
-    split = _run_value(side, params, "data.val_split") or params["data"]["val_split"]
-    for raw in (side.params.get("data.raw_dir"), params["data"]["raw_dir"]):
+    split = _run_value(side, "data.val_split", data.val_split) or data.val_split
+    for raw in (side.params.get("data.raw_dir"), data.raw_dir):
         if raw:
             out.append(Path(raw) / dataset / str(split))
-    folder = _run_value(side, params, f"catalogue.{dataset}.mirror")
-    for mirror in (side.params.get("data.mirror"), params["data"].get("mirror")):
+    folder = _run_value(side, f"catalogue.{dataset}.mirror",
+                        catalogue[dataset].mirror if dataset in catalogue else None)
+    for mirror in (side.params.get("data.mirror"), data.mirror):
         if mirror and folder:
             out.append(Path(mirror) / str(folder) / str(split))
     return list(dict.fromkeys(out))
 
 
-def find_val_images(side: Side, params: dict, dataset: str, file_names: list[str],
-                    explicit: Path | None = None) -> tuple[Path | None, list[Path]]:
+def find_val_images(side: Side, data: DataSection, catalogue: Mapping[str, CatalogueEntry], dataset: str,
+                    file_names: list[str], explicit: Path | None = None) -> tuple[Path | None, list[Path]]:
     """The first folder of :func:`val_image_candidates` holding one of ``file_names`` (the evaluation
-    data's images), and the folders looked in."""
-    looked = val_image_candidates(side, params, dataset, explicit)
+    data's images), and the folders looked in (``data``, ``catalogue``: the params sections, as there)."""
+    looked = val_image_candidates(side, data, catalogue, dataset, explicit)
     names = file_names[:50]
     for folder in looked:
         if folder.is_dir() and any((folder / n).is_file() for n in names):
@@ -243,13 +254,14 @@ def find_val_images(side: Side, params: dict, dataset: str, file_names: list[str
     return None, looked
 
 
-def missing_images_note(side: Side, params: dict, dataset: str, looked: list[Path], explicit: Path | None) -> str:
+def missing_images_note(side: Side, data: DataSection, dataset: str, looked: list[Path],
+                        explicit: Path | None) -> str:
     """The report note (one sentence) when no folder holds the validation images: where it looked and
-    how to get them."""
+    how to get them (``data``: the params ``data`` section, `pose.params.DataSection`; ``raw_dir``)."""
     where = ", ".join(f"`{p}`" for p in looked) or "nowhere"
     if explicit is not None:
         return f"No overlays: the validation images of {dataset} are not in `{explicit}` (--images)."
-    raw = _run_value(side, params, "data.raw_dir") or params["data"]["raw_dir"]
+    raw = _run_value(side, "data.raw_dir", data.raw_dir) or data.raw_dir
     commit = (side.tags.get("git.commit") or "").replace("unknown", "")[:8]
     at = f" at the run's commit `{commit}` (`git checkout {commit}` or `dvc exp apply`)" if commit else ""
     return (f"No overlays: the validation images of {dataset} were not found (looked in {where}). They are the "

@@ -19,6 +19,10 @@ Two different hashes, both recorded on every MLflow run / model version:
 Folder fingerprints hash every file's bytes (``mode="content"``) or, for very large
 folders, only each file's relative path, size and mtime (``mode="stat"``, params
 ``schedule.fingerprint``).
+
+Params sections read (handed in by the caller, `pose.params`): ``data``, ``catalogue``, ``generated``
+and ``schedule`` (``fingerprint``); catalogue entries and ``generated`` are hashed as params.yaml writes
+them (`pose.params.Section.as_dict`).
 """
 
 from __future__ import annotations
@@ -26,10 +30,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from pose.io import sha256_file
+
+if TYPE_CHECKING:
+    from pose.params import CatalogueEntry, DataSection, GeneratedSection, ScheduleSection
 
 
 def folder_fingerprint(root: Path, mode: str = "content") -> tuple[str, int]:
@@ -80,14 +89,17 @@ def _spec_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def ingest_fingerprints(params: dict, repo: Path | str = ".", mode: str | None = None) -> list[dict]:
+def ingest_fingerprints(data: DataSection, catalogue: Mapping[str, CatalogueEntry], schedule: ScheduleSection,
+                        repo: Path | str = ".", mode: str | None = None) -> list[dict]:
     """Fingerprint of every batch listed under ``catalogue.<data.dataset>.ingest``, in list order.
 
     These are the batches the ``fetch`` stage merges into the train split after fetching
     (`pose.datasets.fetch.fetch_dataset`), so they are part of what DVC would fetch.
 
     Args:
-        params: whole params.yaml dict.
+        data: the params ``data`` section (`pose.params.DataSection`; ``dataset``).
+        catalogue: the params ``catalogue`` section (name -> `pose.params.CatalogueEntry`).
+        schedule: the params ``schedule`` section (`pose.params.ScheduleSection`; ``fingerprint``).
         repo: folder relative batch paths are resolved against (the repo root, the working
             directory of the DVC stages).
         mode: ``content`` | ``stat`` for folder batches (default: params ``schedule.fingerprint``).
@@ -103,10 +115,10 @@ def ingest_fingerprints(params: dict, repo: Path | str = ".", mode: str | None =
     from pose.datasets.sources import local_path
 
     repo = Path(repo)
-    mode = mode or params["schedule"]["fingerprint"]
-    name = params["data"]["dataset"]
+    mode = mode or schedule.fingerprint
+    name = data.dataset
     out = []
-    for i, raw in enumerate((params["catalogue"][name] or {}).get("ingest") or []):
+    for i, raw in enumerate(catalogue[name].ingest or []):
         batch, key = str(raw), f"catalogue.{name}.ingest[{i}]"
         if batch.startswith("s3://"):
             fp, n = s3_fingerprint(batch if batch.endswith("/") else batch + "/")
@@ -123,20 +135,25 @@ def ingest_fingerprints(params: dict, repo: Path | str = ".", mode: str | None =
     return out
 
 
-def fingerprint_uses_network(params: dict) -> bool:
+def fingerprint_uses_network(data: DataSection, catalogue: Mapping[str, CatalogueEntry]) -> bool:
     """True when fingerprinting ``data.dataset`` may list an S3 prefix (an ``s3://`` source or
-    ingest batch): the retrain flow retries only such network-bound checks."""
-    entry = params["catalogue"].get(params["data"]["dataset"]) or {}
+    ingest batch): the retrain flow retries only such network-bound checks. ``data``: the params
+    ``data`` section (`pose.params.DataSection`); ``catalogue``: the params ``catalogue`` section."""
+    entry = catalogue[data.dataset].as_dict() if data.dataset in catalogue else {}
     urls = [str(s.get("url", "")) if isinstance(s, dict) else str(s) for s in entry.get("sources") or []]
     return any(u.startswith("s3://") for u in urls + [str(b) for b in entry.get("ingest") or []])
 
 
-def source_fingerprint(params: dict, repo: Path | str = ".", mode: str | None = None) -> dict:
-    """Fingerprint of what the ``fetch`` stage would read for ``params["data"]["dataset"]``:
+def source_fingerprint(data: DataSection, catalogue: Mapping[str, CatalogueEntry], generated: GeneratedSection,
+                       schedule: ScheduleSection, repo: Path | str = ".", mode: str | None = None) -> dict:
+    """Fingerprint of what the ``fetch`` stage would read for ``data.dataset``:
     its source and its ingest batches (module docstring).
 
     Args:
-        params: whole params.yaml dict (``data``, ``catalogue``, ``generated``, ``schedule``).
+        data: the params ``data`` section (`pose.params.DataSection`).
+        catalogue: the params ``catalogue`` section (name -> `pose.params.CatalogueEntry`).
+        generated: the params ``generated`` section (`pose.params.GeneratedSection`; hashed as written).
+        schedule: the params ``schedule`` section (`pose.params.ScheduleSection`; ``fingerprint``).
         repo: folder relative paths in params are resolved against (the repo root).
         mode: ``content`` | ``stat`` (default: params ``schedule.fingerprint``).
 
@@ -147,8 +164,8 @@ def source_fingerprint(params: dict, repo: Path | str = ".", mode: str | None = 
     Raises FileNotFoundError / ValueError (a source or listed batch that cannot be read; the
     message names the params key) or botocore errors (S3).
     """
-    src = _dataset_source_fingerprint(params, Path(repo), mode or params["schedule"]["fingerprint"])
-    batches = ingest_fingerprints(params, repo, mode)
+    src = _dataset_source_fingerprint(data, catalogue, generated, Path(repo), mode or schedule.fingerprint)
+    batches = ingest_fingerprints(data, catalogue, schedule, repo, mode)
     if not batches:
         return {**src, "ingest": []}
     fp = _spec_hash([src["fingerprint"], [[b["batch"], b["fingerprint"]] for b in batches]])
@@ -156,19 +173,19 @@ def source_fingerprint(params: dict, repo: Path | str = ".", mode: str | None = 
             "source": f"{src['source']} + {len(batches)} ingest batch{'es' if len(batches) > 1 else ''}"}
 
 
-def _dataset_source_fingerprint(params: dict, repo: Path, mode: str) -> dict:
+def _dataset_source_fingerprint(data: DataSection, catalogue: Mapping[str, CatalogueEntry],
+                                generated: GeneratedSection, repo: Path, mode: str) -> dict:
     """Fingerprint of the dataset source alone (mirror, folder, S3 listing, pinned archives, generated params)."""
-    d = params["data"]
-    name = d["dataset"]
-    entry = params["catalogue"][name]
+    name = data.dataset
+    entry = catalogue[name].as_dict()          # as written: the hashed specs stay those of the file
     kind = entry.get("kind", "coco")
-    splits = [d["train_split"], d["val_split"]]
+    splits = [data.train_split, data.val_split]
     base = {"dataset": name, "kind": kind}
     if kind == "generated":
-        fp = _spec_hash({"generated": params["generated"], "splits": splits})
+        fp = _spec_hash({"generated": generated.as_dict(), "splits": splits})
         return {**base, "fingerprint": fp, "source": "generated params", "files": 0}
-    if entry.get("mirror") and d.get("mirror"):
-        mdir = Path(d["mirror"]) / entry["mirror"]
+    if entry.get("mirror") and data.mirror:
+        mdir = Path(data.mirror) / entry["mirror"]
         mdir = mdir if mdir.is_absolute() else repo / mdir
         if mdir.is_dir():
             fp, n = folder_fingerprint(mdir, mode)

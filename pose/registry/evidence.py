@@ -5,15 +5,18 @@ Relative rules compare two models on the SAME evaluation data (same ``eval_data_
 otherwise the champion is re-evaluated on the challenger's data first, and the re-evaluation
 is cached on the champion's run under ``reeval/<hash16>/`` (:func:`champion_on_data`,
 :func:`cached_reevaluation`).
+
+Params sections read (handed in by the caller, `pose.params`): ``catalogue`` (:func:`oks_sigmas`).
 """
 
 from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 import numpy as np
@@ -21,6 +24,9 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from pose.registry.errors import RegistryError
+
+if TYPE_CHECKING:
+    from pose.params import CatalogueEntry
 
 
 @dataclass
@@ -35,17 +41,16 @@ class Evidence:
     annotations: Path | None = None
 
 
-def oks_sigmas(params: dict, dataset: str | None = None) -> np.ndarray:
-    """(17,) float64 COCO-17 OKS sigmas the evaluate stage scores ``dataset`` (default params
-    ``data.dataset``) with: its catalogue entry's ``sigmas`` (`pose.datasets.catalogue.entry_sigmas`),
-    so bootstrap CIs match the logged metrics. Raises RegistryError for a name that is not a
-    ``catalogue`` key."""
+def oks_sigmas(catalogue: Mapping[str, CatalogueEntry], dataset: str) -> np.ndarray:
+    """(17,) float64 COCO-17 OKS sigmas the evaluate stage scores ``dataset`` (params ``data.dataset``
+    by default) with: its catalogue entry's ``sigmas`` (`pose.datasets.catalogue.entry_sigmas`),
+    so bootstrap CIs match the logged metrics. ``catalogue``: the params ``catalogue`` section (name ->
+    `pose.params.CatalogueEntry`). Raises RegistryError for a name that is not a ``catalogue`` key."""
     from pose.datasets.catalogue import entry_sigmas
 
-    name = dataset or params["data"]["dataset"]
-    if name not in params["catalogue"]:
-        raise RegistryError(f"dataset {name!r} is not a catalogue key ({' | '.join(params['catalogue'])})")
-    return entry_sigmas(params["catalogue"][name])
+    if dataset not in catalogue:
+        raise RegistryError(f"dataset {dataset!r} is not a catalogue key ({' | '.join(catalogue)})")
+    return entry_sigmas(catalogue[dataset].as_dict())
 
 
 def download_artifacts(run_id: str, artifact_path: str, dst: Path) -> Path | None:

@@ -34,6 +34,11 @@ What one ``pose register`` (stage ``register``) writes:
 
 Registering the same checkpoint and evaluation again writes nothing to the registry: it returns
 the existing version's record (:func:`register_run`).
+
+Params sections read (handed in by ``pose.cli``, `pose.params`): ``registry``, ``data``,
+``catalogue``, ``generated``, ``schedule`` (the data tags), ``model``, ``train`` (the model card) and
+``evaluate``, ``predict``, ``serve`` (the settings stored with the model); the run's MLflow params are
+``pose.params.flatten`` of params.yaml as written.
 """
 
 from __future__ import annotations
@@ -45,8 +50,9 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import mlflow
 from mlflow import MlflowClient
@@ -54,8 +60,8 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from pose.io import atomic_write_text, sha256_file
-from pose.params import flatten
 from pose.registry.errors import RegistryError
+from pose.registry.evidence import oks_sigmas
 from pose.registry.lock import registry_lock
 from pose.registry.model_card import model_card
 from pose.registry.preflight import (
@@ -69,6 +75,20 @@ from pose.registry.promotion import gate_locked
 from pose.registry.rules import parse_rules
 from pose.registry.tracking import registered_model_name, tracking_uri
 from pose.registry.versions import COMPLETE, PENDING, STATUS_TAG, find_registered, is_complete, registration_key
+
+if TYPE_CHECKING:
+    from pose.params import (
+        CatalogueEntry,
+        DataSection,
+        EvaluateSection,
+        GeneratedSection,
+        ModelSection,
+        PredictSection,
+        RegistrySection,
+        ScheduleSection,
+        ServeSection,
+        TrainSection,
+    )
 
 log = logging.getLogger(__name__)
 FINGERPRINT_ENV = "POSE_DATA_FINGERPRINT"
@@ -153,13 +173,16 @@ def _flat_metrics(metrics: dict) -> dict[str, float]:
     return out
 
 
-def data_tags(params: dict, eval_annotations: Path, train_annotations: Path | None, repo: Path = Path(".")) -> dict:
-    """Dataset name / version / hash tags of a run (module docstring)."""
+def data_tags(data: DataSection, catalogue: Mapping[str, CatalogueEntry], generated: GeneratedSection,
+              schedule: ScheduleSection, eval_annotations: Path, train_annotations: Path | None,
+              repo: Path = Path(".")) -> dict:
+    """Dataset name / version / hash tags of a run (module docstring). ``data``, ``catalogue``, ``generated``,
+    ``schedule``: those params sections (`pose.params`), for the source fingerprint
+    (:func:`pose.registry.data_version.source_fingerprint`)."""
     from pose.registry.data_version import dataset_version, source_fingerprint
 
-    d = params["data"]
-    tags = {"dataset": d["dataset"], "eval_data_hash": sha256_file(eval_annotations)}
-    version = dataset_version(Path(d["raw_dir"]) / d["dataset"])
+    tags = {"dataset": data.dataset, "eval_data_hash": sha256_file(eval_annotations)}
+    version = dataset_version(Path(data.raw_dir) / data.dataset)
     if version:
         tags["dataset.version"] = version
     if train_annotations and Path(train_annotations).is_file():
@@ -167,7 +190,7 @@ def data_tags(params: dict, eval_annotations: Path, train_annotations: Path | No
     fp = os.environ.get(FINGERPRINT_ENV, "").strip()
     if not fp:
         try:
-            fp = source_fingerprint(params, repo)["fingerprint"]
+            fp = source_fingerprint(data, catalogue, generated, schedule, repo)["fingerprint"]
         except (OSError, KeyError, ValueError) as exc:  # source gone / not configured: not fatal here
             log.warning("data source fingerprint unavailable: %s", exc)
     if fp:
@@ -175,7 +198,10 @@ def data_tags(params: dict, eval_annotations: Path, train_annotations: Path | No
     return tags
 
 
-def register_run(params: dict, *, checkpoint: Path, eval_metrics: Path, eval_annotations: Path,
+def register_run(reg: RegistrySection, data: DataSection, catalogue: Mapping[str, CatalogueEntry],
+                 generated: GeneratedSection, schedule: ScheduleSection, model: ModelSection, train: TrainSection,
+                 evaluate: EvaluateSection, predict: PredictSection, serve: ServeSection, *, logged_params: dict,
+                 checkpoint: Path, eval_metrics: Path, eval_annotations: Path,
                  out: Path, artifacts: list[Path] = (), train_metrics: Path | None = None,
                  train_steps: Path | None = None, reevaluate: Callable | None = None,
                  results: Path | None = None, train_annotations: Path | None = None, gate: bool = True) -> dict:
@@ -199,7 +225,15 @@ def register_run(params: dict, *, checkpoint: Path, eval_metrics: Path, eval_ann
     ``registration.status=complete``.
 
     Args:
-        params: whole params.yaml dict (logged flattened; ``registry`` / ``data`` sections used).
+        reg: the params ``registry`` section (`pose.params.RegistrySection`: name, tracking URI, experiment,
+            rules, lock).
+        data: the params ``data`` section (`pose.params.DataSection`: the model name, dataset tags).
+        catalogue, generated, schedule: those params sections (the source fingerprint tag; ``catalogue``:
+            the OKS sigmas of the gate).
+        model, train: the params ``model`` / ``train`` sections (the model card).
+        evaluate, predict, serve: the params ``evaluate`` / ``predict`` / ``serve`` sections (the test-time
+            settings stored with the model: :func:`pose.serving.model.save_pyfunc_model`; the model card).
+        logged_params: the run's MLflow params (``pose.params.flatten`` of params.yaml as written).
         checkpoint: trained checkpoint (``best.pt``): logged raw under ``checkpoint/`` and as a
             pyfunc model under ``model/`` (the registered source).
         eval_metrics: metrics.json of the evaluate stage.
@@ -223,10 +257,9 @@ def register_run(params: dict, *, checkpoint: Path, eval_metrics: Path, eval_ann
     registry that is not writable, a write that failed: the line says what the registry holds
     now and that a rerun completes it), RuleError (bad ``registry.rules``), TimeoutError (lock).
     """
-    reg = params["registry"]
-    parse_rules(params)                      # bad registry.rules fail before anything is logged
-    name = registered_model_name(params)
-    uri = tracking_uri(params)
+    parse_rules(reg)                         # bad registry.rules fail before anything is logged
+    name = registered_model_name(reg, data.dataset)
+    uri = tracking_uri(reg)
     checkpoint, out = Path(checkpoint), Path(out)
     eval_metrics, eval_annotations = Path(eval_metrics), Path(eval_annotations)
     if results is None:
@@ -257,7 +290,7 @@ def register_run(params: dict, *, checkpoint: Path, eval_metrics: Path, eval_ann
                 return _reused(client, name, mv, key, out)
         check_folder_writable(out.parent, "registration record")
         check_registry_writable(uri)
-        with registry_lock(uri, float(reg["lock_timeout_s"])):
+        with registry_lock(uri, float(reg.lock_timeout_s)):
             step, version = "looking up the registration key", None
             try:
                 mv = find_registered(client, name, key)
@@ -265,17 +298,18 @@ def register_run(params: dict, *, checkpoint: Path, eval_metrics: Path, eval_ann
                     return _reused(client, name, mv, key, out)
                 if mv is None:
                     step = "logging the MLflow run"
-                    dtags = data_tags(params, eval_annotations, train_annotations)
-                    run_id = _finished_run(client, reg["experiment"], key) or \
-                        _log_run(params, client, {**git_info(), **dvc_lock_hashes(), **dtags, **key}, inputs)
+                    dtags = data_tags(data, catalogue, generated, schedule, eval_annotations, train_annotations)
+                    run_id = _finished_run(client, reg.experiment, key) or \
+                        _log_run(reg, generated, evaluate, predict, serve, logged_params, client,
+                                 {**git_info(), **dvc_lock_hashes(), **dtags, **key}, inputs)
                     step = "creating the model version"
-                    mv = _create_version(client, name, params, run_id, dtags, key, ap)
+                    mv = _create_version(client, name, data.dataset, run_id, dtags, key, ap)
                 version = int(mv.version)
                 _hook("version_created")
                 step = "recording the gate decision"
-                decision = _decide(params, client, name, mv, gate, reevaluate)
+                decision = _decide(reg, oks_sigmas(catalogue, data.dataset), client, name, mv, gate, reevaluate)
                 step = "writing the model card and the registration record"
-                record = _write_records(params, client, name, mv, key, inputs, decision, out)
+                record = _write_records(data, model, train, evaluate, client, name, mv, key, inputs, decision, out)
                 _hook("records_written")
                 step = "moving the aliases"
                 _finish(client, name, mv, decision)
@@ -342,7 +376,8 @@ def _finished_run(client: MlflowClient, experiment: str, key: dict) -> str | Non
     return None
 
 
-def _log_run(params: dict, client: MlflowClient, tags: dict, inputs: dict) -> str:
+def _log_run(reg: RegistrySection, generated: GeneratedSection, evaluate: EvaluateSection, predict: PredictSection,
+             serve: ServeSection, logged_params: dict, client: MlflowClient, tags: dict, inputs: dict) -> str:
     """Log the MLflow run of a registration (module docstring: params, metrics, curves, artifacts,
     the pyfunc model). Returns its id; the run ends FINISHED only when everything was logged."""
     from pose.registry.data_version import image_list
@@ -354,10 +389,10 @@ def _log_run(params: dict, client: MlflowClient, tags: dict, inputs: dict) -> st
     eval_imgs = image_list(inputs["eval_annotations"])
     train_ann = inputs["train_annotations"]
     tr_summary = json.loads(Path(train_metrics).read_text()) if train_metrics and Path(train_metrics).exists() else None
-    mlflow.set_experiment(params["registry"]["experiment"])
+    mlflow.set_experiment(reg.experiment)
     with mlflow.start_run() as run, tempfile.TemporaryDirectory(prefix="pose-register-") as tmp:
         tmp = Path(tmp)
-        mlflow.log_params(flatten(params))
+        mlflow.log_params(logged_params)
         mlflow.set_tags(tags)
         mlflow.log_metrics(_flat_metrics(metrics))
         if tr_summary:
@@ -391,7 +426,8 @@ def _log_run(params: dict, client: MlflowClient, tags: dict, inputs: dict) -> st
             mlflow.log_artifact(str(ap_per_keypoint_plot(metrics, tmp / "per_keypoint_ap.png")), artifact_path="plots")
         # model: raw checkpoint + servable pyfunc model
         mlflow.log_artifact(str(inputs["checkpoint"]), artifact_path="checkpoint")
-        save_pyfunc_model(Path(inputs["checkpoint"]), tmp / "model", params=params)
+        save_pyfunc_model(Path(inputs["checkpoint"]), tmp / "model", evaluate=evaluate, predict=predict, serve=serve,
+                          generated=generated)
         mlflow.log_artifacts(str(tmp / "model"), artifact_path="model")
         for a in inputs["artifacts"]:
             a = Path(a)
@@ -403,10 +439,9 @@ def _log_run(params: dict, client: MlflowClient, tags: dict, inputs: dict) -> st
         return run.info.run_id
 
 
-def _create_version(client: MlflowClient, name: str, params: dict, run_id: str, dtags: dict, key: dict, ap: float):
+def _create_version(client: MlflowClient, name: str, dataset: str, run_id: str, dtags: dict, key: dict, ap: float):
     """Create the registered model when missing, then the version of run ``run_id`` (source: its
     ``model/``) with the data and key tags and ``registration.status=pending``, in one write."""
-    dataset = params["data"]["dataset"]
     try:
         client.get_registered_model(name)
     except MlflowException:
@@ -421,7 +456,7 @@ def _create_version(client: MlflowClient, name: str, params: dict, run_id: str, 
                                                    f"{key['eval_data_hash'][:12]} ({dataset})")
 
 
-def _decide(params: dict, client: MlflowClient, name: str, mv, gate: bool, reevaluate) -> dict:
+def _decide(reg: RegistrySection, sigmas, client: MlflowClient, name: str, mv, gate: bool, reevaluate) -> dict:
     """The gate's decision for version ``mv`` (recorded in its tags; aliases not moved yet). A pending
     version that already holds ``champion`` (an interrupted registration moved it) keeps its
     recorded decision instead of being gated against itself."""
@@ -431,11 +466,11 @@ def _decide(params: dict, client: MlflowClient, name: str, mv, gate: bool, reeva
     mv = client.get_model_version(name, mv.version)
     if "champion" in mv.aliases and mv.tags.get("promotion.decision") in ("promoted", "forced"):
         return {**_record_from_tags(name, mv), "ci": None}
-    return gate_locked(params, client, name, mv.version, reevaluate=reevaluate, move_alias=False)
+    return gate_locked(reg, sigmas, client, name, mv.version, reevaluate=reevaluate, move_alias=False)
 
 
-def _write_records(params: dict, client: MlflowClient, name: str, mv, key: dict, inputs: dict, decision: dict,
-                   out: Path) -> dict:
+def _write_records(data: DataSection, model: ModelSection, train: TrainSection, evaluate: EvaluateSection,
+                   client: MlflowClient, name: str, mv, key: dict, inputs: dict, decision: dict, out: Path) -> dict:
     """Model card and ``registration.json`` (run artifact, then ``out``, atomically); returns the record
     with the aliases the version holds once :func:`_finish` has moved them."""
     from pose.registry.data_version import image_list
@@ -450,13 +485,14 @@ def _write_records(params: dict, client: MlflowClient, name: str, mv, key: dict,
               "AP": inputs["ap"], "champion_AP_before": decision.get("champion_AP_before"),
               "champion_before": decision.get("champion_before"), "promoted": bool(decision["promoted"]),
               "decision": decision["decision"], "reason": decision["reason"], "eval_data_hash": key["eval_data_hash"],
-              "dataset": params["data"]["dataset"], "dataset_version": tags.get("dataset.version"),
+              "dataset": data.dataset, "dataset_version": tags.get("dataset.version"),
               "data_fingerprint": tags.get("data.source_fingerprint"), "rules": decision.get("rules", []),
               "gate_passed": decision.get("gate_passed"), "new_version": True, "key": key}
     if decision.get("ci"):
         record["ci_AP"] = {k: decision["ci"]["metrics"]["AP"][k] for k in ("delta", "ci_low", "ci_high")}
     train_ann = inputs["train_annotations"]
-    card = model_card(name=name, version=str(version), run_id=mv.run_id, params=params, tags=tags, metrics=metrics,
+    card = model_card(name=name, version=str(version), run_id=mv.run_id, model=model, train=train, evaluate=evaluate,
+                      tags=tags, metrics=metrics,
                       train_summary=tr_summary, record={**decision, "aliases": aliases},
                       n_eval_images=len(image_list(inputs["eval_annotations"])),
                       n_train_images=len(image_list(train_ann)) if train_ann else None)

@@ -1,11 +1,20 @@
 """The model card of a registered version (``model_card.md`` artifact of its run): the run, data
-and model, training, evaluation, the promotion decision with its rule table, intended use."""
+and model, training, evaluation, the promotion decision with its rule table, intended use.
+
+Params sections read (handed in by `pose.registry.mlflow_registry`, `pose.params`): ``model``,
+``train`` and ``evaluate``.
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from pose.codec import OUTPUT_STRIDES
 from pose.registry.report import delta, num
 from pose.registry.rules import RuleResult
+
+if TYPE_CHECKING:
+    from pose.params import EvaluateSection, ModelSection, TrainSection
 
 
 def _version_txt(v) -> str:
@@ -30,11 +39,14 @@ def rules_table_md(results: list[RuleResult], *, a: str = "champion", b: str = "
     return "\n".join(lines) + "\n"
 
 
-def model_card(*, name: str, version: str, run_id: str, params: dict, tags: dict, metrics: dict,
-               train_summary: dict | None, record: dict, n_eval_images: int | None, n_train_images: int | None) -> str:
-    """The model card (Markdown) of a registered version."""
-    m, t, tr = params.get("model", {}), params.get("train", {}), train_summary or {}
-    ev = params.get("evaluate", {})
+def model_card(*, name: str, version: str, run_id: str, model: ModelSection, train: TrainSection,
+               evaluate: EvaluateSection, tags: dict, metrics: dict, train_summary: dict | None, record: dict,
+               n_eval_images: int | None, n_train_images: int | None) -> str:
+    """The model card (Markdown) of a registered version. ``model``, ``train``, ``evaluate``: the params
+    sections of those names (`pose.params.ModelSection`, `pose.params.TrainSection`,
+    `pose.params.EvaluateSection`) the version was trained and evaluated with."""
+    m, t, tr = model, train, train_summary or {}
+    ev = evaluate
     rows = "\n".join(f"| {k} | {num(metrics[k])} |" for k in ("AP", "AP50", "AP75", "APM", "APL", "AR")
                      if isinstance(metrics.get(k), (int, float)))
     kp = metrics.get("per_keypoint_AP") or {}
@@ -46,7 +58,7 @@ def model_card(*, name: str, version: str, run_id: str, params: dict, tags: dict
               f"[{ci['ci_low']:+.4f}, {ci['ci_high']:+.4f}]"
               if ci.get("ci_low") is not None else "no bootstrap CI (first version, or results not comparable)")
     rules_md = rules_table_md([RuleResult.from_dict(d) for d in record.get("rules") or []])
-    curriculum = "; ".join(f"{st['sizes']} x {st['epochs']} ep" for st in t.get("curriculum", []))
+    curriculum = "; ".join(f"{st.sizes} x {st.epochs} ep" for st in t.curriculum)
     n_eval = n_eval_images if n_eval_images is not None else "?"
     n_train = n_train_images if n_train_images is not None else "?"
     run_txt = (f'{tr.get("steps", "?")} steps, {tr.get("epochs", "?")} epochs, final loss {tr.get("final_loss", "?")}, '
@@ -64,19 +76,19 @@ def model_card(*, name: str, version: str, run_id: str, params: dict, tags: dict
 
 ## Model
 
-HigherHRNet ({m.get("backbone")} backbone, width {m.get("width")}, stage modules {m.get("stage_blocks")}, heatmaps at
-strides {", ".join(str(s) for s in OUTPUT_STRIDES)}) with associative embedding (tag dim {m.get("tag_dim")}) for
-bottom-up multi-person pose estimation of {m.get("num_joints")} COCO keypoints. Input: normalised RGB, sides multiples
+HigherHRNet ({m.backbone} backbone, width {m.width}, stage modules {m.stage_blocks}, heatmaps at
+strides {", ".join(str(s) for s in OUTPUT_STRIDES)}) with associative embedding (tag dim {m.tag_dim}) for
+bottom-up multi-person pose estimation of {m.num_joints} COCO keypoints. Input: normalised RGB, sides multiples
 of 32; served as an MLflow pyfunc model: encoded images in, persons (keypoints in image px, score, box) out,
 with the evaluation's test-time settings (`pose.serving.model`).
 
 ## Training
 
-Curriculum {curriculum or "n/a"} (use_curriculum {t.get("use_curriculum")}, multi_scale {t.get("multi_scale")}),
-optimizer {t.get("optimizer")} lr {t.get("lr")}, batch {t.get("batch_size")}, seed {t.get("seed")};
+Curriculum {curriculum or "n/a"} (use_curriculum {t.use_curriculum}, multi_scale {t.multi_scale}),
+optimizer {t.optimizer} lr {t.lr}, batch {t.batch_size}, seed {t.seed};
 {run_txt}.
 
-## Evaluation (COCO keypoint OKS AP, pycocotools; input {ev.get("input_size")}, flip test {ev.get("flip_test")})
+## Evaluation (COCO keypoint OKS AP, pycocotools; input {ev.input_size}, flip test {ev.flip_test})
 
 | metric | value |
 |---|---|

@@ -19,12 +19,13 @@ log = logging.getLogger(__name__)
 ENV_VAR = "POSE_NOTIFY_WEBHOOK"
 
 
-def webhook_url(params: dict | None) -> str:
-    """The webhook URL: env ``POSE_NOTIFY_WEBHOOK``, else params ``schedule.notify_webhook``, else ''."""
+def webhook_url(notify_webhook: str | None) -> str:
+    """The webhook URL: env ``POSE_NOTIFY_WEBHOOK``, else ``notify_webhook`` (params
+    ``schedule.notify_webhook``, None when params.yaml cannot be read), else ''."""
     env = os.environ.get(ENV_VAR, "").strip()
     if env:
         return env
-    return str(((params or {}).get("schedule") or {}).get("notify_webhook") or "").strip()
+    return str(notify_webhook or "").strip()
 
 
 def notify(event: str, text: str, payload: dict | None = None, *, url: str | None = None, retries: int = 3,

@@ -24,15 +24,20 @@ place (the Prefect deployment with ``concurrency_limit=1``) or use an advisory l
 server's database (e.g. PostgreSQL ``pg_advisory_lock``) around the same sequence; the read-back
 check after the write turns a lost race into a :class:`RegistryConflict` that the caller retries
 instead of silently leaving a worse champion.
+
+Params sections read (handed in by ``pose.cli``, `pose.params`): ``registry``, ``data`` (the model
+name) and ``catalogue`` (the OKS sigmas of the evaluation data).
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
+import numpy as np
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
@@ -61,19 +66,25 @@ from pose.registry.rules import (
 )
 from pose.registry.tracking import registered_model_name, tracking_uri
 
+if TYPE_CHECKING:
+    from pose.params import CatalogueEntry, DataSection, RegistrySection
+
 #: metrics whose champion -> challenger delta is tagged on the version (``promotion.<key>_delta``)
 SCALE_KEYS = ("APM", "APL")
 #: test hook: called inside the lock right after the champion is read (widens a race window)
 _critical_hook: Callable[[], None] | None = None
 
 
-def promote(params: dict, *, version: str | int | None = None, force: bool = False, reason: str | None = None,
+def promote(reg: RegistrySection, data: DataSection, catalogue: Mapping[str, CatalogueEntry], *,
+            version: str | int | None = None, force: bool = False, reason: str | None = None,
             reevaluate: Callable | None = None, client: MlflowClient | None = None) -> dict:
     """Gate ``version`` (default: alias ``challenger``) against the champion with ``registry.rules``
     and apply the decision, holding the registry lock (:func:`gate_locked` does the work).
 
     Args:
-        params: whole params.yaml dict (``registry`` section; ``data.dataset`` for the model name).
+        reg: the params ``registry`` section (`pose.params.RegistrySection`): rules, lock, bootstrap.
+        data: the params ``data`` section (`pose.params.DataSection`; ``dataset`` names the model).
+        catalogue: the params ``catalogue`` section (the OKS sigmas of ``data.dataset``).
         force: promote regardless of the gate (``reason`` required); recorded as ``forced``.
         reevaluate: ``(checkpoint[, annotations]) -> metrics | (metrics, results)`` scoring the
             champion on the challenger's evaluation data when it was scored on other data.
@@ -83,18 +94,18 @@ def promote(params: dict, *, version: str | int | None = None, force: bool = Fal
     writable: :func:`pose.registry.preflight.check_registry_writable`, a write that failed),
     RuleError (bad ``registry.rules`` / ``registry.model_name``), TimeoutError (lock).
     """
-    reg = params["registry"]
-    parse_rules(params)
-    name = registered_model_name(params)
+    parse_rules(reg)
+    name = registered_model_name(reg, data.dataset)
     if force and not (reason and reason.strip()):
         raise RegistryError("--force needs --reason: say why the gate is overridden")
-    uri = tracking_uri(params)
+    uri = tracking_uri(reg)
     mlflow.set_tracking_uri(uri)
     client = client or MlflowClient(uri)
     check_registry_writable(uri)
-    with quiet_store_logs(), registry_lock(uri, float(reg["lock_timeout_s"])) as lock:
+    with quiet_store_logs(), registry_lock(uri, float(reg.lock_timeout_s)) as lock:
         try:
-            record = gate_locked(params, client, name, version, force=force, reason=reason, reevaluate=reevaluate)
+            record = gate_locked(reg, oks_sigmas(catalogue, data.dataset), client, name, version, force=force,
+                                 reason=reason, reevaluate=reevaluate)
         except MlflowException as exc:
             raise store_error(exc, f"promotion of {name} {version or 'challenger'}",
                               "the champion alias moves only after the decision is recorded: rerun `pose promote`"
@@ -103,9 +114,13 @@ def promote(params: dict, *, version: str | int | None = None, force: bool = Fal
     return record
 
 
-def gate_locked(params: dict, client: MlflowClient, name: str, version: str | int | None, *, force: bool = False,
-                reason: str | None = None, reevaluate: Callable | None = None, move_alias: bool = True) -> dict:
+def gate_locked(reg: RegistrySection, sigmas: np.ndarray, client: MlflowClient, name: str,
+                version: str | int | None, *, force: bool = False, reason: str | None = None,
+                reevaluate: Callable | None = None, move_alias: bool = True) -> dict:
     """The promotion gate of ``version`` with the registry lock already held by the caller.
+
+    ``reg``: the params ``registry`` section (`pose.params.RegistrySection`: rules, bootstrap);
+    ``sigmas``: the OKS sigmas of the evaluation data (:func:`pose.registry.evidence.oks_sigmas`).
 
     Records the decision (tags ``promotion.*``, description) and then, when it promotes and
     ``move_alias``, moves alias ``champion`` (:func:`pose.registry.champion.move_champion`).
@@ -121,8 +136,7 @@ def gate_locked(params: dict, client: MlflowClient, name: str, version: str | in
     champion numbers, ``champion_after``, ``history``, ``aliases``, ``promoted_at``.
     Raises RegistryError (unknown version), MlflowException (a failed write).
     """
-    reg = params["registry"]
-    rules = parse_rules(params)
+    rules = parse_rules(reg)
     with tempfile.TemporaryDirectory(prefix="pose-promote-") as tmp:
         reconcile(client, name)
         mv = resolve_version(client, name, version)
@@ -160,8 +174,8 @@ def gate_locked(params: dict, client: MlflowClient, name: str, version: str | in
                     from pose.registry.bootstrap import bootstrap_diff
 
                     ci = bootstrap_diff(chal.annotations, cev.results, chal.results,
-                                        n_resamples=int(reg["bootstrap_samples"]), seed=int(reg["bootstrap_seed"]),
-                                        sigmas=oks_sigmas(params))
+                                        n_resamples=int(reg.bootstrap_samples), seed=int(reg.bootstrap_seed),
+                                        sigmas=sigmas)
                     ci.pop("per_image_tp", None)
                     ci.pop("img_ids", None)
                     record["ci"] = ci
@@ -203,20 +217,22 @@ def gate_locked(params: dict, client: MlflowClient, name: str, version: str | in
     return record
 
 
-def rollback(params: dict, *, reason: str, to_version: int | None = None, client: MlflowClient | None = None) -> dict:
+def rollback(reg: RegistrySection, data: DataSection, *, reason: str, to_version: int | None = None,
+             client: MlflowClient | None = None) -> dict:
     """Move ``champion`` back to the previous champion in ``champion.history`` (or to ``to_version``,
     which must be an earlier entry). The rolled-back version is tagged ``promotion.decision=rolled_back``.
+    ``reg``: the params ``registry`` section (`pose.params.RegistrySection`); ``data``: the params ``data``
+    section (`pose.params.DataSection`; ``dataset`` names the model).
 
     Raises RegistryError when there is no previous champion or no reason, the registry is not
     writable or a write fails."""
     if not (reason and reason.strip()):
         raise RegistryError("rollback needs --reason")
-    reg = params["registry"]
-    name = registered_model_name(params)
-    uri = tracking_uri(params)
+    name = registered_model_name(reg, data.dataset)
+    uri = tracking_uri(reg)
     client = client or MlflowClient(uri)
     check_registry_writable(uri)
-    with quiet_store_logs(), registry_lock(uri, float(reg["lock_timeout_s"])) as lock:
+    with quiet_store_logs(), registry_lock(uri, float(reg.lock_timeout_s)) as lock:
         try:
             return _rollback_locked(client, name, reason=reason, to_version=to_version, lock_wait_s=lock["wait_s"])
         except MlflowException as exc:

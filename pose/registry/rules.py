@@ -14,16 +14,23 @@ applicable and does not block. Each rule gives a :class:`RuleResult` (metric, ki
 challenger / champion values, delta, passed, bootstrap CI); the results are read back from the
 tag by the model card, ``pose compare`` and the tests. The English sentences (:meth:`RuleResult.text`)
 are generated from them and never parsed.
+
+Params sections read: ``registry`` (:func:`parse_rules`; `pose.params.RegistrySection`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from pose.params import RULE_METRICS, RULE_RANGES
+from pose.params import RULE_METRICS, RULE_RANGES, Section
 from pose.registry.errors import RuleError
+
+if TYPE_CHECKING:
+    from pose.params import RegistrySection
 
 #: rule kinds of ``registry.rules`` (module docstring) and the metrics a rule may name (scalar
 #: keys of eval.json): one definition, shared with the params schema (pose.params)
@@ -118,15 +125,16 @@ class RuleResult:
                 f"delta {self.delta:+.4f}{ci})")
 
 
-def parse_rules(params: dict) -> list[Rule]:
-    """``registry.rules`` of params as :class:`Rule` s (in order).
+def parse_rules(reg: RegistrySection | Mapping) -> list[Rule]:
+    """``registry.rules`` of params as :class:`Rule` s (in order). ``reg``: the params ``registry``
+    section (`pose.params.RegistrySection`), or the section as a mapping (as params.yaml writes it).
 
     Each entry is a mapping with ``metric`` (one of :data:`RULE_METRICS`) and exactly one of
     ``min`` (in [0, 1]), ``min_delta`` (in [-1, 1]) or ``max_drop`` (in [0, 1]).
 
     Raises RuleError naming ``registry.rules[i]`` and what is allowed (also for the replaced
     keys ``promotion_margin`` / ``scale_tolerance`` and for an empty list)."""
-    reg = params.get("registry") or {}
+    reg = reg.as_dict() if isinstance(reg, Section) else (reg or {})
     for old, new in (("promotion_margin", "{metric: AP, min_delta: <margin>}"),
                      ("scale_tolerance", "{metric: APM, max_drop: <tolerance>} and {metric: APL, ...}")):
         if old in reg:

@@ -65,6 +65,11 @@ logged with their trace on the server and answered ``INTERNAL_ERROR`` (500) with
 
 The serving environment needs the ``pose`` package installed (``pip install -e .`` of this
 repository; the model's ``requirements.txt`` pins mlflow, torch and numpy).
+
+Params sections read (handed in by `pose.registry.mlflow_registry`, `pose.params`) when a model is
+saved: ``evaluate``, ``predict``, ``serve`` and ``generated`` (the input example); they are stored as
+plain dicts (``settings.json``, `pose.params.Section.as_dict`) and read back as
+`pose.decode.persons.InferenceSettings` (`pose.serving.requests.request_settings`).
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -95,6 +101,10 @@ from pose.serving.requests import (
     serve_settings,
 )
 
+if TYPE_CHECKING:
+    from pose.decode.persons import InferenceSettings
+    from pose.params import EvaluateSection, GeneratedSection, PredictSection, ServeSection
+
 log = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "weights.pt"
@@ -107,17 +117,19 @@ ONNX_NAME = "model.onnx"
 
 # ----------------------------------------------------------------------------- settings
 
-def model_settings(params: dict) -> dict:
+def model_settings(ev: EvaluateSection, pr: PredictSection, sv: ServeSection) -> dict:
     """The test-time settings stored with a model: ``{"evaluate": {EVAL_KEYS, and the
-    OPTIONAL_EVAL_KEYS params sets}, "predict":
-    {"min_person_score"}, "serve": params serve}`` taken from the whole params.yaml dict.
-    Raises KeyError naming a missing key."""
+    OPTIONAL_EVAL_KEYS params sets}, "predict": {"min_person_score"}, "serve": {SERVE_KEYS}}`` of the
+    params sections ``evaluate`` (``ev``, `pose.params.EvaluateSection`), ``predict`` (``pr``,
+    `pose.params.PredictSection`) and ``serve`` (``sv``, `pose.params.ServeSection`), as params.yaml
+    writes them (`pose.params.Section.as_dict`: what settings.json stores). Raises KeyError naming a
+    missing key."""
     from pose.decode.persons import EVAL_KEYS, OPTIONAL_EVAL_KEYS
 
-    ev, pr, sv = params["evaluate"], params["predict"], params["serve"]
-    return {"evaluate": {k: ev[k] for k in EVAL_KEYS + OPTIONAL_EVAL_KEYS if k in ev},
-            "predict": {"min_person_score": pr["min_person_score"]},
-            "serve": {k: sv[k] for k in SERVE_KEYS}}
+    stored_ev, stored_pr, stored_sv = ev.as_dict(), pr.as_dict(), sv.as_dict()
+    return {"evaluate": {k: stored_ev[k] for k in EVAL_KEYS + OPTIONAL_EVAL_KEYS if k in stored_ev},
+            "predict": {"min_person_score": stored_pr["min_person_score"]},
+            "serve": {k: stored_sv[k] for k in SERVE_KEYS}}
 
 
 
@@ -131,7 +143,7 @@ def serve_persons(predictor, image_bgr: np.ndarray, *, min_person_score: float) 
     from pose.decode.persons import person_json
     from pose.predict import limit_persons, person_confidence_of
 
-    persons = limit_persons(predictor(image_bgr), int(predictor.eval_params["max_people"]))
+    persons = limit_persons(predictor(image_bgr), int(predictor.eval_params.max_people))
     return [person_json(p) for p in persons if person_confidence_of(p) >= min_person_score]
 
 
@@ -144,8 +156,8 @@ def serve_maps(predictor, image_bgr: np.ndarray) -> dict:
     from pose.decode.persons import graph_projects
 
     ev = predictor.eval_params
-    m = multi_scale_maps(predictor.model, image_bgr, input_size=int(ev["input_size"]), resize=str(ev["resize"]),
-                         test_scales=[float(s) for s in ev["test_scales"]], flip_test=bool(ev["flip_test"]),
+    m = multi_scale_maps(predictor.model, image_bgr, input_size=int(ev.input_size), resize=str(ev.resize),
+                         test_scales=[float(s) for s in ev.test_scales], flip_test=bool(ev.flip_test),
                          project2image=graph_projects(ev), convention=None)
     return {"heatmaps": m.heatmaps.float().cpu().numpy(), "tags": m.tags.float().cpu().numpy(),
             "affine": np.asarray(m.affine, np.float64), "stride": int(m.stride)}
@@ -169,7 +181,7 @@ class PoseService:
 
     Args:
         weights: the slim checkpoint (``weights.pt``).
-        settings: :func:`model_settings` of the params the model was evaluated with.
+        settings: :func:`model_settings` of the params the model was evaluated with (settings.json).
         device: ``cpu`` / ``cuda`` / ``cuda:N``.
         host_serve: the serving host's params.yaml ``serve`` (:func:`serve_settings`), or None.
     """
@@ -185,13 +197,15 @@ class PoseService:
         self._predictors: OrderedDict[str, object] = OrderedDict()
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(int(self.serve["concurrent_requests"]))
-        self.predictor(settings["evaluate"])
+        from pose.decode.persons import resolve_eval_params
 
-    def predictor(self, eval_params: dict):
-        """The (cached) predictor of these ``evaluate`` settings."""
+        self.predictor(resolve_eval_params(settings["evaluate"]))
+
+    def predictor(self, eval_params: InferenceSettings):
+        """The (cached) predictor of these ``evaluate`` settings (:func:`pose.serving.requests.request_settings`)."""
         from pose.predict import make_predictor
 
-        key = json.dumps(eval_params, sort_keys=True, default=str)
+        key = json.dumps(eval_params.as_dict(), sort_keys=True, default=str)
         with self._lock:
             if key in self._predictors:
                 self._predictors.move_to_end(key)
@@ -320,13 +334,14 @@ def slim_weights(checkpoint: Path, out: Path) -> Path:
     return out
 
 
-def example_image(params: dict, size: int) -> bytes:
+def example_image(generated: GeneratedSection, size: int) -> bytes:
     """JPEG bytes of one generated ``size`` x ``size`` image with one figure
-    (`pose.datasets.generated`, seed params ``generated.seed``): the logged input example."""
+    (`pose.datasets.generated`, seed ``generated.seed`` of the params ``generated`` section,
+    `pose.params.GeneratedSection`): the logged input example."""
     from pose.datasets.generated import generate_dataset
 
     with tempfile.TemporaryDirectory(prefix="pose-example-") as tmp:
-        generate_dataset(Path(tmp), seed=int(params["generated"]["seed"]), num_train=0, num_val=1, width=size,
+        generate_dataset(Path(tmp), seed=int(generated.seed), num_train=0, num_val=1, width=size,
                          height=size, max_people=1, min_person_height=0.6 * size, max_person_height=0.9 * size)
         return next((Path(tmp) / "val2017").glob("*.jpg")).read_bytes()
 
@@ -350,10 +365,12 @@ def signature(settings: dict):
                           params=ParamSchema(specs))
 
 
-def save_pyfunc_model(checkpoint: Path, path: Path, *, params: dict) -> Path:
+def save_pyfunc_model(checkpoint: Path, path: Path, *, evaluate: EvaluateSection, predict: PredictSection,
+                      serve: ServeSection, generated: GeneratedSection) -> Path:
     """Save the checkpoint as an MLflow pyfunc model directory at ``path`` (module docstring):
-    weights, test-time settings (:func:`model_settings` of ``params``, the whole params.yaml
-    dict the model was evaluated with), signature, a generated input example of
+    weights, test-time settings (:func:`model_settings` of the params sections ``evaluate``,
+    ``predict`` and ``serve`` the model was evaluated with), signature, a generated input example
+    (seed of the params ``generated`` section) of
     ``serve.example_size`` px, and metadata (keypoint names, skeleton, model params); with
     ``serve.log_onnx`` also the ONNX export (:func:`pose.export.export_onnx` with the
     ``evaluate`` settings) as ``<path>/model.onnx``. Returns ``path``."""
@@ -364,16 +381,16 @@ def save_pyfunc_model(checkpoint: Path, path: Path, *, params: dict) -> Path:
     from pose.datasets.schema import KEYPOINT_NAMES, SKELETON
 
     path = Path(path)
-    settings = model_settings(params)
+    settings = model_settings(evaluate, predict, serve)
     tmp = Path(tempfile.mkdtemp(prefix=".weights-", dir=path.parent))
     try:
         weights = slim_weights(checkpoint, tmp / WEIGHTS_NAME)
         (tmp / SETTINGS_NAME).write_text(json.dumps(settings, indent=2, sort_keys=True))
-        example = pd.DataFrame({IMAGE_COLUMN: [example_image(params, int(settings["serve"]["example_size"]))]})
+        example = pd.DataFrame({IMAGE_COLUMN: [example_image(generated, int(serve.example_size))]})
         # explicit requirements: MLflow would otherwise load the model in a subprocess to infer them
         reqs = [f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
                 f"numpy=={np.__version__}"]
-        model_params = _model_params(weights)
+        stored_model = _model_params(weights)   # the checkpoint's stored ``model`` params (a dict)
         mlflow.pyfunc.save_model(str(path), python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
                                  artifacts={"weights": str(weights), "settings": str(tmp / SETTINGS_NAME)},
                                  signature=signature(settings), input_example=example, pip_requirements=reqs,
@@ -381,15 +398,15 @@ def save_pyfunc_model(checkpoint: Path, path: Path, *, params: dict) -> Path:
                                            "output": "per image: [{keypoints: [[x, y, score] x K] image px, score, "
                                                      "confidence, bbox: [x, y, w, h] image px}] (params "
                                                      "output=maps: raw maps)",
-                                           "keypoint_names": list(KEYPOINT_NAMES)[:int(model_params["num_joints"])],
+                                           "keypoint_names": list(KEYPOINT_NAMES)[:int(stored_model["num_joints"])],
                                            "skeleton": [list(pair) for pair in SKELETON],
-                                           "model_params": model_params, "settings": settings})
-        if settings["serve"]["log_onnx"]:
+                                           "model_params": stored_model, "settings": settings})
+        if serve.log_onnx:
             from pose.export import export_checkpoint
             from pose.train.checkpoint import load_checkpoint, load_trained_model
 
             # the version's ONNX carries its training data and domain (pose predict's notice)
-            export_checkpoint(str(checkpoint), path / ONNX_NAME, eval_params=params["evaluate"],
+            export_checkpoint(str(checkpoint), path / ONNX_NAME, eval_params=evaluate,
                               model=load_trained_model(weights, "cpu"),
                               train_data=load_checkpoint(weights).get("train_data"))
     finally:

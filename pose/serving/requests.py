@@ -22,6 +22,10 @@ checkpoint (`pose.decode.deadline`); one that finds no free slot (``serve.concur
 before its deadline raises :class:`ServerBusy` (HTTP 503). The limits a served model applies are
 :func:`serve_settings`: those stored with it, or the serving host's (``pose serve``,
 :data:`SERVE_SETTINGS_ENV`).
+
+Params sections: none directly; the stored ``evaluate`` settings are read as
+`pose.decode.persons.InferenceSettings` and request overrides are checked against the ``evaluate`` /
+``predict`` schema (`pose.params.check_section_values`) before they replace a setting.
 """
 
 from __future__ import annotations
@@ -31,8 +35,13 @@ import binascii
 import io
 import re
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pose.decode.persons import InferenceSettings
+    from pose.params import EvaluateSection
 
 #: the input column of the signature
 IMAGE_COLUMN = "image"
@@ -88,15 +97,18 @@ class ServerBusy(RuntimeError):
 
 # ----------------------------------------------------------------------------- settings
 
-def request_settings(settings: dict, overrides: dict | None) -> tuple[dict, float, str]:
+def request_settings(settings: dict, overrides: dict | None) -> tuple[InferenceSettings, float, str]:
     """``(eval_params, min_person_score, output)`` of one request: the stored ``settings``
-    (:func:`pose.serving.model.model_settings`) with the request's ``params`` applied.
+    (:func:`pose.serving.model.model_settings`; its ``evaluate`` read as
+    `pose.decode.persons.InferenceSettings`) with the request's ``params`` applied.
 
     Raises RequestError naming the param for an unknown name or a value outside what
     params.yaml allows (`pose.params.check_section_values`)."""
+    from pose.decode.persons import resolve_eval_params
     from pose.params import ParamsError, check_section_values
 
-    ev = dict(settings["evaluate"])
+    stored = settings["evaluate"]
+    updates: dict = {}
     min_score = settings["predict"]["min_person_score"]
     output = OUTPUTS[0]
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -120,22 +132,26 @@ def request_settings(settings: dict, overrides: dict | None) -> tuple[dict, floa
         if key == "min_person_score":
             min_score = value
         else:
-            ev[key] = value
+            updates[key] = value
+    try:
+        ev = resolve_eval_params(stored, **updates)
+    except ValueError as exc:
+        raise RequestError(str(exc)) from None
     return ev, float(min_score), output
 
 
-def check_settings_limits(eval_params: dict, serve: dict) -> None:
+def check_settings_limits(eval_params: InferenceSettings | EvaluateSection, serve: dict) -> None:
     """The limits a request's settings must keep before any image is looked at: at most
     ``serve.max_test_scales`` test scales, and ``input_size`` x every test scale at most
     ``serve.max_input_size`` (the nominal network input side; the actual one is rounded to the
-    size grid, :func:`pose.decode.preprocess.input_geometry`).
+    size grid, :func:`pose.decode.preprocess.input_geometry`). ``serve``: :func:`serve_settings`.
 
     Raises RequestError (one line naming the ``serve`` key and its value)."""
-    scales = [float(s) for s in eval_params["test_scales"]]
+    scales = [float(s) for s in eval_params.test_scales]
     limit = int(serve["max_test_scales"])
     if len(scales) > limit:
         raise RequestError(f"params test_scales: {len(scales)} scales is more than serve.max_test_scales = {limit}")
-    size, limit = int(eval_params["input_size"]), int(serve["max_input_size"])
+    size, limit = int(eval_params.input_size), int(serve["max_input_size"])
     for scale in scales:
         if size * scale > limit:
             what = (f"input_size = {size}" if scale == 1.0
@@ -144,35 +160,36 @@ def check_settings_limits(eval_params: dict, serve: dict) -> None:
                                "size or test scale")
 
 
-def network_input_pixels(size: tuple[int, int], eval_params: dict) -> int:
+def network_input_pixels(size: tuple[int, int], eval_params: InferenceSettings | EvaluateSection) -> int:
     """Network input pixels one ``(width, height)`` image costs with these ``evaluate`` settings:
     the sum over the test scales of the input's width x height
     (:func:`pose.decode.preprocess.input_geometry`), x2 with ``flip_test`` (the flipped copy is a
     second network input). Raises RequestError for settings the geometry rejects."""
     from pose.decode.preprocess import input_geometry
 
-    scales = [float(s) for s in eval_params["test_scales"]]
+    scales = [float(s) for s in eval_params.test_scales]
     total = 0
     try:
         for scale in scales:
-            g = input_geometry(int(size[0]), int(size[1]), resize=str(eval_params["resize"]),
-                               input_size=int(eval_params["input_size"]), scale=scale, min_scale=min(scales))
+            g = input_geometry(int(size[0]), int(size[1]), resize=str(eval_params.resize),
+                               input_size=int(eval_params.input_size), scale=scale, min_scale=min(scales))
             total += g.width * g.height
     except ValueError as exc:
         raise RequestError(str(exc)) from None
-    return total * (2 if eval_params["flip_test"] else 1)
+    return total * (2 if eval_params.flip_test else 1)
 
 
-def check_input_pixels(sizes: list[tuple[int, int]], eval_params: dict, serve: dict) -> int:
+def check_input_pixels(sizes: list[tuple[int, int]], eval_params: InferenceSettings | EvaluateSection,
+                       serve: dict) -> int:
     """Total network input pixels of a request's images (:func:`network_input_pixels` of each
     ``(width, height)``); raises RequestError when it is more than ``serve.max_input_pixels``.
     Returns the total."""
     total = sum(network_input_pixels(sz, eval_params) for sz in sizes)
     limit = int(serve["max_input_pixels"])
     if total > limit:
-        flip = " x 2 (flip_test)" if eval_params["flip_test"] else ""
-        raise RequestError(f"{len(sizes)} image(s) x {len(eval_params['test_scales'])} test scale(s){flip} at "
-                           f"input_size {int(eval_params['input_size'])} = {total} network input pixels: more than "
+        flip = " x 2 (flip_test)" if eval_params.flip_test else ""
+        raise RequestError(f"{len(sizes)} image(s) x {len(eval_params.test_scales)} test scale(s){flip} at "
+                           f"input_size {int(eval_params.input_size)} = {total} network input pixels: more than "
                            f"serve.max_input_pixels = {limit}; send fewer images or ask for a smaller input_size")
     return total
 

@@ -5,12 +5,16 @@ input size (HigherHRNet trains each batch at one resolution). Every random choic
 is a pure function of ``(seed, epoch, index)``, so a run resumed mid-epoch sees
 exactly the batches and augmentations it would have seen without the interruption,
 whatever the number of loader workers.
+
+Params sections read (handed in by `pose.train.loop`): ``model``, ``targets``, ``augment`` and
+``train.curriculum``.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,6 +24,9 @@ from pose.augment.transforms import TrainTransform, normalize_image
 from pose.codec import INPUT_MULTIPLE, Codec, codec_from_params
 from pose.io import dataset_exif, read_image
 from pose.targets.masks import ignore_mask
+
+if TYPE_CHECKING:
+    from pose.params import AugmentSection, CurriculumStage, ModelSection, TargetsSection
 
 
 def loader_worker_init(worker_id: int) -> None:
@@ -91,7 +98,8 @@ class CocoKeypoints(Dataset):
     Args:
         ann_file, images_dir: COCO keypoints JSON and its image folder.
         codec: the model I/O contract (strides, K, convention, target settings).
-        augment: params ``augment`` section, or None for the deterministic crop without jitter.
+        augment: the params ``augment`` section (`pose.params.AugmentSection`), or None for the
+            deterministic crop without jitter.
         seed: params ``train.seed`` (every random draw is a function of (seed, epoch, index)).
         crop: params ``augment.crop`` (``letterbox`` | ``short_side``).
 
@@ -99,7 +107,8 @@ class CocoKeypoints(Dataset):
     :class:`pose.augment.transforms.TrainTransform`.
     """
 
-    def __init__(self, ann_file: Path, images_dir: Path, *, codec: Codec, augment: dict | None, seed: int, crop: str):
+    def __init__(self, ann_file: Path, images_dir: Path, *, codec: Codec, augment: AugmentSection | None, seed: int,
+                 crop: str):
         if codec.sigma is None:
             raise ValueError("CocoKeypoints needs a codec built with the params 'targets' section")
         data = read_coco_json(ann_file)
@@ -133,7 +142,7 @@ class CocoKeypoints(Dataset):
         kp = person_keypoints(anns, self.num_joints)
         ignore = ignore_mask(anns, h, w)
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        flip = bool(self.augment) and rng.random() < float(self.augment["flip_prob"])
+        flip = self.augment is not None and rng.random() < float(self.augment.flip_prob)
         canvas, kps, masks, _ = self.transform(image, kp, ignore, input_size=input_size, strides=self.codec.strides,
                                                flip=flip, seed=int(rng.integers(2 ** 31)))
         out = {"image": torch.from_numpy(normalize_image(canvas))}
@@ -141,19 +150,21 @@ class CocoKeypoints(Dataset):
         return out
 
 
-def dataset_from_params(model_params: dict, targets_params: dict, augment_params: dict, *, seed: int,
-                        ann_file: Path, images_dir: Path) -> CocoKeypoints:
+def dataset_from_params(model_params: ModelSection, targets_params: TargetsSection, augment_params: AugmentSection,
+                        *, seed: int, ann_file: Path, images_dir: Path) -> CocoKeypoints:
     """The training set as params.yaml describes it: the codec of the ``model`` and ``targets``
-    sections (`pose.codec.codec_from_params`), the ``augment`` section (with ``augment.crop``)
-    and ``train.seed``. Raises KeyError / ValueError as `codec_from_params` and :class:`CocoKeypoints`."""
+    sections (`pose.params.ModelSection`, `pose.params.TargetsSection`; `pose.codec.codec_from_params`),
+    the ``augment`` section (`pose.params.AugmentSection`, with ``augment.crop``) and ``train.seed``.
+    Raises KeyError / ValueError as `codec_from_params` and :class:`CocoKeypoints`."""
     return CocoKeypoints(ann_file, images_dir, codec=codec_from_params(model_params, targets_params),
-                         augment=augment_params, seed=int(seed), crop=str(augment_params["crop"]))
+                         augment=augment_params, seed=int(seed), crop=str(augment_params.crop))
 
 
-def curriculum_schedule(curriculum: list[dict], *, multi_scale: bool, use_curriculum: bool) -> list[list[int]]:
+def curriculum_schedule(curriculum: list[CurriculumStage], *, multi_scale: bool,
+                        use_curriculum: bool) -> list[list[int]]:
     """Active input sizes of every epoch, from params ``train.curriculum``.
 
-    ``curriculum`` is a list of ``{sizes: [...], epochs: n}`` stages. With
+    ``curriculum`` is a list of ``{sizes: [...], epochs: n}`` stages (`pose.params.CurriculumStage`). With
     ``use_curriculum`` false every epoch uses the union of all sizes (same number
     of epochs); with ``multi_scale`` false every epoch uses only the largest size.
     Returns one sorted size list per epoch. Raises ValueError on an empty plan or a
@@ -161,14 +172,14 @@ def curriculum_schedule(curriculum: list[dict], *, multi_scale: bool, use_curric
     """
     if not curriculum:
         raise ValueError("train.curriculum is empty")
-    all_sizes = sorted({int(s) for st in curriculum for s in st["sizes"]})
+    all_sizes = sorted({int(s) for st in curriculum for s in st.sizes})
     bad = [s for s in all_sizes if s % INPUT_MULTIPLE]
     if bad:
         raise ValueError(f"train.curriculum sizes must be multiples of {INPUT_MULTIPLE}, got {bad}")
     plan = []
     for stage in curriculum:
-        sizes = sorted(int(s) for s in stage["sizes"])
-        for _ in range(int(stage["epochs"])):
+        sizes = sorted(int(s) for s in stage.sizes)
+        for _ in range(int(stage.epochs)):
             if not multi_scale:
                 plan.append([all_sizes[-1]])
             elif not use_curriculum:

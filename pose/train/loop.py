@@ -30,6 +30,9 @@ processes, at least 1, so compute threads + loader workers never exceed the core
 explicit ``OMP_NUM_THREADS`` caps it. Oversubscribing made steps 10-60x slower on a loaded
 2-core machine (issue 13). Loader workers run one torch and one OpenCV thread each
 (`pose.train.data.loader_worker_init`). CUDA is used when present (`pose.device.pick_device`).
+
+Params sections read (handed in by ``pose.cli``, `pose.params`): ``train``, ``model``, ``targets``,
+``augment``, ``loss`` and ``evaluate`` (the validation's decoding).
 """
 
 from __future__ import annotations
@@ -40,12 +43,12 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader
 
 from pose.codec import LOSS_PARTS
-from pose.datasets.formats import dataset_domain
 from pose.device import pick_device
 from pose.io import atomic_write_json, sha256_file
 from pose.losses import total_loss
@@ -57,6 +60,9 @@ from pose.train.ema import ModelEMA
 from pose.train.resume import resume_decision
 from pose.train.stop import StopRequest, TrainingInterrupted, echo
 from pose.train.validation import VAL_COLUMNS, Validator
+
+if TYPE_CHECKING:
+    from pose.params import AugmentSection, EvaluateSection, LossSection, ModelSection, TargetsSection, TrainSection
 
 #: per-step columns of the steps CSV: the loss parts are `pose.codec.LOSS_PARTS` (``heatmap_4``,
 #: ``heatmap_2``, ``push``, ``pull``); ``images_per_s`` is wall-clock, so it stays out of checkpoints
@@ -102,7 +108,7 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 
 
 def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler, *, loss_params: dict, grad_clip: float, use_amp: bool,
+               scaler: torch.amp.GradScaler, *, loss_params: LossSection, grad_clip: float, use_amp: bool,
                amp_dtype: torch.dtype) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimisation step of HigherHRNet on a batch from `pose.train.data.CocoKeypoints` (already on the device).
 
@@ -145,11 +151,18 @@ def _write_steps_csv(path: Path, history: list[dict]) -> None:
     _write_csv(path, STEP_COLUMNS, history)
 
 
-def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, metrics_path: Path,
+def train(tp: TrainSection, mp: ModelSection, targets: TargetsSection, augment: AugmentSection, lp: LossSection,
+          ev: EvaluateSection, *, dataset: str, domain: str, train_ann: Path, train_images: Path, out_dir: Path,
+          metrics_path: Path,
           steps_path: Path, resume: bool = True, stop_after_steps: int = 0, val_ann: Path | None = None,
           val_images: Path | None = None, val_path: Path | None = None, stage_inputs: dict | None = None,
           watch_parents: bool = False) -> dict:
-    """Train from ``params`` (the whole params.yaml dict) and write, on rank 0:
+    """Train with the params sections ``tp`` (``train``, `pose.params.TrainSection`), ``mp`` (``model``,
+    `pose.params.ModelSection`), ``targets`` (`pose.params.TargetsSection`), ``augment``
+    (`pose.params.AugmentSection`), ``lp`` (``loss``, `pose.params.LossSection`) and ``ev`` (``evaluate``,
+    `pose.params.EvaluateSection`: the validation's decoding) on ``train_ann`` / ``train_images`` of
+    ``dataset`` (params ``data.dataset``; ``domain``: its image domain,
+    `pose.datasets.formats.dataset_domain`), and write, on rank 0:
 
     * ``out_dir/last.pt`` (every ``train.checkpoint_every`` steps and each epoch end)
       and ``out_dir/best.pt`` (best validation AP, or lowest mean epoch loss when
@@ -192,40 +205,38 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
     bad ``train.val_every`` / ``train.val_max_images`` or validation file;
     `pose.train.stop.TrainingInterrupted` as above.
     """
-    tp, mp = params["train"], params["model"]
     device = pick_device()
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist_info = ddp.setup(device)
     world, is_main = dist_info.world, dist_info.is_main
-    workers = int(tp["workers"])
+    workers = int(tp.workers)
     threads_before = torch.get_num_threads()
     threads = configure_threads(workers, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if is_main:
         echo(f"device {device.type}: {threads} torch thread(s) + {workers} loader worker(s) "
              f"on {available_cores()} available core(s)")
-    torch.manual_seed(int(tp["seed"]))
+    torch.manual_seed(int(tp.seed))
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
 
     # ---- data
-    seed = int(tp["seed"])
-    dataset = dataset_from_params(mp, params["targets"], params["augment"], seed=seed, ann_file=train_ann,
-                                  images_dir=train_images)
-    schedule = curriculum_schedule(tp["curriculum"], multi_scale=bool(tp["multi_scale"]),
-                                   use_curriculum=bool(tp["use_curriculum"]))
-    sampler = CurriculumBatchSampler(len(dataset), int(tp["batch_size"]), schedule, seed=seed,
-                                     rank=dist_info.rank, world_size=world, max_batches=int(tp["max_steps_per_epoch"]))
+    seed = int(tp.seed)
+    train_set = dataset_from_params(mp, targets, augment, seed=seed, ann_file=train_ann, images_dir=train_images)
+    schedule = curriculum_schedule(tp.curriculum, multi_scale=bool(tp.multi_scale),
+                                   use_curriculum=bool(tp.use_curriculum))
+    sampler = CurriculumBatchSampler(len(train_set), int(tp.batch_size), schedule, seed=seed,
+                                     rank=dist_info.rank, world_size=world, max_batches=int(tp.max_steps_per_epoch))
     steps_per_epoch = len(sampler)
     total_steps = steps_per_epoch * len(schedule)
-    plan = {"schedule": schedule, "steps_per_epoch": steps_per_epoch, "batch_size": int(tp["batch_size"]),
+    plan = {"schedule": schedule, "steps_per_epoch": steps_per_epoch, "batch_size": int(tp.batch_size),
             "world_size": world, "seed": seed}
-    train_data = json.dumps({"dataset": params["data"]["dataset"], "annotations": str(train_ann),
-                             "annotations_sha256": sha256_file(Path(train_ann)), "images": len(dataset),
-                             "domain": dataset_domain(params, params["data"]["dataset"])},
+    train_data = json.dumps({"dataset": dataset, "annotations": str(train_ann),
+                             "annotations_sha256": sha256_file(Path(train_ann)), "images": len(train_set),
+                             "domain": domain},
                             sort_keys=True)
 
     # ---- validation (rank 0 decodes and scores; the result is broadcast so every rank agrees on best.pt)
-    val_every = int(tp["val_every"])
+    val_every = int(tp.val_every)
     if val_every < 0:
         raise ValueError(f"params train.val_every: must be >= 0 (0: off), got {val_every}")
     validator = None
@@ -235,8 +246,7 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
                  "validation off, best.pt by training loss")
         val_every = 0
     if val_every and is_main:
-        validator = Validator(val_ann, val_images, max_images=int(tp["val_max_images"]),
-                              eval_params=params["evaluate"])
+        validator = Validator(val_ann, val_images, max_images=int(tp.val_max_images), eval_params=ev)
 
     # ---- model, optimiser, schedule
     # initialise for training from scratch (params model.init), then load published weights if any
@@ -244,20 +254,20 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
     model = model.to(device)
     # params train.channels_last: NHWC activations and weights (oneDNN's faster convolutions on CPU;
     # benchmarks/step_cost.py); the same model, other rounding
-    channels_last = bool(tp["channels_last"])
+    channels_last = bool(tp.channels_last)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(tp["optimizer"])
+    opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(tp.optimizer)
     if opt_cls is None:
-        raise ValueError(f"params train.optimizer: unknown optimizer {tp['optimizer']!r} (adam | adamw)")
-    optimizer = opt_cls(model.parameters(), lr=float(tp["lr"]), weight_decay=float(tp["weight_decay"]))
+        raise ValueError(f"params train.optimizer: unknown optimizer {tp.optimizer!r} (adam | adamw)")
+    optimizer = opt_cls(model.parameters(), lr=float(tp.lr), weight_decay=float(tp.weight_decay))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps, int(tp["warmup_steps"]), tp["lr_schedule"]))
-    use_amp = bool(tp["amp"])
+        optimizer, lambda s: lr_factor(s, total_steps, int(tp.warmup_steps), tp.lr_schedule))
+    use_amp = bool(tp.amp)
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
     # EMA of the weights (params train.ema_decay > 0): validated and saved as the checkpoints' "model"
-    ema = ModelEMA(model, float(tp["ema_decay"]), float(tp["ema_warmup_steps"])) if float(tp["ema_decay"]) else None
+    ema = ModelEMA(model, float(tp.ema_decay), float(tp.ema_warmup_steps)) if float(tp.ema_decay) else None
 
     # ---- resume
     out_dir = Path(out_dir)
@@ -286,9 +296,9 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
     resuming = ddp.broadcast_object(resuming, dist_info)
     if resuming:
         ck = load_checkpoint(last, map_location=device)
-        if upgrade_model_params(json.loads(ck["model_params"])) != json.loads(json.dumps(mp)):
+        if upgrade_model_params(json.loads(ck["model_params"])) != json.loads(json.dumps(mp.as_dict())):
             raise ValueError(f"{last}: trained with model params {ck['model_params']}, params.yaml has "
-                             f"{json.dumps(mp, sort_keys=True)}; use --no-resume or another --out-dir")
+                             f"{json.dumps(mp.as_dict(), sort_keys=True)}; use --no-resume or another --out-dir")
         if "plan" in ck and json.loads(ck["plan"]) != plan and is_main:
             echo(f"warning: {last} was written with another curriculum / batch plan ({ck['plan']}); "
                  f"resuming at its epoch and batch, not an exact continuation")
@@ -337,10 +347,10 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
                 "history": json.dumps([{k: v for k, v in h.items() if k != "images_per_s"} for h in history]),
                 "val_history": json.dumps([{k: v for k, v in h.items() if k != "seconds"} for h in val_history]),
                 "train_data": train_data, "stage_inputs": json.dumps(stage_inputs) if stage_inputs else "",
-                "model_params": json.dumps(mp, sort_keys=True), "plan": json.dumps(plan),
+                "model_params": json.dumps(mp.as_dict(), sort_keys=True), "plan": json.dumps(plan),
                 "active_sizes": json.dumps(schedule[min(epoch, len(schedule) - 1)])}
 
-    every = int(tp["checkpoint_every"])
+    every = int(tp.checkpoint_every)
 
     def interrupted(epoch: int, batch_in_epoch: int) -> TrainingInterrupted:
         """Write last.pt at this step boundary (rank 0) and build the exception to raise."""
@@ -355,10 +365,10 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
     stopped = False
     with StopRequest(watch_parents=watch_parents) as stop:
         for epoch in range(start_epoch, len(schedule)):
-            dataset.set_epoch(epoch)
+            train_set.set_epoch(epoch)
             sampler.set_epoch(epoch, start_batch if epoch == start_epoch else 0)
             # own generator: worker seeds come from it, not from the global RNG the checkpoint restores
-            loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
+            loader = DataLoader(train_set, batch_sampler=sampler, num_workers=workers,
                                 pin_memory=device.type == "cuda", persistent_workers=False,
                                 worker_init_fn=loader_worker_init,
                                 generator=torch.Generator().manual_seed(seed * 100003 + epoch))
@@ -369,8 +379,8 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 if channels_last:
                     batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
-                loss, parts = train_step(train_model, batch, optimizer, scaler, loss_params=params["loss"],
-                                         grad_clip=float(tp["grad_clip"]), use_amp=use_amp, amp_dtype=amp_dtype)
+                loss, parts = train_step(train_model, batch, optimizer, scaler, loss_params=lp,
+                                         grad_clip=float(tp.grad_clip), use_amp=use_amp, amp_dtype=amp_dtype)
                 lr = optimizer.param_groups[0]["lr"]
                 scheduler.step()
                 if ema is not None:
@@ -390,7 +400,7 @@ def train(params: dict, *, train_ann: Path, train_images: Path, out_dir: Path, m
                        "images_per_s": batch["image"].shape[0] * world / max(dt, 1e-9)}
                 history.append(row)
                 epoch_losses.append(row["loss"])
-                if is_main and (global_step % int(tp["log_every"]) == 0 or global_step == 1):
+                if is_main and (global_step % int(tp.log_every) == 0 or global_step == 1):
                     echo(f"step {global_step}/{total_steps} epoch {epoch} size {row['input_size']} "
                          f"loss {row['loss']:.5f} lr {lr:.2e} {row['images_per_s']:.1f} img/s", stop)
                 if stop_now:

@@ -9,6 +9,8 @@ therefore the evaluate stage's AP on the first ``train.val_max_images`` validati
 (all of them with 0), so ``best.pt`` is chosen by the metric the pipeline reports. The
 reference (HigherHRNet ``tools/dist_train.py``) validates only after training; selecting the
 checkpoint on validation AP is this project's addition.
+
+Params sections read (handed in by `pose.train.loop`): ``evaluate``.
 """
 
 from __future__ import annotations
@@ -17,11 +19,15 @@ import copy
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from pose.io import dataset_exif, read_image
 from pose.train.data import read_coco_json
+
+if TYPE_CHECKING:
+    from pose.params import EvaluateSection
 
 #: columns of the per-epoch validation CSV (``data/plots/val_epochs.csv``). No wall-clock
 #: column (the run's ``seconds`` go to train.json only), so equal training writes an equal file.
@@ -62,18 +68,18 @@ class Validator:
         ann_file: validation COCO keypoints JSON (``data/validated/val.json``).
         images_dir: folder of its ``file_name`` images.
         max_images: params ``train.val_max_images`` (0: all).
-        eval_params: params.yaml ``evaluate`` (every key `predict_image` reads, plus
-            ``oks_threshold``).
+        eval_params: the params ``evaluate`` section (`pose.params.EvaluateSection`: every setting
+            `predict_image` reads, plus ``oks_threshold``).
 
     Images are read from disk at each run (COCO's 5000 validation images would not fit in
     memory; decoding a JPEG costs far less than the network). Raises as
     :func:`validation_subset`, and FileNotFoundError naming the first missing image.
     """
 
-    def __init__(self, ann_file: Path | str, images_dir: Path | str, *, max_images: int, eval_params: dict):
+    def __init__(self, ann_file: Path | str, images_dir: Path | str, *, max_images: int, eval_params: EvaluateSection):
         self.gt = validation_subset(ann_file, max_images)
         self.images_dir = Path(images_dir)
-        self.eval_params = dict(eval_params)
+        self.eval_params = eval_params
         self.images = [(im["id"], self.images_dir / im["file_name"]) for im in self.gt["images"]]
         self.exif = dataset_exif(self.gt, ann_file)  # the frame the annotations were made in (pose.io)
         missing = [str(path) for _, path in self.images if not path.is_file()]
@@ -110,6 +116,6 @@ class Validator:
             results.extend(to_coco_results(persons, image_id))
         # a copy: COCOeval writes ``ignore`` flags into the ground-truth annotations
         metrics = evaluate_results(copy.deepcopy(self.gt), results, sigmas=COCO_SIGMAS,
-                                   oks_threshold=float(self.eval_params["oks_threshold"]), per_keypoint=False)
+                                   oks_threshold=float(self.eval_params.oks_threshold), per_keypoint=False)
         return {"AP": float(metrics["AP"]), "AP50": float(metrics["AP50"]), "AP75": float(metrics["AP75"]),
                 "AR": float(metrics["AR"]), "images": len(self.images), "seconds": time.perf_counter() - t0}

@@ -50,14 +50,14 @@ def get_format(kind: str) -> DatasetFormat:
     return FORMATS[kind]
 
 
-def dataset_domain(params: dict, dataset: str) -> str:
+def dataset_domain(catalogue, dataset: str) -> str:
     """The image domain (`base.DOMAINS`: ``photos`` | ``generated``) of catalogue entry ``dataset``
-    of a params.yaml dict: its format's `DatasetFormat.domain`. Raises ValueError for a name that
-    is not a catalogue key or an unknown kind."""
-    entry = (params.get("catalogue") or {}).get(dataset)
-    if not isinstance(entry, dict):
+    of the params ``catalogue`` section (name -> `pose.params.CatalogueEntry`): its format's
+    `DatasetFormat.domain`. Raises ValueError for a name that is not a catalogue key or an unknown kind."""
+    entry = (catalogue or {}).get(dataset)
+    if entry is None:
         raise ValueError(f"data.dataset {dataset!r}: not a catalogue key")
-    return get_format(str(entry.get("kind"))).domain
+    return get_format(str(entry.kind)).domain
 
 
 __all__ = ["DOMAINS", "FORMATS", "KINDS", "NATIVE_KINDS", "NATIVE_SCHEMAS", "SIGMA_CONSTANTS", "SCHEMA_JOINTS",
