@@ -26,14 +26,21 @@ photos none of the default model's persons is true, and the features alone canno
 tangles from weak true persons (the "features-only fit" rows), so the fit learns that persons of
 this model on photos are rarely true; a model trained on photos never gets the term.
 
-Prints the fitted constants (``CONFIDENCE_INTERCEPT``, ``CONFIDENCE_WEIGHTS``,
-``CONFIDENCE_OFF_DOMAIN`` for `pose/decode/persons.py`) and, per report set, precision and recall
+The off-domain term is then set by recalibration in the large (:func:`recalibrate_in_the_large`):
+the shift that makes the mean confidence of the off-domain fit persons equal their observed share of
+true persons, with a half-person prior (Jeffreys). The regression alone kept its weight small (its
+L2 penalty against the evidence of no true person), and the strongest tangles stayed confident.
+
+Prints the fitted constants (``--write``: into ``pose/decode/confidence.json``, the
+`pose.decode.persons.ConfidenceCalibration` that `person_confidence` reads, with what it was fitted
+on: checkpoint sha256, sets, counts; not a train-stage input, so refitting retrains nothing) and,
+per report set, precision and recall
 at ``predict.min_person_score`` of the official score (before), of the confidence (after) and of a
 fit of the features alone, each alone and with the whole `pose predict` filter
 (``predict.min_joints`` joints above ``predict.joint_threshold``).
 
 Run (about 10 minutes on 2 busy cores):
-  PYTHONPATH=. python benchmarks/calibrate_confidence.py --checkpoint data/models/best.pt [--work /tmp/calib]
+  PYTHONPATH=. python benchmarks/calibrate_confidence.py --checkpoint data/models/best.pt [--work /tmp/calib] [--write]
 """
 
 from __future__ import annotations
@@ -49,14 +56,22 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from scipy.optimize import minimize
+from scipy.optimize import brentq, minimize
 
 from pose.datasets.generated import generate_dataset
 from pose.decode.inference import multi_scale_maps
-from pose.decode.persons import FEATURES, decode_persons, graph_projects, person_confidence, resolve_eval_params
+from pose.decode.persons import (
+    CALIBRATION_FILE,
+    FEATURES,
+    ConfidenceCalibration,
+    decode_persons,
+    graph_projects,
+    person_confidence,
+    resolve_eval_params,
+)
 from pose.evaluate.coco import load_ground_truth, load_results, run_cocoeval
-from pose.io import read_image
-from pose.predict import PHOTO_PURE_PER_GREY, looks_like_photo, model_domain, read_train_data
+from pose.io import atomic_write_json, read_image, sha256_file
+from pose.predict import PHOTO_MAX_CHROMA_DETAIL, PHOTO_PURE_PER_GREY, looks_like_photo, model_domain, read_train_data
 from pose.train.checkpoint import load_trained_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,7 +82,7 @@ def decode_set(model, ann: Path, images: Path, cfg: dict, sigmas: np.ndarray, la
     """Decode every image of a COCO set; return features, the off-domain flag (a model of ``domain``
     generated given a photo), official scores, labels, joint scores."""
     records = sorted(json.loads(ann.read_text())["images"], key=lambda im: im["id"])
-    feats, results, joint_scores, photo, keypoints, off = [], [], [], [], [], []
+    feats, results, joint_scores, photo, keypoints, off, image_index = [], [], [], [], [], [], []
     t0 = time.perf_counter()
     for n, im in enumerate(records):
         img = read_image(images / im["file_name"], im["id"])
@@ -79,6 +94,7 @@ def decode_set(model, ann: Path, images: Path, cfg: dict, sigmas: np.ndarray, la
                                  convention=model.convention, image_size=(img.shape[1], img.shape[0]),
                                  with_features=True)
         for p in persons:
+            image_index.append(n)
             feats.append(p["features"])
             off.append(domain == "generated" and photo[-1])
             joint_scores.append(np.clip(p["keypoints"][:, 2], 0, 1))
@@ -106,7 +122,8 @@ def decode_set(model, ann: Path, images: Path, cfg: dict, sigmas: np.ndarray, la
     return {"features": np.asarray(feats, dtype=np.float64).reshape(-1, len(FEATURES)), "labels": labels,
             "scores": np.asarray([r["score"] for r in results]), "joint_scores": joint_scores, "num_gt": num_gt,
             "images": len(records), "photo": np.asarray(photo), "keypoints": keypoints,
-            "off_domain": np.asarray(off, dtype=np.float64)}
+            "off_domain": np.asarray(off, dtype=np.float64), "image_index": np.asarray(image_index, dtype=np.int64),
+            "file_names": [im["file_name"] for im in records]}
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[float, np.ndarray]:
@@ -127,6 +144,21 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[float, np.nda
     return float(w[0] - np.sum(w[1:] * mu / sd)), weights
 
 
+def recalibrate_in_the_large(logits: np.ndarray, true_count: int, prior: float) -> float:
+    """The shift ``b`` of the log-odds that makes the mean confidence of a set of persons equal
+    their observed share of true ones, ``sum(sigmoid(logits + b)) == true_count + prior``
+    (recalibration in the large, Steyerberg, *Clinical Prediction Models*, 2009, ch. 15; ``prior``
+    pseudo-persons keep a set with no true person finite, 0.5 is Jeffreys'). Used for the off-domain
+    term: the logistic fit's L2 penalty keeps its weight from following the evidence (no true
+    person among the held-out photos' persons), which let the strongest tangles stay confident."""
+    target = min(true_count + prior, len(logits) - prior)
+
+    def excess(b: float) -> float:
+        return float(np.sum(1.0 / (1.0 + np.exp(-np.clip(logits + b, -50.0, 50.0))))) - target
+
+    return float(brentq(excess, -60.0, 60.0))
+
+
 def precision_row(data: dict, values: np.ndarray, threshold: float, joints_ok: np.ndarray) -> tuple:
     keep = (values >= threshold) & (data["labels"] >= 0)
     full = keep & joints_ok
@@ -135,6 +167,24 @@ def precision_row(data: dict, values: np.ndarray, threshold: float, joints_ok: n
         kept, true = int(k.sum()), int((data["labels"][k] == 1).sum())
         out += [kept, true, true / kept if kept else float("nan"), true / data["num_gt"] if data["num_gt"] else 0.0]
     return tuple(out)
+
+
+def write_fixture(path: Path, data: dict) -> None:
+    """The report sets' decoded persons as ``tests/test_confidence.py`` reads them (npz): every person of
+    the coco-mini val photos (``photo_features``, ``photo_scores``; both input sizes, ignored ones left
+    out) and of the generated val split (``generated_features``, ``generated_labels``,
+    ``generated_num_gt``); float32 features."""
+    photos = [d for n, d in data.items() if n.startswith("report: coco-mini")]
+    gen = data["report: generated val"]
+    keep = [d["labels"] >= 0 for d in photos]
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, photo_features=np.concatenate([d["features"][k] for d, k in zip(photos, keep)])
+                        .astype(np.float32),
+                        photo_scores=np.concatenate([d["scores"][k] for d, k in zip(photos, keep)]).astype(np.float32),
+                        generated_features=gen["features"][gen["labels"] >= 0].astype(np.float32),
+                        generated_labels=gen["labels"][gen["labels"] >= 0].astype(np.int8),
+                        generated_num_gt=np.int64(gen["num_gt"]))
+    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,6 +198,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="the evaluate stage's generated set (val2017 split)")
     ap.add_argument("--l2", type=float, default=1.0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--prior", type=float, default=0.5,
+                    help="pseudo-count of true persons in the off-domain recalibration (default 0.5, Jeffreys)")
+    ap.add_argument("--write", type=Path, nargs="?", const=CALIBRATION_FILE, default=None,
+                    help=f"write the calibration (default path {CALIBRATION_FILE.relative_to(REPO)})")
+    ap.add_argument("--fixture", type=Path, nargs="?", const=REPO / "tests" / "data" / "confidence_features.npz",
+                    default=None, help="write the report sets' persons for tests/test_confidence.py")
     ap.add_argument("--reuse", action="store_true", help="reuse the decoded persons of a previous run in --work")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -165,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                          height=g["height"], max_people=g["max_people"], min_person_height=g["min_person_height"],
                          max_person_height=g["max_person_height"])
     size = int(cfg.input_size)
-    coco_cfg = dict(cfg, input_size=args.coco_size)
+    coco_cfg = cfg.replace(input_size=args.coco_size)
     print(f"load average {os.getloadavg()[0]:.1f}, {args.threads} torch thread(s); checkpoint {args.checkpoint}; "
           f"decode: input {size}, project2image {cfg.project2image}, project_maps {cfg.project_maps}",
           flush=True)
@@ -194,20 +250,33 @@ def main(argv: list[str] | None = None) -> int:
     y = np.concatenate([d["labels"][d["labels"] >= 0] for d in fit]).astype(np.float64)
     intercept, weights = fit_logistic(x, y, args.l2)
     print(f"\nfit on {len(y)} persons ({int(y.sum())} true); model domain {domain}")
-    print(f"CONFIDENCE_INTERCEPT = {intercept:.4f}")
-    print(f"CONFIDENCE_WEIGHTS: tuple[float, ...] = ({', '.join(f'{w:.4f}' for w in weights[:-1])})  "
-          f"# {FEATURES}")
-    print(f"CONFIDENCE_OFF_DOMAIN = {weights[-1]:.4f}")
+    print(f"intercept {intercept:.4f}")
+    print(f"weights ({', '.join(f'{w:.4f}' for w in weights[:-1])})  # {FEATURES}")
     # ablation: the features alone, fitted without the off-domain indicator
     icpt_f, w_f = fit_logistic(x[:, :-1], y, args.l2)
 
     def features_only(f: np.ndarray) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-(icpt_f + f @ w_f)))
 
-    import pose.decode.persons as persons_module
-
-    persons_module.CONFIDENCE_INTERCEPT, persons_module.CONFIDENCE_WEIGHTS = intercept, tuple(weights[:-1])
-    persons_module.CONFIDENCE_OFF_DOMAIN = float(weights[-1])
+    off_rows = x[:, -1] > 0
+    shift, off_true = float(weights[-1]), int(y[off_rows].sum())
+    if off_rows.any():
+        shift = recalibrate_in_the_large(intercept + x[off_rows, :-1] @ weights[:-1], off_true, args.prior)
+    print(f"off-domain shift: {weights[-1]:.4f} (the regression's weight) -> {shift:.4f} (recalibrated in the large on "
+          f"{int(off_rows.sum())} off-domain persons, {off_true} true, prior {args.prior})")
+    fitted = ConfidenceCalibration(intercept, tuple(float(w) for w in weights[:-1]), float(weights[-1]))
+    cal = ConfidenceCalibration(intercept, tuple(float(w) for w in weights[:-1]), shift, {
+        "checkpoint": str(args.checkpoint), "checkpoint_sha256": sha256_file(args.checkpoint),
+        "model_domain": domain, "l2": args.l2, "prior": args.prior, "regression_off_domain": float(weights[-1]),
+        "sets": {n: {"persons": int((d["labels"] >= 0).sum()), "true": int((d["labels"] == 1).sum()),
+                     "images": int(d["images"])} for n, d in data.items() if n.startswith("fit")},
+        "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    if args.write:
+        atomic_write_json(args.write, cal.as_dict(), indent=1)
+        print(f"wrote {args.write}")
+    if args.fixture:
+        write_fixture(args.fixture, data)
+        print(f"wrote {args.fixture}")
     t = float(pr["min_person_score"])
     print(f"\nthreshold predict.min_person_score = {t}; 'filter': also >= {pr['min_joints']} joints > "
           f"{pr['joint_threshold']} (what pose predict draws)")
@@ -220,17 +289,21 @@ def main(argv: list[str] | None = None) -> int:
         joints_ok = np.asarray([(js > float(pr["joint_threshold"])).sum() >= int(pr["min_joints"])
                                 for js in d["joint_scores"]], dtype=bool)
         n = len(d["features"])
-        conf = np.asarray([float(person_confidence(d["features"][i], bool(d["off_domain"][i]))[0])
-                           for i in range(n)])
+        def confidence(c: ConfidenceCalibration, d: dict = d) -> np.ndarray:
+            return np.asarray([float(person_confidence(d["features"][i], bool(d["off_domain"][i]), c)[0])
+                               for i in range(len(d["features"]))])
+
         score = np.clip(d["scores"], 0.0, 1.0)
         only = features_only(d["features"]) if n else np.zeros(0)
-        for label, values in (("score (before)", score), ("confidence (after)", conf),
+        for label, values in (("score (before)", score), ("confidence (after)", confidence(cal)),
+                              ("regression's off-domain weight", confidence(fitted)),
                               ("features-only fit", only)):
             row = precision_row(d, values, t, joints_ok)
             print(" | ".join([name, str(int((d["labels"] >= 0).sum())), str(int((d["labels"] == 1).sum())),
                               str(d["num_gt"]), label, str(row[0]), str(row[1]), f"{row[2]:.3f}", f"{row[3]:.3f}",
                               str(row[4]), str(row[5]), f"{row[6]:.3f}", f"{row[7]:.3f}"]))
-    print(f"\nphoto check (pose.predict.looks_like_photo, pure-colour share < {PHOTO_PURE_PER_GREY} x grey share):")
+    print(f"\nphoto check (pose.predict.looks_like_photo, pure-colour share < {PHOTO_PURE_PER_GREY} x grey share "
+          f"or colour detail < {PHOTO_MAX_CHROMA_DETAIL} x brightness detail):")
     for name, d in data.items():
         if "@" in name and name.endswith(f"@{args.coco_size}"):
             continue

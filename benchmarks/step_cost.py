@@ -7,7 +7,9 @@ rounds so that a changing machine load hits every variant alike (median over rou
 * ``baseline``: one optimisation step as the loop runs it (`pose.train.loop.train_step`);
 * ``+ema``: the same plus one `pose.train.ema.ModelEMA.update` (the EMA's overhead);
 * ``channels_last``: model and input in ``torch.channels_last`` memory format;
-* ``bf16``: bf16 autocast (params ``train.amp``; fast only where the CPU has bf16 matrix units, AMX);
+* ``bf16``: bf16 autocast (params ``train.amp``; fast only where the CPU has bf16 instructions,
+  AVX512-BF16 or AMX);
+* ``channels_last+bf16``: both;
 
 and separately ``loader``: producing one batch (`CocoKeypoints`: read, augment, encode targets;
 ``train.workers`` 0 does this in the training process, between steps), and ``validation``: one
@@ -83,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         batches = [collate([ds[(i * bs + j, size)] for j in range(bs)]) for i in range(args.steps)]
         loader_s = (time.perf_counter() - t0) / args.steps
         variants = {}
-        for name in ("baseline", "+ema", "channels_last", "bf16"):
+        for name in ("baseline", "+ema", "channels_last", "bf16", "channels_last+bf16"):
             m = copy.deepcopy(base).train()
-            if name == "channels_last":
+            if name.startswith("channels_last"):
                 m = m.to(memory_format=torch.channels_last)
             opt = torch.optim.AdamW(m.parameters(), lr=float(tp["lr"]), weight_decay=float(tp["weight_decay"]))
             ema = ModelEMA(m, 0.99, 100) if name == "+ema" else None
@@ -95,10 +97,10 @@ def main(argv: list[str] | None = None) -> int:
             for name, (m, opt, ema, scaler) in variants.items():
                 t0 = time.perf_counter()
                 for b in batches:
-                    if name == "channels_last":
+                    if name.startswith("channels_last"):
                         b = {**b, "image": b["image"].contiguous(memory_format=torch.channels_last)}
                     train_step(m, b, opt, scaler, loss_params=params["loss"], grad_clip=float(tp["grad_clip"]),
-                               use_amp=name == "bf16", amp_dtype=torch.bfloat16)
+                               use_amp=name.endswith("bf16"), amp_dtype=torch.bfloat16)
                     if ema is not None:
                         ema.update(m)
                 times[name].append((time.perf_counter() - t0) / len(batches))

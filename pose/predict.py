@@ -89,12 +89,20 @@ BACKENDS: tuple[str, ...] = ("auto", "torch", "onnxruntime")
 #: :func:`looks_like_photo`: an image is taken for a photo when its share of pure, bright pixels (HSV
 #: saturation and value both > 240: the generated figures' joint markers and clothes) is below this
 #: fraction of its share of grey pixels (saturation < 40: walls, skin, sky, road; the generated
-#: backgrounds are colourful), the grey share counted as at least PHOTO_MIN_GREY_SHARE. Measured
-#: (benchmarks/calibrate_confidence.py prints it per set): 4 of the 1124 generated images of the
-#: default set are taken for photos, 155 of coco-mini's 159 photos and all 10 CrowdPose / AIC / MPII
-#: fixtures are (the 4 missed: bananas, flowers, a rendered game scene, all vividly coloured).
+#: backgrounds are colourful), the grey share counted as at least PHOTO_MIN_GREY_SHARE, or when its
+#: colour detail is below PHOTO_MAX_CHROMA_DETAIL of its brightness detail (mean |x - 3x3 mean| of
+#: YCrCb's Cr + Cb over that of Y): the generator adds independent noise to each colour channel
+#: (`pose.datasets.generated`), so its colour is as detailed as its brightness (0.97-3.5 over the
+#: 1124 images of the default set), while a camera's colour is smoothed by demosaicing and
+#: chroma subsampling (median 0.33 over coco-mini's 159 photos). Measured over those images and the
+#: 10 CrowdPose / AIC / MPII fixtures: the pure / grey test alone took 4 generated images for photos
+#: and missed 4 vividly coloured photos (flowers, suitcases, pizza, bananas; 3 of them in coco-mini
+#: val, where the default model's persons that its confidence kept were all found); with the
+#: colour-detail test no photo is missed (their colour detail 0.40-0.84) and the same 4 generated
+#: images are taken for photos.
 PHOTO_PURE_PER_GREY = 0.02
 PHOTO_MIN_GREY_SHARE = 0.003
+PHOTO_MAX_CHROMA_DETAIL = 0.9
 #: an image (H, W, 3) uint8 BGR -> its persons (as ``pose.decode.inference.predict_image`` returns them)
 PredictFn = Callable[[np.ndarray], list[dict]]
 #: (image, off_domain) -> persons: the backend function inside a :class:`Predictor`
@@ -201,17 +209,34 @@ def looks_like_photo(image_bgr: np.ndarray) -> bool:
     """True when an (H, W, 3) uint8 BGR image looks like a photo rather than a generated figure
     image (`pose.datasets.generated`): its share of pure, bright pixels (HSV saturation and
     value > 240) is below :data:`PHOTO_PURE_PER_GREY` times its share of grey pixels (saturation
-    < 40, at least :data:`PHOTO_MIN_GREY_SHARE`). A heuristic with measured error rates (the
-    constants' comment); it decides whether a model trained on generated figures is off its
-    domain (:class:`Predictor`: the notice, the confidence's off-domain term)."""
+    < 40, at least :data:`PHOTO_MIN_GREY_SHARE`), or its colour detail is below
+    :data:`PHOTO_MAX_CHROMA_DETAIL` of its brightness detail (:func:`chroma_detail`). A heuristic
+    with measured error rates (the constants' comment); it decides whether a model trained on
+    generated figures is off its domain (:class:`Predictor`: the notice, the confidence's
+    off-domain term)."""
     import cv2
 
     small = np.asarray(image_bgr, dtype=np.uint8)
     step = max(1, int(max(small.shape[:2]) // 512))   # large photos: every n-th pixel is enough
-    hsv = cv2.cvtColor(np.ascontiguousarray(small[::step, ::step]), cv2.COLOR_BGR2HSV)
+    small = np.ascontiguousarray(small[::step, ::step])
+    hsv = cv2.cvtColor(small, cv2.COLOR_BGR2HSV)
     pure = float(((hsv[..., 1] > 240) & (hsv[..., 2] > 240)).mean())
     grey = float((hsv[..., 1] < 40).mean())
-    return pure < PHOTO_PURE_PER_GREY * max(grey, PHOTO_MIN_GREY_SHARE)
+    if pure < PHOTO_PURE_PER_GREY * max(grey, PHOTO_MIN_GREY_SHARE):
+        return True
+    return chroma_detail(small) < PHOTO_MAX_CHROMA_DETAIL
+
+
+def chroma_detail(image_bgr: np.ndarray) -> float:
+    """Colour detail over brightness detail of an (H, W, 3) uint8 BGR image: the mean absolute
+    difference of each pixel from its 3 x 3 box mean, summed over YCrCb's Cr and Cb, divided by the
+    same of Y (plus 1e-3 grey levels). Independent per-channel noise (the generated figures) gives
+    about 1 or more; camera photos, whose colour is smoothed, give about 0.3 (:func:`looks_like_photo`)."""
+    import cv2
+
+    ycc = cv2.cvtColor(np.ascontiguousarray(image_bgr, dtype=np.uint8), cv2.COLOR_BGR2YCrCb).astype(np.float32)
+    detail = [float(np.abs(ycc[..., c] - cv2.blur(ycc[..., c], (3, 3))).mean()) for c in range(3)]
+    return (detail[1] + detail[2]) / (detail[0] + 1e-3)
 
 
 def model_domain(train_data: dict | None) -> str:

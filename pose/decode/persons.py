@@ -13,7 +13,11 @@ Params sections read: ``evaluate`` (`pose.params.EvaluateSection`), turned into
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
+import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -361,27 +365,83 @@ def person_features(persons: np.ndarray, scores: np.ndarray, keypoints: np.ndarr
     return out
 
 
-#: Calibration of :func:`person_confidence`: logistic-regression intercept, weights of the
-#: :data:`FEATURES` and of the off-domain indicator (a model trained on generated figures given a
-#: photo), fitted by ``benchmarks/calibrate_confidence.py`` on held-out data (README *Person confidence*).
-CONFIDENCE_INTERCEPT = -6.0084
-CONFIDENCE_WEIGHTS: tuple[float, ...] = (9.2213, 3.3114, -3.1841, -0.3260, 4.8923, 6.4709, -0.4298, -0.0975,
-                                         0.5827)
-CONFIDENCE_OFF_DOMAIN = -3.4907
+#: The fitted calibration of :func:`person_confidence`, written by
+#: ``benchmarks/calibrate_confidence.py --write`` (README *Person confidence*). It is data fitted to
+#: one checkpoint, like weights, so it is a JSON file beside this module and not code: the train
+#: stage does not read it (validation AP ranks by the official score), the stages and servers that
+#: report or filter on ``confidence`` do (evaluate, register, predict, serving).
+CALIBRATION_FILE = Path(__file__).with_name("confidence.json")
 
 
-def person_confidence(features: np.ndarray, off_domain: bool = False) -> np.ndarray:
+@dataclasses.dataclass(frozen=True)
+class ConfidenceCalibration:
+    """Logistic-regression constants of :func:`person_confidence`: ``intercept``, one weight per
+    :data:`FEATURES` column, and ``off_domain``, the shift of the log-odds for a model trained on
+    generated figures given a photo (fitted by recalibration in the large on held-out photos,
+    ``benchmarks/calibrate_confidence.py``). ``fit`` records what it was fitted on (checkpoint
+    sha256, sets, counts)."""
+
+    intercept: float
+    weights: tuple[float, ...]
+    off_domain: float
+    fit: dict = dataclasses.field(default_factory=dict, compare=False)
+
+    def as_dict(self) -> dict:
+        """The JSON form :func:`load_calibration` reads (``features`` names the weights)."""
+        return {"intercept": self.intercept, "features": list(FEATURES), "weights": list(self.weights),
+                "off_domain": self.off_domain, "fit": self.fit}
+
+
+def load_calibration(path: Path | str = CALIBRATION_FILE) -> ConfidenceCalibration:
+    """Read a :class:`ConfidenceCalibration` from its JSON file (default :data:`CALIBRATION_FILE`).
+
+    Raises ValueError naming the file and the field when it is not a calibration of the current
+    :data:`FEATURES` (missing keys, other feature names or count, non-finite numbers), and
+    FileNotFoundError when the file is missing."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected an object with intercept, features, weights, off_domain")
+    for key in ("intercept", "features", "weights", "off_domain"):
+        if key not in raw:
+            raise ValueError(f"{path}: missing field '{key}'")
+    if list(raw["features"]) != list(FEATURES):
+        raise ValueError(f"{path}: field 'features' is {raw['features']}, this code computes {list(FEATURES)}; "
+                         "refit with benchmarks/calibrate_confidence.py --write")
+    values = [raw["intercept"], raw["off_domain"], *raw["weights"]]
+    if len(raw["weights"]) != len(FEATURES) or not all(isinstance(v, (int, float)) and math.isfinite(v)
+                                                         for v in values):
+        raise ValueError(f"{path}: fields 'intercept', 'weights' ({len(FEATURES)} numbers) and 'off_domain' "
+                         "must be finite numbers")
+    return ConfidenceCalibration(float(raw["intercept"]), tuple(float(w) for w in raw["weights"]),
+                                 float(raw["off_domain"]), dict(raw.get("fit") or {}))
+
+
+@functools.lru_cache(maxsize=1)
+def default_calibration() -> ConfidenceCalibration:
+    """:func:`load_calibration` of :data:`CALIBRATION_FILE`, read once per process."""
+    return load_calibration(CALIBRATION_FILE)
+
+
+def person_confidence(features: np.ndarray, off_domain: bool = False,
+                      calibration: ConfidenceCalibration | None = None) -> np.ndarray:
     """(N,) float64 calibrated person confidence in [0, 1]: the logistic
-    ``1 / (1 + exp(-(CONFIDENCE_INTERCEPT + features @ CONFIDENCE_WEIGHTS + CONFIDENCE_OFF_DOMAIN *
-    off_domain)))`` of :func:`person_features`, an estimate of the probability that the person
-    matches a true person at OKS >= 0.5. ``off_domain``: the model was trained on generated figures
-    and the image is a photo (``pose.predict.Predictor`` decides it; on held-out photos none of such
-    a model's persons was true). The fit and its held-out precision:
+    ``1 / (1 + exp(-(intercept + features @ weights + off_domain_shift * off_domain)))`` of
+    :func:`person_features` with the constants of ``calibration`` (default
+    :func:`default_calibration`), an estimate of the probability that the person matches a true
+    person at OKS >= 0.5. ``off_domain``: the model was trained on generated figures and the image
+    is a photo (``pose.predict.Predictor`` decides it); its shift makes the mean confidence of such
+    persons on held-out photos equal their observed share of true persons (none for the default
+    model, with a half-person prior). The fit and its held-out precision:
     ``benchmarks/calibrate_confidence.py``."""
+    cal = calibration or default_calibration()
     f = np.asarray(features, dtype=np.float64).reshape(-1, len(FEATURES))
-    z = CONFIDENCE_INTERCEPT + f @ np.asarray(CONFIDENCE_WEIGHTS, dtype=np.float64)
+    z = cal.intercept + f @ np.asarray(cal.weights, dtype=np.float64)
     if off_domain:
-        z = z + CONFIDENCE_OFF_DOMAIN
+        z = z + cal.off_domain
     return 1.0 / (1.0 + np.exp(-np.clip(z, -50.0, 50.0)))
 
 

@@ -41,6 +41,7 @@ import csv
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -265,6 +266,10 @@ def train(tp: TrainSection, mp: ModelSection, targets: TargetsSection, augment: 
         optimizer, lambda s: lr_factor(s, total_steps, int(tp.warmup_steps), tp.lr_schedule))
     use_amp = bool(tp.amp)
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    if use_amp and device.type == "cpu" and is_main and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        # the default recipe's budget assumes bf16 instructions (AVX512-BF16 / AMX; benchmarks/step_cost.py)
+        print("warning: params train.amp is true but this CPU has no bf16 instructions: bf16 autocast is "
+              "emulated and slower than float32 here; set train.amp: false", file=sys.stderr, flush=True)
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
     # EMA of the weights (params train.ema_decay > 0): validated and saved as the checkpoints' "model"
     ema = ModelEMA(model, float(tp.ema_decay), float(tp.ema_warmup_steps)) if float(tp.ema_decay) else None
