@@ -207,6 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reuse", action="store_true", help="reuse the decoded persons of a previous run in --work")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if not args.checkpoint.is_file():
+        print(f"error: checkpoint {args.checkpoint} not found (make run writes data/models/best.pt)", file=sys.stderr)
+        return 2
+    if not COCO.is_dir():
+        print(f"error: coco-mini not found at {COCO} (POSE_SHARED_DATASETS)", file=sys.stderr)
+        return 2
     p = yaml.safe_load(args.params.read_text())
     cfg = resolve_eval_params(p["evaluate"])
     pr = p["predict"]
