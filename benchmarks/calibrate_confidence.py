@@ -82,7 +82,7 @@ def decode_set(model, ann: Path, images: Path, cfg: dict, sigmas: np.ndarray, la
     """Decode every image of a COCO set; return features, the off-domain flag (a model of ``domain``
     generated given a photo), official scores, labels, joint scores."""
     records = sorted(json.loads(ann.read_text())["images"], key=lambda im: im["id"])
-    feats, results, joint_scores, photo, keypoints, off, image_index = [], [], [], [], [], [], []
+    feats, results, joint_scores, photo, keypoints, off = [], [], [], [], [], []
     t0 = time.perf_counter()
     for n, im in enumerate(records):
         img = read_image(images / im["file_name"], im["id"])
@@ -94,7 +94,6 @@ def decode_set(model, ann: Path, images: Path, cfg: dict, sigmas: np.ndarray, la
                                  convention=model.convention, image_size=(img.shape[1], img.shape[0]),
                                  with_features=True)
         for p in persons:
-            image_index.append(n)
             feats.append(p["features"])
             off.append(domain == "generated" and photo[-1])
             joint_scores.append(np.clip(p["keypoints"][:, 2], 0, 1))
@@ -122,8 +121,7 @@ def decode_set(model, ann: Path, images: Path, cfg: dict, sigmas: np.ndarray, la
     return {"features": np.asarray(feats, dtype=np.float64).reshape(-1, len(FEATURES)), "labels": labels,
             "scores": np.asarray([r["score"] for r in results]), "joint_scores": joint_scores, "num_gt": num_gt,
             "images": len(records), "photo": np.asarray(photo), "keypoints": keypoints,
-            "off_domain": np.asarray(off, dtype=np.float64), "image_index": np.asarray(image_index, dtype=np.int64),
-            "file_names": [im["file_name"] for im in records]}
+            "off_domain": np.asarray(off, dtype=np.float64)}
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[float, np.ndarray]:
