@@ -70,7 +70,7 @@ from pose.decode.persons import (
     resolve_eval_params,
 )
 from pose.evaluate.coco import load_ground_truth, load_results, run_cocoeval
-from pose.io import atomic_write_json, read_image, sha256_file
+from pose.io import atomic_write_text, read_image, sha256_file
 from pose.predict import PHOTO_MAX_CHROMA_DETAIL, PHOTO_PURE_PER_GREY, looks_like_photo, model_domain, read_train_data
 from pose.train.checkpoint import load_trained_model
 
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                      "images": int(d["images"])} for n, d in data.items() if n.startswith("fit")},
         "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     if args.write:
-        atomic_write_json(args.write, cal.as_dict(), indent=1)
+        atomic_write_text(args.write, json.dumps(cal.as_dict(), indent=1) + "\n")  # a text file: final newline
         print(f"wrote {args.write}")
     if args.fixture:
         write_fixture(args.fixture, data)

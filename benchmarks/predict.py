@@ -239,8 +239,9 @@ def _time_onnx(full: OnnxPoseModel, images: list[np.ndarray], warm: list[np.ndar
     return times, persons
 
 
-def _coco_ap(predict_fn, ann: Path, images_dir: Path, max_people: int, label: str) -> float:
-    """COCO keypoint AP of a predictor (official scores and coordinates, as the evaluate stage)."""
+def _coco_ap(predict_fn, ann: Path, images_dir: Path, max_people: int, label: str) -> tuple[float, list]:
+    """COCO keypoint AP of a predictor (official scores and coordinates, as the evaluate stage) and its
+    COCO results (for the paired bootstrap against the official protocol)."""
     from pose.datasets.schema import COCO_SIGMAS
     from pose.decode.persons import to_coco_results
     from pose.evaluate.coco import evaluate_results
@@ -255,7 +256,7 @@ def _coco_ap(predict_fn, ann: Path, images_dir: Path, max_people: int, label: st
             rate = (time.perf_counter() - t0) / (n + 1)
             print(f"  [AP {label}] {n + 1}/{len(records)} images, about {rate * (len(records) - n - 1):.0f} s left",
                   file=sys.stderr, flush=True)
-    return float(evaluate_results(ann, results, sigmas=COCO_SIGMAS, per_keypoint=False)["AP"])
+    return float(evaluate_results(ann, results, sigmas=COCO_SIGMAS, per_keypoint=False)["AP"]), results
 
 
 def _video(files: list[Path], path: Path, frames: int) -> None:
@@ -285,6 +286,25 @@ def _predict_fn(runner, cfg: dict):
     def run_torch(img):
         return predict_image(runner, img, eval_params=cfg)
     return run_torch
+
+
+def _ap_against_official(aps: dict, sets: tuple[Path, Path], resamples: int = 1000) -> None:
+    """Print each variant's AP minus the official protocol's (``torch-maps``: every map projected, as
+    ``TEST.PROJECT2IMAGE``) on the same images, with a 95% paired image-bootstrap interval
+    (``pose.registry.bootstrap.bootstrap_diff``, seed 0): the goal is a difference within 0.002."""
+    from pose.registry.bootstrap import bootstrap_diff
+
+    for (width, name), per_set in aps.items():
+        base = aps.get((width, "torch-maps"))
+        if base is None or name == "torch-maps":
+            continue
+        cells = []
+        for label, ann, (_, res_a), (_, res_b) in zip(("generated val", "coco-mini val"), sets, base, per_set):
+            d = bootstrap_diff(ann, res_a, res_b, n_resamples=resamples, seed=0, metrics=("AP",))["metrics"]["AP"]
+            ci = (f" [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]" if d["ci_low"] is not None else "")
+            cells.append(f"{label} {d['delta']:+.4f}{ci}" if d["delta"] is not None else f"{label} -")
+        print(f"{width} {name}: AP minus torch-maps (official protocol), 95% paired image bootstrap of {resamples}: "
+              + "; ".join(cells))
 
 
 #: rows of the table: (backend, precision, evaluate.project_maps)
@@ -375,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
                         calib = args.generated / "annotations" / "person_keypoints_train2017.json"
                         inputs = calibration_inputs(calib, args.generated / "train2017",
                                                     count=int(p["predict"]["int8_calibration_images"]),
-                                                    eval_params=p["evaluate"])
+                                                    eval_params=resolve_eval_params(p["evaluate"]))
                         onnx_path = quantize_int8(onnx_path, tmp / f"w{width}_{name}_int8.onnx", inputs)
                     full = OnnxPoseModel(onnx_path, device="cpu", threads=threads)
                     times, persons = _time_onnx(full, images, warm, full.settings(vcfg), threads, tmp, progress,
@@ -391,13 +411,15 @@ def main(argv: list[str] | None = None) -> int:
                 if args.ap and args.checkpoint is not None and "trained" in source:
                     gen = args.generated
                     size0 = int(p["evaluate"]["input_size"])
-                    gen_fn = _predict_fn(runner, dict(vcfg, input_size=size0))
+                    gen_fn = _predict_fn(runner, vcfg.replace(input_size=size0))
                     with torch.no_grad():
                         aps[(f"W{width}", name)] = (
                             _coco_ap(gen_fn, gen / "annotations" / "person_keypoints_val2017.json",
                                      gen / "val2017", int(cfg.max_people), f"{label} generated"),
                             _coco_ap(fn, args.coco / "annotations" / "person_keypoints_val2017.json",
                                      args.coco / "val2017", int(cfg.max_people), f"{label} coco-mini"))
+                    ap_sets = (gen / "annotations" / "person_keypoints_val2017.json",
+                               args.coco / "annotations" / "person_keypoints_val2017.json")
 
     for n in notes:
         print(n)
@@ -411,10 +433,11 @@ def main(argv: list[str] | None = None) -> int:
         net_ms[(width, name)] = statistics.median(times["net"])
         ap_cells = ""
         if (width, name) in aps:
-            ap_cells = f" {aps[(width, name)][0]:>7.4f} {aps[(width, name)][1]:>8.4f}"
+            ap_cells = f" {aps[(width, name)][0][0]:>7.4f} {aps[(width, name)][1][0]:>8.4f}"
         print(f"{width:<6} {name:<10}{cells} {persons:>8.1f} {fps:>10.2f} {ratio:>13.1%}{ap_cells}")
     print("(ms per image; persons: mean per image after grouping; video fps: pose.video.predict_video end to end; "
           f"AP gen: generated val at input {p['evaluate']['input_size']}, AP coco: coco-mini val at input {args.size})")
+    _ap_against_official(aps, ap_sets if aps else ())
     print("\ngoals (issue 20): decoding (agg + group) <= 10% of the network; onnxruntime network <= torch's")
     for width in args.widths:
         t = net_ms.get((f"W{width}", "torch"))

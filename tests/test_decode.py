@@ -939,3 +939,37 @@ def test_refine_gives_the_full_scan_result(monkeypatch, tile, tag_dims, batch):
             np.testing.assert_array_equal(scores, ref_scores)
             filled += int((ref_persons[..., 2] > 0).sum())
     assert filled > 0
+
+
+def test_two_dimensional_tag_distances_are_the_reference_numbers(monkeypatch):
+    """The flip test's T = 2 tags take a fast path (pose.decode.group._norm2, two columns instead of
+    a NumPy reduction over the short last axis): its distances are the reference formula's
+    ``(((t - m) ** 2).sum(-1)) ** 0.5`` bit for bit, over tag magnitudes from 1e-6 to 1e3, and
+    grouping with it gives the persons grouping with the reduction gives."""
+    from pose.decode import group
+
+    bench = _load_benchmark()
+    rng = np.random.default_rng(7)
+    tags = (rng.normal(0.0, 1.0, (4096, 2)) * 10.0 ** rng.uniform(-6, 3, (4096, 1))).astype(np.float32)
+    means = (rng.normal(0.0, 1.0, (9, 2)) * 10.0 ** rng.uniform(-6, 3, (9, 1))).astype(np.float32)
+    reference = np.sqrt(((tags[None] - means[:, None]) ** 2).sum(-1))
+    assert reference.dtype == np.float32
+    np.testing.assert_array_equal(group._tag_distance(tags, means), reference)
+
+    def reduction(t0, t1, m0, m1):  # the general path's arithmetic
+        diff = np.stack([t0 - m0, t1 - m1], axis=-1)
+        return np.sqrt((diff * diff).sum(axis=-1))
+
+    kw = dict(detection_threshold=0.1, tag_threshold=1.0, max_people=30, nms_kernel=5, tie_break=False,
+              adjust=True, refine=True, convention="reference")
+    filled = 0
+    for n, dense in ((8, False), (20, True)):
+        hm, tg, _ = bench.make_scene(n, seed=n, size=96, tag_dim=2, dense=dense, occluded=0.3)
+        fast = group.group_keypoints(hm, tg, **kw)
+        with monkeypatch.context() as m:
+            m.setattr(group, "_norm2", reduction)
+            slow = group.group_keypoints(hm, tg, **kw)
+        for a, b in zip(fast, slow):
+            np.testing.assert_array_equal(a, b)
+        filled += int((fast[0][..., 2] > 0).sum())
+    assert filled > 0

@@ -758,9 +758,25 @@ def _tag_distance(tag_px: np.ndarray, mean_tag: np.ndarray) -> np.ndarray:
     same numbers as ``|t - m|``)."""
     if tag_px.shape[-1] == 1:
         return np.abs(np.subtract(tag_px[None, :, 0], mean_tag[:, 0][:, None]))
+    if tag_px.shape[-1] == 2:
+        return _norm2(tag_px[None, :, 0], tag_px[None, :, 1], mean_tag[:, 0][:, None], mean_tag[:, 1][:, None])
     diff = tag_px[None] - mean_tag[:, None, :]  # (P, N, T)
     np.multiply(diff, diff, out=diff)
     return np.sqrt(diff.sum(axis=-1))
+
+
+def _norm2(t0: np.ndarray, t1: np.ndarray, m0: np.ndarray, m1: np.ndarray) -> np.ndarray:
+    """``sqrt((t0 - m0)**2 + (t1 - m1)**2)`` float32 (broadcast shapes) for T = 2 tags (the flip
+    test's pair): the same numbers as :func:`_tag_distance`'s ``sum(-1)`` over a length-2 axis (a
+    sum of two terms is one addition), about 20x faster (a NumPy reduction over a short last axis
+    runs one element at a time; grouping spent most of its time there: 54 ms of a 59 ms decode at
+    512 x 512 on coco-mini photos before, ``benchmarks/predict.py``)."""
+    d = np.subtract(t0, m0)
+    np.multiply(d, d, out=d)
+    e = np.subtract(t1, m1)
+    np.multiply(e, e, out=e)
+    np.add(d, e, out=d)
+    return np.sqrt(d, out=d)
 
 
 def _best_pixels(flat: np.ndarray, tags_flat: np.ndarray, mean_tag: np.ndarray, idx: np.ndarray | None,
@@ -994,6 +1010,8 @@ def _first_max_per_pair(hm: np.ndarray, tg: np.ndarray, above: np.ndarray, start
     tags = tags[row]                                                                  # (P, width, T)
     if tags.shape[-1] == 1:
         dist = np.abs(np.subtract(tags[..., 0], mean_tag[:, 0][:, None]))
+    elif tags.shape[-1] == 2:
+        dist = _norm2(tags[..., 0], tags[..., 1], mean_tag[:, 0][:, None], mean_tag[:, 1][:, None])
     else:  # as _tag_distance
         diff = np.subtract(tags, mean_tag[:, None, :], out=tags)
         np.multiply(diff, diff, out=diff)

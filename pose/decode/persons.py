@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pose.codec import section_mapping
 from pose.datasets.schema import COCO_SIGMAS
 from pose.decode.group import group_keypoints, oks_nms
 from pose.decode.preprocess import RESIZE_MODES, heatmap_to_image
@@ -75,11 +76,7 @@ class InferenceSettings:
 
 def _settings_dict(eval_params: EvaluateSection | InferenceSettings | dict | None) -> dict:
     """The settings of the params ``evaluate`` section, an `InferenceSettings` or a stored mapping, as a dict."""
-    if eval_params is None:
-        return {}
-    if isinstance(eval_params, dict):
-        return eval_params
-    return eval_params.as_dict()   # pose.params.EvaluateSection (as written) or InferenceSettings
+    return {} if eval_params is None else dict(section_mapping(eval_params))
 
 
 def resolve_eval_params(eval_params: EvaluateSection | InferenceSettings | dict | None,
@@ -434,8 +431,9 @@ def person_confidence(features: np.ndarray, off_domain: bool = False,
     :func:`default_calibration`), an estimate of the probability that the person matches a true
     person at OKS >= 0.5. ``off_domain``: the model was trained on generated figures and the image
     is a photo (``pose.predict.Predictor`` decides it); its shift makes the mean confidence of such
-    persons on held-out photos equal their observed share of true persons (none for the default
-    model, with a half-person prior). The fit and its held-out precision:
+    persons on held-out photos equal their observed share of true persons, with a half-person
+    prior (the counts are in the calibration's ``fit`` record; for the default model a handful of
+    true persons among thousands). The fit and its held-out precision:
     ``benchmarks/calibrate_confidence.py``."""
     cal = calibration or default_calibration()
     f = np.asarray(features, dtype=np.float64).reshape(-1, len(FEATURES))

@@ -26,7 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pose.params import RULE_METRICS, RULE_RANGES, Section
+from pose.codec import section_mapping
+from pose.params import RULE_METRICS, RULE_RANGES
 from pose.registry.errors import RuleError
 
 if TYPE_CHECKING:
@@ -134,7 +135,7 @@ def parse_rules(reg: RegistrySection | Mapping) -> list[Rule]:
 
     Raises RuleError naming ``registry.rules[i]`` and what is allowed (also for the replaced
     keys ``promotion_margin`` / ``scale_tolerance`` and for an empty list)."""
-    reg = reg.as_dict() if isinstance(reg, Section) else (reg or {})
+    reg = section_mapping(reg) if reg else {}
     for old, new in (("promotion_margin", "{metric: AP, min_delta: <margin>}"),
                      ("scale_tolerance", "{metric: APM, max_drop: <tolerance>} and {metric: APL, ...}")):
         if old in reg:
