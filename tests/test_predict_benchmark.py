@@ -1,8 +1,9 @@
 """benchmarks/predict.py, the README's *Prediction speed* command, run end to end on a small generated
 set: every variant (torch / onnxruntime, every map projected or not, int8 with its calibration on
 the training images) times, scores AP, and prints each variant's AP against the official protocol
-with a paired bootstrap interval. Two changes of the params sections broke the script's int8 and AP
-paths without any test noticing; this one runs them."""
+with a paired bootstrap interval. The change to typed params sections broke the script's int8 and
+AP paths (a dict where a section was expected, and the reverse) without any test noticing; this one
+runs them."""
 
 from __future__ import annotations
 
