@@ -8,6 +8,7 @@ runs them."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -50,8 +51,9 @@ def test_the_prediction_benchmark_times_and_scores_every_variant(tmp_path, gener
     for name, cells in rows.items():
         # 5 stages x (p50, p90), persons, video fps, decode share, AP generated, AP coco
         assert len(cells) == 15, (name, cells)
+        # an untrained net finds peaks everywhere, so its decode share has no useful upper bound
         share = float(cells[12].rstrip("%"))
-        assert 0.0 <= share < 1000.0
+        assert share >= 0.0 and math.isfinite(share), (name, cells)
         assert all(0.0 <= float(c) <= 1.0 for c in cells[13:]), (name, cells)
     for name in ("onnx", "int8"):
         line = next(ln for ln in out.splitlines() if ln.startswith(f"W8 {name}: AP minus torch-maps"))
